@@ -1,0 +1,141 @@
+package domain
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Aggregate types.
+const (
+	OrderAggregate   = "Order"
+	ProductAggregate = "Product"
+)
+
+// Event types, past tense as in the seeds.
+const (
+	OrderPlacedType    = "OrderPlaced"
+	OrderConfirmedType = "OrderConfirmed"
+	OrderShippedType   = "OrderShipped"
+	OrderCancelledType = "OrderCancelled"
+
+	ProductCreatedType = "ProductCreated"
+	PriceUpdatedType   = "PriceUpdated"
+	ProductDeletedType = "ProductDeleted"
+)
+
+// OrderItem is one line of an order.
+type OrderItem struct {
+	ProductID   string `json:"product_id,omitempty"`
+	ProductName string `json:"product_name"`
+	Quantity    int    `json:"quantity"`
+	UnitPrice   Money  `json:"unit_price"`
+}
+
+// Subtotal is quantity times unit price.
+func (i OrderItem) Subtotal() Money { return Money(int64(i.Quantity)) * i.UnitPrice }
+
+// OrderPlaced starts an order (status pending).
+type OrderPlaced struct {
+	OrderID      string      `json:"order_id"`
+	CustomerName string      `json:"customer_name"`
+	Items        []OrderItem `json:"items"`
+	TotalAmount  Money       `json:"total_amount"`
+	PlacedAt     time.Time   `json:"placed_at"`
+}
+
+// OrderConfirmed moves a pending order to confirmed.
+type OrderConfirmed struct {
+	OrderID     string    `json:"order_id"`
+	ConfirmedAt time.Time `json:"confirmed_at"`
+}
+
+// OrderShipped moves a confirmed order to shipped.
+type OrderShipped struct {
+	OrderID        string    `json:"order_id"`
+	TrackingNumber string    `json:"tracking_number,omitempty"`
+	ShippedAt      time.Time `json:"shipped_at"`
+}
+
+// OrderCancelled cancels a pending or confirmed order.
+type OrderCancelled struct {
+	OrderID     string    `json:"order_id"`
+	Reason      string    `json:"reason,omitempty"`
+	CancelledAt time.Time `json:"cancelled_at"`
+}
+
+// ProductCreated (schema version 2) adds a product to the catalog. Version 1
+// had no SKU; UpcastEvent fills it in.
+type ProductCreated struct {
+	ProductID  string    `json:"product_id"`
+	Name       string    `json:"name"`
+	Price      Money     `json:"price"`
+	CategoryID string    `json:"category_id,omitempty"`
+	SKU        string    `json:"sku"`
+	CreatedAt  time.Time `json:"created_at"`
+}
+
+// ProductCreatedSchemaVersion is the current schema version of ProductCreated.
+const ProductCreatedSchemaVersion = 2
+
+// PriceUpdated changes a product's price (always > 0).
+type PriceUpdated struct {
+	ProductID string    `json:"product_id"`
+	OldPrice  Money     `json:"old_price"`
+	NewPrice  Money     `json:"new_price"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// ProductDeleted removes a product from the catalog.
+type ProductDeleted struct {
+	ProductID string    `json:"product_id"`
+	DeletedAt time.Time `json:"deleted_at"`
+}
+
+// SchemaVersion returns the current schema version of an event type.
+func SchemaVersion(eventType string) int {
+	if eventType == ProductCreatedType {
+		return ProductCreatedSchemaVersion
+	}
+	return 1
+}
+
+// ErrUnknownEventType is returned by Decode for event types this domain
+// does not know.
+type ErrUnknownEventType struct{ Type string }
+
+func (e *ErrUnknownEventType) Error() string { return fmt.Sprintf("unknown event type %q", e.Type) }
+
+// Decode upcasts data from schemaVersion to the current version and decodes
+// it into the event's Go type (a pointer, e.g. *OrderPlaced). Malformed
+// payloads and unknown types are errors; projections let the runtime park
+// such events.
+func Decode(eventType string, schemaVersion int, data []byte) (any, error) {
+	data, err := Upcast(eventType, schemaVersion, data)
+	if err != nil {
+		return nil, err
+	}
+	var v any
+	switch eventType {
+	case OrderPlacedType:
+		v = new(OrderPlaced)
+	case OrderConfirmedType:
+		v = new(OrderConfirmed)
+	case OrderShippedType:
+		v = new(OrderShipped)
+	case OrderCancelledType:
+		v = new(OrderCancelled)
+	case ProductCreatedType:
+		v = new(ProductCreated)
+	case PriceUpdatedType:
+		v = new(PriceUpdated)
+	case ProductDeletedType:
+		v = new(ProductDeleted)
+	default:
+		return nil, &ErrUnknownEventType{Type: eventType}
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return nil, fmt.Errorf("decode %s v%d: %w", eventType, schemaVersion, err)
+	}
+	return v, nil
+}

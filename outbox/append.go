@@ -1,0 +1,187 @@
+package outbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Channel is the LISTEN/NOTIFY channel the events trigger notifies at commit.
+const Channel = "readside_outbox"
+
+// ErrConcurrencyConflict means the aggregate changed since the caller loaded
+// it (another writer took the expected version), or the caller's transaction
+// is older than the one that wrote the aggregate's last event. Either way the
+// caller rolls back, reloads and retries. Returned wrapped in *ConflictError.
+var ErrConcurrencyConflict = errors.New("concurrency conflict")
+
+// ConflictError says which aggregate conflicted and why.
+type ConflictError struct {
+	Aggregate       Aggregate
+	ExpectedVersion int
+	Reason          string // "version taken", "stale transaction", "version gap"
+	Err             error  // the PostgreSQL error
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("%s %s at expected version %d: %s: %v", e.Aggregate.Type, e.Aggregate.ID, e.ExpectedVersion, e.Reason, ErrConcurrencyConflict)
+}
+
+func (e *ConflictError) Unwrap() []error { return []error{ErrConcurrencyConflict, e.Err} }
+
+// Aggregate names an event stream.
+type Aggregate struct {
+	Type string // e.g. "Order"
+	ID   string
+}
+
+// Metadata travels with every event.
+type Metadata struct {
+	CorrelationID string `json:"correlation_id,omitempty"`
+	CausationID   string `json:"causation_id,omitempty"`
+	UserID        string `json:"user_id,omitempty"`
+}
+
+// NewEvent is an event to append.
+type NewEvent struct {
+	Type string // past tense, e.g. "OrderPlaced"
+	// Data is the JSON payload. It must be a JSON object.
+	Data json.RawMessage
+	// Metadata is stored as JSON next to the payload.
+	Metadata Metadata
+	// SchemaVersion of Data; 0 means 1. Readers upcast older versions.
+	SchemaVersion int
+	// OccurredAt is when the fact happened; zero means the database's now().
+	OccurredAt time.Time
+}
+
+// AppendResult describes what Append wrote.
+type AppendResult struct {
+	Version   int     // the aggregate's version after the append
+	Positions []int64 // the new events' positions (events.id), in version order
+	TxID      uint64  // the writing transaction's id
+}
+
+// Cursor is the read position of the last appended event: once a
+// projection's checkpoint has passed it, the projection has seen this write.
+func (r *AppendResult) Cursor() Cursor {
+	if len(r.Positions) == 0 {
+		return Cursor{}
+	}
+	return Cursor{TxID: r.TxID, Position: r.Positions[len(r.Positions)-1]}
+}
+
+// Execer is what Append needs from the caller's transaction.
+type Execer interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+const appendSQL = `
+INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, metadata, schema_version, version, occurred_at)
+SELECT $1, $2, t.event_type, t.event_data, t.metadata, t.schema_version, $3::int + t.ord::int, coalesce(t.occurred_at, now())
+  FROM unnest($4::text[], $5::jsonb[], $6::jsonb[], $7::int[], $8::timestamptz[])
+       WITH ORDINALITY AS t(event_type, event_data, metadata, schema_version, occurred_at, ord)
+RETURNING version, id, txid`
+
+// Append appends events to an aggregate whose current version the caller
+// read as expectedVersion (0 for a new aggregate), inside tx. The events get
+// versions expectedVersion+1, +2, ...; their outbox rows and the wake-up
+// notification are written by the same statement (one round trip) and become
+// visible when tx commits. A clash with another writer returns an error
+// wrapping ErrConcurrencyConflict; tx is then aborted and must be rolled back.
+func Append(ctx context.Context, tx Execer, agg Aggregate, expectedVersion int, events []NewEvent) (*AppendResult, error) {
+	if err := validate(agg, expectedVersion, events); err != nil {
+		return nil, err
+	}
+	n := len(events)
+	types := make([]string, n)
+	data := make([]string, n)
+	meta := make([]string, n)
+	versions := make([]int32, n)
+	occurred := make([]*time.Time, n)
+	for i, e := range events {
+		types[i] = e.Type
+		data[i] = string(e.Data)
+		m, err := json.Marshal(e.Metadata)
+		if err != nil {
+			return nil, fmt.Errorf("append: metadata: %w", err)
+		}
+		meta[i] = string(m)
+		versions[i] = int32(max(e.SchemaVersion, 1))
+		if !e.OccurredAt.IsZero() {
+			t := e.OccurredAt
+			occurred[i] = &t
+		}
+	}
+	rows, err := tx.Query(ctx, appendSQL, agg.Type, agg.ID, expectedVersion, types, data, meta, versions, occurred)
+	if err != nil {
+		return nil, classify(agg, expectedVersion, err)
+	}
+	type written struct {
+		version int
+		id      int64
+		txid    uint64
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (written, error) {
+		var w written
+		err := r.Scan(&w.version, &w.id, &w.txid)
+		return w, err
+	})
+	if err != nil {
+		return nil, classify(agg, expectedVersion, err)
+	}
+	slices.SortFunc(out, func(a, b written) int { return a.version - b.version })
+	res := &AppendResult{Version: expectedVersion + n, Positions: make([]int64, n)}
+	for i, w := range out {
+		res.Positions[i] = w.id
+		res.TxID = w.txid
+	}
+	return res, nil
+}
+
+func validate(agg Aggregate, expectedVersion int, events []NewEvent) error {
+	switch {
+	case agg.Type == "" || agg.ID == "":
+		return errors.New("append: aggregate type and id are required")
+	case expectedVersion < 0:
+		return fmt.Errorf("append: expected version %d is negative", expectedVersion)
+	case len(events) == 0:
+		return errors.New("append: no events")
+	}
+	for i, e := range events {
+		if e.Type == "" {
+			return fmt.Errorf("append: event %d: type is required", i)
+		}
+		if !json.Valid(e.Data) || len(e.Data) == 0 || e.Data[0] != '{' {
+			return fmt.Errorf("append: event %d (%s): data must be a JSON object", i, e.Type)
+		}
+	}
+	return nil
+}
+
+// classify maps PostgreSQL errors to ErrConcurrencyConflict by SQLSTATE and
+// constraint name, never by message text.
+func classify(agg Aggregate, expected int, err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		reason := ""
+		switch {
+		case pgErr.Code == "23505" && pgErr.ConstraintName == "events_aggregate_version_key":
+			reason = "version taken"
+		case pgErr.Code == "40001" && pgErr.ConstraintName == "readside_aggregate_xid_order":
+			reason = "stale transaction"
+		case pgErr.Code == "23514" && pgErr.ConstraintName == "readside_aggregate_version_gap":
+			reason = "version gap"
+		}
+		if reason != "" {
+			return &ConflictError{Aggregate: agg, ExpectedVersion: expected, Reason: reason, Err: err}
+		}
+	}
+	return fmt.Errorf("append %s %s: %w", agg.Type, agg.ID, err)
+}

@@ -1,0 +1,218 @@
+package outbox_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/outbox"
+)
+
+func ev(typ string, n int) outbox.NewEvent {
+	return outbox.NewEvent{Type: typ, Data: json.RawMessage(fmt.Sprintf(`{"n":%d}`, n)),
+		Metadata: outbox.Metadata{CorrelationID: "c1", UserID: "u1"}}
+}
+
+func appendTx(ctx context.Context, pool *pgxpool.Pool, agg outbox.Aggregate, expected int, events ...outbox.NewEvent) (*outbox.AppendResult, error) {
+	var res *outbox.AppendResult
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		var err error
+		res, err = outbox.Append(ctx, tx, agg, expected, events)
+		return err
+	})
+	return res, err
+}
+
+func TestAppendWritesEventsAndOutbox(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	agg := outbox.Aggregate{Type: "Order", ID: "o-1"}
+
+	res, err := appendTx(ctx, pool, agg, 0, ev("OrderPlaced", 1), ev("OrderConfirmed", 2))
+	require.NoError(t, err)
+	require.Equal(t, 2, res.Version)
+	require.Len(t, res.Positions, 2)
+	require.Less(t, res.Positions[0], res.Positions[1])
+	require.NotZero(t, res.TxID)
+
+	var n int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM events e JOIN outbox o ON o.position = e.id AND o.txid = e.txid
+		AND o.aggregate_id = e.aggregate_id AND o.version = e.version AND o.event_type = e.event_type`).Scan(&n))
+	require.Equal(t, 2, n)
+	var meta string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT metadata->>'correlation_id' FROM events WHERE version = 1`).Scan(&meta))
+	require.Equal(t, "c1", meta)
+
+	_, err = appendTx(ctx, pool, agg, 1, ev("OrderShipped", 3))
+	require.ErrorIs(t, err, outbox.ErrConcurrencyConflict)
+	var ce *outbox.ConflictError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, "version taken", ce.Reason)
+
+	_, err = appendTx(ctx, pool, agg, 5, ev("OrderShipped", 3))
+	require.ErrorIs(t, err, outbox.ErrConcurrencyConflict, "a version gap is a stale expected version")
+}
+
+func TestAppendValidates(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	for name, tc := range map[string]struct {
+		agg    outbox.Aggregate
+		exp    int
+		events []outbox.NewEvent
+	}{
+		"no events":     {outbox.Aggregate{Type: "Order", ID: "x"}, 0, nil},
+		"no id":         {outbox.Aggregate{Type: "Order"}, 0, []outbox.NewEvent{ev("A", 1)}},
+		"negative":      {outbox.Aggregate{Type: "Order", ID: "x"}, -1, []outbox.NewEvent{ev("A", 1)}},
+		"bad json":      {outbox.Aggregate{Type: "Order", ID: "x"}, 0, []outbox.NewEvent{{Type: "A", Data: json.RawMessage(`{`)}}},
+		"not an object": {outbox.Aggregate{Type: "Order", ID: "x"}, 0, []outbox.NewEvent{{Type: "A", Data: json.RawMessage(`[1]`)}}},
+		"no type":       {outbox.Aggregate{Type: "Order", ID: "x"}, 0, []outbox.NewEvent{{Data: json.RawMessage(`{}`)}}},
+	} {
+		_, err := appendTx(ctx, pool, tc.agg, tc.exp, tc.events...)
+		require.Error(t, err, name)
+		require.NotErrorIs(t, err, outbox.ErrConcurrencyConflict, name)
+	}
+	var n int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM outbox)`).Scan(&n))
+	require.Zero(t, n)
+}
+
+// 16 writers race for every version of one aggregate: each version is
+// written once, losers see ErrConcurrencyConflict, events and outbox match
+// one to one, and rolled-back transactions leave nothing.
+func TestAppendConcurrentWriters(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	agg := outbox.Aggregate{Type: "Order", ID: "hot"}
+	const writers, rounds = 16, 15
+	var (
+		mu        sync.Mutex
+		wins      = map[int]int{}
+		conflicts int
+		wg        sync.WaitGroup
+	)
+	for w := range writers {
+		wg.Go(func() {
+			for r := range rounds {
+				var v int
+				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+					if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2`, agg.Type, agg.ID).Scan(&v); err != nil {
+						return err
+					}
+					if _, err := outbox.Append(ctx, tx, agg, v, []outbox.NewEvent{ev("Touched", w*100+r)}); err != nil {
+						return err
+					}
+					if r%5 == 4 {
+						return errRollback
+					}
+					return nil
+				})
+				mu.Lock()
+				switch {
+				case err == nil:
+					wins[v+1]++
+				case errors.Is(err, outbox.ErrConcurrencyConflict):
+					conflicts++
+				case errors.Is(err, errRollback):
+				default:
+					t.Errorf("writer %d: %v", w, err)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	for v, n := range wins {
+		require.Equal(t, 1, n, "version %d committed %d times", v, n)
+	}
+	require.NotZero(t, conflicts, "16 writers on one aggregate must conflict")
+	var events, outboxRows, matched, maxVersion int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM outbox),
+		(SELECT count(*) FROM events e JOIN outbox o ON o.position = e.id AND o.txid = e.txid),
+		(SELECT coalesce(max(version), 0) FROM events)`).Scan(&events, &outboxRows, &matched, &maxVersion))
+	require.Equal(t, len(wins), events)
+	require.Equal(t, events, outboxRows)
+	require.Equal(t, events, matched)
+	require.Equal(t, events, maxVersion, "versions are gap-free")
+	t.Logf("%d versions, %d conflicts", events, conflicts)
+}
+
+var errRollback = errors.New("rollback on purpose")
+
+// Guarantee 2: a transaction that took its xid before another transaction
+// committed version N must not append N+1, since the reader orders by xid
+// and would apply N+1 first.
+func TestAppendRefusesStaleTransaction(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	agg := outbox.Aggregate{Type: "Product", ID: "p-1"}
+	_, err := appendTx(ctx, pool, agg, 0, ev("ProductCreated", 1))
+	require.NoError(t, err)
+
+	old, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer old.Rollback(ctx)
+	// The old transaction takes its xid by writing to another aggregate.
+	_, err = outbox.Append(ctx, old, outbox.Aggregate{Type: "Product", ID: "p-2"}, 0, []outbox.NewEvent{ev("ProductCreated", 1)})
+	require.NoError(t, err)
+
+	// A newer transaction commits version 2.
+	_, err = appendTx(ctx, pool, agg, 1, ev("PriceUpdated", 2))
+	require.NoError(t, err)
+
+	// The old transaction now sees version 2 (read committed) and tries 3.
+	_, err = outbox.Append(ctx, old, agg, 2, []outbox.NewEvent{ev("PriceUpdated", 3)})
+	require.ErrorIs(t, err, outbox.ErrConcurrencyConflict)
+	var ce *outbox.ConflictError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, "stale transaction", ce.Reason)
+	require.NoError(t, old.Rollback(ctx))
+
+	// A retry in a fresh transaction succeeds.
+	_, err = appendTx(ctx, pool, agg, 2, ev("PriceUpdated", 3))
+	require.NoError(t, err)
+}
+
+// The SQL contract: a writer that only speaks SQL inserts into events and
+// gets the same outbox rows as Append.
+func TestSQLContractMatchesAppend(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	goDB := pgtest.NewDB(t)
+	sqlDB := pgtest.NewDB(t)
+	agg := outbox.Aggregate{Type: "Order", ID: "o-9"}
+
+	_, err := appendTx(ctx, goDB, agg, 0, ev("OrderPlaced", 1), ev("OrderConfirmed", 2))
+	require.NoError(t, err)
+	_, err = sqlDB.Exec(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, metadata, version)
+		VALUES ('Order', 'o-9', 'OrderPlaced', '{"n":1}', '{"correlation_id":"c1","user_id":"u1"}', 1),
+		       ('Order', 'o-9', 'OrderConfirmed', '{"n":2}', '{"correlation_id":"c1","user_id":"u1"}', 2)`)
+	require.NoError(t, err)
+
+	dump := func(pool *pgxpool.Pool) string {
+		var s string
+		require.NoError(t, pool.QueryRow(ctx, `SELECT json_agg(x ORDER BY x.version)::text FROM (
+			SELECT e.aggregate_type, e.aggregate_id, e.event_type, e.event_data, e.metadata, e.schema_version, e.version,
+			       o.event_type AS o_type, o.version AS o_version, o.txid = e.txid AS same_tx
+			  FROM events e JOIN outbox o ON o.position = e.id) x`).Scan(&s))
+		return s
+	}
+	require.Equal(t, dump(goDB), dump(sqlDB))
+
+	// The contract enforces versions too.
+	_, err = sqlDB.Exec(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version)
+		VALUES ('Order', 'o-9', 'OrderShipped', '{}', 4)`)
+	require.Error(t, err)
+}

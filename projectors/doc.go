@@ -1,0 +1,5 @@
+// Package projectors is readside's projection runtime: the Projection
+// interface users implement, the Worker that runs a fleet member (leases,
+// segment runners, retries, dead letters, metrics), and one subpackage per
+// shipped projection.
+package projectors

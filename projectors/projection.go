@@ -1,0 +1,103 @@
+package projectors
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/readside/readside/outbox"
+)
+
+// Projection turns events into a read model. The runtime calls Apply inside
+// its own transaction, which also advances the projection's checkpoint: the
+// effect is exactly once as long as Apply writes only through tx. Apply
+// should still be idempotent (guard upserts by event version or position) so
+// that replays converge.
+type Projection interface {
+	// Spec describes the projection; it must return the same value every
+	// time.
+	Spec() Spec
+	// Apply applies a batch of events, in order, inside tx. Events of one
+	// aggregate arrive in version order. An error rolls the batch back; the
+	// runtime retries transient database errors and isolates the failing
+	// event of anything else (see Spec.OnError).
+	Apply(ctx context.Context, tx pgx.Tx, b *Batch) error
+	// Reset empties the read model (for example TRUNCATE of its tables),
+	// before a replay from the start.
+	Reset(ctx context.Context, tx pgx.Tx) error
+}
+
+// Spec describes a projection.
+type Spec struct {
+	// Name identifies the projection and its checkpoints: lower case
+	// letters, digits and underscores, starting with a letter.
+	Name string
+	// EventTypes the projection receives; empty means all. Other events
+	// are passed over without being fetched.
+	EventTypes []string
+	// AggregateTypes the projection receives; empty means all.
+	AggregateTypes []string
+	// Segments splits the projection by hash of aggregate id into
+	// independently checkpointed parts that different workers can apply in
+	// parallel. 0 means 1. Fixed once registered: changing it needs a reset.
+	Segments int
+	// OnError is what happens to an event that keeps failing: Park (the
+	// default) or Halt.
+	OnError ErrorPolicy
+	// Tables are the read model's tables, in the current schema. A rebuild
+	// builds copies of them and swaps them in when caught up.
+	Tables []string
+}
+
+// ErrorPolicy says what to do with an event whose apply keeps failing.
+type ErrorPolicy string
+
+const (
+	// Park moves the failing event, and every later event of the same
+	// aggregate, to the dead-letter table; other aggregates keep flowing and
+	// per-aggregate order survives.
+	Park ErrorPolicy = "park"
+	// Halt stops the segment (status failed) until an operator resumes it.
+	Halt ErrorPolicy = "halt"
+)
+
+// Batch is what Apply receives.
+type Batch struct {
+	Events  []outbox.Event
+	Segment int
+	// Replay is true when every event in the batch was already applied by
+	// this projection before a reset moved its checkpoint back. Side effects
+	// outside the read model (emails, webhooks, River jobs) must not fire
+	// again for them.
+	Replay bool
+}
+
+var nameRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
+
+func (s Spec) withDefaults() Spec {
+	if s.Segments == 0 {
+		s.Segments = 1
+	}
+	if s.OnError == "" {
+		s.OnError = Park
+	}
+	return s
+}
+
+func (s Spec) validate() error {
+	switch {
+	case !nameRE.MatchString(s.Name):
+		return fmt.Errorf("projection name %q: want lower case letters, digits and underscores, starting with a letter", s.Name)
+	case s.Segments < 1 || s.Segments > 1024:
+		return fmt.Errorf("projection %s: segments %d out of range [1, 1024]", s.Name, s.Segments)
+	case s.OnError != Park && s.OnError != Halt:
+		return fmt.Errorf("projection %s: on-error policy %q: want park or halt", s.Name, s.OnError)
+	}
+	return nil
+}
+
+func (s Spec) filter(segment int) outbox.Filter {
+	return outbox.Filter{EventTypes: s.EventTypes, AggregateTypes: s.AggregateTypes, Segment: segment, Segments: s.Segments}
+}
