@@ -22,6 +22,11 @@ CREATE TABLE checkpoints (
     segment          integer     NOT NULL CHECK (segment >= 0),
     cursor_txid      xid8        NOT NULL DEFAULT '0',
     cursor_position  bigint      NOT NULL DEFAULT 0,
+    -- The furthest cursor ever committed. A reset moves the cursor back but
+    -- not this: batches at or below it are replays, and projections suppress
+    -- their side effects.
+    high_txid        xid8        NOT NULL DEFAULT '0',
+    high_position    bigint      NOT NULL DEFAULT 0,
     status           text        NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'paused', 'failed')),
     lease_owner      text,
     lease_epoch      bigint      NOT NULL DEFAULT 0,

@@ -1,0 +1,221 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/readside/readside/outbox"
+)
+
+// Status of a segment.
+type Status string
+
+const (
+	Running Status = "running"
+	Paused  Status = "paused"
+	Failed  Status = "failed" // halted by a failing event; see LastError
+)
+
+// ErrFenced means the caller's lease is gone (expired, taken over, released)
+// or the checkpoint moved under it (reset): its transaction must roll back.
+var ErrFenced = errors.New("lease lost: checkpoint fenced")
+
+// ErrUnknownProjection is returned for a projection that was never
+// registered.
+var ErrUnknownProjection = errors.New("unknown projection")
+
+// DB is what this package needs: *pgxpool.Pool, *pgx.Conn and pgx.Tx.
+type DB interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Checkpoint is one segment's row.
+type Checkpoint struct {
+	Projection     string
+	Segment        int
+	Cursor         outbox.Cursor
+	HighWater      outbox.Cursor // furthest cursor ever committed
+	Status         Status
+	LeaseOwner     string // empty when unowned
+	LeaseEpoch     int64
+	LeaseExpiresAt time.Time // zero when unowned
+	LastError      string
+	EventsApplied  int64
+	AdvancedAt     time.Time // zero if never advanced
+	UpdatedAt      time.Time
+}
+
+// Lease is a worker's right to advance one segment.
+type Lease struct {
+	Projection string
+	Segment    int
+	Owner      string
+	Epoch      int64
+}
+
+func (l Lease) String() string { return fmt.Sprintf("%s/%d@%d", l.Projection, l.Segment, l.Epoch) }
+
+// Register creates the projection and one checkpoint per segment at the
+// start of the log, or checks that an existing registration has the same
+// number of segments.
+func Register(ctx context.Context, db DB, name string, segments int, onError string) error {
+	var got int
+	err := db.QueryRow(ctx, `
+WITH p AS (
+    INSERT INTO projections (name, segments, on_error) VALUES ($1, $2, $3)
+    ON CONFLICT (name) DO UPDATE SET on_error = excluded.on_error, updated_at = now()
+    RETURNING segments
+), c AS (
+    INSERT INTO checkpoints (projection, segment)
+    SELECT $1, s FROM p, generate_series(0, p.segments - 1) s
+    ON CONFLICT DO NOTHING
+)
+SELECT segments FROM p`, name, segments, onError).Scan(&got)
+	if err != nil {
+		return fmt.Errorf("register %s: %w", name, err)
+	}
+	if got != segments {
+		return fmt.Errorf("register %s: registered with %d segments, code says %d: changing the split needs `projector reset %s`", name, got, segments, name)
+	}
+	return nil
+}
+
+const selectCols = `projection, segment, cursor_txid, cursor_position, high_txid, high_position, status,
+       coalesce(lease_owner, ''), lease_epoch, lease_expires_at, coalesce(last_error, ''), events_applied,
+       advanced_at, updated_at`
+
+func scan(row pgx.Row) (Checkpoint, error) {
+	var c Checkpoint
+	var expires, advanced *time.Time
+	err := row.Scan(&c.Projection, &c.Segment, &c.Cursor.TxID, &c.Cursor.Position, &c.HighWater.TxID, &c.HighWater.Position,
+		&c.Status, &c.LeaseOwner, &c.LeaseEpoch, &expires, &c.LastError, &c.EventsApplied, &advanced, &c.UpdatedAt)
+	if expires != nil {
+		c.LeaseExpiresAt = *expires
+	}
+	if advanced != nil {
+		c.AdvancedAt = *advanced
+	}
+	return c, err
+}
+
+// List returns the checkpoints of the named projections (all when names is
+// empty), ordered by projection and segment.
+func List(ctx context.Context, db DB, names ...string) ([]Checkpoint, error) {
+	rows, err := db.Query(ctx, `SELECT `+selectCols+` FROM checkpoints
+		WHERE cardinality($1::text[]) = 0 OR projection = ANY ($1::text[]) ORDER BY projection, segment`, nonNil(names))
+	if err != nil {
+		return nil, fmt.Errorf("list checkpoints: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Checkpoint, error) { return scan(r) })
+	if err != nil {
+		return nil, fmt.Errorf("list checkpoints: %w", err)
+	}
+	return out, nil
+}
+
+// Exists returns ErrUnknownProjection (wrapped) unless name is registered.
+func Exists(ctx context.Context, db DB, name string) error {
+	var ok bool
+	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM projections WHERE name = $1)`, name).Scan(&ok); err != nil {
+		return fmt.Errorf("projection %s: %w", name, err)
+	}
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownProjection, name)
+	}
+	return nil
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// Advance moves a segment's cursor from `from` to `to` inside the caller's
+// apply transaction, counting applied events. It returns ErrFenced, and
+// changes nothing, unless the lease is current and unexpired, the segment is
+// running, and the cursor is still at `from`. Call it first in the
+// transaction: its row lock keeps the segment from being claimed until the
+// transaction ends.
+func Advance(ctx context.Context, tx DB, l Lease, from, to outbox.Cursor, applied int) error {
+	tag, err := tx.Exec(ctx, `
+UPDATE checkpoints
+   SET cursor_txid = $5, cursor_position = $6,
+       high_txid = CASE WHEN (high_txid, high_position) < ($5::xid8, $6::bigint) THEN $5::xid8 ELSE high_txid END,
+       high_position = CASE WHEN (high_txid, high_position) < ($5::xid8, $6::bigint) THEN $6::bigint ELSE high_position END,
+       events_applied = events_applied + $9,
+       advanced_at = now(),
+       updated_at = now()
+ WHERE projection = $1 AND segment = $2
+   AND lease_owner = $3 AND lease_epoch = $4 AND lease_expires_at > clock_timestamp()
+   AND status = 'running'
+   AND cursor_txid = $7 AND cursor_position = $8`,
+		l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied)
+	if err != nil {
+		return fmt.Errorf("advance %s: %w", l, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("advance %s from %s: %w", l, from, ErrFenced)
+	}
+	return nil
+}
+
+// Fail halts a segment (status failed) with the reason, inside the apply
+// transaction that committed the events before the failing one.
+func Fail(ctx context.Context, tx DB, l Lease, reason string) error {
+	_, err := tx.Exec(ctx, `UPDATE checkpoints SET status = 'failed', last_error = $4, updated_at = now()
+		WHERE projection = $1 AND segment = $2 AND lease_epoch = $3`, l.Projection, l.Segment, l.Epoch, reason)
+	if err != nil {
+		return fmt.Errorf("fail %s: %w", l, err)
+	}
+	return nil
+}
+
+// SetStatus pauses or resumes every segment of a projection (resuming also
+// clears a failed segment's error). It returns how many segments changed.
+func SetStatus(ctx context.Context, db DB, projection string, status Status) (int, error) {
+	if err := Exists(ctx, db, projection); err != nil {
+		return 0, err
+	}
+	var from []string
+	switch status {
+	case Paused:
+		from = []string{string(Running), string(Failed)}
+	case Running:
+		from = []string{string(Paused), string(Failed)}
+	default:
+		return 0, fmt.Errorf("set status: %q is not paused or running", status)
+	}
+	tag, err := db.Exec(ctx, `UPDATE checkpoints SET status = $2, last_error = CASE WHEN $2 = 'running' THEN NULL ELSE last_error END,
+		updated_at = now() WHERE projection = $1 AND status = ANY ($3::text[])`, projection, status, from)
+	if err != nil {
+		return 0, fmt.Errorf("set status %s: %w", projection, err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// Move sets the cursor of every segment of a projection to `to`, bumping
+// the lease epoch and dropping the lease so that no current owner can
+// commit across the move. The caller runs it in the transaction that also
+// resets the read model.
+func Move(ctx context.Context, tx DB, projection string, to outbox.Cursor) error {
+	tag, err := tx.Exec(ctx, `UPDATE checkpoints SET cursor_txid = $2, cursor_position = $3,
+		lease_epoch = lease_epoch + 1, lease_owner = NULL, lease_expires_at = NULL,
+		last_error = NULL, status = CASE WHEN status = 'failed' THEN 'running' ELSE status END, updated_at = now()
+		WHERE projection = $1`, projection, to.TxID, to.Position)
+	if err != nil {
+		return fmt.Errorf("move %s to %s: %w", projection, to, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("move %s: %w", projection, ErrUnknownProjection)
+	}
+	return nil
+}

@@ -1,0 +1,127 @@
+package checkpoint
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Heartbeat records that worker id is alive and returns how many workers
+// are live (heartbeat younger than ttl), counting this one.
+func Heartbeat(ctx context.Context, db DB, id, host string, pid int, ttl time.Duration) (live int, err error) {
+	if _, err := db.Exec(ctx, `INSERT INTO workers (id, host, pid) VALUES ($1, $2, $3)
+		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), host = excluded.host, pid = excluded.pid`, id, host, pid); err != nil {
+		return 0, fmt.Errorf("heartbeat %s: %w", id, err)
+	}
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM workers WHERE heartbeat_at > now() - $1::float8 * interval '1 second'`, ttl.Seconds()).Scan(&live); err != nil {
+		return 0, fmt.Errorf("heartbeat %s: %w", id, err)
+	}
+	return max(live, 1), nil
+}
+
+// Leave deletes a worker's heartbeat and releases all of its leases, for a
+// clean stop: the segments can be claimed at once instead of after the TTL.
+func Leave(ctx context.Context, db DB, id string) error {
+	if _, err := db.Exec(ctx, `UPDATE checkpoints SET lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+		WHERE lease_owner = $1`, id); err != nil {
+		return fmt.Errorf("leave %s: %w", id, err)
+	}
+	if _, err := db.Exec(ctx, `DELETE FROM workers WHERE id = $1`, id); err != nil {
+		return fmt.Errorf("leave %s: %w", id, err)
+	}
+	return nil
+}
+
+// Claim takes up to n running segments of the given projections that have
+// no owner or whose lease expired, for ttl, bumping each one's epoch so
+// that the previous owner is fenced. Segments locked by an apply transaction
+// in flight are skipped.
+func Claim(ctx context.Context, db DB, owner string, projections []string, n int, ttl time.Duration) ([]Checkpoint, error) {
+	if n <= 0 {
+		return nil, nil
+	}
+	rows, err := db.Query(ctx, `
+UPDATE checkpoints c
+   SET lease_owner = $1, lease_epoch = c.lease_epoch + 1,
+       lease_expires_at = clock_timestamp() + $4::float8 * interval '1 second', updated_at = now()
+  FROM (SELECT projection, segment FROM checkpoints
+         WHERE projection = ANY ($2::text[]) AND status = 'running'
+           AND (lease_owner IS NULL OR lease_expires_at < clock_timestamp())
+         ORDER BY lease_owner NULLS FIRST, random()
+         LIMIT $3
+         FOR UPDATE SKIP LOCKED) f
+ WHERE c.projection = f.projection AND c.segment = f.segment
+RETURNING `+prefixed("c")+``, owner, projections, n, ttl.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Checkpoint, error) { return scan(r) })
+	if err != nil {
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	return out, nil
+}
+
+func prefixed(alias string) string {
+	return alias + `.projection, ` + alias + `.segment, ` + alias + `.cursor_txid, ` + alias + `.cursor_position, ` +
+		alias + `.high_txid, ` + alias + `.high_position, ` + alias + `.status, coalesce(` + alias + `.lease_owner, ''), ` +
+		alias + `.lease_epoch, ` + alias + `.lease_expires_at, coalesce(` + alias + `.last_error, ''), ` +
+		alias + `.events_applied, ` + alias + `.advanced_at, ` + alias + `.updated_at`
+}
+
+// Renew extends the given leases by ttl and returns those still held.
+// A lease is lost when its epoch moved (reset, takeover), it expired, or its
+// segment was paused. Segments locked by the owner's own apply transaction
+// are not waited for: they count as held if owner and epoch still match.
+func Renew(ctx context.Context, db DB, owner string, leases []Lease, ttl time.Duration) ([]Lease, error) {
+	if len(leases) == 0 {
+		return nil, nil
+	}
+	projs := make([]string, len(leases))
+	segs := make([]int32, len(leases))
+	epochs := make([]int64, len(leases))
+	for i, l := range leases {
+		projs[i], segs[i], epochs[i] = l.Projection, int32(l.Segment), l.Epoch
+	}
+	rows, err := db.Query(ctx, `
+WITH want AS (
+    SELECT * FROM unnest($2::text[], $3::int[], $4::bigint[]) AS w(projection, segment, epoch)
+), renewed AS (
+    UPDATE checkpoints c SET lease_expires_at = clock_timestamp() + $5::float8 * interval '1 second'
+      FROM (SELECT c2.projection, c2.segment FROM checkpoints c2
+              JOIN want w ON w.projection = c2.projection AND w.segment = c2.segment AND w.epoch = c2.lease_epoch
+             WHERE c2.lease_owner = $1 AND c2.status = 'running' AND c2.lease_expires_at > clock_timestamp()
+             FOR UPDATE OF c2 SKIP LOCKED) f
+     WHERE c.projection = f.projection AND c.segment = f.segment
+    RETURNING c.projection, c.segment
+)
+SELECT w.projection, w.segment, w.epoch FROM want w
+ WHERE EXISTS (SELECT 1 FROM renewed r WHERE r.projection = w.projection AND r.segment = w.segment)
+    OR EXISTS (SELECT 1 FROM checkpoints c WHERE c.projection = w.projection AND c.segment = w.segment
+                  AND c.lease_owner = $1 AND c.lease_epoch = w.epoch AND c.status = 'running'
+                  AND c.lease_expires_at > clock_timestamp())`, owner, projs, segs, epochs, ttl.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("renew: %w", err)
+	}
+	kept, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Lease, error) {
+		l := Lease{Owner: owner}
+		err := r.Scan(&l.Projection, &l.Segment, &l.Epoch)
+		return l, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("renew: %w", err)
+	}
+	return kept, nil
+}
+
+// Release gives a lease up so that another worker can claim it at once.
+func Release(ctx context.Context, db DB, l Lease) error {
+	if _, err := db.Exec(ctx, `UPDATE checkpoints SET lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+		WHERE projection = $1 AND segment = $2 AND lease_owner = $3 AND lease_epoch = $4`,
+		l.Projection, l.Segment, l.Owner, l.Epoch); err != nil {
+		return fmt.Errorf("release %s: %w", l, err)
+	}
+	return nil
+}
