@@ -3,7 +3,6 @@ package domain
 import (
 	"encoding/json"
 	"fmt"
-	"strings"
 )
 
 // Upcaster rewrites one event type's payload from schema version From to
@@ -27,11 +26,7 @@ func productCreatedV1ToV2(m map[string]json.RawMessage) error {
 		return fmt.Errorf("ProductCreated v1: no product_id")
 	}
 	if _, ok := m["sku"]; !ok {
-		sku := "SKU-" + strings.ToUpper(strings.ReplaceAll(id, "-", ""))
-		if len(sku) > 12 {
-			sku = sku[:12]
-		}
-		b, _ := json.Marshal(sku)
+		b, _ := json.Marshal(DefaultSKU(id))
 		m["sku"] = b
 	}
 	return nil
