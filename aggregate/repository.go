@@ -1,0 +1,198 @@
+package aggregate
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/readside/readside/domain"
+)
+
+// Defaults for Config.
+const (
+	SnapshotEveryDefault      = 100
+	MaxConflictRetriesDefault = 5
+	RetryBackoffDefault       = 2 * time.Millisecond
+	MaxRetryBackoffDefault    = 100 * time.Millisecond
+)
+
+// Config configures a Repository.
+type Config struct {
+	// SnapshotEvery writes a snapshot whenever an append crosses a multiple
+	// of this many versions (with 100: at version 100, 200, ...). 0 means
+	// SnapshotEveryDefault; a negative value disables snapshots (Load then
+	// replays every event, and existing snapshots are still used).
+	SnapshotEvery int
+	// MaxConflictRetries is how many times Execute reloads and retries after
+	// outbox.ErrConcurrencyConflict before returning it. 0 means
+	// MaxConflictRetriesDefault; a negative value means no retries.
+	MaxConflictRetries int
+	// RetryBackoff is the base wait before the first retry; it doubles per
+	// retry up to MaxRetryBackoff and each wait is jittered uniformly in
+	// [0, backoff). 0 means RetryBackoffDefault.
+	RetryBackoff time.Duration
+	// MaxRetryBackoff caps the backoff. 0 means MaxRetryBackoffDefault.
+	MaxRetryBackoff time.Duration
+	// Registerer receives the writer metrics
+	// (readside_writer_appends_total, readside_writer_events_total,
+	// readside_writer_conflicts_total, readside_writer_append_duration_seconds).
+	// nil means no metrics.
+	Registerer prometheus.Registerer
+}
+
+func (c *Config) setDefaults() {
+	c.SnapshotEvery = cmp.Or(c.SnapshotEvery, SnapshotEveryDefault)
+	c.MaxConflictRetries = cmp.Or(c.MaxConflictRetries, MaxConflictRetriesDefault)
+	c.RetryBackoff = cmp.Or(c.RetryBackoff, RetryBackoffDefault)
+	c.MaxRetryBackoff = cmp.Or(c.MaxRetryBackoff, MaxRetryBackoffDefault)
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.RetryBackoff < 0:
+		return fmt.Errorf("aggregate: RetryBackoff %v is negative", c.RetryBackoff)
+	case c.MaxRetryBackoff < c.RetryBackoff:
+		return fmt.Errorf("aggregate: MaxRetryBackoff %v is below RetryBackoff %v", c.MaxRetryBackoff, c.RetryBackoff)
+	}
+	return nil
+}
+
+// DB is what the repository needs from a pool (a *pgxpool.Pool).
+type DB interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// Querier is what Load needs: a transaction, a connection or a pool.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// Repository loads and saves aggregates. It is safe for concurrent use.
+type Repository struct {
+	db      DB
+	cfg     Config
+	metrics *metrics
+}
+
+// New returns a repository on db.
+func New(db DB, cfg Config) (*Repository, error) {
+	if db == nil {
+		return nil, errors.New("aggregate: db is nil")
+	}
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Repository{db: db, cfg: cfg, metrics: m}, nil
+}
+
+// StatePtr constrains a type parameter to *S where *S is a domain.State
+// (for example *domain.Order).
+type StatePtr[S any] interface {
+	*S
+	domain.State
+}
+
+// Loaded is an aggregate as Load rebuilt it.
+type Loaded[S any, P StatePtr[S]] struct {
+	ID    string
+	State P
+	// Version is the version of the last event applied; 0 means the
+	// aggregate has no events.
+	Version int
+	// SnapshotVersion is the version of the snapshot Load started from; 0
+	// means a full replay.
+	SnapshotVersion int
+}
+
+// loadSQL reads the latest snapshot and the events after it in one
+// statement, so both come from the same database snapshot even outside a
+// repeatable-read transaction.
+const loadSQL = `
+WITH s AS (
+    SELECT version, state FROM snapshots
+     WHERE aggregate_type = $1 AND aggregate_id = $2 AND $3
+     ORDER BY version DESC LIMIT 1)
+SELECT true, version, '', 0, state FROM s
+UNION ALL
+SELECT false, e.version, e.event_type, e.schema_version, e.event_data
+  FROM events e
+ WHERE e.aggregate_type = $1 AND e.aggregate_id = $2
+   AND e.version > coalesce((SELECT version FROM s), 0)
+ORDER BY 1 DESC, 2`
+
+// Load rebuilds aggregate id of type P from its latest snapshot and newer
+// events. An aggregate without events loads as the zero state at version 0
+// (the domain decides whether that is "not found").
+func Load[S any, P StatePtr[S]](ctx context.Context, q Querier, id string) (*Loaded[S, P], error) {
+	l, err := load[S, P](ctx, q, id, true)
+	var se *snapshotError
+	if errors.As(err, &se) {
+		// A snapshot this binary cannot read (the state's shape changed) is
+		// only a cache: replay from the first event instead.
+		return load[S, P](ctx, q, id, false)
+	}
+	return l, err
+}
+
+type snapshotError struct{ err error }
+
+func (e *snapshotError) Error() string { return e.err.Error() }
+
+func load[S any, P StatePtr[S]](ctx context.Context, q Querier, id string, useSnapshot bool) (*Loaded[S, P], error) {
+	l := &Loaded[S, P]{ID: id, State: P(new(S))}
+	aggType := l.State.AggregateType()
+	rows, err := q.Query(ctx, loadSQL, aggType, id, useSnapshot)
+	if err != nil {
+		return nil, fmt.Errorf("load %s %s: %w", aggType, id, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			isSnapshot    bool
+			version       int
+			eventType     string
+			schemaVersion int
+			data          []byte
+		)
+		if err := rows.Scan(&isSnapshot, &version, &eventType, &schemaVersion, &data); err != nil {
+			return nil, fmt.Errorf("load %s %s: %w", aggType, id, err)
+		}
+		if isSnapshot {
+			if err := json.Unmarshal(data, l.State); err != nil {
+				return nil, &snapshotError{fmt.Errorf("load %s %s: snapshot at version %d: %w", aggType, id, version, err)}
+			}
+			l.Version, l.SnapshotVersion = version, version
+			continue
+		}
+		if version != l.Version+1 {
+			return nil, fmt.Errorf("load %s %s: version %d follows %d", aggType, id, version, l.Version)
+		}
+		ev, err := domain.Decode(eventType, schemaVersion, data)
+		if err != nil {
+			return nil, fmt.Errorf("load %s %s: version %d: %w", aggType, id, version, err)
+		}
+		e, ok := ev.(domain.Event)
+		if !ok {
+			return nil, fmt.Errorf("load %s %s: version %d: %T is not a domain.Event", aggType, id, version, ev)
+		}
+		if err := l.State.Apply(e); err != nil {
+			return nil, fmt.Errorf("load %s %s: version %d: %w", aggType, id, version, err)
+		}
+		l.Version = version
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("load %s %s: %w", aggType, id, err)
+	}
+	return l, nil
+}

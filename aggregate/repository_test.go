@@ -1,0 +1,306 @@
+package aggregate_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/readside/readside/aggregate"
+	"github.com/readside/readside/domain"
+	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/outbox"
+)
+
+var now = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func newRepo(t *testing.T, pool *pgxpool.Pool, cfg aggregate.Config) *aggregate.Repository {
+	t.Helper()
+	r, err := aggregate.New(pool, cfg)
+	require.NoError(t, err)
+	return r
+}
+
+// insertV1Product writes a ProductCreated at schema version 1 (no sku) with
+// plain SQL, as an old writer did.
+func insertV1Product(t *testing.T, pool *pgxpool.Pool, id string) {
+	t.Helper()
+	_, err := pool.Exec(context.Background(), `
+		INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, schema_version, version)
+		VALUES ('Product', $1, 'ProductCreated', jsonb_build_object('product_id', $1::text, 'name', 'Old widget', 'price', 10.00, 'created_at', '2024-01-01T00:00:00Z'), 1, 1)`, id)
+	require.NoError(t, err)
+}
+
+// fullReplay loads without snapshots: it deletes them in a transaction it
+// rolls back.
+func fullReplay(t *testing.T, pool *pgxpool.Pool, id string) *aggregate.Loaded[domain.Product, *domain.Product] {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx) //nolint:errcheck
+	_, err = tx.Exec(ctx, `DELETE FROM snapshots`)
+	require.NoError(t, err)
+	l, err := aggregate.Load[domain.Product](ctx, tx, id)
+	require.NoError(t, err)
+	require.Zero(t, l.SnapshotVersion)
+	return l
+}
+
+func TestSnapshotAndUpcastLoadEqualsFullReplay(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{1, 100, 1000} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			pool := pgtest.NewDB(t)
+			repo := newRepo(t, pool, aggregate.Config{SnapshotEvery: 100})
+			id := fmt.Sprintf("prod-%d", n)
+			insertV1Product(t, pool, id)
+
+			// Append the rest in transactions of up to 37 events, so that
+			// snapshot boundaries fall inside batches.
+			version := 1
+			snapshots := 0
+			for version < n {
+				require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+					l, err := aggregate.Load[domain.Product](ctx, tx, id)
+					if err != nil {
+						return err
+					}
+					require.Equal(t, version, l.Version)
+					var events []domain.Event
+					price := l.State.Price
+					for i := 0; i < 37 && version+i < n; i++ {
+						events = append(events, &domain.PriceUpdated{ProductID: id, OldPrice: price, NewPrice: price + 1, UpdatedAt: now})
+						price++
+					}
+					res, err := repo.Save(ctx, tx, id, l.Version, l.State, outbox.Metadata{}, events)
+					if err != nil {
+						return err
+					}
+					if res.Snapshot {
+						snapshots++
+					}
+					version = res.Version
+					return nil
+				}))
+			}
+			require.Equal(t, n/100, snapshots)
+
+			got, err := aggregate.Load[domain.Product](ctx, pool, id)
+			require.NoError(t, err)
+			require.Equal(t, n, got.Version)
+			require.Equal(t, n/100*100, got.SnapshotVersion)
+
+			want := fullReplay(t, pool, id)
+			require.Equal(t, want.Version, got.Version)
+			require.Equal(t, want.State, got.State)
+			require.Equal(t, domain.DefaultSKU(id), got.State.SKU, "the v1 event was upcast")
+			require.Equal(t, domain.Money(1000+n-1), got.State.Price)
+
+			var kept int
+			require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM snapshots`).Scan(&kept))
+			require.Equal(t, min(n/100, 1), kept, "older snapshots are dropped")
+		})
+	}
+}
+
+func TestUnreadableSnapshotFallsBackToReplay(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	insertV1Product(t, pool, "p-1")
+	_, err := pool.Exec(ctx, `INSERT INTO snapshots (aggregate_type, aggregate_id, version, state) VALUES ('Product', 'p-1', 1, '{"price": "not money"}')`)
+	require.NoError(t, err)
+	l, err := aggregate.Load[domain.Product](ctx, pool, "p-1")
+	require.NoError(t, err)
+	require.Zero(t, l.SnapshotVersion)
+	require.Equal(t, 1, l.Version)
+	require.Equal(t, domain.Money(1000), l.State.Price)
+}
+
+func TestExecute(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	reg := prometheus.NewRegistry()
+	repo := newRepo(t, pool, aggregate.Config{SnapshotEvery: -1, Registerer: reg})
+	meta := outbox.Metadata{CorrelationID: "corr-1", UserID: "u-1"}
+
+	res, err := aggregate.Execute(ctx, repo, "o-1", meta, func(o *domain.Order) ([]domain.Event, error) {
+		return o.Place(domain.PlaceOrder{OrderID: "o-1", CustomerName: "Alice",
+			Items: []domain.OrderItem{{ProductName: "W", Quantity: 2, UnitPrice: 250}}}, now)
+	})
+	require.NoError(t, err)
+	require.Equal(t, 1, res.Version)
+	require.Equal(t, 1, res.Attempts)
+	require.NotZero(t, res.Cursor().TxID)
+
+	_, err = aggregate.Execute(ctx, repo, "o-1", meta, func(o *domain.Order) ([]domain.Event, error) {
+		return o.Ship(domain.ShipOrder{OrderID: "o-1"}, now)
+	})
+	require.ErrorIs(t, err, domain.ErrInvalidTransition)
+
+	_, err = aggregate.Execute(ctx, repo, "missing", meta, func(o *domain.Order) ([]domain.Event, error) {
+		return o.Confirm(domain.ConfirmOrder{OrderID: "missing"}, now)
+	})
+	require.ErrorIs(t, err, domain.ErrNotFound)
+
+	for _, step := range []func(o *domain.Order) ([]domain.Event, error){
+		func(o *domain.Order) ([]domain.Event, error) {
+			return o.Confirm(domain.ConfirmOrder{OrderID: "o-1"}, now)
+		},
+		func(o *domain.Order) ([]domain.Event, error) { return o.Ship(domain.ShipOrder{OrderID: "o-1"}, now) },
+	} {
+		_, err := aggregate.Execute(ctx, repo, "o-1", meta, step)
+		require.NoError(t, err)
+	}
+	l, err := aggregate.Load[domain.Order](ctx, pool, "o-1")
+	require.NoError(t, err)
+	require.Equal(t, domain.OrderStatusShipped, l.State.Status)
+	require.Equal(t, 3, l.Version)
+	require.Equal(t, domain.Money(500), l.State.TotalAmount)
+
+	// A decision without events writes nothing.
+	_, err = aggregate.Execute(ctx, repo, "p-1", meta, func(p *domain.Product) ([]domain.Event, error) {
+		return p.Create(domain.CreateProduct{ProductID: "p-1", Name: "W", Price: 100}, now)
+	})
+	require.NoError(t, err)
+	res, err = aggregate.Execute(ctx, repo, "p-1", meta, func(p *domain.Product) ([]domain.Event, error) {
+		return p.UpdatePrice(domain.UpdatePrice{ProductID: "p-1", NewPrice: 100}, now)
+	})
+	require.NoError(t, err)
+	require.Nil(t, res.Append)
+	require.Equal(t, 1, res.Version)
+	require.Equal(t, outbox.Cursor{}, res.Cursor())
+
+	var events, outboxRows, snapshots int
+	var corr string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM outbox), (SELECT count(*) FROM snapshots),
+		(SELECT metadata->>'correlation_id' FROM events WHERE aggregate_id = 'o-1' AND version = 1)`).Scan(&events, &outboxRows, &snapshots, &corr))
+	require.Equal(t, 4, events)
+	require.Equal(t, 4, outboxRows)
+	require.Zero(t, snapshots, "SnapshotEvery < 0 disables snapshots")
+	require.Equal(t, "corr-1", corr)
+
+	require.Equal(t, 3.0, counter(t, reg, "readside_writer_events_total", "Order"))
+}
+
+// counter returns the value of counter name{aggregate_type=aggType} in reg.
+func counter(t *testing.T, reg *prometheus.Registry, name, aggType string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "aggregate_type" && lp.GetValue() == aggType {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// TestConcurrentExecute has 8 goroutines change one aggregate at once. Every
+// goroutine loads the same version before any appends (a barrier in the
+// first decision), so 7 of them conflict at least once.
+func TestConcurrentExecute(t *testing.T) {
+	t.Parallel()
+	const writers = 8
+	for name, tc := range map[string]struct {
+		retries int
+		wantOK  int
+	}{
+		"retries succeed":     {retries: 100, wantOK: writers},
+		"no retries":          {retries: -1, wantOK: 1},
+		"few retries bounded": {retries: 2, wantOK: -1}, // any number, but conflicts are reported
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			pool := pgtest.NewDB(t)
+			reg := prometheus.NewRegistry()
+			repo := newRepo(t, pool, aggregate.Config{MaxConflictRetries: tc.retries, Registerer: reg, RetryBackoff: time.Millisecond})
+			_, err := aggregate.Execute(ctx, repo, "p-1", outbox.Metadata{}, func(p *domain.Product) ([]domain.Event, error) {
+				return p.Create(domain.CreateProduct{ProductID: "p-1", Name: "W", Price: 100}, now)
+			})
+			require.NoError(t, err)
+
+			var barrier sync.WaitGroup
+			barrier.Add(writers)
+			results := make([]*aggregate.Result, writers)
+			errs := make([]error, writers)
+			var wg sync.WaitGroup
+			for i := range writers {
+				wg.Go(func() {
+					first := true
+					results[i], errs[i] = aggregate.Execute(ctx, repo, "p-1", outbox.Metadata{}, func(p *domain.Product) ([]domain.Event, error) {
+						if first {
+							first = false
+							barrier.Done()
+							barrier.Wait()
+						}
+						return p.UpdatePrice(domain.UpdatePrice{ProductID: "p-1", NewPrice: domain.Money(1000 + i)}, now)
+					})
+				})
+			}
+			wg.Wait()
+
+			ok, conflicts, retried := 0, 0, 0
+			for i := range writers {
+				if errs[i] != nil {
+					require.ErrorIs(t, errs[i], outbox.ErrConcurrencyConflict)
+					conflicts++
+					continue
+				}
+				ok++
+				retried += results[i].Attempts - 1
+			}
+			if tc.wantOK >= 0 {
+				require.Equal(t, tc.wantOK, ok)
+			}
+			require.Equal(t, writers, ok+conflicts)
+			require.GreaterOrEqual(t, retried+conflicts, writers-1)
+
+			var versions []int
+			rows, err := pool.Query(ctx, `SELECT version FROM events WHERE aggregate_id = 'p-1' ORDER BY version`)
+			require.NoError(t, err)
+			versions, err = pgx.CollectRows(rows, pgx.RowTo[int])
+			require.NoError(t, err)
+			require.Len(t, versions, ok+1)
+			for i, v := range versions {
+				require.Equal(t, i+1, v, "versions are gap-free")
+			}
+			var outboxRows int
+			require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&outboxRows))
+			require.Equal(t, len(versions), outboxRows)
+			require.Equal(t, float64(retried+conflicts*(max(tc.retries, 0)+1)), counter(t, reg, "readside_writer_conflicts_total", "Product"))
+		})
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	t.Parallel()
+	_, err := aggregate.New(nil, aggregate.Config{})
+	require.Error(t, err)
+	pool := pgtest.NewDB(t)
+	_, err = aggregate.New(pool, aggregate.Config{RetryBackoff: time.Second, MaxRetryBackoff: time.Millisecond})
+	require.Error(t, err)
+	reg := prometheus.NewRegistry()
+	_, err = aggregate.New(pool, aggregate.Config{Registerer: reg})
+	require.NoError(t, err)
+	_, err = aggregate.New(pool, aggregate.Config{Registerer: reg})
+	require.Error(t, err, "metrics registered twice")
+}

@@ -1,0 +1,85 @@
+package aggregate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/readside/readside/domain"
+	"github.com/readside/readside/outbox"
+)
+
+// Tx is what Save needs from the caller's transaction (a pgx.Tx).
+type Tx interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// snapshotSQL writes a snapshot and drops the aggregate's older ones: a
+// snapshot is a cache of the events, and Load only reads the latest.
+const snapshotSQL = `
+WITH old AS (
+    DELETE FROM snapshots
+     WHERE aggregate_type = $1 AND aggregate_id = $2 AND version < $3)
+INSERT INTO snapshots (aggregate_type, aggregate_id, version, state)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING`
+
+// SaveResult describes what Save wrote.
+type SaveResult struct {
+	*outbox.AppendResult
+	// Snapshot is true when Save also wrote a snapshot at Version.
+	Snapshot bool
+}
+
+// Save appends events to aggregate id, whose state the caller loaded at
+// expectedVersion, inside tx (outbox.Append), applies them to state, and
+// writes a snapshot of the new state in the same transaction when the append
+// crosses a multiple of Config.SnapshotEvery. A clash with another writer is
+// an error wrapping outbox.ErrConcurrencyConflict; tx is then aborted.
+//
+// state is changed even when Save fails; reload it before retrying.
+func (r *Repository) Save(ctx context.Context, tx Tx, id string, expectedVersion int, state domain.State, meta outbox.Metadata, events []domain.Event) (*SaveResult, error) {
+	if len(events) == 0 {
+		return nil, errors.New("aggregate: save: no events")
+	}
+	aggType := state.AggregateType()
+	news := make([]outbox.NewEvent, len(events))
+	for i, e := range events {
+		data, err := json.Marshal(e)
+		if err != nil {
+			return nil, fmt.Errorf("save %s %s: encode %s: %w", aggType, id, e.EventType(), err)
+		}
+		news[i] = outbox.NewEvent{
+			Type:          e.EventType(),
+			Data:          data,
+			Metadata:      meta,
+			SchemaVersion: domain.SchemaVersion(e.EventType()),
+		}
+	}
+	res, err := outbox.Append(ctx, tx, outbox.Aggregate{Type: aggType, ID: id}, expectedVersion, news)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range events {
+		if err := state.Apply(e); err != nil {
+			return nil, fmt.Errorf("save %s %s: %w", aggType, id, err)
+		}
+	}
+	out := &SaveResult{AppendResult: res}
+	if n := r.cfg.SnapshotEvery; n > 0 && res.Version/n > expectedVersion/n {
+		b, err := json.Marshal(state)
+		if err != nil {
+			return nil, fmt.Errorf("save %s %s: encode snapshot: %w", aggType, id, err)
+		}
+		if _, err := tx.Exec(ctx, snapshotSQL, aggType, id, res.Version, string(b)); err != nil {
+			return nil, fmt.Errorf("save %s %s: snapshot at version %d: %w", aggType, id, res.Version, err)
+		}
+		out.Snapshot = true
+	}
+	return out, nil
+}
