@@ -139,6 +139,19 @@ func nonNil(s []string) []string {
 	return s
 }
 
+const advanceSQL = `
+UPDATE checkpoints
+   SET cursor_txid = $5, cursor_position = $6,
+       high_txid = CASE WHEN (high_txid, high_position) < ($5::xid8, $6::bigint) THEN $5::xid8 ELSE high_txid END,
+       high_position = CASE WHEN (high_txid, high_position) < ($5::xid8, $6::bigint) THEN $6::bigint ELSE high_position END,
+       events_applied = events_applied + $9,
+       advanced_at = CASE WHEN (cursor_txid, cursor_position) <> ($5::xid8, $6::bigint) THEN now() ELSE advanced_at END,
+       updated_at = now()
+ WHERE projection = $1 AND segment = $2
+   AND lease_owner = $3 AND lease_epoch = $4 AND lease_expires_at > clock_timestamp()
+   AND status = 'running'
+   AND cursor_txid = $7 AND cursor_position = $8`
+
 // Advance moves a segment's cursor from `from` to `to` inside the caller's
 // apply transaction, counting applied events. It returns ErrFenced, and
 // changes nothing, unless the lease is current and unexpired, the segment is
@@ -146,26 +159,27 @@ func nonNil(s []string) []string {
 // transaction: its row lock keeps the segment from being claimed until the
 // transaction ends.
 func Advance(ctx context.Context, tx DB, l Lease, from, to outbox.Cursor, applied int) error {
-	tag, err := tx.Exec(ctx, `
-UPDATE checkpoints
-   SET cursor_txid = $5, cursor_position = $6,
-       high_txid = CASE WHEN (high_txid, high_position) < ($5::xid8, $6::bigint) THEN $5::xid8 ELSE high_txid END,
-       high_position = CASE WHEN (high_txid, high_position) < ($5::xid8, $6::bigint) THEN $6::bigint ELSE high_position END,
-       events_applied = events_applied + $9,
-       advanced_at = now(),
-       updated_at = now()
- WHERE projection = $1 AND segment = $2
-   AND lease_owner = $3 AND lease_epoch = $4 AND lease_expires_at > clock_timestamp()
-   AND status = 'running'
-   AND cursor_txid = $7 AND cursor_position = $8`,
-		l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied)
-	if err != nil {
-		return fmt.Errorf("advance %s: %w", l, err)
+	tag, err := tx.Exec(ctx, advanceSQL, l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied)
+	return AdvanceResult(tag, err)(l, from)
+}
+
+// QueueAdvance queues Advance into a pipelined batch; check its result with
+// AdvanceResult.
+func QueueAdvance(b *pgx.Batch, l Lease, from, to outbox.Cursor, applied int) {
+	b.Queue(advanceSQL, l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied)
+}
+
+// AdvanceResult turns the result of a queued Advance into its error.
+func AdvanceResult(tag pgconn.CommandTag, err error) func(l Lease, from outbox.Cursor) error {
+	return func(l Lease, from outbox.Cursor) error {
+		if err != nil {
+			return fmt.Errorf("advance %s: %w", l, err)
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("advance %s from %s: %w", l, from, ErrFenced)
+		}
+		return nil
 	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("advance %s from %s: %w", l, from, ErrFenced)
-	}
-	return nil
 }
 
 // Fail halts a segment (status failed) with the reason, inside the apply

@@ -162,21 +162,51 @@ func nonNil(s []string) []string {
 	return s
 }
 
-// Head returns the cursor of the last row inside the read window: where a
-// reader that has caught up stands. It is one backwards index probe.
-func Head(ctx context.Context, q Querier) (Cursor, error) {
-	var c Cursor
+// Head is where the log ends.
+type Head struct {
+	// Window is the last row inside the read window: where a reader that
+	// has caught up stands.
+	Window Cursor
+	// Latest is the last committed row, inside the window or not. When it
+	// is past Window, a transaction somewhere in the cluster (see
+	// WindowHolder) is holding the window back and a reader should look
+	// again soon: the holder's commit sends no notification.
+	Latest Cursor
+}
+
+// Behind reports whether committed rows wait outside the read window.
+func (h Head) Behind() bool { return h.Window.Less(h.Latest) }
+
+// ReadHead returns the head of the log. It is two backwards index probes.
+func ReadHead(ctx context.Context, q Querier) (Head, error) {
+	var w, l struct {
+		txid *uint64
+		pos  *int64
+	}
 	err := q.QueryRow(ctx, `
-SELECT o.txid, o.position FROM outbox o
- WHERE o.txid < pg_snapshot_xmin(pg_current_snapshot())
- ORDER BY o.txid DESC, o.position DESC LIMIT 1`).Scan(&c.TxID, &c.Position)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return horizon(ctx, q)
-	}
+SELECT w.txid, w.position, l.txid, l.position
+  FROM (SELECT 1) one
+  LEFT JOIN LATERAL (SELECT o.txid, o.position FROM outbox o
+                      WHERE o.txid < pg_snapshot_xmin(pg_current_snapshot())
+                      ORDER BY o.txid DESC, o.position DESC LIMIT 1) w ON true
+  LEFT JOIN LATERAL (SELECT o.txid, o.position FROM outbox o
+                      ORDER BY o.txid DESC, o.position DESC LIMIT 1) l ON true`).Scan(&w.txid, &w.pos, &l.txid, &l.pos)
 	if err != nil {
-		return c, fmt.Errorf("head: %w", err)
+		return Head{}, fmt.Errorf("head: %w", err)
 	}
-	return c, nil
+	var h Head
+	if w.txid == nil {
+		if h.Window, err = horizon(ctx, q); err != nil {
+			return Head{}, err
+		}
+	} else {
+		h.Window = Cursor{TxID: *w.txid, Position: *w.pos}
+	}
+	h.Latest = h.Window
+	if l.txid != nil {
+		h.Latest = Cursor{TxID: *l.txid, Position: *l.pos}
+	}
+	return h, nil
 }
 
 func horizon(ctx context.Context, q Querier) (Cursor, error) {

@@ -1,0 +1,422 @@
+package projectors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/outbox"
+)
+
+// errHalted ends a segment's task after its failing event halted it.
+var errHalted = errors.New("segment halted")
+
+type fetched struct {
+	batch *outbox.Batch
+	err   error
+}
+
+// runSegment applies a segment's batches until it has caught up with the
+// read window, the lease is lost, or the worker stops. The next batch is
+// fetched while the current one is applied. Batches in flight finish on a
+// soft stop (softCtx) and roll back on a hard one (hardCtx).
+func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error {
+	batch, err := w.fetch(hardCtx, s, s.cursor)
+	for {
+		if err != nil {
+			return w.transient(softCtx, s, "fetch", err)
+		}
+		if batch.Scanned == 0 {
+			s.retries = 0
+			return nil
+		}
+		// Prefetch the next batch on another connection while this one is
+		// applied. The goroutine always delivers, and is always received
+		// below, so it never outlives this function.
+		next := make(chan fetched, 1)
+		go func(after outbox.Cursor) {
+			b, err := w.fetch(hardCtx, s, after)
+			next <- fetched{b, err}
+		}(batch.Next)
+
+		to, applyErr := w.apply(hardCtx, s, batch)
+		pre := <-next
+		if applyErr != nil {
+			if errors.Is(applyErr, checkpoint.ErrFenced) || errors.Is(applyErr, errHalted) {
+				return applyErr
+			}
+			if err := w.transient(softCtx, s, "apply", applyErr); err != nil {
+				return err
+			}
+			batch, err = w.fetch(hardCtx, s, s.cursor)
+			continue
+		}
+		s.retries = 0
+		s.cursor = to
+		if s.high.Less(to) {
+			s.high = to
+		}
+		if softCtx.Err() != nil {
+			return nil // soft stop: the batch in flight has finished
+		}
+		if to != batch.Next {
+			// Part of the batch is waiting for a retry of a failing event:
+			// the prefetched batch does not follow on; read again from here.
+			batch, err = w.fetch(hardCtx, s, to)
+			continue
+		}
+		batch, err = pre.batch, pre.err
+	}
+}
+
+// transient logs and counts a retryable error, waits out the backoff and
+// returns nil to retry, or returns the error when the worker is stopping.
+func (w *Worker) transient(softCtx context.Context, s *segment, op string, err error) error {
+	if softCtx.Err() != nil {
+		return softCtx.Err()
+	}
+	reason := retryReason(err)
+	if reason == "" {
+		reason = "unknown"
+	}
+	s.retries++
+	w.metrics.retries.WithLabelValues(s.spec.Name, reason).Inc()
+	w.metrics.batches.WithLabelValues(s.spec.Name, "retried").Inc()
+	d := backoff(s.retries, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff)
+	w.log.Warn("batch failed; retrying", "op", op, "projection", s.spec.Name, "segment", s.lease.Segment,
+		"cursor", s.cursor.String(), "reason", reason, "attempt", s.retries, "backoff", d, "err", err)
+	return sleep(softCtx, d)
+}
+
+func (w *Worker) fetch(ctx context.Context, s *segment, after outbox.Cursor) (*outbox.Batch, error) {
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.LeaseTTL)
+	defer cancel()
+	return outbox.Fetch(ctx, w.cfg.Pool, after, w.cfg.BatchSize, s.spec.filter(s.lease.Segment))
+}
+
+// begin opens an apply transaction and, in one round trip, bounds how long
+// the transaction may sit idle (a stopped or paused worker must not hold the
+// checkpoint's row lock past its lease), fences it with the lease by moving
+// the checkpoint, and asks which of the batch's aggregates are parked.
+func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, applied int, events []outbox.Event) (pgx.Tx, map[aggKey]bool, error) {
+	tx, err := w.cfg.Pool.Begin(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	b := &pgx.Batch{}
+	b.Queue(fmt.Sprintf(`SET LOCAL idle_in_transaction_session_timeout = %d`, w.cfg.LeaseTTL.Milliseconds()))
+	checkpoint.QueueAdvance(b, s.lease, from, to, applied)
+	types, ids := aggregates(events)
+	b.Queue(`SELECT aggregate_type, aggregate_id FROM dead_letters
+		WHERE projection = $1 AND status IN ('parked', 'retrying')
+		  AND (aggregate_type, aggregate_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))`, s.spec.Name, types, ids)
+	res := tx.SendBatch(ctx, b)
+	parked := map[aggKey]bool{}
+	_, err = res.Exec()
+	if err == nil {
+		err = checkpoint.AdvanceResult(res.Exec())(s.lease, from)
+	}
+	if err == nil {
+		var rows pgx.Rows
+		rows, err = res.Query()
+		if err == nil {
+			for rows.Next() {
+				var k aggKey
+				if err = rows.Scan(&k.typ, &k.id); err != nil {
+					break
+				}
+				parked[k] = true
+			}
+			rows.Close()
+			if err == nil {
+				err = rows.Err()
+			}
+		}
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, nil, err
+	}
+	return tx, parked, nil
+}
+
+type aggKey struct{ typ, id string }
+
+func aggregates(events []outbox.Event) (types, ids []string) {
+	seen := map[aggKey]bool{}
+	for _, e := range events {
+		k := aggKey{e.AggregateType, e.AggregateID}
+		if !seen[k] {
+			seen[k] = true
+			types = append(types, k.typ)
+			ids = append(ids, k.id)
+		}
+	}
+	if types == nil {
+		types, ids = []string{}, []string{}
+	}
+	return types, ids
+}
+
+// apply applies one batch and returns the cursor committed: batch.Next, or
+// less when a failing event waits for another attempt. The fast path is one
+// transaction with no savepoints; only when the projection fails does the
+// slow path split the batch to find the failing event.
+func (w *Worker) apply(ctx context.Context, s *segment, batch *outbox.Batch) (outbox.Cursor, error) {
+	start := time.Now()
+	from := s.cursor
+	tx, parked, err := w.begin(ctx, s, from, batch.Next, len(batch.Events), batch.Events)
+	if err != nil {
+		return from, w.fencedOr(s, err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+
+	events, blocked := splitParked(batch.Events, parked)
+	if err := w.park(ctx, tx, s, blocked, "blocked", "an earlier event of this aggregate is parked", nil); err != nil {
+		return from, err
+	}
+	replay := !s.high.Less(batch.Next)
+	if len(events) > 0 {
+		if err := s.proj.Apply(ctx, tx, &Batch{Events: events, Segment: s.lease.Segment, Replay: replay}); err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+			if retryReason(err) != "" {
+				return from, err
+			}
+			w.metrics.batches.WithLabelValues(s.spec.Name, "isolated").Inc()
+			return w.applyIsolating(ctx, s, batch)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return from, w.fencedOr(s, err)
+	}
+	w.committed(s, events, start)
+	return batch.Next, nil
+}
+
+func (w *Worker) committed(s *segment, events []outbox.Event, start time.Time) {
+	now := time.Now()
+	name := s.spec.Name
+	w.metrics.batches.WithLabelValues(name, "committed").Inc()
+	w.metrics.batchDuration.WithLabelValues(name).Observe(now.Sub(start).Seconds())
+	w.metrics.batchSize.WithLabelValues(name).Observe(float64(len(events)))
+	w.metrics.eventsApplied.WithLabelValues(name).Add(float64(len(events)))
+	lat := w.metrics.latency.WithLabelValues(name)
+	for _, e := range events {
+		if !e.AppendedAt.IsZero() {
+			lat.Observe(now.Sub(e.AppendedAt).Seconds())
+		}
+	}
+}
+
+func (w *Worker) fencedOr(s *segment, err error) error {
+	if errors.Is(err, checkpoint.ErrFenced) {
+		w.metrics.fenced.WithLabelValues(s.spec.Name).Inc()
+		w.metrics.batches.WithLabelValues(s.spec.Name, "fenced").Inc()
+	}
+	return err
+}
+
+func splitParked(events []outbox.Event, parked map[aggKey]bool) (keep, blocked []outbox.Event) {
+	if len(parked) == 0 {
+		return events, nil
+	}
+	for _, e := range events {
+		if parked[aggKey{e.AggregateType, e.AggregateID}] {
+			blocked = append(blocked, e)
+		} else {
+			keep = append(keep, e)
+		}
+	}
+	return keep, blocked
+}
+
+// applyIsolating is the slow path: in one transaction, it applies the batch
+// in savepoints, bisecting to find the first failing event. A failing event
+// below MaxAttempts ends the transaction just before it (the events before
+// it commit) and is retried after a backoff; at MaxAttempts it is parked
+// together with every later event of its aggregate (policy Park) and the
+// rest of the batch goes on, or the segment halts (policy Halt).
+func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.Batch) (outbox.Cursor, error) {
+	start := time.Now()
+	from := s.cursor
+	// Fence without moving (from -> from); the final Advance moves it.
+	tx, parked, err := w.begin(ctx, s, from, from, 0, batch.Events)
+	if err != nil {
+		return from, w.fencedOr(s, err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+
+	remaining, blocked := splitParked(batch.Events, parked)
+	if err := w.park(ctx, tx, s, blocked, "blocked", "an earlier event of this aggregate is parked", nil); err != nil {
+		return from, err
+	}
+	replay := !s.high.Less(batch.Next)
+	var applied []outbox.Event
+	to := batch.Next
+	var retryAttempts int // > 0 when a failing event waits for another attempt
+	for len(remaining) > 0 {
+		i, cause, err := w.find(ctx, tx, s, remaining, replay)
+		if err != nil {
+			return from, err
+		}
+		if i < 0 {
+			applied = append(applied, remaining...)
+			break
+		}
+		applied = append(applied, remaining[:i]...)
+		bad := remaining[i]
+		s.attempts[bad.ID()]++
+		attempts := s.attempts[bad.ID()]
+		log := w.log.With("projection", s.spec.Name, "segment", s.lease.Segment, "cursor", from.String(),
+			"event_id", bad.ID(), "event_type", bad.Type, "aggregate", bad.AggregateType+"/"+bad.AggregateID,
+			"correlation_id", correlationID(bad), "attempt", attempts, "err", cause)
+		if attempts < w.cfg.MaxAttempts || s.spec.OnError == Halt {
+			// Commit what came before the failing event; it is retried (or
+			// halts the segment) from there.
+			to = before(batch, i, remaining, from)
+			if attempts >= w.cfg.MaxAttempts {
+				log.Error("event keeps failing; halting the segment (policy halt)")
+				if err := checkpoint.Advance(ctx, tx, s.lease, from, to, len(applied)); err != nil {
+					return from, w.fencedOr(s, err)
+				}
+				if err := checkpoint.Fail(ctx, tx, s.lease, fmt.Sprintf("event %d (%s %s/%s v%d) failed %d times: %v",
+					bad.ID(), bad.Type, bad.AggregateType, bad.AggregateID, bad.Version, attempts, cause)); err != nil {
+					return from, err
+				}
+				if err := tx.Commit(ctx); err != nil {
+					return from, w.fencedOr(s, err)
+				}
+				w.metrics.batches.WithLabelValues(s.spec.Name, "halted").Inc()
+				w.committed(s, applied, start)
+				return to, errHalted
+			}
+			log.Warn("event failed; retrying after backoff")
+			w.metrics.retries.WithLabelValues(s.spec.Name, "projection").Inc()
+			if to == from {
+				_ = tx.Rollback(ctx)
+				return from, sleep(ctx, backoff(attempts, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff))
+			}
+			retryAttempts = attempts
+			break
+		}
+		log.Error("event keeps failing; parking it and later events of its aggregate (policy park)")
+		k := aggKey{bad.AggregateType, bad.AggregateID}
+		if err := w.park(ctx, tx, s, []outbox.Event{bad}, "failed", cause, map[int64]int{bad.ID(): attempts}); err != nil {
+			return from, err
+		}
+		delete(s.attempts, bad.ID())
+		var rest, sameAgg []outbox.Event
+		for _, e := range remaining[i+1:] {
+			if (aggKey{e.AggregateType, e.AggregateID}) == k {
+				sameAgg = append(sameAgg, e)
+			} else {
+				rest = append(rest, e)
+			}
+		}
+		if err := w.park(ctx, tx, s, sameAgg, "blocked", "an earlier event of this aggregate is parked", nil); err != nil {
+			return from, err
+		}
+		remaining = rest
+	}
+	if err := checkpoint.Advance(ctx, tx, s.lease, from, to, len(applied)); err != nil {
+		return from, w.fencedOr(s, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return from, w.fencedOr(s, err)
+	}
+	w.committed(s, applied, start)
+	if retryAttempts > 0 {
+		_ = sleep(ctx, backoff(retryAttempts, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff))
+	}
+	return to, nil
+}
+
+// before is the cursor just before remaining[i]: the previous matching
+// event's cursor, or `from` when it is the first.
+func before(batch *outbox.Batch, i int, remaining []outbox.Event, from outbox.Cursor) outbox.Cursor {
+	target := remaining[i].Cursor
+	prev := from
+	for _, e := range batch.Events {
+		if !e.Cursor.Less(target) {
+			break
+		}
+		prev = e.Cursor
+	}
+	return prev
+}
+
+// find applies events in savepoints and returns the index of the first one
+// that fails on its own, with its error, having applied everything before
+// it; -1 when all applied. A transient error aborts the search.
+func (w *Worker) find(ctx context.Context, tx pgx.Tx, s *segment, events []outbox.Event, replay bool) (int, string, error) {
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return 0, "", err
+	}
+	applyErr := s.proj.Apply(ctx, sp, &Batch{Events: events, Segment: s.lease.Segment, Replay: replay})
+	if applyErr == nil {
+		return -1, "", sp.Commit(ctx)
+	}
+	if err := sp.Rollback(ctx); err != nil {
+		return 0, "", err
+	}
+	if retryReason(applyErr) != "" {
+		return 0, "", applyErr
+	}
+	if len(events) == 1 {
+		return 0, applyErr.Error(), nil
+	}
+	mid := len(events) / 2
+	i, cause, err := w.find(ctx, tx, s, events[:mid], replay)
+	if err != nil || i >= 0 {
+		return i, cause, err
+	}
+	j, cause, err := w.find(ctx, tx, s, events[mid:], replay)
+	if err != nil || j < 0 {
+		return j, cause, err
+	}
+	return mid + j, cause, nil
+}
+
+// park writes events to the dead-letter table inside tx.
+func (w *Worker) park(ctx context.Context, tx pgx.Tx, s *segment, events []outbox.Event, reason, msg string, attempts map[int64]int) error {
+	if len(events) == 0 {
+		return nil
+	}
+	n := len(events)
+	ids, versions, att := make([]int64, n), make([]int32, n), make([]int32, n)
+	txids := make([]uint64, n)
+	types, aggTypes, aggIDs := make([]string, n), make([]string, n), make([]string, n)
+	for i, e := range events {
+		ids[i], txids[i], versions[i] = e.ID(), e.Cursor.TxID, int32(e.Version)
+		types[i], aggTypes[i], aggIDs[i] = e.Type, e.AggregateType, e.AggregateID
+		att[i] = int32(max(attempts[e.ID()], 1))
+	}
+	_, err := tx.Exec(ctx, `
+INSERT INTO dead_letters (projection, segment, event_id, txid, aggregate_type, aggregate_id, event_type, version, reason, error, attempts)
+SELECT $1, $2, t.id, t.txid, t.agg_type, t.agg_id, t.event_type, t.version, $3, $4, t.attempts
+  FROM unnest($5::bigint[], $6::xid8[], $7::text[], $8::text[], $9::text[], $10::int[], $11::int[])
+       AS t(id, txid, agg_type, agg_id, event_type, version, attempts)
+ON CONFLICT (projection, event_id) DO UPDATE
+   SET status = 'parked', reason = excluded.reason, error = excluded.error,
+       attempts = dead_letters.attempts + excluded.attempts, last_failed_at = now(), resolved_at = NULL`,
+		s.spec.Name, s.lease.Segment, reason, msg, ids, txids, aggTypes, aggIDs, types, versions, att)
+	if err != nil {
+		return fmt.Errorf("park %d events: %w", n, err)
+	}
+	w.metrics.parked.WithLabelValues(s.spec.Name, reason).Add(float64(n))
+	return nil
+}
+
+func correlationID(e outbox.Event) string {
+	var m outbox.Metadata
+	_ = jsonUnmarshal(e.Metadata, &m)
+	return m.CorrelationID
+}

@@ -1,0 +1,524 @@
+package projectors
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sourcegraph/conc"
+
+	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/migrations"
+	"github.com/readside/readside/outbox"
+)
+
+// Defaults for Config.
+const (
+	ConcurrencyDefault     = 4
+	BatchSizeDefault       = 1000
+	PollIntervalDefault    = time.Second
+	LeaseTTLDefault        = 10 * time.Second
+	MaxAttemptsDefault     = 3
+	RetryBackoffDefault    = 100 * time.Millisecond
+	MaxRetryBackoffDefault = 10 * time.Second
+	SoftStopTimeoutDefault = 10 * time.Second
+)
+
+// Config configures a Worker.
+type Config struct {
+	// Pool is the database. It needs about 2 x Concurrency + 2 connections
+	// (an apply and a prefetch per running segment, the coordinator, and a
+	// spare); the LISTEN connection is separate.
+	Pool *pgxpool.Pool
+	// Projections this worker runs. Every worker of a fleet should run the
+	// same set.
+	Projections []Projection
+	// WorkerID names this worker in leases and heartbeats. Empty means
+	// hostname-pid-random. Two live workers must never share one.
+	WorkerID string
+	// Concurrency is how many segments are applied at once. 0 means
+	// ConcurrencyDefault.
+	Concurrency int
+	// BatchSize is how many outbox rows one fetch passes over (matching or
+	// not). 0 means BatchSizeDefault.
+	BatchSize int
+	// PollInterval is the fallback when no notification arrives: the worker
+	// checks the outbox head this often (one query for all its segments). 0
+	// means PollIntervalDefault.
+	PollInterval time.Duration
+	// LeaseTTL is how long a lease lasts without renewal; a dead worker's
+	// segments move after at most this long. Leases are renewed every
+	// LeaseTTL/4. 0 means LeaseTTLDefault.
+	LeaseTTL time.Duration
+	// MaxAttempts is how often an event failing with a projection error is
+	// tried before it is parked (or the segment halted). 0 means
+	// MaxAttemptsDefault.
+	MaxAttempts int
+	// RetryBackoff is the first retry delay; it doubles up to
+	// MaxRetryBackoff, with jitter. 0 means the defaults.
+	RetryBackoff    time.Duration
+	MaxRetryBackoff time.Duration
+	// SoftStopTimeout is how long Stop lets batches in flight finish before
+	// cancelling them (they roll back). 0 means SoftStopTimeoutDefault.
+	SoftStopTimeout time.Duration
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the runtime's metrics; nil means none.
+	Registerer prometheus.Registerer
+	// ListenConnect opens the dedicated LISTEN connection. nil means a new
+	// connection with the pool's connection config.
+	ListenConnect func(ctx context.Context) (*pgx.Conn, error)
+}
+
+func (c *Config) setDefaults() {
+	c.Concurrency = cmp.Or(c.Concurrency, ConcurrencyDefault)
+	c.BatchSize = cmp.Or(c.BatchSize, BatchSizeDefault)
+	c.PollInterval = cmp.Or(c.PollInterval, PollIntervalDefault)
+	c.LeaseTTL = cmp.Or(c.LeaseTTL, LeaseTTLDefault)
+	c.MaxAttempts = cmp.Or(c.MaxAttempts, MaxAttemptsDefault)
+	c.RetryBackoff = cmp.Or(c.RetryBackoff, RetryBackoffDefault)
+	c.MaxRetryBackoff = cmp.Or(c.MaxRetryBackoff, MaxRetryBackoffDefault)
+	c.SoftStopTimeout = cmp.Or(c.SoftStopTimeout, SoftStopTimeoutDefault)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.WorkerID == "" {
+		host, _ := os.Hostname()
+		b := make([]byte, 3)
+		_, _ = rand.Read(b)
+		c.WorkerID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
+	}
+	if c.ListenConnect == nil && c.Pool != nil {
+		cc := c.Pool.Config().ConnConfig
+		c.ListenConnect = func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, cc.Copy()) }
+	}
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Pool == nil:
+		return errors.New("projectors: Config.Pool is required")
+	case len(c.Projections) == 0:
+		return errors.New("projectors: Config.Projections is empty")
+	case c.Concurrency < 0 || c.BatchSize < 0 || c.MaxAttempts < 0:
+		return errors.New("projectors: Concurrency, BatchSize and MaxAttempts must not be negative")
+	case c.LeaseTTL < 100*time.Millisecond:
+		return fmt.Errorf("projectors: LeaseTTL %s is too short (minimum 100ms)", c.LeaseTTL)
+	case c.PollInterval < time.Millisecond:
+		return fmt.Errorf("projectors: PollInterval %s is too short", c.PollInterval)
+	}
+	seen := map[string]bool{}
+	for _, p := range c.Projections {
+		s := p.Spec().withDefaults()
+		if err := s.validate(); err != nil {
+			return err
+		}
+		if seen[s.Name] {
+			return fmt.Errorf("projectors: projection %s listed twice", s.Name)
+		}
+		seen[s.Name] = true
+	}
+	return nil
+}
+
+// Worker is one member of a projector fleet. It heartbeats, claims its fair
+// share of segments, and applies their batches with bounded concurrency,
+// woken by LISTEN/NOTIFY with a poll as fallback.
+type Worker struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+	specs   map[string]Spec
+	projs   map[string]Projection
+	names   []string
+
+	mu      sync.Mutex
+	started bool
+	stopped chan struct{}
+	soft    context.CancelFunc
+	hard    context.CancelFunc
+}
+
+// NewWorker validates cfg and returns a Worker; it does not touch the
+// database until Start.
+func NewWorker(cfg Config) (*Worker, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("projectors: metrics: %w", err)
+	}
+	w := &Worker{cfg: cfg, log: cfg.Logger.With("worker", cfg.WorkerID), metrics: m,
+		specs: map[string]Spec{}, projs: map[string]Projection{}, stopped: make(chan struct{})}
+	for _, p := range cfg.Projections {
+		s := p.Spec().withDefaults()
+		w.specs[s.Name] = s
+		w.projs[s.Name] = p
+		w.names = append(w.names, s.Name)
+	}
+	return w, nil
+}
+
+// ID is the worker's id in leases and heartbeats.
+func (w *Worker) ID() string { return w.cfg.WorkerID }
+
+// Register checks the schema and the cluster's transaction ids, and
+// registers every projection (creating its checkpoints). Start calls it.
+func Register(ctx context.Context, pool *pgxpool.Pool, projections ...Projection) error {
+	if err := migrations.Check(ctx, pool); err != nil {
+		return err
+	}
+	if err := outbox.CheckXIDs(ctx, pool); err != nil {
+		return err
+	}
+	for _, p := range projections {
+		s := p.Spec().withDefaults()
+		if err := s.validate(); err != nil {
+			return err
+		}
+		if err := checkpoint.Register(ctx, pool, s.Name, s.Segments, string(s.OnError)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Start registers the projections and starts the worker in the background.
+// It returns an error if the database is unreachable, not migrated, or its
+// transaction ids went backwards. Cancelling ctx stops the worker hard;
+// Stop stops it gracefully.
+func (w *Worker) Start(ctx context.Context) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.started {
+		return errors.New("projectors: worker already started")
+	}
+	if err := Register(ctx, w.cfg.Pool, w.cfg.Projections...); err != nil {
+		return err
+	}
+	hardCtx, hard := context.WithCancel(ctx)
+	softCtx, soft := context.WithCancel(hardCtx)
+	w.started, w.soft, w.hard = true, soft, hard
+	c := newCoordinator(w, softCtx, hardCtx)
+	go func() {
+		defer close(w.stopped)
+		defer hard()
+		c.run()
+	}()
+	return nil
+}
+
+// Stop stops claiming work, lets batches in flight finish (up to
+// SoftStopTimeout, or until ctx is done), then cancels the rest, releases
+// the worker's leases so that others take over at once, and waits for every
+// goroutine. Safe to call twice and before Start.
+func (w *Worker) Stop(ctx context.Context) error {
+	w.mu.Lock()
+	if !w.started {
+		w.mu.Unlock()
+		return nil
+	}
+	soft, hard := w.soft, w.hard
+	w.mu.Unlock()
+	soft()
+	t := time.NewTimer(w.cfg.SoftStopTimeout)
+	defer t.Stop()
+	select {
+	case <-w.stopped:
+		return nil
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	hard()
+	<-w.stopped
+	return nil
+}
+
+// Stopped is closed when the worker has stopped.
+func (w *Worker) Stopped() <-chan struct{} { return w.stopped }
+
+// segment is the coordinator's view of one leased segment. Fields other than
+// lease/running/release are touched only by the task running it.
+type segment struct {
+	spec     Spec
+	proj     Projection
+	lease    checkpoint.Lease
+	cursor   outbox.Cursor
+	high     outbox.Cursor
+	running  bool
+	release  bool          // give the lease up when the current task ends
+	attempts map[int64]int // failures per event id (projection errors)
+	retries  int           // consecutive transient failures
+}
+
+type taskResult struct {
+	seg *segment
+	err error
+}
+
+type coordinator struct {
+	w        *Worker
+	softCtx  context.Context
+	hardCtx  context.Context
+	segs     map[string]*segment
+	queue    chan *segment
+	done     chan taskResult
+	notify   chan struct{}
+	head     outbox.Cursor
+	total    int
+	tasks    conc.WaitGroup
+	inflight int
+	recheck  *time.Timer   // fires checkHead while the window is held back
+	behind   time.Duration // current recheck delay
+}
+
+func key(projection string, segment int) string { return fmt.Sprintf("%s/%d", projection, segment) }
+
+func newCoordinator(w *Worker, softCtx, hardCtx context.Context) *coordinator {
+	total := 0
+	for _, s := range w.specs {
+		total += s.Segments
+	}
+	return &coordinator{w: w, softCtx: softCtx, hardCtx: hardCtx, segs: map[string]*segment{},
+		queue: make(chan *segment, total+1), done: make(chan taskResult, total+1),
+		notify: make(chan struct{}, 1), total: total}
+}
+
+func (c *coordinator) run() {
+	w := c.w
+	var listeners conc.WaitGroup
+	listenCtx, stopListen := context.WithCancel(c.hardCtx)
+	listeners.Go(func() {
+		outbox.Listen(listenCtx, w.cfg.ListenConnect, w.cfg.PollInterval, c.wake, func(err error) {
+			w.log.Warn("listen: connection lost, reconnecting", "err", err)
+		})
+	})
+	for range w.cfg.Concurrency {
+		c.tasks.Go(c.executor)
+	}
+
+	c.recheck = time.NewTimer(time.Hour)
+	c.recheck.Stop()
+	defer c.recheck.Stop()
+	poll := time.NewTicker(w.cfg.PollInterval)
+	lease := time.NewTicker(w.cfg.LeaseTTL / 4)
+	defer poll.Stop()
+	defer lease.Stop()
+	c.manageLeases()
+	c.checkHead()
+loop:
+	for {
+		select {
+		case <-c.softCtx.Done():
+			break loop
+		case <-c.notify:
+			c.checkHead()
+		case <-poll.C:
+			c.checkHead()
+		case <-c.recheck.C:
+			c.checkHead()
+		case <-lease.C:
+			c.manageLeases()
+		case r := <-c.done:
+			c.finished(r)
+		}
+	}
+	// Soft stop: no new tasks; let running ones finish their batch.
+	close(c.queue)
+	for c.inflight > 0 {
+		c.finished(<-c.done)
+	}
+	c.tasks.Wait()
+	stopListen()
+	listeners.Wait()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.hardCtx), 5*time.Second)
+	defer cancel()
+	if err := checkpoint.Leave(ctx, w.cfg.Pool, w.cfg.WorkerID); err != nil {
+		w.log.Warn("stop: could not release leases; they expire after the TTL", "err", err)
+	}
+	for _, name := range w.names {
+		w.metrics.owned.WithLabelValues(name).Set(0)
+	}
+}
+
+func (c *coordinator) wake() {
+	select {
+	case c.notify <- struct{}{}:
+	default:
+	}
+}
+
+// checkHead is the only query an idle worker makes: one backwards index
+// probe for the head of the read window, whatever the number of segments.
+func (c *coordinator) checkHead() {
+	ctx, cancel := context.WithTimeout(c.hardCtx, c.w.cfg.LeaseTTL)
+	defer cancel()
+	head, err := outbox.ReadHead(ctx, c.w.cfg.Pool)
+	if err != nil {
+		if c.softCtx.Err() == nil {
+			c.w.log.Warn("poll: reading the outbox head failed", "err", err)
+		}
+		return
+	}
+	c.head = head.Window
+	// Committed rows wait behind a transaction that holds the window; its
+	// end sends no notification, so look again soon, backing off.
+	if head.Behind() {
+		c.behind = min(max(2*c.behind, time.Millisecond), c.w.cfg.PollInterval)
+		c.recheck.Reset(c.behind)
+	} else {
+		c.behind = 0
+	}
+	for _, s := range c.segs {
+		c.schedule(s)
+	}
+}
+
+func (c *coordinator) schedule(s *segment) {
+	if s.running || s.release || c.softCtx.Err() != nil || !s.cursor.Less(c.head) {
+		return
+	}
+	s.running = true
+	c.inflight++
+	c.queue <- s
+}
+
+func (c *coordinator) executor() {
+	for s := range c.queue {
+		err := c.w.runSegment(c.softCtx, c.hardCtx, s)
+		c.done <- taskResult{seg: s, err: err}
+	}
+}
+
+func (c *coordinator) finished(r taskResult) {
+	c.inflight--
+	s := r.seg
+	s.running = false
+	k := key(s.lease.Projection, s.lease.Segment)
+	switch {
+	case errors.Is(r.err, checkpoint.ErrFenced):
+		c.w.log.Info("lease lost", "projection", s.lease.Projection, "segment", s.lease.Segment, "epoch", s.lease.Epoch)
+		c.w.metrics.losses.WithLabelValues(s.lease.Projection).Inc()
+		delete(c.segs, k)
+		c.updateOwned()
+		return
+	case errors.Is(r.err, errHalted):
+		delete(c.segs, k)
+		c.updateOwned()
+		return
+	case r.err != nil && !errors.Is(r.err, context.Canceled):
+		c.w.log.Warn("segment task failed; will retry", "projection", s.lease.Projection, "segment", s.lease.Segment, "err", r.err)
+	}
+	if s.release {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.hardCtx), 5*time.Second)
+		defer cancel()
+		if err := checkpoint.Release(ctx, c.w.cfg.Pool, s.lease); err != nil {
+			c.w.log.Warn("release failed; the lease will expire", "lease", s.lease.String(), "err", err)
+		}
+		delete(c.segs, k)
+		c.updateOwned()
+		return
+	}
+	if r.err == nil {
+		c.schedule(s)
+	}
+}
+
+// manageLeases heartbeats, renews held leases, gives back segments above
+// the fair share and claims up to it. Fair share is ceil(segments / live
+// workers), so a joining worker gets segments from the others within a
+// renewal interval, without restarting anyone.
+func (c *coordinator) manageLeases() {
+	w := c.w
+	ctx, cancel := context.WithTimeout(c.hardCtx, w.cfg.LeaseTTL/2)
+	defer cancel()
+	host, _ := os.Hostname()
+	live, err := checkpoint.Heartbeat(ctx, w.cfg.Pool, w.cfg.WorkerID, host, os.Getpid(), w.cfg.LeaseTTL)
+	if err != nil {
+		if c.softCtx.Err() == nil {
+			w.log.Warn("heartbeat failed", "err", err)
+		}
+		return
+	}
+	w.metrics.liveWorkers.Set(float64(live))
+
+	held := make([]checkpoint.Lease, 0, len(c.segs))
+	for _, s := range c.segs {
+		held = append(held, s.lease)
+	}
+	kept, err := checkpoint.Renew(ctx, w.cfg.Pool, w.cfg.WorkerID, held, w.cfg.LeaseTTL)
+	if err != nil {
+		w.log.Warn("lease renewal failed", "err", err)
+		return
+	}
+	keep := map[string]bool{}
+	for _, l := range kept {
+		keep[key(l.Projection, l.Segment)] = true
+	}
+	for k, s := range c.segs {
+		if !keep[k] && !s.running {
+			w.log.Info("lease lost", "projection", s.lease.Projection, "segment", s.lease.Segment)
+			w.metrics.losses.WithLabelValues(s.lease.Projection).Inc()
+			delete(c.segs, k)
+		}
+	}
+
+	fair := (c.total + live - 1) / live
+	if excess := len(c.segs) - fair; excess > 0 {
+		for _, s := range c.segs {
+			if excess == 0 {
+				break
+			}
+			if s.release {
+				excess--
+				continue
+			}
+			s.release = true
+			excess--
+			if !s.running {
+				if err := checkpoint.Release(ctx, w.cfg.Pool, s.lease); err != nil {
+					w.log.Warn("release failed", "err", err)
+				}
+				delete(c.segs, key(s.lease.Projection, s.lease.Segment))
+			}
+		}
+	} else if want := fair - len(c.segs); want > 0 && c.softCtx.Err() == nil {
+		claimed, err := checkpoint.Claim(ctx, w.cfg.Pool, w.cfg.WorkerID, w.names, want, w.cfg.LeaseTTL)
+		if err != nil {
+			w.log.Warn("claim failed", "err", err)
+		}
+		for _, cp := range claimed {
+			spec := w.specs[cp.Projection]
+			s := &segment{spec: spec, proj: w.projs[cp.Projection], cursor: cp.Cursor, high: cp.HighWater,
+				lease:    checkpoint.Lease{Projection: cp.Projection, Segment: cp.Segment, Owner: w.cfg.WorkerID, Epoch: cp.LeaseEpoch},
+				attempts: map[int64]int{}}
+			c.segs[key(cp.Projection, cp.Segment)] = s
+			w.metrics.claims.WithLabelValues(cp.Projection).Inc()
+			w.log.Debug("lease claimed", "projection", cp.Projection, "segment", cp.Segment, "epoch", cp.LeaseEpoch, "cursor", cp.Cursor.String())
+			c.schedule(s)
+		}
+	}
+	c.updateOwned()
+}
+
+func (c *coordinator) updateOwned() {
+	counts := map[string]int{}
+	for _, s := range c.segs {
+		counts[s.lease.Projection]++
+	}
+	for _, name := range c.w.names {
+		c.w.metrics.owned.WithLabelValues(name).Set(float64(counts[name]))
+	}
+}

@@ -1,0 +1,58 @@
+package projectors_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/projectors"
+)
+
+func TestWorkerAppliesWithoutWaitingForPoll(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec"}},
+		PollInterval: time.Hour, LeaseTTL: 2 * time.Second})
+	// The worker claims its segment at start.
+	eventually(t, 5*time.Second, "lease claimed", func() bool {
+		return count(t, pool, `SELECT count(*) FROM checkpoints WHERE lease_owner IS NOT NULL`) == 1
+	})
+	for i := range 5 {
+		appendEvents(t, pool, fmt.Sprintf("a%d", i), 0, `{}`, `{}`)
+		// With a one-hour poll, only the notification can wake the worker.
+		eventually(t, 3*time.Second, "applied via LISTEN/NOTIFY", func() bool {
+			return count(t, pool, `SELECT count(*) FROM applied`) == 2*(i+1)
+		})
+	}
+}
+
+func TestWorkerConfigErrors(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewDB(t)
+	for name, cfg := range map[string]projectors.Config{
+		"no pool":        {Projections: []projectors.Projection{&recorder{name: "a"}}},
+		"no projections": {Pool: pool},
+		"bad name":       {Pool: pool, Projections: []projectors.Projection{&recorder{name: "Bad-Name"}}},
+		"duplicate":      {Pool: pool, Projections: []projectors.Projection{&recorder{name: "a"}, &recorder{name: "a"}}},
+		"bad segments":   {Pool: pool, Projections: []projectors.Projection{&recorder{name: "a", segments: 5000}}},
+		"short ttl":      {Pool: pool, Projections: []projectors.Projection{&recorder{name: "a"}}, LeaseTTL: time.Millisecond},
+	} {
+		_, err := projectors.NewWorker(cfg)
+		require.Error(t, err, name)
+	}
+}
+
+func TestWorkerRefusesUnmigratedDatabase(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t, pgtest.NewEmptyDatabaseURL(t))
+	w, err := projectors.NewWorker(projectors.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "a"}}})
+	require.NoError(t, err)
+	err = w.Start(context.Background())
+	require.ErrorContains(t, err, "projector migrate")
+	require.NoError(t, w.Stop(context.Background()))
+}
