@@ -119,6 +119,7 @@ type order struct {
 	id      string
 	status  string
 	version int
+	stopAt  string // the customer never goes further: pending or confirmed; "" runs to the end
 }
 
 type pending struct {
@@ -277,6 +278,12 @@ func (g *writer) placeOrder(live []*product) pending {
 	g.ordersLeft--
 	g.nOrders++
 	o := &order{id: fmt.Sprintf("ord-%d-%06d", g.id, g.nOrders), status: "pending"}
+	switch g.rng.IntN(10) {
+	case 0:
+		o.stopAt = "pending"
+	case 1:
+		o.stopAt = "confirmed"
+	}
 	ev := domain.OrderPlaced{
 		OrderID:      o.id,
 		CustomerName: customers[g.rng.IntN(len(customers))],
@@ -291,7 +298,12 @@ func (g *writer) placeOrder(live []*product) pending {
 	return pending{
 		agg: outbox.Aggregate{Type: domain.OrderAggregate, ID: o.id}, exp: 0,
 		events: []outbox.NewEvent{event(domain.OrderPlacedType, ev)},
-		commit: func() { o.version = 1; g.open = append(g.open, o) },
+		commit: func() {
+			o.version = 1
+			if o.stopAt != "pending" {
+				g.open = append(g.open, o)
+			}
+		},
 	}
 }
 
@@ -314,7 +326,7 @@ func (g *writer) advanceOrder() pending {
 	return pending{agg: agg, exp: o.version, events: []outbox.NewEvent{ev}, commit: func() {
 		o.version++
 		o.status = next
-		if next == "shipped" || next == "cancelled" {
+		if next == "shipped" || next == "cancelled" || next == o.stopAt {
 			g.open = removeOrder(g.open, o)
 		}
 	}}

@@ -1,0 +1,157 @@
+// Package orderstatistics keeps orders per status (table order_statistics:
+// order_count, total_revenue and the generated average_order_value).
+//
+// It is a counter projection, and deliberately a plain one: OrderPlaced
+// adds the order to pending; every later transition moves it (count and
+// amount) from its previous status to the new one. There is no version
+// guard, so it is NOT idempotent: applying an event twice double-counts.
+// It is right only if the runtime applies every event exactly once (apply
+// and checkpoint commit in one transaction), which makes it the canary for
+// that guarantee: compare it with an aggregation over the events table.
+//
+// To know an order's previous status it keeps order_statistics_orders
+// (order id, status, amount), updated in the same statement as the
+// counters.
+package orderstatistics
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/readside/readside/domain"
+	"github.com/readside/readside/outbox"
+	"github.com/readside/readside/projectors"
+)
+
+// Name is the projection's name and checkpoint key.
+const Name = "order_statistics"
+
+// Projection maintains order_statistics and order_statistics_orders. The
+// zero value is ready to use.
+type Projection struct{}
+
+// New returns the projection.
+func New() *Projection { return &Projection{} }
+
+// Spec implements projectors.Projection.
+func (*Projection) Spec() projectors.Spec {
+	return projectors.Spec{
+		Name:           Name,
+		EventTypes:     []string{domain.OrderPlacedType, domain.OrderConfirmedType, domain.OrderShippedType, domain.OrderCancelledType},
+		AggregateTypes: []string{domain.OrderAggregate},
+		Tables:         []string{"order_statistics", "order_statistics_orders"},
+	}
+}
+
+// move is what a batch did to one order: where it ended, and whether it
+// started in the batch (placed) or in the status stored for it.
+type move struct {
+	status     string
+	placed     bool
+	totalCents *int64 // from OrderPlaced
+}
+
+// applySQL moves each order of the batch from its previous status (stored
+// in order_statistics_orders, unless the order was placed in this batch)
+// to its new one, in one statement: all CTEs read the tables as they were
+// before it, so prev is the state before the batch. The four counter rows
+// are hot (every segment writes them): INSERT ... SELECT ... ORDER BY
+// status ON CONFLICT locks them in status order, so concurrent segments
+// queue instead of deadlocking (an UPDATE ... FROM locks them in whatever
+// order its join emits them, and the conformance suite's concurrent
+// segments caught that deadlock). An event for an order never placed has no
+// amount and fails the NOT NULL on order_statistics_orders.total_amount.
+const applySQL = `
+WITH b AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::bigint[]) AS b(order_id, status, placed, total_cents)
+), prev AS (
+    SELECT o.order_id, o.status, o.total_amount
+      FROM b JOIN order_statistics_orders o ON o.order_id = b.order_id
+     WHERE NOT b.placed
+), moved AS (
+    SELECT b.order_id, b.status, coalesce(b.total_cents / 100.0, p.total_amount) AS total_amount
+      FROM b LEFT JOIN prev p ON p.order_id = b.order_id
+), tracked AS (
+    INSERT INTO order_statistics_orders AS o (order_id, status, total_amount)
+    SELECT order_id, status, total_amount FROM moved
+    ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, total_amount = excluded.total_amount
+), delta AS (
+    SELECT status, -1 AS orders, -total_amount AS revenue FROM prev
+    UNION ALL
+    SELECT status, 1, total_amount FROM moved
+)
+INSERT INTO order_statistics AS s (status, order_count, total_revenue)
+SELECT status, sum(orders), sum(revenue) FROM delta GROUP BY status ORDER BY status
+ON CONFLICT (status) DO UPDATE SET
+       order_count   = s.order_count + excluded.order_count,
+       total_revenue = s.total_revenue + excluded.total_revenue`
+
+// Apply implements projectors.Projection.
+func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error {
+	moves := map[string]*move{}
+	for i := range b.Events {
+		e := &b.Events[i]
+		v, err := domain.Decode(e.Type, e.SchemaVersion, e.Data)
+		if err != nil {
+			return eventError(e, err)
+		}
+		m := moves[e.AggregateID]
+		if m == nil {
+			m = &move{}
+			moves[e.AggregateID] = m
+		}
+		switch ev := v.(type) {
+		case *domain.OrderPlaced:
+			total := int64(ev.TotalAmount)
+			m.status, m.placed, m.totalCents = "pending", true, &total
+		case *domain.OrderConfirmed:
+			m.status = "confirmed"
+		case *domain.OrderShipped:
+			m.status = "shipped"
+		case *domain.OrderCancelled:
+			m.status = "cancelled"
+		default:
+			return eventError(e, fmt.Errorf("%s does not handle %T", Name, v))
+		}
+	}
+	if len(moves) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(moves))
+	for k := range moves {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	n := len(keys)
+	statuses, placed, totals := make([]string, n), make([]bool, n), make([]*int64, n)
+	for i, k := range keys {
+		m := moves[k]
+		statuses[i], placed[i], totals[i] = m.status, m.placed, m.totalCents
+	}
+	if _, err := tx.Exec(ctx, applySQL, keys, statuses, placed, totals); err != nil {
+		return fmt.Errorf("%s: count %d orders: %w", Name, n, err)
+	}
+	return nil
+}
+
+// Reset implements projectors.Projection: every counter back to zero (the
+// four status rows stay) and no order tracked.
+func (*Projection) Reset(ctx context.Context, tx pgx.Tx) error {
+	if _, err := tx.Exec(ctx, `TRUNCATE order_statistics_orders`); err != nil {
+		return fmt.Errorf("%s: reset: %w", Name, err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE order_statistics SET order_count = 0, total_revenue = 0`); err != nil {
+		return fmt.Errorf("%s: reset: %w", Name, err)
+	}
+	return nil
+}
+
+// eventError names the event that could not be applied.
+func eventError(e *outbox.Event, err error) error {
+	return fmt.Errorf("%s: event %d (%s %s %s v%d): %w", Name, e.ID(), e.AggregateType, e.AggregateID, e.Type, e.Version, err)
+}
+
+var _ projectors.Projection = (*Projection)(nil)
