@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/readside/readside/aggregate"
+	"github.com/readside/readside/internal/httpapi"
+)
+
+type serveConfig struct {
+	addr               string
+	databaseURL        string
+	snapshotEvery      int
+	maxConflictRetries int
+	shutdownTimeout    time.Duration
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c serveConfig
+	fs := newFlagSet("serve")
+	fs.string(&c.addr, "addr", "WRITER_ADDR", ":8080", "listen address")
+	fs.string(&c.databaseURL, "database-url", "DATABASE_URL", DatabaseURLDefault, "PostgreSQL URL")
+	fs.int(&c.snapshotEvery, "snapshot-every", "WRITER_SNAPSHOT_EVERY", aggregate.SnapshotEveryDefault, "snapshot an aggregate every N events; negative disables")
+	fs.int(&c.maxConflictRetries, "max-conflict-retries", "WRITER_MAX_CONFLICT_RETRIES", aggregate.MaxConflictRetriesDefault, "retries of a concurrency conflict before 409; negative means none")
+	fs.duration(&c.shutdownTimeout, "shutdown-timeout", "WRITER_SHUTDOWN_TIMEOUT", 10*time.Second, "how long in-flight requests may finish at shutdown")
+	if err := fs.parse(args, stdout); err != nil {
+		return err
+	}
+	if c.shutdownTimeout <= 0 {
+		return errors.New("serve: --shutdown-timeout must be positive")
+	}
+	logger := slog.New(slog.NewJSONHandler(stderr, nil))
+
+	pool, err := connect(ctx, c.databaseURL, 0)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	repo, err := aggregate.New(pool, aggregate.Config{
+		SnapshotEvery:      c.snapshotEvery,
+		MaxConflictRetries: c.maxConflictRetries,
+		Registerer:         reg,
+	})
+	if err != nil {
+		return err
+	}
+	api, err := httpapi.New(httpapi.Config{Repository: repo, DB: pool, Registerer: reg, Logger: logger})
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           api,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	fmt.Fprintf(stdout, "writer: listening on %s\n", ln.Addr())
+	logger.Info("serving", "addr", ln.Addr().String())
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	// Soft stop: stop accepting, let in-flight commands commit or roll back.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.shutdownTimeout)
+	defer cancel()
+	shutdownErr := srv.Shutdown(sctx)
+	if shutdownErr != nil {
+		_ = srv.Close() // hard stop: cancels the requests' contexts
+	}
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	if shutdownErr != nil {
+		return fmt.Errorf("serve: shutdown: %w", shutdownErr)
+	}
+	logger.Info("stopped")
+	return nil
+}
