@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -215,4 +216,127 @@ func TestSQLContractMatchesAppend(t *testing.T) {
 	_, err = sqlDB.Exec(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version)
 		VALUES ('Order', 'o-9', 'OrderShipped', '{}', 4)`)
 	require.Error(t, err)
+}
+
+// The xid window never skips a row whose transaction commits late: a reader
+// that resumes by position alone would pass over A's row once B (larger
+// position... or smaller) commits first.
+func TestFetchIsGapSafe(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+
+	a, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer a.Rollback(ctx)
+	ra, err := outbox.Append(ctx, a, outbox.Aggregate{Type: "T", ID: "a"}, 0, []outbox.NewEvent{ev("E", 1)})
+	require.NoError(t, err)
+
+	rb, err := appendTx(ctx, pool, outbox.Aggregate{Type: "T", ID: "b"}, 0, ev("E", 2))
+	require.NoError(t, err)
+	require.Less(t, ra.Positions[0], rb.Positions[0], "A took the smaller position")
+
+	// B is committed, but A is in flight with an older xid: the window
+	// holds B back, so no cursor can move past A's slot.
+	batch, err := outbox.Fetch(ctx, pool, outbox.Start, 100, outbox.Filter{})
+	require.NoError(t, err)
+	require.Empty(t, batch.Events)
+	require.Equal(t, outbox.Start, batch.Next)
+	var naive int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE position > 0`).Scan(&naive))
+	require.Equal(t, 1, naive, "a position-only reader would read B now and skip A forever")
+
+	head, err := outbox.ReadHead(ctx, pool)
+	require.NoError(t, err)
+	require.True(t, head.Behind(), "committed rows wait behind the window")
+	// The holder is the oldest writing transaction in the cluster: A, or an
+	// older one of a test running beside this one.
+	holder, err := outbox.WindowHolder(ctx, pool)
+	require.NoError(t, err)
+	require.NotNil(t, holder)
+	require.LessOrEqual(t, holder.TxID&0xffffffff, ra.TxID&0xffffffff)
+
+	require.NoError(t, a.Commit(ctx))
+	waitWindow(t, pool)
+	batch, err = outbox.Fetch(ctx, pool, outbox.Start, 100, outbox.Filter{})
+	require.NoError(t, err)
+	require.Len(t, batch.Events, 2)
+	require.Equal(t, "a", batch.Events[0].AggregateID, "xid order: A first")
+	require.Equal(t, "b", batch.Events[1].AggregateID)
+	require.Equal(t, batch.Events[1].Cursor, batch.Next)
+
+	// Resuming from the cursor returns nothing more.
+	batch, err = outbox.Fetch(ctx, pool, batch.Next, 100, outbox.Filter{})
+	require.NoError(t, err)
+	require.Zero(t, batch.Scanned)
+}
+
+func TestFetchFiltersAndSegments(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	for i := range 40 {
+		_, err := appendTx(ctx, pool, outbox.Aggregate{Type: "T", ID: fmt.Sprintf("agg-%d", i)}, 0, ev("Created", i), ev("Renamed", i))
+		require.NoError(t, err)
+	}
+	waitWindow(t, pool)
+	// Segments partition the stream; together they cover it exactly.
+	seen := map[int64]int{}
+	for seg := range 3 {
+		cur := outbox.Start
+		for {
+			b, err := outbox.Fetch(ctx, pool, cur, 7, outbox.Filter{Segment: seg, Segments: 3, EventTypes: []string{"Renamed"}})
+			require.NoError(t, err)
+			if b.Scanned == 0 {
+				break
+			}
+			for _, e := range b.Events {
+				require.Equal(t, "Renamed", e.Type)
+				seen[e.ID()]++
+			}
+			cur = b.Next
+		}
+	}
+	require.Len(t, seen, 40)
+	for id, n := range seen {
+		require.Equal(t, 1, n, "event %d", id)
+	}
+	_, err := outbox.Fetch(ctx, pool, outbox.Start, 10, outbox.Filter{Segment: 3, Segments: 3})
+	require.Error(t, err)
+}
+
+func TestCheckXIDsDetectsRestore(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	_, err := appendTx(ctx, pool, outbox.Aggregate{Type: "T", ID: "x"}, 0, ev("E", 1))
+	require.NoError(t, err)
+	require.NoError(t, outbox.CheckXIDs(ctx, pool))
+	// Simulate a restore into a younger cluster: stored txids far ahead.
+	_, err = pool.Exec(ctx, `ALTER TABLE outbox DISABLE TRIGGER ALL`)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `UPDATE outbox SET txid = (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000000)::text::xid8`)
+	require.NoError(t, err)
+	err = outbox.CheckXIDs(ctx, pool)
+	require.ErrorIs(t, err, outbox.ErrXIDRegression)
+	require.ErrorContains(t, err, "restored")
+}
+
+// waitWindow waits until every committed outbox row is inside the read
+// window: tests share a cluster, and another test's open transaction holds
+// the window for all databases.
+func waitWindow(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		h, err := outbox.ReadHead(context.Background(), pool)
+		require.NoError(t, err)
+		if !h.Behind() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("read window still held back: %+v", h)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -41,6 +41,11 @@ CREATE TABLE IF NOT EXISTS applied (
     event_id     bigint NOT NULL,
     replay       bool   NOT NULL DEFAULT false,
     PRIMARY KEY (projection, aggregate_id, version)
+);
+-- A plain counter: right only if every batch commits exactly once.
+CREATE TABLE IF NOT EXISTS applied_count (
+    projection text PRIMARY KEY,
+    n          bigint NOT NULL
 )`
 
 func (r *recorder) Spec() projectors.Spec {
@@ -88,11 +93,13 @@ SELECT count(*) FROM ins n
 	if missing > 0 {
 		return fmt.Errorf("%d events applied before their predecessor", missing)
 	}
-	return nil
+	_, err = tx.Exec(ctx, `INSERT INTO applied_count (projection, n) VALUES ($1, $2)
+		ON CONFLICT (projection) DO UPDATE SET n = applied_count.n + excluded.n`, r.name, len(b.Events))
+	return err
 }
 
 func (r *recorder) Reset(ctx context.Context, tx pgx.Tx) error {
-	_, err := tx.Exec(ctx, `DELETE FROM applied WHERE projection = $1`, r.name)
+	_, err := tx.Exec(ctx, `DELETE FROM applied WHERE projection = $1; DELETE FROM applied_count WHERE projection = $1`, r.name)
 	return err
 }
 
