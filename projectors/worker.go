@@ -415,9 +415,8 @@ func (c *coordinator) finished(r taskResult) {
 		c.updateOwned()
 		return
 	case errors.Is(r.err, errHalted):
-		delete(c.segs, k)
-		c.updateOwned()
-		return
+		// Give the halted segment up: whoever resumes it may claim it.
+		s.release = true
 	case r.err != nil && !errors.Is(r.err, context.Canceled):
 		c.w.log.Warn("segment task failed; will retry", "projection", s.lease.Projection, "segment", s.lease.Segment, "err", r.err)
 	}

@@ -1,0 +1,97 @@
+package checkpoint_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/outbox"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+func lease(cp checkpoint.Checkpoint) checkpoint.Lease {
+	return checkpoint.Lease{Projection: cp.Projection, Segment: cp.Segment, Owner: cp.LeaseOwner, Epoch: cp.LeaseEpoch}
+}
+
+func TestLeaseFencing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	require.NoError(t, checkpoint.Register(ctx, pool, "p", 2, "park"))
+	require.NoError(t, checkpoint.Register(ctx, pool, "p", 2, "park"), "registering again is fine")
+	require.ErrorContains(t, checkpoint.Register(ctx, pool, "p", 3, "park"), "2 segments")
+
+	claimed, err := checkpoint.Claim(ctx, pool, "w1", []string{"p"}, 1, 300*time.Millisecond)
+	require.NoError(t, err)
+	require.Len(t, claimed, 1)
+	l1 := lease(claimed[0])
+	require.Equal(t, int64(1), l1.Epoch)
+
+	to := outbox.Cursor{TxID: 10, Position: 5}
+	advance := func(l checkpoint.Lease, from, to outbox.Cursor) error {
+		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return checkpoint.Advance(ctx, tx, l, from, to, 1) })
+	}
+	require.NoError(t, advance(l1, outbox.Start, to))
+	require.ErrorIs(t, advance(l1, outbox.Start, to), checkpoint.ErrFenced, "cursor moved: from no longer matches")
+
+	// The lease expires without renewal; another worker claims it.
+	time.Sleep(400 * time.Millisecond)
+	require.ErrorIs(t, advance(l1, to, outbox.Cursor{TxID: 11}), checkpoint.ErrFenced, "expired lease")
+	kept, err := checkpoint.Renew(ctx, pool, "w1", []checkpoint.Lease{l1}, time.Minute)
+	require.NoError(t, err)
+	require.Empty(t, kept, "an expired lease is not renewed")
+
+	claimed, err = checkpoint.Claim(ctx, pool, "w2", []string{"p"}, 2, time.Minute)
+	require.NoError(t, err)
+	require.Len(t, claimed, 2)
+	var l2 checkpoint.Lease
+	for _, c := range claimed {
+		if c.Segment == l1.Segment {
+			l2 = lease(c)
+			require.Equal(t, to, c.Cursor)
+		}
+	}
+	require.Equal(t, l1.Epoch+1, l2.Epoch)
+	require.ErrorIs(t, advance(l1, to, outbox.Cursor{TxID: 11}), checkpoint.ErrFenced, "old epoch")
+	require.NoError(t, advance(l2, to, outbox.Cursor{TxID: 11}))
+
+	// While an apply transaction holds the row, nobody claims it, even
+	// with the lease expired: the holder either commits within its lease
+	// (checked at its start) or is rolled back.
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	require.NoError(t, checkpoint.Advance(ctx, tx, l2, outbox.Cursor{TxID: 11}, outbox.Cursor{TxID: 12}, 1))
+	stolen, err := checkpoint.Claim(ctx, pool, "w3", []string{"p"}, 2, time.Minute)
+	require.NoError(t, err)
+	require.Empty(t, stolen)
+	require.NoError(t, tx.Rollback(ctx))
+
+	// Pause drops the lease at the next renewal; Move fences everyone.
+	n, err := checkpoint.SetStatus(ctx, pool, "p", checkpoint.Paused)
+	require.NoError(t, err)
+	require.Equal(t, 2, n)
+	kept, err = checkpoint.Renew(ctx, pool, "w2", []checkpoint.Lease{l2}, time.Minute)
+	require.NoError(t, err)
+	require.Empty(t, kept)
+	_, err = checkpoint.SetStatus(ctx, pool, "p", checkpoint.Running)
+	require.NoError(t, err)
+	require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return checkpoint.Move(ctx, tx, "p", outbox.Start) }))
+	require.ErrorIs(t, advance(l2, outbox.Start, to), checkpoint.ErrFenced, "a reset fences the owner")
+	cps, err := checkpoint.List(ctx, pool, "p")
+	require.NoError(t, err)
+	for _, c := range cps {
+		require.Equal(t, outbox.Start, c.Cursor)
+		require.Empty(t, c.LeaseOwner)
+		if c.Segment == l1.Segment {
+			require.Equal(t, outbox.Cursor{TxID: 11}, c.HighWater, "high water survives the reset")
+		}
+	}
+	_, err = checkpoint.SetStatus(ctx, pool, "nope", checkpoint.Paused)
+	require.ErrorIs(t, err, checkpoint.ErrUnknownProjection)
+}

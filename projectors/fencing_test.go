@@ -1,0 +1,77 @@
+package projectors_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/projectors"
+)
+
+// Fencing (guarantee 5): a worker stalls inside its apply transaction past
+// its lease TTL (a long GC pause, a SIGSTOP). Another worker takes the
+// segment over and applies the batch; when the stalled worker wakes it
+// commits nothing, and the batch was applied exactly once.
+func TestStalledWorkerIsFenced(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	appendEvents(t, pool, "a", 0, `{}`, `{}`, `{}`)
+
+	stalled := make(chan struct{})
+	wake := make(chan struct{})
+	var once sync.Once
+	stall := &recorder{name: "rec", hook: func(ctx context.Context, b *projectors.Batch) error {
+		once.Do(func() {
+			close(stalled)
+			<-wake // holds the transaction (and the row lock) open
+		})
+		return nil
+	}}
+	reg1 := prometheus.NewRegistry()
+	ttl := time.Second
+	startWorker(t, projectors.Config{Pool: pool, WorkerID: "stalled", Projections: []projectors.Projection{stall},
+		LeaseTTL: ttl, PollInterval: 50 * time.Millisecond, RetryBackoff: 10 * time.Millisecond, Registerer: reg1})
+	<-stalled
+
+	startWorker(t, projectors.Config{Pool: pool, WorkerID: "rescuer", Projections: []projectors.Projection{&recorder{name: "rec"}},
+		LeaseTTL: ttl, PollInterval: 50 * time.Millisecond})
+	eventually(t, 20*time.Second, "rescuer applies the batch", func() bool {
+		return count(t, pool, `SELECT count(*) FROM applied`) == 3
+	})
+	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM checkpoints WHERE lease_owner = 'rescuer'`))
+
+	close(wake) // the stalled worker carries on with its transaction
+	eventually(t, 20*time.Second, "stalled worker notices it lost the lease", func() bool {
+		return counterValue(t, reg1, "readside_projector_lease_losses_total")+counterValue(t, reg1, "readside_projector_fenced_commits_total") > 0
+	})
+	appendEvents(t, pool, "a", 3, `{}`)
+	eventually(t, 10*time.Second, "new events applied by the rescuer", func() bool {
+		return count(t, pool, `SELECT count(*) FROM applied`) == 4
+	})
+	require.Equal(t, 4, count(t, pool, `SELECT n FROM applied_count`), "the batch was applied once")
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM dead_letters`))
+	_ = ctx
+}
+
+func counterValue(t *testing.T, g prometheus.Gatherer, name string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	require.NoError(t, err)
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}

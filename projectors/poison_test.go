@@ -1,0 +1,81 @@
+package projectors_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/projectors"
+)
+
+// Guarantee 6, policy park: one event of aggregate X always fails. X's later
+// events are parked behind it (its order survives), every other aggregate's
+// events are applied.
+func TestPoisonEventIsParkedWithItsAggregate(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+
+	// 10 aggregates x 5 events; X's third event is poison.
+	for i := range 10 {
+		payloads := []string{`{}`, `{}`, `{}`, `{}`, `{}`}
+		if i == 3 {
+			payloads[2] = `{"poison": true}`
+		}
+		appendEvents(t, pool, fmt.Sprintf("agg-%d", i), 0, payloads[:3]...)
+	}
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec", failPoison: true}},
+		BatchSize: 8, MaxAttempts: 3, RetryBackoff: time.Millisecond, PollInterval: 20 * time.Millisecond})
+	// Later events of X arrive after it was parked: they are parked too.
+	for i := range 10 {
+		appendEvents(t, pool, fmt.Sprintf("agg-%d", i), 3, `{}`, `{}`)
+	}
+
+	eventually(t, 30*time.Second, "all events applied or parked", func() bool {
+		return count(t, pool, `SELECT count(*) FROM applied`)+count(t, pool, `SELECT count(*) FROM dead_letters`) == 50
+	})
+	require.Equal(t, 47, count(t, pool, `SELECT count(*) FROM applied`))
+	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM applied WHERE aggregate_id = 'agg-3'`), "X's events before the poison")
+	var failed, blocked int
+	require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FILTER (WHERE reason = 'failed'),
+		count(*) FILTER (WHERE reason = 'blocked') FROM dead_letters WHERE aggregate_id = 'agg-3' AND status = 'parked'`).Scan(&failed, &blocked))
+	require.Equal(t, 1, failed)
+	require.Equal(t, 2, blocked)
+	var attempts int
+	var msg string
+	require.NoError(t, pool.QueryRow(context.Background(), `SELECT attempts, error FROM dead_letters WHERE reason = 'failed'`).Scan(&attempts, &msg))
+	require.Equal(t, 3, attempts)
+	require.Contains(t, msg, "poison")
+	require.Equal(t, 47, count(t, pool, `SELECT n FROM applied_count`), "exactly once despite retries and splits")
+}
+
+// Policy halt: the segment stops before the failing event, reports why, and
+// applies nothing after it until resumed.
+func TestPoisonEventHaltsSegment(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	appendEvents(t, pool, "a", 0, `{}`, `{}`)
+	appendEvents(t, pool, "b", 0, `{"poison": true}`)
+	appendEvents(t, pool, "c", 0, `{}`)
+
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec", failPoison: true, onError: projectors.Halt}},
+		MaxAttempts: 2, RetryBackoff: time.Millisecond, PollInterval: 20 * time.Millisecond})
+	eventually(t, 30*time.Second, "segment halted", func() bool {
+		return count(t, pool, `SELECT count(*) FROM checkpoints WHERE status = 'failed'`) == 1
+	})
+	cps, err := checkpoint.List(ctx, pool, "rec")
+	require.NoError(t, err)
+	require.Contains(t, cps[0].LastError, "poison")
+	require.Contains(t, cps[0].LastError, "failed 2 times")
+	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM applied`), "a's events, before the poison")
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM applied WHERE aggregate_id = 'c'`), "nothing after the poison")
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM dead_letters`))
+	require.Empty(t, cps[0].LeaseOwner, "a halted segment is not held")
+}
