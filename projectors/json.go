@@ -1,6 +1,9 @@
 package projectors
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"strconv"
+)
 
 func jsonUnmarshal(b []byte, v any) error {
 	if len(b) == 0 {
@@ -8,3 +11,5 @@ func jsonUnmarshal(b []byte, v any) error {
 	}
 	return json.Unmarshal(b, v)
 }
+
+func itoa(i int) string { return strconv.Itoa(i) }

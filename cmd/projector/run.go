@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/readside/readside/internal/cli"
+	"github.com/readside/readside/projectors"
+)
+
+type runConfig struct {
+	url         string
+	projections string
+	workerID    string
+	metricsAddr string
+	concurrency int
+	batchSize   int
+	poll        time.Duration
+	leaseTTL    time.Duration
+	softStop    time.Duration
+	logFormat   string
+	logLevel    string
+}
+
+func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c runConfig
+	fs := cli.NewFlagSet("projector run")
+	fs.String(&c.url, "database-url", "DATABASE_URL", cli.DatabaseURLDefault, "PostgreSQL URL")
+	fs.String(&c.projections, "projections", "PROJECTOR_PROJECTIONS", "", "comma-separated projections to run; empty means all shipped")
+	fs.String(&c.workerID, "worker-id", "PROJECTOR_WORKER_ID", "", "this worker's id in leases; empty means hostname-pid-random")
+	fs.String(&c.metricsAddr, "metrics-addr", "PROJECTOR_METRICS_ADDR", ":9464", "listen address for /metrics, /healthz, /readyz; empty disables")
+	fs.Int(&c.concurrency, "concurrency", "PROJECTOR_CONCURRENCY", projectors.ConcurrencyDefault, "segments applied at once")
+	fs.Int(&c.batchSize, "batch-size", "PROJECTOR_BATCH_SIZE", projectors.BatchSizeDefault, "outbox rows per fetch")
+	fs.Duration(&c.poll, "poll-interval", "PROJECTOR_POLL_INTERVAL", projectors.PollIntervalDefault, "fallback poll when no notification arrives")
+	fs.Duration(&c.leaseTTL, "lease-ttl", "PROJECTOR_LEASE_TTL", projectors.LeaseTTLDefault, "segment lease time to live; a dead worker's segments move after this")
+	fs.Duration(&c.softStop, "soft-stop-timeout", "PROJECTOR_SOFT_STOP_TIMEOUT", projectors.SoftStopTimeoutDefault, "on SIGTERM, how long batches in flight may finish")
+	fs.String(&c.logFormat, "log-format", "PROJECTOR_LOG_FORMAT", "text", "text or json")
+	fs.String(&c.logLevel, "log-level", "PROJECTOR_LOG_LEVEL", "info", "debug, info, warn or error")
+	if err := fs.Parse(args, stdout, 0); err != nil {
+		return err
+	}
+	logger, err := cli.Logger(stderr, c.logFormat, c.logLevel)
+	if err != nil {
+		return err
+	}
+	projs, err := selectProjections(c.projections)
+	if err != nil {
+		return err
+	}
+	if c.concurrency < 1 || c.batchSize < 1 {
+		return errors.New("--concurrency and --batch-size must be at least 1")
+	}
+	pool, err := cli.Connect(ctx, c.url, 2*c.concurrency+4)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	w, err := projectors.NewWorker(projectors.Config{
+		Pool: pool, Projections: projs, WorkerID: c.workerID, Concurrency: c.concurrency, BatchSize: c.batchSize,
+		PollInterval: c.poll, LeaseTTL: c.leaseTTL, SoftStopTimeout: c.softStop, Logger: logger, Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	if err := projectors.RegisterPipelineMetrics(reg, pool, logger); err != nil {
+		return err
+	}
+	if err := projectors.RegisterPoolMetrics(reg, pool, "projector"); err != nil {
+		return err
+	}
+	if err := w.Start(ctx); err != nil {
+		return err
+	}
+	logger.Info("projector started", "worker", w.ID(), "projections", len(projs), "concurrency", c.concurrency)
+
+	var srv *http.Server
+	srvErr := make(chan error, 1)
+	if c.metricsAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, r *http.Request) {
+			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+			defer cancel()
+			select {
+			case <-w.Stopped():
+				http.Error(rw, "worker stopped", http.StatusServiceUnavailable)
+				return
+			default:
+			}
+			if err := pool.Ping(ctx); err != nil {
+				http.Error(rw, "database unreachable", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(rw, "ready")
+		})
+		ln, err := net.Listen("tcp", c.metricsAddr)
+		if err != nil {
+			_ = w.Stop(context.Background())
+			return fmt.Errorf("--metrics-addr %s: %w", c.metricsAddr, err)
+		}
+		logger.Info("serving metrics", "addr", ln.Addr().String())
+		srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { srvErr <- srv.Serve(ln) }()
+	}
+
+	select {
+	case <-ctx.Done():
+		logger.Info("stopping: finishing batches in flight", "timeout", c.softStop)
+	case <-w.Stopped():
+	case err := <-srvErr:
+		logger.Error("metrics server failed", "err", err)
+	}
+	stopCtx, cancel := context.WithTimeout(context.Background(), c.softStop+5*time.Second)
+	defer cancel()
+	if srv != nil {
+		_ = srv.Shutdown(stopCtx)
+	}
+	err = w.Stop(stopCtx)
+	logger.Info("projector stopped", "worker", w.ID())
+	return err
+}

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/cli"
+	"github.com/readside/readside/migrations"
+	"github.com/readside/readside/outbox"
+	"github.com/readside/readside/projectors"
+)
+
+type segmentJSON struct {
+	Projection     string  `json:"projection"`
+	Segment        int     `json:"segment"`
+	Status         string  `json:"status"`
+	Cursor         string  `json:"cursor"`
+	LagEvents      int64   `json:"lag_events"`
+	LagSeconds     float64 `json:"lag_seconds"`
+	StalledSeconds float64 `json:"stalled_seconds"`
+	Owner          string  `json:"owner,omitempty"`
+	OwnerLive      bool    `json:"owner_live"`
+	Epoch          int64   `json:"epoch"`
+	EventsApplied  int64   `json:"events_applied"`
+	Parked         int64   `json:"parked"`
+	LastError      string  `json:"last_error,omitempty"`
+}
+
+type statusJSON struct {
+	Segments     []segmentJSON  `json:"segments"`
+	WindowHolder *outbox.Holder `json:"window_holder,omitempty"`
+}
+
+func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
+	var url string
+	var asJSON bool
+	fs := cli.NewFlagSet("projector status")
+	fs.String(&url, "database-url", "DATABASE_URL", cli.DatabaseURLDefault, "PostgreSQL URL")
+	fs.BoolVar(&asJSON, "json", false, "print JSON")
+	if err := fs.Parse(args, stdout, 0); err != nil {
+		return err
+	}
+	pool, err := cli.Connect(ctx, url, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := migrations.Check(ctx, pool); err != nil {
+		return err
+	}
+	segs, err := projectors.Status(ctx, pool)
+	if err != nil {
+		return err
+	}
+	holder, err := outbox.WindowHolder(ctx, pool)
+	if err != nil {
+		return err
+	}
+	out := statusJSON{Segments: []segmentJSON{}}
+	for _, s := range segs {
+		out.Segments = append(out.Segments, segmentJSON{Projection: s.Projection, Segment: s.Segment, Status: string(s.Status),
+			Cursor: s.Cursor.String(), LagEvents: s.LagEvents, LagSeconds: s.LagSeconds, StalledSeconds: s.StalledSeconds,
+			Owner: s.LeaseOwner, OwnerLive: s.OwnerLive, Epoch: s.LeaseEpoch, EventsApplied: s.EventsApplied,
+			Parked: s.Parked, LastError: s.LastError})
+	}
+	if holder != nil && holder.Age > time.Second {
+		out.WindowHolder = holder
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	printStatus(stdout, out)
+	return nil
+}
+
+func printStatus(w io.Writer, st statusJSON) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROJECTION\tSEG\tSTATUS\tCURSOR\tLAG EVENTS\tLAG\tOWNER\tAPPLIED\tPARKED\tLAST ERROR")
+	for _, s := range st.Segments {
+		owner := s.Owner
+		switch {
+		case owner == "":
+			owner = "-"
+		case !s.OwnerLive:
+			owner += " (expired)"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\t%s\t%d\t%d\t%s\n", s.Projection, s.Segment, s.Status, s.Cursor, s.LagEvents,
+			(time.Duration(s.LagSeconds * float64(time.Second))).Round(time.Millisecond), owner, s.EventsApplied, s.Parked, s.LastError)
+	}
+	tw.Flush()
+	if h := st.WindowHolder; h != nil {
+		fmt.Fprintf(w, "\nread window held back by transaction %d (pid %d, database %s, %s old, %s): %s\n",
+			h.TxID, h.PID, h.Database, h.Age.Round(time.Second), h.State, h.Query)
+	}
+}
+
+func runPauseResume(ctx context.Context, cmd string, args []string, stdout io.Writer) error {
+	var url string
+	fs := cli.NewFlagSet("projector " + cmd)
+	fs.String(&url, "database-url", "DATABASE_URL", cli.DatabaseURLDefault, "PostgreSQL URL")
+	if err := fs.Parse(args, stdout, 1); err != nil {
+		return err
+	}
+	name := fs.Arg(0)
+	pool, err := cli.Connect(ctx, url, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := migrations.Check(ctx, pool); err != nil {
+		return err
+	}
+	status := checkpoint.Paused
+	if cmd == "resume" {
+		status = checkpoint.Running
+	}
+	n, err := checkpoint.SetStatus(ctx, pool, name, status)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: %d segments now %s\n", name, n, status)
+	return nil
+}

@@ -1,0 +1,172 @@
+package projectors
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/readside/readside/outbox"
+)
+
+// LagScrapeTimeout bounds the queries a scrape of the pipeline collector
+// runs; a scrape that times out reports readside_pipeline_scrape_error 1.
+const LagScrapeTimeout = 5 * time.Second
+
+// pipelineCollector derives lag and pipeline health from database state at
+// scrape time, so that a dead or stuck fleet shows growing lag rather than a
+// frozen last value. Every worker exports the same series from the same
+// database: aggregate them with max by (projection, segment), never sum.
+type pipelineCollector struct {
+	pool *pgxpool.Pool
+	log  *slog.Logger
+
+	lagEvents, lagSeconds, stalled, cursorPos, highPos, applied, parked, owned, running, paused, failed *prometheus.Desc
+	headPos, liveWorkers, holderAge, outboxRows, outboxBytes, scrapeErr                              *prometheus.Desc
+}
+
+// RegisterPipelineMetrics registers, on reg, the database-derived lag and
+// health metrics and the pool's statistics.
+func RegisterPipelineMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, log *slog.Logger) error {
+	seg := []string{"projection", "segment"}
+	c := &pipelineCollector{pool: pool, log: log,
+		lagEvents:   prometheus.NewDesc("readside_projection_lag_events", "Committed outbox rows after the segment's checkpoint (capped at 1e6).", seg, nil),
+		lagSeconds:  prometheus.NewDesc("readside_projection_lag_seconds", "Age of the oldest committed outbox row after the segment's checkpoint; 0 when caught up.", seg, nil),
+		stalled:     prometheus.NewDesc("readside_projection_stalled_seconds", "Time since the segment's checkpoint last moved while events wait; 0 when caught up.", seg, nil),
+		cursorPos:   prometheus.NewDesc("readside_projection_checkpoint_position", "Position (event id) of the segment's checkpoint.", seg, nil),
+		highPos:     prometheus.NewDesc("readside_projection_high_water_position", "Furthest position the segment ever committed (replays stay below it).", seg, nil),
+		applied:     prometheus.NewDesc("readside_projection_events_applied", "Events the segment has applied or parked since registration (from the checkpoint row).", seg, nil),
+		parked:      prometheus.NewDesc("readside_projection_dead_letters", "Events of the segment parked in the dead-letter table.", seg, nil),
+		owned:       prometheus.NewDesc("readside_projection_segment_owned", "1 when a worker holds an unexpired lease on the segment.", seg, nil),
+		running:     prometheus.NewDesc("readside_projection_segment_running", "1 when the segment's status is running.", seg, nil),
+		paused:      prometheus.NewDesc("readside_projection_segment_paused", "1 when the segment is paused by an operator.", seg, nil),
+		failed:      prometheus.NewDesc("readside_projection_segment_failed", "1 when the segment halted on a failing event (policy halt).", seg, nil),
+		headPos:     prometheus.NewDesc("readside_outbox_head_position", "Position of the last committed outbox row.", nil, nil),
+		liveWorkers: prometheus.NewDesc("readside_fleet_live_workers", "Workers whose heartbeat is younger than the lease TTL default.", nil, nil),
+		holderAge:   prometheus.NewDesc("readside_read_window_holder_age_seconds", "Age of the oldest transaction with an xid in the cluster, which holds the read window back; 0 when none.", nil, nil),
+		outboxRows:  prometheus.NewDesc("readside_outbox_rows", "Rows in the outbox table (estimate from pg_class when large).", nil, nil),
+		outboxBytes: prometheus.NewDesc("readside_outbox_size_bytes", "Total size of the outbox table with indexes and TOAST.", nil, nil),
+		scrapeErr:   prometheus.NewDesc("readside_pipeline_scrape_error", "1 when the last scrape of pipeline state failed.", nil, nil),
+	}
+	return reg.Register(c)
+}
+
+// poolCollector exports pgxpool statistics.
+type poolCollector struct {
+	pool                                                   *pgxpool.Pool
+	acquired, idle, total, max, acquires, wait, emptyWaits *prometheus.Desc
+}
+
+// RegisterPoolMetrics registers the pool's statistics on reg as
+// readside_pgxpool_*, labelled with the pool's role (e.g. "projector").
+func RegisterPoolMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, role string) error {
+	l := prometheus.Labels{"pool": role}
+	return reg.Register(&poolCollector{pool: pool,
+		acquired:   prometheus.NewDesc("readside_pgxpool_acquired_conns", "Connections in use.", nil, l),
+		idle:       prometheus.NewDesc("readside_pgxpool_idle_conns", "Idle connections.", nil, l),
+		total:      prometheus.NewDesc("readside_pgxpool_total_conns", "Open connections.", nil, l),
+		max:        prometheus.NewDesc("readside_pgxpool_max_conns", "Pool size limit.", nil, l),
+		acquires:   prometheus.NewDesc("readside_pgxpool_acquires_total", "Connections acquired.", nil, l),
+		wait:       prometheus.NewDesc("readside_pgxpool_acquire_wait_seconds_total", "Time spent waiting for a connection.", nil, l),
+		emptyWaits: prometheus.NewDesc("readside_pgxpool_empty_acquires_total", "Acquires that had to wait for a connection.", nil, l),
+	})
+}
+
+func (p *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{p.acquired, p.idle, p.total, p.max, p.acquires, p.wait, p.emptyWaits} {
+		ch <- d
+	}
+}
+
+func (p *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	s := p.pool.Stat()
+	g, c := prometheus.GaugeValue, prometheus.CounterValue
+	ch <- prometheus.MustNewConstMetric(p.acquired, g, float64(s.AcquiredConns()))
+	ch <- prometheus.MustNewConstMetric(p.idle, g, float64(s.IdleConns()))
+	ch <- prometheus.MustNewConstMetric(p.total, g, float64(s.TotalConns()))
+	ch <- prometheus.MustNewConstMetric(p.max, g, float64(s.MaxConns()))
+	ch <- prometheus.MustNewConstMetric(p.acquires, c, float64(s.AcquireCount()))
+	ch <- prometheus.MustNewConstMetric(p.wait, c, s.AcquireDuration().Seconds())
+	ch <- prometheus.MustNewConstMetric(p.emptyWaits, c, float64(s.EmptyAcquireCount()))
+}
+
+func (c *pipelineCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.lagEvents, c.lagSeconds, c.stalled, c.cursorPos, c.highPos, c.applied, c.parked,
+		c.owned, c.running, c.paused, c.failed, c.headPos, c.liveWorkers, c.holderAge, c.outboxRows, c.outboxBytes, c.scrapeErr} {
+		ch <- d
+	}
+}
+
+func (c *pipelineCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), LagScrapeTimeout)
+	defer cancel()
+	failed := 0.0
+	if err := c.collect(ctx, ch); err != nil {
+		failed = 1
+		if c.log != nil {
+			c.log.Warn("metrics: reading pipeline state failed", "err", err)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(c.scrapeErr, prometheus.GaugeValue, failed)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (c *pipelineCollector) collect(ctx context.Context, ch chan<- prometheus.Metric) error {
+	segs, err := Status(ctx, c.pool)
+	if err != nil {
+		return err
+	}
+	g := prometheus.GaugeValue
+	for _, s := range segs {
+		l := []string{s.Projection, itoa(s.Segment)}
+		ch <- prometheus.MustNewConstMetric(c.lagEvents, g, float64(s.LagEvents), l...)
+		ch <- prometheus.MustNewConstMetric(c.lagSeconds, g, s.LagSeconds, l...)
+		ch <- prometheus.MustNewConstMetric(c.stalled, g, s.StalledSeconds, l...)
+		ch <- prometheus.MustNewConstMetric(c.cursorPos, g, float64(s.Cursor.Position), l...)
+		ch <- prometheus.MustNewConstMetric(c.highPos, g, float64(s.HighWater.Position), l...)
+		ch <- prometheus.MustNewConstMetric(c.applied, g, float64(s.EventsApplied), l...)
+		ch <- prometheus.MustNewConstMetric(c.parked, g, float64(s.Parked), l...)
+		ch <- prometheus.MustNewConstMetric(c.owned, g, b2f(s.OwnerLive), l...)
+		ch <- prometheus.MustNewConstMetric(c.running, g, b2f(s.Status == "running"), l...)
+		ch <- prometheus.MustNewConstMetric(c.paused, g, b2f(s.Status == "paused"), l...)
+		ch <- prometheus.MustNewConstMetric(c.failed, g, b2f(s.Status == "failed"), l...)
+	}
+	head, err := outbox.ReadHead(ctx, c.pool)
+	if err != nil {
+		return err
+	}
+	ch <- prometheus.MustNewConstMetric(c.headPos, g, float64(head.Latest.Position))
+	var live int
+	var rows, bytes float64
+	if err := c.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM workers WHERE heartbeat_at > now() - $1::float8 * interval '1 second'),
+		greatest((SELECT reltuples FROM pg_class WHERE oid = 'outbox'::regclass), 0)::float8,
+		pg_total_relation_size('outbox')::float8`, LeaseTTLDefault.Seconds()).Scan(&live, &rows, &bytes); err != nil {
+		return err
+	}
+	if rows < 100_000 { // exact when cheap
+		if err := c.pool.QueryRow(ctx, `SELECT count(*)::float8 FROM outbox`).Scan(&rows); err != nil {
+			return err
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(c.liveWorkers, g, float64(live))
+	ch <- prometheus.MustNewConstMetric(c.outboxRows, g, rows)
+	ch <- prometheus.MustNewConstMetric(c.outboxBytes, g, bytes)
+	holder, err := outbox.WindowHolder(ctx, c.pool)
+	if err != nil {
+		return err
+	}
+	age := 0.0
+	if holder != nil {
+		age = holder.Age.Seconds()
+	}
+	ch <- prometheus.MustNewConstMetric(c.holderAge, g, age)
+	return nil
+}
