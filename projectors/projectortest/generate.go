@@ -38,7 +38,7 @@ type Lifecycles struct {
 // EventsPerOrder is roughly how many events Generate appends per order
 // (placed, then confirmed/shipped/cancelled), products included; use it to
 // size a backlog.
-const EventsPerOrder = 2.6
+const EventsPerOrder = 3.2
 
 // Generator returns a gen function for Run that appends l's life cycles.
 func (l Lifecycles) Generator() func(t *testing.T, pool *pgxpool.Pool) {
