@@ -33,7 +33,7 @@ func main() {
 const usage = `usage: writer <command> [flags]
 
 commands:
-  serve   serve the HTTP JSON command API (orders, products), /metrics, /healthz, /readyz
+  serve   serve the HTTP JSON API: commands and queries on orders and products, /metrics, /healthz, /readyz
   load    generate order life cycles through the command path and report events/s
 
 Run 'writer <command> -h' for the command's flags.

@@ -143,7 +143,7 @@ func TestServe(t *testing.T) {
 	require.Equal(t, http.StatusCreated, res.StatusCode, body)
 	require.NotEmpty(t, res.Header.Get("Readside-Consistency-Token"))
 
-	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+	for _, path := range []string{"/healthz", "/readyz", "/metrics", "/orders", "/statistics", "/products"} {
 		res, err := client.Get("http://" + addr + path)
 		require.NoError(t, err)
 		res.Body.Close()

@@ -23,6 +23,7 @@ type serveConfig struct {
 	snapshotEvery      int
 	maxConflictRetries int
 	shutdownTimeout    time.Duration
+	consistencyWait    time.Duration
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -33,11 +34,16 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.int(&c.snapshotEvery, "snapshot-every", "WRITER_SNAPSHOT_EVERY", aggregate.SnapshotEveryDefault, "snapshot an aggregate every N events; negative disables")
 	fs.int(&c.maxConflictRetries, "max-conflict-retries", "WRITER_MAX_CONFLICT_RETRIES", aggregate.MaxConflictRetriesDefault, "retries of a concurrency conflict before 409; negative means none")
 	fs.duration(&c.shutdownTimeout, "shutdown-timeout", "WRITER_SHUTDOWN_TIMEOUT", 10*time.Second, "how long in-flight requests may finish at shutdown")
+	fs.duration(&c.consistencyWait, "consistency-wait", "WRITER_CONSISTENCY_WAIT", httpapi.ConsistencyWaitDefault,
+		"how long a query with a consistency token waits for its projections when it gives no ?wait=")
 	if err := fs.parse(args, stdout); err != nil {
 		return err
 	}
 	if c.shutdownTimeout <= 0 {
 		return errors.New("serve: --shutdown-timeout must be positive")
+	}
+	if c.consistencyWait <= 0 || c.consistencyWait > httpapi.MaxConsistencyWaitDefault {
+		return fmt.Errorf("serve: --consistency-wait must be above 0 and at most %v", httpapi.MaxConsistencyWaitDefault)
 	}
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
 
@@ -59,6 +65,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	api, err := httpapi.New(httpapi.Config{Repository: repo, DB: pool, Registerer: reg, Logger: logger})
 	if err != nil {
+		return err
+	}
+	// The read models live in the same database: commands and queries side
+	// by side, as in the seed's OrdersController.
+	if err := api.HandleQueries(httpapi.QueryConfig{DB: pool, ConsistencyWait: c.consistencyWait}); err != nil {
 		return err
 	}
 
