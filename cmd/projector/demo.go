@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -38,6 +39,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if events < 1 || workers < 1 {
 		return errors.New("demo: --events and --workers must be at least 1")
 	}
+	stdout = &lockedWriter{w: stdout} // the load reports from its own goroutine
 	if url == "" {
 		fmt.Fprintln(stdout, "demo: DATABASE_URL is not set: starting a disposable PostgreSQL (initdb + pg_ctl)...")
 		c, err := pgtemp.Start(ctx)
@@ -221,4 +223,16 @@ func deref(s *string) string {
 		return ""
 	}
 	return *s
+}
+
+// lockedWriter serialises writes from several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

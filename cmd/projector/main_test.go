@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/readside/readside/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+func runCmd(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), args, &out, &errOut)
+	return out.String() + errOut.String(), err
+}
+
+func TestBadInvocations(t *testing.T) {
+	t.Parallel()
+	unreachable := "postgres://nobody@127.0.0.1:1/none?connect_timeout=1"
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "no command"},
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"run", "--concurrency", "x"}, "invalid value"},
+		{[]string{"run", "--projections", "nope", "--database-url", unreachable}, `unknown projection "nope"`},
+		{[]string{"run", "--log-format", "xml"}, "--log-format"},
+		{[]string{"status", "--database-url", unreachable}, "unreachable"},
+		{[]string{"migrate", "--database-url", unreachable}, "unreachable"},
+		{[]string{"pause"}, "missing argument"},
+		{[]string{"pause", "a", "b"}, "unexpected argument"},
+		{[]string{"status", "extra"}, "unexpected argument"},
+	} {
+		_, err := runCmd(t, tc.args...)
+		require.ErrorContains(t, err, tc.want, "args %q", tc.args)
+	}
+}
+
+func TestMigrateStatusPauseResume(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewEmptyDatabaseURL(t)
+
+	_, err := runCmd(t, "status", "--database-url", url)
+	require.ErrorContains(t, err, "projector migrate", "an unmigrated database is refused")
+
+	out, err := runCmd(t, "migrate", "--database-url", url)
+	require.NoError(t, err)
+	require.Contains(t, out, "applied 001_event_store")
+	out, err = runCmd(t, "migrate", "--database-url", url)
+	require.NoError(t, err, "migrate is idempotent")
+	require.NotContains(t, out, "applied 001")
+
+	// Register the shipped projections the way a worker does at start.
+	pool := pgtest.Pool(t, url)
+	_, err = pool.Exec(context.Background(), `INSERT INTO projections (name, segments) VALUES ('order_summary', 2);
+		INSERT INTO checkpoints (projection, segment) VALUES ('order_summary', 0), ('order_summary', 1)`)
+	require.NoError(t, err)
+
+	out, err = runCmd(t, "status", "--database-url", url)
+	require.NoError(t, err)
+	require.Contains(t, out, "PROJECTION")
+	require.Contains(t, out, "order_summary")
+
+	out, err = runCmd(t, "pause", "order_summary", "--database-url", url)
+	require.Error(t, err, "flags go before the name") // flag parsing stops at the first argument
+	out, err = runCmd(t, "pause", "--database-url", url, "order_summary")
+	require.NoError(t, err)
+	require.Contains(t, out, "2 segments now paused")
+	_, err = runCmd(t, "pause", "--database-url", url, "nope")
+	require.ErrorContains(t, err, "unknown projection")
+
+	out, err = runCmd(t, "status", "--json", "--database-url", url)
+	require.NoError(t, err)
+	var st statusJSON
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	require.Len(t, st.Segments, 2)
+	require.Equal(t, "paused", st.Segments[0].Status)
+
+	out, err = runCmd(t, "resume", "--database-url", url, "order_summary")
+	require.NoError(t, err)
+	require.True(t, strings.Contains(out, "2 segments now running"), out)
+}
+
+func TestMigrateRefusesNewerSchema(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabaseURL(t)
+	pool := pgtest.Pool(t, url)
+	_, err := pool.Exec(context.Background(), `INSERT INTO readside_migrations (version, name) VALUES (999, 'from_the_future')`)
+	require.NoError(t, err)
+	_, err = runCmd(t, "migrate", "--database-url", url)
+	require.ErrorContains(t, err, "newer than this binary")
+	_, err = runCmd(t, "status", "--database-url", url)
+	require.ErrorContains(t, err, "upgrade the binary")
+}
+
+func TestDemoOnGivenDatabase(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewEmptyDatabaseURL(t)
+	out, err := runCmd(t, "demo", "--database-url", url, "--events", "600", "--workers", "2")
+	require.NoError(t, err, out)
+	require.Contains(t, out, "every projection caught up")
+	require.Contains(t, out, "order_statistics equals an aggregation over the events table")
+}
