@@ -75,14 +75,14 @@ type Querier interface {
 // joined to events for their payload by primary key.
 const fetchSQL = `
 WITH scan AS (
-    (SELECT e.txid, e.id AS position, e.aggregate_type, e.aggregate_id, e.event_type
+    (SELECT e.txid, e.id AS position, e.aggregate_type, e.aggregate_id, e.event_type, NULL::timestamptz AS created_at
        FROM outbox_horizon h
        JOIN events e ON (e.txid, e.id) <= (h.txid, h.position)
       WHERE (e.txid, e.id) > ($1::xid8, $2::bigint)
       ORDER BY e.txid, e.id
       LIMIT $3)
     UNION ALL
-    (SELECT o.txid, o.position, o.aggregate_type, o.aggregate_id, o.event_type
+    (SELECT o.txid, o.position, o.aggregate_type, o.aggregate_id, o.event_type, o.created_at
        FROM outbox o
       WHERE (o.txid, o.position) > ($1::xid8, $2::bigint)
         AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
@@ -98,10 +98,9 @@ WITH scan AS (
      LIMIT $3
 )
 SELECT w.txid, w.position, w.matched, e.aggregate_type, e.aggregate_id, e.event_type, e.version,
-       e.schema_version, e.event_data, e.metadata, e.occurred_at, o.created_at
+       e.schema_version, e.event_data, e.metadata, e.occurred_at, w.created_at
   FROM window_rows w
   LEFT JOIN events e ON w.matched AND e.id = w.position
-  LEFT JOIN outbox o ON w.matched AND o.txid = w.txid AND o.position = w.position
  ORDER BY w.txid, w.position`
 
 // Fetch reads the next batch after cursor: at most limit rows are passed
