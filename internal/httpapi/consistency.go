@@ -120,7 +120,9 @@ SELECT n.name, p.name IS NOT NULL, c.segment, c.cursor_txid, c.cursor_position, 
 // checkpoint at or after token, which means the write the token was issued
 // for has been applied to their read models (or parked as a dead letter).
 // It polls until ctx ends, then returns a *NotCaughtUpError; ctx bounds the
-// wait.
+// wait. A projection being reset and replayed has moved its cursor back, so
+// tokens wait for the replay to pass them again rather than read a half-built
+// model.
 func WaitFor(ctx context.Context, db Querier, token outbox.Cursor, projections ...string) error {
 	if len(projections) == 0 {
 		return nil

@@ -225,7 +225,11 @@ func (q *queries) listOrders(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithTimeout(r.Context(), q.cfg.QueryTimeout)
 	defer cancel()
-	rows, _ := q.db.Query(ctx, sql, args...)
+	rows, err := q.db.Query(ctx, sql, args...)
+	if err != nil {
+		q.internalError(w, r, err)
+		return
+	}
 	orders, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (OrderSummary, error) {
 		var o OrderSummary
 		var total string
@@ -249,11 +253,12 @@ func (q *queries) listOrders(w http.ResponseWriter, r *http.Request) {
 
 func (q *queries) orderDetails(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if !q.awaitToken(w, r, orderdetails.Name) {
+	if !domain.ValidID(id) {
+		// No such order can exist: no need to wait for a token.
+		WriteError(w, http.StatusNotFound, fmt.Sprintf("order %q not found", id))
 		return
 	}
-	if !domain.ValidID(id) {
-		WriteError(w, http.StatusNotFound, fmt.Sprintf("order %q not found", id))
+	if !q.awaitToken(w, r, orderdetails.Name) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), q.cfg.QueryTimeout)
@@ -280,9 +285,13 @@ SELECT order_id, customer_name, total_amount::text, status, item_count, placed_a
 
 	// The items were committed with the order in one transaction and never
 	// change, so a second statement cannot see a different version of them.
-	rows, _ := q.db.Query(ctx, `
+	rows, err := q.db.Query(ctx, `
 SELECT line_no, coalesce(product_id, ''), product_name, quantity, unit_price::text, subtotal::text
   FROM order_items WHERE order_id = $1 ORDER BY line_no`, id)
+	if err != nil {
+		q.internalError(w, r, err)
+		return
+	}
 	d.Items, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (OrderItem, error) {
 		var it OrderItem
 		var price, subtotal string
@@ -303,10 +312,14 @@ func (q *queries) statistics(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), q.cfg.QueryTimeout)
 	defer cancel()
-	rows, _ := q.db.Query(ctx, `
+	rows, err := q.db.Query(ctx, `
 SELECT status, order_count, total_revenue::text, coalesce(average_order_value, 0)::numeric(12,2)::text
   FROM order_statistics
  ORDER BY array_position($1::text[], status)`, orderStatuses)
+	if err != nil {
+		q.internalError(w, r, err)
+		return
+	}
 	stats, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (StatusStatistics, error) {
 		var s StatusStatistics
 		var revenue, avg string
@@ -360,7 +373,11 @@ func (q *queries) listProducts(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithTimeout(r.Context(), q.cfg.QueryTimeout)
 	defer cancel()
-	rows, _ := q.db.Query(ctx, sql, args...)
+	rows, err := q.db.Query(ctx, sql, args...)
+	if err != nil {
+		q.internalError(w, r, err)
+		return
+	}
 	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Product, error) {
 		var p Product
 		var price string
