@@ -99,7 +99,10 @@ SELECT count(*) FROM ins n
 }
 
 func (r *recorder) Reset(ctx context.Context, tx pgx.Tx) error {
-	_, err := tx.Exec(ctx, `DELETE FROM applied WHERE projection = $1; DELETE FROM applied_count WHERE projection = $1`, r.name)
+	if _, err := tx.Exec(ctx, `DELETE FROM applied WHERE projection = $1`, r.name); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, `DELETE FROM applied_count WHERE projection = $1`, r.name)
 	return err
 }
 

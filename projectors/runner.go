@@ -109,6 +109,11 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 	}
 	b := &pgx.Batch{}
 	b.Queue(fmt.Sprintf(`SET LOCAL idle_in_transaction_session_timeout = %d`, w.cfg.LeaseTTL.Milliseconds()))
+	if s.schema != "" {
+		// A rebuild: the projection's unqualified table names resolve to
+		// the shadow copies; events and checkpoints stay in public.
+		b.Queue(`SELECT set_config('search_path', $1, true)`, pgx.Identifier{s.schema}.Sanitize()+", public")
+	}
 	checkpoint.QueueAdvance(b, s.lease, from, to, applied)
 	types, ids := aggregates(events)
 	b.Queue(`SELECT aggregate_type, aggregate_id FROM dead_letters
@@ -117,6 +122,9 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 	res := tx.SendBatch(ctx, b)
 	parked := map[aggKey]bool{}
 	_, err = res.Exec()
+	if err == nil && s.schema != "" {
+		_, err = res.Exec()
+	}
 	if err == nil {
 		err = checkpoint.AdvanceResult(res.Exec())(s.lease, from)
 	}

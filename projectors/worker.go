@@ -254,6 +254,7 @@ func (w *Worker) Stopped() <-chan struct{} { return w.stopped }
 type segment struct {
 	spec     Spec
 	proj     Projection
+	schema   string // a rebuild's schema, first on the search_path; "" for live tables
 	lease    checkpoint.Lease
 	cursor   outbox.Cursor
 	high     outbox.Cursor
@@ -282,6 +283,18 @@ type coordinator struct {
 	inflight int
 	recheck  *time.Timer   // fires checkHead while the window is held back
 	behind   time.Duration // current recheck delay
+	// The projections this worker claims segments of: its own, plus the
+	// shadow projections of rebuilds in progress (refreshed every lease
+	// renewal).
+	running map[string]running
+	names   []string
+}
+
+// running is a projection the coordinator claims segments of.
+type running struct {
+	spec   Spec
+	proj   Projection
+	schema string
 }
 
 func key(projection string, segment int) string { return fmt.Sprintf("%s/%d", projection, segment) }
@@ -291,9 +304,54 @@ func newCoordinator(w *Worker, softCtx, hardCtx context.Context) *coordinator {
 	for _, s := range w.specs {
 		total += s.Segments
 	}
-	return &coordinator{w: w, softCtx: softCtx, hardCtx: hardCtx, segs: map[string]*segment{},
-		queue: make(chan *segment, total+1), done: make(chan taskResult, total+1),
-		notify: make(chan struct{}, 1), total: total}
+	c := &coordinator{w: w, softCtx: softCtx, hardCtx: hardCtx, segs: map[string]*segment{},
+		// Queue and results hold every segment at most once; rebuilds can
+		// double a projection's segments.
+		queue: make(chan *segment, 2*total+1), done: make(chan taskResult, 2*total+1),
+		notify: make(chan struct{}, 1), total: total, running: map[string]running{}}
+	for name, spec := range w.specs {
+		c.running[name] = running{spec: spec, proj: w.projs[name]}
+		c.names = append(c.names, name)
+	}
+	return c
+}
+
+// refreshRebuilds adds the shadow projections of rebuilds in progress (and
+// drops finished ones), so that the fleet builds them next to the live ones.
+func (c *coordinator) refreshRebuilds(ctx context.Context) error {
+	rows, err := c.w.cfg.Pool.Query(ctx, `SELECT name, rebuild_of, schema_name FROM projections
+		WHERE rebuild_of = ANY ($1::text[]) AND schema_name IS NOT NULL`, c.w.names)
+	if err != nil {
+		return fmt.Errorf("rebuilds: %w", err)
+	}
+	shadows := map[string]running{}
+	for rows.Next() {
+		var name, of, schema string
+		if err := rows.Scan(&name, &of, &schema); err != nil {
+			rows.Close()
+			return fmt.Errorf("rebuilds: %w", err)
+		}
+		spec := c.w.specs[of]
+		spec.Name = name
+		shadows[name] = running{spec: spec, proj: c.w.projs[of], schema: schema}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("rebuilds: %w", err)
+	}
+	c.running = map[string]running{}
+	c.names = c.names[:0]
+	c.total = 0
+	for name, spec := range c.w.specs {
+		c.running[name] = running{spec: spec, proj: c.w.projs[name]}
+	}
+	for name, r := range shadows {
+		c.running[name] = r
+	}
+	for name, r := range c.running {
+		c.names = append(c.names, name)
+		c.total += r.spec.Segments
+	}
+	return nil
 }
 
 func (c *coordinator) run() {
@@ -452,6 +510,9 @@ func (c *coordinator) manageLeases() {
 		return
 	}
 	w.metrics.liveWorkers.Set(float64(live))
+	if err := c.refreshRebuilds(ctx); err != nil {
+		w.log.Warn("reading rebuilds in progress failed", "err", err)
+	}
 
 	held := make([]checkpoint.Lease, 0, len(c.segs))
 	for _, s := range c.segs {
@@ -494,13 +555,13 @@ func (c *coordinator) manageLeases() {
 			}
 		}
 	} else if want := fair - len(c.segs); want > 0 && c.softCtx.Err() == nil {
-		claimed, err := checkpoint.Claim(ctx, w.cfg.Pool, w.cfg.WorkerID, w.names, want, w.cfg.LeaseTTL)
+		claimed, err := checkpoint.Claim(ctx, w.cfg.Pool, w.cfg.WorkerID, c.names, want, w.cfg.LeaseTTL)
 		if err != nil {
 			w.log.Warn("claim failed", "err", err)
 		}
 		for _, cp := range claimed {
-			spec := w.specs[cp.Projection]
-			s := &segment{spec: spec, proj: w.projs[cp.Projection], cursor: cp.Cursor, high: cp.HighWater,
+			r := c.running[cp.Projection]
+			s := &segment{spec: r.spec, proj: r.proj, schema: r.schema, cursor: cp.Cursor, high: cp.HighWater,
 				lease:    checkpoint.Lease{Projection: cp.Projection, Segment: cp.Segment, Owner: w.cfg.WorkerID, Epoch: cp.LeaseEpoch},
 				attempts: map[int64]int{}}
 			c.segs[key(cp.Projection, cp.Segment)] = s
@@ -517,7 +578,7 @@ func (c *coordinator) updateOwned() {
 	for _, s := range c.segs {
 		counts[s.lease.Projection]++
 	}
-	for _, name := range c.w.names {
+	for _, name := range c.names {
 		c.w.metrics.owned.WithLabelValues(name).Set(float64(counts[name]))
 	}
 }

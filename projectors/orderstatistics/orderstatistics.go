@@ -143,7 +143,10 @@ func (*Projection) Reset(ctx context.Context, tx pgx.Tx) error {
 	if _, err := tx.Exec(ctx, `TRUNCATE order_statistics_orders`); err != nil {
 		return fmt.Errorf("%s: reset: %w", Name, err)
 	}
-	if _, err := tx.Exec(ctx, `UPDATE order_statistics SET order_count = 0, total_revenue = 0`); err != nil {
+	// Re-seed rather than zero: a rebuild's fresh copy of the table starts
+	// without the four rows the migration inserted.
+	if _, err := tx.Exec(ctx, `DELETE FROM order_statistics;
+		INSERT INTO order_statistics (status) VALUES ('pending'), ('confirmed'), ('shipped'), ('cancelled')`); err != nil {
 		return fmt.Errorf("%s: reset: %w", Name, err)
 	}
 	return nil

@@ -49,7 +49,7 @@ func BenchmarkApply(b *testing.B) {
 	require.NoError(b, err)
 	b.Logf("backlog: %d events appended in %s", appended, time.Since(start).Round(time.Millisecond))
 
-	for _, p := range shipped.All() {
+	for _, p := range shipped.ReadModels() {
 		spec := p.Spec()
 		b.Run(spec.Name, func(b *testing.B) {
 			var applied, rawApplied int

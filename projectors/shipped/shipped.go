@@ -6,14 +6,21 @@ package shipped
 
 import (
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/notifications"
 	"github.com/readside/readside/projectors/orderdetails"
 	"github.com/readside/readside/projectors/orderstatistics"
 	"github.com/readside/readside/projectors/ordersummary"
 	"github.com/readside/readside/projectors/products"
 )
 
-// All returns a new instance of every shipped projection, in a fixed order.
+// All returns a new instance of every shipped projection, in a fixed order:
+// the read models, then the side-effect example.
 func All() []projectors.Projection {
+	return append(ReadModels(), notifications.New())
+}
+
+// ReadModels returns the shipped projections that build tables.
+func ReadModels() []projectors.Projection {
 	return []projectors.Projection{
 		ordersummary.New(),
 		orderdetails.New(),

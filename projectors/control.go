@@ -1,0 +1,207 @@
+package projectors
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
+)
+
+// ControlQueue is the River queue of control operations.
+const ControlQueue = "readside_control"
+
+// Defaults for ControlConfig.
+const (
+	ControlWorkersDefault = 2
+	PruneIntervalDefault  = time.Minute
+	RetentionDefault      = time.Hour
+	SwitchWaitDefault     = 10 * time.Second
+	RebuildCheckDefault   = time.Second
+	controlMaxAttempts    = 25
+	pruneChunk            = 10_000
+)
+
+// ErrRebuildRunning refuses a reset or a second rebuild while a rebuild of
+// the projection is in progress.
+var ErrRebuildRunning = errors.New("a rebuild of this projection is in progress")
+
+// ErrNothingToRetry is returned when no parked dead letter matches.
+var ErrNothingToRetry = errors.New("no parked dead letters match")
+
+// ControlConfig configures Control.
+type ControlConfig struct {
+	// Pool is the database; River uses it too (MaxWorkers + 2 connections,
+	// plus its LISTEN connection).
+	Pool *pgxpool.Pool
+	// Projections whose control operations this process may execute: the
+	// same list as the Worker's.
+	Projections []Projection
+	// MaxWorkers is how many control jobs run at once. 0 means
+	// ControlWorkersDefault.
+	MaxWorkers int
+	// PruneInterval is how often outbox pruning runs; 0 means
+	// PruneIntervalDefault, negative disables pruning.
+	PruneInterval time.Duration
+	// Retention keeps outbox rows at least this long even once every
+	// projection has passed them. 0 means RetentionDefault; negative means
+	// none (prune as soon as every projection has passed a row).
+	Retention time.Duration
+	// SwitchWait is how long a rebuild's switch may hold the live
+	// projection back while its copy catches up the last few events. 0
+	// means SwitchWaitDefault.
+	SwitchWait time.Duration
+	// RebuildCheck is how often a rebuild in progress checks whether its copy
+	// has caught up. 0 means RebuildCheckDefault.
+	RebuildCheck time.Duration
+	// RegisterWorkers adds River workers for side-effect jobs that
+	// projections enqueue (see projectors/notifications).
+	RegisterWorkers func(*river.Workers)
+	// Queues are River queues to work besides ControlQueue, for those
+	// side-effect jobs.
+	Queues map[string]river.QueueConfig
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Control runs readside's control plane: a River client on ControlQueue
+// that executes resets, rebuilds, dead-letter retries and outbox pruning,
+// whichever fleet member picks them up, retried durably.
+type Control struct {
+	cfg    ControlConfig
+	log    *slog.Logger
+	client *river.Client[pgx.Tx]
+	projs  map[string]Projection
+	mu     sync.Mutex
+	start  bool
+}
+
+// NewControl validates cfg and builds the River client.
+func NewControl(cfg ControlConfig) (*Control, error) {
+	cfg.MaxWorkers = cmp.Or(cfg.MaxWorkers, ControlWorkersDefault)
+	cfg.PruneInterval = cmp.Or(cfg.PruneInterval, PruneIntervalDefault)
+	cfg.Retention = cmp.Or(cfg.Retention, RetentionDefault)
+	cfg.SwitchWait = cmp.Or(cfg.SwitchWait, SwitchWaitDefault)
+	cfg.RebuildCheck = cmp.Or(cfg.RebuildCheck, RebuildCheckDefault)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Pool == nil {
+		return nil, errors.New("projectors: ControlConfig.Pool is required")
+	}
+	c := &Control{cfg: cfg, log: cfg.Logger.With("component", "control"), projs: map[string]Projection{}}
+	for _, p := range cfg.Projections {
+		c.projs[p.Spec().withDefaults().Name] = p
+	}
+	workers := river.NewWorkers()
+	river.AddWorker(workers, &resetWorker{c: c})
+	river.AddWorker(workers, &rebuildWorker{c: c})
+	river.AddWorker(workers, &retryWorker{c: c})
+	river.AddWorker(workers, &pruneWorker{c: c})
+	if cfg.RegisterWorkers != nil {
+		cfg.RegisterWorkers(workers)
+	}
+	queues := map[string]river.QueueConfig{ControlQueue: {MaxWorkers: cfg.MaxWorkers}}
+	for name, q := range cfg.Queues {
+		queues[name] = q
+	}
+	rcfg := &river.Config{
+		Queues:      queues,
+		Workers:     workers,
+		Logger:      c.log,
+		MaxAttempts: controlMaxAttempts,
+		// Control jobs are few; keep their history a week for operators.
+		CompletedJobRetentionPeriod: 7 * 24 * time.Hour,
+	}
+	if cfg.PruneInterval > 0 {
+		rcfg.PeriodicJobs = []*river.PeriodicJob{river.NewPeriodicJob(river.PeriodicInterval(cfg.PruneInterval),
+			func() (river.JobArgs, *river.InsertOpts) { return PruneOutboxArgs{}, nil }, &river.PeriodicJobOpts{RunOnStart: true})}
+	}
+	client, err := river.NewClient(riverpgxv5.New(cfg.Pool), rcfg)
+	if err != nil {
+		return nil, fmt.Errorf("projectors: control: %w", err)
+	}
+	c.client = client
+	return c, nil
+}
+
+// Start starts the River client in the background.
+func (c *Control) Start(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.start = true
+	return c.client.Start(ctx)
+}
+
+// Stop lets running control jobs finish (they are short transactions) and
+// stops the client. Safe to call twice and before Start.
+func (c *Control) Stop(ctx context.Context) error {
+	c.mu.Lock()
+	started := c.start
+	c.mu.Unlock()
+	if !started {
+		return nil
+	}
+	err := c.client.Stop(ctx)
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return c.client.StopAndCancel(context.WithoutCancel(ctx))
+	}
+	return err
+}
+
+// Stopped is closed when the client has stopped.
+func (c *Control) Stopped() <-chan struct{} { return c.client.Stopped() }
+
+// Client is the River client, for inserting jobs from the same process.
+func (c *Control) Client() *river.Client[pgx.Tx] { return c.client }
+
+func (c *Control) projection(name string) (Projection, error) {
+	p, ok := c.projs[name]
+	if !ok {
+		// Another fleet member may run it; this one cannot. Not retryable
+		// here: cancel with a clear reason.
+		return nil, river.JobCancel(fmt.Errorf("projection %q is not run by this projector", name))
+	}
+	return p, nil
+}
+
+// uniqueByProjection makes one job per projection at a time.
+func uniqueByProjection() river.UniqueOpts {
+	return river.UniqueOpts{ByArgs: true, ByState: []rivertype.JobState{rivertype.JobStateAvailable, rivertype.JobStatePending,
+		rivertype.JobStateRunning, rivertype.JobStateRetryable, rivertype.JobStateScheduled}}
+}
+
+// Enqueue inserts a control job with an insert-only River client, for the
+// CLI. The result says whether a unique job was already queued.
+func Enqueue(ctx context.Context, pool *pgxpool.Pool, args river.JobArgs) (*rivertype.JobInsertResult, error) {
+	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{})
+	if err != nil {
+		return nil, err
+	}
+	return client.Insert(ctx, args, nil)
+}
+
+// JobState returns a control job's state and its last error, if any.
+func JobState(ctx context.Context, pool *pgxpool.Pool, id int64) (rivertype.JobState, string, error) {
+	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{})
+	if err != nil {
+		return "", "", err
+	}
+	job, err := client.JobGet(ctx, id)
+	if err != nil {
+		return "", "", err
+	}
+	last := ""
+	if n := len(job.Errors); n > 0 {
+		last = job.Errors[n-1].Error
+	}
+	return job.State, last, nil
+}

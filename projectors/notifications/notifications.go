@@ -1,0 +1,107 @@
+// Package notifications is the shipped example of a projection with side
+// effects: for every OrderShipped it enqueues a River job (which "sends" the
+// customer a notification) with InsertManyTx inside the runtime's apply
+// transaction, so the job exists exactly when the checkpoint has passed the
+// event: once. While the projection replays history it had already
+// processed before a reset, it enqueues nothing.
+package notifications
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+
+	"github.com/readside/readside/domain"
+	"github.com/readside/readside/projectors"
+)
+
+// Name is the projection's name.
+const Name = "order_notifications"
+
+// Queue is the River queue the notification jobs go to.
+const Queue = "readside_side_effects"
+
+// OrderShippedArgs is the job that notifies a customer that an order
+// shipped.
+type OrderShippedArgs struct {
+	EventID        int64  `json:"event_id"`
+	OrderID        string `json:"order_id"`
+	TrackingNumber string `json:"tracking_number,omitempty"`
+}
+
+// Kind implements river.JobArgs.
+func (OrderShippedArgs) Kind() string { return "order_shipped_notification" }
+
+// InsertOpts implements river.JobArgsWithInsertOpts.
+func (OrderShippedArgs) InsertOpts() river.InsertOpts { return river.InsertOpts{Queue: Queue} }
+
+// Projection enqueues notification jobs.
+type Projection struct {
+	client *river.Client[pgx.Tx] // insert-only: it only ever uses the runtime's tx
+}
+
+// New returns the projection.
+func New() *Projection {
+	client, err := river.NewClient(riverpgxv5.New(nil), &river.Config{})
+	if err != nil {
+		panic(err) // an empty config is always valid
+	}
+	return &Projection{client: client}
+}
+
+// Spec implements projectors.Projection. It has no tables of its own, so it
+// cannot be rebuilt (there is nothing to rebuild: sent is sent).
+func (*Projection) Spec() projectors.Spec {
+	return projectors.Spec{Name: Name, EventTypes: []string{domain.OrderShippedType}, AggregateTypes: []string{domain.OrderAggregate}}
+}
+
+// Apply implements projectors.Projection.
+func (p *Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error {
+	if b.Replay {
+		return nil // already notified the first time round
+	}
+	params := make([]river.InsertManyParams, 0, len(b.Events))
+	for _, e := range b.Events {
+		v, err := domain.Decode(e.Type, e.SchemaVersion, e.Data)
+		if err != nil {
+			return fmt.Errorf("%s: event %d: %w", Name, e.ID(), err)
+		}
+		s, ok := v.(*domain.OrderShipped)
+		if !ok {
+			return fmt.Errorf("%s: event %d: unexpected type %s", Name, e.ID(), e.Type)
+		}
+		params = append(params, river.InsertManyParams{Args: OrderShippedArgs{EventID: e.ID(), OrderID: s.OrderID, TrackingNumber: s.TrackingNumber}})
+	}
+	if len(params) == 0 {
+		return nil
+	}
+	_, err := p.client.InsertManyTx(ctx, tx, params)
+	return err
+}
+
+// Reset implements projectors.Projection: nothing to undo.
+func (*Projection) Reset(context.Context, pgx.Tx) error { return nil }
+
+// Worker "sends" the notification: it records it in order_notifications,
+// once per event even if River runs the job twice.
+type Worker struct {
+	river.WorkerDefaults[OrderShippedArgs]
+	Pool *pgxpool.Pool
+}
+
+// Work implements river.Worker.
+func (w *Worker) Work(ctx context.Context, job *river.Job[OrderShippedArgs]) error {
+	_, err := w.Pool.Exec(ctx, `INSERT INTO order_notifications (event_id, order_id, tracking_number) VALUES ($1, $2, $3)
+		ON CONFLICT (event_id) DO NOTHING`, job.Args.EventID, job.Args.OrderID, job.Args.TrackingNumber)
+	return err
+}
+
+// AddWorkers registers the notification worker; pass it as
+// projectors.ControlConfig.RegisterWorkers.
+func AddWorkers(pool *pgxpool.Pool) func(*river.Workers) {
+	return func(w *river.Workers) { river.AddWorker(w, &Worker{Pool: pool}) }
+}

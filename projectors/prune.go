@@ -1,0 +1,113 @@
+package projectors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+
+	"github.com/readside/readside/outbox"
+)
+
+// PruneOutboxArgs prunes outbox rows that every projection (and every
+// rebuild in progress) has passed and that are older than the retention.
+// Pruned history stays replayable: readers read it from the events table up
+// to the recorded horizon.
+type PruneOutboxArgs struct{}
+
+// Kind implements river.JobArgs.
+func (PruneOutboxArgs) Kind() string { return "readside_prune_outbox" }
+
+// InsertOpts implements river.JobArgsWithInsertOpts: at most one queued.
+func (PruneOutboxArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{Queue: ControlQueue, UniqueOpts: uniqueByProjection()}
+}
+
+type pruneWorker struct {
+	river.WorkerDefaults[PruneOutboxArgs]
+	c *Control
+}
+
+func (w *pruneWorker) Work(ctx context.Context, _ *river.Job[PruneOutboxArgs]) error {
+	n, h, err := PruneOutbox(ctx, w.c.cfg.Pool, w.c.cfg.Retention)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		w.c.log.Info("control: outbox pruned", "rows", n, "horizon", h.String())
+	}
+	return nil
+}
+
+// PruneOutbox deletes, in chunks of pruneChunk rows (one transaction each,
+// which also records the new horizon), the outbox rows at or below every
+// checkpoint and older than retention (negative: no age limit). A paused or
+// stuck projection holds pruning back. It returns the rows deleted and the
+// horizon.
+func PruneOutbox(ctx context.Context, db interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}, retention time.Duration) (int64, outbox.Cursor, error) {
+	var total int64
+	var horizon outbox.Cursor
+	for {
+		var n int64
+		err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+			var limit outbox.Cursor
+			err := tx.QueryRow(ctx, `SELECT cursor_txid, cursor_position FROM checkpoints
+				ORDER BY cursor_txid, cursor_position LIMIT 1`).Scan(&limit.TxID, &limit.Position)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil // no projection registered: nothing is known to be passed
+			}
+			if err != nil {
+				return err
+			}
+			// The chunk: the first rows in read order, up to the slowest
+			// checkpoint, stopping before the first row that is too young:
+			// the deleted set must be a prefix, as the horizon is one cursor.
+			var last outbox.Cursor
+			err = tx.QueryRow(ctx, `
+WITH chunk AS (
+    SELECT txid, position, created_at FROM outbox
+     WHERE (txid, position) <= ($1::xid8, $2::bigint)
+     ORDER BY txid, position LIMIT $3
+), young AS (
+    SELECT txid, position FROM chunk
+     WHERE $4::float8 >= 0 AND created_at > now() - $4::float8 * interval '1 second'
+     ORDER BY txid, position LIMIT 1
+), deleted AS (
+    DELETE FROM outbox o USING chunk c
+     WHERE o.txid = c.txid AND o.position = c.position
+       AND NOT EXISTS (SELECT 1 FROM young y WHERE (y.txid, y.position) <= (c.txid, c.position))
+    RETURNING o.txid, o.position
+)
+SELECT txid, position, count(*) OVER () FROM deleted ORDER BY txid DESC, position DESC LIMIT 1`,
+				limit.TxID, limit.Position, pruneChunk, retention.Seconds()).Scan(&last.TxID, &last.Position, &n)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO outbox_horizon (txid, position) VALUES ($1, $2)
+				ON CONFLICT (singleton) DO UPDATE SET txid = excluded.txid, position = excluded.position
+				WHERE (outbox_horizon.txid, outbox_horizon.position) < (excluded.txid, excluded.position)`, last.TxID, last.Position); err != nil {
+				return err
+			}
+			horizon = last
+			return nil
+		})
+		if err != nil {
+			return total, horizon, fmt.Errorf("prune outbox: %w", err)
+		}
+		if n == 0 {
+			return total, horizon, nil
+		}
+		total += n
+		if n < pruneChunk {
+			return total, horizon, nil
+		}
+	}
+}

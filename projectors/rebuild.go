@@ -1,0 +1,279 @@
+package projectors
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+
+	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/outbox"
+)
+
+// RebuildArgs rebuilds a projection without downtime (blue/green): a copy of
+// its tables is built from the start in its own schema by the fleet, next to
+// the live one, which keeps serving; once the copy has caught up, the tables
+// are swapped in one transaction and the old ones dropped. Readers never see
+// an empty or half-built model. Side effects stay suppressed for history the
+// projection had already processed (the copy inherits the high-water marks).
+type RebuildArgs struct {
+	Projection string `json:"projection" river:"unique"`
+}
+
+// Kind implements river.JobArgs.
+func (RebuildArgs) Kind() string { return "readside_rebuild" }
+
+// InsertOpts implements river.JobArgsWithInsertOpts.
+func (RebuildArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{Queue: ControlQueue, UniqueOpts: uniqueByProjection()}
+}
+
+// ShadowName is the name of a projection's rebuild in progress, and
+// ShadowSchema the schema its tables are built in.
+func ShadowName(projection string) string { return short(projection, 50) + "__rebuild" }
+
+// ShadowSchema is the schema a rebuild of projection builds its tables in.
+func ShadowSchema(projection string) string { return "readside_rebuild_" + short(projection, 40) }
+
+func short(name string, n int) string {
+	if len(name) <= n {
+		return name
+	}
+	sum := sha256.Sum256([]byte(name))
+	return name[:n-9] + "_" + hex.EncodeToString(sum[:4])
+}
+
+type rebuildWorker struct {
+	river.WorkerDefaults[RebuildArgs]
+	c *Control
+}
+
+// Timeout: a rebuild job runs once per check; the build itself happens in
+// the fleet between checks.
+func (w *rebuildWorker) Timeout(*river.Job[RebuildArgs]) time.Duration { return time.Minute }
+
+func (w *rebuildWorker) Work(ctx context.Context, job *river.Job[RebuildArgs]) error {
+	p, err := w.c.projection(job.Args.Projection)
+	if err != nil {
+		return err
+	}
+	spec := p.Spec().withDefaults()
+	if len(spec.Tables) == 0 {
+		return river.JobCancel(fmt.Errorf("rebuild %s: the projection lists no Tables, so it cannot be built in a copy", spec.Name))
+	}
+	pool := w.c.cfg.Pool
+	var exists bool
+	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM projections WHERE name = $1)`, ShadowName(spec.Name)).Scan(&exists); err != nil {
+		return err
+	}
+	if !exists {
+		if err := StartRebuild(ctx, pool, p); err != nil {
+			if errors.Is(err, checkpoint.ErrUnknownProjection) {
+				return river.JobCancel(err)
+			}
+			return err
+		}
+		w.c.log.Info("control: rebuild started", "projection", spec.Name, "schema", ShadowSchema(spec.Name))
+		return river.JobSnooze(w.c.cfg.RebuildCheck)
+	}
+	switched, err := w.c.trySwitch(ctx, p)
+	if err != nil {
+		return err
+	}
+	if !switched {
+		return river.JobSnooze(w.c.cfg.RebuildCheck)
+	}
+	w.c.log.Info("control: rebuild switched in", "projection", spec.Name, "job", job.ID)
+	return nil
+}
+
+// StartRebuild creates the copy of p's tables in the shadow schema, empties
+// it with p.Reset, and registers the shadow projection (same segments, from
+// the start, inheriting the live segments' high-water marks so that side
+// effects are not fired again). Workers pick it up at their next renewal.
+func StartRebuild(ctx context.Context, db interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}, p Projection) error {
+	spec := p.Spec().withDefaults()
+	shadow, schema := ShadowName(spec.Name), ShadowSchema(spec.Name)
+	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if err := checkpoint.Exists(ctx, tx, spec.Name); err != nil {
+			return err
+		}
+		var live string
+		if err := tx.QueryRow(ctx, `SELECT current_schema()`).Scan(&live); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `CREATE SCHEMA `+pgx.Identifier{schema}.Sanitize()); err != nil {
+			return fmt.Errorf("rebuild %s: %w", spec.Name, err)
+		}
+		for _, t := range spec.Tables {
+			if _, err := tx.Exec(ctx, fmt.Sprintf(`CREATE TABLE %s (LIKE %s INCLUDING ALL)`,
+				pgx.Identifier{schema, t}.Sanitize(), pgx.Identifier{live, t}.Sanitize())); err != nil {
+				return fmt.Errorf("rebuild %s: copy table %s: %w", spec.Name, t, err)
+			}
+		}
+		if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, pgx.Identifier{schema}.Sanitize()+", "+pgx.Identifier{live}.Sanitize()); err != nil {
+			return err
+		}
+		if err := p.Reset(ctx, tx); err != nil {
+			return fmt.Errorf("rebuild %s: reset the copy: %w", spec.Name, err)
+		}
+		if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, pgx.Identifier{live}.Sanitize()); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO projections (name, segments, on_error, rebuild_of, schema_name)
+			SELECT $1, segments, on_error, name, $3 FROM projections WHERE name = $2`, shadow, spec.Name, schema); err != nil {
+			return fmt.Errorf("rebuild %s: %w", spec.Name, err)
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO checkpoints (projection, segment, high_txid, high_position)
+			SELECT $1, segment, high_txid, high_position FROM checkpoints WHERE projection = $2`, shadow, spec.Name)
+		return err
+	})
+}
+
+// trySwitch swaps the copy in once it has caught up. It locks the live
+// checkpoints (live batches wait), gives the copy up to SwitchWait to reach
+// the live cursors, then locks the copy's checkpoints and, in the same
+// transaction, moves the live tables out and the copy's in, points the live
+// checkpoints at the copy's cursors with a new lease epoch (fencing every
+// batch that waited), carries the copy's dead letters over, and drops the
+// shadow registration. The old tables are dropped after the commit.
+func (c *Control) trySwitch(ctx context.Context, p Projection) (bool, error) {
+	spec := p.Spec().withDefaults()
+	shadow, schema := ShadowName(spec.Name), ShadowSchema(spec.Name)
+	pool := c.cfg.Pool
+
+	// Cheap check first: is the copy close to the live projection?
+	var behind int64
+	if err := pool.QueryRow(ctx, `SELECT coalesce(max(x.n), 0) FROM (
+		SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox o WHERE (o.txid, o.position) > (s.cursor_txid, s.cursor_position)
+		         AND (o.txid, o.position) <= (l.cursor_txid, l.cursor_position) LIMIT 10001) y) AS n
+		  FROM checkpoints s JOIN checkpoints l ON l.projection = $2 AND l.segment = s.segment
+		 WHERE s.projection = $1) x`, shadow, spec.Name).Scan(&behind); err != nil {
+		return false, err
+	}
+	if behind > 10000 {
+		return false, nil
+	}
+
+	retired := "readside_retired_" + short(spec.Name, 40)
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '5s'`); err != nil {
+		return false, err
+	}
+	live := map[int]outbox.Cursor{}
+	rows, err := tx.Query(ctx, `SELECT segment, cursor_txid, cursor_position FROM checkpoints WHERE projection = $1 ORDER BY segment FOR UPDATE`, spec.Name)
+	if err != nil {
+		return false, err
+	}
+	for rows.Next() {
+		var seg int
+		var cur outbox.Cursor
+		if err := rows.Scan(&seg, &cur.TxID, &cur.Position); err != nil {
+			rows.Close()
+			return false, err
+		}
+		live[seg] = cur
+	}
+	if err := rows.Err(); err != nil {
+		return false, err
+	}
+	caughtUp := func(lock string) (bool, error) {
+		rows, err := tx.Query(ctx, `SELECT segment, cursor_txid, cursor_position FROM checkpoints WHERE projection = $1 ORDER BY segment `+lock, shadow)
+		if err != nil {
+			return false, err
+		}
+		ok := true
+		n := 0
+		for rows.Next() {
+			var seg int
+			var cur outbox.Cursor
+			if err := rows.Scan(&seg, &cur.TxID, &cur.Position); err != nil {
+				rows.Close()
+				return false, err
+			}
+			n++
+			if cur.Less(live[seg]) {
+				ok = false
+			}
+		}
+		return ok && n == len(live), rows.Err()
+	}
+	deadline := time.Now().Add(c.cfg.SwitchWait)
+	for {
+		ok, err := caughtUp("")
+		if err != nil {
+			return false, err
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			return false, nil // the live projection resumes; try again later
+		}
+		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+			return false, err
+		}
+	}
+	// Wait for the copy's batches in flight, and stop new ones.
+	if ok, err := caughtUp("FOR UPDATE"); err != nil || !ok {
+		return false, err
+	}
+	var liveSchema string
+	if err := tx.QueryRow(ctx, `SELECT current_schema()`).Scan(&liveSchema); err != nil {
+		return false, err
+	}
+	if _, err := tx.Exec(ctx, `CREATE SCHEMA `+pgx.Identifier{retired}.Sanitize()); err != nil {
+		return false, err
+	}
+	for _, t := range spec.Tables {
+		if _, err := tx.Exec(ctx, fmt.Sprintf(`ALTER TABLE %s SET SCHEMA %s`, pgx.Identifier{liveSchema, t}.Sanitize(), pgx.Identifier{retired}.Sanitize())); err != nil {
+			return false, fmt.Errorf("switch %s: %w", spec.Name, err)
+		}
+		if _, err := tx.Exec(ctx, fmt.Sprintf(`ALTER TABLE %s SET SCHEMA %s`, pgx.Identifier{schema, t}.Sanitize(), pgx.Identifier{liveSchema}.Sanitize())); err != nil {
+			return false, fmt.Errorf("switch %s: %w", spec.Name, err)
+		}
+	}
+	if _, err := tx.Exec(ctx, `
+UPDATE checkpoints l
+   SET cursor_txid = s.cursor_txid, cursor_position = s.cursor_position,
+       high_txid = CASE WHEN (s.high_txid, s.high_position) > (l.high_txid, l.high_position) THEN s.high_txid ELSE l.high_txid END,
+       high_position = CASE WHEN (s.high_txid, s.high_position) > (l.high_txid, l.high_position) THEN s.high_position ELSE l.high_position END,
+       events_applied = s.events_applied,
+       lease_epoch = l.lease_epoch + 1, lease_owner = NULL, lease_expires_at = NULL,
+       status = CASE WHEN l.status = 'failed' THEN s.status ELSE l.status END, last_error = s.last_error,
+       advanced_at = now(), updated_at = now()
+  FROM checkpoints s
+ WHERE l.projection = $1 AND s.projection = $2 AND s.segment = l.segment`, spec.Name, shadow); err != nil {
+		return false, err
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM dead_letters WHERE projection = $1`, spec.Name); err != nil {
+		return false, err
+	}
+	if _, err := tx.Exec(ctx, `UPDATE dead_letters SET projection = $1 WHERE projection = $2`, spec.Name, shadow); err != nil {
+		return false, err
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM projections WHERE name = $1`, shadow); err != nil {
+		return false, err
+	}
+	if _, err := tx.Exec(ctx, `DROP SCHEMA `+pgx.Identifier{schema}.Sanitize()); err != nil {
+		return false, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, err
+	}
+	if _, err := pool.Exec(ctx, `DROP SCHEMA `+pgx.Identifier{retired}.Sanitize()+` CASCADE`); err != nil {
+		c.log.Warn("control: dropping the retired tables failed; drop the schema by hand", "schema", retired, "err", err)
+	}
+	return true, nil
+}

@@ -1,0 +1,142 @@
+package projectors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+
+	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/outbox"
+)
+
+// ResetArgs moves a projection's checkpoints (all segments) and, for a
+// reset to the start, empties its read model first. Targets: "start",
+// "cursor:TXID/POSITION" (a pure checkpoint move) or "time:RFC3339" (a pure
+// move to just before the first event, in log order, that occurred at or
+// after that time). Pure moves keep the read model: idempotent projections
+// converge when replaying over it; counters would count twice.
+type ResetArgs struct {
+	Projection string `json:"projection" river:"unique"`
+	To         string `json:"to"`
+}
+
+// Kind implements river.JobArgs.
+func (ResetArgs) Kind() string { return "readside_reset" }
+
+// InsertOpts implements river.JobArgsWithInsertOpts: one reset per
+// projection at a time.
+func (ResetArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{Queue: ControlQueue, UniqueOpts: uniqueByProjection()}
+}
+
+// ParseResetTarget checks a target string ("start", "cursor:…", "time:…").
+func ParseResetTarget(to string) error {
+	kind, val, _ := strings.Cut(to, ":")
+	switch kind {
+	case "start":
+		return nil
+	case "cursor":
+		_, err := outbox.ParseCursor(val)
+		return err
+	case "time":
+		_, err := time.Parse(time.RFC3339Nano, val)
+		return err
+	}
+	return fmt.Errorf("reset target %q: want start, cursor:TXID/POSITION or time:RFC3339", to)
+}
+
+type resetWorker struct {
+	river.WorkerDefaults[ResetArgs]
+	c *Control
+}
+
+func (w *resetWorker) Work(ctx context.Context, job *river.Job[ResetArgs]) error {
+	p, err := w.c.projection(job.Args.Projection)
+	if err != nil {
+		return err
+	}
+	if err := ParseResetTarget(job.Args.To); err != nil {
+		return river.JobCancel(err)
+	}
+	err = Reset(ctx, w.c.cfg.Pool, p, job.Args.To)
+	if errors.Is(err, ErrRebuildRunning) || errors.Is(err, checkpoint.ErrUnknownProjection) {
+		return river.JobCancel(err)
+	}
+	if err != nil {
+		return err
+	}
+	w.c.log.Info("control: projection reset", "projection", job.Args.Projection, "to", job.Args.To, "job", job.ID)
+	return nil
+}
+
+// Reset runs a reset in one transaction: it takes every segment's
+// checkpoint row lock (waiting for batches in flight), moves the
+// checkpoints and bumps their lease epochs (so no current owner can commit
+// across the reset), and for a reset to the start runs the projection's
+// Reset and clears its dead letters. Workers re-claim the segments at their
+// next lease renewal and replay from the new cursor; batches at or below the
+// segment's high-water mark are flagged as replays.
+func Reset(ctx context.Context, db interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}, p Projection, to string) error {
+	name := p.Spec().Name
+	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if err := checkpoint.Exists(ctx, tx, name); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM checkpoints WHERE projection = $1 FOR UPDATE`, name); err != nil {
+			return fmt.Errorf("reset %s: lock: %w", name, err)
+		}
+		var rebuilding bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM projections WHERE rebuild_of = $1)`, name).Scan(&rebuilding); err != nil {
+			return err
+		}
+		if rebuilding {
+			return fmt.Errorf("reset %s: %w (wait for it or cancel it first)", name, ErrRebuildRunning)
+		}
+		target, err := resolveTarget(ctx, tx, to)
+		if err != nil {
+			return fmt.Errorf("reset %s: %w", name, err)
+		}
+		if err := checkpoint.Move(ctx, tx, name, target); err != nil {
+			return err
+		}
+		if to == "start" {
+			if err := p.Reset(ctx, tx); err != nil {
+				return fmt.Errorf("reset %s: projection reset: %w", name, err)
+			}
+			if _, err := tx.Exec(ctx, `DELETE FROM dead_letters WHERE projection = $1`, name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func resolveTarget(ctx context.Context, tx pgx.Tx, to string) (outbox.Cursor, error) {
+	kind, val, _ := strings.Cut(to, ":")
+	switch kind {
+	case "start":
+		return outbox.Start, nil
+	case "cursor":
+		return outbox.ParseCursor(val)
+	case "time":
+		t, err := time.Parse(time.RFC3339Nano, val)
+		if err != nil {
+			return outbox.Cursor{}, err
+		}
+		var c outbox.Cursor
+		err = tx.QueryRow(ctx, `SELECT txid, id - 1 FROM events WHERE occurred_at >= $1 ORDER BY txid, id LIMIT 1`, t).Scan(&c.TxID, &c.Position)
+		if errors.Is(err, pgx.ErrNoRows) {
+			// Nothing that recent: stand at the head.
+			return outbox.Cursor{}, fmt.Errorf("no event occurred at or after %s", t.Format(time.RFC3339))
+		}
+		return c, err
+	}
+	return outbox.Cursor{}, ParseResetTarget(to)
+}
