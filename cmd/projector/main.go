@@ -32,6 +32,9 @@ commands:
   status        show every projection segment: cursor, lag, owner, parked events (--json)
   pause NAME    stop applying a projection (workers let go of its segments)
   resume NAME   resume a paused or halted projection
+  reset NAME    replay a projection: [--to-start | --to TXID/POSITION | --to-time RFC3339] [--wait]
+  rebuild NAME  rebuild a projection's tables beside the live ones and switch when caught up [--wait]
+  dead-letters  list | show ID | retry | discard  parked events
   demo          the whole pipeline on a disposable PostgreSQL (or $DATABASE_URL)
 
 Every command takes --database-url (env DATABASE_URL) and -h.
@@ -52,6 +55,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runStatus(ctx, rest, stdout)
 	case "pause", "resume":
 		return runPauseResume(ctx, cmd, rest, stdout)
+	case "reset":
+		return runReset(ctx, rest, stdout)
+	case "rebuild":
+		return runRebuild(ctx, rest, stdout)
+	case "dead-letters":
+		return runDeadLetters(ctx, rest, stdout)
 	case "demo":
 		return runDemo(ctx, rest, stdout, stderr)
 	case "-h", "--help", "help":

@@ -12,9 +12,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/riverqueue/river"
 
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/notifications"
 )
 
 type runConfig struct {
@@ -27,6 +29,8 @@ type runConfig struct {
 	poll        time.Duration
 	leaseTTL    time.Duration
 	softStop    time.Duration
+	retention   time.Duration
+	pruneEvery  time.Duration
 	logFormat   string
 	logLevel    string
 }
@@ -43,6 +47,8 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.Duration(&c.poll, "poll-interval", "PROJECTOR_POLL_INTERVAL", projectors.PollIntervalDefault, "fallback poll when no notification arrives")
 	fs.Duration(&c.leaseTTL, "lease-ttl", "PROJECTOR_LEASE_TTL", projectors.LeaseTTLDefault, "segment lease time to live; a dead worker's segments move after this")
 	fs.Duration(&c.softStop, "soft-stop-timeout", "PROJECTOR_SOFT_STOP_TIMEOUT", projectors.SoftStopTimeoutDefault, "on SIGTERM, how long batches in flight may finish")
+	fs.Duration(&c.retention, "outbox-retention", "PROJECTOR_OUTBOX_RETENTION", projectors.RetentionDefault, "keep outbox rows at least this long after every projection passed them")
+	fs.Duration(&c.pruneEvery, "prune-interval", "PROJECTOR_PRUNE_INTERVAL", projectors.PruneIntervalDefault, "how often to prune the outbox; negative disables")
 	fs.String(&c.logFormat, "log-format", "PROJECTOR_LOG_FORMAT", "text", "text or json")
 	fs.String(&c.logLevel, "log-level", "PROJECTOR_LOG_LEVEL", "info", "debug, info, warn or error")
 	if err := fs.Parse(args, stdout, 0); err != nil {
@@ -59,7 +65,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if c.concurrency < 1 || c.batchSize < 1 {
 		return errors.New("--concurrency and --batch-size must be at least 1")
 	}
-	pool, err := cli.Connect(ctx, c.url, 2*c.concurrency+4)
+	pool, err := cli.Connect(ctx, c.url, 2*c.concurrency+4+projectors.ControlWorkersDefault+4)
 	if err != nil {
 		return err
 	}
@@ -80,8 +86,19 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := projectors.RegisterPoolMetrics(reg, pool, "projector"); err != nil {
 		return err
 	}
+	control, err := projectors.NewControl(projectors.ControlConfig{Pool: pool, Projections: projs, Logger: logger,
+		Retention: c.retention, PruneInterval: c.pruneEvery,
+		RegisterWorkers: notifications.AddWorkers(pool),
+		Queues:          map[string]river.QueueConfig{notifications.Queue: {MaxWorkers: 4}}})
+	if err != nil {
+		return err
+	}
 	if err := w.Start(ctx); err != nil {
 		return err
+	}
+	if err := control.Start(ctx); err != nil {
+		_ = w.Stop(context.Background())
+		return fmt.Errorf("control plane: %w", err)
 	}
 	logger.Info("projector started", "worker", w.ID(), "projections", len(projs), "concurrency", c.concurrency)
 
@@ -128,7 +145,8 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if srv != nil {
 		_ = srv.Shutdown(stopCtx)
 	}
+	cerr := control.Stop(stopCtx)
 	err = w.Stop(stopCtx)
 	logger.Info("projector stopped", "worker", w.ID())
-	return err
+	return errors.Join(err, cerr)
 }
