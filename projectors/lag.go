@@ -2,6 +2,7 @@ package projectors
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -24,7 +25,8 @@ type pipelineCollector struct {
 	log  *slog.Logger
 
 	lagEvents, lagSeconds, stalled, cursorPos, highPos, applied, parked, owned, running, paused, failed *prometheus.Desc
-	headPos, liveWorkers, holderAge, outboxRows, outboxBytes, scrapeErr                              *prometheus.Desc
+	headPos, liveWorkers, holderAge, outboxRows, outboxBytes, scrapeErr                                 *prometheus.Desc
+	riverJobs, riverOldest                                                                              *prometheus.Desc
 }
 
 // RegisterPipelineMetrics registers, on reg, the database-derived lag and
@@ -49,6 +51,10 @@ func RegisterPipelineMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, log 
 		outboxRows:  prometheus.NewDesc("readside_outbox_rows", "Rows in the outbox table (estimate from pg_class when large).", nil, nil),
 		outboxBytes: prometheus.NewDesc("readside_outbox_size_bytes", "Total size of the outbox table with indexes and TOAST.", nil, nil),
 		scrapeErr:   prometheus.NewDesc("readside_pipeline_scrape_error", "1 when the last scrape of pipeline state failed.", nil, nil),
+		riverJobs: prometheus.NewDesc("readside_river_jobs", "Jobs of each River queue (control operations: reset, rebuild, dead-letter retry, pruning; "+
+			"side effects) by state: available, scheduled, running, retryable.", []string{"queue", "state"}, nil),
+		riverOldest: prometheus.NewDesc("readside_river_oldest_available_seconds",
+			"Age of the oldest job of the River queue that is due and waits for a worker; 0 when none.", []string{"queue"}, nil),
 	}
 	return reg.Register(c)
 }
@@ -94,7 +100,8 @@ func (p *poolCollector) Collect(ch chan<- prometheus.Metric) {
 
 func (c *pipelineCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.lagEvents, c.lagSeconds, c.stalled, c.cursorPos, c.highPos, c.applied, c.parked,
-		c.owned, c.running, c.paused, c.failed, c.headPos, c.liveWorkers, c.holderAge, c.outboxRows, c.outboxBytes, c.scrapeErr} {
+		c.owned, c.running, c.paused, c.failed, c.headPos, c.liveWorkers, c.holderAge, c.outboxRows, c.outboxBytes, c.scrapeErr,
+		c.riverJobs, c.riverOldest} {
 		ch <- d
 	}
 }
@@ -168,5 +175,44 @@ func (c *pipelineCollector) collect(ctx context.Context, ch chan<- prometheus.Me
 		age = holder.Age.Seconds()
 	}
 	ch <- prometheus.MustNewConstMetric(c.holderAge, g, age)
+	return c.collectRiver(ctx, ch)
+}
+
+// riverStates are the states of a job that has not finished: the queue's
+// depth. Every registered queue reports each of them, 0 included, so that
+// a drained queue shows 0 rather than no data.
+var riverStates = []string{"available", "scheduled", "running", "retryable"}
+
+// collectRiver reports the depth of every River queue a client registered
+// (river_queue, a bounded set named in code) from database state, like the
+// lag: a control plane with no live client shows its jobs piling up.
+func (c *pipelineCollector) collectRiver(ctx context.Context, ch chan<- prometheus.Metric) error {
+	rows, err := c.pool.Query(ctx, `
+SELECT q.name, s.state, count(j.id)::float8,
+       coalesce(extract(epoch FROM now() - min(j.scheduled_at) FILTER (WHERE s.state = 'available')), 0)::float8
+  FROM river_queue q
+ CROSS JOIN unnest($1::text[]) AS s(state)
+  LEFT JOIN river_job j ON j.queue = q.name AND j.state::text = s.state
+ GROUP BY q.name, s.state
+ ORDER BY q.name, s.state`, riverStates)
+	if err != nil {
+		return fmt.Errorf("river queues: %w", err)
+	}
+	defer rows.Close()
+	g := prometheus.GaugeValue
+	for rows.Next() {
+		var queue, state string
+		var n, oldest float64
+		if err := rows.Scan(&queue, &state, &n, &oldest); err != nil {
+			return fmt.Errorf("river queues: %w", err)
+		}
+		ch <- prometheus.MustNewConstMetric(c.riverJobs, g, n, queue, state)
+		if state == "available" {
+			ch <- prometheus.MustNewConstMetric(c.riverOldest, g, max(0, oldest), queue)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("river queues: %w", err)
+	}
 	return nil
 }

@@ -181,3 +181,37 @@ func TestPipelineMetricsReportScrapeErrors(t *testing.T) {
 		require.False(t, strings.HasPrefix(k, "readside_projection_lag"), "no stale lag series without a database: %s", k)
 	}
 }
+
+func TestPipelineMetricsRiverQueueDepth(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	reg := prometheus.NewPedanticRegistry()
+	require.NoError(t, projectors.RegisterPipelineMetrics(reg, pool, testLogger(t)))
+	for k := range scrape(t, reg) {
+		require.False(t, strings.HasPrefix(k, "readside_river_"), "no queue registered yet: %s", k)
+	}
+
+	// A queue as a River client registers it, with two due jobs, one
+	// running and one scheduled for later.
+	_, err := pool.Exec(ctx, `INSERT INTO river_queue (name) VALUES ($1)`, projectors.ControlQueue)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `INSERT INTO river_job (args, kind, max_attempts, queue, state, scheduled_at)
+		VALUES ('{}', 'test', 1, $1, 'available', now() - interval '30 seconds'),
+		       ('{}', 'test', 1, $1, 'available', now()),
+		       ('{}', 'test', 1, $1, 'running', now()),
+		       ('{}', 'test', 1, $1, 'scheduled', now() + interval '1 hour')`, projectors.ControlQueue)
+	require.NoError(t, err)
+	m := scrape(t, reg)
+	require.Equal(t, 0.0, m["readside_pipeline_scrape_error"])
+	q := func(state string) string {
+		return fmt.Sprintf("readside_river_jobs{queue=%q,state=%q}", projectors.ControlQueue, state)
+	}
+	require.Equal(t, 2.0, m[q("available")])
+	require.Equal(t, 1.0, m[q("running")])
+	require.Equal(t, 1.0, m[q("scheduled")])
+	require.Contains(t, m, q("retryable"), "every state is reported, 0 included")
+	require.Equal(t, 0.0, m[q("retryable")])
+	oldest := m[fmt.Sprintf("readside_river_oldest_available_seconds{queue=%q}", projectors.ControlQueue)]
+	require.InDelta(t, 30, oldest, 5)
+}
