@@ -118,7 +118,7 @@ scrape_configs:
 
 	// Every rule is evaluated by Prometheus without error, then tuned
 	// copies (thresholds capped, for: 1s) are loaded next to the real ones.
-	rules := waitRulesHealthy(t, prom, "readside", 8)
+	rules := waitRulesHealthy(t, prom, "readside", 9)
 	writeTunedRules(t, tunedDir, rules)
 	resp, err := http.Post(prom.base+"/-/reload", "", nil)
 	require.NoError(t, err)
