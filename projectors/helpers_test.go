@@ -27,7 +27,8 @@ type recorder struct {
 	name     string
 	segments int
 	onError  projectors.ErrorPolicy
-	// fail makes Apply fail for events whose payload has "poison": true.
+	// fail makes Apply fail for events whose payload has "poison": true,
+	// unless their aggregate is listed in the cured table.
 	failPoison bool
 	// hook, if set, runs before each Apply (tests pause workers with it).
 	hook func(ctx context.Context, b *projectors.Batch) error
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS applied (
     replay       bool   NOT NULL DEFAULT false,
     PRIMARY KEY (projection, aggregate_id, version)
 );
+CREATE TABLE IF NOT EXISTS cured (aggregate_id text PRIMARY KEY);
 -- A plain counter: right only if every batch commits exactly once.
 CREATE TABLE IF NOT EXISTS applied_count (
     projection text PRIMARY KEY,
@@ -49,7 +51,7 @@ CREATE TABLE IF NOT EXISTS applied_count (
 )`
 
 func (r *recorder) Spec() projectors.Spec {
-	return projectors.Spec{Name: r.name, Segments: r.segments, OnError: r.onError, Tables: []string{"applied"}}
+	return projectors.Spec{Name: r.name, Segments: r.segments, OnError: r.onError, Tables: []string{"applied", "applied_count"}}
 }
 
 func (r *recorder) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error {
@@ -70,7 +72,13 @@ func (r *recorder) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 				return fmt.Errorf("event %d: %w", e.ID(), err)
 			}
 			if p.Poison {
-				return fmt.Errorf("event %d: poison", e.ID())
+				var cured bool
+				if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM cured WHERE aggregate_id = $1)`, e.AggregateID).Scan(&cured); err != nil {
+					return err
+				}
+				if !cured {
+					return fmt.Errorf("event %d: poison", e.ID())
+				}
 			}
 		}
 		ids[i], versions[i], eventIDs[i] = e.AggregateID, int32(e.Version), e.ID()
