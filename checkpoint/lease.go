@@ -8,17 +8,53 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Heartbeat records that worker id is alive and returns how many workers
-// are live (heartbeat younger than ttl), counting this one.
-func Heartbeat(ctx context.Context, db DB, id, host string, pid int, ttl time.Duration) (live int, err error) {
-	if _, err := db.Exec(ctx, `INSERT INTO workers (id, host, pid) VALUES ($1, $2, $3)
-		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), host = excluded.host, pid = excluded.pid`, id, host, pid); err != nil {
-		return 0, fmt.Errorf("heartbeat %s: %w", id, err)
+// Member describes a fleet member for its heartbeat.
+type Member struct {
+	ID          string
+	Host        string
+	PID         int
+	Projections []string      // the projections it runs
+	LeaseTTL    time.Duration // it counts as live this long after a heartbeat
+}
+
+// Heartbeat records that m is alive and returns, per projection, how many
+// live workers run it (m included).
+func Heartbeat(ctx context.Context, db DB, m Member) (map[string]int, error) {
+	if _, err := db.Exec(ctx, `INSERT INTO workers (id, host, pid, projections, lease_ttl_seconds) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), host = excluded.host, pid = excluded.pid,
+		    projections = excluded.projections, lease_ttl_seconds = excluded.lease_ttl_seconds`,
+		m.ID, m.Host, m.PID, nonNil(m.Projections), m.LeaseTTL.Seconds()); err != nil {
+		return nil, fmt.Errorf("heartbeat %s: %w", m.ID, err)
 	}
-	if err := db.QueryRow(ctx, `SELECT count(*) FROM workers WHERE heartbeat_at > now() - $1::float8 * interval '1 second'`, ttl.Seconds()).Scan(&live); err != nil {
-		return 0, fmt.Errorf("heartbeat %s: %w", id, err)
+	rows, err := db.Query(ctx, `SELECT p, count(*) FROM workers, unnest(projections) AS p
+		WHERE heartbeat_at > now() - lease_ttl_seconds * interval '1 second' GROUP BY p`)
+	if err != nil {
+		return nil, fmt.Errorf("heartbeat %s: %w", m.ID, err)
 	}
-	return max(live, 1), nil
+	live := map[string]int{}
+	for rows.Next() {
+		var p string
+		var n int
+		if err := rows.Scan(&p, &n); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("heartbeat %s: %w", m.ID, err)
+		}
+		live[p] = n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("heartbeat %s: %w", m.ID, err)
+	}
+	for _, p := range m.Projections {
+		live[p] = max(live[p], 1)
+	}
+	return live, nil
+}
+
+// LiveWorkers counts workers whose heartbeat is younger than their TTL.
+func LiveWorkers(ctx context.Context, db DB) (int, error) {
+	var n int
+	err := db.QueryRow(ctx, `SELECT count(*) FROM workers WHERE heartbeat_at > now() - lease_ttl_seconds * interval '1 second'`).Scan(&n)
+	return n, err
 }
 
 // Leave deletes a worker's heartbeat and releases all of its leases, for a

@@ -14,3 +14,10 @@ CREATE TABLE order_notifications (
     tracking_number text,
     sent_at         timestamptz NOT NULL DEFAULT now()
 );
+
+-- Fair share is per projection, over the live workers that run it: a fleet
+-- may mix workers that run different --projections. A worker's liveness is
+-- judged by its own lease TTL.
+ALTER TABLE workers
+    ADD COLUMN projections       text[]  NOT NULL DEFAULT '{}',
+    ADD COLUMN lease_ttl_seconds float8  NOT NULL DEFAULT 10;

@@ -66,8 +66,8 @@ type Querier interface {
 //	Limit
 //	  -> Sort (at most 2 x limit rows)
 //	       -> Append
-//	            -> Limit -> Nested Loop -> Seq Scan on outbox_horizon (0..1 row)
-//	                                    -> Index Scan using events_txid_id_idx on events
+//	            -> Limit -> Index Scan using events_txid_id_idx on events
+//	                          Index Cond: (ROW(txid, id) > ROW($1, $2)) AND (txid <= (InitPlan: horizon txid))
 //	            -> Limit -> Index Scan using outbox_pkey on outbox
 //	                          Index Cond: ((ROW(txid, position) > ROW($1, $2)) AND (txid < pg_snapshot_xmin(pg_current_snapshot())))
 //
@@ -76,9 +76,12 @@ type Querier interface {
 const fetchSQL = `
 WITH scan AS (
     (SELECT e.txid, e.id AS position, e.aggregate_type, e.aggregate_id, e.event_type, NULL::timestamptz AS created_at
-       FROM outbox_horizon h
-       JOIN events e ON (e.txid, e.id) <= (h.txid, h.position)
+       FROM events e
       WHERE (e.txid, e.id) > ($1::xid8, $2::bigint)
+        -- Scalar subqueries (InitPlans) make the horizon an index bound:
+        -- with no horizon row the bound is NULL and the scan reads nothing.
+        AND e.txid <= (SELECT h.txid FROM outbox_horizon h)
+        AND (e.txid < (SELECT h.txid FROM outbox_horizon h) OR e.id <= (SELECT h.position FROM outbox_horizon h))
       ORDER BY e.txid, e.id
       LIMIT $3)
     UNION ALL

@@ -46,7 +46,7 @@ func RegisterPipelineMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, log 
 		paused:      prometheus.NewDesc("readside_projection_segment_paused", "1 when the segment is paused by an operator.", seg, nil),
 		failed:      prometheus.NewDesc("readside_projection_segment_failed", "1 when the segment halted on a failing event (policy halt).", seg, nil),
 		headPos:     prometheus.NewDesc("readside_outbox_head_position", "Position of the last committed outbox row.", nil, nil),
-		liveWorkers: prometheus.NewDesc("readside_fleet_live_workers", "Workers whose heartbeat is younger than the lease TTL default.", nil, nil),
+		liveWorkers: prometheus.NewDesc("readside_fleet_live_workers", "Workers whose heartbeat is younger than their lease TTL.", nil, nil),
 		holderAge:   prometheus.NewDesc("readside_read_window_holder_age_seconds", "Age of the oldest transaction with an xid in the cluster, which holds the read window back; 0 when none.", nil, nil),
 		outboxRows:  prometheus.NewDesc("readside_outbox_rows", "Rows in the outbox table (estimate from pg_class when large).", nil, nil),
 		outboxBytes: prometheus.NewDesc("readside_outbox_size_bytes", "Total size of the outbox table with indexes and TOAST.", nil, nil),
@@ -153,9 +153,9 @@ func (c *pipelineCollector) collect(ctx context.Context, ch chan<- prometheus.Me
 	ch <- prometheus.MustNewConstMetric(c.headPos, g, float64(head.Latest.Position))
 	var live int
 	var rows, bytes float64
-	if err := c.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM workers WHERE heartbeat_at > now() - $1::float8 * interval '1 second'),
+	if err := c.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM workers WHERE heartbeat_at > now() - lease_ttl_seconds * interval '1 second'),
 		greatest((SELECT reltuples FROM pg_class WHERE oid = 'outbox'::regclass), 0)::float8,
-		pg_total_relation_size('outbox')::float8`, LeaseTTLDefault.Seconds()).Scan(&live, &rows, &bytes); err != nil {
+		pg_total_relation_size('outbox')::float8`).Scan(&live, &rows, &bytes); err != nil {
 		return err
 	}
 	if rows < 100_000 { // exact when cheap

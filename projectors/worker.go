@@ -269,6 +269,10 @@ type taskResult struct {
 	err error
 }
 
+// maxRecheck caps the delay between head checks while the window is held
+// back: one cheap query per worker, for as long as the holder runs.
+const maxRecheck = 100 * time.Millisecond
+
 type coordinator struct {
 	w        *Worker
 	softCtx  context.Context
@@ -295,6 +299,14 @@ type running struct {
 	spec   Spec
 	proj   Projection
 	schema string
+	of     string // the projection a rebuild's copy rebuilds
+}
+
+func (c *coordinator) baseOf(name string) string {
+	if r, ok := c.running[name]; ok && r.of != "" {
+		return r.of
+	}
+	return name
 }
 
 func key(projection string, segment int) string { return fmt.Sprintf("%s/%d", projection, segment) }
@@ -333,7 +345,7 @@ func (c *coordinator) refreshRebuilds(ctx context.Context) error {
 		}
 		spec := c.w.specs[of]
 		spec.Name = name
-		shadows[name] = running{spec: spec, proj: c.w.projs[of], schema: schema}
+		shadows[name] = running{spec: spec, proj: c.w.projs[of], schema: schema, of: of}
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("rebuilds: %w", err)
@@ -434,7 +446,7 @@ func (c *coordinator) checkHead() {
 	// Committed rows wait behind a transaction that holds the window; its
 	// end sends no notification, so look again soon, backing off.
 	if head.Behind() {
-		c.behind = min(max(2*c.behind, time.Millisecond), c.w.cfg.PollInterval)
+		c.behind = min(max(2*c.behind, time.Millisecond), c.w.cfg.PollInterval, maxRecheck)
 		c.recheck.Reset(c.behind)
 	} else {
 		c.behind = 0
@@ -502,14 +514,19 @@ func (c *coordinator) manageLeases() {
 	ctx, cancel := context.WithTimeout(c.hardCtx, w.cfg.LeaseTTL/2)
 	defer cancel()
 	host, _ := os.Hostname()
-	live, err := checkpoint.Heartbeat(ctx, w.cfg.Pool, w.cfg.WorkerID, host, os.Getpid(), w.cfg.LeaseTTL)
+	live, err := checkpoint.Heartbeat(ctx, w.cfg.Pool, checkpoint.Member{ID: w.cfg.WorkerID, Host: host, PID: os.Getpid(),
+		Projections: w.names, LeaseTTL: w.cfg.LeaseTTL})
 	if err != nil {
 		if c.softCtx.Err() == nil {
 			w.log.Warn("heartbeat failed", "err", err)
 		}
 		return
 	}
-	w.metrics.liveWorkers.Set(float64(live))
+	fleet := 0
+	for _, n := range live {
+		fleet = max(fleet, n)
+	}
+	w.metrics.liveWorkers.Set(float64(fleet))
 	if err := c.refreshRebuilds(ctx); err != nil {
 		w.log.Warn("reading rebuilds in progress failed", "err", err)
 	}
@@ -535,32 +552,49 @@ func (c *coordinator) manageLeases() {
 		}
 	}
 
-	fair := (c.total + live - 1) / live
-	if excess := len(c.segs) - fair; excess > 0 {
-		for _, s := range c.segs {
-			if excess == 0 {
-				break
-			}
-			if s.release {
-				excess--
-				continue
-			}
-			s.release = true
-			excess--
-			if !s.running {
-				if err := checkpoint.Release(ctx, w.cfg.Pool, s.lease); err != nil {
-					w.log.Warn("release failed", "err", err)
-				}
-				delete(c.segs, key(s.lease.Projection, s.lease.Segment))
-			}
+	// Fair share per projection, over the live workers that run it (a
+	// rebuild's copy counts the workers of the projection it rebuilds).
+	owned := map[string][]*segment{}
+	for _, s := range c.segs {
+		owned[s.lease.Projection] = append(owned[s.lease.Projection], s)
+	}
+	for name, r := range c.running {
+		workers := live[name]
+		if r.schema != "" {
+			workers = live[c.baseOf(name)]
 		}
-	} else if want := fair - len(c.segs); want > 0 && c.softCtx.Err() == nil {
-		claimed, err := checkpoint.Claim(ctx, w.cfg.Pool, w.cfg.WorkerID, c.names, want, w.cfg.LeaseTTL)
+		workers = max(workers, 1)
+		fair := (r.spec.Segments + workers - 1) / workers
+		mine := owned[name]
+		if excess := len(mine) - fair; excess > 0 {
+			for _, s := range mine {
+				if excess == 0 {
+					break
+				}
+				excess--
+				if s.release {
+					continue
+				}
+				s.release = true
+				if !s.running {
+					if err := checkpoint.Release(ctx, w.cfg.Pool, s.lease); err != nil {
+						w.log.Warn("release failed", "err", err)
+					}
+					delete(c.segs, key(s.lease.Projection, s.lease.Segment))
+				}
+			}
+			continue
+		}
+		want := fair - len(mine)
+		if want <= 0 || c.softCtx.Err() != nil {
+			continue
+		}
+		claimed, err := checkpoint.Claim(ctx, w.cfg.Pool, w.cfg.WorkerID, []string{name}, want, w.cfg.LeaseTTL)
 		if err != nil {
-			w.log.Warn("claim failed", "err", err)
+			w.log.Warn("claim failed", "projection", name, "err", err)
+			continue
 		}
 		for _, cp := range claimed {
-			r := c.running[cp.Projection]
 			s := &segment{spec: r.spec, proj: r.proj, schema: r.schema, cursor: cp.Cursor, high: cp.HighWater,
 				lease:    checkpoint.Lease{Projection: cp.Projection, Segment: cp.Segment, Owner: w.cfg.WorkerID, Epoch: cp.LeaseEpoch},
 				attempts: map[int64]int{}}

@@ -56,3 +56,21 @@ func TestWorkerRefusesUnmigratedDatabase(t *testing.T) {
 	require.ErrorContains(t, err, "projector migrate")
 	require.NoError(t, w.Stop(context.Background()))
 }
+
+// A fleet whose workers run different projections: fair share is per
+// projection over the workers that run it, so no segment is left unowned.
+func TestMixedFleetOwnsEverySegment(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	startWorker(t, projectors.Config{Pool: pool, WorkerID: "both", LeaseTTL: time.Second,
+		Projections: []projectors.Projection{&recorder{name: "a", segments: 4}, &recorder{name: "b", segments: 4}}})
+	startWorker(t, projectors.Config{Pool: pool, WorkerID: "only-b", LeaseTTL: time.Second,
+		Projections: []projectors.Projection{&recorder{name: "b", segments: 4}}})
+	owned := func(owner, projection string) int {
+		return count(t, pool, `SELECT count(*) FROM checkpoints WHERE lease_owner = $1 AND projection = $2 AND lease_expires_at > now()`, owner, projection)
+	}
+	eventually(t, 20*time.Second, "a: 4 on both; b: 2 and 2", func() bool {
+		return owned("both", "a") == 4 && owned("both", "b") == 2 && owned("only-b", "b") == 2
+	})
+}
