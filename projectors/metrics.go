@@ -22,6 +22,27 @@ type metrics struct {
 	liveWorkers   prometheus.Gauge
 }
 
+// zero creates every series of the projections at 0, so that dashboards show
+// 0 rather than "no data" on a healthy system.
+func (m *metrics) zero(projections []string) {
+	for _, p := range projections {
+		m.eventsApplied.WithLabelValues(p)
+		m.claims.WithLabelValues(p)
+		m.losses.WithLabelValues(p)
+		m.fenced.WithLabelValues(p)
+		m.owned.WithLabelValues(p)
+		for _, o := range []string{"committed", "retried", "fenced", "isolated", "halted"} {
+			m.batches.WithLabelValues(p, o)
+		}
+		for _, r := range []string{"serialization", "deadlock", "lock_timeout", "timeout", "connection", "projection", "unknown"} {
+			m.retries.WithLabelValues(p, r)
+		}
+		for _, r := range []string{"failed", "blocked"} {
+			m.parked.WithLabelValues(p, r)
+		}
+	}
+}
+
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		eventsApplied: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -168,6 +168,7 @@ func NewWorker(cfg Config) (*Worker, error) {
 		w.projs[s.Name] = p
 		w.names = append(w.names, s.Name)
 	}
+	m.zero(w.names)
 	return w, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/readside/readside/aggregate"
+	"github.com/readside/readside/projectors"
 	"github.com/readside/readside/internal/httpapi"
 )
 
@@ -55,6 +56,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Lag and pipeline health are derived from the database, so the writer
+	// exports them too: they stay visible when the whole projector fleet is
+	// down (aggregate with max, see grafana/README.md).
+	if err := projectors.RegisterPipelineMetrics(reg, pool, logger); err != nil {
+		return err
+	}
+	if err := projectors.RegisterPoolMetrics(reg, pool, "writer"); err != nil {
+		return err
+	}
 	repo, err := aggregate.New(pool, aggregate.Config{
 		SnapshotEvery:      c.snapshotEvery,
 		MaxConflictRetries: c.maxConflictRetries,
