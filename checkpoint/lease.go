@@ -17,37 +17,32 @@ type Member struct {
 	LeaseTTL    time.Duration // it counts as live this long after a heartbeat
 }
 
-// Heartbeat records that m is alive and returns, per projection, how many
-// live workers run it (m included).
-func Heartbeat(ctx context.Context, db DB, m Member) (map[string]int, error) {
+// Heartbeat records that m is alive and returns the live fleet (m
+// included): every worker whose heartbeat is younger than its own TTL, with
+// the projections it runs, ordered by id.
+func Heartbeat(ctx context.Context, db DB, m Member) ([]Member, error) {
 	if _, err := db.Exec(ctx, `INSERT INTO workers (id, host, pid, projections, lease_ttl_seconds) VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), host = excluded.host, pid = excluded.pid,
 		    projections = excluded.projections, lease_ttl_seconds = excluded.lease_ttl_seconds`,
 		m.ID, m.Host, m.PID, nonNil(m.Projections), m.LeaseTTL.Seconds()); err != nil {
 		return nil, fmt.Errorf("heartbeat %s: %w", m.ID, err)
 	}
-	rows, err := db.Query(ctx, `SELECT p, count(*) FROM workers, unnest(projections) AS p
-		WHERE heartbeat_at > now() - lease_ttl_seconds * interval '1 second' GROUP BY p`)
+	rows, err := db.Query(ctx, `SELECT id, host, pid, projections, lease_ttl_seconds FROM workers
+		WHERE heartbeat_at > now() - lease_ttl_seconds * interval '1 second' OR id = $1 ORDER BY id`, m.ID)
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat %s: %w", m.ID, err)
 	}
-	live := map[string]int{}
-	for rows.Next() {
-		var p string
-		var n int
-		if err := rows.Scan(&p, &n); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("heartbeat %s: %w", m.ID, err)
-		}
-		live[p] = n
-	}
-	if err := rows.Err(); err != nil {
+	members, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Member, error) {
+		var x Member
+		var ttl float64
+		err := r.Scan(&x.ID, &x.Host, &x.PID, &x.Projections, &ttl)
+		x.LeaseTTL = time.Duration(ttl * float64(time.Second))
+		return x, err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("heartbeat %s: %w", m.ID, err)
 	}
-	for _, p := range m.Projections {
-		live[p] = max(live[p], 1)
-	}
-	return live, nil
+	return members, nil
 }
 
 // LiveWorkers counts workers whose heartbeat is younger than their TTL.
@@ -90,6 +85,43 @@ UPDATE checkpoints c
          FOR UPDATE SKIP LOCKED) f
  WHERE c.projection = f.projection AND c.segment = f.segment
 RETURNING `+prefixed("c")+``, owner, projections, n, ttl.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Checkpoint, error) { return scan(r) })
+	if err != nil {
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	return out, nil
+}
+
+// Segment names one segment.
+type Segment struct {
+	Projection string
+	Segment    int
+}
+
+// ClaimSegments takes the listed running segments that have no owner or
+// whose lease expired, like Claim.
+func ClaimSegments(ctx context.Context, db DB, owner string, segs []Segment, ttl time.Duration) ([]Checkpoint, error) {
+	if len(segs) == 0 {
+		return nil, nil
+	}
+	projs := make([]string, len(segs))
+	nums := make([]int32, len(segs))
+	for i, s := range segs {
+		projs[i], nums[i] = s.Projection, int32(s.Segment)
+	}
+	rows, err := db.Query(ctx, `
+UPDATE checkpoints c
+   SET lease_owner = $1, lease_epoch = c.lease_epoch + 1,
+       lease_expires_at = clock_timestamp() + $4::float8 * interval '1 second', updated_at = now()
+  FROM (SELECT c2.projection, c2.segment FROM checkpoints c2
+          JOIN unnest($2::text[], $3::int[]) AS w(projection, segment) ON w.projection = c2.projection AND w.segment = c2.segment
+         WHERE c2.status = 'running' AND (c2.lease_owner IS NULL OR c2.lease_expires_at < clock_timestamp())
+         FOR UPDATE OF c2 SKIP LOCKED) f
+ WHERE c.projection = f.projection AND c.segment = f.segment
+RETURNING `+prefixed("c")+``, owner, projs, nums, ttl.Seconds())
 	if err != nil {
 		return nil, fmt.Errorf("claim: %w", err)
 	}

@@ -504,6 +504,11 @@ func (c *coordinator) finished(r taskResult) {
 	if r.err == nil {
 		c.schedule(s)
 	}
+	// Our own apply transactions hold the read window too (they have xids),
+	// and their commits send no notification: look again now.
+	if c.behind > 0 {
+		c.checkHead()
+	}
 }
 
 // manageLeases heartbeats, renews held leases, gives back segments above
@@ -515,7 +520,7 @@ func (c *coordinator) manageLeases() {
 	ctx, cancel := context.WithTimeout(c.hardCtx, w.cfg.LeaseTTL/2)
 	defer cancel()
 	host, _ := os.Hostname()
-	live, err := checkpoint.Heartbeat(ctx, w.cfg.Pool, checkpoint.Member{ID: w.cfg.WorkerID, Host: host, PID: os.Getpid(),
+	members, err := checkpoint.Heartbeat(ctx, w.cfg.Pool, checkpoint.Member{ID: w.cfg.WorkerID, Host: host, PID: os.Getpid(),
 		Projections: w.names, LeaseTTL: w.cfg.LeaseTTL})
 	if err != nil {
 		if c.softCtx.Err() == nil {
@@ -523,11 +528,7 @@ func (c *coordinator) manageLeases() {
 		}
 		return
 	}
-	fleet := 0
-	for _, n := range live {
-		fleet = max(fleet, n)
-	}
-	w.metrics.liveWorkers.Set(float64(fleet))
+	w.metrics.liveWorkers.Set(float64(len(members)))
 	if err := c.refreshRebuilds(ctx); err != nil {
 		w.log.Warn("reading rebuilds in progress failed", "err", err)
 	}
@@ -553,49 +554,44 @@ func (c *coordinator) manageLeases() {
 		}
 	}
 
-	// Fair share per projection, over the live workers that run it (a
-	// rebuild's copy counts the workers of the projection it rebuilds).
-	owned := map[string][]*segment{}
-	for _, s := range c.segs {
-		owned[s.lease.Projection] = append(owned[s.lease.Projection], s)
-	}
+	// Every worker computes the same balanced assignment from the fleet
+	// view; give back what is not ours (after its batch in flight) and claim
+	// what is (once its previous owner has let go or its lease expired).
+	segments := map[string]int{}
 	for name, r := range c.running {
-		workers := live[name]
-		if r.schema != "" {
-			workers = live[c.baseOf(name)]
+		segments[name] = r.spec.Segments
+	}
+	mine := map[checkpoint.Segment]bool{}
+	for seg, owner := range assign(members, segments, c.baseOf) {
+		if owner == w.cfg.WorkerID {
+			mine[seg] = true
 		}
-		workers = max(workers, 1)
-		fair := (r.spec.Segments + workers - 1) / workers
-		mine := owned[name]
-		if excess := len(mine) - fair; excess > 0 {
-			for _, s := range mine {
-				if excess == 0 {
-					break
-				}
-				excess--
-				if s.release {
-					continue
-				}
-				s.release = true
-				if !s.running {
-					if err := checkpoint.Release(ctx, w.cfg.Pool, s.lease); err != nil {
-						w.log.Warn("release failed", "err", err)
-					}
-					delete(c.segs, key(s.lease.Projection, s.lease.Segment))
-				}
+	}
+	for k, s := range c.segs {
+		if mine[checkpoint.Segment{Projection: s.lease.Projection, Segment: s.lease.Segment}] || s.release {
+			continue
+		}
+		s.release = true
+		if !s.running {
+			if err := checkpoint.Release(ctx, w.cfg.Pool, s.lease); err != nil {
+				w.log.Warn("release failed", "err", err)
 			}
-			continue
+			delete(c.segs, k)
 		}
-		want := fair - len(mine)
-		if want <= 0 || c.softCtx.Err() != nil {
-			continue
+	}
+	var want []checkpoint.Segment
+	for seg := range mine {
+		if _, held := c.segs[key(seg.Projection, seg.Segment)]; !held {
+			want = append(want, seg)
 		}
-		claimed, err := checkpoint.Claim(ctx, w.cfg.Pool, w.cfg.WorkerID, []string{name}, want, w.cfg.LeaseTTL)
+	}
+	if len(want) > 0 && c.softCtx.Err() == nil {
+		claimed, err := checkpoint.ClaimSegments(ctx, w.cfg.Pool, w.cfg.WorkerID, want, w.cfg.LeaseTTL)
 		if err != nil {
-			w.log.Warn("claim failed", "projection", name, "err", err)
-			continue
+			w.log.Warn("claim failed", "err", err)
 		}
 		for _, cp := range claimed {
+			r := c.running[cp.Projection]
 			s := &segment{spec: r.spec, proj: r.proj, schema: r.schema, cursor: cp.Cursor, high: cp.HighWater,
 				lease:    checkpoint.Lease{Projection: cp.Projection, Segment: cp.Segment, Owner: w.cfg.WorkerID, Epoch: cp.LeaseEpoch},
 				attempts: map[int64]int{}}
