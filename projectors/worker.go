@@ -283,7 +283,6 @@ type coordinator struct {
 	done     chan taskResult
 	notify   chan struct{}
 	head     outbox.Cursor
-	total    int
 	tasks    conc.WaitGroup
 	inflight int
 	recheck  *time.Timer   // fires checkHead while the window is held back
@@ -291,8 +290,10 @@ type coordinator struct {
 	// The projections this worker claims segments of: its own, plus the
 	// shadow projections of rebuilds in progress (refreshed every lease
 	// renewal).
-	running map[string]running
-	names   []string
+	running  map[string]running
+	names    []string
+	segments map[string]int    // every registered projection's segment count
+	bases    map[string]string // rebuild copy -> the projection it rebuilds
 }
 
 // running is a projection the coordinator claims segments of.
@@ -304,8 +305,8 @@ type running struct {
 }
 
 func (c *coordinator) baseOf(name string) string {
-	if r, ok := c.running[name]; ok && r.of != "" {
-		return r.of
+	if of, ok := c.bases[name]; ok {
+		return of
 	}
 	return name
 }
@@ -321,7 +322,7 @@ func newCoordinator(w *Worker, softCtx, hardCtx context.Context) *coordinator {
 		// Queue and results hold every segment at most once; rebuilds can
 		// double a projection's segments.
 		queue: make(chan *segment, 2*total+1), done: make(chan taskResult, 2*total+1),
-		notify: make(chan struct{}, 1), total: total, running: map[string]running{}}
+		notify: make(chan struct{}, 1), running: map[string]running{}}
 	for name, spec := range w.specs {
 		c.running[name] = running{spec: spec, proj: w.projs[name]}
 		c.names = append(c.names, name)
@@ -329,40 +330,48 @@ func newCoordinator(w *Worker, softCtx, hardCtx context.Context) *coordinator {
 	return c
 }
 
-// refreshRebuilds adds the shadow projections of rebuilds in progress (and
-// drops finished ones), so that the fleet builds them next to the live ones.
-func (c *coordinator) refreshRebuilds(ctx context.Context) error {
-	rows, err := c.w.cfg.Pool.Query(ctx, `SELECT name, rebuild_of, schema_name FROM projections
-		WHERE rebuild_of = ANY ($1::text[]) AND schema_name IS NOT NULL`, c.w.names)
+// refreshProjections reads the registry: the segment counts of every
+// projection (the fleet's assignment must be computed from the same figures
+// by every worker, whatever it runs), and the shadow projections of rebuilds
+// in progress, which the workers of the rebuilt projection build.
+func (c *coordinator) refreshProjections(ctx context.Context) error {
+	rows, err := c.w.cfg.Pool.Query(ctx, `SELECT name, segments, coalesce(rebuild_of, ''), coalesce(schema_name, '') FROM projections`)
 	if err != nil {
-		return fmt.Errorf("rebuilds: %w", err)
+		return fmt.Errorf("projections: %w", err)
 	}
+	segments := map[string]int{}
+	bases := map[string]string{}
 	shadows := map[string]running{}
 	for rows.Next() {
 		var name, of, schema string
-		if err := rows.Scan(&name, &of, &schema); err != nil {
+		var n int
+		if err := rows.Scan(&name, &n, &of, &schema); err != nil {
 			rows.Close()
-			return fmt.Errorf("rebuilds: %w", err)
+			return fmt.Errorf("projections: %w", err)
 		}
-		spec := c.w.specs[of]
-		spec.Name = name
-		shadows[name] = running{spec: spec, proj: c.w.projs[of], schema: schema, of: of}
+		segments[name] = n
+		if of != "" {
+			bases[name] = of
+			if spec, ok := c.w.specs[of]; ok && schema != "" {
+				spec.Name = name
+				shadows[name] = running{spec: spec, proj: c.w.projs[of], schema: schema, of: of}
+			}
+		}
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("rebuilds: %w", err)
+		return fmt.Errorf("projections: %w", err)
 	}
+	c.segments, c.bases = segments, bases
 	c.running = map[string]running{}
-	c.names = c.names[:0]
-	c.total = 0
 	for name, spec := range c.w.specs {
 		c.running[name] = running{spec: spec, proj: c.w.projs[name]}
 	}
 	for name, r := range shadows {
 		c.running[name] = r
 	}
-	for name, r := range c.running {
+	c.names = c.names[:0]
+	for name := range c.running {
 		c.names = append(c.names, name)
-		c.total += r.spec.Segments
 	}
 	return nil
 }
@@ -529,8 +538,9 @@ func (c *coordinator) manageLeases() {
 		return
 	}
 	w.metrics.liveWorkers.Set(float64(len(members)))
-	if err := c.refreshRebuilds(ctx); err != nil {
-		w.log.Warn("reading rebuilds in progress failed", "err", err)
+	if err := c.refreshProjections(ctx); err != nil {
+		w.log.Warn("reading the projection registry failed", "err", err)
+		return
 	}
 
 	held := make([]checkpoint.Lease, 0, len(c.segs))
@@ -557,12 +567,8 @@ func (c *coordinator) manageLeases() {
 	// Every worker computes the same balanced assignment from the fleet
 	// view; give back what is not ours (after its batch in flight) and claim
 	// what is (once its previous owner has let go or its lease expired).
-	segments := map[string]int{}
-	for name, r := range c.running {
-		segments[name] = r.spec.Segments
-	}
 	mine := map[checkpoint.Segment]bool{}
-	for seg, owner := range assign(members, segments, c.baseOf) {
+	for seg, owner := range assign(members, c.segments, c.baseOf) {
 		if owner == w.cfg.WorkerID {
 			mine[seg] = true
 		}

@@ -184,8 +184,8 @@ func followJob(ctx context.Context, pool *pgxpool.Pool, stdout io.Writer, jobID 
 		}
 		done := float64(applied) / float64(max(applied+lag, 1))
 		bar := strings.Repeat("#", int(done*30)) + strings.Repeat(".", 30-int(done*30))
-		fmt.Fprintf(stdout, "\r[%s] %3.0f%%  %d events replayed  %d behind  %.0f events/s  ETA %s  (job %s)   ",
-			bar, done*100, applied, lag, rate, eta, state)
+		fmt.Fprintf(stdout, "\r[%s] %3.0f%%  %d events applied since start  %d behind  %.0f events/s  ETA %s  (job %s)   ",
+			bar, done*100, max(applied-firstApplied, 0), lag, rate, eta, state)
 		if state == rivertype.JobStateCompleted && (len(segs) == 0 || lag == 0) {
 			fmt.Fprintf(stdout, "\ndone in %s\n", time.Since(start).Round(time.Millisecond))
 			return nil

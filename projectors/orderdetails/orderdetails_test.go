@@ -33,7 +33,7 @@ func TestItems(t *testing.T) {
 	p := orderdetails.New()
 	_, err := projectortest.Lifecycles{Orders: 40}.Generate(ctx, pool)
 	require.NoError(t, err)
-	projectortest.ApplyStream(t, pool, p, outbox.Filter{EventTypes: p.Spec().EventTypes}, 25)
+	projectortest.ApplyStream(t, pool, p, outbox.Filter{EventTypes: p.Spec().EventTypes, AggregateTypes: p.Spec().AggregateTypes}, 25)
 
 	// Every order's lines add up to its total, and match its OrderPlaced.
 	var bad int

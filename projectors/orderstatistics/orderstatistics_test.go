@@ -71,7 +71,7 @@ func TestEqualsAggregationOverEvents(t *testing.T) {
 	p := orderstatistics.New()
 	_, err := projectortest.Lifecycles{Orders: 120}.Generate(ctx, pool)
 	require.NoError(t, err)
-	projectortest.ApplyStream(t, pool, p, outbox.Filter{EventTypes: p.Spec().EventTypes}, 37)
+	projectortest.ApplyStream(t, pool, p, outbox.Filter{EventTypes: p.Spec().EventTypes, AggregateTypes: p.Spec().AggregateTypes}, 37)
 	want := stats(t, pool, fromEvents)
 	require.Equal(t, want, stats(t, pool, fromProjection))
 	for _, s := range want {
@@ -88,10 +88,10 @@ func TestDoubleApplyIsVisible(t *testing.T) {
 	p := orderstatistics.New()
 	_, err := projectortest.Lifecycles{Orders: 30}.Generate(ctx, pool)
 	require.NoError(t, err)
-	projectortest.ApplyStream(t, pool, p, outbox.Filter{EventTypes: p.Spec().EventTypes}, 1<<30)
+	projectortest.ApplyStream(t, pool, p, outbox.Filter{EventTypes: p.Spec().EventTypes, AggregateTypes: p.Spec().AggregateTypes}, 1<<30)
 	require.Equal(t, stats(t, pool, fromEvents), stats(t, pool, fromProjection))
 
-	b, err := outbox.Fetch(ctx, pool, outbox.Start, 50, outbox.Filter{EventTypes: p.Spec().EventTypes})
+	b, err := outbox.Fetch(ctx, pool, outbox.Start, 50, outbox.Filter{EventTypes: p.Spec().EventTypes, AggregateTypes: p.Spec().AggregateTypes})
 	require.NoError(t, err)
 	require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		return p.Apply(ctx, tx, &projectors.Batch{Events: b.Events})

@@ -33,7 +33,7 @@ func TestMatchesEvents(t *testing.T) {
 	p := ordersummary.New()
 	_, err := projectortest.Lifecycles{Orders: 50}.Generate(ctx, pool)
 	require.NoError(t, err)
-	projectortest.ApplyStream(t, pool, p, outbox.Filter{EventTypes: p.Spec().EventTypes}, 25)
+	projectortest.ApplyStream(t, pool, p, outbox.Filter{EventTypes: p.Spec().EventTypes, AggregateTypes: p.Spec().AggregateTypes}, 25)
 
 	// The read model agrees with a direct aggregation over the event store.
 	var mismatches int

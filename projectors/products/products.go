@@ -32,8 +32,11 @@ func New() *Projection { return &Projection{} }
 // Spec implements projectors.Projection.
 func (*Projection) Spec() projectors.Spec {
 	return projectors.Spec{
-		Name:           Name,
-		EventTypes:     []string{domain.ProductCreatedType, domain.PriceUpdatedType, domain.ProductDeletedType},
+		Name: Name,
+		// Every event of the aggregate type, not a list of known types: an
+		// event type this projection does not know (a newer writer's, or a
+		// bad one) fails and is parked with its reason instead of being
+		// skipped silently.
 		AggregateTypes: []string{domain.ProductAggregate},
 		Tables:         []string{"products"},
 	}

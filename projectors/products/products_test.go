@@ -33,7 +33,7 @@ func TestCatalog(t *testing.T) {
 	p := products.New()
 	_, err := projectortest.Lifecycles{Orders: 60, Products: 40, V1Share: 0.5}.Generate(ctx, pool)
 	require.NoError(t, err)
-	projectortest.ApplyStream(t, pool, p, outbox.Filter{EventTypes: p.Spec().EventTypes}, 10)
+	projectortest.ApplyStream(t, pool, p, outbox.Filter{EventTypes: p.Spec().EventTypes, AggregateTypes: p.Spec().AggregateTypes}, 10)
 
 	// Version 1 payloads got the upcaster's SKU, version 2 their own.
 	var v1, v1Upcast, total int
