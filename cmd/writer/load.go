@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/readside/readside/aggregate"
+	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/internal/loadgen"
 )
 
@@ -42,17 +43,17 @@ func (c *loadConfig) validate() error {
 
 func runLoad(ctx context.Context, args []string, stdout io.Writer) error {
 	var c loadConfig
-	fs := newFlagSet("load")
-	fs.string(&c.databaseURL, "database-url", "DATABASE_URL", DatabaseURLDefault, "PostgreSQL URL")
-	fs.int(&c.events, "events", "WRITER_LOAD_EVENTS", 10000, "events to write in total, product creation included")
-	fs.int(&c.aggregates, "aggregates", "WRITER_LOAD_AGGREGATES", 100, "orders in flight at once; fewer means more concurrency conflicts")
-	fs.int(&c.concurrency, "concurrency", "WRITER_LOAD_CONCURRENCY", 8, "concurrent writers")
-	fs.float(&c.rate, "rate", "WRITER_LOAD_RATE", 0, "commands per second over all writers; 0 means as fast as possible")
-	fs.int(&c.products, "products", "WRITER_LOAD_PRODUCTS", 20, "products to create first; orders pick items from them and 5% of commands change their prices")
-	fs.int(&c.snapshotEvery, "snapshot-every", "WRITER_SNAPSHOT_EVERY", aggregate.SnapshotEveryDefault, "snapshot an aggregate every N events; negative disables")
-	fs.int(&c.maxConflictRetries, "max-conflict-retries", "WRITER_MAX_CONFLICT_RETRIES", aggregate.MaxConflictRetriesDefault, "retries of a concurrency conflict; negative means none")
-	fs.duration(&c.progress, "progress", "WRITER_LOAD_PROGRESS", time.Second, "progress report interval")
-	if err := fs.parse(args, stdout); err != nil {
+	fs := cli.NewFlagSet("writer load")
+	fs.String(&c.databaseURL, "database-url", "DATABASE_URL", cli.DatabaseURLDefault, "PostgreSQL URL")
+	fs.Int(&c.events, "events", "WRITER_LOAD_EVENTS", 10000, "events to write in total, product creation included")
+	fs.Int(&c.aggregates, "aggregates", "WRITER_LOAD_AGGREGATES", 100, "orders in flight at once; fewer means more concurrency conflicts")
+	fs.Int(&c.concurrency, "concurrency", "WRITER_LOAD_CONCURRENCY", 8, "concurrent writers")
+	fs.Float(&c.rate, "rate", "WRITER_LOAD_RATE", 0, "commands per second over all writers; 0 means as fast as possible")
+	fs.Int(&c.products, "products", "WRITER_LOAD_PRODUCTS", 20, "products to create first; orders pick items from them and 5% of commands change their prices")
+	fs.Int(&c.snapshotEvery, "snapshot-every", "WRITER_SNAPSHOT_EVERY", aggregate.SnapshotEveryDefault, "snapshot an aggregate every N events; negative disables")
+	fs.Int(&c.maxConflictRetries, "max-conflict-retries", "WRITER_MAX_CONFLICT_RETRIES", aggregate.MaxConflictRetriesDefault, "retries of a concurrency conflict; negative means none")
+	fs.Duration(&c.progress, "progress", "WRITER_LOAD_PROGRESS", time.Second, "progress report interval")
+	if err := fs.Parse(args, stdout, 0); err != nil {
 		return err
 	}
 	if err := c.validate(); err != nil {

@@ -14,8 +14,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/readside/readside/aggregate"
-	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/internal/httpapi"
+	"github.com/readside/readside/projectors"
 )
 
 type serveConfig struct {
@@ -29,15 +30,15 @@ type serveConfig struct {
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c serveConfig
-	fs := newFlagSet("serve")
-	fs.string(&c.addr, "addr", "WRITER_ADDR", ":8080", "listen address")
-	fs.string(&c.databaseURL, "database-url", "DATABASE_URL", DatabaseURLDefault, "PostgreSQL URL")
-	fs.int(&c.snapshotEvery, "snapshot-every", "WRITER_SNAPSHOT_EVERY", aggregate.SnapshotEveryDefault, "snapshot an aggregate every N events; negative disables")
-	fs.int(&c.maxConflictRetries, "max-conflict-retries", "WRITER_MAX_CONFLICT_RETRIES", aggregate.MaxConflictRetriesDefault, "retries of a concurrency conflict before 409; negative means none")
-	fs.duration(&c.shutdownTimeout, "shutdown-timeout", "WRITER_SHUTDOWN_TIMEOUT", 10*time.Second, "how long in-flight requests may finish at shutdown")
-	fs.duration(&c.consistencyWait, "consistency-wait", "WRITER_CONSISTENCY_WAIT", httpapi.ConsistencyWaitDefault,
+	fs := cli.NewFlagSet("writer serve")
+	fs.String(&c.addr, "addr", "WRITER_ADDR", ":8080", "listen address")
+	fs.String(&c.databaseURL, "database-url", "DATABASE_URL", cli.DatabaseURLDefault, "PostgreSQL URL")
+	fs.Int(&c.snapshotEvery, "snapshot-every", "WRITER_SNAPSHOT_EVERY", aggregate.SnapshotEveryDefault, "snapshot an aggregate every N events; negative disables")
+	fs.Int(&c.maxConflictRetries, "max-conflict-retries", "WRITER_MAX_CONFLICT_RETRIES", aggregate.MaxConflictRetriesDefault, "retries of a concurrency conflict before 409; negative means none")
+	fs.Duration(&c.shutdownTimeout, "shutdown-timeout", "WRITER_SHUTDOWN_TIMEOUT", 10*time.Second, "how long in-flight requests may finish at shutdown")
+	fs.Duration(&c.consistencyWait, "consistency-wait", "WRITER_CONSISTENCY_WAIT", httpapi.ConsistencyWaitDefault,
 		"how long a query with a consistency token waits for its projections when it gives no ?wait=")
-	if err := fs.parse(args, stdout); err != nil {
+	if err := fs.Parse(args, stdout, 0); err != nil {
 		return err
 	}
 	if c.shutdownTimeout <= 0 {

@@ -141,3 +141,15 @@ func Logger(w io.Writer, format, level string) (*slog.Logger, error) {
 func OneLine(err error) string {
 	return strings.Join(strings.Fields(err.Error()), " ")
 }
+
+// Float defines a float flag defaulting to $env, else def.
+func (f *FlagSet) Float(p *float64, name, env string, def float64, help string) {
+	if v, ok := os.LookupEnv(env); ok && v != "" {
+		n, err := strconv.ParseFloat(v, 64)
+		if err != nil && f.envErr == nil {
+			f.envErr = fmt.Errorf("%s=%q: not a number", env, v)
+		}
+		def = n
+	}
+	f.Float64Var(p, name, def, help+" (env "+env+")")
+}
