@@ -87,7 +87,6 @@ CREATE TABLE raw_outbox (
     PRIMARY KEY (txid, position)
 );
 CREATE TABLE raw_checkpoint (name text PRIMARY KEY, txid xid8 NOT NULL, position bigint NOT NULL);
-INSERT INTO raw_checkpoint VALUES ('raw', '0', 0);
 `
 
 // readModelDDL is the read model every system maintains: one row per order,

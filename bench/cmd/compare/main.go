@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"runtime"
 	"slices"
@@ -76,7 +77,7 @@ func parseList(s string) ([]int, error) {
 	return out, nil
 }
 
-const systems = "raw,readside,river-tuned,river-default,watermill-tuned,watermill-default"
+const systems = "readside,river-tuned,river-default,watermill-tuned,watermill-default"
 
 func main() {
 	var cfg config
@@ -92,7 +93,7 @@ func main() {
 	flag.IntVar(&cfg.perTx, "per-tx", envInt("BENCH_PER_TX", 5), "events per writer transaction, all of one order ($BENCH_PER_TX)")
 	flag.IntVar(&cfg.writers, "writers", envInt("BENCH_WRITERS", 4), "concurrent writers ($BENCH_WRITERS)")
 	flag.IntVar(&cfg.batch, "batch", envInt("BENCH_BATCH", 1000), "batch size of the raw loop and the readside projector ($BENCH_BATCH)")
-	flag.IntVar(&cfg.riverPool, "river-pool", envInt("BENCH_RIVER_POOL", 90), "pool size of tuned River (the server's max_connections bounds it) ($BENCH_RIVER_POOL)")
+	flag.IntVar(&cfg.riverPool, "river-pool", envInt("BENCH_RIVER_POOL", 40), "pool size of tuned River, capped to leave 20 of the server's max_connections free ($BENCH_RIVER_POOL)")
 	flag.StringVar(&segs, "segments", envStr("BENCH_SEGMENTS", "1,2,4"), "readside segment counts ($BENCH_SEGMENTS)")
 	flag.StringVar(&wkrs, "workers", envStr("BENCH_WORKERS", "1,2"), "readside worker counts ($BENCH_WORKERS)")
 	flag.StringVar(&only, "only", envStr("BENCH_ONLY", systems), "scenarios to run ($BENCH_ONLY): "+systems)
@@ -126,11 +127,33 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if err := capRiverPool(ctx, &cfg); err != nil {
+		fail(err)
+	}
 	res, err := run(ctx, cfg)
 	if err != nil {
 		fail(err)
 	}
 	report(ctx, os.Stdout, cfg, res)
+}
+
+// capRiverPool keeps tuned River's pool within what the shared server can
+// give: max_connections minus the connections in use minus 20.
+func capRiverPool(ctx context.Context, cfg *config) error {
+	c, err := pgx.Connect(ctx, cfg.dbURL)
+	if err != nil {
+		return err
+	}
+	defer c.Close(ctx)
+	var free int
+	if err := c.QueryRow(ctx, `SELECT current_setting('max_connections')::int - (SELECT count(*) FROM pg_stat_activity)`).Scan(&free); err != nil {
+		return err
+	}
+	if limit := free - 20; cfg.riverPool > limit {
+		logf("River pool capped from %d to %d: the server has %d connections free", cfg.riverPool, max(limit, 10), free)
+		cfg.riverPool = max(limit, 10)
+	}
+	return nil
 }
 
 func fail(err error) {
@@ -145,7 +168,7 @@ func run(ctx context.Context, cfg config) (results, error) {
 	res := results{}
 	started := time.Now()
 	for rep := range cfg.reps {
-		step := func(name string, n int, f func() (result, error)) error {
+		step := func(name string, f func() (result, error)) error {
 			if !cfg.only[name] {
 				return nil
 			}
@@ -155,35 +178,37 @@ func run(ctx context.Context, cfg config) (results, error) {
 				return fmt.Errorf("%s (run %d): %w", name, rep+1, err)
 			}
 			res[name] = append(res[name], r)
-			logf("run %d %-18s %7d events  write %8.0f ev/s  catch-up %8.0f ev/s  out-of-order %d  wrong orders %d  (%s)",
-				rep+1, name, r.events, r.writeRate, r.drainRate, r.ooo, r.bad, time.Since(t0).Round(time.Millisecond))
+			logf("run %d %-18s %7d events  write %8.0f ev/s  catch-up %8.0f ev/s  out-of-order %d  wrong orders %d  load %.1f  (%s)",
+				rep+1, name, r.events, r.writeRate, r.drainRate, r.ooo, r.bad, r.load, time.Since(t0).Round(time.Millisecond))
 			return nil
 		}
-		if err := step("raw", cfg.n, func() (result, error) { return runRaw(ctx, cfg, cfg.n) }); err != nil {
-			return nil, err
-		}
-		if err := step("readside", cfg.n, func() (result, error) {
-			r, grid, err := runReadside(ctx, cfg, cfg.n, cfg.grid)
-			for _, g := range cfg.grid {
-				if gr, ok := grid[g]; ok {
-					res["readside/"+g.String()] = append(res["readside/"+g.String()], gr)
-					logf("run %d readside %-10s catch-up %8.0f ev/s  out-of-order %d  wrong orders %d", rep+1, g, gr.drainRate, gr.ooo, gr.bad)
-				}
+		if cfg.only["readside"] {
+			t0 := time.Now()
+			rr, err := runReadside(ctx, cfg, rep, cfg.n, cfg.grid)
+			if err != nil {
+				return nil, fmt.Errorf("readside (run %d): %w", rep+1, err)
 			}
-			return r, err
-		}); err != nil {
+			res["raw-write"] = append(res["raw-write"], rr.rawWrite)
+			res["readside-write"] = append(res["readside-write"], rr.write)
+			logf("run %d append: raw SQL %.0f ev/s, outbox.Append %.0f ev/s", rep+1, rr.rawWrite.writeRate, rr.write.writeRate)
+			for _, g := range cfg.grid {
+				res["raw/"+g.String()] = append(res["raw/"+g.String()], rr.raw[g])
+				res["readside/"+g.String()] = append(res["readside/"+g.String()], rr.proj[g])
+				logf("run %d %-14s raw loop %8.0f ev/s  readside %8.0f ev/s (first batch after %s)  out-of-order %d  wrong orders %d  load %.1f",
+					rep+1, g, rr.raw[g].drainRate, rr.proj[g].drainRate, rr.proj[g].startup.Round(time.Millisecond), rr.proj[g].ooo, rr.proj[g].bad, rr.proj[g].load)
+			}
+			logf("run %d readside scenario took %s", rep+1, time.Since(t0).Round(time.Millisecond))
+		}
+		if err := step("river-tuned", func() (result, error) { return runRiver(ctx, cfg, cfg.nRiver, riverSettings{tuned: true}) }); err != nil {
 			return nil, err
 		}
-		if err := step("river-tuned", cfg.nRiver, func() (result, error) { return runRiver(ctx, cfg, cfg.nRiver, riverSettings{tuned: true}) }); err != nil {
+		if err := step("river-default", func() (result, error) { return runRiver(ctx, cfg, cfg.nRiverDef, riverSettings{}) }); err != nil {
 			return nil, err
 		}
-		if err := step("river-default", cfg.nRiverDef, func() (result, error) { return runRiver(ctx, cfg, cfg.nRiverDef, riverSettings{}) }); err != nil {
+		if err := step("watermill-tuned", func() (result, error) { return runWatermill(ctx, cfg, cfg.nWM, wmSettings{tuned: true}) }); err != nil {
 			return nil, err
 		}
-		if err := step("watermill-tuned", cfg.nWM, func() (result, error) { return runWatermill(ctx, cfg, cfg.nWM, wmSettings{tuned: true}) }); err != nil {
-			return nil, err
-		}
-		if err := step("watermill-default", cfg.nWMDef, func() (result, error) { return runWatermill(ctx, cfg, cfg.nWMDef, wmSettings{}) }); err != nil {
+		if err := step("watermill-default", func() (result, error) { return runWatermill(ctx, cfg, cfg.nWMDef, wmSettings{}) }); err != nil {
 			return nil, err
 		}
 	}
@@ -248,51 +273,89 @@ func paired(a, b []result, f func(result) float64) []float64 {
 func drain(r result) float64 { return r.drainRate }
 func write(r result) float64 { return r.writeRate }
 
+func ooo(rs []result) string {
+	o := summarize(pick(rs, func(r result) float64 { return float64(r.ooo) }))
+	out := fmt.Sprintf("%.0f (%.0f–%.0f)", o.med, o.lo, o.hi)
+	if o.hi > 0 {
+		out += fmt.Sprintf(" = %.1f%%", 100*o.med/float64(rs[0].events))
+	}
+	return out
+}
+
+func worst(rs []result) int {
+	m := 0
+	for _, r := range rs {
+		m = max(m, r.bad)
+	}
+	return m
+}
+
 func report(ctx context.Context, out io.Writer, cfg config, res results) {
 	w := newWorkload(cfg.n, cfg.aggregates, cfg.perTx, cfg.writers)
-	fmt.Fprintf(out, "## readside vs raw SQL, River and watermill-sql\n\n")
-	fmt.Fprintf(out, "%s; %d CPUs, %s; %s. Each scenario ran %d times, each time in a fresh database; "+
-		"median (min–max). Workload: %d orders, ~200-byte JSON payloads, %d writers, %d events of one order per writer transaction; "+
-		"read model: one row per order upserted per event behind a version guard.\n\n",
-		time.Now().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), serverVersion(ctx, cfg.dbURL), cfg.reps,
+	var loads []float64
+	for _, rs := range res {
+		loads = append(loads, pick(rs, func(r result) float64 { return r.load })...)
+	}
+	l := summarize(loads)
+	fmt.Fprintf(out, "%s; %d CPUs (1-minute load average at the end of the measurements: median %.1f, %.1f–%.1f), %s; %s. "+
+		"Each scenario ran %d times, each time in a fresh database; figures are median (min–max). "+
+		"Workload: %d orders, ~200-byte JSON payloads, %d writers, %d events of one order per writer transaction; "+
+		"read model: one row per order, upserted per event behind a version guard.\n\n",
+		time.Now().Format("2006-01-02"), runtime.NumCPU(), l.med, l.lo, l.hi, runtime.Version(), serverVersion(ctx, cfg.dbURL), cfg.reps,
 		w.Aggregates, w.Writers, w.PerTx)
 
-	fmt.Fprintln(out, "| Scenario | Settings | Events per run | Writer events/s | Catch-up events/s | Out-of-order applications | Orders not at final version |")
-	fmt.Fprintln(out, "|---|---|---:|---:|---:|---:|---:|")
-	row := func(key, name, settings string, writer bool) {
-		rs := res[key]
+	fmt.Fprintf(out, "readside built from %s.\n\n", readsideVersion())
+	fmt.Fprintln(out, "**Writers** (events/s appended, with the outbox row, job or message in the same transaction):")
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "| Writer | Events per run | Events/s | vs raw SQL (same run) |")
+	fmt.Fprintln(out, "|---|---:|---:|---:|")
+	raw := res["raw-write"]
+	for _, c := range []struct{ key, name string }{
+		{"raw-write", "raw SQL: events + outbox in one statement"},
+		{"readside-write", "readside outbox.Append (trigger writes the outbox)"},
+		{"river-tuned", "events + River InsertManyTx, one job per event"},
+		{"river-default", "events + River InsertManyTx (run of River defaults)"},
+		{"watermill-tuned", "events + watermill-sql Publish in the transaction"},
+		{"watermill-default", "events + watermill-sql Publish (run of watermill defaults)"},
+	} {
+		rs := res[c.key]
 		if len(rs) == 0 {
-			return
+			continue
 		}
-		wr := "–"
-		if writer {
-			wr = summarize(pick(rs, write)).rate()
+		vs := "–"
+		if c.key != "raw-write" && len(raw) > 0 {
+			vs = summarize(paired(rs, raw, write)).ratio()
 		}
-		dr := "–"
-		if rs[0].drainRate > 0 {
-			dr = summarize(pick(rs, drain)).rate()
-		}
-		ooo := summarize(pick(rs, func(r result) float64 { return float64(r.ooo) }))
-		oooS := fmt.Sprintf("%.0f (%.0f–%.0f)", ooo.med, ooo.lo, ooo.hi)
-		if ooo.hi > 0 {
-			oooS += fmt.Sprintf(" = %.1f%%", 100*ooo.med/float64(rs[0].events))
-		}
-		bad := summarize(pick(rs, func(r result) float64 { return float64(r.bad) }))
-		fmt.Fprintf(out, "| %s | %s | %d | %s | %s | %s | %.0f |\n", name, settings, rs[0].events, wr, dr, oooS, bad.hi)
+		fmt.Fprintf(out, "| %s | %d | %s | %s |\n", c.name, rs[0].events, summarize(pick(rs, write)).rate(), vs)
 	}
-	row("raw", "Raw SQL (physical limit)", fmt.Sprintf("append: events + outbox in one statement; catch-up: one set-based statement per %d events (window, upsert, checkpoint), one loop", cfg.batch), true)
-	if rs := res["readside"]; len(rs) > 0 {
-		fmt.Fprintf(out, "| readside writer | outbox.Append (trigger writes the outbox) | %d | %s | – | – | – |\n", rs[0].events, summarize(pick(rs, write)).rate())
-	}
-	for _, g := range cfg.grid {
-		row("readside/"+g.String(), "readside projector", fmt.Sprintf("%d segment(s), %d worker(s), batch %d", g.segments, g.workers, cfg.batch), false)
-	}
-	row("river-tuned", "River, job per event, tuned", fmt.Sprintf("MaxWorkers 100, FetchCooldown 5ms, FetchPollInterval 5ms, pool %d", cfg.riverPool), true)
-	row("river-default", "River, job per event, defaults", "MaxWorkers 100, FetchCooldown 100ms, FetchPollInterval 1s, pgxpool default size", true)
-	row("watermill-tuned", "watermill-sql, tuned", "batch 1000, poll 10ms, upsert in the subscriber's transaction", true)
-	row("watermill-default", "watermill-sql, defaults", "batch 100, poll 1s, upsert on the pool", true)
 
-	// Ratios, paired by repetition.
+	fmt.Fprintln(out)
+	fmt.Fprintf(out, "**Catch-up** (a backlog of the whole run drained into the read model; events/s). The raw SQL loop (the physical limit: one statement per %d events reads the outbox window, joins the events, upserts and moves a checkpoint) drains the same backlog on the same database right before or after each readside setting:\n", cfg.batch)
+	fmt.Fprintln(out)
+	fmt.Fprintf(out, "| Consumer | Settings | Events per run | Events/s | Raw SQL loop next to it, events/s | vs raw loop | Out-of-order applications | Orders not at final version |\n")
+	fmt.Fprintln(out, "|---|---|---:|---:|---:|---:|---:|---:|")
+	for _, g := range cfg.grid {
+		k := "raw/" + g.String()
+		if rs := res["readside/"+g.String()]; len(rs) > 0 {
+			fmt.Fprintf(out, "| readside projector | %d segment(s), %d worker(s), batch %d, concurrency 4 per worker | %d | %s | %s | %s | %s | %d |\n",
+				g.segments, g.workers, cfg.batch, rs[0].events, summarize(pick(rs, drain)).rate(), summarize(pick(res[k], drain)).rate(),
+				summarize(paired(rs, res[k], drain)).ratio(), ooo(rs), worst(rs))
+		}
+	}
+	for _, c := range []struct{ key, name, settings string }{
+		{"river-tuned", "River, job per event, tuned", fmt.Sprintf("MaxWorkers 100, FetchCooldown 5ms, FetchPollInterval 5ms, pool %d", cfg.riverPool)},
+		{"river-default", "River, job per event, defaults", "MaxWorkers 100, FetchCooldown 100ms, FetchPollInterval 1s, pgxpool default size (4 here)"},
+		{"watermill-tuned", "watermill-sql, tuned", "batch 1000, poll 10ms, upsert in the subscriber's transaction"},
+		{"watermill-default", "watermill-sql, defaults", "batch 100, poll 1s, upsert on the pool"},
+	} {
+		rs := res[c.key]
+		if len(rs) == 0 {
+			continue
+		}
+		fmt.Fprintf(out, "| %s | %s | %d | %s | – | – | %s | %d |\n", c.name, c.settings, rs[0].events, summarize(pick(rs, drain)).rate(), ooo(rs), worst(rs))
+	}
+
+	// Ratios against the peers, paired by repetition.
 	base := "readside/" + readsideGrid{1, 1}.String()
 	best, bestMed := "", 0.0
 	for _, g := range cfg.grid {
@@ -308,38 +371,52 @@ func report(ctx context.Context, out io.Writer, cfg config, res results) {
 		return
 	}
 	label := func(k string) string { return strings.TrimPrefix(k, "readside/") }
-	fmt.Fprintf(out, "\nRatios of catch-up throughput, each computed within one repetition (same run), then median (min–max). "+
-		"readside %s and its best setting here (%s).\n\n", label(base), label(best))
+	fmt.Fprintf(out, "\n**Targets** (catch-up ratios, each computed within one repetition, then median (min–max); "+
+		"readside at %s and at its best setting in this run, %s):\n\n", label(base), label(best))
 	fmt.Fprintf(out, "| readside projector vs | Target | readside %s | Met | readside %s | Met |\n", label(base), label(best))
 	fmt.Fprintln(out, "|---|---:|---:|---|---:|---|")
 	for _, c := range []struct {
 		key, name string
 		target    float64
 	}{
-		{"raw", "raw SQL loop", 1.0},
-		{"river-tuned", "River tuned", 15},
-		{"river-default", "River defaults", 50},
-		{"watermill-tuned", "watermill-sql tuned", 10},
-		{"watermill-default", "watermill-sql defaults", 40},
+		{"raw", "raw SQL loop (next to it)", 1.0},
+		{"river-tuned", "River job-per-event, tuned", 15},
+		{"river-default", "River job-per-event, defaults", 50},
+		{"watermill-tuned", "watermill-sql, tuned", 10},
+		{"watermill-default", "watermill-sql, defaults", 40},
 	} {
-		if len(res[c.key]) == 0 {
+		ka, kb := c.key, c.key
+		if c.key == "raw" {
+			ka, kb = "raw/"+label(base), "raw/"+label(best)
+		}
+		if len(res[ka]) == 0 {
 			continue
 		}
-		a := summarize(paired(res[base], res[c.key], drain))
-		b := summarize(paired(res[best], res[c.key], drain))
+		a := summarize(paired(res[base], res[ka], drain))
+		b := summarize(paired(res[best], res[kb], drain))
 		fmt.Fprintf(out, "| %s | ≥ %gx | %s | %s | %s | %s |\n", c.name, c.target, a.ratio(), yes(a.med >= c.target), b.ratio(), yes(b.med >= c.target))
 	}
-	if len(res["raw"]) > 0 && len(res["readside"]) > 0 {
-		a := summarize(paired(res["readside"], res["raw"], write))
-		fmt.Fprintf(out, "\nWriter: readside outbox.Append vs raw SQL append: %s.\n", a.ratio())
-	}
-	var ooo int64
+	var n int64
 	for _, g := range cfg.grid {
 		for _, r := range res["readside/"+g.String()] {
-			ooo += r.ooo
+			n += r.ooo
 		}
 	}
-	fmt.Fprintf(out, "readside out-of-order applications over all runs and settings: %d (target 0).\n", ooo)
+	fmt.Fprintf(out, "| out-of-order applications, readside, all runs and settings | 0 | %d | %s | | |\n", n, yes(n == 0))
+}
+
+// readsideVersion names the main module's commit the binary was built
+// from (the replace directive builds ../ as it is on disk).
+func readsideVersion() string {
+	head, err := exec.Command("git", "-C", "..", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "an unknown commit"
+	}
+	v := "commit " + strings.TrimSpace(string(head))
+	if st, err := exec.Command("git", "-C", "..", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench").Output(); err == nil && len(st) > 0 {
+		v += " with uncommitted changes in the working tree"
+	}
+	return v
 }
 
 func yes(b bool) string {

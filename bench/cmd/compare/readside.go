@@ -24,6 +24,7 @@ type orderProjection struct {
 	segments int
 	applied  atomic.Int64
 	ooo      atomic.Int64
+	first    atomic.Int64 // when the first Apply began, Unix nanoseconds
 	upsert   string
 }
 
@@ -47,6 +48,7 @@ func (p *orderProjection) Spec() projectors.Spec {
 }
 
 func (p *orderProjection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error {
+	p.first.CompareAndSwap(0, time.Now().UnixNano())
 	n := len(b.Events)
 	ids := make([]string, 0, n)
 	versions := make([]int32, 0, n)
@@ -89,53 +91,96 @@ type readsideGrid struct {
 
 func (g readsideGrid) String() string { return fmt.Sprintf("%d seg / %d wkr", g.segments, g.workers) }
 
-// runReadside appends the workload with outbox.Append, then for each grid
-// point drains the whole backlog with a new projection (its own read model
-// and checkpoints, starting from the first event) run by the given number
-// of projectors.Worker instances, each with its own pool.
-func runReadside(ctx context.Context, cfg config, n int, grid []readsideGrid) (result, map[readsideGrid]result, error) {
-	var r result
+// readsideRun is one repetition of the readside scenario with its raw SQL
+// baselines, each measured next to it in time on the same database.
+type readsideRun struct {
+	rawWrite, write result
+	raw, proj       map[readsideGrid]result
+}
+
+// runReadside appends the workload twice, with raw SQL into raw_events and
+// raw_outbox and with outbox.Append into readside's tables (the order
+// alternating between repetitions), then, for each grid point, drains the
+// whole backlog of readside's outbox with the raw SQL loop and with a new
+// projection (its own read model and checkpoints, starting from the first
+// event) run by the given number of projectors.Worker instances, each with
+// its own pool.
+func runReadside(ctx context.Context, cfg config, rep, n int, grid []readsideGrid) (readsideRun, error) {
+	out := readsideRun{raw: map[readsideGrid]result{}, proj: map[readsideGrid]result{}}
 	w := newWorkload(n, cfg.aggregates, cfg.perTx, cfg.writers)
-	r.events = w.Events()
 	dbURL, drop, err := freshDB(ctx, cfg.dbURL, "readside")
 	if err != nil {
-		return r, nil, err
+		return out, err
 	}
 	defer drop()
 	pool, err := newPool(ctx, dbURL, int32(cfg.writers+2))
 	if err != nil {
-		return r, nil, err
+		return out, err
 	}
 	defer pool.Close()
 	if _, err := migrations.Migrate(ctx, pool, quietLogger()); err != nil {
-		return r, nil, err
+		return out, err
 	}
-	elapsed, err := w.write(ctx, pool, func(ctx context.Context, tx pgx.Tx, events []event) error {
-		evs := make([]outbox.NewEvent, len(events))
-		for i, e := range events {
-			evs[i] = outbox.NewEvent{Type: e.Type, Data: []byte(e.Data),
-				Metadata: outbox.Metadata{CorrelationID: "c-1", UserID: "u-1"}}
-		}
-		_, err := outbox.Append(ctx, tx, outbox.Aggregate{Type: "Order", ID: events[0].AggregateID}, events[0].Version-1, evs)
+	if _, err := pool.Exec(ctx, peerEventsDDL); err != nil {
+		return out, err
+	}
+	rawAppend := func() error {
+		elapsed, err := w.write(ctx, pool, func(ctx context.Context, tx pgx.Tx, events []event) error {
+			return appendEvents(ctx, tx, rawAppendSQL, events)
+		})
+		out.rawWrite = result{events: w.Events(), writeRate: float64(w.Events()) / elapsed.Seconds(), load: loadAvg()}
 		return err
-	})
-	if err != nil {
-		return r, nil, err
 	}
-	r.writeRate = float64(r.events) / elapsed.Seconds()
+	readsideAppend := func() error {
+		elapsed, err := w.write(ctx, pool, func(ctx context.Context, tx pgx.Tx, events []event) error {
+			evs := make([]outbox.NewEvent, len(events))
+			for i, e := range events {
+				evs[i] = outbox.NewEvent{Type: e.Type, Data: []byte(e.Data),
+					Metadata: outbox.Metadata{CorrelationID: "c-1", UserID: "u-1"}}
+			}
+			_, err := outbox.Append(ctx, tx, outbox.Aggregate{Type: "Order", ID: events[0].AggregateID}, events[0].Version-1, evs)
+			return err
+		})
+		out.write = result{events: w.Events(), writeRate: float64(w.Events()) / elapsed.Seconds(), load: loadAvg()}
+		return err
+	}
+	first, second := rawAppend, readsideAppend
+	if rep%2 == 1 {
+		first, second = second, first
+	}
+	if err := first(); err != nil {
+		return out, err
+	}
+	if err := second(); err != nil {
+		return out, err
+	}
 	if _, err := pool.Exec(ctx, `VACUUM ANALYZE`); err != nil {
-		return r, nil, err
+		return out, err
 	}
 
-	out := map[readsideGrid]result{}
-	for _, g := range grid {
-		gr, err := drainReadside(ctx, cfg, dbURL, pool, w, g)
-		if err != nil {
-			return r, nil, fmt.Errorf("readside %s: %w", g, err)
+	for i, g := range grid {
+		raw := func() error {
+			r, err := rawDrain(ctx, cfg, pool, w, fmt.Sprintf("raw_orders_s%d_w%d", g.segments, g.workers))
+			out.raw[g] = r
+			return err
 		}
-		out[g] = gr
+		proj := func() error {
+			r, err := drainReadside(ctx, cfg, dbURL, pool, w, g)
+			out.proj[g] = r
+			return err
+		}
+		first, second := raw, proj
+		if (rep+i)%2 == 1 {
+			first, second = second, first
+		}
+		if err := first(); err != nil {
+			return out, fmt.Errorf("%s: %w", g, err)
+		}
+		if err := second(); err != nil {
+			return out, fmt.Errorf("%s: %w", g, err)
+		}
 	}
-	return r, out, nil
+	return out, nil
 }
 
 func drainReadside(ctx context.Context, cfg config, dbURL string, pool *pgxpool.Pool, w workload, g readsideGrid) (result, error) {
@@ -145,7 +190,6 @@ func drainReadside(ctx context.Context, cfg config, dbURL string, pool *pgxpool.
 		return r, err
 	}
 	p := newOrderProjection(name, g.segments)
-	conc := max(1, (g.segments+g.workers-1)/g.workers)
 	var workers []*projectors.Worker
 	var pools []*pgxpool.Pool
 	defer func() {
@@ -159,7 +203,8 @@ func drainReadside(ctx context.Context, cfg config, dbURL string, pool *pgxpool.
 		}
 	}()
 	for i := range g.workers {
-		pl, err := newPool(ctx, dbURL, int32(2*conc+4))
+		// The runtime's default concurrency (4) and the pool it asks for.
+		pl, err := newPool(ctx, dbURL, int32(2*projectors.ConcurrencyDefault+2))
 		if err != nil {
 			return r, err
 		}
@@ -168,7 +213,6 @@ func drainReadside(ctx context.Context, cfg config, dbURL string, pool *pgxpool.
 			Pool:        pl,
 			Projections: []projectors.Projection{p},
 			WorkerID:    fmt.Sprintf("bench-%s-%d", name, i),
-			Concurrency: conc,
 			BatchSize:   cfg.batch,
 			Logger:      quietLogger(),
 		})
@@ -191,6 +235,8 @@ func drainReadside(ctx context.Context, cfg config, dbURL string, pool *pgxpool.
 		return r, err
 	}
 	r.drainRate = float64(r.events) / time.Since(start).Seconds()
+	r.load = loadAvg()
+	r.startup = time.Unix(0, p.first.Load()).Sub(start)
 	r.bad = bad
 	r.ooo = p.ooo.Load()
 	if got := p.applied.Load(); got != int64(r.events) {

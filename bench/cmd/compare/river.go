@@ -159,6 +159,7 @@ func runRiver(ctx context.Context, cfg config, n int, s riverSettings) (result, 
 		return r, err
 	}
 	r.drainRate = float64(r.events) / time.Since(start).Seconds()
+	r.load = loadAvg()
 	r.bad = bad
 	r.ooo = worker.ooo.Load()
 	return r, nil

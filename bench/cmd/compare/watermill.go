@@ -152,6 +152,7 @@ func runWatermill(ctx context.Context, cfg config, n int, s wmSettings) (result,
 		return r, err
 	}
 	r.drainRate = float64(r.events) / time.Since(start).Seconds()
+	r.load = loadAvg()
 	r.bad = bad
 	r.ooo = ooo.Load()
 	return r, nil
