@@ -27,7 +27,8 @@ func TestLeaseFencing(t *testing.T) {
 	require.NoError(t, checkpoint.Register(ctx, pool, "p", 2, "park"), "registering again is fine")
 	require.ErrorContains(t, checkpoint.Register(ctx, pool, "p", 3, "park"), "2 segments")
 
-	claimed, err := checkpoint.Claim(ctx, pool, "w1", []string{"p"}, 1, 300*time.Millisecond)
+	both := []checkpoint.Segment{{Projection: "p", Segment: 0}, {Projection: "p", Segment: 1}}
+	claimed, err := checkpoint.ClaimSegments(ctx, pool, "w1", []checkpoint.Segment{{Projection: "p", Segment: 0}}, 300*time.Millisecond)
 	require.NoError(t, err)
 	require.Len(t, claimed, 1)
 	l1 := lease(claimed[0])
@@ -47,7 +48,7 @@ func TestLeaseFencing(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, kept, "an expired lease is not renewed")
 
-	claimed, err = checkpoint.Claim(ctx, pool, "w2", []string{"p"}, 2, time.Minute)
+	claimed, err = checkpoint.ClaimSegments(ctx, pool, "w2", both, time.Minute)
 	require.NoError(t, err)
 	require.Len(t, claimed, 2)
 	var l2 checkpoint.Lease
@@ -67,7 +68,7 @@ func TestLeaseFencing(t *testing.T) {
 	tx, err := pool.Begin(ctx)
 	require.NoError(t, err)
 	require.NoError(t, checkpoint.Advance(ctx, tx, l2, outbox.Cursor{TxID: 11}, outbox.Cursor{TxID: 12}, 1))
-	stolen, err := checkpoint.Claim(ctx, pool, "w3", []string{"p"}, 2, time.Minute)
+	stolen, err := checkpoint.ClaimSegments(ctx, pool, "w3", both, time.Minute)
 	require.NoError(t, err)
 	require.Empty(t, stolen)
 	require.NoError(t, tx.Rollback(ctx))

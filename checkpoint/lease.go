@@ -65,44 +65,16 @@ func Leave(ctx context.Context, db DB, id string) error {
 	return nil
 }
 
-// Claim takes up to n running segments of the given projections that have
-// no owner or whose lease expired, for ttl, bumping each one's epoch so
-// that the previous owner is fenced. Segments locked by an apply transaction
-// in flight are skipped.
-func Claim(ctx context.Context, db DB, owner string, projections []string, n int, ttl time.Duration) ([]Checkpoint, error) {
-	if n <= 0 {
-		return nil, nil
-	}
-	rows, err := db.Query(ctx, `
-UPDATE checkpoints c
-   SET lease_owner = $1, lease_epoch = c.lease_epoch + 1,
-       lease_expires_at = clock_timestamp() + $4::float8 * interval '1 second', updated_at = now()
-  FROM (SELECT projection, segment FROM checkpoints
-         WHERE projection = ANY ($2::text[]) AND status = 'running'
-           AND (lease_owner IS NULL OR lease_expires_at < clock_timestamp())
-         ORDER BY lease_owner NULLS FIRST, random()
-         LIMIT $3
-         FOR UPDATE SKIP LOCKED) f
- WHERE c.projection = f.projection AND c.segment = f.segment
-RETURNING `+prefixed("c")+``, owner, projections, n, ttl.Seconds())
-	if err != nil {
-		return nil, fmt.Errorf("claim: %w", err)
-	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Checkpoint, error) { return scan(r) })
-	if err != nil {
-		return nil, fmt.Errorf("claim: %w", err)
-	}
-	return out, nil
-}
-
 // Segment names one segment.
 type Segment struct {
 	Projection string
 	Segment    int
 }
 
-// ClaimSegments takes the listed running segments that have no owner or
-// whose lease expired, like Claim.
+// ClaimSegments takes, for ttl, the listed running segments that have no
+// owner or whose lease expired, bumping each one's epoch so that the
+// previous owner is fenced. Segments locked by an apply transaction in
+// flight are skipped (their owner is alive and working).
 func ClaimSegments(ctx context.Context, db DB, owner string, segs []Segment, ttl time.Duration) ([]Checkpoint, error) {
 	if len(segs) == 0 {
 		return nil, nil
