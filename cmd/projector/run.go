@@ -20,19 +20,21 @@ import (
 )
 
 type runConfig struct {
-	url         string
-	projections string
-	workerID    string
-	metricsAddr string
-	concurrency int
-	batchSize   int
-	poll        time.Duration
-	leaseTTL    time.Duration
-	softStop    time.Duration
-	retention   time.Duration
-	pruneEvery  time.Duration
-	logFormat   string
-	logLevel    string
+	url          string
+	projections  string
+	workerID     string
+	metricsAddr  string
+	concurrency  int
+	batchSize    int
+	poll         time.Duration
+	leaseTTL     time.Duration
+	softStop     time.Duration
+	retention    time.Duration
+	pruneEvery   time.Duration
+	riverUI      bool
+	riverUIToken string
+	logFormat    string
+	logLevel     string
 }
 
 func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -49,6 +51,8 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.Duration(&c.softStop, "soft-stop-timeout", "PROJECTOR_SOFT_STOP_TIMEOUT", projectors.SoftStopTimeoutDefault, "on SIGTERM, how long batches in flight may finish")
 	fs.Duration(&c.retention, "outbox-retention", "PROJECTOR_OUTBOX_RETENTION", projectors.RetentionDefault, "keep outbox rows at least this long after every projection passed them")
 	fs.Duration(&c.pruneEvery, "prune-interval", "PROJECTOR_PRUNE_INTERVAL", projectors.PruneIntervalDefault, "how often to prune the outbox; negative disables")
+	fs.BoolVar(&c.riverUI, "riverui", false, "serve River's UI at /riverui/ on --metrics-addr (needs --riverui-token)")
+	fs.String(&c.riverUIToken, "riverui-token", "PROJECTOR_RIVERUI_TOKEN", "", "token guarding /riverui/ (Authorization: Bearer, or /riverui/?token= once in a browser)")
 	fs.String(&c.logFormat, "log-format", "PROJECTOR_LOG_FORMAT", "text", "text or json")
 	fs.String(&c.logLevel, "log-level", "PROJECTOR_LOG_LEVEL", "info", "debug, info, warn or error")
 	if err := fs.Parse(args, stdout, 0); err != nil {
@@ -61,6 +65,9 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	projs, err := selectProjections(c.projections)
 	if err != nil {
 		return err
+	}
+	if c.riverUI && (c.metricsAddr == "" || len(c.riverUIToken) < 16) {
+		return errors.New("--riverui needs --metrics-addr and a --riverui-token (env PROJECTOR_RIVERUI_TOKEN) of at least 16 characters")
 	}
 	if c.concurrency < 1 || c.batchSize < 1 {
 		return errors.New("--concurrency and --batch-size must be at least 1")
@@ -123,8 +130,16 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			}
 			fmt.Fprintln(rw, "ready")
 		})
+		if c.riverUI {
+			if err := mountRiverUI(ctx, mux, control.Client(), c.riverUIToken, logger); err != nil {
+				_ = control.Stop(context.Background())
+				_ = w.Stop(context.Background())
+				return fmt.Errorf("riverui: %w", err)
+			}
+		}
 		ln, err := net.Listen("tcp", c.metricsAddr)
 		if err != nil {
+			_ = control.Stop(context.Background())
 			_ = w.Stop(context.Background())
 			return fmt.Errorf("--metrics-addr %s: %w", c.metricsAddr, err)
 		}
