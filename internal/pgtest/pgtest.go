@@ -74,6 +74,9 @@ func ServerURL(tb testing.TB) string {
 }
 
 func findServer() (string, error) {
+	if os.Getenv("READSIDE_TEST_DISPOSABLE") != "" {
+		return startCluster()
+	}
 	for _, env := range []string{"TEST_DATABASE_URL", "DATABASE_URL"} {
 		if u := os.Getenv(env); u != "" {
 			if err := ping(u); err != nil {
@@ -86,6 +89,11 @@ func findServer() (string, error) {
 	if ping(local) == nil {
 		return local, nil
 	}
+	return startCluster()
+}
+
+// startCluster starts a disposable cluster for this test binary.
+func startCluster() (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c, err := pgtemp.Start(ctx)
