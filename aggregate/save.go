@@ -15,7 +15,7 @@ import (
 
 // Tx is what Save needs from the caller's transaction (a pgx.Tx).
 type Tx interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -79,15 +78,23 @@ func (r *AppendResult) Cursor() Cursor {
 
 // Execer is what Append needs from the caller's transaction.
 type Execer interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
+// appendSQL inserts all events in one statement (the trigger writes the
+// outbox rows in the same statement) and returns one row. Columns that are
+// the same for every event (metadata, schema version) travel once as a
+// scalar, with a NULL array: unnest pads a NULL array with NULLs.
 const appendSQL = `
-INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, metadata, schema_version, version, occurred_at)
-SELECT $1, $2, t.event_type, t.event_data, t.metadata, t.schema_version, $3::int + t.ord::int, coalesce(t.occurred_at, now())
-  FROM unnest($4::text[], $5::jsonb[], $6::jsonb[], $7::int[], $8::timestamptz[])
-       WITH ORDINALITY AS t(event_type, event_data, metadata, schema_version, occurred_at, ord)
-RETURNING version, id, txid`
+WITH ins AS (
+    INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, metadata, schema_version, version, occurred_at)
+    SELECT $1, $2, t.event_type, t.event_data, coalesce(t.metadata, $6::jsonb), coalesce(t.schema_version, $7::int),
+           $3::int + t.ord::int, coalesce(t.occurred_at, now())
+      FROM unnest($4::text[], $5::jsonb[], $8::jsonb[], $9::int[], $10::timestamptz[])
+           WITH ORDINALITY AS t(event_type, event_data, metadata, schema_version, occurred_at, ord)
+    RETURNING id, version, txid
+)
+SELECT array_agg(id ORDER BY version), min(txid) FROM ins`
 
 // Append appends events to an aggregate whose current version the caller
 // read as expectedVersion (0 for a new aggregate), inside tx. The events get
@@ -102,45 +109,51 @@ func Append(ctx context.Context, tx Execer, agg Aggregate, expectedVersion int, 
 	n := len(events)
 	types := make([]string, n)
 	data := make([]string, n)
-	meta := make([]string, n)
-	versions := make([]int32, n)
-	occurred := make([]*time.Time, n)
 	for i, e := range events {
 		types[i] = e.Type
 		data[i] = string(e.Data)
-		m, err := json.Marshal(e.Metadata)
-		if err != nil {
-			return nil, fmt.Errorf("append: metadata: %w", err)
+	}
+	// Per-event arrays only where events differ.
+	var (
+		metaArr     []string
+		versionArr  []int32
+		occurredArr []*time.Time
+	)
+	first := events[0]
+	meta, err := json.Marshal(first.Metadata)
+	if err != nil {
+		return nil, fmt.Errorf("append: metadata: %w", err)
+	}
+	for i, e := range events {
+		if e.Metadata != first.Metadata && metaArr == nil {
+			metaArr = make([]string, n)
+			for j := range events {
+				m, err := json.Marshal(events[j].Metadata)
+				if err != nil {
+					return nil, fmt.Errorf("append: metadata: %w", err)
+				}
+				metaArr[j] = string(m)
+			}
 		}
-		meta[i] = string(m)
-		versions[i] = int32(max(e.SchemaVersion, 1))
+		if max(e.SchemaVersion, 1) != max(first.SchemaVersion, 1) && versionArr == nil {
+			versionArr = make([]int32, n)
+			for j := range events {
+				versionArr[j] = int32(max(events[j].SchemaVersion, 1))
+			}
+		}
 		if !e.OccurredAt.IsZero() {
+			if occurredArr == nil {
+				occurredArr = make([]*time.Time, n)
+			}
 			t := e.OccurredAt
-			occurred[i] = &t
+			occurredArr[i] = &t
 		}
 	}
-	rows, err := tx.Query(ctx, appendSQL, agg.Type, agg.ID, expectedVersion, types, data, meta, versions, occurred)
+	res := &AppendResult{Version: expectedVersion + n}
+	err = tx.QueryRow(ctx, appendSQL, agg.Type, agg.ID, expectedVersion, types, data, string(meta), int32(max(first.SchemaVersion, 1)),
+		metaArr, versionArr, occurredArr).Scan(&res.Positions, &res.TxID)
 	if err != nil {
 		return nil, classify(agg, expectedVersion, err)
-	}
-	type written struct {
-		version int
-		id      int64
-		txid    uint64
-	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (written, error) {
-		var w written
-		err := r.Scan(&w.version, &w.id, &w.txid)
-		return w, err
-	})
-	if err != nil {
-		return nil, classify(agg, expectedVersion, err)
-	}
-	slices.SortFunc(out, func(a, b written) int { return a.version - b.version })
-	res := &AppendResult{Version: expectedVersion + n, Positions: make([]int64, n)}
-	for i, w := range out {
-		res.Positions[i] = w.id
-		res.TxID = w.txid
 	}
 	return res, nil
 }

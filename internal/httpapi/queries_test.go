@@ -36,7 +36,7 @@ func newQueryEnv(t *testing.T, wrap func(*pgxpool.Pool) httpapi.Querier) *env {
 	if wrap != nil {
 		db = wrap(e.pool)
 	}
-	require.NoError(t, e.srv.HandleQueries(httpapi.QueryConfig{DB: db}))
+	require.NoError(t, e.srv.HandleQueries(httpapi.QueryConfig{DB: db, ConsistencyWait: 10 * time.Second}))
 	return e
 }
 
