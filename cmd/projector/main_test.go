@@ -69,7 +69,7 @@ func TestMigrateStatusPauseResume(t *testing.T) {
 	require.Contains(t, out, "PROJECTION")
 	require.Contains(t, out, "order_summary")
 
-	out, err = runCmd(t, "pause", "order_summary", "--database-url", url)
+	_, err = runCmd(t, "pause", "order_summary", "--database-url", url)
 	require.Error(t, err, "flags go before the name") // flag parsing stops at the first argument
 	out, err = runCmd(t, "pause", "--database-url", url, "order_summary")
 	require.NoError(t, err)
