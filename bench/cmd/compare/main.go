@@ -51,6 +51,7 @@ type config struct {
 	grid       []readsideGrid
 	only       map[string]bool
 	timeout    time.Duration
+	version    string // the main module's commit at start
 }
 
 func envInt(name string, def int) int {
@@ -127,6 +128,7 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	cfg.version = readsideVersion()
 	if err := capRiverPool(ctx, &cfg); err != nil {
 		fail(err)
 	}
@@ -304,7 +306,7 @@ func report(ctx context.Context, out io.Writer, cfg config, res results) {
 		time.Now().Format("2006-01-02"), runtime.NumCPU(), l.med, l.lo, l.hi, runtime.Version(), serverVersion(ctx, cfg.dbURL), cfg.reps,
 		w.Aggregates, w.Writers, w.PerTx)
 
-	fmt.Fprintf(out, "readside built from %s.\n\n", readsideVersion())
+	fmt.Fprintf(out, "readside built from %s.\n\n", cfg.version)
 	fmt.Fprintln(out, "**Writers** (events/s appended, with the outbox row, job or message in the same transaction):")
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "| Writer | Events per run | Events/s | vs raw SQL (same run) |")
