@@ -1,0 +1,14 @@
+// Package faults holds readside's fault-injection suite (issue 7,
+// "Reliability"). It has no code of its own: everything is in its tests.
+//
+// The suite starts a disposable PostgreSQL cluster (internal/pgtemp, so the
+// server itself can be restarted), builds cmd/projector and cmd/writer, and
+// runs `writer load` against three `projector run` processes while it
+// SIGKILLs projectors, restarts PostgreSQL with a fast shutdown, SIGSTOPs a
+// lease holder past its lease, injects malformed and unknown-type events
+// through the SQL contract and terminates random backends. Afterwards it
+// checks that nothing was lost or applied twice and prints the figures.
+//
+//	go test -race -count=1 -run TestFaults -v ./internal/faults/          # short form (CI)
+//	READSIDE_FAULTS=long go test -count=1 -run TestFaults -v -timeout 30m ./internal/faults/
+package faults
