@@ -36,8 +36,15 @@ func (w *pruneWorker) Work(ctx context.Context, _ *river.Job[PruneOutboxArgs]) e
 	if err != nil {
 		return err
 	}
-	if n > 0 {
-		w.c.log.Info("control: outbox pruned", "rows", n, "horizon", h.String())
+	if n == 0 {
+		return nil
+	}
+	w.c.log.Info("control: outbox pruned", "rows", n, "horizon", h.String())
+	// Reclaim the space now rather than relying on autovacuum (which may be
+	// off or slow to reach a small, hot table): the outbox stays the size of
+	// what is in flight, and its index stays shallow.
+	if _, err := w.c.cfg.Pool.Exec(ctx, `VACUUM (SKIP_LOCKED) outbox, outbox_horizon`); err != nil {
+		w.c.log.Warn("control: VACUUM outbox failed; relying on autovacuum", "err", err)
 	}
 	return nil
 }
