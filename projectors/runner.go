@@ -95,8 +95,15 @@ func (w *Worker) transient(softCtx context.Context, s *segment, op string, err e
 func (w *Worker) fetch(ctx context.Context, s *segment, after outbox.Cursor) (*outbox.Batch, error) {
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.LeaseTTL)
 	defer cancel()
-	return outbox.Fetch(ctx, w.cfg.Pool, after, w.cfg.BatchSize, s.spec.filter(s.lease.Segment))
+	// A segment keeps about 1/Segments of the rows it passes over: pass over
+	// that many more, so that its batches hold about BatchSize events
+	// instead of a fraction of it (fewer, fuller transactions).
+	limit := min(w.cfg.BatchSize*s.spec.Segments, max(w.cfg.BatchSize, maxScan))
+	return outbox.Fetch(ctx, w.cfg.Pool, after, limit, s.spec.filter(s.lease.Segment))
 }
+
+// maxScan bounds the outbox rows one fetch passes over.
+const maxScan = 16_000
 
 // begin opens an apply transaction and, in one round trip, bounds how long
 // the transaction may sit idle (a stopped or paused worker must not hold the

@@ -50,7 +50,9 @@ type Config struct {
 	// ConcurrencyDefault.
 	Concurrency int
 	// BatchSize is how many outbox rows one fetch passes over (matching or
-	// not). 0 means BatchSizeDefault.
+	// not); a projection split in N segments passes over N times as many
+	// (up to 16000), so that each segment's batches still hold about
+	// BatchSize events. 0 means BatchSizeDefault.
 	BatchSize int
 	// PollInterval is the fallback when no notification arrives: the worker
 	// checks the outbox head this often (one query for all its segments). 0
