@@ -194,8 +194,15 @@ func (w *Worker) apply(ctx context.Context, s *segment, batch *outbox.Batch) (ou
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
 	events, blocked := splitParked(batch.Events, parked)
-	if err := w.park(ctx, tx, s, blocked, "blocked", "an earlier event of this aggregate is parked", nil); err != nil {
-		return from, err
+	if len(blocked) > 0 {
+		if err := w.park(ctx, tx, s, blocked, "blocked", "an earlier event of this aggregate is parked", nil); err != nil {
+			return from, err
+		}
+		// Advance counted the whole batch before the parked aggregates
+		// were known: count only what is applied.
+		if err := checkpoint.Advance(ctx, tx, s.lease, batch.Next, batch.Next, -len(blocked)); err != nil {
+			return from, w.fencedOr(s, err)
+		}
 	}
 	replay := !s.high.Less(batch.Next)
 	if len(events) > 0 {

@@ -5,36 +5,40 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/riverqueue/river"
 
 	"github.com/readside/readside/internal/cli"
+	"github.com/readside/readside/internal/pgerr"
 	"github.com/readside/readside/projectors"
 	"github.com/readside/readside/projectors/notifications"
 )
 
 type runConfig struct {
-	url          string
-	projections  string
-	workerID     string
-	metricsAddr  string
-	concurrency  int
-	batchSize    int
-	poll         time.Duration
-	leaseTTL     time.Duration
-	softStop     time.Duration
-	retention    time.Duration
-	pruneEvery   time.Duration
-	riverUI      bool
-	riverUIToken string
-	logFormat    string
-	logLevel     string
+	url            string
+	projections    string
+	workerID       string
+	metricsAddr    string
+	concurrency    int
+	batchSize      int
+	poll           time.Duration
+	leaseTTL       time.Duration
+	softStop       time.Duration
+	retention      time.Duration
+	pruneEvery     time.Duration
+	startupTimeout time.Duration
+	riverUI        bool
+	riverUIToken   string
+	logFormat      string
+	logLevel       string
 }
 
 func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -51,6 +55,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.Duration(&c.softStop, "soft-stop-timeout", "PROJECTOR_SOFT_STOP_TIMEOUT", projectors.SoftStopTimeoutDefault, "on SIGTERM, how long batches in flight may finish")
 	fs.Duration(&c.retention, "outbox-retention", "PROJECTOR_OUTBOX_RETENTION", projectors.RetentionDefault, "keep outbox rows at least this long after every projection passed them")
 	fs.Duration(&c.pruneEvery, "prune-interval", "PROJECTOR_PRUNE_INTERVAL", projectors.PruneIntervalDefault, "how often to prune the outbox; negative disables")
+	fs.Duration(&c.startupTimeout, "startup-timeout", "PROJECTOR_STARTUP_TIMEOUT", 30*time.Second, "how long to retry reaching the database at start (a restart in progress) before giving up")
 	fs.BoolVar(&c.riverUI, "riverui", false, "serve River's UI at /riverui/ on --metrics-addr (needs --riverui-token)")
 	fs.String(&c.riverUIToken, "riverui-token", "PROJECTOR_RIVERUI_TOKEN", "", "token guarding /riverui/ (Authorization: Bearer, or /riverui/?token= once in a browser)")
 	fs.String(&c.logFormat, "log-format", "PROJECTOR_LOG_FORMAT", "text", "text or json")
@@ -72,8 +77,11 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if c.concurrency < 1 || c.batchSize < 1 {
 		return errors.New("--concurrency and --batch-size must be at least 1")
 	}
-	pool, err := cli.Connect(ctx, c.url, 2*c.concurrency+4+projectors.ControlWorkersDefault+4)
-	if err != nil {
+	var pool *pgxpool.Pool
+	if err := startup(ctx, logger, c.startupTimeout, "connect", func() (err error) {
+		pool, err = cli.Connect(ctx, c.url, 2*c.concurrency+4+projectors.ControlWorkersDefault+4)
+		return err
+	}); err != nil {
 		return err
 	}
 	defer pool.Close()
@@ -100,10 +108,10 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	if err := w.Start(ctx); err != nil {
+	if err := startup(ctx, logger, c.startupTimeout, "start worker", func() error { return w.Start(ctx) }); err != nil {
 		return err
 	}
-	if err := control.Start(ctx); err != nil {
+	if err := startup(ctx, logger, c.startupTimeout, "start control plane", func() error { return control.Start(ctx) }); err != nil {
 		_ = w.Stop(context.Background())
 		return fmt.Errorf("control plane: %w", err)
 	}
@@ -164,4 +172,23 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	err = w.Stop(stopCtx)
 	logger.Info("projector stopped", "worker", w.ID())
 	return errors.Join(err, cerr)
+}
+
+// startup runs fn, retrying it while it fails with a transient database
+// error (the server is restarting, a connection was terminated) for up to
+// timeout. Anything else (unmigrated schema, xid regression) fails at once.
+func startup(ctx context.Context, logger *slog.Logger, timeout time.Duration, step string, fn func() error) error {
+	deadline := time.Now().Add(timeout)
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil || pgerr.Transient(err) == "" || time.Now().After(deadline) {
+			return err
+		}
+		logger.Warn("startup: database not ready; retrying", "step", step, "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(min(time.Duration(attempt)*250*time.Millisecond, 2*time.Second)):
+		}
+	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/readside/readside/aggregate"
 	"github.com/readside/readside/domain"
+	"github.com/readside/readside/internal/pgerr"
 	"github.com/readside/readside/outbox"
 )
 
@@ -78,6 +79,7 @@ type loader struct {
 	orders    atomic.Int64 // orders placed
 	conflicts atomic.Int64 // conflicts retried
 	gaveUp    atomic.Int64 // commands that still conflicted after the retries
+	transient atomic.Int64 // commands retried after a lost connection
 }
 
 var (
@@ -122,8 +124,8 @@ func (l *loader) run(ctx context.Context) error {
 
 	elapsed := time.Since(start)
 	n := l.written.Load()
-	fmt.Fprintf(l.out, "load: %d events in %.2fs (%.0f events/s), %d orders, %d products, %d conflicts retried, %d commands gave up after retries\n",
-		n, elapsed.Seconds(), float64(n)/elapsed.Seconds(), l.orders.Load(), len(l.catalog), l.conflicts.Load(), l.gaveUp.Load())
+	fmt.Fprintf(l.out, "load: %d events in %.2fs (%.0f events/s), %d orders, %d products, %d conflicts retried, %d commands gave up after retries, %d retried after connection errors\n",
+		n, elapsed.Seconds(), float64(n)/elapsed.Seconds(), l.orders.Load(), len(l.catalog), l.conflicts.Load(), l.gaveUp.Load(), l.transient.Load())
 	if err != nil {
 		return fmt.Errorf("load stopped after %d events: %w", n, err)
 	}
@@ -191,6 +193,7 @@ func (l *loader) account(res *aggregate.Result) {
 // work runs commands until the budget is spent. Each command writes one
 // event or nothing; a command that wrote nothing gives its budget back.
 func (l *loader) work(ctx context.Context) error {
+	var down time.Time // when the database became unreachable for this writer
 	for {
 		if ctx.Err() != nil {
 			return nil // the cause is reported by run
@@ -204,10 +207,27 @@ func (l *loader) work(ctx context.Context) error {
 		wrote, err := l.command(ctx)
 		switch {
 		case err == nil:
+			down = time.Time{}
 		case errors.Is(err, outbox.ErrConcurrencyConflict):
 			l.gaveUp.Add(1)
 		case ctx.Err() != nil:
 			return nil
+		case pgerr.Transient(err) != "":
+			// The database restarted or dropped the connection: wait and
+			// carry on, for up to outageLimit. A command whose commit was
+			// in flight may have committed; the next one reloads the
+			// aggregate, so nothing is written twice.
+			l.transient.Add(1)
+			if down.IsZero() {
+				down = time.Now()
+			} else if time.Since(down) > outageLimit {
+				return fmt.Errorf("database unavailable for %s: %w", outageLimit, err)
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Duration(100+rand.N(400)) * time.Millisecond):
+			}
 		default:
 			return err
 		}
@@ -216,6 +236,9 @@ func (l *loader) work(ctx context.Context) error {
 		}
 	}
 }
+
+// outageLimit is how long a writer waits for the database to come back.
+const outageLimit = 2 * time.Minute
 
 // reserve takes one command from the budget. issued never passes the
 // budget, so a command that gives its reservation back is always redone by

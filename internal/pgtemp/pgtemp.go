@@ -103,7 +103,9 @@ func (c *Cluster) Dir() string { return c.dir }
 // tests of recovery from a database restart.
 func (c *Cluster) Restart(ctx context.Context) error {
 	data := filepath.Join(c.dir, "data")
-	if out, err := c.cmd(ctx, "pg_ctl", "-D", data, "-m", "fast", "-w", "restart").CombinedOutput(); err != nil {
+	// -l: the restarted server must not inherit our output pipe, or
+	// CombinedOutput would wait for it forever.
+	if out, err := c.cmd(ctx, "pg_ctl", "-D", data, "-l", filepath.Join(c.dir, "log"), "-m", "fast", "-w", "restart").CombinedOutput(); err != nil {
 		return fmt.Errorf("pgtemp: restart: %w: %s", err, out)
 	}
 	return nil
@@ -125,6 +127,7 @@ func (c *Cluster) cmd(ctx context.Context, name string, args ...string) *exec.Cm
 	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, name), args...)
 	cmd.Dir = c.dir
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	cmd.WaitDelay = 10 * time.Second
 	if c.cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
 	}

@@ -9,14 +9,22 @@ import (
 
 // fromEventsSQL computes the statistics straight from the events table:
 // each order's status is its last event, its amount its OrderPlaced total.
+// Events the projection parked or discarded (and so never applied) are left
+// out: parking takes an aggregate's failing event and everything after it,
+// so what remains is what was applied.
 const fromEventsSQL = `
-WITH last AS (
+WITH applied AS (
+    SELECT e.* FROM events e
+     WHERE e.aggregate_type = 'Order'
+       AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.projection = 'order_statistics' AND d.event_id = e.id
+                          AND d.status IN ('parked', 'retrying', 'discarded'))
+), last AS (
     SELECT DISTINCT ON (aggregate_id) aggregate_id, event_type
-      FROM events WHERE aggregate_type = 'Order'
+      FROM applied
      ORDER BY aggregate_id, version DESC
 ), placed AS (
     SELECT aggregate_id, (event_data->>'total_amount')::numeric AS total
-      FROM events WHERE aggregate_type = 'Order' AND event_type = 'OrderPlaced'
+      FROM applied WHERE event_type = 'OrderPlaced'
 ), expected AS (
     SELECT CASE l.event_type WHEN 'OrderPlaced' THEN 'pending' WHEN 'OrderConfirmed' THEN 'confirmed'
                              WHEN 'OrderShipped' THEN 'shipped' WHEN 'OrderCancelled' THEN 'cancelled' END AS status,
