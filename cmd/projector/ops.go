@@ -69,29 +69,33 @@ func runReset(ctx context.Context, args []string, stdout io.Writer) error {
 	if _, err := selectProjections(name); err != nil {
 		return err
 	}
-	pool, err := connectChecked(ctx, url)
+	pool, err := openForControl(ctx, url, name)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if err := checkpoint.Exists(ctx, pool, name); err != nil {
-		return fmt.Errorf("%w (has a projector run it yet?)", err)
-	}
-	if err := refuseWhileRebuilding(ctx, pool, name); err != nil {
-		return err
-	}
 	return enqueueAndWait(ctx, pool, stdout, projectors.ResetArgs{Projection: name, To: target}, name, wait)
 }
 
-func refuseWhileRebuilding(ctx context.Context, pool *pgxpool.Pool, name string) error {
+// openForControl connects for a reset or rebuild of projection name, which
+// must be registered and not being rebuilt.
+func openForControl(ctx context.Context, url, name string) (*pgxpool.Pool, error) {
+	pool, err := connectChecked(ctx, url)
+	if err != nil {
+		return nil, err
+	}
 	var rebuilding bool
-	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM projections WHERE rebuild_of = $1)`, name).Scan(&rebuilding); err != nil {
-		return err
+	err = checkpoint.Exists(ctx, pool, name)
+	if err != nil {
+		err = fmt.Errorf("%w (has a projector run it yet?)", err)
+	} else if err = pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM projections WHERE rebuild_of = $1)`, name).Scan(&rebuilding); err == nil && rebuilding {
+		err = fmt.Errorf("%s: %w; wait for it to switch (projector status shows %s)", name, projectors.ErrRebuildRunning, projectors.ShadowName(name))
 	}
-	if rebuilding {
-		return fmt.Errorf("%s: %w; wait for it to switch (projector status shows %s)", name, projectors.ErrRebuildRunning, projectors.ShadowName(name))
+	if err != nil {
+		pool.Close()
+		return nil, err
 	}
-	return nil
+	return pool, nil
 }
 
 func runRebuild(ctx context.Context, args []string, stdout io.Writer) error {
@@ -111,17 +115,11 @@ func runRebuild(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(projs[0].Spec().Tables) == 0 {
 		return fmt.Errorf("rebuild: %s has no tables to rebuild", name)
 	}
-	pool, err := connectChecked(ctx, url)
+	pool, err := openForControl(ctx, url, name)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if err := checkpoint.Exists(ctx, pool, name); err != nil {
-		return fmt.Errorf("%w (has a projector run it yet?)", err)
-	}
-	if err := refuseWhileRebuilding(ctx, pool, name); err != nil {
-		return err
-	}
 	return enqueueAndWait(ctx, pool, stdout, projectors.RebuildArgs{Projection: name}, projectors.ShadowName(name), wait)
 }
 
