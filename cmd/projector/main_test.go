@@ -10,6 +10,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/shipped"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -108,4 +110,45 @@ func TestDemoOnGivenDatabase(t *testing.T) {
 	require.NoError(t, err, out)
 	require.Contains(t, out, "every projection caught up")
 	require.Contains(t, out, "order_statistics equals an aggregation over the events table")
+}
+
+func TestOperatorCommandErrors(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.NewDatabaseURL(t)
+	pool := pgtest.Pool(t, url)
+
+	_, err := runCmd(t, "reset", "--database-url", url, "nope")
+	require.ErrorContains(t, err, `unknown projection "nope"`)
+	_, err = runCmd(t, "reset", "--database-url", url, "order_summary")
+	require.ErrorContains(t, err, "has a projector run it yet?")
+	_, err = runCmd(t, "reset", "--database-url", url, "--to", "garbage", "order_summary")
+	require.ErrorContains(t, err, "want TXID/POSITION")
+	_, err = runCmd(t, "reset", "--database-url", url, "--to", "1/1", "--to-time", "2026-01-01T00:00:00Z", "order_summary")
+	require.ErrorContains(t, err, "give one of")
+
+	require.NoError(t, projectors.Register(ctx, pool, shipped.All()...))
+	out, err := runCmd(t, "reset", "--database-url", url, "order_summary")
+	require.NoError(t, err)
+	require.Contains(t, out, "readside_reset: queued as job")
+	out, err = runCmd(t, "reset", "--database-url", url, "order_summary")
+	require.NoError(t, err)
+	require.Contains(t, out, "already queued", "one reset per projection at a time")
+
+	p, _ := shipped.ByName("order_details")
+	require.NoError(t, projectors.StartRebuild(ctx, pool, p))
+	_, err = runCmd(t, "reset", "--database-url", url, "order_details")
+	require.ErrorContains(t, err, "rebuild of this projection is in progress")
+	_, err = runCmd(t, "rebuild", "--database-url", url, "order_notifications")
+	require.ErrorContains(t, err, "no tables to rebuild")
+
+	_, err = runCmd(t, "dead-letters", "retry", "--database-url", url, "--projection", "order_summary", "--all")
+	require.ErrorContains(t, err, "no parked dead letters")
+	_, err = runCmd(t, "dead-letters", "retry", "--database-url", url, "--all")
+	require.ErrorContains(t, err, "--projection is required")
+	_, err = runCmd(t, "dead-letters", "frob")
+	require.ErrorContains(t, err, "unknown subcommand")
+	out, err = runCmd(t, "dead-letters", "list", "--database-url", url)
+	require.NoError(t, err)
+	require.Contains(t, out, "0 dead letters")
 }
