@@ -21,8 +21,7 @@ func TestConformance(t *testing.T) {
 	t.Parallel()
 	p := products.New()
 	projectortest.Run(t, newDB, p, projectortest.Lifecycles{Orders: 80, Products: 60}.Generator(), projectortest.Features{
-		Idempotent: true,
-		Malformed:  projectortest.MalformedDomainEvents(p.Spec().EventTypes...),
+		Malformed: projectortest.MalformedDomainEvents(p.Spec().EventTypes...),
 	})
 }
 

@@ -5,7 +5,7 @@
 //	func TestConformance(t *testing.T) {
 //		t.Parallel()
 //		projectortest.Run(t, pgtest.NewDB, myprojection.New(),
-//			projectortest.Lifecycles{Orders: 80}.Generator(), projectortest.Features{Idempotent: true})
+//			projectortest.Lifecycles{Orders: 80}.Generator(), projectortest.Features{})
 //	}
 //
 // Run drives Apply directly, in transactions, over events read with
@@ -36,10 +36,11 @@ import (
 
 // Features says what a projection promises, so that Run checks exactly that.
 type Features struct {
-	// Idempotent: applying events that were already applied changes
-	// nothing (upserts guarded by event version). Counter projections are
-	// not; for them the replay checks are skipped.
-	Idempotent bool
+	// NotIdempotent says that applying events that were already applied
+	// changes the tables, as in a counter projection; the replay checks are
+	// then skipped. The zero value asks for the stricter promise: upserts
+	// guarded by event version, so that replays converge.
+	NotIdempotent bool
 	// IgnoreColumns are left out when tables are compared, in every table:
 	// columns whose value depends on when a row was written. nil means
 	// {"updated_at"}.
@@ -130,8 +131,8 @@ func Run(t *testing.T, newDB func(t *testing.T) *pgxpool.Pool, p projectors.Proj
 
 	t.Run("ReplayTwice", func(t *testing.T) {
 		t.Parallel()
-		if !f.Idempotent {
-			t.Skip("projection is not idempotent (Features.Idempotent is false)")
+		if f.NotIdempotent {
+			t.Skip("projection is not idempotent (Features.NotIdempotent)")
 		}
 		pool, _, ref := setup(t)
 		ApplyStream(t, pool, p, filter(spec, 0, 1), 1<<30)
