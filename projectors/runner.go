@@ -122,10 +122,12 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 		b.Queue(`SELECT set_config('search_path', $1, true)`, pgx.Identifier{s.schema}.Sanitize()+", public")
 	}
 	checkpoint.QueueAdvance(b, s.lease, from, to, applied)
-	types, ids := aggregates(events)
-	b.Queue(`SELECT aggregate_type, aggregate_id FROM dead_letters
-		WHERE projection = $1 AND status IN ('parked', 'retrying')
-		  AND (aggregate_type, aggregate_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))`, s.spec.Name, types, ids)
+	if s.parked {
+		types, ids := aggregates(events)
+		b.Queue(`SELECT aggregate_type, aggregate_id FROM dead_letters
+			WHERE projection = $1 AND status IN ('parked', 'retrying')
+			  AND (aggregate_type, aggregate_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))`, s.spec.Name, types, ids)
+	}
 	res := tx.SendBatch(ctx, b)
 	parked := map[aggKey]bool{}
 	_, err = res.Exec()
@@ -135,7 +137,7 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 	if err == nil {
 		err = checkpoint.AdvanceResult(res.Exec())(s.lease, from)
 	}
-	if err == nil {
+	if err == nil && s.parked {
 		var rows pgx.Rows
 		rows, err = res.Query()
 		if err == nil {
@@ -433,6 +435,7 @@ ON CONFLICT (projection, event_id) DO UPDATE
 	if err != nil {
 		return fmt.Errorf("park %d events: %w", n, err)
 	}
+	s.parked = true
 	w.metrics.parked.WithLabelValues(s.spec.Name, reason).Add(float64(n))
 	return nil
 }
@@ -441,4 +444,36 @@ func correlationID(e outbox.Event) string {
 	var m outbox.Metadata
 	_ = jsonUnmarshal(e.Metadata, &m)
 	return m.CorrelationID
+}
+
+// parkedSegments returns which of the claimed segments have parked dead
+// letters (nil on error: then every batch checks).
+func parkedSegments(ctx context.Context, db checkpoint.DB, claimed []checkpoint.Checkpoint) (map[checkpoint.Segment]bool, error) {
+	if len(claimed) == 0 {
+		return map[checkpoint.Segment]bool{}, nil
+	}
+	projs := make([]string, len(claimed))
+	segs := make([]int32, len(claimed))
+	for i, c := range claimed {
+		projs[i], segs[i] = c.Projection, int32(c.Segment)
+	}
+	rows, err := db.Query(ctx, `SELECT DISTINCT d.projection, d.segment FROM dead_letters d
+		JOIN unnest($1::text[], $2::int[]) AS c(projection, segment) ON c.projection = d.projection AND c.segment = d.segment
+		WHERE d.status IN ('parked', 'retrying')`, projs, segs)
+	if err != nil {
+		return nil, err
+	}
+	out := map[checkpoint.Segment]bool{}
+	for rows.Next() {
+		var k checkpoint.Segment
+		if err := rows.Scan(&k.Projection, &k.Segment); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out[k] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return out, nil
 }

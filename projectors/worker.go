@@ -264,7 +264,11 @@ type segment struct {
 	running  bool
 	release  bool          // give the lease up when the current task ends
 	attempts map[int64]int // failures per event id (projection errors)
-	retries  int           // consecutive transient failures
+	// parked is false while the segment has no parked dead letters, so that
+	// batches skip asking which of their aggregates are parked. Only the
+	// lease holder parks a segment's events; set at claim, and on parking.
+	parked  bool
+	retries int // consecutive transient failures
 }
 
 type taskResult struct {
@@ -598,11 +602,16 @@ func (c *coordinator) manageLeases() {
 		if err != nil {
 			w.log.Warn("claim failed", "err", err)
 		}
+		parked, err := parkedSegments(ctx, w.cfg.Pool, claimed)
+		if err != nil {
+			w.log.Warn("reading parked segments failed; checking every batch", "err", err)
+		}
 		for _, cp := range claimed {
 			r := c.running[cp.Projection]
+			k := checkpoint.Segment{Projection: cp.Projection, Segment: cp.Segment}
 			s := &segment{spec: r.spec, proj: r.proj, schema: r.schema, cursor: cp.Cursor, high: cp.HighWater,
 				lease:    checkpoint.Lease{Projection: cp.Projection, Segment: cp.Segment, Owner: w.cfg.WorkerID, Epoch: cp.LeaseEpoch},
-				attempts: map[int64]int{}}
+				attempts: map[int64]int{}, parked: parked == nil || parked[k]}
 			c.segs[key(cp.Projection, cp.Segment)] = s
 			w.metrics.claims.WithLabelValues(cp.Projection).Inc()
 			w.log.Debug("lease claimed", "projection", cp.Projection, "segment", cp.Segment, "epoch", cp.LeaseEpoch, "cursor", cp.Cursor.String())
