@@ -39,7 +39,7 @@ func RegisterPipelineMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, log 
 		stalled:     prometheus.NewDesc("readside_projection_stalled_seconds", "Time since the segment's checkpoint last moved while events wait; 0 when caught up.", seg, nil),
 		cursorPos:   prometheus.NewDesc("readside_projection_checkpoint_position", "Position (event id) of the segment's checkpoint.", seg, nil),
 		highPos:     prometheus.NewDesc("readside_projection_high_water_position", "Furthest position the segment ever committed (replays stay below it).", seg, nil),
-		applied:     prometheus.NewDesc("readside_projection_events_applied", "Events the segment has applied or parked since registration (from the checkpoint row).", seg, nil),
+		applied:     prometheus.NewDesc("readside_projection_events_applied", "Events the segment has applied since registration, replays included (from the checkpoint row).", seg, nil),
 		parked:      prometheus.NewDesc("readside_projection_dead_letters", "Events of the segment parked in the dead-letter table.", seg, nil),
 		owned:       prometheus.NewDesc("readside_projection_segment_owned", "1 when a worker holds an unexpired lease on the segment.", seg, nil),
 		running:     prometheus.NewDesc("readside_projection_segment_running", "1 when the segment's status is running.", seg, nil),
