@@ -146,6 +146,7 @@ UPDATE checkpoints
        high_position = CASE WHEN (high_txid, high_position) < ($5::xid8, $6::bigint) THEN $6::bigint ELSE high_position END,
        events_applied = events_applied + $9,
        advanced_at = CASE WHEN (cursor_txid, cursor_position) <> ($5::xid8, $6::bigint) THEN now() ELSE advanced_at END,
+       lease_expires_at = greatest(lease_expires_at, clock_timestamp() + $10::float8 * interval '1 second'),
        updated_at = now()
  WHERE projection = $1 AND segment = $2
    AND lease_owner = $3 AND lease_epoch = $4 AND lease_expires_at > clock_timestamp()
@@ -159,14 +160,16 @@ UPDATE checkpoints
 // transaction: its row lock keeps the segment from being claimed until the
 // transaction ends.
 func Advance(ctx context.Context, tx DB, l Lease, from, to outbox.Cursor, applied int) error {
-	tag, err := tx.Exec(ctx, advanceSQL, l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied)
+	tag, err := tx.Exec(ctx, advanceSQL, l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied, 0.0)
 	return AdvanceResult(tag, err)(l, from)
 }
 
-// QueueAdvance queues Advance into a pipelined batch; check its result with
-// AdvanceResult.
-func QueueAdvance(b *pgx.Batch, l Lease, from, to outbox.Cursor, applied int) {
-	b.Queue(advanceSQL, l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied)
+// QueueAdvance queues Advance into a pipelined batch, also extending the
+// lease to at least ttl from now: a segment that is busy all the time holds
+// its row lock too often for the renewal (which skips locked rows) to reach
+// it, so its batches renew it. Check the result with AdvanceResult.
+func QueueAdvance(b *pgx.Batch, l Lease, from, to outbox.Cursor, applied int, ttl time.Duration) {
+	b.Queue(advanceSQL, l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied, ttl.Seconds())
 }
 
 // AdvanceResult turns the result of a queued Advance into its error.

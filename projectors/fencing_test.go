@@ -2,6 +2,7 @@ package projectors_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -74,4 +75,31 @@ func counterValue(t *testing.T, g prometheus.Gatherer, name string) float64 {
 		}
 	}
 	return sum
+}
+
+// A segment busy all the time holds its row lock so often that the renewal
+// (which skips locked rows rather than wait) rarely reaches it; its batches
+// renew the lease themselves, so a busy owner never loses it.
+func TestBusySegmentKeepsItsLease(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	reg := prometheus.NewRegistry()
+	busy := &recorder{name: "rec", hook: func(ctx context.Context, _ *projectors.Batch) error {
+		select { // every batch holds the checkpoint row for a while
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(150 * time.Millisecond):
+			return nil
+		}
+	}}
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{busy}, BatchSize: 5,
+		LeaseTTL: 600 * time.Millisecond, PollInterval: 20 * time.Millisecond, Registerer: reg})
+	for i := range 60 {
+		appendEvents(t, pool, fmt.Sprintf("agg-%d", i), 0, `{}`, `{}`)
+	}
+	eventually(t, 60*time.Second, "backlog applied", func() bool { return count(t, pool, `SELECT count(*) FROM applied`) == 120 })
+	require.Zero(t, counterValue(t, reg, "readside_projector_lease_losses_total"), "the busy owner lost its lease")
+	require.Zero(t, counterValue(t, reg, "readside_projector_fenced_commits_total"))
+	require.Equal(t, 1.0, counterValue(t, reg, "readside_projector_lease_claims_total"))
 }

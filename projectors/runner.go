@@ -121,7 +121,7 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 		// the shadow copies; events and checkpoints stay in public.
 		b.Queue(`SELECT set_config('search_path', $1, true)`, pgx.Identifier{s.schema}.Sanitize()+", public")
 	}
-	checkpoint.QueueAdvance(b, s.lease, from, to, applied)
+	checkpoint.QueueAdvance(b, s.lease, from, to, applied, w.cfg.LeaseTTL)
 	if s.parked {
 		types, ids := aggregates(events)
 		b.Queue(`SELECT aggregate_type, aggregate_id FROM dead_letters
