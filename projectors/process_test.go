@@ -137,7 +137,7 @@ func TestCrashMidBatch(t *testing.T) {
 	require.Zero(t, count(t, pool, `SELECT count(*) FROM dead_letters`))
 }
 
-// Fleet: 1 -> 3 -> 2 workers. Segments spread to the fair share as workers
+// Fleet: 1 -> 3 -> 2 workers. Segments spread evenly as workers
 // join, without restarting anyone, and a killed worker's segments move
 // within the lease TTL plus a renewal interval.
 func TestFleetRebalancesAndFailsOver(t *testing.T) {
@@ -153,7 +153,7 @@ func TestFleetRebalancesAndFailsOver(t *testing.T) {
 
 	startHelper(t, url, "b", 12, 0)
 	c := startHelper(t, url, "c", 12, 0)
-	eventually(t, 20*time.Second, "fair share 4/4/4", func() bool {
+	eventually(t, 20*time.Second, "4/4/4", func() bool {
 		return owned("a") == 4 && owned("b") == 4 && owned("c") == 4
 	})
 

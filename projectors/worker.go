@@ -526,10 +526,11 @@ func (c *coordinator) finished(r taskResult) {
 	}
 }
 
-// manageLeases heartbeats, renews held leases, gives back segments above
-// the fair share and claims up to it. Fair share is ceil(segments / live
-// workers), so a joining worker gets segments from the others within a
-// renewal interval, without restarting anyone.
+// manageLeases heartbeats, renews held leases, and moves toward the
+// fleet-wide assignment (see assign): it gives back segments assigned to
+// others and claims its own once they are free, so a joining worker gets
+// segments from the others within a renewal interval or two, without
+// restarting anyone.
 func (c *coordinator) manageLeases() {
 	w := c.w
 	ctx, cancel := context.WithTimeout(c.hardCtx, w.cfg.LeaseTTL/2)
