@@ -163,14 +163,22 @@ func (c *Control) Stopped() <-chan struct{} { return c.client.Stopped() }
 // Client is the River client, for inserting jobs from the same process.
 func (c *Control) Client() *river.Client[pgx.Tx] { return c.client }
 
-func (c *Control) projection(name string) (Projection, error) {
+// unknownProjectionGrace is how long a control job for a projection this
+// process does not run is handed back (snoozed) for a fleet member that runs
+// it, before it is cancelled.
+const unknownProjectionGrace = time.Minute
+
+func (c *Control) projection(name string, created time.Time) (Projection, error) {
 	p, ok := c.projs[name]
-	if !ok {
-		// Another fleet member may run it; this one cannot. Not retryable
-		// here: cancel with a clear reason.
-		return nil, river.JobCancel(fmt.Errorf("projection %q is not run by this projector", name))
+	if ok {
+		return p, nil
 	}
-	return p, nil
+	// In a fleet mixing --projections, another member may run it: hand the
+	// job back for a while, then give up with a clear reason.
+	if time.Since(created) < unknownProjectionGrace {
+		return nil, river.JobSnooze(2 * time.Second)
+	}
+	return nil, river.JobCancel(fmt.Errorf("projection %q is not run by any projector that picked this job up", name))
 }
 
 // uniqueByProjection makes one job per projection at a time.

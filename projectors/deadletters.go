@@ -111,7 +111,7 @@ type retryWorker struct {
 }
 
 func (w *retryWorker) Work(ctx context.Context, job *river.Job[RetryDeadLettersArgs]) error {
-	p, err := w.c.projection(job.Args.Projection)
+	p, err := w.c.projection(job.Args.Projection, job.CreatedAt)
 	if err != nil {
 		return err
 	}

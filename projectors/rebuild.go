@@ -58,7 +58,7 @@ type rebuildWorker struct {
 func (w *rebuildWorker) Timeout(*river.Job[RebuildArgs]) time.Duration { return time.Minute }
 
 func (w *rebuildWorker) Work(ctx context.Context, job *river.Job[RebuildArgs]) error {
-	p, err := w.c.projection(job.Args.Projection)
+	p, err := w.c.projection(job.Args.Projection, job.CreatedAt)
 	if err != nil {
 		return err
 	}

@@ -56,7 +56,7 @@ type resetWorker struct {
 }
 
 func (w *resetWorker) Work(ctx context.Context, job *river.Job[ResetArgs]) error {
-	p, err := w.c.projection(job.Args.Projection)
+	p, err := w.c.projection(job.Args.Projection, job.CreatedAt)
 	if err != nil {
 		return err
 	}
