@@ -26,6 +26,8 @@ type serveConfig struct {
 	maxConflictRetries int
 	shutdownTimeout    time.Duration
 	consistencyWait    time.Duration
+	logFormat          string
+	logLevel           string
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -38,6 +40,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Duration(&c.shutdownTimeout, "shutdown-timeout", "WRITER_SHUTDOWN_TIMEOUT", 10*time.Second, "how long in-flight requests may finish at shutdown")
 	fs.Duration(&c.consistencyWait, "consistency-wait", "WRITER_CONSISTENCY_WAIT", httpapi.ConsistencyWaitDefault,
 		"how long a query with a consistency token waits for its projections when it gives no ?wait=")
+	fs.String(&c.logFormat, "log-format", "WRITER_LOG_FORMAT", "json", "text or json")
+	fs.String(&c.logLevel, "log-level", "WRITER_LOG_LEVEL", "info", "debug, info, warn or error")
 	if err := fs.Parse(args, stdout, 0); err != nil {
 		return err
 	}
@@ -47,7 +51,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if c.consistencyWait <= 0 || c.consistencyWait > httpapi.MaxConsistencyWaitDefault {
 		return fmt.Errorf("serve: --consistency-wait must be above 0 and at most %v", httpapi.MaxConsistencyWaitDefault)
 	}
-	logger := slog.New(slog.NewJSONHandler(stderr, nil))
+	logger, err := cli.Logger(stderr, c.logFormat, c.logLevel)
+	if err != nil {
+		return err
+	}
 
 	pool, err := connect(ctx, c.databaseURL, 0)
 	if err != nil {
