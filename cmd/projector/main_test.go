@@ -152,3 +152,21 @@ func TestOperatorCommandErrors(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, out, "0 dead letters")
 }
+
+// The database password never reaches an error message or a log line.
+func TestPasswordNeverPrinted(t *testing.T) {
+	t.Parallel()
+	for _, url := range []string{
+		"postgres://reader:S3cretPassw0rd@127.0.0.1:1/x?connect_timeout=1",
+		"postgres://reader:S3cretPassw0rd@127.0.0.1:1/x?sslmode=bogus",
+	} {
+		for _, cmd := range []string{"status", "migrate", "run"} {
+			out, err := runCmd(t, cmd, "--database-url", url, "--startup-timeout", "0s")
+			if cmd != "run" {
+				out, err = runCmd(t, cmd, "--database-url", url)
+			}
+			require.Error(t, err)
+			require.NotContains(t, err.Error()+out, "S3cretPassw0rd", "%s %s", cmd, url)
+		}
+	}
+}
