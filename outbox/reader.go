@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -73,7 +75,18 @@ type Querier interface {
 //
 // (TestFetchPlan checks this plan on a 1M-row outbox.) Matching rows are
 // joined to events for their payload by primary key.
-const fetchSQL = `
+const fetchSQL = fetchHistory + `
+    UNION ALL
+    (SELECT o.txid, o.position, o.aggregate_type, o.aggregate_id, o.event_type, o.created_at
+       FROM outbox o
+      WHERE (o.txid, o.position) > ($1::xid8, $2::bigint)
+        AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
+      ORDER BY o.txid, o.position
+      LIMIT $3)` + fetchTail
+
+// fetchHistory is the start of the scan: history up to the pruning horizon,
+// from the events table.
+const fetchHistory = `
 WITH scan AS (
     (SELECT e.txid, e.id AS position, e.aggregate_type, e.aggregate_id, e.event_type, NULL::timestamptz AS created_at
        FROM events e
@@ -83,14 +96,12 @@ WITH scan AS (
         AND e.txid <= (SELECT h.txid FROM outbox_horizon h)
         AND (e.txid < (SELECT h.txid FROM outbox_horizon h) OR e.id <= (SELECT h.position FROM outbox_horizon h))
       ORDER BY e.txid, e.id
-      LIMIT $3)
-    UNION ALL
-    (SELECT o.txid, o.position, o.aggregate_type, o.aggregate_id, o.event_type, o.created_at
-       FROM outbox o
-      WHERE (o.txid, o.position) > ($1::xid8, $2::bigint)
-        AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
-      ORDER BY o.txid, o.position
-      LIMIT $3)
+      LIMIT $3)`
+
+// fetchTail filters the scanned rows, joins the payloads of those that
+// match, and (is_head) returns the last row of the read window, which a
+// segmented read moves to once it has read all of its own rows.
+const fetchTail = `
 ), window_rows AS (
     SELECT s.*,
            (cardinality($4::text[]) = 0 OR s.event_type = ANY ($4::text[]))
@@ -101,10 +112,46 @@ WITH scan AS (
      LIMIT $3
 )
 SELECT w.txid, w.position, w.matched, e.aggregate_type, e.aggregate_id, e.event_type, e.version,
-       e.schema_version, e.event_data, e.metadata, e.occurred_at, w.created_at
+       e.schema_version, e.event_data, e.metadata, e.occurred_at, w.created_at, false AS is_head
   FROM window_rows w
   LEFT JOIN events e ON w.matched AND e.id = w.position
- ORDER BY w.txid, w.position`
+UNION ALL
+(SELECT o.txid, o.position, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true
+   FROM outbox o
+  WHERE $7::int > 1 AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
+  ORDER BY o.txid DESC, o.position DESC LIMIT 1)
+ORDER BY is_head, txid, position`
+
+// bucketCount is the number of buckets outbox rows are indexed by
+// (migration 006).
+const bucketCount = 64
+
+var segmentSQL sync.Map // "n/segment" -> SQL
+
+// segmentFetchSQL reads segment seg of n (n dividing bucketCount) from its
+// own buckets: one index range scan with LIMIT per bucket, merged in read
+// order, so a segment passes over its own rows only.
+func segmentFetchSQL(n, seg int) string {
+	k := fmt.Sprintf("%d/%d", n, seg)
+	if v, ok := segmentSQL.Load(k); ok {
+		return v.(string)
+	}
+	var b strings.Builder
+	b.WriteString(fetchHistory)
+	for bucket := seg; bucket < bucketCount; bucket += n {
+		fmt.Fprintf(&b, `
+    UNION ALL
+    (SELECT o.txid, o.position, o.aggregate_type, o.aggregate_id, o.event_type, o.created_at
+       FROM outbox o
+      WHERE o.bucket = %d AND (o.txid, o.position) > ($1::xid8, $2::bigint)
+        AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
+      ORDER BY o.txid, o.position
+      LIMIT $3)`, bucket)
+	}
+	b.WriteString(fetchTail)
+	v, _ := segmentSQL.LoadOrStore(k, b.String())
+	return v.(string)
+}
 
 // Fetch reads the next batch after cursor: at most limit rows are passed
 // over, and those that match f are returned in order. Events of one
@@ -116,7 +163,11 @@ func Fetch(ctx context.Context, q Querier, after Cursor, limit int, f Filter) (*
 	if f.Segments > 1 && (f.Segment < 0 || f.Segment >= f.Segments) {
 		return nil, fmt.Errorf("fetch: segment %d out of range [0, %d)", f.Segment, f.Segments)
 	}
-	rows, err := q.Query(ctx, fetchSQL, after.TxID, after.Position, limit,
+	sql := fetchSQL
+	if f.Segments > 1 && bucketCount%f.Segments == 0 {
+		sql = segmentFetchSQL(f.Segments, f.Segment)
+	}
+	rows, err := q.Query(ctx, sql, after.TxID, after.Position, limit,
 		nonNil(f.EventTypes), nonNil(f.AggregateTypes), f.Segment, f.Segments)
 	if err != nil {
 		return nil, fmt.Errorf("fetch after %s: %w", after, err)
@@ -131,10 +182,21 @@ func Fetch(ctx context.Context, q Querier, after Cursor, limit int, f Filter) (*
 			version, schemaVersion *int32
 			data, meta             []byte
 			occurredAt, appendedAt *time.Time
+			isHead                 bool
 		)
 		if err := rows.Scan(&c.TxID, &c.Position, &matched, &aggType, &aggID, &typ, &version,
-			&schemaVersion, &data, &meta, &occurredAt, &appendedAt); err != nil {
+			&schemaVersion, &data, &meta, &occurredAt, &appendedAt, &isHead); err != nil {
 			return nil, fmt.Errorf("fetch: scan: %w", err)
+		}
+		if isHead {
+			// A segmented read that has read all of its rows in the window
+			// (fewer than limit) stands at the window's end: rows of other
+			// segments in between are not its own, and the head was read
+			// in the same snapshot, so nothing of its own lies behind it.
+			if b.Scanned < limit && b.Next.Less(c) {
+				b.Next = c
+			}
+			continue
 		}
 		b.Next = c
 		b.Scanned++

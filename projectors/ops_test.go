@@ -327,3 +327,29 @@ func TestDeadLetterRetryKeepsOrder(t *testing.T) {
 	_, err = projectors.RetryDeadLetters(ctx, pool, rec, nil)
 	require.ErrorIs(t, err, projectors.ErrNothingToRetry)
 }
+
+// A batch that straddles the high-water mark after a reset is split: the
+// events applied before the reset go to the projection flagged Replay, the
+// new ones not, so side effects fire exactly for the new ones.
+func TestReplayFlagSplitsAtHighWater(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	rec := &recorder{name: "rec", segments: 2}
+	for i := range 10 {
+		appendEvents(t, pool, fmt.Sprintf("agg-%d", i), 0, `{}`)
+	}
+	w := startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{rec}, PollInterval: 20 * time.Millisecond})
+	eventually(t, 20*time.Second, "10 applied", func() bool { return count(t, pool, `SELECT count(*) FROM applied`) == 10 })
+	require.NoError(t, w.Stop(ctx))
+
+	require.NoError(t, projectors.Reset(ctx, pool, rec, "start"))
+	for i := range 10 {
+		appendEvents(t, pool, fmt.Sprintf("agg-%d", i), 1, `{}`)
+	}
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{rec}, PollInterval: 20 * time.Millisecond})
+	eventually(t, 20*time.Second, "20 applied", func() bool { return count(t, pool, `SELECT count(*) FROM applied`) == 20 })
+	require.Equal(t, 10, count(t, pool, `SELECT count(*) FROM applied WHERE replay AND version = 1`), "history is a replay")
+	require.Equal(t, 10, count(t, pool, `SELECT count(*) FROM applied WHERE NOT replay AND version = 2`), "new events are not")
+}

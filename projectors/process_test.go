@@ -104,10 +104,10 @@ func TestCrashMidBatch(t *testing.T) {
 	url := pgtest.NewDatabaseURL(t)
 	pool := pgtest.Pool(t, url)
 	setupRecorder(t, pool)
-	for i := range 40 {
+	for i := range 100 {
 		appendEvents(t, pool, fmt.Sprintf("agg-%d", i), 0, `{}`, `{}`, `{}`, `{}`, `{}`)
 	}
-	const total = 200
+	const total = 500
 	kills := 0
 	for kills < 4 {
 		h := startHelper(t, url, fmt.Sprintf("crashy-%d", kills), 2, 50*time.Millisecond)

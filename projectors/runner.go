@@ -30,9 +30,9 @@ func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error 
 		if err != nil {
 			return w.transient(softCtx, s, "fetch", err)
 		}
-		if batch.Scanned == 0 {
+		if batch.Scanned == 0 && batch.Next == s.cursor {
 			s.retries = 0
-			return nil
+			return nil // caught up
 		}
 		// Prefetch the next batch on another connection while this one is
 		// applied. The goroutine always delivers, and is always received
@@ -206,9 +206,8 @@ func (w *Worker) apply(ctx context.Context, s *segment, batch *outbox.Batch) (ou
 			return from, w.fencedOr(s, err)
 		}
 	}
-	replay := !s.high.Less(batch.Next)
 	if len(events) > 0 {
-		if err := s.proj.Apply(ctx, tx, &Batch{Events: events, Segment: s.lease.Segment, Replay: replay}); err != nil {
+		if err := w.applyEvents(ctx, tx, s, events); err != nil {
 			_ = tx.Rollback(context.WithoutCancel(ctx))
 			if retryReason(err) != "" {
 				return from, err
@@ -281,12 +280,11 @@ func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.B
 	if err := w.park(ctx, tx, s, blocked, "blocked", "an earlier event of this aggregate is parked", nil); err != nil {
 		return from, err
 	}
-	replay := !s.high.Less(batch.Next)
 	var applied []outbox.Event
 	to := batch.Next
 	var retryAttempts int // > 0 when a failing event waits for another attempt
 	for len(remaining) > 0 {
-		i, cause, err := w.find(ctx, tx, s, remaining, replay)
+		i, cause, err := w.find(ctx, tx, s, remaining)
 		if err != nil {
 			return from, err
 		}
@@ -379,12 +377,12 @@ func before(batch *outbox.Batch, i int, remaining []outbox.Event, from outbox.Cu
 // find applies events in savepoints and returns the index of the first one
 // that fails on its own, with its error, having applied everything before
 // it; -1 when all applied. A transient error aborts the search.
-func (w *Worker) find(ctx context.Context, tx pgx.Tx, s *segment, events []outbox.Event, replay bool) (int, string, error) {
+func (w *Worker) find(ctx context.Context, tx pgx.Tx, s *segment, events []outbox.Event) (int, string, error) {
 	sp, err := tx.Begin(ctx)
 	if err != nil {
 		return 0, "", err
 	}
-	applyErr := s.proj.Apply(ctx, sp, &Batch{Events: events, Segment: s.lease.Segment, Replay: replay})
+	applyErr := w.applyEvents(ctx, sp, s, events)
 	if applyErr == nil {
 		return -1, "", sp.Commit(ctx)
 	}
@@ -398,11 +396,11 @@ func (w *Worker) find(ctx context.Context, tx pgx.Tx, s *segment, events []outbo
 		return 0, applyErr.Error(), nil
 	}
 	mid := len(events) / 2
-	i, cause, err := w.find(ctx, tx, s, events[:mid], replay)
+	i, cause, err := w.find(ctx, tx, s, events[:mid])
 	if err != nil || i >= 0 {
 		return i, cause, err
 	}
-	j, cause, err := w.find(ctx, tx, s, events[mid:], replay)
+	j, cause, err := w.find(ctx, tx, s, events[mid:])
 	if err != nil || j < 0 {
 		return j, cause, err
 	}
@@ -476,4 +474,27 @@ func parkedSegments(ctx context.Context, db checkpoint.DB, claimed []checkpoint.
 		return nil, err
 	}
 	return out, nil
+}
+
+// applyEvents calls the projection with events in order, split at the
+// segment's high-water mark: events at or below it were applied once
+// before a reset moved the cursor back, and go in a Batch flagged Replay so
+// that their side effects do not fire again; the rest go in a second call.
+func (w *Worker) applyEvents(ctx context.Context, tx pgx.Tx, s *segment, events []outbox.Event) error {
+	split := len(events)
+	for i, e := range events {
+		if s.high.Less(e.Cursor) {
+			split = i
+			break
+		}
+	}
+	if split > 0 {
+		if err := s.proj.Apply(ctx, tx, &Batch{Events: events[:split], Segment: s.lease.Segment, Replay: true}); err != nil {
+			return err
+		}
+	}
+	if split < len(events) {
+		return s.proj.Apply(ctx, tx, &Batch{Events: events[split:], Segment: s.lease.Segment})
+	}
+	return nil
 }

@@ -181,17 +181,26 @@ func (f *fleet) sigstop(ctx context.Context, pool *pgxpool.Pool) error {
 		}
 	}
 	// Past the lease, and past idle_in_transaction_session_timeout (the TTL)
-	// of a transaction the stopped worker may have left open.
-	time.Sleep(2*leaseTTL + 1500*time.Millisecond)
+	// of a transaction the stopped worker may have left open; then wait
+	// (bounded: the other workers may be restarting after a kill) until the
+	// others have taken its leases over.
+	time.Sleep(2*leaseTTL + 500*time.Millisecond)
 	taken := 0
-	for _, l := range leases {
-		var epoch int64
-		var owner *string
-		err := pool.QueryRow(ctx, `SELECT lease_epoch, lease_owner FROM checkpoints WHERE projection = $1 AND segment = $2`,
-			l.projection, l.segment).Scan(&epoch, &owner)
-		if err == nil && epoch > l.epoch {
-			taken++
+	for deadline := time.Now().Add(6 * leaseTTL); ; {
+		taken = 0
+		for _, l := range leases {
+			var epoch int64
+			var owner *string
+			err := pool.QueryRow(ctx, `SELECT lease_epoch, lease_owner FROM checkpoints WHERE projection = $1 AND segment = $2`,
+				l.projection, l.segment).Scan(&epoch, &owner)
+			if err == nil && epoch > l.epoch {
+				taken++
+			}
 		}
+		if taken == len(leases) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	off := logSize(p.log)
 	p.signal(syscall.SIGCONT)

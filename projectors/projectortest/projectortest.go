@@ -296,7 +296,7 @@ func applyStream(ctx context.Context, pool *pgxpool.Pool, p projectors.Projectio
 		if err != nil {
 			return applied, fmt.Errorf("apply after %s: %w", cursor, err)
 		}
-		if b.Scanned == 0 {
+		if b.Scanned == 0 && b.Next == cursor {
 			if time.Now().After(deadline) {
 				return applied, fmt.Errorf("apply after %s: the read window did not reach %s in time", cursor, end)
 			}
