@@ -46,7 +46,9 @@ type Filter struct {
 type Batch struct {
 	Events []Event
 	// Next is the cursor after every row this read passed over, matching or
-	// not: the checkpoint to store once Events are applied.
+	// not: the checkpoint to store once Events are applied. A segmented
+	// read that found all of its rows moves it to the end of the read window
+	// even when it passed over nothing (Scanned 0): store it too.
 	Next Cursor
 	// Scanned counts the rows passed over (matching or not).
 	Scanned int
@@ -74,7 +76,10 @@ type Querier interface {
 //	                          Index Cond: ((ROW(txid, position) > ROW($1, $2)) AND (txid < pg_snapshot_xmin(pg_current_snapshot())))
 //
 // (TestFetchPlan checks this plan on a 1M-row outbox.) Matching rows are
-// joined to events for their payload by primary key.
+// joined to events for their payload by primary key. A segmented read
+// (segments dividing 64) replaces the outbox branch with one such range scan
+// per bucket of the segment on outbox_bucket_idx, merged in read order; see
+// segmentFetchSQL.
 const fetchSQL = fetchHistory + `
     UNION ALL
     (SELECT o.txid, o.position, o.aggregate_type, o.aggregate_id, o.event_type, o.created_at
