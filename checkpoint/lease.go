@@ -45,13 +45,6 @@ func Heartbeat(ctx context.Context, db DB, m Member) ([]Member, error) {
 	return members, nil
 }
 
-// LiveWorkers counts workers whose heartbeat is younger than their TTL.
-func LiveWorkers(ctx context.Context, db DB) (int, error) {
-	var n int
-	err := db.QueryRow(ctx, `SELECT count(*) FROM workers WHERE heartbeat_at > now() - lease_ttl_seconds * interval '1 second'`).Scan(&n)
-	return n, err
-}
-
 // Leave deletes a worker's heartbeat and releases all of its leases, for a
 // clean stop: the segments can be claimed at once instead of after the TTL.
 func Leave(ctx context.Context, db DB, id string) error {

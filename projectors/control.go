@@ -187,23 +187,31 @@ func uniqueByProjection() river.UniqueOpts {
 		rivertype.JobStateRunning, rivertype.JobStateRetryable, rivertype.JobStateScheduled}}
 }
 
-// Enqueue inserts a control job with an insert-only River client, for the
-// CLI. The result says whether a unique job was already queued.
-func Enqueue(ctx context.Context, pool *pgxpool.Pool, args river.JobArgs) (*rivertype.JobInsertResult, error) {
+// Jobs inserts control jobs and follows them with an insert-only River
+// client, for the CLI and tests: a process that does not run the control
+// plane itself.
+type Jobs struct {
+	client *river.Client[pgx.Tx]
+}
+
+// NewJobs returns a Jobs on pool.
+func NewJobs(pool *pgxpool.Pool) (*Jobs, error) {
 	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{})
 	if err != nil {
 		return nil, err
 	}
-	return client.Insert(ctx, args, nil)
+	return &Jobs{client: client}, nil
 }
 
-// JobState returns a control job's state and its last error, if any.
-func JobState(ctx context.Context, pool *pgxpool.Pool, id int64) (rivertype.JobState, string, error) {
-	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{})
-	if err != nil {
-		return "", "", err
-	}
-	job, err := client.JobGet(ctx, id)
+// Enqueue inserts a control job. The result says whether a unique job was
+// already queued.
+func (j *Jobs) Enqueue(ctx context.Context, args river.JobArgs) (*rivertype.JobInsertResult, error) {
+	return j.client.Insert(ctx, args, nil)
+}
+
+// State returns a control job's state and its last error, if any.
+func (j *Jobs) State(ctx context.Context, id int64) (rivertype.JobState, string, error) {
+	job, err := j.client.JobGet(ctx, id)
 	if err != nil {
 		return "", "", err
 	}

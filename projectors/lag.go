@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -133,7 +134,7 @@ func (c *pipelineCollector) collect(ctx context.Context, ch chan<- prometheus.Me
 	}
 	g := prometheus.GaugeValue
 	for _, s := range segs {
-		l := []string{s.Projection, itoa(s.Segment)}
+		l := []string{s.Projection, strconv.Itoa(s.Segment)}
 		ch <- prometheus.MustNewConstMetric(c.lagEvents, g, float64(s.LagEvents), l...)
 		ch <- prometheus.MustNewConstMetric(c.lagSeconds, g, s.LagSeconds, l...)
 		ch <- prometheus.MustNewConstMetric(c.stalled, g, s.StalledSeconds, l...)

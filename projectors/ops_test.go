@@ -74,7 +74,7 @@ func load(t *testing.T, pool *pgxpool.Pool, aggregates int, stop <-chan struct{}
 func waitJob(t *testing.T, pool *pgxpool.Pool, id int64) {
 	t.Helper()
 	eventually(t, 60*time.Second, fmt.Sprintf("job %d completed", id), func() bool {
-		state, lastErr, err := projectors.JobState(context.Background(), pool, id)
+		state, lastErr, err := jobs(t, pool).State(context.Background(), id)
 		require.NoError(t, err)
 		require.NotContains(t, []string{"cancelled", "discarded"}, string(state), lastErr)
 		return state == "completed"
@@ -107,7 +107,7 @@ func TestResetUnderLoad(t *testing.T) {
 	stop := make(chan struct{})
 	done := load(t, pool, 30, stop)
 	eventually(t, 20*time.Second, "some progress", func() bool { return count(t, pool, `SELECT count(*) FROM applied`) > 100 })
-	res, err := projectors.Enqueue(ctx, pool, projectors.ResetArgs{Projection: "rec", To: "start"})
+	res, err := jobs(t, pool).Enqueue(ctx, projectors.ResetArgs{Projection: "rec", To: "start"})
 	require.NoError(t, err)
 	waitJob(t, pool, res.Job.ID)
 	time.Sleep(300 * time.Millisecond) // let load continue across the reset
@@ -170,7 +170,7 @@ func TestRebuildNeverShrinksForReaders(t *testing.T) {
 	}
 	stop := make(chan struct{})
 	done := load(t, pool, 40, stop)
-	res, err := projectors.Enqueue(ctx, pool, projectors.RebuildArgs{Projection: "rec"})
+	res, err := jobs(t, pool).Enqueue(ctx, projectors.RebuildArgs{Projection: "rec"})
 	require.NoError(t, err)
 	eventually(t, 10*time.Second, "rebuild started", func() bool {
 		return count(t, pool, `SELECT count(*) FROM projections WHERE rebuild_of = 'rec'`) == 1
@@ -314,7 +314,7 @@ func TestDeadLetterRetryKeepsOrder(t *testing.T) {
 	require.NoError(t, err)
 	control := startControl(t, projectors.ControlConfig{Pool: pool, Projections: []projectors.Projection{rec}})
 	_ = control
-	job, err := projectors.Enqueue(ctx, pool, projectors.RetryDeadLettersArgs{Projection: "rec"})
+	job, err := jobs(t, pool).Enqueue(ctx, projectors.RetryDeadLettersArgs{Projection: "rec"})
 	require.NoError(t, err)
 	waitJob(t, pool, job.Job.ID)
 	require.Equal(t, 7, count(t, pool, `SELECT count(*) FROM applied`))
@@ -352,4 +352,11 @@ func TestReplayFlagSplitsAtHighWater(t *testing.T) {
 	eventually(t, 20*time.Second, "20 applied", func() bool { return count(t, pool, `SELECT count(*) FROM applied`) == 20 })
 	require.Equal(t, 10, count(t, pool, `SELECT count(*) FROM applied WHERE replay AND version = 1`), "history is a replay")
 	require.Equal(t, 10, count(t, pool, `SELECT count(*) FROM applied WHERE NOT replay AND version = 2`), "new events are not")
+}
+
+func jobs(t *testing.T, pool *pgxpool.Pool) *projectors.Jobs {
+	t.Helper()
+	j, err := projectors.NewJobs(pool)
+	require.NoError(t, err)
+	return j
 }

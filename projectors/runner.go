@@ -2,6 +2,7 @@ package projectors
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -440,7 +441,7 @@ ON CONFLICT (projection, event_id) DO UPDATE
 
 func correlationID(e outbox.Event) string {
 	var m outbox.Metadata
-	_ = jsonUnmarshal(e.Metadata, &m)
+	_ = json.Unmarshal(e.Metadata, &m) // best effort: for the log line only
 	return m.CorrelationID
 }
 

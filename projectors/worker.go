@@ -307,7 +307,6 @@ type running struct {
 	spec   Spec
 	proj   Projection
 	schema string
-	of     string // the projection a rebuild's copy rebuilds
 }
 
 func (c *coordinator) baseOf(name string) string {
@@ -360,7 +359,7 @@ func (c *coordinator) refreshProjections(ctx context.Context) error {
 			bases[name] = of
 			if spec, ok := c.w.specs[of]; ok && schema != "" {
 				spec.Name = name
-				shadows[name] = running{spec: spec, proj: c.w.projs[of], schema: schema, of: of}
+				shadows[name] = running{spec: spec, proj: c.w.projs[of], schema: schema}
 			}
 		}
 	}

@@ -126,7 +126,11 @@ func runRebuild(ctx context.Context, args []string, stdout io.Writer) error {
 // enqueueAndWait inserts the control job; with wait it follows the job and
 // then the replay of `follow` with a progress bar until it has caught up.
 func enqueueAndWait(ctx context.Context, pool *pgxpool.Pool, stdout io.Writer, args river.JobArgs, follow string, wait bool) error {
-	res, err := projectors.Enqueue(ctx, pool, args)
+	jobs, err := projectors.NewJobs(pool)
+	if err != nil {
+		return err
+	}
+	res, err := jobs.Enqueue(ctx, args)
 	if err != nil {
 		return err
 	}
@@ -138,10 +142,10 @@ func enqueueAndWait(ctx context.Context, pool *pgxpool.Pool, stdout io.Writer, a
 	if !wait {
 		return nil
 	}
-	return followJob(ctx, pool, stdout, res.Job.ID, follow)
+	return followJob(ctx, pool, jobs, stdout, res.Job.ID, follow)
 }
 
-func followJob(ctx context.Context, pool *pgxpool.Pool, stdout io.Writer, jobID int64, follow string) error {
+func followJob(ctx context.Context, pool *pgxpool.Pool, jobs *projectors.Jobs, stdout io.Writer, jobID int64, follow string) error {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	start := time.Now()
@@ -153,7 +157,7 @@ func followJob(ctx context.Context, pool *pgxpool.Pool, stdout io.Writer, jobID 
 			return ctx.Err()
 		case <-tick.C:
 		}
-		state, lastErr, err := projectors.JobState(ctx, pool, jobID)
+		state, lastErr, err := jobs.State(ctx, jobID)
 		if err != nil {
 			return err
 		}
