@@ -38,6 +38,31 @@ SELECT pg_snapshot_xmax(pg_current_snapshot()),
 	return nil
 }
 
+// ErrBeyondHead means a cursor lies past the last row of the log.
+var ErrBeyondHead = errors.New("cursor beyond the head of the log")
+
+// ClampToWindow returns where a checkpoint may be moved to go to c: c
+// itself inside the read window, or the end of the window (Head.Window)
+// when c lies past it, that is at or after a transaction that was still
+// running: a checkpoint there would put that transaction's rows behind it
+// for good once it commits. A cursor past the last committed row (the
+// head) returns an error wrapping ErrBeyondHead. Call it in the transaction
+// that moves the checkpoint: the window only moves forward, so the result
+// stays safe until the commit.
+func ClampToWindow(ctx context.Context, q Querier, c Cursor) (Cursor, error) {
+	h, err := ReadHead(ctx, q)
+	if err != nil {
+		return c, err
+	}
+	if h.Latest.Less(c) {
+		return c, fmt.Errorf("%w: %s is past the last event, %s", ErrBeyondHead, c, h.Latest)
+	}
+	if h.Window.Less(c) {
+		return h.Window, nil
+	}
+	return c, nil
+}
+
 // Holder is the oldest transaction holding the read window back: until it
 // ends, no row from a newer transaction is read.
 type Holder struct {

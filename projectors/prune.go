@@ -51,7 +51,8 @@ func (w *pruneWorker) Work(ctx context.Context, _ *river.Job[PruneOutboxArgs]) e
 
 // PruneOutbox deletes, in chunks of pruneChunk rows (one transaction each,
 // which also records the new horizon), the outbox rows at or below every
-// checkpoint and older than retention (negative: no age limit). A paused or
+// checkpoint and older than retention (negative: no age limit), and inside
+// the read window (below every transaction still running). A paused or
 // stuck projection holds pruning back. It returns the rows deleted and the
 // horizon.
 func PruneOutbox(ctx context.Context, db interface {
@@ -79,6 +80,10 @@ func PruneOutbox(ctx context.Context, db interface {
 WITH chunk AS (
     SELECT txid, position, created_at FROM outbox
      WHERE (txid, position) <= ($1::xid8, $2::bigint)
+       -- Only inside the read window, whatever the checkpoints say: a
+       -- horizon above a running transaction would have its rows read from
+       -- both the events table and the outbox once it commits.
+       AND txid < pg_snapshot_xmin(pg_current_snapshot())
      ORDER BY txid, position LIMIT $3
 ), young AS (
     SELECT txid, position FROM chunk

@@ -19,7 +19,10 @@ import (
 // "cursor:TXID/POSITION" (a pure checkpoint move) or "time:RFC3339" (a pure
 // move to just before the first event, in log order, that occurred at or
 // after that time). Pure moves keep the read model: idempotent projections
-// converge when replaying over it; counters would count twice.
+// converge when replaying over it; counters would count twice. A pure move
+// never goes past the read window (see outbox.ClampToWindow): a target at
+// or after a transaction still running is clamped to the end of the window,
+// and a target beyond the head of the log is refused with ErrBeyondHead.
 type ResetArgs struct {
 	Projection string `json:"projection" river:"unique"`
 	To         string `json:"to"`
@@ -32,6 +35,29 @@ func (ResetArgs) Kind() string { return "readside_reset" }
 // projection at a time.
 func (ResetArgs) InsertOpts() river.InsertOpts {
 	return river.InsertOpts{Queue: ControlQueue, UniqueOpts: uniqueByProjection()}
+}
+
+// ErrBeyondHead refuses a reset target past the last event of the log: the
+// checkpoint would skip every event written until the log reached it, while
+// lag read 0.
+var ErrBeyondHead = outbox.ErrBeyondHead
+
+// errNoEventSince refuses a reset to a time after the last event.
+var errNoEventSince = errors.New("no event occurred at or after")
+
+// CheckResetTarget parses a target and resolves it against the database
+// without moving anything, so that a caller (the CLI) can refuse a target
+// beyond the head before it queues the reset.
+func CheckResetTarget(ctx context.Context, db interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}, to string) error {
+	if err := ParseResetTarget(to); err != nil {
+		return err
+	}
+	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		_, err := resolveTarget(ctx, tx, to)
+		return err
+	})
 }
 
 // ParseResetTarget checks a target string ("start", "cursor:…", "time:…").
@@ -64,7 +90,7 @@ func (w *resetWorker) Work(ctx context.Context, job *river.Job[ResetArgs]) error
 		return river.JobCancel(err)
 	}
 	err = Reset(ctx, w.c.cfg.Pool, p, job.Args.To)
-	if errors.Is(err, ErrRebuildRunning) || errors.Is(err, checkpoint.ErrUnknownProjection) {
+	if errors.Is(err, ErrRebuildRunning) || errors.Is(err, checkpoint.ErrUnknownProjection) || errors.Is(err, ErrBeyondHead) || errors.Is(err, errNoEventSince) {
 		return river.JobCancel(err)
 	}
 	if err != nil {
@@ -118,25 +144,34 @@ func Reset(ctx context.Context, db interface {
 	})
 }
 
+// resolveTarget turns a target into the cursor to move to, clamped to the
+// read window: a transaction still running when the reset commits has its
+// events after the cursor, however early its xid sorts.
 func resolveTarget(ctx context.Context, tx pgx.Tx, to string) (outbox.Cursor, error) {
 	kind, val, _ := strings.Cut(to, ":")
+	var c outbox.Cursor
 	switch kind {
 	case "start":
 		return outbox.Start, nil
 	case "cursor":
-		return outbox.ParseCursor(val)
+		var err error
+		if c, err = outbox.ParseCursor(val); err != nil {
+			return c, err
+		}
 	case "time":
 		t, err := time.Parse(time.RFC3339Nano, val)
 		if err != nil {
-			return outbox.Cursor{}, err
+			return c, err
 		}
-		var c outbox.Cursor
 		err = tx.QueryRow(ctx, `SELECT txid, id - 1 FROM events WHERE occurred_at >= $1 ORDER BY txid, id LIMIT 1`, t).Scan(&c.TxID, &c.Position)
 		if errors.Is(err, pgx.ErrNoRows) {
-			// Nothing that recent: stand at the head.
-			return outbox.Cursor{}, fmt.Errorf("no event occurred at or after %s", t.Format(time.RFC3339))
+			return c, fmt.Errorf("%w %s", errNoEventSince, t.Format(time.RFC3339Nano))
 		}
-		return c, err
+		if err != nil {
+			return c, err
+		}
+	default:
+		return c, ParseResetTarget(to)
 	}
-	return outbox.Cursor{}, ParseResetTarget(to)
+	return outbox.ClampToWindow(ctx, tx, c)
 }

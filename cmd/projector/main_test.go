@@ -128,6 +128,10 @@ func TestOperatorCommandErrors(t *testing.T) {
 	require.ErrorContains(t, err, "give one of")
 
 	require.NoError(t, projectors.Register(ctx, pool, shipped.All()...))
+	_, err = runCmd(t, "reset", "--database-url", url, "--to", "9000000000000/1", "order_summary")
+	require.ErrorContains(t, err, "cursor beyond the head of the log: 9000000000000/1 is past the last event")
+	_, err = runCmd(t, "reset", "--database-url", url, "--to-time", "2100-01-01T00:00:00Z", "order_summary")
+	require.ErrorContains(t, err, "no event occurred at or after 2100-01-01T00:00:00Z")
 	out, err := runCmd(t, "reset", "--database-url", url, "order_summary")
 	require.NoError(t, err)
 	require.Contains(t, out, "readside_reset: queued as job")

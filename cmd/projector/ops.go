@@ -74,6 +74,9 @@ func runReset(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer pool.Close()
+	if err := projectors.CheckResetTarget(ctx, pool, target); err != nil {
+		return fmt.Errorf("reset %s: %w", name, err)
+	}
 	return enqueueAndWait(ctx, pool, stdout, projectors.ResetArgs{Projection: name, To: target}, name, wait)
 }
 
