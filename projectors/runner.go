@@ -198,7 +198,7 @@ func (w *Worker) apply(ctx context.Context, s *segment, batch *outbox.Batch) (ou
 
 	events, blocked := splitParked(batch.Events, parked)
 	if len(blocked) > 0 {
-		if err := w.park(ctx, tx, s, blocked, "blocked", "an earlier event of this aggregate is parked", nil); err != nil {
+		if err := w.park(ctx, tx, s, blocked, "blocked", blockedMsg, 0); err != nil {
 			return from, err
 		}
 		// Advance counted the whole batch before the parked aggregates
@@ -271,16 +271,19 @@ func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.B
 	start := time.Now()
 	from := s.cursor
 	// Fence without moving (from -> from); the final Advance moves it.
-	tx, parked, err := w.begin(ctx, s, from, from, 0, batch.Events)
+	tx, parkedAggs, err := w.begin(ctx, s, from, from, 0, batch.Events)
 	if err != nil {
 		return from, w.fencedOr(s, err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
-	remaining, blocked := splitParked(batch.Events, parked)
-	if err := w.park(ctx, tx, s, blocked, "blocked", "an earlier event of this aggregate is parked", nil); err != nil {
-		return from, err
-	}
+	// Events are parked only once the cursor they lie under is known, in the
+	// transaction that commits it: an event parked beyond the committed
+	// cursor would be read again, and if an operator had retried or
+	// discarded it meanwhile, applied (again).
+	remaining, blocked := splitParked(batch.Events, parkedAggs)
+	var parking []parked
+	parking = append(parking, parked{events: blocked, reason: "blocked", msg: blockedMsg})
 	var applied []outbox.Event
 	to := batch.Next
 	var retryAttempts int // > 0 when a failing event waits for another attempt
@@ -306,6 +309,9 @@ func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.B
 			to = before(batch, i, remaining, from)
 			if attempts >= w.cfg.MaxAttempts {
 				log.Error("event keeps failing; halting the segment (policy halt)")
+				if err := w.parkUpTo(ctx, tx, s, to, parking); err != nil {
+					return from, err
+				}
 				if err := checkpoint.Advance(ctx, tx, s.lease, from, to, len(applied)); err != nil {
 					return from, w.fencedOr(s, err)
 				}
@@ -331,10 +337,7 @@ func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.B
 		}
 		log.Error("event keeps failing; parking it and later events of its aggregate (policy park)")
 		k := aggKey{bad.AggregateType, bad.AggregateID}
-		if err := w.park(ctx, tx, s, []outbox.Event{bad}, "failed", cause, map[int64]int{bad.ID(): attempts}); err != nil {
-			return from, err
-		}
-		delete(s.attempts, bad.ID())
+		parking = append(parking, parked{events: []outbox.Event{bad}, reason: "failed", msg: cause, attempts: attempts})
 		var rest, sameAgg []outbox.Event
 		for _, e := range remaining[i+1:] {
 			if (aggKey{e.AggregateType, e.AggregateID}) == k {
@@ -343,10 +346,11 @@ func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.B
 				rest = append(rest, e)
 			}
 		}
-		if err := w.park(ctx, tx, s, sameAgg, "blocked", "an earlier event of this aggregate is parked", nil); err != nil {
-			return from, err
-		}
+		parking = append(parking, parked{events: sameAgg, reason: "blocked", msg: blockedMsg})
 		remaining = rest
+	}
+	if err := w.parkUpTo(ctx, tx, s, to, parking); err != nil {
+		return from, err
 	}
 	if err := checkpoint.Advance(ctx, tx, s.lease, from, to, len(applied)); err != nil {
 		return from, w.fencedOr(s, err)
@@ -408,8 +412,41 @@ func (w *Worker) find(ctx context.Context, tx pgx.Tx, s *segment, events []outbo
 	return mid + j, cause, nil
 }
 
-// park writes events to the dead-letter table inside tx.
-func (w *Worker) park(ctx context.Context, tx pgx.Tx, s *segment, events []outbox.Event, reason, msg string, attempts map[int64]int) error {
+const blockedMsg = "an earlier event of this aggregate is parked"
+
+// parked is a group of events to park with one reason.
+type parked struct {
+	events      []outbox.Event
+	reason, msg string
+	attempts    int // of a failed event; 0 for blocked ones
+}
+
+// parkUpTo parks the events at or below the cursor the transaction
+// commits. The rest are read again: whatever parks them then (their
+// aggregate is parked, they fail again) is decided at that read.
+func (w *Worker) parkUpTo(ctx context.Context, tx pgx.Tx, s *segment, to outbox.Cursor, parking []parked) error {
+	for _, p := range parking {
+		var events []outbox.Event
+		for _, e := range p.events {
+			if !to.Less(e.Cursor) {
+				events = append(events, e)
+			}
+		}
+		if err := w.park(ctx, tx, s, events, p.reason, p.msg, p.attempts); err != nil {
+			return err
+		}
+		if p.reason == "failed" && len(events) > 0 {
+			delete(s.attempts, events[0].ID())
+		}
+	}
+	return nil
+}
+
+// park writes events to the dead-letter table inside tx. An event already
+// parked (read again after a reset moved the cursor back) keeps its row as
+// it is: its reason and attempts say why it was parked. One that an
+// operator retried is parked again; one discarded stays discarded.
+func (w *Worker) park(ctx context.Context, tx pgx.Tx, s *segment, events []outbox.Event, reason, msg string, attempts int) error {
 	if len(events) == 0 {
 		return nil
 	}
@@ -420,7 +457,7 @@ func (w *Worker) park(ctx context.Context, tx pgx.Tx, s *segment, events []outbo
 	for i, e := range events {
 		ids[i], txids[i], versions[i] = e.ID(), e.Cursor.TxID, int32(e.Version)
 		types[i], aggTypes[i], aggIDs[i] = e.Type, e.AggregateType, e.AggregateID
-		att[i] = int32(max(attempts[e.ID()], 1))
+		att[i] = int32(max(attempts, 1))
 	}
 	_, err := tx.Exec(ctx, `
 INSERT INTO dead_letters (projection, segment, event_id, txid, aggregate_type, aggregate_id, event_type, version, reason, error, attempts)
@@ -429,7 +466,8 @@ SELECT $1, $2, t.id, t.txid, t.agg_type, t.agg_id, t.event_type, t.version, $3, 
        AS t(id, txid, agg_type, agg_id, event_type, version, attempts)
 ON CONFLICT (projection, event_id) DO UPDATE
    SET status = 'parked', reason = excluded.reason, error = excluded.error,
-       attempts = dead_letters.attempts + excluded.attempts, last_failed_at = now(), resolved_at = NULL`,
+       attempts = dead_letters.attempts + excluded.attempts, last_failed_at = now(), resolved_at = NULL
+ WHERE dead_letters.status = 'retried'`,
 		s.spec.Name, s.lease.Segment, reason, msg, ids, txids, aggTypes, aggIDs, types, versions, att)
 	if err != nil {
 		return fmt.Errorf("park %d events: %w", n, err)
