@@ -4,7 +4,7 @@ PKGS      ?= ./...
 BENCHTIME ?= 1x
 COUNT     ?= 1
 
-.PHONY: help test lint bench bench-compare faults demo build
+.PHONY: help test lint bench bench-compare faults model demo build
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,3 +31,6 @@ faults: ## the long fault-injection run (kills, PostgreSQL restarts, SIGSTOP, ba
 
 demo: ## the whole pipeline on a disposable PostgreSQL (or $$DATABASE_URL)
 	$(GO) run ./cmd/projector demo
+
+model: ## the long model-based test: random histories against PostgreSQL and an in-memory model (READSIDE_MODEL=long)
+	READSIDE_MODEL=long $(GO) test -count=1 -run 'TestModel' -v -timeout 60m ./internal/modeltest/

@@ -1,0 +1,509 @@
+package modeltest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/readside/readside/internal/pgerr"
+	"github.com/readside/readside/outbox"
+	"github.com/readside/readside/projectors"
+)
+
+// tb is what the harness needs from *testing.T and *rapid.T.
+type tb interface {
+	require.TestingT
+	Helper()
+	Logf(format string, args ...any)
+}
+
+// config is what a history runs with, besides its steps.
+type config struct {
+	BatchSize int
+}
+
+type harness struct {
+	t      tb
+	ctx    context.Context
+	pool   *pgxpool.Pool
+	cfg    config
+	m      *model
+	probes []*probe
+	names  []string
+	txs    []pgx.Tx // per slot
+
+	mu      sync.Mutex
+	thieves sync.WaitGroup
+}
+
+var projectionNames = []string{"mt_one", "mt_four"}
+
+// newHarness empties the database (one is reused across checks: cloning a
+// template per check costs seconds here) and registers the projections.
+func newHarness(t tb, pool *pgxpool.Pool, cfg config) *harness {
+	t.Helper()
+
+	ctx := context.Background()
+	h := &harness{t: t, ctx: ctx, pool: pool, cfg: cfg, m: newModel(projectionNames, maxHeld+1), names: projectionNames}
+	h.txs = make([]pgx.Tx, maxHeld+1)
+	crashed, stolen := map[int64]bool{}, map[int64]bool{}
+	for i, n := range projectionNames {
+		h.probes = append(h.probes, &probe{name: n, segments: []int{1, 4}[i], mu: &h.mu, crashed: crashed, stolen: stolen,
+			pool: pool, thieves: &h.thieves})
+	}
+	var ddl strings.Builder
+	for _, p := range h.probes {
+		ddl.WriteString(p.ddl())
+	}
+	_, err := pool.Exec(ctx, ddl.String())
+	require.NoError(t, err)
+	// The log is append-only for writers: a trigger may refuse to delete
+	// events. The test's own cleanup bypasses user triggers (replica role).
+	// DELETE: TRUNCATE costs far more on tables this small.
+	tables := []string{"events", "outbox", "outbox_horizon", "dead_letters", "checkpoints", "projections", "workers", "mt_effects", "mt_cured"}
+	for _, p := range h.probes {
+		tables = append(tables, p.state(), p.count())
+	}
+	require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL session_replication_role = replica`); err != nil {
+			return err
+		}
+		for _, table := range tables {
+			if _, err := tx.Exec(ctx, `DELETE FROM `+table); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	projs := make([]projectors.Projection, len(h.probes))
+	for i, p := range h.probes {
+		projs[i] = p
+	}
+	require.NoError(t, projectors.Register(ctx, pool, projs...))
+	return h
+}
+
+func (h *harness) probe(name string) *probe {
+	for _, p := range h.probes {
+		if p.name == name {
+			return p
+		}
+	}
+	panic("modeltest: unknown projection " + name)
+}
+
+// processed returns the events projection name's checkpoint has passed, in
+// read order.
+func (h *harness) processed(name string) []*event {
+	p := h.m.proj(name)
+	var out []*event
+	for id := range p.processed {
+		out = append(out, h.m.byID[id])
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].cursor().Less(out[j].cursor()) })
+	return out
+}
+
+// close rolls back the slots still open (cleanup after a failed check).
+func (h *harness) close() {
+	for i, tx := range h.txs {
+		if tx != nil {
+			_ = tx.Rollback(context.Background())
+			h.txs[i] = nil
+		}
+	}
+	h.thieves.Wait()
+}
+
+func sqlstate(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
+func data(r row) string {
+	b, _ := json.Marshal(payload{Poison: r.Mark == "poison", Crash: r.Mark == "crash", Steal: r.Mark == "steal"})
+	return string(b)
+}
+
+// insert runs one statement's rows and returns the events it wrote.
+func (h *harness) insert(tx pgx.Tx, st stmt) ([]*event, error) {
+	if st.Via == "append" {
+		evs := make([]outbox.NewEvent, len(st.Rows))
+		for i, r := range st.Rows {
+			evs[i] = outbox.NewEvent{Type: "Touched", Data: json.RawMessage(data(r))}
+		}
+		res, err := outbox.Append(h.ctx, tx, outbox.Aggregate{Type: "Thing", ID: st.Rows[0].Agg}, st.Rows[0].Version-1, evs)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]*event, len(st.Rows))
+		for i, r := range st.Rows {
+			out[i] = &event{id: res.Positions[i], txid: res.TxID, agg: r.Agg, version: r.Version, pl: payloadOf(r)}
+		}
+		return out, nil
+	}
+	var vals []string
+	var args []any
+	for _, r := range st.Rows {
+		n := len(args)
+		vals = append(vals, fmt.Sprintf("('Thing', $%d, 'Touched', $%d, $%d)", n+1, n+2, n+3))
+		args = append(args, r.Agg, data(r), r.Version)
+	}
+	rows, err := tx.Query(h.ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version) VALUES `+
+		strings.Join(vals, ", ")+` RETURNING id, txid, aggregate_id, version`, args...)
+	if err != nil {
+		return nil, err
+	}
+	evs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*event, error) {
+		var e event
+		return &e, r.Scan(&e.id, &e.txid, &e.agg, &e.version)
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range evs {
+		for _, r := range st.Rows {
+			if r.Agg == e.agg && r.Version == e.version {
+				e.pl = payloadOf(r)
+			}
+		}
+	}
+	return evs, nil
+}
+
+func payloadOf(r row) payload {
+	return payload{Poison: r.Mark == "poison", Crash: r.Mark == "crash", Steal: r.Mark == "steal"}
+}
+
+// begin opens slot i.
+func (h *harness) begin(i int, early bool) {
+	t, s := h.t, h.m.slots[i]
+	require.False(t, s.open, "slot %d is open", i)
+	tx, err := h.pool.Begin(h.ctx)
+	require.NoError(t, err)
+	h.txs[i] = tx
+	*s = slot{open: true}
+	if early {
+		require.NoError(t, tx.QueryRow(h.ctx, `SELECT pg_current_xact_id()`).Scan(&s.xid))
+	}
+}
+
+// exec runs statement st in slot i and checks its outcome against the
+// model's prediction. A failure outside a savepoint rolls the slot back (a
+// client would), and exec returns false.
+func (h *harness) exec(i int, st stmt) bool {
+	t, s, tx := h.t, h.m.slots[i], h.txs[i]
+	want := h.m.predict(s, st.Rows)
+	if st.Savepoint != "" {
+		_, err := tx.Exec(h.ctx, `SAVEPOINT sp`)
+		require.NoError(t, err)
+	}
+	evs, err := h.insert(tx, st)
+	if want == nil {
+		require.NoError(t, err, "statement %+v in slot %d (xid %d) must succeed", st, i, s.xid)
+	} else {
+		require.Error(t, err, "statement %+v in slot %d (xid %d) must fail with one of %v", st, i, s.xid, want)
+		require.Contains(t, want, sqlstate(err), "statement %+v in slot %d (xid %d): %v", st, i, s.xid, err)
+	}
+	switch {
+	case st.Savepoint == "rollback" || (err != nil && st.Savepoint != ""):
+		_, err := tx.Exec(h.ctx, `ROLLBACK TO SAVEPOINT sp`)
+		require.NoError(t, err)
+	case err != nil:
+		h.end(i, "rollback")
+		return false
+	default:
+		s.pending = append(s.pending, evs...)
+	}
+	var xid *uint64
+	require.NoError(t, tx.QueryRow(h.ctx, `SELECT pg_current_xact_id_if_assigned()`).Scan(&xid))
+	if xid != nil {
+		s.xid = *xid
+	}
+	return true
+}
+
+func (h *harness) end(i int, how string) {
+	t, s, tx := h.t, h.m.slots[i], h.txs[i]
+	if how == "commit" {
+		require.NoError(t, tx.Commit(h.ctx))
+		h.m.commit(s.pending)
+	} else {
+		require.NoError(t, tx.Rollback(h.ctx))
+	}
+	*s = slot{}
+	h.txs[i] = nil
+}
+
+// run starts a worker, waits until every segment has passed the last
+// visible event, and stops it.
+func (h *harness) run() {
+	t := h.t
+	target := h.m.target()
+	if target != outbox.Start {
+		projs := make([]projectors.Projection, len(h.probes))
+		for i, p := range h.probes {
+			projs[i] = p
+		}
+		w, err := projectors.NewWorker(projectors.Config{Pool: h.pool, Projections: projs, Concurrency: 2,
+			BatchSize: h.cfg.BatchSize, PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second, MaxAttempts: 1,
+			RetryBackoff: time.Millisecond, MaxRetryBackoff: 5 * time.Millisecond, SoftStopTimeout: 10 * time.Second,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		require.NoError(t, err)
+		require.NoError(t, w.Start(h.ctx))
+		start := time.Now()
+		deadline := start.Add(60 * time.Second)
+		for {
+			var behind int
+			require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT count(*) FROM checkpoints
+				WHERE (cursor_txid, cursor_position) < ($1::xid8, $2::bigint)`, target.TxID, target.Position).Scan(&behind))
+			if behind == 0 {
+				break
+			}
+			if time.Now().After(deadline) && time.Since(start) < 5*time.Minute {
+				// The read window is cluster-wide: a transaction of another
+				// database (another test binary) can hold it back. Wait for
+				// it, not for our own.
+				if holder, err := outbox.WindowHolder(h.ctx, h.pool); err == nil && holder != nil && holder.Database != h.pool.Config().ConnConfig.Database {
+					deadline = time.Now().Add(10 * time.Second)
+				}
+			}
+			if time.Now().After(deadline) {
+				_ = w.Stop(h.ctx)
+				holder, _ := outbox.WindowHolder(h.ctx, h.pool)
+				require.Failf(t, "worker did not catch up", "target %s; window holder %+v; checkpoints:\n%s", target, holder, h.dumpCheckpoints())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		ctx, cancel := context.WithTimeout(h.ctx, 30*time.Second)
+		defer cancel()
+		require.NoError(t, w.Stop(ctx))
+		h.thieves.Wait()
+	}
+	h.m.run()
+	h.compare("run")
+}
+
+func (h *harness) dumpCheckpoints() string {
+	rows, err := h.pool.Query(h.ctx, `SELECT projection, segment, cursor_txid::text, cursor_position, status,
+		coalesce(lease_owner, ''), lease_epoch, coalesce(last_error, '') FROM checkpoints ORDER BY 1, 2`)
+	if err != nil {
+		return err.Error()
+	}
+	defer rows.Close()
+	var b strings.Builder
+	for rows.Next() {
+		vals, _ := rows.Values()
+		fmt.Fprintln(&b, vals...)
+	}
+	return b.String()
+}
+
+// transient repeats f while it fails with a transient error (the crash
+// and steal marks fire in retries too), as River would.
+func (h *harness) transient(f func() error) error {
+	for attempt := 0; ; attempt++ {
+		err := f()
+		if err == nil || pgerr.Transient(err) == "" || attempt == 5 {
+			h.thieves.Wait()
+			return err
+		}
+	}
+}
+
+func (h *harness) retry(name string) {
+	t, p := h.t, h.m.proj(name)
+	parked := len(p.parkedIDs())
+	err := h.transient(func() error {
+		_, err := projectors.RetryDeadLetters(h.ctx, h.pool, h.probe(name), nil)
+		return err
+	})
+	if parked == 0 {
+		require.ErrorIs(t, err, projectors.ErrNothingToRetry)
+	} else {
+		require.NoError(t, err)
+	}
+	h.m.retry(p)
+	h.compare("retry " + name)
+}
+
+func (h *harness) discard(name string, pick int) {
+	t, p := h.t, h.m.proj(name)
+	parked := p.parkedIDs()
+	var ids []int64 // dead-letter ids
+	var events []int64
+	if pick >= 0 && pick < len(parked) {
+		var id int64
+		require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT id FROM dead_letters WHERE projection = $1 AND event_id = $2`, name, parked[pick]).Scan(&id))
+		ids, events = []int64{id}, []int64{parked[pick]}
+	} else {
+		events = parked
+	}
+	_, err := projectors.DiscardDeadLetters(h.ctx, h.pool, name, ids)
+	if len(events) == 0 {
+		require.ErrorIs(t, err, projectors.ErrNothingToRetry)
+	} else {
+		require.NoError(t, err)
+	}
+	p.discard(events)
+	h.compare("discard " + name)
+}
+
+func (h *harness) reset(name, to string, pick int) {
+	t, p := h.t, h.m.proj(name)
+	var c outbox.Cursor
+	if pick >= 0 {
+		c = h.processed(name)[pick].cursor()
+	}
+	target := to
+	switch to {
+	case "cursor":
+		target = "cursor:" + c.String()
+	case "time":
+		var at time.Time
+		require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT occurred_at FROM events WHERE id = $1`, c.Position).Scan(&at))
+		target = "time:" + at.Format(time.RFC3339Nano)
+		// The first event, in read order, that occurred at or after it.
+		rows, err := h.pool.Query(h.ctx, `SELECT id FROM events WHERE occurred_at >= $1`, at)
+		require.NoError(t, err)
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		require.NoError(t, err)
+		first := c
+		for _, id := range ids {
+			if e := h.m.byID[id]; e != nil && e.cursor().Less(first) {
+				first = e.cursor()
+			}
+		}
+		c = outbox.Cursor{TxID: first.TxID, Position: first.Position - 1}
+	}
+	require.NoError(t, projectors.Reset(h.ctx, h.pool, h.probe(name), target))
+	if to == "start" {
+		p.resetToStart()
+	} else {
+		h.m.resetTo(p, c)
+	}
+	h.compare("reset " + name + " " + target)
+}
+
+func (h *harness) prune() {
+	_, _, err := projectors.PruneOutbox(h.ctx, h.pool, -1)
+	require.NoError(h.t, err)
+}
+
+func (h *harness) cure(agg string) {
+	_, err := h.pool.Exec(h.ctx, `INSERT INTO mt_cured (aggregate_id) VALUES ($1) ON CONFLICT DO NOTHING`, agg)
+	require.NoError(h.t, err)
+	h.m.cured[agg] = true
+}
+
+// observe reads a projection's state from the database.
+func (h *harness) observe(name string) snapshot {
+	t, p := h.t, h.probe(name)
+	s := snapshot{State: map[string]string{}, Effects: map[int64]int{}, Dead: map[int64]string{}}
+	rows, err := h.pool.Query(h.ctx, `SELECT aggregate_id, last_version::text || '|' || seq FROM `+p.state())
+	require.NoError(t, err)
+	for rows.Next() {
+		var agg, v string
+		require.NoError(t, rows.Scan(&agg, &v))
+		s.State[agg] = v
+	}
+	require.NoError(t, rows.Err())
+	require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT coalesce((SELECT n FROM `+p.count()+`), 0)`).Scan(&s.Count))
+	rows, err = h.pool.Query(h.ctx, `SELECT event_id, count(*)::int FROM mt_effects WHERE projection = $1 GROUP BY 1`, name)
+	require.NoError(t, err)
+	for rows.Next() {
+		var id int64
+		var n int
+		require.NoError(t, rows.Scan(&id, &n))
+		s.Effects[id] = n
+	}
+	require.NoError(t, rows.Err())
+	rows, err = h.pool.Query(h.ctx, `SELECT event_id, status || '/' || reason FROM dead_letters WHERE projection = $1`, name)
+	require.NoError(t, err)
+	for rows.Next() {
+		var id int64
+		var v string
+		require.NoError(t, rows.Scan(&id, &v))
+		s.Dead[id] = v
+	}
+	require.NoError(t, rows.Err())
+	return s
+}
+
+func (h *harness) compare(after string) {
+	for _, name := range h.names {
+		want := h.m.proj(name).snapshot()
+		got := h.observe(name)
+		require.Equal(h.t, want, got, "%s after %s: model (expected) vs database (actual)", name, after)
+	}
+}
+
+// do runs one fully specified step.
+func (h *harness) do(s step) {
+	switch s.Op {
+	case "write":
+		h.begin(s.Slot, s.Early)
+		fallthrough
+	case "more":
+		for _, st := range s.Stmts {
+			if !h.exec(s.Slot, st) {
+				return
+			}
+		}
+		if s.Op == "write" && s.End != "hold" {
+			h.end(s.Slot, s.End)
+		}
+	case "end":
+		h.end(s.Slot, s.End)
+	case "run":
+		h.run()
+	case "cure":
+		h.cure(s.Agg)
+	case "retry":
+		h.retry(s.Proj)
+	case "discard":
+		h.discard(s.Proj, s.Pick)
+	case "reset":
+		h.reset(s.Proj, s.To, s.Pick)
+	case "prune":
+		h.prune()
+	default:
+		panic("modeltest: unknown step " + s.Op)
+	}
+}
+
+// finish commits every held slot and runs to the end: nothing may be left
+// behind.
+func (h *harness) finish() {
+	for i, s := range h.m.slots {
+		if s.open {
+			h.end(i, "commit")
+		}
+	}
+	h.run()
+}
+
+// replay runs a literal history (a regression case).
+func replay(t tb, pool *pgxpool.Pool, cfg config, steps []step) {
+	h := newHarness(t, pool, cfg)
+	defer h.close()
+	for _, s := range steps {
+		h.do(s)
+	}
+	h.finish()
+}
