@@ -1,15 +1,19 @@
 package projectors
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/outbox"
 )
 
@@ -17,13 +21,39 @@ import (
 // runs; a scrape that times out reports readside_pipeline_scrape_error 1.
 const LagScrapeTimeout = 5 * time.Second
 
+// PipelineCacheTTLDefault is how long one reading of pipeline state serves
+// later scrapes (see PipelineMetricsConfig.CacheTTL).
+const PipelineCacheTTLDefault = time.Second
+
+// PipelineMetricsConfig configures RegisterPipelineMetricsConfig.
+type PipelineMetricsConfig struct {
+	// Pool is the database the state is read from.
+	Pool *pgxpool.Pool
+	// Logger logs failed readings; nil means none.
+	Logger *slog.Logger
+	// CacheTTL is how long one reading serves later scrapes: a fleet of N
+	// workers scraped every 15s by two Prometheus servers reads once per
+	// worker per TTL, not per scrape. Concurrent scrapes always share one
+	// reading. 0 means PipelineCacheTTLDefault; a negative value reads on
+	// every scrape that does not overlap another.
+	CacheTTL time.Duration
+}
+
 // pipelineCollector derives lag and pipeline health from database state at
 // scrape time, so that a dead or stuck fleet shows growing lag rather than a
 // frozen last value. Every worker exports the same series from the same
 // database: aggregate them with max by (projection, segment), never sum.
+//
+// A reading costs O(segments), whatever the backlog: per segment, a count of
+// at most LagCountCap rows and index probes (TestScrapeCostDoesNotGrowWithBacklog).
 type pipelineCollector struct {
-	pool *pgxpool.Pool
-	log  *slog.Logger
+	db  checkpoint.DB
+	log *slog.Logger
+	ttl time.Duration
+
+	mu      sync.Mutex // held while reading: concurrent scrapes wait for one reading
+	readAt  time.Time
+	reading []prometheus.Metric
 
 	lagEvents, lagSeconds, stalled, cursorPos, highPos, applied, parked, owned, running, paused, failed *prometheus.Desc
 	headPos, liveWorkers, holderAge, outboxRows, outboxBytes, scrapeErr                                 *prometheus.Desc
@@ -31,10 +61,23 @@ type pipelineCollector struct {
 }
 
 // RegisterPipelineMetrics registers, on reg, the database-derived lag and
-// health metrics and the pool's statistics.
+// health metrics, with the default cache TTL.
 func RegisterPipelineMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, log *slog.Logger) error {
+	return RegisterPipelineMetricsConfig(reg, PipelineMetricsConfig{Pool: pool, Logger: log})
+}
+
+// RegisterPipelineMetricsConfig registers, on reg, the database-derived lag
+// and health metrics.
+func RegisterPipelineMetricsConfig(reg prometheus.Registerer, cfg PipelineMetricsConfig) error {
+	if cfg.Pool == nil {
+		return errors.New("projectors: PipelineMetricsConfig.Pool is required")
+	}
+	return reg.Register(newPipelineCollector(cfg.Pool, cfg.Logger, cfg.CacheTTL))
+}
+
+func newPipelineCollector(db checkpoint.DB, log *slog.Logger, ttl time.Duration) *pipelineCollector {
 	seg := []string{"projection", "segment"}
-	c := &pipelineCollector{pool: pool, log: log,
+	return &pipelineCollector{db: db, log: log, ttl: cmp.Or(ttl, PipelineCacheTTLDefault),
 		lagEvents:   prometheus.NewDesc("readside_projection_lag_events", "Committed outbox rows after the segment's checkpoint (capped at 1e6).", seg, nil),
 		lagSeconds:  prometheus.NewDesc("readside_projection_lag_seconds", "Age of the oldest committed outbox row after the segment's checkpoint; 0 when caught up.", seg, nil),
 		stalled:     prometheus.NewDesc("readside_projection_stalled_seconds", "Time since the segment's checkpoint last moved while events wait; 0 when caught up.", seg, nil),
@@ -49,7 +92,7 @@ func RegisterPipelineMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, log 
 		headPos:     prometheus.NewDesc("readside_outbox_head_position", "Position of the last committed outbox row.", nil, nil),
 		liveWorkers: prometheus.NewDesc("readside_fleet_live_workers", "Workers whose heartbeat is younger than their lease TTL.", nil, nil),
 		holderAge:   prometheus.NewDesc("readside_read_window_holder_age_seconds", "Age of the oldest transaction with an xid in the cluster, which holds the read window back; 0 when none.", nil, nil),
-		outboxRows:  prometheus.NewDesc("readside_outbox_rows", "Rows in the outbox table (estimate from pg_class when large).", nil, nil),
+		outboxRows:  prometheus.NewDesc("readside_outbox_rows", "Rows in the outbox table (exact up to 1000, above that an estimate from the table's size and statistics).", nil, nil),
 		outboxBytes: prometheus.NewDesc("readside_outbox_size_bytes", "Total size of the outbox table with indexes and TOAST.", nil, nil),
 		scrapeErr:   prometheus.NewDesc("readside_pipeline_scrape_error", "1 when the last scrape of pipeline state failed.", nil, nil),
 		riverJobs: prometheus.NewDesc("readside_river_jobs", "Jobs of each River queue (control operations: reset, rebuild, dead-letter retry, pruning; "+
@@ -57,7 +100,6 @@ func RegisterPipelineMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, log 
 		riverOldest: prometheus.NewDesc("readside_river_oldest_available_seconds",
 			"Age of the oldest job of the River queue that is due and waits for a worker; 0 when none.", []string{"queue"}, nil),
 	}
-	return reg.Register(c)
 }
 
 // poolCollector exports pgxpool statistics.
@@ -108,16 +150,41 @@ func (c *pipelineCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *pipelineCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.reading == nil || c.ttl < 0 || time.Since(c.readAt) >= c.ttl {
+		c.reading, c.readAt = c.read(), time.Now()
+	}
+	for _, m := range c.reading {
+		ch <- m
+	}
+}
+
+// read reads pipeline state once. A failed reading keeps none of its
+// series but readside_pipeline_scrape_error.
+func (c *pipelineCollector) read() []prometheus.Metric {
 	ctx, cancel := context.WithTimeout(context.Background(), LagScrapeTimeout)
 	defer cancel()
+	ch := make(chan prometheus.Metric, 64)
+	var out []prometheus.Metric
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for m := range ch {
+			out = append(out, m)
+		}
+	}()
+	err := c.collect(ctx, ch)
+	close(ch)
+	<-done
 	failed := 0.0
-	if err := c.collect(ctx, ch); err != nil {
-		failed = 1
+	if err != nil {
+		out, failed = out[:0], 1
 		if c.log != nil {
 			c.log.Warn("metrics: reading pipeline state failed", "err", err)
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(c.scrapeErr, prometheus.GaugeValue, failed)
+	return append(out, prometheus.MustNewConstMetric(c.scrapeErr, prometheus.GaugeValue, failed))
 }
 
 func b2f(b bool) float64 {
@@ -128,7 +195,7 @@ func b2f(b bool) float64 {
 }
 
 func (c *pipelineCollector) collect(ctx context.Context, ch chan<- prometheus.Metric) error {
-	segs, err := Status(ctx, c.pool)
+	segs, err := Status(ctx, c.db)
 	if err != nil {
 		return err
 	}
@@ -147,27 +214,32 @@ func (c *pipelineCollector) collect(ctx context.Context, ch chan<- prometheus.Me
 		ch <- prometheus.MustNewConstMetric(c.paused, g, b2f(s.Status == "paused"), l...)
 		ch <- prometheus.MustNewConstMetric(c.failed, g, b2f(s.Status == "failed"), l...)
 	}
-	head, err := outbox.ReadHead(ctx, c.pool)
+	head, err := outbox.ReadHead(ctx, c.db)
 	if err != nil {
 		return err
 	}
 	ch <- prometheus.MustNewConstMetric(c.headPos, g, float64(head.Latest.Position))
 	var live int
-	var rows, bytes float64
-	if err := c.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM workers WHERE heartbeat_at > now() - lease_ttl_seconds * interval '1 second'),
-		greatest((SELECT reltuples FROM pg_class WHERE oid = 'outbox'::regclass), 0)::float8,
-		pg_total_relation_size('outbox')::float8`).Scan(&live, &rows, &bytes); err != nil {
+	var rows, estimate, bytes float64
+	// Outbox rows: counted up to outboxCountCap, else the planner's own
+	// estimate (tuples per page from the last ANALYZE times the pages the
+	// table has now), so the reading does not grow with the table.
+	if err := c.db.QueryRow(ctx, `SELECT (SELECT count(*) FROM workers WHERE heartbeat_at > now() - lease_ttl_seconds * interval '1 second'),
+		(SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1 + 1) x)::float8,
+		(SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0
+		             THEN c.reltuples / c.relpages * (pg_relation_size(c.oid) / current_setting('block_size')::float8)
+		             ELSE 0 END
+		   FROM pg_class c WHERE c.oid = 'outbox'::regclass)::float8,
+		pg_total_relation_size('outbox')::float8`, outboxCountCap).Scan(&live, &rows, &estimate, &bytes); err != nil {
 		return err
 	}
-	if rows < 100_000 { // exact when cheap
-		if err := c.pool.QueryRow(ctx, `SELECT count(*)::float8 FROM outbox`).Scan(&rows); err != nil {
-			return err
-		}
+	if rows > outboxCountCap {
+		rows = max(rows, estimate)
 	}
 	ch <- prometheus.MustNewConstMetric(c.liveWorkers, g, float64(live))
 	ch <- prometheus.MustNewConstMetric(c.outboxRows, g, rows)
 	ch <- prometheus.MustNewConstMetric(c.outboxBytes, g, bytes)
-	holder, err := outbox.WindowHolder(ctx, c.pool)
+	holder, err := outbox.WindowHolder(ctx, c.db)
 	if err != nil {
 		return err
 	}
@@ -179,6 +251,9 @@ func (c *pipelineCollector) collect(ctx context.Context, ch chan<- prometheus.Me
 	return c.collectRiver(ctx, ch)
 }
 
+// outboxCountCap is up to where readside_outbox_rows is an exact count.
+const outboxCountCap = 1_000
+
 // riverStates are the states of a job that has not finished: the queue's
 // depth. Every registered queue reports each of them, 0 included, so that
 // a drained queue shows 0 rather than no data.
@@ -188,7 +263,7 @@ var riverStates = []string{"available", "scheduled", "running", "retryable"}
 // (river_queue, a bounded set named in code) from database state, like the
 // lag: a control plane with no live client shows its jobs piling up.
 func (c *pipelineCollector) collectRiver(ctx context.Context, ch chan<- prometheus.Metric) error {
-	rows, err := c.pool.Query(ctx, `
+	rows, err := c.db.Query(ctx, `
 SELECT q.name, s.state, count(j.id)::float8,
        coalesce(extract(epoch FROM now() - min(j.scheduled_at) FILTER (WHERE s.state = 'available')), 0)::float8
   FROM river_queue q

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
@@ -64,7 +65,7 @@ func TestPipelineMetricsLagGrowsWithoutWorkersAndDropsWhenCaughtUp(t *testing.T)
 	require.NoError(t, checkpoint.Register(ctx, pool, name, segments, string(projectors.Park)))
 
 	reg := prometheus.NewPedanticRegistry()
-	require.NoError(t, projectors.RegisterPipelineMetrics(reg, pool, testLogger(t)))
+	registerUncached(t, reg, pool)
 	require.NoError(t, projectors.RegisterPoolMetrics(reg, pool, "test"))
 	families, err := reg.Gather()
 	require.NoError(t, err)
@@ -140,7 +141,7 @@ func TestPipelineMetricsPausedAndDeadLetters(t *testing.T) {
 	pool := pgtest.NewDB(t)
 	setupRecorder(t, pool)
 	reg := prometheus.NewPedanticRegistry()
-	require.NoError(t, projectors.RegisterPipelineMetrics(reg, pool, testLogger(t)))
+	registerUncached(t, reg, pool)
 
 	const name = "lagpoison"
 	startWorker(t, projectors.Config{Pool: pool, LeaseTTL: 2 * time.Second, MaxAttempts: 1, RetryBackoff: time.Millisecond,
@@ -169,7 +170,7 @@ func TestPipelineMetricsReportScrapeErrors(t *testing.T) {
 	t.Parallel()
 	pool := pgtest.Pool(t, pgtest.NewDatabaseURL(t))
 	reg := prometheus.NewPedanticRegistry()
-	require.NoError(t, projectors.RegisterPipelineMetrics(reg, pool, testLogger(t)))
+	registerUncached(t, reg, pool)
 	require.Equal(t, 0.0, scrape(t, reg)["readside_pipeline_scrape_error"])
 
 	// The database is gone: the scrape still succeeds (Prometheus keeps
@@ -187,7 +188,7 @@ func TestPipelineMetricsRiverQueueDepth(t *testing.T) {
 	ctx := context.Background()
 	pool := pgtest.NewDB(t)
 	reg := prometheus.NewPedanticRegistry()
-	require.NoError(t, projectors.RegisterPipelineMetrics(reg, pool, testLogger(t)))
+	registerUncached(t, reg, pool)
 	for k := range scrape(t, reg) {
 		require.False(t, strings.HasPrefix(k, "readside_river_"), "no queue registered yet: %s", k)
 	}
@@ -214,4 +215,12 @@ func TestPipelineMetricsRiverQueueDepth(t *testing.T) {
 	require.Equal(t, 0.0, m[q("retryable")])
 	oldest := m[fmt.Sprintf("readside_river_oldest_available_seconds{queue=%q}", projectors.ControlQueue)]
 	require.InDelta(t, 30, oldest, 5)
+}
+
+// registerUncached registers the pipeline metrics without the cache, so that
+// each scrape reads the state the test just wrote.
+func registerUncached(t *testing.T, reg prometheus.Registerer, pool *pgxpool.Pool) {
+	t.Helper()
+	require.NoError(t, projectors.RegisterPipelineMetricsConfig(reg,
+		projectors.PipelineMetricsConfig{Pool: pool, Logger: testLogger(t), CacheTTL: -1}))
 }

@@ -10,16 +10,20 @@ import (
 	"github.com/readside/readside/checkpoint"
 )
 
-// LagCountCap bounds how many outbox rows Status counts per segment, so that
-// a status or scrape stays cheap with a huge backlog.
-const LagCountCap = 1_000_000
+// LagCountCap is how many outbox rows Status counts per segment: a lag up
+// to it is exact; a larger one is estimated from positions (the last event
+// id minus the checkpoint's), so that a status or scrape costs the same
+// with a thousand rows waiting or a billion.
+const LagCountCap = 1_000
 
 // SegmentStatus is one segment as operators see it, derived from database
 // state only: a dead or stuck fleet shows growing lag, never a frozen value.
 type SegmentStatus struct {
 	checkpoint.Checkpoint
 	// LagEvents counts committed outbox rows after the cursor (all event
-	// types: the segment must pass over them too), up to LagCountCap.
+	// types: the segment must pass over them too), exactly up to
+	// LagCountCap; above it, it is an estimate from positions (event ids
+	// handed out after the checkpoint's, rolled back ones included).
 	LagEvents int64
 	// LagSeconds is the age of the oldest committed outbox row after the
 	// cursor; 0 when caught up.
@@ -43,7 +47,8 @@ SELECT c.projection, c.segment, c.cursor_txid, c.cursor_position, c.high_txid, c
        coalesce(c.lease_owner, ''), c.lease_epoch, c.lease_expires_at, coalesce(c.last_error, ''), c.events_applied,
        c.advanced_at, c.updated_at,
        (SELECT count(*) FROM (SELECT 1 FROM outbox o
-          WHERE (o.txid, o.position) > (c.cursor_txid, c.cursor_position) LIMIT $2) x),
+          WHERE (o.txid, o.position) > (c.cursor_txid, c.cursor_position) LIMIT $2 + 1) x),
+       coalesce((SELECT max(e.id) FROM events e), 0) - c.cursor_position,
        coalesce((SELECT extract(epoch FROM now() - o.created_at) FROM outbox o
           WHERE (o.txid, o.position) > (c.cursor_txid, c.cursor_position)
           ORDER BY o.txid, o.position LIMIT 1), 0)::float8,
@@ -60,10 +65,14 @@ SELECT c.projection, c.segment, c.cursor_txid, c.cursor_position, c.high_txid, c
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (SegmentStatus, error) {
 		var s SegmentStatus
 		var expires, advanced *time.Time
+		var byPosition int64
 		c := &s.Checkpoint
 		err := r.Scan(&c.Projection, &c.Segment, &c.Cursor.TxID, &c.Cursor.Position, &c.HighWater.TxID, &c.HighWater.Position,
 			&c.Status, &c.LeaseOwner, &c.LeaseEpoch, &expires, &c.LastError, &c.EventsApplied, &advanced, &c.UpdatedAt,
-			&s.LagEvents, &s.LagSeconds, &s.Parked, &s.OwnerLive)
+			&s.LagEvents, &byPosition, &s.LagSeconds, &s.Parked, &s.OwnerLive)
+		if s.LagEvents > LagCountCap {
+			s.LagEvents = max(s.LagEvents, byPosition)
+		}
 		if expires != nil {
 			c.LeaseExpiresAt = *expires
 		}
