@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/cobra"
 
 	"github.com/readside/readside/aggregate"
 	"github.com/readside/readside/internal/cli"
@@ -23,19 +24,29 @@ import (
 	"github.com/readside/readside/projectors/shipped"
 )
 
-// runDemo shows the whole pipeline: a writer load, a projector fleet
+// demoCommand shows the whole pipeline: a writer load, a projector fleet
 // catching up, then the read models. Without DATABASE_URL it runs on a
-// disposable cluster that it removes afterwards.
-func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// disposable cluster that it removes afterwards. It stays in this main: it
+// drives the shipped domain.
+func demoCommand() *cobra.Command {
 	var url string
 	var events, workers int
-	fs := cli.NewFlagSet("projector demo")
-	fs.String(&url, "database-url", "DATABASE_URL", "", "PostgreSQL URL; empty starts a disposable cluster")
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "the whole pipeline on a disposable PostgreSQL (or $DATABASE_URL)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runDemo(cmd.Context(), url, events, workers, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	fs := cli.NewFlags(cmd)
+	fs.DatabaseURL(&url, "", "PostgreSQL URL; empty starts a disposable cluster")
 	fs.Int(&events, "events", "DEMO_EVENTS", 20000, "events the writer load appends")
 	fs.Int(&workers, "workers", "DEMO_WORKERS", 3, "projector workers in the fleet")
-	if err := fs.Parse(args, stdout, 0); err != nil {
-		return err
-	}
+	return cmd
+}
+
+func runDemo(ctx context.Context, url string, events, workers int, stdout, stderr io.Writer) error {
 	if events < 1 || workers < 1 {
 		return errors.New("demo: --events and --workers must be at least 1")
 	}
@@ -87,7 +98,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		fleet = append(fleet, w)
 	}
-	fmt.Fprintf(stdout, "demo: %d projector workers running %s\n", workers, strings.Join(names(), ", "))
+	fmt.Fprintf(stdout, "demo: %d projector workers running %s\n", workers, strings.Join(shippedNames(), ", "))
 
 	repo, err := aggregate.New(pool, aggregate.Config{})
 	if err != nil {
@@ -235,4 +246,12 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+func shippedNames() []string {
+	var out []string
+	for _, p := range shipped.All() {
+		out = append(out, p.Spec().Name)
+	}
+	return out
 }

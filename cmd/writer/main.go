@@ -4,6 +4,7 @@
 //
 //	writer serve [--addr :8080] [--database-url URL]
 //	writer load --events N --aggregates M --concurrency C [--rate R] [--products P]
+//	writer version
 //
 // Flags fall back to environment variables (DATABASE_URL, WRITER_ADDR, ...);
 // see `writer serve -h` and `writer load -h`.
@@ -11,13 +12,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
+
+	"github.com/spf13/cobra"
 
 	"github.com/readside/readside/internal/cli"
 )
@@ -27,41 +28,39 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "writer: "+strings.ReplaceAll(err.Error(), "\n", " "))
+		fmt.Fprintln(os.Stderr, "writer: "+cli.OneLine(err))
 		os.Exit(1)
 	}
 }
 
-const usage = `usage: writer <command> [flags]
-
-commands:
-  serve   serve the HTTP JSON API: commands and queries on orders and products, /metrics, /healthz, /readyz
-  load    generate order life cycles through the command path and report events/s
-
-Run 'writer <command> -h' for the command's flags.
-`
-
-// errUsage is returned for a missing or unknown command.
-var errUsage = errors.New("usage: writer serve|load [flags] (writer -h for help)")
-
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return errUsage
+	root := &cobra.Command{
+		Use:           "writer",
+		Short:         "readside's reference writer: HTTP command and query API, load generator",
+		Version:       cli.Version("writer"),
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_ = cmd.Usage()
+			return fmt.Errorf("no command given; usage: writer serve|load|version [flags] (writer -h for help)")
+		},
 	}
-	var err error
-	switch args[0] {
-	case "serve":
-		err = runServe(ctx, args[1:], stdout, stderr)
-	case "load":
-		err = runLoad(ctx, args[1:], stdout)
-	case "-h", "-help", "--help", "help":
-		fmt.Fprint(stdout, usage)
-		return nil
-	default:
-		return fmt.Errorf("unknown command %q; %w", args[0], errUsage)
-	}
-	if errors.Is(err, cli.ErrHelp) {
-		return nil
-	}
-	return err
+	root.SetVersionTemplate("{{.Version}}\n")
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return fmt.Errorf("%s: %w (see %s -h)", cmd.CommandPath(), err, cmd.CommandPath())
+	})
+	root.AddCommand(serveCommand(), loadCommand(), &cobra.Command{
+		Use:   "version",
+		Short: "print the module version, VCS revision and Go version of this binary",
+		Args:  cli.ExactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fmt.Fprintln(cmd.OutOrStdout(), cli.Version("writer"))
+			return nil
+		},
+	})
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	return root.ExecuteContext(ctx)
 }

@@ -28,8 +28,8 @@ func TestRunRejectsBadInvocations(t *testing.T) {
 	}{
 		"no command":        {nil, "usage"},
 		"unknown command":   {[]string{"frobnicate"}, `unknown command "frobnicate"`},
-		"unknown flag":      {[]string{"serve", "--bogus"}, "flag provided but not defined"},
-		"bad int":           {[]string{"load", "--events", "many"}, "invalid value"},
+		"unknown flag":      {[]string{"serve", "--bogus"}, "unknown flag: --bogus"},
+		"bad int":           {[]string{"load", "--events", "many"}, "invalid argument"},
 		"zero concurrency":  {[]string{"load", "--concurrency", "0"}, "--concurrency must be at least 1"},
 		"negative rate":     {[]string{"load", "--rate", "-1"}, "--rate must not be negative"},
 		"stray argument":    {[]string{"serve", "extra"}, `unexpected argument "extra"`},

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
 
 	"github.com/readside/readside/aggregate"
 	"github.com/readside/readside/internal/cli"
@@ -30,21 +31,30 @@ type serveConfig struct {
 	logLevel           string
 }
 
-func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func serveCommand() *cobra.Command {
 	var c serveConfig
-	fs := cli.NewFlagSet("writer serve")
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "serve the HTTP JSON API: commands and queries on orders and products, /metrics, /healthz, /readyz",
+		Args:  cli.ExactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runServe(cmd.Context(), c, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	fs := cli.NewFlags(cmd)
 	fs.String(&c.addr, "addr", "WRITER_ADDR", ":8080", "listen address")
-	fs.String(&c.databaseURL, "database-url", "DATABASE_URL", cli.DatabaseURLDefault, "PostgreSQL URL")
+	fs.DatabaseURL(&c.databaseURL, cli.DatabaseURLDefault, "PostgreSQL URL")
 	fs.Int(&c.snapshotEvery, "snapshot-every", "WRITER_SNAPSHOT_EVERY", aggregate.SnapshotEveryDefault, "snapshot an aggregate every N events; negative disables")
 	fs.Int(&c.maxConflictRetries, "max-conflict-retries", "WRITER_MAX_CONFLICT_RETRIES", aggregate.MaxConflictRetriesDefault, "retries of a concurrency conflict before 409; negative means none")
 	fs.Duration(&c.shutdownTimeout, "shutdown-timeout", "WRITER_SHUTDOWN_TIMEOUT", 10*time.Second, "how long in-flight requests may finish at shutdown")
 	fs.Duration(&c.consistencyWait, "consistency-wait", "WRITER_CONSISTENCY_WAIT", httpapi.ConsistencyWaitDefault,
 		"how long a query with a consistency token waits for its projections when it gives no ?wait=")
-	fs.String(&c.logFormat, "log-format", "WRITER_LOG_FORMAT", "json", "text or json")
-	fs.String(&c.logLevel, "log-level", "WRITER_LOG_LEVEL", "info", "debug, info, warn or error")
-	if err := fs.Parse(args, stdout, 0); err != nil {
-		return err
-	}
+	fs.Enum(cmd, &c.logFormat, "log-format", "WRITER_LOG_FORMAT", "json", cli.LogFormats, "log format")
+	fs.Enum(cmd, &c.logLevel, "log-level", "WRITER_LOG_LEVEL", "info", cli.LogLevels, "log level")
+	return cmd
+}
+
+func runServe(ctx context.Context, c serveConfig, stdout, stderr io.Writer) error {
 	if c.shutdownTimeout <= 0 {
 		return errors.New("serve: --shutdown-timeout must be positive")
 	}

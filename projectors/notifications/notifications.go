@@ -105,3 +105,12 @@ func (w *Worker) Work(ctx context.Context, job *river.Job[OrderShippedArgs]) err
 func AddWorkers(pool *pgxpool.Pool) func(*river.Workers) {
 	return func(w *river.Workers) { river.AddWorker(w, &Worker{Pool: pool}) }
 }
+
+// RiverWorkers registers the notification worker; projectorcli's run calls
+// it for every projection that has it (projectorcli.SideEffects).
+func (*Projection) RiverWorkers(pool *pgxpool.Pool, w *river.Workers) { AddWorkers(pool)(w) }
+
+// RiverQueues is the queue the notification jobs go to, with its workers.
+func (*Projection) RiverQueues() map[string]river.QueueConfig {
+	return map[string]river.QueueConfig{Queue: {MaxWorkers: 4}}
+}

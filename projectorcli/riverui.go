@@ -1,4 +1,4 @@
-package main
+package projectorcli
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package main
+package projectorcli
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"io"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/cli"
@@ -36,15 +38,29 @@ type statusJSON struct {
 	WindowHolder *outbox.Holder `json:"window_holder,omitempty"`
 }
 
-func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
+func (a *app) statusCommand() *cobra.Command {
 	var url string
 	var asJSON bool
-	fs := cli.NewFlagSet("projector status")
-	fs.String(&url, "database-url", "DATABASE_URL", cli.DatabaseURLDefault, "PostgreSQL URL")
-	fs.BoolVar(&asJSON, "json", false, "print JSON")
-	if err := fs.Parse(args, stdout, 0); err != nil {
-		return err
+	cmd := &cobra.Command{
+		Use:     "status",
+		GroupID: "ops",
+		Short:   "show every projection segment: status, cursor, lag, owner, parked events",
+		Long: `Show every segment of every projection registered in the database: status,
+cursor, lag in events and seconds, lease owner, events applied, parked dead
+letters, last error; and the oldest transaction holding the read window back.
+Everything is read from the database, so a dead fleet shows growing lag.`,
+		Args: cli.ExactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runStatus(cmd.Context(), url, asJSON, cmd.OutOrStdout())
+		},
 	}
+	fs := cli.NewFlags(cmd)
+	fs.DatabaseURL(&url, cli.DatabaseURLDefault, "PostgreSQL URL")
+	fs.FlagSet().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func runStatus(ctx context.Context, url string, asJSON bool, stdout io.Writer) error {
 	pool, err := cli.Connect(ctx, url, 2)
 	if err != nil {
 		return err
@@ -101,20 +117,36 @@ func printStatus(w io.Writer, st statusJSON) {
 	}
 }
 
-func runPauseResume(ctx context.Context, cmd string, args []string, stdout io.Writer) error {
+func (a *app) pauseResumeCommand(verb string) *cobra.Command {
 	var url string
-	fs := cli.NewFlagSet("projector " + cmd)
-	fs.String(&url, "database-url", "DATABASE_URL", cli.DatabaseURLDefault, "PostgreSQL URL")
-	if err := fs.Parse(args, stdout, 1); err != nil {
-		return err
+	short := "stop applying a projection (workers let go of its segments)"
+	if verb == "resume" {
+		short = "resume a paused or halted projection"
 	}
-	name := fs.Arg(0)
+	cmd := &cobra.Command{
+		Use:               verb + " NAME",
+		GroupID:           "ops",
+		Short:             short,
+		Args:              cli.ExactArgs("NAME"),
+		ValidArgsFunction: a.completeNames,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.runPauseResume(cmd.Context(), verb, url, args[0], cmd.OutOrStdout())
+		},
+	}
+	cli.NewFlags(cmd).DatabaseURL(&url, cli.DatabaseURLDefault, "PostgreSQL URL")
+	return cmd
+}
+
+func (a *app) runPauseResume(ctx context.Context, cmd, url, name string, stdout io.Writer) error {
 	pool, err := cli.Connect(ctx, url, 2)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
 	if err := migrations.Check(ctx, pool); err != nil {
+		return err
+	}
+	if err := a.known(ctx, pool, name); err != nil {
 		return err
 	}
 	status := checkpoint.Paused

@@ -1,4 +1,4 @@
-package main
+package projectorcli
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -15,11 +16,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/riverqueue/river"
+	"github.com/spf13/cobra"
 
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/internal/pgerr"
 	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/notifications"
 )
 
 type runConfig struct {
@@ -41,11 +42,24 @@ type runConfig struct {
 	logLevel       string
 }
 
-func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func (a *app) runCommand() *cobra.Command {
 	var c runConfig
-	fs := cli.NewFlagSet("projector run")
-	fs.String(&c.url, "database-url", "DATABASE_URL", cli.DatabaseURLDefault, "PostgreSQL URL")
-	fs.String(&c.projections, "projections", "PROJECTOR_PROJECTIONS", "", "comma-separated projections to run; empty means all shipped")
+	cmd := &cobra.Command{
+		Use:     "run",
+		GroupID: "fleet",
+		Short:   "run a fleet member: claim segments and apply projections",
+		Long: `Run a fleet member: it heartbeats, claims its share of the (projection, segment)
+leases, applies the projections, works the control jobs (reset, rebuild,
+dead-letter retry, outbox pruning) and serves /metrics, /healthz and /readyz.
+SIGINT or SIGTERM stops it softly: batches in flight finish.`,
+		Args: cli.ExactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.runRun(cmd.Context(), c, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	fs := cli.NewFlags(cmd)
+	fs.DatabaseURL(&c.url, cli.DatabaseURLDefault, "PostgreSQL URL")
+	fs.String(&c.projections, "projections", "PROJECTOR_PROJECTIONS", "", "comma-separated projections to run; empty means all in this binary")
 	fs.String(&c.workerID, "worker-id", "PROJECTOR_WORKER_ID", "", "this worker's id in leases; empty means hostname-pid-random")
 	fs.String(&c.metricsAddr, "metrics-addr", "PROJECTOR_METRICS_ADDR", ":9464", "listen address for /metrics, /healthz, /readyz; empty disables")
 	fs.Int(&c.concurrency, "concurrency", "PROJECTOR_CONCURRENCY", projectors.ConcurrencyDefault, "segments applied at once")
@@ -56,18 +70,22 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.Duration(&c.retention, "outbox-retention", "PROJECTOR_OUTBOX_RETENTION", projectors.RetentionDefault, "keep outbox rows at least this long after every projection passed them")
 	fs.Duration(&c.pruneEvery, "prune-interval", "PROJECTOR_PRUNE_INTERVAL", projectors.PruneIntervalDefault, "how often to prune the outbox; negative disables")
 	fs.Duration(&c.startupTimeout, "startup-timeout", "PROJECTOR_STARTUP_TIMEOUT", 30*time.Second, "how long to retry reaching the database at start (a restart in progress) before giving up")
-	fs.BoolVar(&c.riverUI, "riverui", false, "serve River's UI at /riverui/ on --metrics-addr (needs --riverui-token)")
-	fs.String(&c.riverUIToken, "riverui-token", "PROJECTOR_RIVERUI_TOKEN", "", "token guarding /riverui/ (Authorization: Bearer, or /riverui/?token= once in a browser)")
-	fs.String(&c.logFormat, "log-format", "PROJECTOR_LOG_FORMAT", "text", "text or json")
-	fs.String(&c.logLevel, "log-level", "PROJECTOR_LOG_LEVEL", "info", "debug, info, warn or error")
-	if err := fs.Parse(args, stdout, 0); err != nil {
-		return err
-	}
+	fs.FlagSet().BoolVar(&c.riverUI, "riverui", false, "serve River's UI at /riverui/ on --metrics-addr (needs --riverui-token)")
+	fs.Secret(&c.riverUIToken, "riverui-token", "PROJECTOR_RIVERUI_TOKEN", "", "token guarding /riverui/ (Authorization: Bearer, or /riverui/?token= once in a browser)")
+	fs.Enum(cmd, &c.logFormat, "log-format", "PROJECTOR_LOG_FORMAT", "text", cli.LogFormats, "log format")
+	fs.Enum(cmd, &c.logLevel, "log-level", "PROJECTOR_LOG_LEVEL", "info", cli.LogLevels, "log level")
+	_ = cmd.RegisterFlagCompletionFunc("projections", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		return a.names(), cobra.ShellCompDirectiveNoFileComp
+	})
+	return cmd
+}
+
+func (a *app) runRun(ctx context.Context, c runConfig, stdout, stderr io.Writer) error {
 	logger, err := cli.Logger(stderr, c.logFormat, c.logLevel)
 	if err != nil {
 		return err
 	}
-	projs, err := selectProjections(c.projections)
+	projs, err := a.selectProjections(c.projections)
 	if err != nil {
 		return err
 	}
@@ -103,8 +121,14 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	control, err := projectors.NewControl(projectors.ControlConfig{Pool: pool, Projections: projs, Logger: logger,
 		Retention: c.retention, PruneInterval: c.pruneEvery,
-		RegisterWorkers: notifications.AddWorkers(pool),
-		Queues:          map[string]river.QueueConfig{notifications.Queue: {MaxWorkers: 4}}})
+		RegisterWorkers: func(w *river.Workers) {
+			for _, p := range projs {
+				if se, ok := p.(SideEffects); ok {
+					se.RiverWorkers(pool, w)
+				}
+			}
+		},
+		Queues: queues(projs)})
 	if err != nil {
 		return err
 	}
@@ -191,4 +215,34 @@ func startup(ctx context.Context, logger *slog.Logger, timeout time.Duration, st
 		case <-time.After(min(time.Duration(attempt)*250*time.Millisecond, 2*time.Second)):
 		}
 	}
+}
+
+// queues merges the River queues of the projections with side effects.
+func queues(projs []projectors.Projection) map[string]river.QueueConfig {
+	out := map[string]river.QueueConfig{}
+	for _, p := range projs {
+		if se, ok := p.(SideEffects); ok {
+			for q, cfg := range se.RiverQueues() {
+				out[q] = cfg
+			}
+		}
+	}
+	return out
+}
+
+// selectProjections resolves a comma-separated list of names ("" = all the
+// binary carries).
+func (a *app) selectProjections(list string) ([]projectors.Projection, error) {
+	if strings.TrimSpace(list) == "" {
+		return a.projs, nil
+	}
+	var out []projectors.Projection
+	for _, name := range strings.Split(list, ",") {
+		p, err := a.carried(strings.TrimSpace(name))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
