@@ -31,7 +31,8 @@ type tb interface {
 
 // config is what a history runs with, besides its steps.
 type config struct {
-	BatchSize int
+	BatchSize   int
+	MaxAttempts int // 0 means 1
 }
 
 type harness struct {
@@ -56,6 +57,7 @@ func newHarness(t tb, pool *pgxpool.Pool, cfg config) *harness {
 	t.Helper()
 
 	ctx := context.Background()
+	cfg.MaxAttempts = max(cfg.MaxAttempts, 1)
 	h := &harness{t: t, ctx: ctx, pool: pool, cfg: cfg, m: newModel(projectionNames, maxHeld+1), names: projectionNames}
 	h.txs = make([]pgx.Tx, maxHeld+1)
 	crashed, stolen := map[int64]bool{}, map[int64]bool{}
@@ -104,13 +106,23 @@ func (h *harness) probe(name string) *probe {
 	panic("modeltest: unknown projection " + name)
 }
 
-// processed returns the events projection name's checkpoint has passed, in
-// read order.
-func (h *harness) processed(name string) []*event {
+// candidates returns the events a reset of projection name may target, in
+// read order: those its checkpoint has passed and, once every visible
+// event is passed (so that a move to the end of the window skips nothing),
+// those beyond the read window.
+func (h *harness) candidates(name string) []*event {
 	p := h.m.proj(name)
 	var out []*event
-	for id := range p.processed {
-		out = append(out, h.m.byID[id])
+	all := true
+	for _, e := range h.m.all {
+		if h.m.visible(e) && !p.processed[e.id] {
+			all = false
+		}
+	}
+	for _, e := range h.m.all {
+		if p.processed[e.id] || (enabled.ResetPastWindow && all && !h.m.visible(e)) {
+			out = append(out, e)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].cursor().Less(out[j].cursor()) })
 	return out
@@ -261,7 +273,7 @@ func (h *harness) run() {
 			projs[i] = p
 		}
 		w, err := projectors.NewWorker(projectors.Config{Pool: h.pool, Projections: projs, Concurrency: 2,
-			BatchSize: h.cfg.BatchSize, PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second, MaxAttempts: 1,
+			BatchSize: h.cfg.BatchSize, PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second, MaxAttempts: h.cfg.MaxAttempts,
 			RetryBackoff: time.Millisecond, MaxRetryBackoff: 5 * time.Millisecond, SoftStopTimeout: 10 * time.Second,
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		require.NoError(t, err)
@@ -367,8 +379,13 @@ func (h *harness) discard(name string, pick int) {
 func (h *harness) reset(name, to string, pick int) {
 	t, p := h.t, h.m.proj(name)
 	var c outbox.Cursor
-	if pick >= 0 {
-		c = h.processed(name)[pick].cursor()
+	switch {
+	case pick >= 0:
+		c = h.candidates(name)[pick].cursor()
+	case pick == -2:
+		var head uint64
+		require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT pg_snapshot_xmax(pg_current_snapshot())`).Scan(&head))
+		c = outbox.Cursor{TxID: head + 1_000_000}
 	}
 	target := to
 	switch to {
@@ -391,12 +408,41 @@ func (h *harness) reset(name, to string, pick int) {
 		}
 		c = outbox.Cursor{TxID: first.TxID, Position: first.Position - 1}
 	}
-	require.NoError(t, projectors.Reset(h.ctx, h.pool, h.probe(name), target))
+	err := projectors.Reset(h.ctx, h.pool, h.probe(name), target)
+	if pick == -2 {
+		require.ErrorIs(t, err, projectors.ErrBeyondHead, "reset %s %s", name, target)
+		h.compare("refused reset " + name + " " + target)
+		return
+	}
+	require.NoError(t, err)
 	if to == "start" {
 		p.resetToStart()
-	} else {
-		h.m.resetTo(p, c)
+		h.compare("reset " + name + " " + target)
+		return
 	}
+	// The target is clamped to the end of the read window, which other
+	// databases' transactions can hold further back than ours: take the
+	// cursor the reset chose, and check that no event of a transaction
+	// still running lies behind it.
+	var got []outbox.Cursor
+	rows, err := h.pool.Query(h.ctx, `SELECT DISTINCT cursor_txid, cursor_position FROM checkpoints WHERE projection = $1`, name)
+	require.NoError(t, err)
+	got, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (outbox.Cursor, error) {
+		var c outbox.Cursor
+		return c, r.Scan(&c.TxID, &c.Position)
+	})
+	require.NoError(t, err)
+	require.Len(t, got, 1, "reset %s %s: every segment at one cursor", name, target)
+	if enabled.ResetPastWindow {
+		require.False(t, c.Less(got[0]), "reset %s %s moved to %s, past its target", name, target, got[0])
+		if hz := h.m.horizon(); hz != 0 {
+			require.Less(t, got[0].TxID, hz, "reset %s %s moved to %s, at or past a running transaction (xid %d)", name, target, got[0], hz)
+		}
+		c = got[0]
+	} else {
+		require.Equal(t, c, got[0], "reset %s %s", name, target)
+	}
+	h.m.resetTo(p, c)
 	h.compare("reset " + name + " " + target)
 }
 

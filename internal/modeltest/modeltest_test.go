@@ -14,7 +14,7 @@ import (
 // Sizes of the short form (make test) and the long form (READSIDE_MODEL=long,
 // make model). -rapid.checks and RAPID_CHECKS override the number of checks.
 const (
-	shortChecks, shortSteps = 15, 25
+	shortChecks, shortSteps = 10, 20
 	longChecks, longSteps   = 400, 60
 )
 
@@ -40,7 +40,10 @@ func TestModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	rapid.Check(t, func(rt *rapid.T) {
-		cfg := config{BatchSize: rapid.SampledFrom([]int{1, 2, 5, 1000}).Draw(rt, "batch")}
+		cfg := config{BatchSize: rapid.SampledFrom([]int{1, 2, 5, 1000}).Draw(rt, "batch"), MaxAttempts: 1}
+		if enabled.Attempts {
+			cfg.MaxAttempts = rapid.IntRange(1, 3).Draw(rt, "attempts")
+		}
 		h := newHarness(rt, pool, cfg)
 		defer h.close()
 		g := generator{h}
