@@ -139,6 +139,7 @@ func nonNil(s []string) []string {
 	return s
 }
 
+// advanceSQL moves the cursor; %s is the lease condition.
 const advanceSQL = `
 UPDATE checkpoints
    SET cursor_txid = $5, cursor_position = $6,
@@ -149,9 +150,18 @@ UPDATE checkpoints
        lease_expires_at = greatest(lease_expires_at, clock_timestamp() + $10::float8 * interval '1 second'),
        updated_at = now()
  WHERE projection = $1 AND segment = $2
-   AND lease_owner = $3 AND lease_epoch = $4 AND lease_expires_at > clock_timestamp()
+   AND lease_owner = $3 AND lease_epoch = $4%s
    AND status = 'running'
    AND cursor_txid = $7 AND cursor_position = $8`
+
+var (
+	// advanceFirst is the first fenced UPDATE of a transaction: the lease
+	// must be unexpired, since nothing kept others out until now.
+	advanceFirst = fmt.Sprintf(advanceSQL, ` AND lease_expires_at > clock_timestamp()`)
+	// advanceHeld follows a successful first one in the same transaction:
+	// its row lock kept every claim out since, so owner and epoch suffice.
+	advanceHeld = fmt.Sprintf(advanceSQL, ``)
+)
 
 // Advance moves a segment's cursor from `from` to `to` inside the caller's
 // apply transaction, counting applied events. It returns ErrFenced, and
@@ -160,7 +170,18 @@ UPDATE checkpoints
 // transaction: its row lock keeps the segment from being claimed until the
 // transaction ends.
 func Advance(ctx context.Context, tx DB, l Lease, from, to outbox.Cursor, applied int) error {
-	tag, err := tx.Exec(ctx, advanceSQL, l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied, 0.0)
+	tag, err := tx.Exec(ctx, advanceFirst, l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied, 0.0)
+	return AdvanceResult(tag, err)(l, from)
+}
+
+// AdvanceHeld is Advance for a transaction whose first Advance (or queued
+// Advance) succeeded: that UPDATE's row lock has kept the segment from being
+// claimed, reset or paused since, so the lease is still the caller's even
+// if its expiry passed meanwhile (a long apply, a slow isolation). It checks
+// owner, epoch, status and cursor but not expiry, and extends the lease to
+// at least ttl from now so that the next transaction finds it live.
+func AdvanceHeld(ctx context.Context, tx DB, l Lease, from, to outbox.Cursor, applied int, ttl time.Duration) error {
+	tag, err := tx.Exec(ctx, advanceHeld, l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied, ttl.Seconds())
 	return AdvanceResult(tag, err)(l, from)
 }
 
@@ -169,7 +190,7 @@ func Advance(ctx context.Context, tx DB, l Lease, from, to outbox.Cursor, applie
 // its row lock too often for the renewal (which skips locked rows) to reach
 // it, so its batches renew it. Check the result with AdvanceResult.
 func QueueAdvance(b *pgx.Batch, l Lease, from, to outbox.Cursor, applied int, ttl time.Duration) {
-	b.Queue(advanceSQL, l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied, ttl.Seconds())
+	b.Queue(advanceFirst, l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied, ttl.Seconds())
 }
 
 // AdvanceResult turns the result of a queued Advance into its error.

@@ -96,3 +96,49 @@ func TestLeaseFencing(t *testing.T) {
 	_, err = checkpoint.SetStatus(ctx, pool, "nope", checkpoint.Paused)
 	require.ErrorIs(t, err, checkpoint.ErrUnknownProjection)
 }
+
+// A transaction that outlives its lease after its first fenced UPDATE still
+// holds the row: nobody could claim it, so its later UPDATEs (AdvanceHeld)
+// check owner and epoch, not expiry, and leave the lease live for the next
+// transaction. A first Advance in a new transaction does check expiry.
+func TestAdvanceHeldOutlivesExpiry(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	require.NoError(t, checkpoint.Register(ctx, pool, "p", 1, "park"))
+	seg := []checkpoint.Segment{{Projection: "p", Segment: 0}}
+	claimed, err := checkpoint.ClaimSegments(ctx, pool, "w1", seg, 200*time.Millisecond)
+	require.NoError(t, err)
+	require.Len(t, claimed, 1)
+	l := lease(claimed[0])
+	c1, c2, c3 := outbox.Cursor{TxID: 10, Position: 1}, outbox.Cursor{TxID: 10, Position: 2}, outbox.Cursor{TxID: 10, Position: 3}
+
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	require.NoError(t, checkpoint.Advance(ctx, tx, l, outbox.Start, c1, 1))
+	_, err = tx.Exec(ctx, `DO $$ BEGIN
+		WHILE (SELECT lease_expires_at FROM checkpoints WHERE projection = 'p') > clock_timestamp() LOOP
+			PERFORM pg_sleep(0.01);
+		END LOOP;
+	END $$`)
+	require.NoError(t, err)
+	stolen, err := checkpoint.ClaimSegments(ctx, pool, "w2", seg, time.Minute)
+	require.NoError(t, err)
+	require.Empty(t, stolen, "the row lock keeps an expired lease")
+	require.ErrorIs(t, checkpoint.Advance(ctx, tx, l, c1, c2, 1), checkpoint.ErrFenced, "Advance checks expiry")
+	wrong := l
+	wrong.Epoch++
+	require.ErrorIs(t, checkpoint.AdvanceHeld(ctx, tx, wrong, c1, c2, 1, time.Minute), checkpoint.ErrFenced, "another epoch")
+	require.ErrorIs(t, checkpoint.AdvanceHeld(ctx, tx, l, c2, c3, 1, time.Minute), checkpoint.ErrFenced, "cursor moved")
+	require.NoError(t, checkpoint.AdvanceHeld(ctx, tx, l, c1, c2, 1, time.Minute))
+	require.NoError(t, tx.Commit(ctx))
+
+	cps, err := checkpoint.List(ctx, pool, "p")
+	require.NoError(t, err)
+	require.Equal(t, c2, cps[0].Cursor)
+	require.Equal(t, int64(2), cps[0].EventsApplied)
+	require.Equal(t, "w1", cps[0].LeaseOwner)
+	require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return checkpoint.Advance(ctx, tx, l, c2, c3, 1) }),
+		"the held advance renewed the lease for the next transaction")
+}

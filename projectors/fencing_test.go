@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
@@ -102,4 +103,45 @@ func TestBusySegmentKeepsItsLease(t *testing.T) {
 	require.Zero(t, counterValue(t, reg, "readside_projector_lease_losses_total"), "the busy owner lost its lease")
 	require.Zero(t, counterValue(t, reg, "readside_projector_fenced_commits_total"))
 	require.Equal(t, 1.0, counterValue(t, reg, "readside_projector_lease_claims_total"))
+}
+
+// outliver wraps counter: applying aggregate A's event on its own (which
+// only the isolation's bisection does) takes until the segment's lease has
+// expired. The wait runs in SQL, so the transaction is never idle.
+type outliver struct{ *counter }
+
+func (o outliver) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error {
+	if len(b.Events) == 1 && b.Events[0].AggregateID == "A" {
+		if _, err := tx.Exec(ctx, `DO $$ BEGIN
+			WHILE (SELECT lease_expires_at FROM checkpoints WHERE projection = 'slow') > clock_timestamp() LOOP
+				PERFORM pg_sleep(0.01);
+			END LOOP;
+		END $$`); err != nil {
+			return err
+		}
+	}
+	return o.counter.Apply(ctx, tx, b)
+}
+
+// Issue 10 item 6. An isolation (bisection) that outlives the lease TTL
+// still holds the checkpoint row lock taken by its first fenced UPDATE, so
+// nobody can have claimed the segment: it commits what came before the
+// failing event, and the failing event reaches MaxAttempts and is parked
+// instead of looping, fenced each time, with its attempts forgotten.
+func TestSlowIsolationIsNotFenced(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewDB(t)
+	_, err := pool.Exec(context.Background(), counterDDL)
+	require.NoError(t, err)
+	reg := prometheus.NewRegistry()
+	appendTx(t, pool, [3]string{"A", "0", `{}`}, [3]string{"B", "0", `{"poison": true}`})
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{outliver{&counter{name: "slow"}}},
+		MaxAttempts: 2, RetryBackoff: time.Millisecond, LeaseTTL: 500 * time.Millisecond, PollInterval: 20 * time.Millisecond,
+		Registerer: reg})
+	eventually(t, 20*time.Second, "B1 parked after 2 attempts", func() bool {
+		return count(t, pool, `SELECT count(*) FROM dead_letters WHERE aggregate_id = 'B' AND reason = 'failed' AND attempts = 2`) == 1
+	})
+	require.Equal(t, 1, count(t, pool, `SELECT n FROM counted WHERE aggregate_id = 'A'`))
+	require.Zero(t, counterValue(t, reg, "readside_projector_fenced_commits_total"))
+	require.Zero(t, counterValue(t, reg, "readside_projector_lease_losses_total"))
 }

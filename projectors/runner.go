@@ -203,7 +203,7 @@ func (w *Worker) apply(ctx context.Context, s *segment, batch *outbox.Batch) (ou
 		}
 		// Advance counted the whole batch before the parked aggregates
 		// were known: count only what is applied.
-		if err := checkpoint.Advance(ctx, tx, s.lease, batch.Next, batch.Next, -len(blocked)); err != nil {
+		if err := checkpoint.AdvanceHeld(ctx, tx, s.lease, batch.Next, batch.Next, -len(blocked), w.cfg.LeaseTTL); err != nil {
 			return from, w.fencedOr(s, err)
 		}
 	}
@@ -312,7 +312,7 @@ func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.B
 				if err := w.parkUpTo(ctx, tx, s, to, parking); err != nil {
 					return from, err
 				}
-				if err := checkpoint.Advance(ctx, tx, s.lease, from, to, len(applied)); err != nil {
+				if err := checkpoint.AdvanceHeld(ctx, tx, s.lease, from, to, len(applied), w.cfg.LeaseTTL); err != nil {
 					return from, w.fencedOr(s, err)
 				}
 				if err := checkpoint.Fail(ctx, tx, s.lease, fmt.Sprintf("event %d (%s %s/%s v%d) failed %d times: %v",
@@ -352,7 +352,7 @@ func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.B
 	if err := w.parkUpTo(ctx, tx, s, to, parking); err != nil {
 		return from, err
 	}
-	if err := checkpoint.Advance(ctx, tx, s.lease, from, to, len(applied)); err != nil {
+	if err := checkpoint.AdvanceHeld(ctx, tx, s.lease, from, to, len(applied), w.cfg.LeaseTTL); err != nil {
 		return from, w.fencedOr(s, err)
 	}
 	if err := tx.Commit(ctx); err != nil {
