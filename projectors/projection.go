@@ -68,9 +68,9 @@ type Batch struct {
 	Events  []outbox.Event
 	Segment int
 	// Replay is true when every event in the batch was already applied by
-	// this projection before a reset moved its checkpoint back. Side effects
-	// outside the read model (emails, webhooks, River jobs) must not fire
-	// again for them.
+	// this projection before a reset moved its checkpoint back, or, in a
+	// rebuild's copy, by the live projection. Side effects outside the read
+	// model (emails, webhooks, River jobs) must not fire again for them.
 	Replay bool
 }
 

@@ -19,8 +19,10 @@ import (
 // its tables is built from the start in its own schema by the fleet, next to
 // the live one, which keeps serving; once the copy has caught up, the tables
 // are swapped in one transaction and the old ones dropped. Readers never see
-// an empty or half-built model. Side effects stay suppressed for history the
-// projection had already processed (the copy inherits the high-water marks).
+// an empty or half-built model. The copy never reads past the live
+// projection's checkpoints and applies everything as a replay
+// (Batch.Replay): side effects fire once, from the live projection, for
+// history and for the events it applies while the rebuild runs alike.
 type RebuildArgs struct {
 	Projection string `json:"projection" river:"unique"`
 }
@@ -94,8 +96,8 @@ func (w *rebuildWorker) Work(ctx context.Context, job *river.Job[RebuildArgs]) e
 
 // StartRebuild creates the copy of p's tables in the shadow schema, empties
 // it with p.Reset, and registers the shadow projection (same segments, from
-// the start, inheriting the live segments' high-water marks so that side
-// effects are not fired again). Workers pick it up at their next renewal.
+// the start, inheriting the live segments' high-water marks). Workers pick it
+// up at their next renewal.
 func StartRebuild(ctx context.Context, db interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }, p Projection) error {
@@ -135,6 +137,37 @@ func StartRebuild(ctx context.Context, db interface {
 			SELECT $1, segment, high_txid, high_position FROM checkpoints WHERE projection = $2`, shadow, spec.Name)
 		return err
 	})
+}
+
+// fetchBehindLive reads the next batch of a rebuild's copy (segment of the
+// live projection live), no further than the live projection's checkpoint:
+// everything the copy applies, the live projection has applied already and
+// fired its side effects for, so the copy applies it all as a replay. A copy
+// allowed past the live projection would fire an event's side effects
+// first, and the live projection (which cannot know) again; one allowed to
+// fire above the mark it inherited would fire again what the live projection
+// applied after the rebuild started. Reading the live checkpoint before the
+// fetch makes the bound a cursor the fetch's window has passed, so the rows
+// up to it are all in the batch. The switch stops the live projection and
+// waits for the copy to reach it.
+func fetchBehindLive(ctx context.Context, db outbox.Querier, live string, segment int, after outbox.Cursor, limit int, f outbox.Filter) (*outbox.Batch, error) {
+	var bound outbox.Cursor
+	if err := db.QueryRow(ctx, `SELECT cursor_txid, cursor_position FROM checkpoints WHERE projection = $1 AND segment = $2`,
+		live, segment).Scan(&bound.TxID, &bound.Position); err != nil {
+		return nil, fmt.Errorf("rebuild: checkpoint of %s/%d: %w", live, segment, err)
+	}
+	if !after.Less(bound) {
+		return &outbox.Batch{Next: after}, nil // level with the live projection: wait for it
+	}
+	b, err := outbox.Fetch(ctx, db, after, limit, f)
+	if err != nil || !bound.Less(b.Next) {
+		return b, err
+	}
+	n := 0
+	for n < len(b.Events) && !bound.Less(b.Events[n].Cursor) {
+		n++
+	}
+	return &outbox.Batch{Events: b.Events[:n], Next: bound, Scanned: n}, nil
 }
 
 // trySwitch swaps the copy in once it has caught up. It locks the live

@@ -100,6 +100,9 @@ func (w *Worker) fetch(ctx context.Context, s *segment, after outbox.Cursor) (*o
 	// that many more, so that its batches hold about BatchSize events
 	// instead of a fraction of it (fewer, fuller transactions).
 	limit := min(w.cfg.BatchSize*s.spec.Segments, max(w.cfg.BatchSize, maxScan))
+	if s.schema != "" {
+		return fetchBehindLive(ctx, w.cfg.Pool, s.proj.Spec().Name, s.lease.Segment, after, limit, s.spec.filter(s.lease.Segment))
+	}
 	return outbox.Fetch(ctx, w.cfg.Pool, after, limit, s.spec.filter(s.lease.Segment))
 }
 
@@ -520,6 +523,11 @@ func parkedSegments(ctx context.Context, db checkpoint.DB, claimed []checkpoint.
 // before a reset moved the cursor back, and go in a Batch flagged Replay so
 // that their side effects do not fire again; the rest go in a second call.
 func (w *Worker) applyEvents(ctx context.Context, tx pgx.Tx, s *segment, events []outbox.Event) error {
+	if s.schema != "" && len(events) > 0 {
+		// A rebuild's copy applies only what the live projection has
+		// applied, side effects included (fetchBehindLive): a replay.
+		return s.proj.Apply(ctx, tx, &Batch{Events: events, Segment: s.lease.Segment, Replay: true})
+	}
 	split := len(events)
 	for i, e := range events {
 		if s.high.Less(e.Cursor) {

@@ -515,7 +515,9 @@ func (c *coordinator) finished(r taskResult) {
 		c.updateOwned()
 		return
 	}
-	if r.err == nil {
+	if r.err == nil && s.schema == "" {
+		// (A rebuild's copy may have stopped behind the live projection
+		// rather than at the head: the next head check wakes it.)
 		c.schedule(s)
 	}
 	// Our own apply transactions hold the read window too (they have xids),

@@ -1,0 +1,82 @@
+package projectors_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/projectors"
+)
+
+// effectful is the recorder with a side effect: a row in effects (outside
+// its tables, like a River job) for every event it applies outside a replay.
+type effectful struct{ *recorder }
+
+func (p effectful) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error {
+	if err := p.recorder.Apply(ctx, tx, b); err != nil {
+		return err
+	}
+	if b.Replay {
+		return nil
+	}
+	ids := make([]int64, len(b.Events))
+	for i, e := range b.Events {
+		ids[i] = e.ID()
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO public.effects (event_id) SELECT unnest($1::bigint[])`, ids)
+	return err
+}
+
+// Events the live projection applies while a rebuild is in progress have
+// fired their side effects; the copy must not fire them again, before or
+// after the switch: every event fires exactly once.
+func TestRebuildFiresSideEffectsOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	_, err := pool.Exec(ctx, `CREATE TABLE effects (event_id bigint NOT NULL)`)
+	require.NoError(t, err)
+	p := effectful{&recorder{name: "rec", segments: 2}}
+	for i := range 10 {
+		appendEvents(t, pool, fmt.Sprintf("agg-%d", i), 0, `{}`, `{}`)
+	}
+	for i := range 2 {
+		startWorker(t, projectors.Config{Pool: pool, WorkerID: fmt.Sprintf("w%d", i), Projections: []projectors.Projection{p},
+			BatchSize: 5, PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second})
+	}
+	caughtUp(t, pool)
+	require.Equal(t, 20, count(t, pool, `SELECT count(*) FROM effects`))
+
+	// The rebuild starts; the live projection keeps applying new events
+	// (and firing their side effects) before the copy gets to them.
+	require.NoError(t, projectors.StartRebuild(ctx, pool, p))
+	for i := range 10 {
+		appendEvents(t, pool, fmt.Sprintf("agg-%d", i), 2, `{}`, `{}`)
+	}
+	caughtUp(t, pool)
+	eventually(t, 20*time.Second, "the copy caught up", func() bool {
+		return count(t, pool, `SELECT count(*) FROM checkpoints s JOIN checkpoints l ON l.segment = s.segment AND l.projection = 'rec'
+			WHERE s.projection = $1 AND (s.cursor_txid, s.cursor_position) >= (l.cursor_txid, l.cursor_position)`, projectors.ShadowName("rec")) == 2
+	})
+
+	startControl(t, projectors.ControlConfig{Pool: pool, Projections: []projectors.Projection{p}})
+	res, err := jobs(t, pool).Enqueue(ctx, projectors.RebuildArgs{Projection: "rec"})
+	require.NoError(t, err)
+	waitJob(t, pool, res.Job.ID)
+	for i := range 10 {
+		appendEvents(t, pool, fmt.Sprintf("agg-%d", i), 4, `{}`)
+	}
+	caughtUp(t, pool)
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM dead_letters`))
+	require.Equal(t, 50, count(t, pool, `SELECT count(*) FROM applied`))
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM (SELECT event_id FROM effects GROUP BY 1 HAVING count(*) > 1) d`),
+		"no side effect fired twice")
+	require.Equal(t, 50, count(t, pool, `SELECT count(DISTINCT event_id) FROM effects`), "every side effect fired")
+	require.Equal(t, count(t, pool, `SELECT count(*) FROM events`), count(t, pool, `SELECT count(*) FROM effects e JOIN events v ON v.id = e.event_id`))
+}
