@@ -47,6 +47,14 @@ type SideEffects interface {
 	RiverQueues() map[string]river.QueueConfig
 }
 
+// Schema is implemented by a projection that owns tables: `migrate` runs
+// its SQL after readside's migrations, in one transaction, every time, so
+// it must be idempotent (CREATE TABLE IF NOT EXISTS ...); `migrate
+// --dry-run` prints it.
+type Schema interface {
+	Schema() string
+}
+
 // Main runs the command line args (os.Args: the program name first) for
 // the given projections and exits: 0 on success, 1 with a one-line reason
 // on stderr otherwise. SIGINT and SIGTERM cancel the command's context.

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"text/tabwriter"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/readside/readside/internal/cli"
@@ -25,7 +27,7 @@ any number of fleet members may run it at once. A database migrated by a newer
 binary is refused. --dry-run prints the SQL that would run, and changes nothing.`,
 		Args: cli.ExactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runMigrate(cmd.Context(), url, dryRun, cmd.OutOrStdout())
+			return a.runMigrate(cmd.Context(), url, dryRun, cmd.OutOrStdout())
 		},
 	}
 	fs := cli.NewFlags(cmd)
@@ -35,7 +37,7 @@ binary is refused. --dry-run prints the SQL that would run, and changes nothing.
 	return cmd
 }
 
-func runMigrate(ctx context.Context, url string, dryRun bool, stdout io.Writer) error {
+func (a *app) runMigrate(ctx context.Context, url string, dryRun bool, stdout io.Writer) error {
 	pool, err := cli.Connect(ctx, url, 2)
 	if err != nil {
 		return err
@@ -52,6 +54,11 @@ func runMigrate(ctx context.Context, url string, dryRun bool, stdout io.Writer) 
 		for _, m := range plan.Readside {
 			fmt.Fprintf(stdout, "-- readside migration %03d_%s\n%s\n", m.Version, m.Name, m.SQL)
 		}
+		for _, p := range a.projs {
+			if sc, ok := p.(Schema); ok {
+				fmt.Fprintf(stdout, "-- schema of projection %s (idempotent, run by every migrate)\n%s\n", p.Spec().Name, sc.Schema())
+			}
+		}
 		fmt.Fprintf(stdout, "-- %d River and %d readside migrations pending; nothing applied (dry run)\n", len(plan.River), len(plan.Readside))
 		return nil
 	}
@@ -66,6 +73,33 @@ func runMigrate(ctx context.Context, url string, dryRun bool, stdout io.Writer) 
 		fmt.Fprintf(stdout, "applied River migrations %v\n", res.River)
 	}
 	fmt.Fprintf(stdout, "schema at version %d\n", res.Version)
+	return a.applySchemas(ctx, pool, stdout)
+}
+
+// applySchemas runs the SQL of the projections that have their own, in one
+// transaction.
+func (a *app) applySchemas(ctx context.Context, pool *pgxpool.Pool, stdout io.Writer) error {
+	var names []string
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		for _, p := range a.projs {
+			sc, ok := p.(Schema)
+			if !ok {
+				continue
+			}
+			name := p.Spec().Name
+			if _, err := tx.Exec(ctx, sc.Schema()); err != nil {
+				return fmt.Errorf("migrate: schema of projection %s: %w", name, err)
+			}
+			names = append(names, name)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		fmt.Fprintf(stdout, "applied schema of projection %s\n", n)
+	}
 	return nil
 }
 

@@ -158,7 +158,10 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ReadyTimeout)
 	defer cancel()
 	if err := s.cfg.DB.Ping(ctx); err != nil {
-		WriteError(w, http.StatusServiceUnavailable, "database unreachable: "+err.Error())
+		// The probe is public: the driver's error names the user, the
+		// database and host:port. Those go to the log only.
+		s.cfg.Logger.Warn("readyz: database unreachable", "err", err)
+		WriteError(w, http.StatusServiceUnavailable, "database unreachable")
 		return
 	}
 	WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})

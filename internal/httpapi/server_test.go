@@ -1,8 +1,11 @@
 package httpapi_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -252,4 +255,31 @@ func TestNewValidates(t *testing.T) {
 	t.Parallel()
 	_, err := httpapi.New(httpapi.Config{})
 	require.Error(t, err)
+}
+
+type failingPinger struct{}
+
+func (failingPinger) Ping(context.Context) error {
+	return errors.New(`failed to connect to user=app_user database=orders_prod: 10.1.2.3:5432 (db.internal): dial error`)
+}
+
+// /readyz is public: it says the database is unreachable, never who or
+// where it is; the details go to the log.
+func TestReadyzHidesConnectionDetails(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewDB(t)
+	repo, err := aggregate.New(pool, aggregate.Config{})
+	require.NoError(t, err)
+	var logs bytes.Buffer
+	srv, err := httpapi.New(httpapi.Config{Repository: repo, DB: failingPinger{}, Registerer: prometheus.NewRegistry(),
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	require.NoError(t, err)
+	rec := httptest.NewRecorder()
+	srv.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	require.Equal(t, http.StatusServiceUnavailable, rec.Code)
+	require.Contains(t, rec.Body.String(), "database unreachable")
+	for _, secret := range []string{"app_user", "orders_prod", "10.1.2.3", "5432", "db.internal"} {
+		require.NotContains(t, rec.Body.String(), secret)
+	}
+	require.Contains(t, logs.String(), "10.1.2.3:5432", "the details are logged")
 }
