@@ -38,6 +38,10 @@ func (e *ValidationError) Unwrap() error { return ErrValidation }
 
 func invalid(field, reason string) error { return &ValidationError{Field: field, Reason: reason} }
 
+// nulReason: PostgreSQL cannot store a NUL character in text or jsonb
+// (SQLSTATE 22P05), so a command carrying one is refused up front.
+const nulReason = "must not contain a NUL character"
+
 // TransitionError says which command an aggregate refused in which state. It
 // unwraps to ErrInvalidTransition.
 type TransitionError struct {

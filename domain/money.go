@@ -1,9 +1,7 @@
 package domain
 
 import (
-	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 )
 
@@ -11,11 +9,18 @@ import (
 // with two places (12.5 -> 12.50) so that SQL reads it exactly as numeric.
 type Money int64
 
+// MaxMoney is the largest amount the read models hold: their amounts are
+// numeric(12,2), so anything from 10^10 up cannot be stored (SQLSTATE
+// 22003). Commands refuse larger amounts and totals, ParseMoney refuses
+// larger numbers, and Decode refuses events that carry them, so no client
+// can create an event that every projection would park.
+const MaxMoney Money = 1e12 - 1 // 9999999999.99
+
 func (m Money) String() string {
 	sign := ""
-	v := int64(m)
-	if v < 0 {
-		sign, v = "-", -v
+	v := uint64(m)
+	if m < 0 {
+		sign, v = "-", uint64(-m) // -MinInt64 wraps to itself, which is right as uint64
 	}
 	return fmt.Sprintf("%s%d.%02d", sign, v/100, v%100)
 }
@@ -23,9 +28,13 @@ func (m Money) String() string {
 // MarshalJSON writes a JSON number with two decimal places.
 func (m Money) MarshalJSON() ([]byte, error) { return []byte(m.String()), nil }
 
-// UnmarshalJSON reads a JSON number or string with at most two decimals.
+// UnmarshalJSON reads a JSON number, or a string holding one, with at most
+// two decimals and at most MaxMoney in absolute value.
 func (m *Money) UnmarshalJSON(b []byte) error {
-	s := strings.Trim(string(b), `"`)
+	s := string(b)
+	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
+		s = s[1 : len(s)-1]
+	}
 	v, err := ParseMoney(s)
 	if err != nil {
 		return err
@@ -34,29 +43,71 @@ func (m *Money) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// ParseMoney parses "12", "12.3" or "12.34" (optionally negative).
+// MoneyError is an amount ParseMoney refused. It unwraps to ErrValidation
+// (the HTTP API answers 422).
+type MoneyError struct {
+	Input  string
+	Reason string
+}
+
+func (e *MoneyError) Error() string { return fmt.Sprintf("money: %q %s", e.Input, e.Reason) }
+
+// Unwrap makes a MoneyError an ErrValidation.
+func (e *MoneyError) Unwrap() error { return ErrValidation }
+
+// ParseMoney parses an amount: an optional '-', one or more digits, and
+// optionally '.' followed by one or two digits ("12", "-12.3", "12.34").
+// Anything else ("+7", "--5", "12.-5", "1e3", ".5", "12.") is an error, as
+// is an amount above MaxMoney in absolute value.
 func ParseMoney(s string) (Money, error) {
+	in := s
+	bad := func(reason string) (Money, error) { return 0, &MoneyError{Input: in, Reason: reason} }
 	if s == "" || s == "null" {
-		return 0, errors.New("money: empty amount")
+		return bad("is empty; want an amount such as 12.34")
 	}
-	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(s, "-")
-	whole, frac, _ := strings.Cut(s, ".")
-	if len(frac) > 2 {
-		return 0, fmt.Errorf("money: %q has more than two decimal places", s)
-	}
-	frac += strings.Repeat("0", 2-len(frac))
-	w, err := strconv.ParseInt(whole, 10, 64)
-	if err != nil || w > 1e13 {
-		return 0, fmt.Errorf("money: bad amount %q", s)
-	}
-	f, err := strconv.ParseInt(frac, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("money: bad amount %q", s)
-	}
-	v := Money(w*100 + f)
+	neg := s[0] == '-'
 	if neg {
-		v = -v
+		s = s[1:]
 	}
-	return v, nil
+	whole, frac, hasDot := strings.Cut(s, ".")
+	switch {
+	case whole == "" || !digits(whole):
+		return bad("is not an amount: want an optional '-', digits, and at most two decimals")
+	case hasDot && (frac == "" || !digits(frac)):
+		return bad("is not an amount: want digits after the decimal point")
+	case len(frac) > 2:
+		return bad("has more than two decimal places")
+	}
+	// Leading zeros are allowed ("007.50"); the bound is checked digit by
+	// digit, so nothing can overflow.
+	var cents int64
+	for _, c := range whole {
+		cents = cents*10 + int64(c-'0')
+		if cents > int64(MaxMoney/100) {
+			return bad(fmt.Sprintf("is out of range: at most %s", MaxMoney))
+		}
+	}
+	cents *= 100
+	if len(frac) > 0 {
+		cents += int64(frac[0]-'0') * 10
+	}
+	if len(frac) > 1 {
+		cents += int64(frac[1] - '0')
+	}
+	if neg {
+		cents = -cents
+	}
+	return Money(cents), nil
+}
+
+// ValidAmount reports whether m fits the read models (|m| <= MaxMoney).
+func ValidAmount(m Money) bool { return m >= -MaxMoney && m <= MaxMoney }
+
+func digits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
 }

@@ -2,7 +2,6 @@ package domain
 
 import (
 	"fmt"
-	"math"
 	"strings"
 	"time"
 )
@@ -86,6 +85,8 @@ func (o *Order) Place(cmd PlaceOrder, now time.Time) ([]Event, error) {
 		return nil, invalid("customer_name", "must not be empty")
 	case len(name) > MaxCustomerName:
 		return nil, invalid("customer_name", fmt.Sprintf("must be at most %d bytes", MaxCustomerName))
+	case strings.ContainsRune(name, 0):
+		return nil, invalid("customer_name", nulReason)
 	case len(cmd.Items) == 0:
 		return nil, invalid("items", "must not be empty")
 	case len(cmd.Items) > MaxOrderItems:
@@ -103,14 +104,21 @@ func (o *Order) Place(cmd PlaceOrder, now time.Time) ([]Event, error) {
 			return nil, invalid(field+"product_name", "must not be empty")
 		case len(it.ProductName) > MaxProductName:
 			return nil, invalid(field+"product_name", fmt.Sprintf("must be at most %d bytes", MaxProductName))
+		case strings.ContainsRune(it.ProductName, 0):
+			return nil, invalid(field+"product_name", nulReason)
 		case it.Quantity <= 0:
 			return nil, invalid(field+"quantity", "must be greater than 0")
 		case it.Quantity > MaxItemQuantity:
 			return nil, invalid(field+"quantity", fmt.Sprintf("must be at most %d", MaxItemQuantity))
 		case it.UnitPrice <= 0:
 			return nil, invalid(field+"unit_price", "must be greater than 0")
-		case int64(it.UnitPrice) > (math.MaxInt64-int64(total))/int64(it.Quantity):
-			return nil, invalid("items", "total amount is too large")
+		case it.UnitPrice > MaxMoney:
+			return nil, invalid(field+"unit_price", fmt.Sprintf("must be at most %s", MaxMoney))
+		case int64(it.UnitPrice) > int64(MaxMoney-total)/int64(it.Quantity):
+			// Neither the line's subtotal nor the order's total may exceed
+			// what the read models hold; checked before multiplying, so
+			// nothing overflows.
+			return nil, invalid("items", fmt.Sprintf("total amount must be at most %s", MaxMoney))
 		}
 		items[i] = it
 		total += it.Subtotal()
@@ -141,6 +149,9 @@ func (o *Order) Ship(cmd ShipOrder, now time.Time) ([]Event, error) {
 	if len(tn) > MaxFreeTextField {
 		return nil, invalid("tracking_number", fmt.Sprintf("must be at most %d bytes", MaxFreeTextField))
 	}
+	if strings.ContainsRune(tn, 0) {
+		return nil, invalid("tracking_number", nulReason)
+	}
 	return []Event{&OrderShipped{OrderID: o.ID, TrackingNumber: tn, ShippedAt: now.UTC()}}, nil
 }
 
@@ -152,6 +163,9 @@ func (o *Order) Cancel(cmd CancelOrder, now time.Time) ([]Event, error) {
 	reason := strings.TrimSpace(cmd.Reason)
 	if len(reason) > MaxFreeTextField {
 		return nil, invalid("reason", fmt.Sprintf("must be at most %d bytes", MaxFreeTextField))
+	}
+	if strings.ContainsRune(reason, 0) {
+		return nil, invalid("reason", nulReason)
 	}
 	return []Event{&OrderCancelled{OrderID: o.ID, Reason: reason, CancelledAt: now.UTC()}}, nil
 }

@@ -143,8 +143,17 @@ func TestPlaceOrderValidation(t *testing.T) {
 		"too many items":  {func(c *domain.PlaceOrder) { c.Items = make([]domain.OrderItem, domain.MaxOrderItems+1) }, "items"},
 		"long customer":   {func(c *domain.PlaceOrder) { c.CustomerName = strings.Repeat("x", 201) }, "customer_name"},
 		"overflowing total": {func(c *domain.PlaceOrder) {
-			c.Items = []domain.OrderItem{item(domain.MaxItemQuantity, 1e15), item(domain.MaxItemQuantity, 1e15)}
+			c.Items = []domain.OrderItem{item(domain.MaxItemQuantity, 1e6), item(domain.MaxItemQuantity, 1e6)}
 		}, "items"},
+		"int64 overflow": {func(c *domain.PlaceOrder) {
+			c.Items = []domain.OrderItem{item(domain.MaxItemQuantity, 1e15), item(domain.MaxItemQuantity, 1e15)}
+		}, "items[0].unit_price"},
+		"subtotal beyond the read models": {func(c *domain.PlaceOrder) { c.Items = []domain.OrderItem{item(2, domain.MaxMoney)} }, "items"},
+		"total beyond the read models": {func(c *domain.PlaceOrder) {
+			c.Items = []domain.OrderItem{item(1, domain.MaxMoney), item(1, 1)}
+		}, "items"},
+		"unit price beyond the read models": {func(c *domain.PlaceOrder) { c.Items[0].UnitPrice = domain.MaxMoney + 1 }, "items[0].unit_price"},
+		"NUL in customer":                   {func(c *domain.PlaceOrder) { c.CustomerName = "A\x00" }, "customer_name"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()

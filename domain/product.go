@@ -85,12 +85,18 @@ func (p *Product) Create(cmd CreateProduct, now time.Time) ([]Event, error) {
 		return nil, invalid("name", "must not be empty")
 	case len(name) > MaxProductName:
 		return nil, invalid("name", fmt.Sprintf("must be at most %d bytes", MaxProductName))
+	case strings.ContainsRune(name, 0):
+		return nil, invalid("name", nulReason)
 	case cmd.Price <= 0:
 		return nil, invalid("price", "must be greater than 0")
+	case cmd.Price > MaxMoney:
+		return nil, invalid("price", fmt.Sprintf("must be at most %s", MaxMoney))
 	case cmd.CategoryID != "" && !ValidID(cmd.CategoryID):
 		return nil, invalid("category_id", "is not a valid id")
 	case len(sku) > MaxSKU:
 		return nil, invalid("sku", fmt.Sprintf("must be at most %d bytes", MaxSKU))
+	case strings.ContainsRune(sku, 0):
+		return nil, invalid("sku", nulReason)
 	}
 	if sku == "" {
 		sku = DefaultSKU(cmd.ProductID)
@@ -113,6 +119,9 @@ func (p *Product) UpdatePrice(cmd UpdatePrice, now time.Time) ([]Event, error) {
 	}
 	if cmd.NewPrice <= 0 {
 		return nil, invalid("price", "must be greater than 0")
+	}
+	if cmd.NewPrice > MaxMoney {
+		return nil, invalid("price", fmt.Sprintf("must be at most %s", MaxMoney))
 	}
 	if cmd.NewPrice == p.Price {
 		return nil, nil

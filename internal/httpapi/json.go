@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+
+	"github.com/readside/readside/domain"
 )
 
 // WriteJSON writes v as a JSON response with status.
@@ -55,7 +57,12 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any, allo
 		}
 	}
 	var tooBig *http.MaxBytesError
+	var money *domain.MoneyError
 	switch {
+	case errors.As(err, &money):
+		// Well-formed JSON with an amount that is not one ("+7", "--5",
+		// three decimals) or that the read models cannot hold.
+		return &requestError{http.StatusUnprocessableEntity, money.Error()}
 	case errors.As(err, &tooBig):
 		return &requestError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", tooBig.Limit)}
 	case errors.Is(err, io.EOF):
