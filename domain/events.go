@@ -2,6 +2,7 @@ package domain
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -106,14 +107,21 @@ type ErrUnknownEventType struct{ Type string }
 
 func (e *ErrUnknownEventType) Error() string { return fmt.Sprintf("unknown event type %q", e.Type) }
 
-// Decode upcasts data from schemaVersion to the current version and decodes
-// it into the event's Go type (a pointer, e.g. *OrderPlaced). Malformed
-// payloads and unknown types are errors; projections let the runtime park
-// such events.
+// Unwrap makes an unknown event type an ErrInvalidEvent.
+func (e *ErrUnknownEventType) Unwrap() error { return ErrInvalidEvent }
+
+// Decode upcasts data from schemaVersion to the current version, decodes it
+// into the event's Go type (a pointer, e.g. *OrderPlaced) and checks that it
+// carries what the read models need (see validate). Every error wraps
+// ErrInvalidEvent: a malformed payload ({}, null, a string, wrong field
+// types), a missing required field, an amount beyond MaxMoney, an unknown
+// type or schema version. Projections let the runtime park such events.
+// Whether the event is a legal step for its aggregate is checked where the
+// aggregate's state is known: OrderStatusAfter, ProductStatusAfter.
 func Decode(eventType string, schemaVersion int, data []byte) (any, error) {
 	data, err := Upcast(eventType, schemaVersion, data)
 	if err != nil {
-		return nil, err
+		return nil, &InvalidEventError{Type: eventType, Reason: err.Error(), Err: err}
 	}
 	var v any
 	switch eventType {
@@ -134,8 +142,30 @@ func Decode(eventType string, schemaVersion int, data []byte) (any, error) {
 	default:
 		return nil, &ErrUnknownEventType{Type: eventType}
 	}
+	if !isObject(data) {
+		return nil, &InvalidEventError{Type: eventType, Reason: "payload is not a JSON object"}
+	}
 	if err := json.Unmarshal(data, v); err != nil {
-		return nil, fmt.Errorf("decode %s v%d: %w", eventType, schemaVersion, err)
+		var ie *InvalidEventError
+		if errors.As(err, &ie) {
+			return nil, err
+		}
+		return nil, &InvalidEventError{Type: eventType, Reason: fmt.Sprintf("schema version %d does not decode: %v", schemaVersion, err), Err: err}
+	}
+	if err := validate(v); err != nil {
+		return nil, err
 	}
 	return v, nil
+}
+
+// isObject reports whether data's first non-blank byte opens a JSON object.
+func isObject(data []byte) bool {
+	for _, c := range data {
+		switch c {
+		case ' ', '\t', '\n', '\r':
+			continue
+		}
+		return c == '{'
+	}
+	return false
 }

@@ -187,8 +187,13 @@ func (o *Order) require(command, id string, allowed ...OrderStatus) error {
 	return &TransitionError{Aggregate: OrderAggregate, ID: o.ID, Command: command, Status: string(o.Status)}
 }
 
-// Apply implements State.
+// Apply implements State. An event that is not a legal step from the
+// order's status is an InvalidEventError (the stream was written by
+// something that bypassed the decisions above).
 func (o *Order) Apply(e Event) error {
+	if _, err := OrderStatusAfter(o.Status, e); err != nil {
+		return fmt.Errorf("order %s: %w", o.ID, err)
+	}
 	switch e := e.(type) {
 	case *OrderPlaced:
 		*o = Order{

@@ -150,8 +150,12 @@ func (p *Product) requireActive(command, id string) error {
 	return nil
 }
 
-// Apply implements State.
+// Apply implements State. An event that is not a legal step from the
+// product's status is an InvalidEventError.
 func (p *Product) Apply(e Event) error {
+	if _, err := ProductStatusAfter(p.Status, e); err != nil {
+		return fmt.Errorf("product %s: %w", p.ID, err)
+	}
 	switch e := e.(type) {
 	case *ProductCreated:
 		*p = Product{

@@ -243,6 +243,11 @@ func (s *Server) writeCommandError(w http.ResponseWriter, r *http.Request, err e
 		WriteError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, domain.ErrInvalidTransition), errors.Is(err, domain.ErrAlreadyExists):
 		WriteError(w, http.StatusConflict, err.Error())
+	case errors.Is(err, domain.ErrInvalidEvent):
+		// The aggregate's history holds an event the domain refuses
+		// (written around the writer, through the SQL contract): no command
+		// can apply until an operator repairs it.
+		WriteError(w, http.StatusConflict, "the aggregate's history cannot be loaded: "+err.Error())
 	case errors.Is(err, outbox.ErrConcurrencyConflict):
 		WriteError(w, http.StatusConflict, "concurrent update, retry the request: "+err.Error())
 	case r.Context().Err() != nil:

@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -60,32 +61,55 @@ type details struct {
 	cancelReason   *string
 	version        int32
 	items          []domain.OrderItem // from OrderPlaced
+
+	// The batch's first event of the order, checked against the stored
+	// row in upsertDetailsSQL; later ones are checked against the fold.
+	first        *outbox.Event
+	firstEvent   domain.Event
+	before       string // ",pending,confirmed,"; ",," is "not placed"
+	foldedStatus domain.OrderStatus
 }
 
 // Events only set fields, so the fold is merged over the stored row (read
 // by the LEFT JOIN; NOT NULL is checked before ON CONFLICT, so the merge
 // cannot wait for DO UPDATE).
+//
+// The same statement checks each order's first event of the batch against
+// the stored row (see ordersummary): it writes nothing when an order's
+// stored status is not one the event may follow, and returns those orders.
 const upsertDetailsSQL = `
+WITH r AS (
+    SELECT r.*, cur.customer_name AS cur_customer, cur.total_amount AS cur_total, cur.status AS cur_status,
+           cur.item_count AS cur_item_count, cur.placed_at AS cur_placed, cur.confirmed_at AS cur_confirmed,
+           cur.shipped_at AS cur_shipped, cur.tracking_number AS cur_tracking, cur.cancelled_at AS cur_cancelled,
+           cur.cancel_reason AS cur_reason, cur.version AS cur_version
+      FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::timestamptz[], $7::timestamptz[],
+                  $8::timestamptz[], $9::text[], $10::timestamptz[], $11::text[], $12::int[], $13::int[], $14::text[])
+           AS r(order_id, customer_name, total_cents, status, item_count, placed_at, confirmed_at, shipped_at,
+                tracking_number, cancelled_at, cancel_reason, version, first_version, before)
+      LEFT JOIN order_details cur ON cur.order_id = r.order_id
+), illegal AS (
+    SELECT order_id, coalesce(cur_status, '') AS status FROM r
+     WHERE coalesce(cur_version, 0) < first_version
+       AND strpos(before, ',' || coalesce(cur_status, '') || ',') = 0
+), up AS (
 INSERT INTO order_details AS d
        (order_id, customer_name, total_amount, status, item_count, placed_at, confirmed_at, shipped_at,
         tracking_number, cancelled_at, cancel_reason, version, updated_at)
-SELECT r.order_id,
-       coalesce(r.customer_name, cur.customer_name),
-       coalesce(r.total_cents / 100.0, cur.total_amount),
-       r.status,
-       coalesce(r.item_count, cur.item_count),
-       coalesce(r.placed_at, cur.placed_at),
-       coalesce(r.confirmed_at, cur.confirmed_at),
-       coalesce(r.shipped_at, cur.shipped_at),
-       coalesce(r.tracking_number, cur.tracking_number),
-       coalesce(r.cancelled_at, cur.cancelled_at),
-       coalesce(r.cancel_reason, cur.cancel_reason),
-       r.version, now()
-  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::timestamptz[], $7::timestamptz[],
-              $8::timestamptz[], $9::text[], $10::timestamptz[], $11::text[], $12::int[])
-       AS r(order_id, customer_name, total_cents, status, item_count, placed_at, confirmed_at, shipped_at,
-            tracking_number, cancelled_at, cancel_reason, version)
-  LEFT JOIN order_details cur ON cur.order_id = r.order_id
+SELECT order_id,
+       coalesce(customer_name, cur_customer),
+       coalesce(total_cents / 100.0, cur_total),
+       status,
+       coalesce(item_count, cur_item_count),
+       coalesce(placed_at, cur_placed),
+       coalesce(confirmed_at, cur_confirmed),
+       coalesce(shipped_at, cur_shipped),
+       coalesce(tracking_number, cur_tracking),
+       coalesce(cancelled_at, cur_cancelled),
+       coalesce(cancel_reason, cur_reason),
+       version, now()
+  FROM r
+ WHERE NOT EXISTS (SELECT FROM illegal)
 ON CONFLICT (order_id) DO UPDATE SET
        customer_name   = excluded.customer_name,
        total_amount    = excluded.total_amount,
@@ -99,7 +123,9 @@ ON CONFLICT (order_id) DO UPDATE SET
        cancel_reason   = excluded.cancel_reason,
        version         = excluded.version,
        updated_at      = excluded.updated_at
- WHERE d.version < excluded.version`
+ WHERE d.version < excluded.version
+)
+SELECT order_id, status FROM illegal ORDER BY order_id`
 
 // Lines never change after OrderPlaced: the key is the version guard.
 const insertItemsSQL = `
@@ -109,8 +135,10 @@ SELECT i.order_id, i.line_no, i.product_id, i.product_name, i.quantity, i.unit_c
        AS i(order_id, line_no, product_id, product_name, quantity, unit_cents, subtotal_cents)
 ON CONFLICT (order_id, line_no) DO NOTHING`
 
-// Apply implements projectors.Projection. An order whose OrderPlaced was
-// never applied fails the NOT NULL constraints (the runtime parks the event).
+// Apply implements projectors.Projection. An event that does not decode,
+// lacks what the tables need, or is not a legal step from the order's
+// status (in the batch or as stored) is a domain.ErrInvalidEvent: the
+// runtime parks it with that reason.
 func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error {
 	orders := map[string]*details{}
 	for i := range b.Events {
@@ -119,10 +147,17 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		if err != nil {
 			return eventError(e, err)
 		}
+		ev, ok := v.(domain.Event)
+		if !ok || domain.OrderStatusesBefore(ev) == nil {
+			return eventError(e, fmt.Errorf("%s does not handle %T", Name, v))
+		}
 		d := orders[e.AggregateID]
 		if d == nil {
-			d = &details{}
+			d = &details{first: e, firstEvent: ev, before: before(ev)}
+			d.foldedStatus, _ = domain.OrderStatusAfter(domain.OrderStatusesBefore(ev)[0], ev)
 			orders[e.AggregateID] = d
+		} else if d.foldedStatus, err = domain.OrderStatusAfter(d.foldedStatus, ev); err != nil {
+			return eventError(e, fmt.Errorf("order %s: %w", e.AggregateID, err))
 		}
 		switch ev := v.(type) {
 		case *domain.OrderPlaced:
@@ -156,7 +191,8 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		totals                                = make([]*int64, n)
 		itemCounts                            = make([]*int32, n)
 		placed, confirmed, shipped, cancelled = make([]*time.Time, n), make([]*time.Time, n), make([]*time.Time, n), make([]*time.Time, n)
-		versions                              = make([]int32, n)
+		versions, firsts                      = make([]int32, n), make([]int32, n)
+		befores                               = make([]string, n)
 		itOrder, itProduct, itName            []string
 		itLine, itQty                         []int32
 		itUnit, itSubtotal                    []int64
@@ -165,15 +201,26 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		d := orders[k]
 		ids[i], statuses[i], customers[i], tracking[i], reasons[i] = k, d.status, d.customerName, d.trackingNumber, d.cancelReason
 		totals[i], itemCounts[i], versions[i] = d.totalCents, d.itemCount, d.version
+		firsts[i], befores[i] = int32(d.first.Version), d.before
 		placed[i], confirmed[i], shipped[i], cancelled[i] = d.placedAt, d.confirmedAt, d.shippedAt, d.cancelledAt
 		for j, it := range d.items {
 			itOrder, itLine, itProduct, itName = append(itOrder, k), append(itLine, int32(j+1)), append(itProduct, it.ProductID), append(itName, it.ProductName)
 			itQty, itUnit, itSubtotal = append(itQty, int32(it.Quantity)), append(itUnit, int64(it.UnitPrice)), append(itSubtotal, int64(it.Subtotal()))
 		}
 	}
-	if _, err := tx.Exec(ctx, upsertDetailsSQL, ids, customers, totals, statuses, itemCounts, placed, confirmed, shipped,
-		tracking, cancelled, reasons, versions); err != nil {
+	res, err := tx.Query(ctx, upsertDetailsSQL, ids, customers, totals, statuses, itemCounts, placed, confirmed, shipped,
+		tracking, cancelled, reasons, versions, firsts, befores)
+	if err != nil {
 		return fmt.Errorf("%s: upsert %d orders: %w", Name, n, err)
+	}
+	illegal, err := pgx.CollectRows(res, pgx.RowToStructByPos[storedStatus])
+	if err != nil {
+		return fmt.Errorf("%s: upsert %d orders: %w", Name, n, err)
+	}
+	if len(illegal) > 0 {
+		d := orders[illegal[0].OrderID]
+		_, err := domain.OrderStatusAfter(domain.OrderStatus(illegal[0].Status), d.firstEvent)
+		return eventError(d.first, fmt.Errorf("order %s: %w", illegal[0].OrderID, err))
 	}
 	if len(itOrder) > 0 {
 		if _, err := tx.Exec(ctx, insertItemsSQL, itOrder, itLine, itProduct, itName, itQty, itUnit, itSubtotal); err != nil {
@@ -181,6 +228,23 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		}
 	}
 	return nil
+}
+
+// storedStatus is an order whose stored status the batch cannot follow.
+type storedStatus struct {
+	OrderID string
+	Status  string
+}
+
+// before lists the statuses an order may be in before e, as ",a,b,".
+func before(e domain.Event) string {
+	var sb strings.Builder
+	sb.WriteByte(',')
+	for _, s := range domain.OrderStatusesBefore(e) {
+		sb.WriteString(string(s))
+		sb.WriteByte(',')
+	}
+	return sb.String()
 }
 
 func nilIfEmpty(s string) *string {

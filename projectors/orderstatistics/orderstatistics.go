@@ -4,10 +4,12 @@
 // It is a counter projection, and deliberately a plain one: OrderPlaced
 // adds the order to pending; every later transition moves it (count and
 // amount) from its previous status to the new one. There is no version
-// guard, so it is NOT idempotent: applying an event twice double-counts.
-// It is right only if the runtime applies every event exactly once (apply
-// and checkpoint commit in one transaction), which makes it the canary for
-// that guarantee: compare it with an aggregation over the events table.
+// guard, so it is NOT idempotent; it is right only if the runtime applies
+// every event exactly once (apply and checkpoint commit in one
+// transaction), which makes it the canary for that guarantee: compare it
+// with an aggregation over the events table. Every event must be a legal
+// step from the order's stored status, so an event applied twice is refused
+// (and parked) rather than counted twice.
 //
 // To know an order's previous status it keeps order_statistics_orders
 // (order id, status, amount), updated in the same statement as the
@@ -18,6 +20,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -55,42 +58,62 @@ type move struct {
 	status     string
 	placed     bool
 	totalCents *int64 // from OrderPlaced
+
+	// The batch's first event of the order, checked against the stored
+	// status in applySQL; later ones are checked against the fold.
+	first        *outbox.Event
+	firstEvent   domain.Event
+	before       string // ",pending,confirmed,"; ",," is "not placed"
+	foldedStatus domain.OrderStatus
 }
 
 // applySQL moves each order of the batch from its previous status (stored
-// in order_statistics_orders, unless the order was placed in this batch)
-// to its new one, in one statement: all CTEs read the tables as they were
-// before it, so prev is the state before the batch. The four counter rows
-// are hot (every segment writes them): INSERT ... SELECT ... ORDER BY
-// status ON CONFLICT locks them in status order, so concurrent segments
-// queue instead of deadlocking (an UPDATE ... FROM locks them in whatever
-// order its join emits them, and the conformance suite's concurrent
-// segments caught that deadlock). An event for an order never placed has no
-// amount and fails the NOT NULL on order_statistics_orders.total_amount.
+// in order_statistics_orders) to its new one, in one statement: all CTEs
+// read the tables as they were before it, so prev is the state before the
+// batch. The four counter rows are hot (every segment writes them): INSERT
+// ... SELECT ... ORDER BY status ON CONFLICT locks them in status order, so
+// concurrent segments queue instead of deadlocking (an UPDATE ... FROM
+// locks them in whatever order its join emits them, and the conformance
+// suite's concurrent segments caught that deadlock).
+//
+// Each order's first event of the batch must be a legal step from its
+// stored status (b.before lists the statuses it may follow; ",," means "not
+// placed"): a second OrderPlaced, or a transition of an order never placed,
+// would count an order twice or move an amount that was never added. When
+// any order fails that check the statement writes nothing and returns those
+// orders.
 const applySQL = `
 WITH b AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::bigint[]) AS b(order_id, status, placed, total_cents)
+    SELECT b.*, o.status AS cur_status, o.total_amount AS cur_total
+      FROM unnest($1::text[], $2::text[], $3::bool[], $4::bigint[], $5::text[]) AS b(order_id, status, placed, total_cents, before)
+      LEFT JOIN order_statistics_orders o ON o.order_id = b.order_id
+), illegal AS (
+    SELECT order_id, coalesce(cur_status, '') AS status FROM b
+     WHERE strpos(before, ',' || coalesce(cur_status, '') || ',') = 0
 ), prev AS (
-    SELECT o.order_id, o.status, o.total_amount
-      FROM b JOIN order_statistics_orders o ON o.order_id = b.order_id
-     WHERE NOT b.placed
+    SELECT order_id, cur_status AS status, cur_total AS total_amount FROM b
+     WHERE cur_status IS NOT NULL AND NOT placed
 ), moved AS (
-    SELECT b.order_id, b.status, coalesce(b.total_cents / 100.0, p.total_amount) AS total_amount
-      FROM b LEFT JOIN prev p ON p.order_id = b.order_id
+    SELECT order_id, status, coalesce(total_cents / 100.0, cur_total) AS total_amount FROM b
 ), tracked AS (
     INSERT INTO order_statistics_orders AS o (order_id, status, total_amount)
     SELECT order_id, status, total_amount FROM moved
+     WHERE NOT EXISTS (SELECT FROM illegal)
     ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, total_amount = excluded.total_amount
 ), delta AS (
     SELECT status, -1 AS orders, -total_amount AS revenue FROM prev
     UNION ALL
     SELECT status, 1, total_amount FROM moved
+), counted AS (
+    INSERT INTO order_statistics AS s (status, order_count, total_revenue)
+    SELECT status, sum(orders), sum(revenue) FROM delta
+     WHERE NOT EXISTS (SELECT FROM illegal)
+     GROUP BY status ORDER BY status
+    ON CONFLICT (status) DO UPDATE SET
+           order_count   = s.order_count + excluded.order_count,
+           total_revenue = s.total_revenue + excluded.total_revenue
 )
-INSERT INTO order_statistics AS s (status, order_count, total_revenue)
-SELECT status, sum(orders), sum(revenue) FROM delta GROUP BY status ORDER BY status
-ON CONFLICT (status) DO UPDATE SET
-       order_count   = s.order_count + excluded.order_count,
-       total_revenue = s.total_revenue + excluded.total_revenue`
+SELECT order_id, status FROM illegal ORDER BY order_id`
 
 // Apply implements projectors.Projection.
 func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error {
@@ -101,10 +124,17 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		if err != nil {
 			return eventError(e, err)
 		}
+		ev, ok := v.(domain.Event)
+		if !ok || domain.OrderStatusesBefore(ev) == nil {
+			return eventError(e, fmt.Errorf("%s does not handle %T", Name, v))
+		}
 		m := moves[e.AggregateID]
 		if m == nil {
-			m = &move{}
+			m = &move{first: e, firstEvent: ev, before: before(ev)}
+			m.foldedStatus, _ = domain.OrderStatusAfter(domain.OrderStatusesBefore(ev)[0], ev)
 			moves[e.AggregateID] = m
+		} else if m.foldedStatus, err = domain.OrderStatusAfter(m.foldedStatus, ev); err != nil {
+			return eventError(e, fmt.Errorf("order %s: %w", e.AggregateID, err))
 		}
 		switch ev := v.(type) {
 		case *domain.OrderPlaced:
@@ -129,15 +159,42 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 	}
 	slices.Sort(keys)
 	n := len(keys)
-	statuses, placed, totals := make([]string, n), make([]bool, n), make([]*int64, n)
+	statuses, placed, totals, befores := make([]string, n), make([]bool, n), make([]*int64, n), make([]string, n)
 	for i, k := range keys {
 		m := moves[k]
-		statuses[i], placed[i], totals[i] = m.status, m.placed, m.totalCents
+		statuses[i], placed[i], totals[i], befores[i] = m.status, m.placed, m.totalCents, m.before
 	}
-	if _, err := tx.Exec(ctx, applySQL, keys, statuses, placed, totals); err != nil {
+	res, err := tx.Query(ctx, applySQL, keys, statuses, placed, totals, befores)
+	if err != nil {
 		return fmt.Errorf("%s: count %d orders: %w", Name, n, err)
 	}
+	illegal, err := pgx.CollectRows(res, pgx.RowToStructByPos[storedStatus])
+	if err != nil {
+		return fmt.Errorf("%s: count %d orders: %w", Name, n, err)
+	}
+	if len(illegal) > 0 {
+		m := moves[illegal[0].OrderID]
+		_, err := domain.OrderStatusAfter(domain.OrderStatus(illegal[0].Status), m.firstEvent)
+		return eventError(m.first, fmt.Errorf("order %s: %w", illegal[0].OrderID, err))
+	}
 	return nil
+}
+
+// storedStatus is an order whose stored status the batch cannot follow.
+type storedStatus struct {
+	OrderID string
+	Status  string
+}
+
+// before lists the statuses an order may be in before e, as ",a,b,".
+func before(e domain.Event) string {
+	var sb strings.Builder
+	sb.WriteByte(',')
+	for _, s := range domain.OrderStatusesBefore(e) {
+		sb.WriteString(string(s))
+		sb.WriteByte(',')
+	}
+	return sb.String()
 }
 
 // Reset implements projectors.Projection: every counter back to zero (the

@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -56,6 +57,14 @@ type row struct {
 	shippedAt    *time.Time
 	cancelledAt  *time.Time
 	version      int32
+
+	// The batch's first event of the order: the stored row must be in one
+	// of the statuses before it (see legalSQL); later events are checked
+	// against the fold.
+	first        *outbox.Event
+	firstEvent   domain.Event
+	before       string // ",pending,confirmed,"; ",," is "not placed"
+	foldedStatus domain.OrderStatus
 }
 
 // Every event of an order sets fields; none clears one. So folding a batch
@@ -63,21 +72,40 @@ type row struct {
 // row is the same as applying the events one by one. The merge happens in
 // the SELECT (a LEFT JOIN on the stored row), not in DO UPDATE: PostgreSQL
 // checks NOT NULL on the proposed row before it looks for a conflict.
+//
+// The same statement checks each order's first event of the batch against
+// the stored row: the stored status must be one the event may follow
+// (r.before, e.g. ",pending,confirmed,"; ",," when the order must not exist
+// yet), unless the row already reflects that event (a replay). It writes
+// nothing when any order fails the check and returns those orders.
 const upsertSQL = `
+WITH r AS (
+    SELECT r.*, cur.order_id AS cur_id, cur.customer_name AS cur_customer, cur.total_amount AS cur_total,
+           cur.status AS cur_status, cur.placed_at AS cur_placed, cur.confirmed_at AS cur_confirmed,
+           cur.shipped_at AS cur_shipped, cur.cancelled_at AS cur_cancelled, cur.version AS cur_version
+      FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[],
+                  $8::timestamptz[], $9::int[], $10::int[], $11::text[])
+           AS r(order_id, customer_name, total_cents, status, placed_at, confirmed_at, shipped_at, cancelled_at, version,
+                first_version, before)
+      LEFT JOIN order_summary cur ON cur.order_id = r.order_id
+), illegal AS (
+    SELECT order_id, coalesce(cur_status, '') AS status FROM r
+     WHERE coalesce(cur_version, 0) < first_version
+       AND strpos(before, ',' || coalesce(cur_status, '') || ',') = 0
+), up AS (
 INSERT INTO order_summary AS s
        (order_id, customer_name, total_amount, status, placed_at, confirmed_at, shipped_at, cancelled_at, version, updated_at)
-SELECT r.order_id,
-       coalesce(r.customer_name, cur.customer_name),
-       coalesce(r.total_cents / 100.0, cur.total_amount),
-       r.status,
-       coalesce(r.placed_at, cur.placed_at),
-       coalesce(r.confirmed_at, cur.confirmed_at),
-       coalesce(r.shipped_at, cur.shipped_at),
-       coalesce(r.cancelled_at, cur.cancelled_at),
-       r.version, now()
-  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::int[])
-       AS r(order_id, customer_name, total_cents, status, placed_at, confirmed_at, shipped_at, cancelled_at, version)
-  LEFT JOIN order_summary cur ON cur.order_id = r.order_id
+SELECT order_id,
+       coalesce(customer_name, cur_customer),
+       coalesce(total_cents / 100.0, cur_total),
+       status,
+       coalesce(placed_at, cur_placed),
+       coalesce(confirmed_at, cur_confirmed),
+       coalesce(shipped_at, cur_shipped),
+       coalesce(cancelled_at, cur_cancelled),
+       version, now()
+  FROM r
+ WHERE NOT EXISTS (SELECT FROM illegal)
 ON CONFLICT (order_id) DO UPDATE SET
        customer_name = excluded.customer_name,
        total_amount  = excluded.total_amount,
@@ -88,10 +116,14 @@ ON CONFLICT (order_id) DO UPDATE SET
        cancelled_at  = excluded.cancelled_at,
        version       = excluded.version,
        updated_at    = excluded.updated_at
- WHERE s.version < excluded.version`
+ WHERE s.version < excluded.version
+)
+SELECT order_id, status FROM illegal ORDER BY order_id`
 
-// Apply implements projectors.Projection. An order whose OrderPlaced was never
-// applied fails the NOT NULL constraints (the runtime parks the event).
+// Apply implements projectors.Projection. An event that does not decode,
+// lacks what the table needs, or is not a legal step from the order's
+// status (in the batch or as stored) is a domain.ErrInvalidEvent: the
+// runtime parks it with that reason.
 func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error {
 	rows := map[string]*row{}
 	for i := range b.Events {
@@ -100,10 +132,17 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		if err != nil {
 			return eventError(e, err)
 		}
+		ev, ok := v.(domain.Event)
+		if !ok || domain.OrderStatusesBefore(ev) == nil {
+			return eventError(e, fmt.Errorf("%s does not handle %T", Name, v))
+		}
 		r := rows[e.AggregateID]
 		if r == nil {
-			r = &row{orderID: e.AggregateID}
+			r = &row{orderID: e.AggregateID, first: e, firstEvent: ev, before: before(ev)}
+			r.foldedStatus, _ = domain.OrderStatusAfter(domain.OrderStatusesBefore(ev)[0], ev)
 			rows[e.AggregateID] = r
+		} else if r.foldedStatus, err = domain.OrderStatusAfter(r.foldedStatus, ev); err != nil {
+			return eventError(e, fmt.Errorf("order %s: %w", e.AggregateID, err))
 		}
 		switch ev := v.(type) {
 		case *domain.OrderPlaced:
@@ -141,17 +180,46 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		shipped   = make([]*time.Time, n)
 		cancelled = make([]*time.Time, n)
 		versions  = make([]int32, n)
+		firsts    = make([]int32, n)
+		befores   = make([]string, n)
 	)
 	for i, k := range keys {
 		r := rows[k]
 		ids[i], customers[i], totals[i], statuses[i] = r.orderID, r.customerName, r.totalCents, r.status
 		placed[i], confirmed[i], shipped[i], cancelled[i] = r.placedAt, r.confirmedAt, r.shippedAt, r.cancelledAt
-		versions[i] = r.version
+		versions[i], firsts[i], befores[i] = r.version, int32(r.first.Version), r.before
 	}
-	if _, err := tx.Exec(ctx, upsertSQL, ids, customers, totals, statuses, placed, confirmed, shipped, cancelled, versions); err != nil {
+	res, err := tx.Query(ctx, upsertSQL, ids, customers, totals, statuses, placed, confirmed, shipped, cancelled, versions, firsts, befores)
+	if err != nil {
 		return fmt.Errorf("%s: upsert %d orders: %w", Name, n, err)
 	}
+	illegal, err := pgx.CollectRows(res, pgx.RowToStructByPos[storedStatus])
+	if err != nil {
+		return fmt.Errorf("%s: upsert %d orders: %w", Name, n, err)
+	}
+	if len(illegal) > 0 {
+		r := rows[illegal[0].OrderID]
+		_, err := domain.OrderStatusAfter(domain.OrderStatus(illegal[0].Status), r.firstEvent)
+		return eventError(r.first, fmt.Errorf("order %s: %w", r.orderID, err))
+	}
 	return nil
+}
+
+// storedStatus is an order whose stored status the batch cannot follow.
+type storedStatus struct {
+	OrderID string
+	Status  string
+}
+
+// before lists the statuses an order may be in before e, as ",a,b,".
+func before(e domain.Event) string {
+	var sb strings.Builder
+	sb.WriteByte(',')
+	for _, s := range domain.OrderStatusesBefore(e) {
+		sb.WriteString(string(s))
+		sb.WriteByte(',')
+	}
+	return sb.String()
 }
 
 // Reset implements projectors.Projection.

@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -54,26 +55,52 @@ type product struct {
 	deletedAt  *time.Time
 	version    int32
 	created    bool // ProductCreated is in the batch: category_id is known, even if empty
+
+	// The batch's first event of the product, checked against the stored
+	// row in upsertSQL; later ones are checked against the fold.
+	first        *outbox.Event
+	firstEvent   domain.Event
+	before       string // ",active,"; ",," is "not created"
+	foldedStatus domain.ProductStatus
 }
 
 // Events only set fields, so the fold is merged over the stored row (read
 // by the LEFT JOIN; NOT NULL is checked before ON CONFLICT). category_id is
 // nullable, so $5 says which rows carry it.
+//
+// The same statement checks each product's first event of the batch
+// against the stored row: its status (” when there is none, deleted or
+// active) must be one the event may follow (r.before), unless the row
+// already reflects that event (a replay). It writes nothing when a product
+// fails the check, and returns those products.
 const upsertSQL = `
+WITH r AS (
+    SELECT r.*, cur.name AS cur_name, cur.price AS cur_price, cur.category_id AS cur_category, cur.sku AS cur_sku,
+           cur.created_at AS cur_created_at, cur.deleted AS cur_deleted, cur.deleted_at AS cur_deleted_at,
+           cur.version AS cur_version,
+           CASE WHEN cur.product_id IS NULL THEN '' WHEN cur.deleted THEN 'deleted' ELSE 'active' END AS cur_status
+      FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bool[], $6::text[], $7::timestamptz[],
+                  $8::bool[], $9::timestamptz[], $10::int[], $11::int[], $12::text[])
+           AS r(product_id, name, price_cents, category_id, created, sku, created_at, deleted, deleted_at, version,
+                first_version, before)
+      LEFT JOIN products cur ON cur.product_id = r.product_id
+), illegal AS (
+    SELECT product_id, cur_status FROM r
+     WHERE coalesce(cur_version, 0) < first_version
+       AND strpos(before, ',' || cur_status || ',') = 0
+), up AS (
 INSERT INTO products AS p (product_id, name, price, category_id, sku, created_at, deleted, deleted_at, version, updated_at)
-SELECT r.product_id,
-       coalesce(r.name, cur.name),
-       coalesce(r.price_cents / 100.0, cur.price),
-       CASE WHEN r.created THEN r.category_id ELSE cur.category_id END,
-       coalesce(r.sku, cur.sku),
-       coalesce(r.created_at, cur.created_at),
-       coalesce(r.deleted, cur.deleted, false),
-       coalesce(r.deleted_at, cur.deleted_at),
-       r.version, now()
-  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bool[], $6::text[], $7::timestamptz[],
-              $8::bool[], $9::timestamptz[], $10::int[])
-       AS r(product_id, name, price_cents, category_id, created, sku, created_at, deleted, deleted_at, version)
-  LEFT JOIN products cur ON cur.product_id = r.product_id
+SELECT product_id,
+       coalesce(name, cur_name),
+       coalesce(price_cents / 100.0, cur_price),
+       CASE WHEN created THEN category_id ELSE cur_category END,
+       coalesce(sku, cur_sku),
+       coalesce(created_at, cur_created_at),
+       coalesce(deleted, cur_deleted, false),
+       coalesce(deleted_at, cur_deleted_at),
+       version, now()
+  FROM r
+ WHERE NOT EXISTS (SELECT FROM illegal)
 ON CONFLICT (product_id) DO UPDATE SET
        name        = excluded.name,
        price       = excluded.price,
@@ -84,7 +111,9 @@ ON CONFLICT (product_id) DO UPDATE SET
        deleted_at  = excluded.deleted_at,
        version     = excluded.version,
        updated_at  = excluded.updated_at
- WHERE p.version < excluded.version`
+ WHERE p.version < excluded.version
+)
+SELECT product_id, cur_status FROM illegal ORDER BY product_id`
 
 // Apply implements projectors.Projection. A product whose ProductCreated
 // was never applied fails the NOT NULL constraints (the runtime parks the
@@ -97,10 +126,17 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		if err != nil {
 			return eventError(e, err)
 		}
+		ev, ok := v.(domain.Event)
+		if !ok || domain.ProductStatusesBefore(ev) == nil {
+			return eventError(e, fmt.Errorf("%s does not handle %T", Name, v))
+		}
 		r := rows[e.AggregateID]
 		if r == nil {
-			r = &product{}
+			r = &product{first: e, firstEvent: ev, before: before(ev)}
+			r.foldedStatus, _ = domain.ProductStatusAfter(domain.ProductStatusesBefore(ev)[0], ev)
 			rows[e.AggregateID] = r
+		} else if r.foldedStatus, err = domain.ProductStatusAfter(r.foldedStatus, ev); err != nil {
+			return eventError(e, fmt.Errorf("product %s: %w", e.AggregateID, err))
 		}
 		switch ev := v.(type) {
 		case *domain.ProductCreated:
@@ -136,17 +172,47 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		prices                  = make([]*int64, n)
 		created, deleted        = make([]bool, n), make([]*bool, n)
 		createdAt, deletedAt    = make([]*time.Time, n), make([]*time.Time, n)
-		versions                = make([]int32, n)
+		versions, firsts        = make([]int32, n), make([]int32, n)
+		befores                 = make([]string, n)
 	)
 	for i, k := range keys {
 		r := rows[k]
 		names[i], categories[i], skus[i], prices[i] = r.name, r.categoryID, r.sku, r.priceCents
 		created[i], deleted[i], createdAt[i], deletedAt[i], versions[i] = r.created, r.deleted, r.createdAt, r.deletedAt, r.version
+		firsts[i], befores[i] = int32(r.first.Version), r.before
 	}
-	if _, err := tx.Exec(ctx, upsertSQL, keys, names, prices, categories, created, skus, createdAt, deleted, deletedAt, versions); err != nil {
+	res, err := tx.Query(ctx, upsertSQL, keys, names, prices, categories, created, skus, createdAt, deleted, deletedAt, versions,
+		firsts, befores)
+	if err != nil {
 		return fmt.Errorf("%s: upsert %d products: %w", Name, n, err)
 	}
+	illegal, err := pgx.CollectRows(res, pgx.RowToStructByPos[storedStatus])
+	if err != nil {
+		return fmt.Errorf("%s: upsert %d products: %w", Name, n, err)
+	}
+	if len(illegal) > 0 {
+		r := rows[illegal[0].ProductID]
+		_, err := domain.ProductStatusAfter(domain.ProductStatus(illegal[0].Status), r.firstEvent)
+		return eventError(r.first, fmt.Errorf("product %s: %w", illegal[0].ProductID, err))
+	}
 	return nil
+}
+
+// storedStatus is a product whose stored status the batch cannot follow.
+type storedStatus struct {
+	ProductID string
+	Status    string
+}
+
+// before lists the statuses a product may be in before e, as ",a,b,".
+func before(e domain.Event) string {
+	var sb strings.Builder
+	sb.WriteByte(',')
+	for _, s := range domain.ProductStatusesBefore(e) {
+		sb.WriteString(string(s))
+		sb.WriteByte(',')
+	}
+	return sb.String()
 }
 
 // Reset implements projectors.Projection.
