@@ -23,8 +23,9 @@ import (
 //go:embed *.up.sql
 var files embed.FS
 
-// lockKey is the advisory lock taken while migrating ("readside" in ASCII).
-const lockKey = 0x7265616473696465
+// LockKey is the advisory lock taken while migrating ("readside" in ASCII);
+// other schema changes (projector adopt) take it too.
+const LockKey = 0x7265616473696465
 
 // ErrSchemaTooNew is returned when the database was migrated by a newer
 // binary than this one.
@@ -92,11 +93,11 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) (*Res
 		return nil, fmt.Errorf("migrate: connect: %w", err)
 	}
 	defer conn.Release()
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, int64(lockKey)); err != nil {
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, int64(LockKey)); err != nil {
 		return nil, fmt.Errorf("migrate: lock: %w", err)
 	}
 	defer func() {
-		if _, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, int64(lockKey)); err != nil {
+		if _, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, int64(LockKey)); err != nil {
 			conn.Conn().Close(context.WithoutCancel(ctx)) // closing the session releases the lock
 		}
 	}()

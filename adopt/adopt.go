@@ -1,0 +1,382 @@
+package adopt
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/readside/readside/migrations"
+)
+
+// TriggerName is the trigger adopt creates on the application's table.
+const TriggerName = "readside_adopted"
+
+// Config says which table to adopt and how its columns and names map to
+// readside's.
+type Config struct {
+	// Table is the application's events table, "schema.table" or "table"
+	// (then the one table of that name outside readside's schema).
+	Table string
+	// Columns maps readside's names (Keys) to the table's columns; a
+	// missing key means a column of the same name.
+	Columns map[string]string
+	// Renames map stored event and aggregate type names to readside's.
+	Renames []Rename
+}
+
+// Result says what Adopt or Remove did (or, for a dry run, would do).
+type Result struct {
+	Table   string // the table, schema-qualified
+	SQL     string // the statements run (dry run: to run); empty when there was nothing to do
+	Changed bool   // false when the table was already adopted this way (or, Remove, not adopted)
+	History int64  // rows copied as history by this call (first adoption only)
+}
+
+// errNoTable: the table to adopt does not exist.
+var errNoTable = errors.New("adopt: no such table")
+
+// Adopt installs, under the migration lock and in one transaction, a
+// trigger on cfg.Table that copies each new row (mapped and renamed) into
+// readside's events table, and copies the rows already there as history in
+// id order. Adopting again with the same mapping does nothing; with another
+// mapping it replaces the trigger's function and keeps the history. With
+// dryRun nothing changes and Result.SQL is what would run.
+func Adopt(ctx context.Context, pool *pgxpool.Pool, cfg Config, dryRun bool) (*Result, error) {
+	var res *Result
+	err := locked(ctx, pool, func(tx pgx.Tx) error {
+		t, err := resolve(ctx, tx, cfg.Table)
+		if err != nil {
+			return err
+		}
+		exprs, mapping, err := columns(ctx, tx, t, cfg.Columns)
+		if err != nil {
+			return err
+		}
+		renames := cfg.Renames
+		if renames == nil {
+			renames = []Rename{}
+		}
+		mapJSON, _ := json.Marshal(mapping)
+		renJSON, _ := json.Marshal(renames)
+		res = &Result{Table: t.name}
+
+		var stored struct {
+			columns, renames string
+			found            bool
+		}
+		err = tx.QueryRow(ctx, `SELECT columns::text, renames::text FROM readside_adoptions WHERE table_name = $1`, t.name).
+			Scan(&stored.columns, &stored.renames)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+		case err != nil:
+			return fmt.Errorf("adopt: read stored mapping: %w", err)
+		default:
+			stored.found = true
+		}
+		var hasTrigger bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2)`, t.oid, TriggerName).Scan(&hasTrigger); err != nil {
+			return fmt.Errorf("adopt: %w", err)
+		}
+		if stored.found && hasTrigger && jsonEqual(stored.columns, string(mapJSON)) && jsonEqual(stored.renames, string(renJSON)) {
+			return nil // already adopted this way
+		}
+
+		fn := pgx.Identifier{t.readside, functionName(t.name)}.Sanitize()
+		target := pgx.Identifier{t.readside, "events"}.Sanitize()
+		sel := fmt.Sprintf(`SELECT %s, %s, %s, %s, %s, %s, %s`,
+			renameSQL(exprs["aggregate_type"], renames), exprs["aggregate_id"], renameSQL(exprs["event_type"], renames),
+			exprs["event_data"], exprs["metadata"], exprs["version"], exprs["occurred_at"])
+		insert := `INSERT INTO ` + target + ` (aggregate_type, aggregate_id, event_type, event_data, metadata, version, occurred_at)`
+		var b strings.Builder
+		fmt.Fprintf(&b, "-- readside adopt %s: copy each new row into %s\n", t.name, target)
+		fmt.Fprintf(&b, "LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE;\n", t.ident)
+		fmt.Fprintf(&b, `CREATE OR REPLACE FUNCTION %s() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, %s, pg_temp AS $readside$
+BEGIN
+    %s
+    %s
+      FROM readside_new_rows n
+     ORDER BY %s;
+    RETURN NULL;
+END
+$readside$;
+`, fn, pgx.Identifier{t.readside}.Sanitize(), insert, sel, exprs["id"])
+		fmt.Fprintf(&b, "DROP TRIGGER IF EXISTS %s ON %s;\n", TriggerName, t.ident)
+		fmt.Fprintf(&b, "CREATE TRIGGER %s AFTER INSERT ON %s REFERENCING NEW TABLE AS readside_new_rows\n    FOR EACH STATEMENT EXECUTE FUNCTION %s();\n",
+			TriggerName, t.ident, fn)
+		if !stored.found {
+			fmt.Fprintf(&b, "-- history: the rows written before adoption, in id order\n%s\n%s\n  FROM %s n\n ORDER BY %s;\n",
+				insert, sel, t.ident, exprs["id"])
+		}
+		fmt.Fprintf(&b, `INSERT INTO %s (table_name, columns, renames, function_name, history_events)
+VALUES (%s, %s, %s, %s, (SELECT count(*) FROM %s))
+ON CONFLICT (table_name) DO UPDATE
+   SET columns = excluded.columns, renames = excluded.renames, function_name = excluded.function_name, updated_at = now();
+`, pgx.Identifier{t.readside, "readside_adoptions"}.Sanitize(), literal(t.name), literal(string(mapJSON)), literal(string(renJSON)), literal(fn), t.ident)
+		res.SQL = b.String()
+		res.Changed = true
+		if dryRun {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, res.SQL); err != nil {
+			return fmt.Errorf("adopt %s: %w", t.name, err)
+		}
+		if !stored.found {
+			if err := tx.QueryRow(ctx, `SELECT history_events FROM readside_adoptions WHERE table_name = $1`, t.name).Scan(&res.History); err != nil {
+				return fmt.Errorf("adopt %s: %w", t.name, err)
+			}
+		}
+		return nil
+	}, dryRun)
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// Remove drops the trigger and its function from an adopted table and
+// forgets the mapping. Events already copied stay in readside's log (it is
+// append-only).
+func Remove(ctx context.Context, pool *pgxpool.Pool, table string, dryRun bool) (*Result, error) {
+	var res *Result
+	err := locked(ctx, pool, func(tx pgx.Tx) error {
+		t, err := resolve(ctx, tx, table)
+		if err != nil {
+			return err
+		}
+		res = &Result{Table: t.name}
+		var fn string
+		err = tx.QueryRow(ctx, `SELECT function_name FROM readside_adoptions WHERE table_name = $1`, t.name).Scan(&fn)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("adopt --remove: %w", err)
+		}
+		res.SQL = fmt.Sprintf("DROP TRIGGER IF EXISTS %s ON %s;\nDROP FUNCTION IF EXISTS %s();\nDELETE FROM %s WHERE table_name = %s;\n",
+			TriggerName, t.ident, fn, pgx.Identifier{t.readside, "readside_adoptions"}.Sanitize(), literal(t.name))
+		res.Changed = true
+		if dryRun {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, res.SQL); err != nil {
+			return fmt.Errorf("adopt --remove %s: %w", t.name, err)
+		}
+		return nil
+	}, dryRun)
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// locked runs f in a transaction under the migration lock, on a migrated
+// database; a dry run rolls back.
+func locked(ctx context.Context, pool *pgxpool.Pool, f func(pgx.Tx) error, dryRun bool) error {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("adopt: connect: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, int64(migrations.LockKey)); err != nil {
+		return fmt.Errorf("adopt: lock: %w", err)
+	}
+	defer func() {
+		if _, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, int64(migrations.LockKey)); err != nil {
+			conn.Conn().Close(context.WithoutCancel(ctx))
+		}
+	}()
+	if err := migrations.Check(ctx, conn); err != nil {
+		return fmt.Errorf("adopt: %w", err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("adopt: begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if err := f(tx); err != nil {
+		return err
+	}
+	if dryRun {
+		return nil
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("adopt: commit: %w", err)
+	}
+	return nil
+}
+
+type table struct {
+	oid      uint32
+	name     string // schema.table as given by the catalog
+	ident    string // quoted
+	readside string // readside's schema
+}
+
+func resolve(ctx context.Context, tx pgx.Tx, name string) (*table, error) {
+	if name == "" {
+		return nil, errors.New("adopt: --table is required")
+	}
+	schema, rel, qualified := strings.Cut(name, ".")
+	if !qualified {
+		schema, rel = "", name
+	}
+	rows, err := tx.Query(ctx, `
+SELECT c.oid, n.nspname, c.relname, c.relispartition, current_schema(),
+       c.oid = to_regclass(quote_ident(current_schema()) || '.events')
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relname = $1 AND c.relkind IN ('r', 'p')
+   AND ($2 = '' OR n.nspname = $2)
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+ ORDER BY n.nspname`, rel, schema)
+	if err != nil {
+		return nil, fmt.Errorf("adopt: find %s: %w", name, err)
+	}
+	type cand struct {
+		table
+		partition, own bool
+	}
+	var cands []cand
+	for rows.Next() {
+		var c cand
+		var nsp, relname string
+		if err := rows.Scan(&c.oid, &nsp, &relname, &c.partition, &c.readside, &c.own); err != nil {
+			return nil, err
+		}
+		c.ident = pgx.Identifier{nsp, relname}.Sanitize()
+		c.name = nsp + "." + relname
+		cands = append(cands, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("adopt: find %s: %w", name, err)
+	}
+	if !qualified { // readside's own events table is never the one meant
+		cands = slices.DeleteFunc(cands, func(c cand) bool { return c.own })
+	}
+	switch {
+	case len(cands) == 0:
+		return nil, fmt.Errorf("%w: %s", errNoTable, name)
+	case len(cands) > 1:
+		var names []string
+		for _, c := range cands {
+			names = append(names, c.name)
+		}
+		return nil, fmt.Errorf("adopt: %s is ambiguous (%s): give schema.table", name, strings.Join(names, ", "))
+	case cands[0].own:
+		return nil, fmt.Errorf("adopt: %s is readside's own events table; install readside in a schema of its own (search_path) to adopt the application's", cands[0].name)
+	case cands[0].partition:
+		return nil, fmt.Errorf("adopt: %s is a partition: adopt its partitioned table", cands[0].name)
+	}
+	return &cands[0].table, nil
+}
+
+// typeClass groups the column types adopt accepts.
+var (
+	textTypes = []string{"text", "varchar", "bpchar"}
+	intTypes  = []string{"int2", "int4", "int8"}
+	jsonTypes = []string{"jsonb", "json"}
+)
+
+// columns validates the mapping against the table and returns, per key,
+// the SQL expression over alias n that yields readside's value, and the
+// mapping as stored (key -> column, absent optional keys left out).
+func columns(ctx context.Context, tx pgx.Tx, t *table, given map[string]string) (map[string]string, map[string]string, error) {
+	rows, err := tx.Query(ctx, `SELECT a.attname, t.typname, a.attnotnull FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped`, t.oid)
+	if err != nil {
+		return nil, nil, fmt.Errorf("adopt: columns of %s: %w", t.name, err)
+	}
+	types := map[string]string{}
+	for rows.Next() {
+		var name, typ string
+		var notNull bool
+		if err := rows.Scan(&name, &typ, &notNull); err != nil {
+			return nil, nil, err
+		}
+		types[name] = typ
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("adopt: columns of %s: %w", t.name, err)
+	}
+	exprs, mapping := map[string]string{}, map[string]string{}
+	for _, k := range Keys {
+		col := given[k]
+		if col == "" {
+			col = k
+		}
+		typ, ok := types[col]
+		if !ok {
+			if optional[k] && given[k] == "" {
+				continue
+			}
+			return nil, nil, fmt.Errorf("adopt: table %s has no column %q (for %s); map it with --columns %s=COLUMN", t.name, col, k, k)
+		}
+		var want []string
+		switch k {
+		case "id", "version":
+			want = intTypes
+		case "aggregate_type", "event_type":
+			want = textTypes
+		case "aggregate_id":
+			want = append(append([]string{"uuid"}, textTypes...), intTypes...)
+		case "event_data", "metadata":
+			want = jsonTypes
+		case "occurred_at":
+			want = []string{"timestamptz", "timestamp"}
+		}
+		if !slices.Contains(want, typ) {
+			return nil, nil, fmt.Errorf("adopt: column %s.%s (for %s) is %s, want one of %s", t.name, col, k, typ, strings.Join(want, ", "))
+		}
+		mapping[k] = col
+		c := "n." + pgx.Identifier{col}.Sanitize()
+		switch k {
+		case "aggregate_type", "aggregate_id", "event_type":
+			exprs[k] = c + "::text"
+		case "event_data":
+			exprs[k] = c + "::jsonb"
+		case "metadata":
+			exprs[k] = "coalesce(" + c + "::jsonb, '{}')"
+		case "version":
+			exprs[k] = c + "::int"
+		case "occurred_at":
+			if typ == "timestamp" { // Rails stores UTC in timestamp without time zone
+				exprs[k] = "coalesce(" + c + " AT TIME ZONE 'UTC', now())"
+			} else {
+				exprs[k] = "coalesce(" + c + ", now())"
+			}
+		default:
+			exprs[k] = c
+		}
+	}
+	if _, ok := exprs["metadata"]; !ok {
+		exprs["metadata"] = "'{}'::jsonb"
+	}
+	if _, ok := exprs["occurred_at"]; !ok {
+		exprs["occurred_at"] = "now()"
+	}
+	return exprs, mapping, nil
+}
+
+// functionName is the trigger function's name in readside's schema: one per
+// adopted table, short whatever the table's name.
+func functionName(table string) string {
+	h := sha256.Sum256([]byte(table))
+	return "readside_adopt_" + hex.EncodeToString(h[:])[:12]
+}
+
+func jsonEqual(a, b string) bool {
+	var x, y any
+	if json.Unmarshal([]byte(a), &x) != nil || json.Unmarshal([]byte(b), &y) != nil {
+		return false
+	}
+	xb, _ := json.Marshal(x)
+	yb, _ := json.Marshal(y)
+	return string(xb) == string(yb)
+}
