@@ -169,14 +169,31 @@ func (h *harness) insert(tx pgx.Tx, st stmt) ([]*event, error) {
 		}
 		return out, nil
 	}
+	if st.Via == "update" || st.Via == "delete" {
+		e := h.m.committed[st.Rows[0].Agg][st.Rows[0].Version-1]
+		sql := `UPDATE events SET aggregate_id = aggregate_id || 'x' WHERE id = $1`
+		if st.Via == "delete" {
+			sql = `DELETE FROM events WHERE id = $1`
+		}
+		_, err := tx.Exec(h.ctx, sql, e.id)
+		return nil, err
+	}
 	var vals []string
 	var args []any
+	txid := ""
+	if st.Via == "forge" {
+		txid = ", '1'"
+	}
 	for _, r := range st.Rows {
 		n := len(args)
-		vals = append(vals, fmt.Sprintf("('Thing', $%d, 'Touched', $%d, $%d)", n+1, n+2, n+3))
+		vals = append(vals, fmt.Sprintf("('Thing', $%d, 'Touched', $%d, $%d%s)", n+1, n+2, n+3, txid))
 		args = append(args, r.Agg, data(r), r.Version)
 	}
-	rows, err := tx.Query(h.ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version) VALUES `+
+	cols := "aggregate_type, aggregate_id, event_type, event_data, version"
+	if txid != "" {
+		cols += ", txid"
+	}
+	rows, err := tx.Query(h.ctx, `INSERT INTO events (`+cols+`) VALUES `+
 		strings.Join(vals, ", ")+` RETURNING id, txid, aggregate_id, version`, args...)
 	if err != nil {
 		return nil, err
@@ -220,7 +237,7 @@ func (h *harness) begin(i int, early bool) {
 // client would), and exec returns false.
 func (h *harness) exec(i int, st stmt) bool {
 	t, s, tx := h.t, h.m.slots[i], h.txs[i]
-	want := h.m.predict(s, st.Rows)
+	want := h.m.predict(s, st)
 	if st.Savepoint != "" {
 		_, err := tx.Exec(h.ctx, `SAVEPOINT sp`)
 		require.NoError(t, err)

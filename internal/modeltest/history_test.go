@@ -19,7 +19,10 @@ type row struct {
 }
 
 type stmt struct {
-	Via       string // "append" (outbox.Append) or "sql" (INSERT INTO events ... VALUES)
+	// Via is how the rows are written: "append" (outbox.Append), "sql"
+	// (INSERT INTO events ... VALUES), "forge" (the same with txid = '1'),
+	// "update" or "delete" (of the committed event Rows[0]).
+	Via       string
 	Savepoint string // "" none, "release", "rollback"
 	Rows      []row
 }
@@ -46,6 +49,9 @@ type holes struct {
 	// OutOfOrderRows: one multi-row INSERT with an aggregate's rows out of
 	// version order (issue 10 item 1). The model expects it refused.
 	OutOfOrderRows bool
+	// AppendOnly: statements that forge events.txid, or UPDATE or DELETE
+	// an event (issue 10 item 2). The model expects them refused.
+	AppendOnly bool
 	// ReplayOverDeadLetters: a reset to a cursor or a time that makes the
 	// runner read again events that have dead letters (issue 10 item 3:
 	// the parked check no longer matches a retried or discarded dead letter,
@@ -117,6 +123,22 @@ func (g generator) stmt(t *rapid.T, i int) (stmt, bool) {
 	st := stmt{
 		Via:       rapid.SampledFrom([]string{"append", "sql"}).Draw(t, "via"),
 		Savepoint: rapid.SampledFrom([]string{"", "", "", "release", "rollback"}).Draw(t, "savepoint"),
+	}
+	if enabled.AppendOnly && rapid.IntRange(0, 11).Draw(t, "forge") == 0 {
+		st.Via = rapid.SampledFrom([]string{"forge", "update", "delete"}).Draw(t, "how")
+		if st.Via != "forge" {
+			var committed []row
+			for _, agg := range free {
+				for _, e := range m.committed[agg] {
+					committed = append(committed, row{Agg: e.agg, Version: e.version})
+				}
+			}
+			if len(committed) == 0 {
+				return stmt{}, false
+			}
+			st.Rows = []row{rapid.SampledFrom(committed).Draw(t, "event")}
+			return st, true
+		}
 	}
 	start := func(agg string) int {
 		next := max(m.version(agg), s.pendingVersion(agg)) + 1

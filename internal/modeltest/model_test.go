@@ -152,7 +152,11 @@ func (m *model) target() outbox.Cursor {
 
 // predict says which SQLSTATEs a statement writing rows in slot s may fail
 // with (nil: it succeeds). xid is the slot's xid before the statement.
-func (m *model) predict(s *slot, rows []row) []string {
+func (m *model) predict(s *slot, st stmt) []string {
+	rows := st.Rows
+	if st.Via == "update" || st.Via == "delete" {
+		return []string{"55000"}
+	}
 	seen := map[[2]any]bool{}
 	in := map[string]map[int]bool{}
 	taken := false
@@ -171,11 +175,17 @@ func (m *model) predict(s *slot, rows []row) []string {
 		return []string{"23505"}
 	}
 	var codes []string
-	for _, r := range rows {
+	if st.Via == "forge" {
+		codes = append(codes, "23514")
+	}
+	for i, r := range rows {
 		if r.Version == 1 {
 			continue
 		}
 		prev := r.Version - 1
+		if slices.IndexFunc(rows[i+1:], func(o row) bool { return o.Agg == r.Agg && o.Version == prev }) >= 0 {
+			codes = append(codes, "23514") // after its predecessor in the statement's row order
+		}
 		switch {
 		case in[r.Agg][prev] || prev <= s.pendingVersion(r.Agg):
 			// same transaction: its xid, never newer
