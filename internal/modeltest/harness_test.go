@@ -74,7 +74,8 @@ func newHarness(t tb, pool *pgxpool.Pool, cfg config) *harness {
 	// The log is append-only for writers: a trigger may refuse to delete
 	// events. The test's own cleanup bypasses user triggers (replica role).
 	// DELETE: TRUNCATE costs far more on tables this small.
-	tables := []string{"events", "outbox", "outbox_horizon", "dead_letters", "checkpoints", "projections", "workers", "mt_effects", "mt_cured"}
+	tables := []string{"events", "outbox", "outbox_horizon", "dead_letters", "checkpoints", "projections", "workers", "mt_effects", "mt_cured",
+		"river_job"}
 	for _, p := range h.probes {
 		tables = append(tables, p.state(), p.count())
 	}
@@ -85,6 +86,13 @@ func newHarness(t tb, pool *pgxpool.Pool, cfg config) *harness {
 		for _, table := range tables {
 			if _, err := tx.Exec(ctx, `DELETE FROM `+table); err != nil {
 				return err
+			}
+		}
+		for _, n := range projectionNames {
+			for _, schema := range []string{projectors.ShadowSchema(n), "readside_retired_" + n} {
+				if _, err := tx.Exec(ctx, `DROP SCHEMA IF EXISTS `+pgx.Identifier{schema}.Sanitize()+` CASCADE`); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
@@ -280,11 +288,12 @@ func (h *harness) end(i int, how string) {
 }
 
 // run starts a worker, waits until every segment has passed the last
-// visible event, and stops it.
-func (h *harness) run() {
+// visible event, and stops it. With a projection to switch, it also runs
+// the control plane, which switches the projection's rebuild in.
+func (h *harness) run(switching ...string) {
 	t := h.t
 	target := h.m.target()
-	if target != outbox.Start {
+	if target != outbox.Start || len(switching) > 0 {
 		projs := make([]projectors.Projection, len(h.probes))
 		for i, p := range h.probes {
 			projs[i] = p
@@ -295,6 +304,9 @@ func (h *harness) run() {
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		require.NoError(t, err)
 		require.NoError(t, w.Start(h.ctx))
+		for _, name := range switching {
+			h.switchIn(name)
+		}
 		start := time.Now()
 		deadline := start.Add(60 * time.Second)
 		for {
@@ -325,7 +337,54 @@ func (h *harness) run() {
 		h.thieves.Wait()
 	}
 	h.m.run()
+	for _, name := range switching {
+		h.m.proj(name).switchIn()
+	}
 	h.compare("run")
+}
+
+// rebuild starts a rebuild of projection name.
+func (h *harness) rebuild(name string) {
+	p := h.m.proj(name)
+	err := projectors.StartRebuild(h.ctx, h.pool, h.probe(name))
+	if p.shadow != nil {
+		require.Error(h.t, err, "a second rebuild of %s", name)
+		return
+	}
+	require.NoError(h.t, err)
+	p.rebuild(projectors.ShadowName(name))
+}
+
+// switchIn runs the control plane until it has switched projection name's
+// rebuild in (a worker runs meanwhile).
+func (h *harness) switchIn(name string) {
+	t := h.t
+	projs := make([]projectors.Projection, len(h.probes))
+	for i, p := range h.probes {
+		projs[i] = p
+	}
+	ctl, err := projectors.NewControl(projectors.ControlConfig{Pool: h.pool, Projections: projs, PruneInterval: -1,
+		RebuildCheck: 20 * time.Millisecond, SwitchWait: 5 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	require.NoError(t, ctl.Start(h.ctx))
+	defer func() {
+		ctx, cancel := context.WithTimeout(h.ctx, 30*time.Second)
+		defer cancel()
+		require.NoError(t, ctl.Stop(ctx))
+	}()
+	res, err := ctl.Client().Insert(h.ctx, projectors.RebuildArgs{Projection: name}, nil)
+	require.NoError(t, err)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		var state string
+		require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT state FROM river_job WHERE id = $1`, res.Job.ID).Scan(&state))
+		if state == "completed" {
+			return
+		}
+		require.NotContains(t, []string{"cancelled", "discarded"}, state, "rebuild job of %s", name)
+		require.True(t, time.Now().Before(deadline), "rebuild of %s not switched in (job %s); checkpoints:\n%s", name, state, h.dumpCheckpoints())
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func (h *harness) dumpCheckpoints() string {
@@ -426,6 +485,10 @@ func (h *harness) reset(name, to string, pick int) {
 		c = outbox.Cursor{TxID: first.TxID, Position: first.Position - 1}
 	}
 	err := projectors.Reset(h.ctx, h.pool, h.probe(name), target)
+	if p.shadow != nil {
+		require.ErrorIs(t, err, projectors.ErrRebuildRunning, "reset %s %s", name, target)
+		return
+	}
 	if pick == -2 {
 		require.ErrorIs(t, err, projectors.ErrBeyondHead, "reset %s %s", name, target)
 		h.compare("refused reset " + name + " " + target)
@@ -545,6 +608,13 @@ func (h *harness) do(s step) {
 		h.reset(s.Proj, s.To, s.Pick)
 	case "prune":
 		h.prune()
+	case "rebuild":
+		h.rebuild(s.Proj)
+	case "switch":
+		if h.m.proj(s.Proj).shadow == nil {
+			h.rebuild(s.Proj)
+		}
+		h.run(s.Proj)
 	default:
 		panic("modeltest: unknown step " + s.Op)
 	}

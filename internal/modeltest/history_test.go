@@ -28,12 +28,12 @@ type stmt struct {
 }
 
 type step struct {
-	Op    string // write, more, end, run, cure, retry, discard, reset, prune
+	Op    string // write, more, end, run, cure, retry, discard, reset, prune, rebuild, switch
 	Slot  int    // write, more, end
 	Early bool   // write: take the xid (pg_current_xact_id()) before writing
 	Stmts []stmt // write, more
 	End   string // write: commit, rollback, hold; end: commit, rollback
-	Proj  string // retry, discard, reset
+	Proj  string // retry, discard, reset, rebuild, switch
 	Agg   string // cure
 	To    string // reset: start, cursor, time
 	Pick  int    // reset cursor/time: index among the candidates in read order (-1: the start, -2: beyond the head); discard: index among parked, -1 all
@@ -74,6 +74,11 @@ type holes struct {
 	// of the log (issue 10 item 4). The model expects the target clamped to
 	// the window, and refused beyond the head.
 	ResetPastWindow bool
+	// Rebuild: blue/green rebuilds, started between runs and switched in
+	// by the control plane (River) during one (issue 10 item 5: the copy
+	// fired side effects again for events the live projection applied
+	// after the rebuild started).
+	Rebuild bool
 	// Attempts: the runner tries a failing event more than once before it
 	// parks it, so that isolation commits before a failing event and parks
 	// nothing beyond (issue 10 item 3).
@@ -195,6 +200,9 @@ func (g generator) next(t *rapid.T) step {
 	if len(g.held()) > 0 {
 		ops = append(ops, "more", "end", "end")
 	}
+	if enabled.Rebuild {
+		ops = append(ops, "rebuild", "switch")
+	}
 	switch op := rapid.SampledFrom(ops).Draw(t, "op"); op {
 	case "write":
 		i := slices.IndexFunc(m.slots, func(s *slot) bool { return !s.open })
@@ -218,6 +226,9 @@ func (g generator) next(t *rapid.T) step {
 			pick = rapid.IntRange(0, n-1).Draw(t, "dl")
 		}
 		return step{Op: op, Proj: p, Pick: pick}
+	case "rebuild", "switch":
+		// A switch without a rebuild in progress starts one first.
+		return step{Op: op, Proj: rapid.SampledFrom(g.h.names).Draw(t, "proj")}
 	case "reset":
 		p := rapid.SampledFrom(g.h.names).Draw(t, "proj")
 		to := "start"

@@ -55,6 +55,7 @@ type aggState struct {
 // projModel is one projection's promised state.
 type projModel struct {
 	name      string
+	shadow    *projModel // a rebuild in progress
 	processed map[int64]bool // events its checkpoint has passed
 	passed    map[int64]bool // events its checkpoint has ever passed (a reset does not forget)
 	state     map[string]*aggState
@@ -203,8 +204,11 @@ func (m *model) predict(s *slot, st stmt) []string {
 
 // process is a runner passing event e (in version order per aggregate).
 func (m *model) process(p *projModel, e *event) {
-	replay := p.passed[e.id]
-	p.processed[e.id], p.passed[e.id] = true, true
+	replay := p.passed == nil || p.passed[e.id] // a rebuild's copy (passed nil) only replays
+	p.processed[e.id] = true
+	if p.passed != nil {
+		p.passed[e.id] = true
+	}
 	if d := p.dl[e.id]; d != nil && (d.status == "parked" || d.status == "discarded") {
 		return // already parked, or given up by an operator
 	}
@@ -253,14 +257,34 @@ func (p *projModel) apply(e *event, replay bool) {
 // run is a projector run until caught up with the read window.
 func (m *model) run() {
 	for _, p := range m.projs {
-		for _, agg := range slices.Sorted(maps.Keys(m.committed)) {
-			for _, e := range m.committed[agg] {
-				if m.visible(e) && !p.processed[e.id] {
-					m.process(p, e)
+		for _, q := range []*projModel{p, p.shadow} {
+			if q == nil {
+				continue
+			}
+			for _, agg := range slices.Sorted(maps.Keys(m.committed)) {
+				for _, e := range m.committed[agg] {
+					if m.visible(e) && !q.processed[e.id] {
+						m.process(q, e)
+					}
 				}
 			}
 		}
 	}
+}
+
+// rebuild starts building a copy of p from the start. Its side effects are
+// p's: the copy only replays what p fired.
+func (p *projModel) rebuild(name string) {
+	p.shadow = newProjModel(name)
+	p.shadow.effects = p.effects
+	p.shadow.passed = nil
+}
+
+// switchIn replaces p's state with its copy's.
+func (p *projModel) switchIn() {
+	c := p.shadow
+	p.shadow = nil
+	p.processed, p.state, p.count, p.dl = c.processed, c.state, c.count, c.dl
 }
 
 // retry re-applies every parked dead letter of p, aggregate by aggregate in
