@@ -55,7 +55,7 @@ type aggState struct {
 // projModel is one projection's promised state.
 type projModel struct {
 	name      string
-	shadow    *projModel // a rebuild in progress
+	shadow    *projModel     // a rebuild in progress
 	processed map[int64]bool // events its checkpoint has passed
 	passed    map[int64]bool // events its checkpoint has ever passed (a reset does not forget)
 	state     map[string]*aggState
