@@ -48,6 +48,37 @@ var regressions = []struct {
 		},
 		gate: &enabled.ReplayOverDeadLetters,
 	},
+	{
+		// Rebuild (issue 10 item 5), found by TestModel on fa6c229: events
+		// the live projection applies after a rebuild started fire their
+		// side effects again when the copy applies them.
+		name: "RebuildFiresSideEffectsTwice",
+		cfg:  config{BatchSize: 1000},
+		steps: []step{
+			{Op: "write", Slot: 0, Stmts: []stmt{{Via: "append", Rows: []row{{Agg: "a0", Version: 1}}}}, End: "commit"},
+			{Op: "run"},
+			{Op: "rebuild", Proj: "mt_four"},
+			{Op: "write", Slot: 0, Stmts: []stmt{{Via: "append", Rows: []row{{Agg: "a3", Version: 1}, {Agg: "a3", Version: 2}}}}, End: "commit"},
+			{Op: "run"},
+			{Op: "switch", Proj: "mt_four"},
+		},
+		gate: &enabled.Rebuild,
+	},
+	{
+		// Out-of-order rows (issue 10 item 1) and a forged txid (item 2):
+		// refused with 23514.
+		name: "OutOfOrderRowsAndForgedTxid",
+		cfg:  config{BatchSize: 5},
+		steps: []step{
+			{Op: "write", Slot: 0, Stmts: []stmt{{Via: "sql", Savepoint: "rollback", Rows: []row{{Agg: "a0", Version: 2}, {Agg: "a0", Version: 1}}}}, End: "commit"},
+			{Op: "write", Slot: 0, Stmts: []stmt{{Via: "sql", Rows: []row{{Agg: "a1", Version: 1}, {Agg: "a0", Version: 1}, {Agg: "a1", Version: 3}, {Agg: "a1", Version: 2}}}}, End: "commit"},
+			{Op: "write", Slot: 0, Stmts: []stmt{{Via: "forge", Rows: []row{{Agg: "a2", Version: 1}}}}, End: "commit"},
+			{Op: "write", Slot: 0, Stmts: []stmt{{Via: "sql", Rows: []row{{Agg: "a2", Version: 1}}}}, End: "commit"},
+			{Op: "write", Slot: 0, Stmts: []stmt{{Via: "update", Savepoint: "release", Rows: []row{{Agg: "a2", Version: 1}}}, {Via: "delete", Rows: []row{{Agg: "a2", Version: 1}}}}, End: "commit"},
+			{Op: "run"},
+		},
+		gate: &enabled.AppendOnly,
+	},
 }
 
 func TestModelRegressions(t *testing.T) {
