@@ -47,10 +47,13 @@ func (s step) String() string {
 // closed on main. Each is enabled once its fix has landed.
 type holes struct {
 	// OutOfOrderRows: one multi-row INSERT with an aggregate's rows out of
-	// version order (issue 10 item 1). The model expects it refused.
+	// version order (issue 10 item 1). The model expects it refused
+	// (23514, readside_aggregate_version_order). On since 8a5b9ff.
 	OutOfOrderRows bool
 	// AppendOnly: statements that forge events.txid, or UPDATE or DELETE
-	// an event (issue 10 item 2). The model expects them refused.
+	// an event (issue 10 item 2). The model expects them refused (23514
+	// readside_events_txid_current, 55000 readside_events_append_only).
+	// On since 8a5b9ff.
 	AppendOnly bool
 	// ReplayOverDeadLetters: a reset to a cursor or a time that makes the
 	// runner read again events that have dead letters (issue 10 item 3:
@@ -85,7 +88,7 @@ type holes struct {
 	Attempts bool
 }
 
-var enabled = holes{ResetPastWindow: true, Attempts: true}
+var enabled = holes{ResetPastWindow: true, Attempts: true, OutOfOrderRows: true, AppendOnly: true}
 
 var aggregates = []string{"a0", "a1", "a2", "a3"}
 
