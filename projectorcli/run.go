@@ -120,7 +120,7 @@ func (a *app) runRun(ctx context.Context, c runConfig, stdout, stderr io.Writer)
 		return err
 	}
 	control, err := projectors.NewControl(projectors.ControlConfig{Pool: pool, Projections: projs, Logger: logger,
-		Retention: c.retention, PruneInterval: c.pruneEvery,
+		Retention: c.retention, PruneInterval: c.pruneEvery, SoftStopTimeout: c.softStop,
 		RegisterWorkers: func(w *river.Workers) {
 			for _, p := range projs {
 				if se, ok := p.(SideEffects); ok {

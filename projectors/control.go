@@ -68,6 +68,10 @@ type ControlConfig struct {
 	// Queues are River queues to work besides ControlQueue, for those
 	// side-effect jobs.
 	Queues map[string]river.QueueConfig
+	// SoftStopTimeout is how long a stop (Stop, or cancelling Start's
+	// context) lets running control jobs finish before cancelling them. 0
+	// means SoftStopTimeoutDefault.
+	SoftStopTimeout time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -91,6 +95,7 @@ func NewControl(cfg ControlConfig) (*Control, error) {
 	cfg.Retention = cmp.Or(cfg.Retention, RetentionDefault)
 	cfg.SwitchWait = cmp.Or(cfg.SwitchWait, SwitchWaitDefault)
 	cfg.RebuildCheck = cmp.Or(cfg.RebuildCheck, RebuildCheckDefault)
+	cfg.SoftStopTimeout = cmp.Or(cfg.SoftStopTimeout, SoftStopTimeoutDefault)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -118,6 +123,8 @@ func NewControl(cfg ControlConfig) (*Control, error) {
 		Workers:     workers,
 		Logger:      c.log,
 		MaxAttempts: controlMaxAttempts,
+		// Cancelling Start's context (a signal) is then a soft stop too.
+		SoftStopTimeout: cfg.SoftStopTimeout,
 		// Control jobs are few; keep their history a week for operators.
 		CompletedJobRetentionPeriod: 7 * 24 * time.Hour,
 	}

@@ -64,6 +64,14 @@ func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error 
 		if softCtx.Err() != nil {
 			return nil // soft stop: the batch in flight has finished
 		}
+		if d := s.wait; d > 0 {
+			// A failing event waits for its next attempt; a soft stop
+			// need not wait for it.
+			s.wait = 0
+			if sleep(softCtx, d) != nil {
+				return nil
+			}
+		}
 		if to != batch.Next {
 			// Part of the batch is waiting for a retry of a failing event:
 			// the prefetched batch does not follow on; read again from here.
@@ -333,7 +341,8 @@ func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.B
 			w.metrics.retries.WithLabelValues(s.spec.Name, "projection").Inc()
 			if to == from {
 				_ = tx.Rollback(ctx)
-				return from, sleep(ctx, backoff(attempts, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff))
+				s.wait = backoff(attempts, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff)
+				return from, nil
 			}
 			retryAttempts = attempts
 			break
@@ -363,7 +372,7 @@ func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.B
 	}
 	w.committed(s, applied, start)
 	if retryAttempts > 0 {
-		_ = sleep(ctx, backoff(retryAttempts, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff))
+		s.wait = backoff(retryAttempts, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff)
 	}
 	return to, nil
 }

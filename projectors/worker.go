@@ -200,8 +200,9 @@ func Register(ctx context.Context, pool *pgxpool.Pool, projections ...Projection
 
 // Start registers the projections and starts the worker in the background.
 // It returns an error if the database is unreachable, not migrated, or its
-// transaction ids went backwards. Cancelling ctx stops the worker hard;
-// Stop stops it gracefully.
+// transaction ids went backwards. Cancelling ctx stops the worker as Stop
+// does: a soft stop (batches in flight commit, leases are released) that
+// turns hard after SoftStopTimeout, so ctx can be a signal.NotifyContext.
 func (w *Worker) Start(ctx context.Context) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -211,16 +212,43 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := Register(ctx, w.cfg.Pool, w.cfg.Projections...); err != nil {
 		return err
 	}
-	hardCtx, hard := context.WithCancel(ctx)
+	// Batches must not see ctx's cancellation: only hard() cancels them.
+	hardCtx, hard := context.WithCancel(context.WithoutCancel(ctx))
 	softCtx, soft := context.WithCancel(hardCtx)
 	w.started, w.soft, w.hard = true, soft, hard
 	c := newCoordinator(w, softCtx, hardCtx)
 	go func() {
 		defer close(w.stopped)
 		defer hard()
+		done := make(chan struct{})
+		var watch sync.WaitGroup
+		watch.Go(func() { w.stopOnCancel(ctx, done) })
 		c.run()
+		close(done)
+		watch.Wait()
 	}()
 	return nil
+}
+
+// stopOnCancel turns the cancellation of Start's context into a soft stop
+// that escalates to a hard one after SoftStopTimeout. It returns when done
+// is closed (the coordinator has stopped).
+func (w *Worker) stopOnCancel(ctx context.Context, done <-chan struct{}) {
+	select {
+	case <-done:
+		return
+	case <-ctx.Done():
+	}
+	w.log.Info("stopping: finishing batches in flight", "soft_stop_timeout", w.cfg.SoftStopTimeout)
+	w.soft()
+	t := time.NewTimer(w.cfg.SoftStopTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		w.log.Warn("soft stop timed out; cancelling batches in flight (they roll back)")
+		w.hard()
+	}
 }
 
 // Stop stops claiming work, lets batches in flight finish (up to
@@ -269,6 +297,9 @@ type segment struct {
 	// lease holder parks a segment's events; set at claim, and on parking.
 	parked  bool
 	retries int // consecutive transient failures
+	// wait is the backoff before a failing event's next attempt, set by the
+	// isolation that committed up to it and waited out by runSegment.
+	wait time.Duration
 }
 
 type taskResult struct {

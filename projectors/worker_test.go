@@ -3,6 +3,7 @@ package projectors_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -73,4 +74,58 @@ func TestMixedFleetOwnsEverySegment(t *testing.T) {
 	eventually(t, 20*time.Second, "a: 4 on both; b: 4 on only-b", func() bool {
 		return owned("both", "a") == 4 && owned("both", "b") == 0 && owned("only-b", "b") == 4
 	})
+}
+
+// Issue 10 item 7. Cancelling the context given to Start (a signal) is a
+// soft stop: the batch in flight commits, the worker releases its leases
+// and stops. A batch that outlasts SoftStopTimeout is cancelled (it rolls
+// back) and the leases are released all the same.
+func TestCancelledStartContextIsSoftStop(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name      string
+		finishes  bool // the batch finishes within SoftStopTimeout
+		softStop  time.Duration
+		wantCount int
+	}{
+		{name: "batch commits", finishes: true, softStop: time.Minute, wantCount: 2},
+		{name: "escalates after the timeout", finishes: false, softStop: 200 * time.Millisecond, wantCount: 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			pool := pgtest.NewDB(t)
+			setupRecorder(t, pool)
+			inApply := make(chan struct{})
+			release := make(chan struct{})
+			var once sync.Once
+			rec := &recorder{name: "rec", hook: func(ctx context.Context, b *projectors.Batch) error {
+				once.Do(func() { close(inApply) })
+				if tc.finishes {
+					<-release
+					return nil
+				}
+				<-ctx.Done() // only a hard stop ends this batch
+				return ctx.Err()
+			}}
+			w, err := projectors.NewWorker(projectors.Config{Pool: pool, Projections: []projectors.Projection{rec},
+				LeaseTTL: 5 * time.Second, PollInterval: 20 * time.Millisecond, SoftStopTimeout: tc.softStop, Logger: testLogger(t)})
+			require.NoError(t, err)
+			ctx, cancel := context.WithCancel(context.Background())
+			require.NoError(t, w.Start(ctx))
+			t.Cleanup(func() { _ = w.Stop(context.Background()) })
+			appendEvents(t, pool, "a", 0, `{}`, `{}`)
+			<-inApply
+
+			cancel() // what a SIGTERM does to a signal.NotifyContext
+			close(release)
+			select {
+			case <-w.Stopped():
+			case <-time.After(30 * time.Second):
+				t.Fatal("the worker did not stop")
+			}
+			require.Equal(t, tc.wantCount, count(t, pool, `SELECT count(*) FROM applied`))
+			require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM checkpoints WHERE lease_owner IS NULL`), "lease released")
+			require.Zero(t, count(t, pool, `SELECT count(*) FROM workers`), "left the fleet")
+		})
+	}
 }

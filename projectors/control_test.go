@@ -1,0 +1,62 @@
+package projectors_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/riverqueue/river"
+	"github.com/stretchr/testify/require"
+
+	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/projectors"
+)
+
+type holdArgs struct{}
+
+func (holdArgs) Kind() string { return "test_hold" }
+
+type holdWorker struct {
+	river.WorkerDefaults[holdArgs]
+	started, release chan struct{}
+}
+
+func (w *holdWorker) Work(ctx context.Context, _ *river.Job[holdArgs]) error {
+	close(w.started)
+	<-w.release
+	return ctx.Err() // fails the job if the stop cancelled it
+}
+
+// Issue 10 item 7, control plane: cancelling the context given to
+// Control.Start (a signal) lets a running job finish instead of cancelling
+// it at once.
+func TestControlStartContextCancelIsSoftStop(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewDB(t)
+	hw := &holdWorker{started: make(chan struct{}), release: make(chan struct{})}
+	c, err := projectors.NewControl(projectors.ControlConfig{Pool: pool, PruneInterval: -1, Logger: testLogger(t),
+		RegisterWorkers: func(w *river.Workers) { river.AddWorker(w, hw) },
+		Queues:          map[string]river.QueueConfig{"test_hold": {MaxWorkers: 1}}})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	require.NoError(t, c.Start(ctx))
+	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+	res, err := c.Client().Insert(context.Background(), holdArgs{}, &river.InsertOpts{Queue: "test_hold"})
+	require.NoError(t, err)
+	select {
+	case <-hw.started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the job did not start")
+	}
+
+	cancel()
+	close(hw.release)
+	select {
+	case <-c.Stopped():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the control plane did not stop")
+	}
+	state, lastErr, err := jobs(t, pool).State(context.Background(), res.Job.ID)
+	require.NoError(t, err)
+	require.Equal(t, "completed", string(state), lastErr)
+}
