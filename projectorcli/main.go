@@ -130,7 +130,7 @@ func (c Config) Command() (*cobra.Command, error) {
 	})
 	root.AddGroup(&cobra.Group{ID: "fleet", Title: "Fleet:"}, &cobra.Group{ID: "ops", Title: "Operations:"})
 	for _, sub := range []*cobra.Command{
-		a.migrateCommand(), a.runCommand(), a.statusCommand(),
+		a.migrateCommand(), a.adoptCommand(), a.runCommand(), a.statusCommand(),
 		a.pauseResumeCommand("pause"), a.pauseResumeCommand("resume"),
 		a.resetCommand(), a.rebuildCommand(), a.deadLettersCommand(),
 	} {
