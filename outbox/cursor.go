@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"cmp"
 	"fmt"
 	"strconv"
 	"strings"
@@ -24,6 +25,15 @@ func (c Cursor) Less(o Cursor) bool {
 		return c.TxID < o.TxID
 	}
 	return c.Position < o.Position
+}
+
+// Compare returns -1, 0 or +1 as c comes before, at or after o in read
+// order.
+func (c Cursor) Compare(o Cursor) int {
+	if c.TxID != o.TxID {
+		return cmp.Compare(c.TxID, o.TxID)
+	}
+	return cmp.Compare(c.Position, o.Position)
 }
 
 // String formats the cursor as "txid/position", the form ParseCursor reads.
