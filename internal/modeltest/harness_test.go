@@ -290,7 +290,7 @@ func (h *harness) end(i int, how string) {
 // run starts a worker, waits until every segment has passed the last
 // visible event, and stops it. With a projection to switch, it also runs
 // the control plane, which switches the projection's rebuild in.
-func (h *harness) run(switching ...string) {
+func (h *harness) run(kill bool, switching ...string) {
 	t := h.t
 	target := h.m.target()
 	if target != outbox.Start || len(switching) > 0 {
@@ -298,10 +298,30 @@ func (h *harness) run(switching ...string) {
 		for i, p := range h.probes {
 			projs[i] = p
 		}
-		w, err := projectors.NewWorker(projectors.Config{Pool: h.pool, Projections: projs, Concurrency: 2,
+		cfg := projectors.Config{Pool: h.pool, Projections: projs, Concurrency: 2,
 			BatchSize: h.cfg.BatchSize, PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second, MaxAttempts: h.cfg.MaxAttempts,
 			RetryBackoff: time.Millisecond, MaxRetryBackoff: 5 * time.Millisecond, SoftStopTimeout: 10 * time.Second,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		if kill && target != outbox.Start {
+			// A worker killed with batches in flight: they roll back, and
+			// the next worker takes over from the committed checkpoints.
+			applied := func() (n int64) {
+				require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT coalesce(sum(events_applied), 0) FROM checkpoints`).Scan(&n))
+				return n
+			}
+			before := applied()
+			first, err := projectors.NewWorker(cfg)
+			require.NoError(t, err)
+			require.NoError(t, first.Start(h.ctx))
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && applied() == before; {
+				time.Sleep(2 * time.Millisecond)
+			}
+			ctx, cancel := context.WithCancel(h.ctx)
+			cancel()
+			require.NoError(t, first.Stop(ctx))
+			h.thieves.Wait()
+		}
+		w, err := projectors.NewWorker(cfg)
 		require.NoError(t, err)
 		require.NoError(t, w.Start(h.ctx))
 		for _, name := range switching {
@@ -597,7 +617,7 @@ func (h *harness) do(s step) {
 	case "end":
 		h.end(s.Slot, s.End)
 	case "run":
-		h.run()
+		h.run(s.Kill)
 	case "cure":
 		h.cure(s.Agg)
 	case "retry":
@@ -614,7 +634,7 @@ func (h *harness) do(s step) {
 		if h.m.proj(s.Proj).shadow == nil {
 			h.rebuild(s.Proj)
 		}
-		h.run(s.Proj)
+		h.run(false, s.Proj)
 	default:
 		panic("modeltest: unknown step " + s.Op)
 	}
@@ -628,7 +648,7 @@ func (h *harness) finish() {
 			h.end(i, "commit")
 		}
 	}
-	h.run()
+	h.run(false)
 }
 
 // replay runs a literal history (a regression case).

@@ -36,6 +36,7 @@ type step struct {
 	Proj  string // retry, discard, reset, rebuild, switch
 	Agg   string // cure
 	To    string // reset: start, cursor, time
+	Kill  bool   // run: kill a first worker (hard stop, batches in flight roll back) once it has applied something
 	Pick  int    // reset cursor/time: index among the candidates in read order (-1: the start, -2: beyond the head); discard: index among parked, -1 all
 }
 
@@ -249,6 +250,8 @@ func (g generator) next(t *rapid.T) step {
 			to = "start"
 		}
 		return step{Op: op, Proj: p, To: to, Pick: pick}
+	case "run":
+		return step{Op: op, Kill: rapid.IntRange(0, 3).Draw(t, "kill") == 0}
 	default:
 		return step{Op: op}
 	}

@@ -15,7 +15,7 @@ import (
 // make model). -rapid.checks and RAPID_CHECKS override the number of checks.
 const (
 	shortChecks, shortSteps = 10, 20
-	longChecks, longSteps   = 400, 60
+	longChecks, longSteps   = 200, 50
 )
 
 func sizes() (checks, steps int) {
