@@ -116,6 +116,11 @@ func (a *app) runRun(ctx context.Context, c runConfig, stdout, stderr io.Writer)
 	if err := projectors.RegisterPipelineMetrics(reg, pool, logger); err != nil {
 		return err
 	}
+	// All of the binary's projections, not only those this process runs:
+	// a type is unsubscribed when no worker of the fleet would take it.
+	if err := projectors.RegisterUnsubscribedMetrics(reg, pool, logger, a.projs...); err != nil {
+		return err
+	}
 	if err := projectors.RegisterPoolMetrics(reg, pool, "projector"); err != nil {
 		return err
 	}

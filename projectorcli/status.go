@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -36,6 +37,9 @@ type segmentJSON struct {
 type statusJSON struct {
 	Segments     []segmentJSON  `json:"segments"`
 	WindowHolder *outbox.Holder `json:"window_holder,omitempty"`
+	// Unsubscribed lists aggregate types no projection of this binary
+	// takes: their events are never applied.
+	Unsubscribed []projectors.UnsubscribedType `json:"unsubscribed,omitempty"`
 }
 
 func (a *app) statusCommand() *cobra.Command {
@@ -51,7 +55,7 @@ letters, last error; and the oldest transaction holding the read window back.
 Everything is read from the database, so a dead fleet shows growing lag.`,
 		Args: cli.ExactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runStatus(cmd.Context(), url, asJSON, cmd.OutOrStdout())
+			return runStatus(cmd.Context(), url, asJSON, a.projs, cmd.OutOrStdout())
 		},
 	}
 	fs := cli.NewFlags(cmd)
@@ -60,7 +64,7 @@ Everything is read from the database, so a dead fleet shows growing lag.`,
 	return cmd
 }
 
-func runStatus(ctx context.Context, url string, asJSON bool, stdout io.Writer) error {
+func runStatus(ctx context.Context, url string, asJSON bool, projs []projectors.Projection, stdout io.Writer) error {
 	pool, err := cli.Connect(ctx, url, 2)
 	if err != nil {
 		return err
@@ -77,7 +81,11 @@ func runStatus(ctx context.Context, url string, asJSON bool, stdout io.Writer) e
 	if err != nil {
 		return err
 	}
-	out := statusJSON{Segments: []segmentJSON{}}
+	unsubscribed, err := projectors.UnsubscribedEvents(ctx, pool, projs...)
+	if err != nil {
+		return err
+	}
+	out := statusJSON{Segments: []segmentJSON{}, Unsubscribed: unsubscribed}
 	for _, s := range segs {
 		out.Segments = append(out.Segments, segmentJSON{Projection: s.Projection, Segment: s.Segment, Status: string(s.Status),
 			Cursor: s.Cursor.String(), LagEvents: s.LagEvents, LagSeconds: s.LagSeconds, StalledSeconds: s.StalledSeconds,
@@ -114,6 +122,18 @@ func printStatus(w io.Writer, st statusJSON) {
 	if h := st.WindowHolder; h != nil {
 		fmt.Fprintf(w, "\nread window held back by transaction %d (pid %d, database %s, %s old, %s): %s\n",
 			h.TxID, h.PID, h.Database, h.Age.Round(time.Second), h.State, h.Query)
+	}
+	if len(st.Unsubscribed) > 0 {
+		var list []string
+		for _, u := range st.Unsubscribed {
+			n := fmt.Sprint(u.Events)
+			if u.Events >= projectors.UnsubscribedCountCap {
+				n += "+"
+			}
+			list = append(list, fmt.Sprintf("%q (%s events)", u.AggregateType, n))
+		}
+		fmt.Fprintf(w, "\nevents no projection takes (aggregate types no projection subscribes to; never applied, never parked): %s\n",
+			strings.Join(list, ", "))
 	}
 }
 
