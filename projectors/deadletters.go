@@ -177,12 +177,15 @@ func RetryDeadLetters(ctx context.Context, db interface {
 			}
 			// Every parked event of the aggregate, not only the listed ids:
 			// applying a later one before an earlier one would break order.
+			// Locked, so that a discard of them racing this retry either
+			// comes first (they are not read) or finds them retried.
 			rows, err := tx.Query(ctx, `
 SELECT d.id, e.txid, e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.version, e.schema_version,
        e.event_data, e.metadata, e.occurred_at
   FROM dead_letters d JOIN events e ON e.id = d.event_id
  WHERE d.projection = $1 AND d.aggregate_type = $2 AND d.aggregate_id = $3 AND d.status = 'parked'
- ORDER BY e.version`, spec.Name, a.typ, a.id)
+ ORDER BY e.version
+   FOR UPDATE OF d`, spec.Name, a.typ, a.id)
 			if err != nil {
 				return err
 			}

@@ -1,0 +1,88 @@
+package projectors_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/projectors"
+)
+
+// A discard that commits while a retry of the same dead letter is applying
+// it: one of the two wins. Either the discard reports the dead letter
+// discarded and the event stays unapplied, or the retry applies it and the
+// discard finds nothing parked; never "discarded" and applied.
+func TestRetryRacingDiscardOfSameDeadLetter(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	discardErr := make(chan error, 1)
+	var discarded int
+	var once sync.Once
+	var retrying bool
+	r := &recorder{name: "rec", segments: 1, failPoison: true}
+	r.hook = func(ctx context.Context, b *projectors.Batch) error {
+		if !retrying {
+			return nil
+		}
+		// The retry is applying the dead letter: the operator's discard of
+		// it runs now, from another connection.
+		once.Do(func() {
+			go func() {
+				n, err := projectors.DiscardDeadLetters(context.Background(), pool, "rec", nil)
+				discarded = n
+				discardErr <- err
+			}()
+			deadline := time.Now().Add(10 * time.Second)
+			for time.Now().Before(deadline) {
+				select {
+				case err := <-discardErr:
+					discardErr <- err // done first (no lock kept it out)
+					return
+				default:
+				}
+				var waiting int
+				if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+					AND query LIKE 'UPDATE dead_letters SET status = ''discarded''%'`).Scan(&waiting); err == nil && waiting > 0 {
+					return // the discard waits for the retry
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+		return nil
+	}
+	appendEvents(t, pool, "A", 0, `{"poison": true}`)
+	w := startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{r}, MaxAttempts: 1,
+		PollInterval: 20 * time.Millisecond, LeaseTTL: 2 * time.Second})
+	eventually(t, 60*time.Second, "A1 parked", func() bool {
+		return count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'parked'`) == 1
+	})
+	stopCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	require.NoError(t, w.Stop(stopCtx))
+
+	_, err := pool.Exec(ctx, `INSERT INTO cured VALUES ('A')`)
+	require.NoError(t, err)
+	retrying = true
+	res, retryErr := projectors.RetryDeadLetters(ctx, pool, r, nil)
+	err = <-discardErr
+	applied := count(t, pool, `SELECT count(*) FROM applied`)
+	var status string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT status FROM dead_letters`).Scan(&status))
+	if err == nil {
+		require.Equal(t, 1, discarded)
+		require.Zero(t, applied, "the discard reported success, yet the retry applied the event (status %s)", status)
+		require.Equal(t, "discarded", status)
+		require.Zero(t, res.Applied)
+		return
+	}
+	require.ErrorIs(t, err, projectors.ErrNothingToRetry)
+	require.NoError(t, retryErr)
+	require.Equal(t, 1, applied)
+	require.Equal(t, "retried", status)
+}
