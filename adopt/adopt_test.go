@@ -41,6 +41,11 @@ func withSearchPath(rawURL, path string) string {
 // testdata) in public and readside migrated into schema readside: a pool
 // as the application (search_path public) and one as readside.
 func setup(t *testing.T, schemaFile string) (app, rs *pgxpool.Pool, rsURL string) {
+	app, rs, _, rsURL = setupURLs(t, schemaFile)
+	return app, rs, rsURL
+}
+
+func setupURLs(t *testing.T, schemaFile string) (app, rs *pgxpool.Pool, appURL, rsURL string) {
 	t.Helper()
 	ctx := context.Background()
 	dbURL := pgtest.NewEmptyDatabaseURL(t)
@@ -53,7 +58,7 @@ func setup(t *testing.T, schemaFile string) (app, rs *pgxpool.Pool, rsURL string
 	rs = pgtest.Pool(t, rsURL)
 	_, err = migrations.Migrate(ctx, rs, nil)
 	require.NoError(t, err)
-	return app, rs, rsURL
+	return app, rs, dbURL, rsURL
 }
 
 func requirePgError(t *testing.T, err error, code, constraint string) {
