@@ -1,0 +1,213 @@
+package shipped_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/readside/readside/domain"
+	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/outbox"
+	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/orderstatistics"
+	"github.com/readside/readside/projectors/projectortest"
+	"github.com/readside/readside/projectors/shipped"
+)
+
+// orderTables are the order read models' tables, with the order id column.
+var orderTables = map[string]string{
+	"order_summary": "order_id", "order_details": "order_id", "order_items": "order_id", "order_statistics_orders": "order_id",
+}
+
+// orderRows dumps one order's rows in every order read model, without
+// updated_at (a repair rewrites the row).
+func orderRows(t *testing.T, pool *pgxpool.Pool, id string) map[string][]string {
+	t.Helper()
+	out := map[string][]string{}
+	for table, col := range orderTables {
+		rows, err := pool.Query(t.Context(), fmt.Sprintf(`SELECT (to_jsonb(t) - 'updated_at')::text FROM %s t WHERE %s = $1 ORDER BY 1`, table, col), id)
+		require.NoError(t, err)
+		out[table], err = pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+	}
+	return out
+}
+
+func startFleet(t *testing.T, pool *pgxpool.Pool, projs []projectors.Projection, n int) {
+	t.Helper()
+	for i := range n {
+		w, err := projectors.NewWorker(projectors.Config{Pool: pool, WorkerID: fmt.Sprintf("w%d", i), Projections: projs,
+			BatchSize: 20, PollInterval: 20 * time.Millisecond, LeaseTTL: 2 * time.Second,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		require.NoError(t, err)
+		require.NoError(t, w.Start(context.Background()))
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			require.NoError(t, w.Stop(ctx))
+		})
+	}
+}
+
+// caughtUp waits until every checkpoint stands at the last event.
+func caughtUp(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var behind int
+		require.NoError(t, pool.QueryRow(t.Context(), `SELECT count(*) FROM checkpoints c,
+			(SELECT txid, id FROM events ORDER BY txid DESC, id DESC LIMIT 1) e
+			WHERE (c.cursor_txid, c.cursor_position) < (e.txid, e.id)`).Scan(&behind))
+		if behind == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d segments did not catch up", behind)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// liveWriter places and confirms new orders until ctx is done.
+func liveWriter(ctx context.Context, t *testing.T, pool *pgxpool.Pool, wg *sync.WaitGroup) {
+	wg.Go(func() {
+		for i := 0; ctx.Err() == nil; i++ {
+			id := fmt.Sprintf("live-%05d", i)
+			placed, _ := json.Marshal(domain.OrderPlaced{OrderID: id, CustomerName: "Live", TotalAmount: 1500, PlacedAt: time.Now().UTC(),
+				Items: []domain.OrderItem{{ProductName: "Thing", Quantity: 3, UnitPrice: 500}}})
+			confirmed, _ := json.Marshal(domain.OrderConfirmed{OrderID: id, ConfirmedAt: time.Now().UTC()})
+			err := pgx.BeginFunc(context.Background(), pool, func(tx pgx.Tx) error {
+				_, err := outbox.Append(ctx, tx, outbox.Aggregate{Type: domain.OrderAggregate, ID: id}, 0, []outbox.NewEvent{
+					{Type: domain.OrderPlacedType, Data: placed}, {Type: domain.OrderConfirmedType, Data: confirmed}})
+				return err
+			})
+			if err != nil && ctx.Err() == nil {
+				t.Errorf("live writer: %v", err)
+				return
+			}
+		}
+	})
+}
+
+// An order's rows corrupted by hand in order_summary, order_details (and
+// its lines) and order_statistics_orders: repair restores exactly its fold,
+// while writers append and two projectors apply, and order_statistics
+// equals the aggregation over the events afterwards.
+func TestRepairRestoresCorruptedOrder(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	pool := pgtest.NewDB(t)
+	_, err := projectortest.Lifecycles{Orders: 40, Writers: 2}.Generate(ctx, pool)
+	require.NoError(t, err)
+	projs := shipped.ReadModels()
+	startFleet(t, pool, projs, 2)
+	caughtUp(t, pool)
+
+	var id string
+	var nEvents int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT aggregate_id, count(*) FROM events WHERE aggregate_type = 'Order'
+		GROUP BY 1 HAVING count(*) >= 3 ORDER BY 1 LIMIT 1`).Scan(&id, &nEvents))
+	before := orderRows(t, pool, id)
+	require.NotEmpty(t, before["order_items"])
+
+	for _, sql := range []string{
+		`UPDATE order_summary SET status = 'pending', total_amount = 0, customer_name = 'Mallory', shipped_at = NULL, version = 99 WHERE order_id = $1`,
+		`UPDATE order_details SET total_amount = 1, item_count = 42, tracking_number = 'forged', version = 99 WHERE order_id = $1`,
+		`DELETE FROM order_items WHERE order_id = $1 AND line_no = (SELECT min(line_no) FROM order_items WHERE order_id = $1)`,
+		`INSERT INTO order_items (order_id, line_no, product_name, quantity, unit_price, subtotal) VALUES ($1, 1000, 'ghost', 1, 1, 1)`,
+		`UPDATE order_statistics_orders SET status = 'pending', total_amount = 777777 WHERE order_id = $1`,
+	} {
+		_, err = pool.Exec(ctx, sql, id)
+		require.NoError(t, err, sql)
+	}
+	require.NotEqual(t, before, orderRows(t, pool, id))
+
+	wctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	liveWriter(wctx, t, pool, &wg)
+	for _, p := range projs {
+		if p.Spec().AggregateTypes[0] != domain.OrderAggregate {
+			continue
+		}
+		res, err := projectors.Repair(ctx, pool, p, projectors.RepairOptions{AggregateIDs: []string{id}})
+		require.NoError(t, err, p.Spec().Name)
+		require.Equal(t, []projectors.RepairedAggregate{{Type: "Order", ID: id, Segment: 0, Replayed: nEvents}}, res, p.Spec().Name)
+	}
+	require.Equal(t, before, orderRows(t, pool, id), "repaired while the writers and the fleet run")
+	stop()
+	wg.Wait()
+	caughtUp(t, pool)
+	require.Equal(t, before, orderRows(t, pool, id))
+	require.Greater(t, count(t, pool, `SELECT count(*) FROM order_summary WHERE order_id LIKE 'live-%'`), 0)
+	stopFleetAndCheck(t, pool)
+}
+
+func count(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	require.NoError(t, pool.QueryRow(t.Context(), sql, args...).Scan(&n))
+	return n
+}
+
+// stopFleetAndCheck holds the fleet (every checkpoint row lock, so the
+// read models hold still) and checks them against the fold of the events.
+func stopFleetAndCheck(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	ctx := t.Context()
+	// Holding every checkpoint row lock keeps batches out while comparing.
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	_, err = tx.Exec(ctx, `SELECT 1 FROM checkpoints FOR UPDATE`)
+	require.NoError(t, err)
+	requireFoldTx(t, tx)
+}
+
+func requireFoldTx(t *testing.T, tx pgx.Tx) {
+	t.Helper()
+	ctx := t.Context()
+	mism, err := orderstatistics.Mismatches(ctx, tx)
+	require.NoError(t, err)
+	require.Empty(t, mism)
+	for _, p := range shipped.ReadModels() {
+		spec := p.Spec()
+		got := projectortest.DumpTables(t, tx, spec.Tables, []string{"updated_at"})
+		_, err := tx.Exec(ctx, `SAVEPOINT fold`)
+		require.NoError(t, err)
+		require.NoError(t, p.Reset(ctx, tx))
+		events := allEvents(t, tx, spec)
+		if len(events) > 0 {
+			require.NoError(t, p.Apply(ctx, tx, &projectors.Batch{Events: events}))
+		}
+		want := projectortest.DumpTables(t, tx, spec.Tables, []string{"updated_at"})
+		_, err = tx.Exec(ctx, `ROLLBACK TO SAVEPOINT fold`)
+		require.NoError(t, err)
+		require.Equal(t, want, got, "%s: the read model is the fold of the events", spec.Name)
+	}
+}
+
+// allEvents reads every event of the projection's aggregate types, in log
+// order.
+func allEvents(t *testing.T, tx pgx.Tx, spec projectors.Spec) []outbox.Event {
+	t.Helper()
+	rows, err := tx.Query(t.Context(), `SELECT txid, id, aggregate_type, aggregate_id, event_type, version, schema_version, event_data, metadata, occurred_at
+		FROM events WHERE aggregate_type = ANY ($1::text[]) ORDER BY txid, id`, spec.AggregateTypes)
+	require.NoError(t, err)
+	events, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (outbox.Event, error) {
+		var e outbox.Event
+		err := r.Scan(&e.Cursor.TxID, &e.Cursor.Position, &e.AggregateType, &e.AggregateID, &e.Type, &e.Version, &e.SchemaVersion,
+			&e.Data, &e.Metadata, &e.OccurredAt)
+		return e, err
+	})
+	require.NoError(t, err)
+	return events
+}
