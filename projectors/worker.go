@@ -80,6 +80,12 @@ type Config struct {
 	// ListenConnect opens the dedicated LISTEN connection. nil means a new
 	// connection with the pool's connection config.
 	ListenConnect func(ctx context.Context) (*pgx.Conn, error)
+	// PollOnly turns LISTEN off: the worker checks the outbox head every
+	// PollInterval and opens no connection outside the pool. Use it behind
+	// PgBouncer in transaction pooling mode, which cannot deliver
+	// notifications (River's PollOnly, for the same reason); lower
+	// PollInterval to bound the added latency.
+	PollOnly bool
 }
 
 func (c *Config) setDefaults() {
@@ -416,11 +422,13 @@ func (c *coordinator) run() {
 	w := c.w
 	var listeners conc.WaitGroup
 	listenCtx, stopListen := context.WithCancel(c.hardCtx)
-	listeners.Go(func() {
-		outbox.Listen(listenCtx, w.cfg.ListenConnect, w.cfg.PollInterval, c.wake, func(err error) {
-			w.log.Warn("listen: connection lost, reconnecting", "err", err)
+	if !w.cfg.PollOnly {
+		listeners.Go(func() {
+			outbox.Listen(listenCtx, w.cfg.ListenConnect, w.cfg.PollInterval, c.wake, func(err error) {
+				w.log.Warn("listen: connection lost, reconnecting", "err", err)
+			})
 		})
-	})
+	}
 	for range w.cfg.Concurrency {
 		c.tasks.Go(c.executor)
 	}

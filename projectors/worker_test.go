@@ -2,11 +2,14 @@ package projectors_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/internal/pgtest"
@@ -128,4 +131,26 @@ func TestCancelledStartContextIsSoftStop(t *testing.T) {
 			require.Zero(t, count(t, pool, `SELECT count(*) FROM workers`), "left the fleet")
 		})
 	}
+}
+
+// PollOnly (PgBouncer in transaction mode) never opens the LISTEN
+// connection and still applies, woken by the poll.
+func TestWorkerPollOnlyNeverListens(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	var listens atomic.Int32
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec"}},
+		PollOnly: true, PollInterval: 20 * time.Millisecond, LeaseTTL: 2 * time.Second,
+		ListenConnect: func(context.Context) (*pgx.Conn, error) {
+			listens.Add(1)
+			return nil, errors.New("no LISTEN through PgBouncer")
+		}})
+	for i := range 3 {
+		appendEvents(t, pool, fmt.Sprintf("a%d", i), 0, `{}`)
+		eventually(t, 10*time.Second, "applied by polling", func() bool {
+			return count(t, pool, `SELECT count(*) FROM applied`) == i+1
+		})
+	}
+	require.Zero(t, listens.Load(), "a poll-only worker opened a LISTEN connection")
 }
