@@ -230,3 +230,42 @@ func TestDeadLetterUnchangedByReread(t *testing.T) {
 	require.Equal(t, before, rows())
 	require.Zero(t, count(t, pool, `SELECT count(*) FROM counted`))
 }
+
+// A discarded event is never applied, also not when a reset to a cursor
+// replays it (a reset to the start clears the dead letters instead).
+func TestDiscardedEventNotAppliedOnReplay(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	_, err := pool.Exec(ctx, counterDDL)
+	require.NoError(t, err)
+	c := &counter{name: "cnt"}
+	appendEvents(t, pool, "B", 0, `{"poison": true}`, `{}`)
+	appendEvents(t, pool, "X", 0, `{}`)
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{c}, MaxAttempts: 2,
+		RetryBackoff: time.Millisecond, PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second})
+	atHead := func() bool {
+		return count(t, pool, `SELECT count(*) FROM checkpoints c WHERE (c.cursor_txid, c.cursor_position) =
+			(SELECT txid, id FROM events ORDER BY txid DESC, id DESC LIMIT 1)`) == 1
+	}
+	eventually(t, 20*time.Second, "B parked, X applied", func() bool {
+		return atHead() && count(t, pool, `SELECT count(*) FROM dead_letters`) == 2
+	})
+	n, err := projectors.DiscardDeadLetters(ctx, pool, "cnt", nil)
+	require.NoError(t, err)
+	require.Equal(t, 2, n)
+	_, err = pool.Exec(ctx, `INSERT INTO cured VALUES ('B')`) // B1 would apply now
+	require.NoError(t, err)
+
+	require.NoError(t, projectors.Reset(ctx, pool, c, "cursor:"+outbox.Start.String()))
+	require.False(t, atHead())
+	eventually(t, 20*time.Second, "replayed to the head", atHead)
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM counted WHERE aggregate_id = 'B'`), "a discarded event was applied")
+	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'discarded'`))
+	require.Equal(t, 2, count(t, pool, `SELECT n FROM counted WHERE aggregate_id = 'X'`), "X replayed (a counter counts twice)")
+
+	appendEvents(t, pool, "B", 2, `{}`)
+	eventually(t, 20*time.Second, "B flows again", func() bool {
+		return count(t, pool, `SELECT count(*) FROM counted WHERE aggregate_id = 'B' AND version = 3`) == 1
+	})
+}

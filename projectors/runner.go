@@ -120,11 +120,18 @@ const maxScan = 16_000
 // begin opens an apply transaction and, in one round trip, bounds how long
 // the transaction may sit idle (a stopped or paused worker must not hold the
 // checkpoint's row lock past its lease), fences it with the lease by moving
-// the checkpoint, and asks which of the batch's aggregates are parked.
-func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, applied int, events []outbox.Event) (pgx.Tx, map[aggKey]bool, error) {
+// the checkpoint, and asks which of the batch's aggregates are parked and,
+// when it replays history, which of its events an operator discarded.
+func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, applied int, events []outbox.Event) (pgx.Tx, skips, error) {
+	sk := skips{parked: map[aggKey]bool{}, discarded: map[int64]bool{}}
+	// Dead letters lie at or below the cursor that parked them (see
+	// parkUpTo), so only a batch that replays history can hold a discarded
+	// event.
+	replay := len(events) > 0 && !s.high.Less(events[0].Cursor)
+	check := s.parked || replay
 	tx, err := w.cfg.Pool.Begin(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, sk, err
 	}
 	b := &pgx.Batch{}
 	b.Queue(fmt.Sprintf(`SET LOCAL idle_in_transaction_session_timeout = %d`, w.cfg.LeaseTTL.Milliseconds()))
@@ -134,14 +141,24 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 		b.Queue(`SELECT set_config('search_path', $1, true)`, pgx.Identifier{s.schema}.Sanitize()+", public")
 	}
 	checkpoint.QueueAdvance(b, s.lease, from, to, applied, w.cfg.LeaseTTL)
-	if s.parked {
+	if check {
 		types, ids := aggregates(events)
-		b.Queue(`SELECT aggregate_type, aggregate_id FROM dead_letters
+		var eventIDs []int64
+		if replay {
+			eventIDs = make([]int64, len(events))
+			for i, e := range events {
+				eventIDs[i] = e.ID()
+			}
+		}
+		b.Queue(`SELECT aggregate_type, aggregate_id, 0::bigint FROM dead_letters
 			WHERE projection = $1 AND status IN ('parked', 'retrying')
-			  AND (aggregate_type, aggregate_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))`, s.spec.Name, types, ids)
+			  AND (aggregate_type, aggregate_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+			UNION ALL
+			SELECT '', '', event_id FROM dead_letters
+			WHERE cardinality($4::bigint[]) > 0 AND projection = $1 AND status = 'discarded' AND event_id = ANY ($4::bigint[])`,
+			s.spec.Name, types, ids, eventIDs)
 	}
 	res := tx.SendBatch(ctx, b)
-	parked := map[aggKey]bool{}
 	_, err = res.Exec()
 	if err == nil && s.schema != "" {
 		_, err = res.Exec()
@@ -149,16 +166,21 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 	if err == nil {
 		err = checkpoint.AdvanceResult(res.Exec())(s.lease, from)
 	}
-	if err == nil && s.parked {
+	if err == nil && check {
 		var rows pgx.Rows
 		rows, err = res.Query()
 		if err == nil {
 			for rows.Next() {
 				var k aggKey
-				if err = rows.Scan(&k.typ, &k.id); err != nil {
+				var discarded int64
+				if err = rows.Scan(&k.typ, &k.id, &discarded); err != nil {
 					break
 				}
-				parked[k] = true
+				if discarded != 0 {
+					sk.discarded[discarded] = true
+				} else {
+					sk.parked[k] = true
+				}
 			}
 			rows.Close()
 			if err == nil {
@@ -171,9 +193,17 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 	}
 	if err != nil {
 		_ = tx.Rollback(context.WithoutCancel(ctx))
-		return nil, nil, err
+		return nil, sk, err
 	}
-	return tx, parked, nil
+	return tx, sk, nil
+}
+
+// skips are the events of a batch not to apply: those of parked aggregates
+// (they are parked behind the failed one) and those discarded by an
+// operator (neither applied nor parked).
+type skips struct {
+	parked    map[aggKey]bool
+	discarded map[int64]bool
 }
 
 type aggKey struct{ typ, id string }
@@ -201,20 +231,20 @@ func aggregates(events []outbox.Event) (types, ids []string) {
 func (w *Worker) apply(ctx context.Context, s *segment, batch *outbox.Batch) (outbox.Cursor, error) {
 	start := time.Now()
 	from := s.cursor
-	tx, parked, err := w.begin(ctx, s, from, batch.Next, len(batch.Events), batch.Events)
+	tx, sk, err := w.begin(ctx, s, from, batch.Next, len(batch.Events), batch.Events)
 	if err != nil {
 		return from, w.fencedOr(s, err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
-	events, blocked := splitParked(batch.Events, parked)
-	if len(blocked) > 0 {
+	events, blocked, discarded := split(batch.Events, sk)
+	if len(blocked) > 0 || discarded > 0 {
 		if err := w.park(ctx, tx, s, blocked, "blocked", blockedMsg, 0); err != nil {
 			return from, err
 		}
 		// Advance counted the whole batch before the parked aggregates
 		// were known: count only what is applied.
-		if err := checkpoint.AdvanceHeld(ctx, tx, s.lease, batch.Next, batch.Next, -len(blocked), w.cfg.LeaseTTL); err != nil {
+		if err := checkpoint.AdvanceHeld(ctx, tx, s.lease, batch.Next, batch.Next, -len(blocked)-discarded, w.cfg.LeaseTTL); err != nil {
 			return from, w.fencedOr(s, err)
 		}
 	}
@@ -258,18 +288,22 @@ func (w *Worker) fencedOr(s *segment, err error) error {
 	return err
 }
 
-func splitParked(events []outbox.Event, parked map[aggKey]bool) (keep, blocked []outbox.Event) {
-	if len(parked) == 0 {
-		return events, nil
+// split drops discarded events (returning how many) and separates those of
+// parked aggregates from the rest.
+func split(events []outbox.Event, sk skips) (keep, blocked []outbox.Event, discarded int) {
+	if len(sk.parked) == 0 && len(sk.discarded) == 0 {
+		return events, nil, 0
 	}
 	for _, e := range events {
-		if parked[aggKey{e.AggregateType, e.AggregateID}] {
+		if sk.discarded[e.ID()] {
+			discarded++
+		} else if sk.parked[aggKey{e.AggregateType, e.AggregateID}] {
 			blocked = append(blocked, e)
 		} else {
 			keep = append(keep, e)
 		}
 	}
-	return keep, blocked
+	return keep, blocked, discarded
 }
 
 // applyIsolating is the slow path: in one transaction, it applies the batch
@@ -282,7 +316,7 @@ func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.B
 	start := time.Now()
 	from := s.cursor
 	// Fence without moving (from -> from); the final Advance moves it.
-	tx, parkedAggs, err := w.begin(ctx, s, from, from, 0, batch.Events)
+	tx, sk, err := w.begin(ctx, s, from, from, 0, batch.Events)
 	if err != nil {
 		return from, w.fencedOr(s, err)
 	}
@@ -292,7 +326,7 @@ func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.B
 	// transaction that commits it: an event parked beyond the committed
 	// cursor would be read again, and if an operator had retried or
 	// discarded it meanwhile, applied (again).
-	remaining, blocked := splitParked(batch.Events, parkedAggs)
+	remaining, blocked, _ := split(batch.Events, sk)
 	var parking []parked
 	parking = append(parking, parked{events: blocked, reason: "blocked", msg: blockedMsg})
 	var applied []outbox.Event
