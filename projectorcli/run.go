@@ -31,6 +31,7 @@ type runConfig struct {
 	concurrency    int
 	batchSize      int
 	poll           time.Duration
+	pollOnly       bool
 	leaseTTL       time.Duration
 	softStop       time.Duration
 	retention      time.Duration
@@ -65,6 +66,7 @@ SIGINT or SIGTERM stops it softly: batches in flight finish.`,
 	fs.Int(&c.concurrency, "concurrency", "PROJECTOR_CONCURRENCY", projectors.ConcurrencyDefault, "segments applied at once")
 	fs.Int(&c.batchSize, "batch-size", "PROJECTOR_BATCH_SIZE", projectors.BatchSizeDefault, "outbox rows per fetch")
 	fs.Duration(&c.poll, "poll-interval", "PROJECTOR_POLL_INTERVAL", projectors.PollIntervalDefault, "fallback poll when no notification arrives")
+	fs.FlagSet().BoolVar(&c.pollOnly, "poll-only", false, "no LISTEN: poll every --poll-interval (behind PgBouncer in transaction mode)")
 	fs.Duration(&c.leaseTTL, "lease-ttl", "PROJECTOR_LEASE_TTL", projectors.LeaseTTLDefault, "segment lease time to live; a dead worker's segments move after this")
 	fs.Duration(&c.softStop, "soft-stop-timeout", "PROJECTOR_SOFT_STOP_TIMEOUT", projectors.SoftStopTimeoutDefault, "on SIGTERM, how long batches in flight may finish")
 	fs.Duration(&c.retention, "outbox-retention", "PROJECTOR_OUTBOX_RETENTION", projectors.RetentionDefault, "keep outbox rows at least this long after every projection passed them")
@@ -108,7 +110,7 @@ func (a *app) runRun(ctx context.Context, c runConfig, stdout, stderr io.Writer)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w, err := projectors.NewWorker(projectors.Config{
 		Pool: pool, Projections: projs, WorkerID: c.workerID, Concurrency: c.concurrency, BatchSize: c.batchSize,
-		PollInterval: c.poll, LeaseTTL: c.leaseTTL, SoftStopTimeout: c.softStop, Logger: logger, Registerer: reg,
+		PollInterval: c.poll, PollOnly: c.pollOnly, LeaseTTL: c.leaseTTL, SoftStopTimeout: c.softStop, Logger: logger, Registerer: reg,
 	})
 	if err != nil {
 		return err
