@@ -41,6 +41,7 @@ type runConfig struct {
 	riverUIToken   string
 	logFormat      string
 	logLevel       string
+	riverLogLevel  string
 }
 
 func (a *app) runCommand() *cobra.Command {
@@ -76,6 +77,7 @@ SIGINT or SIGTERM stops it softly: batches in flight finish.`,
 	fs.Secret(&c.riverUIToken, "riverui-token", "PROJECTOR_RIVERUI_TOKEN", "", "token guarding /riverui/ (Authorization: Bearer, or /riverui/?token= once in a browser)")
 	fs.Enum(cmd, &c.logFormat, "log-format", "PROJECTOR_LOG_FORMAT", "text", cli.LogFormats, "log format")
 	fs.Enum(cmd, &c.logLevel, "log-level", "PROJECTOR_LOG_LEVEL", "info", cli.LogLevels, "log level")
+	fs.Enum(cmd, &c.riverLogLevel, "river-log-level", "PROJECTOR_RIVER_LOG_LEVEL", "warn", cli.LogLevels, "least level of River's own log records (it logs every producer poll at info)")
 	_ = cmd.RegisterFlagCompletionFunc("projections", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 		return a.names(), cobra.ShellCompDirectiveNoFileComp
 	})
@@ -126,7 +128,9 @@ func (a *app) runRun(ctx context.Context, c runConfig, stdout, stderr io.Writer)
 	if err := projectors.RegisterPoolMetrics(reg, pool, "projector"); err != nil {
 		return err
 	}
-	control, err := projectors.NewControl(projectors.ControlConfig{Pool: pool, Projections: projs, Logger: logger,
+	var riverLevel slog.Level
+	_ = riverLevel.UnmarshalText([]byte(c.riverLogLevel)) // an enum flag: always valid
+	control, err := projectors.NewControl(projectors.ControlConfig{Pool: pool, Projections: projs, Logger: logger, RiverLogLevel: riverLevel,
 		Retention: c.retention, PruneInterval: c.pruneEvery, SoftStopTimeout: c.softStop,
 		RegisterWorkers: func(w *river.Workers) {
 			for _, p := range projs {

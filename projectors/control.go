@@ -74,6 +74,10 @@ type ControlConfig struct {
 	SoftStopTimeout time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
+	// RiverLogLevel is the least level of River's own log records passed
+	// to Logger (River logs every producer poll at INFO). nil means
+	// slog.LevelWarn.
+	RiverLogLevel slog.Leveler
 }
 
 // Control runs readside's control plane: a River client on ControlQueue
@@ -121,7 +125,7 @@ func NewControl(cfg ControlConfig) (*Control, error) {
 	rcfg := &river.Config{
 		Queues:      queues,
 		Workers:     workers,
-		Logger:      c.log,
+		Logger:      slog.New(minLevel{c.log.Handler(), cmp.Or[slog.Leveler](cfg.RiverLogLevel, slog.LevelWarn)}),
 		MaxAttempts: controlMaxAttempts,
 		// Cancelling Start's context (a signal) is then a soft stop too.
 		SoftStopTimeout: cfg.SoftStopTimeout,
@@ -227,4 +231,22 @@ func (j *Jobs) State(ctx context.Context, id int64) (rivertype.JobState, string,
 		last = job.Errors[n-1].Error
 	}
 	return job.State, last, nil
+}
+
+// minLevel drops records below a level, whatever the wrapped handler takes.
+type minLevel struct {
+	slog.Handler
+	min slog.Leveler
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min.Level() && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
+	return minLevel{h.Handler.WithAttrs(as), h.min}
+}
+
+func (h minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{h.Handler.WithGroup(name), h.min}
 }

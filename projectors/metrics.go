@@ -108,3 +108,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	return m, nil
 }
+
+// forget deletes every series of a projection this worker no longer runs
+// (a rebuild's copy after the switch), so that it does not linger on
+// /metrics with its last values.
+func (m *metrics) forget(projection string) {
+	for _, v := range []interface {
+		DeletePartialMatch(prometheus.Labels) int
+	}{m.eventsApplied, m.batches, m.batchSize, m.batchDuration, m.latency, m.retries, m.parked, m.claims, m.losses, m.fenced, m.owned} {
+		v.DeletePartialMatch(prometheus.Labels{"projection": projection})
+	}
+}

@@ -272,9 +272,14 @@ func (w *Worker) committed(s *segment, events []outbox.Event, start time.Time) {
 	w.metrics.batchDuration.WithLabelValues(name).Observe(now.Sub(start).Seconds())
 	w.metrics.batchSize.WithLabelValues(name).Observe(float64(len(events)))
 	w.metrics.eventsApplied.WithLabelValues(name).Add(float64(len(events)))
+	if s.schema != "" {
+		return // a rebuild's copy replays history: not end-to-end latency
+	}
 	lat := w.metrics.latency.WithLabelValues(name)
 	for _, e := range events {
-		if !e.AppendedAt.IsZero() {
+		// Events at or below the high-water mark are a replay after a
+		// reset: their age is the age of history, not latency.
+		if !e.AppendedAt.IsZero() && s.high.Less(e.Cursor) {
 			lat.Observe(now.Sub(e.AppendedAt).Seconds())
 		}
 	}

@@ -335,6 +335,7 @@ type coordinator struct {
 	// renewal).
 	running  map[string]running
 	names    []string
+	gone     map[string]bool   // projections no longer run whose series are still to delete
 	segments map[string]int    // every registered projection's segment count
 	bases    map[string]string // rebuild copy -> the projection it rebuilds
 }
@@ -364,7 +365,7 @@ func newCoordinator(w *Worker, softCtx, hardCtx context.Context) *coordinator {
 		// Queue and results hold every segment at most once; rebuilds can
 		// double a projection's segments.
 		queue: make(chan *segment, 2*total+1), done: make(chan taskResult, 2*total+1),
-		notify: make(chan struct{}, 1), running: map[string]running{}}
+		notify: make(chan struct{}, 1), running: map[string]running{}, gone: map[string]bool{}}
 	for name, spec := range w.specs {
 		c.running[name] = running{spec: spec, proj: w.projs[name]}
 		c.names = append(c.names, name)
@@ -404,12 +405,18 @@ func (c *coordinator) refreshProjections(ctx context.Context) error {
 		return fmt.Errorf("projections: %w", err)
 	}
 	c.segments, c.bases = segments, bases
+	old := c.running
 	c.running = map[string]running{}
 	for name, spec := range c.w.specs {
 		c.running[name] = running{spec: spec, proj: c.w.projs[name]}
 	}
 	for name, r := range shadows {
 		c.running[name] = r
+	}
+	for name := range old {
+		if _, ok := c.running[name]; !ok {
+			c.gone[name] = true // a switched-in rebuild's copy: its series go (updateOwned)
+		}
 	}
 	c.names = c.names[:0]
 	for name := range c.running {
@@ -549,6 +556,8 @@ func (c *coordinator) finished(r taskResult) {
 		defer cancel()
 		if err := checkpoint.Release(ctx, c.w.cfg.Pool, s.lease); err != nil {
 			c.w.log.Warn("release failed; the lease will expire", "lease", s.lease.String(), "err", err)
+		} else {
+			c.w.log.Info("lease released", "projection", s.lease.Projection, "segment", s.lease.Segment, "epoch", s.lease.Epoch)
 		}
 		delete(c.segs, k)
 		c.updateOwned()
@@ -628,6 +637,8 @@ func (c *coordinator) manageLeases() {
 		if !s.running {
 			if err := checkpoint.Release(ctx, w.cfg.Pool, s.lease); err != nil {
 				w.log.Warn("release failed", "err", err)
+			} else {
+				w.log.Info("lease released", "projection", s.lease.Projection, "segment", s.lease.Segment, "epoch", s.lease.Epoch)
 			}
 			delete(c.segs, k)
 		}
@@ -655,7 +666,7 @@ func (c *coordinator) manageLeases() {
 				attempts: map[int64]int{}, parked: parked == nil || parked[k]}
 			c.segs[key(cp.Projection, cp.Segment)] = s
 			w.metrics.claims.WithLabelValues(cp.Projection).Inc()
-			w.log.Debug("lease claimed", "projection", cp.Projection, "segment", cp.Segment, "epoch", cp.LeaseEpoch, "cursor", cp.Cursor.String())
+			w.log.Info("lease claimed", "projection", cp.Projection, "segment", cp.Segment, "epoch", cp.LeaseEpoch, "cursor", cp.Cursor.String())
 			c.schedule(s)
 		}
 	}
@@ -669,5 +680,14 @@ func (c *coordinator) updateOwned() {
 	}
 	for _, name := range c.names {
 		c.w.metrics.owned.WithLabelValues(name).Set(float64(counts[name]))
+	}
+	for name := range c.gone {
+		if _, back := c.running[name]; back {
+			delete(c.gone, name)
+		} else if counts[name] == 0 {
+			// No segment task of it is left to record anything.
+			c.w.metrics.forget(name)
+			delete(c.gone, name)
+		}
 	}
 }
