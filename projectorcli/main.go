@@ -112,7 +112,7 @@ func (c Config) Command() (*cobra.Command, error) {
 		Use:   a.name,
 		Short: "run and operate readside projections",
 		Long: a.name + " runs a fleet member that applies readside projections to their read models, and operates them:\n" +
-			"status, reset, rebuild, pause, resume, dead letters, migrations.\n\n" +
+			"status, reset, rebuild, repair, pause, resume, dead letters, migrations.\n\n" +
 			"Projections in this binary: " + strings.Join(a.names(), ", ") + ".\n" +
 			"Every command takes --database-url (env DATABASE_URL) and -h.",
 		Version:       cli.Version(a.name),
@@ -132,7 +132,7 @@ func (c Config) Command() (*cobra.Command, error) {
 	for _, sub := range []*cobra.Command{
 		a.migrateCommand(), a.adoptCommand(), a.runCommand(), a.statusCommand(),
 		a.pauseResumeCommand("pause"), a.pauseResumeCommand("resume"),
-		a.resetCommand(), a.rebuildCommand(), a.deadLettersCommand(),
+		a.resetCommand(), a.rebuildCommand(), a.repairCommand(), a.deadLettersCommand(),
 	} {
 		root.AddCommand(sub)
 	}
