@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/domain"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/outbox"
@@ -210,4 +211,104 @@ func allEvents(t *testing.T, tx pgx.Tx, spec projectors.Spec) []outbox.Event {
 	})
 	require.NoError(t, err)
 	return events
+}
+
+// A repair racing resets (which empty the read models and move the
+// checkpoints) is serialized with them by the checkpoint row locks: after
+// any interleaving, with writers and the fleet running, every read model is
+// the fold of its events. While a rebuild runs, a repair is refused.
+func TestRepairRacesResetAndRebuild(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	pool := pgtest.NewDB(t)
+	_, err := projectortest.Lifecycles{Orders: 30, Writers: 2}.Generate(ctx, pool)
+	require.NoError(t, err)
+	projs := shipped.ReadModels()
+	startFleet(t, pool, projs, 2)
+	caughtUp(t, pool)
+	var id string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT aggregate_id FROM events WHERE aggregate_type = 'Order' ORDER BY id LIMIT 1`).Scan(&id))
+
+	wctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	liveWriter(wctx, t, pool, &wg)
+	var ops sync.WaitGroup
+	for _, p := range projs {
+		if p.Spec().AggregateTypes[0] != domain.OrderAggregate {
+			continue
+		}
+		ops.Go(func() {
+			for range 3 {
+				if err := projectors.Reset(ctx, pool, p, "start"); err != nil {
+					t.Errorf("reset %s: %v", p.Spec().Name, err)
+				}
+			}
+		})
+		ops.Go(func() {
+			for range 6 {
+				if _, err := projectors.Repair(ctx, pool, p, projectors.RepairOptions{AggregateIDs: []string{id}}); err != nil {
+					t.Errorf("repair %s: %v", p.Spec().Name, err)
+				}
+			}
+		})
+	}
+	ops.Wait()
+	stop()
+	wg.Wait()
+	caughtUp(t, pool)
+	stopFleetAndCheck(t, pool)
+}
+
+func TestRepairRefused(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	pool := pgtest.NewDB(t)
+	p, _ := shipped.ByName("order_details")
+	require.NoError(t, checkpoint.Register(ctx, pool, "order_details", 1, "park"))
+	require.NoError(t, projectors.StartRebuild(ctx, pool, p))
+	_, err := projectors.Repair(ctx, pool, p, projectors.RepairOptions{AggregateIDs: []string{"o1"}})
+	require.ErrorIs(t, err, projectors.ErrRebuildRunning)
+
+	_, err = projectors.Repair(ctx, pool, noForget{p}, projectors.RepairOptions{AggregateIDs: []string{"o1"}})
+	require.ErrorIs(t, err, projectors.ErrRepairUnsupported)
+}
+
+// noForget hides a projection's Forget.
+type noForget struct{ projectors.Projection }
+
+// --all-parked applies an aggregate's parked events (as new, not a
+// replay) after its applied ones, and marks the dead letters retried.
+func TestRepairAllParked(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	pool := pgtest.NewDB(t)
+	_, err := projectortest.Lifecycles{Orders: 10, Writers: 1}.Generate(ctx, pool)
+	require.NoError(t, err)
+	p, _ := shipped.ByName("order_summary")
+	require.NoError(t, checkpoint.Register(ctx, pool, "order_summary", 1, "park"))
+	projectortest.ApplyStream(t, pool, p, outbox.Filter{AggregateTypes: p.Spec().AggregateTypes}, 100)
+	_, err = pool.Exec(ctx, `UPDATE checkpoints SET (cursor_txid, cursor_position) =
+		(SELECT txid, id FROM events ORDER BY txid DESC, id DESC LIMIT 1) WHERE projection = 'order_summary'`)
+	require.NoError(t, err)
+	var id string
+	var last int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT aggregate_id, max(version) FROM events WHERE aggregate_type = 'Order'
+		GROUP BY 1 HAVING max(version) >= 2 ORDER BY 1 LIMIT 1`).Scan(&id, &last))
+	want := orderRows(t, pool, id)["order_summary"]
+	// As if the last event had failed and been parked: the row is one
+	// version behind and the dead letter waits.
+	_, err = pool.Exec(ctx, `INSERT INTO dead_letters (projection, segment, event_id, txid, aggregate_type, aggregate_id, event_type, version, reason, error)
+		SELECT 'order_summary', 0, id, txid, aggregate_type, aggregate_id, event_type, version, 'failed', 'bug'
+		  FROM events WHERE aggregate_id = $1 AND version = $2`, id, last)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `DELETE FROM order_summary WHERE order_id = $1`, id)
+	require.NoError(t, err)
+
+	res, err := projectors.Repair(ctx, pool, p, projectors.RepairOptions{AllParked: true})
+	require.NoError(t, err)
+	require.Equal(t, []projectors.RepairedAggregate{{Type: "Order", ID: id, Segment: 0, Replayed: last - 1, Unparked: 1}}, res)
+	require.Equal(t, want, orderRows(t, pool, id)["order_summary"])
+	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'retried' AND resolved_at IS NOT NULL`))
+	_, err = projectors.Repair(ctx, pool, p, projectors.RepairOptions{AllParked: true})
+	require.ErrorIs(t, err, projectors.ErrNothingToRepair)
 }
