@@ -110,6 +110,9 @@ func (e *ErrUnknownEventType) Error() string { return fmt.Sprintf("unknown event
 // Unwrap makes an unknown event type an ErrInvalidEvent.
 func (e *ErrUnknownEventType) Unwrap() error { return ErrInvalidEvent }
 
+// Permanent is true: the event's type will not become known by retrying.
+func (e *ErrUnknownEventType) Permanent() bool { return true }
+
 // Decode upcasts data from schemaVersion to the current version, decodes it
 // into the event's Go type (a pointer, e.g. *OrderPlaced) and checks that it
 // carries what the read models need (see validate). Every error wraps

@@ -33,6 +33,10 @@ func (e *InvalidEventError) Error() string {
 	return fmt.Sprintf("invalid %s: %s %s", e.Type, e.Field, e.Reason)
 }
 
+// Permanent is true: the same event can never be applied (the projector
+// runtime parks it at its first failure instead of retrying it).
+func (e *InvalidEventError) Permanent() bool { return true }
+
 // Unwrap returns ErrInvalidEvent and the decoding error.
 func (e *InvalidEventError) Unwrap() []error {
 	if e.Err != nil {

@@ -2,6 +2,7 @@ package domain_test
 
 import (
 	"encoding/json"
+	"errors"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -62,6 +63,8 @@ func TestDecodeRefusesNonsense(t *testing.T) {
 			v, err := domain.Decode(tc.typ, tc.schema, []byte(tc.data))
 			require.ErrorIs(t, err, domain.ErrInvalidEvent, "decoded as %#v", v)
 			require.Nil(t, v)
+			var p interface{ Permanent() bool }
+			require.True(t, errors.As(err, &p) && p.Permanent(), "the runtime parks it without retrying")
 		})
 	}
 	for _, tc := range []struct{ typ, data string }{

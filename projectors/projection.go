@@ -22,7 +22,10 @@ type Projection interface {
 	// Apply applies a batch of events, in order, inside tx. Events of one
 	// aggregate arrive in version order. An error rolls the batch back; the
 	// runtime retries transient database errors and isolates the failing
-	// event of anything else (see Spec.OnError).
+	// event of anything else (see Spec.OnError). An error that has, in its
+	// chain, a method Permanent() bool returning true (a payload that can
+	// never decode, an illegal transition) is parked, or halts the
+	// segment, at its first failure instead of after Config.MaxAttempts.
 	Apply(ctx context.Context, tx pgx.Tx, b *Batch) error
 	// Reset empties the read model (for example TRUNCATE of its tables),
 	// before a replay from the start.

@@ -20,6 +20,14 @@ func retryReason(err error) string {
 	return pgerr.Transient(err)
 }
 
+// permanent reports whether err says that applying the event again cannot
+// succeed: an error in its chain has a method Permanent() bool that returns
+// true (domain.InvalidEventError does).
+func permanent(err error) bool {
+	var p interface{ Permanent() bool }
+	return errors.As(err, &p) && p.Permanent()
+}
+
 // backoff returns the delay before retry attempt n (1-based): exponential
 // from base, capped, with full jitter in [d/2, d).
 func backoff(n int, base, maxDelay time.Duration) time.Duration {

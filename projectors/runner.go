@@ -353,11 +353,14 @@ func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.B
 		log := w.log.With("projection", s.spec.Name, "segment", s.lease.Segment, "cursor", from.String(),
 			"event_id", bad.ID(), "event_type", bad.Type, "aggregate", bad.AggregateType+"/"+bad.AggregateID,
 			"correlation_id", correlationID(bad), "attempt", attempts, "err", cause)
-		if attempts < w.cfg.MaxAttempts || s.spec.OnError == Halt {
+		// A permanent error (see Projection.Apply) cannot succeed on
+		// another attempt: it is parked, or halts, at once.
+		exhausted := attempts >= w.cfg.MaxAttempts || permanent(cause)
+		if !exhausted || s.spec.OnError == Halt {
 			// Commit what came before the failing event; it is retried (or
 			// halts the segment) from there.
 			to = before(batch, i, remaining, from)
-			if attempts >= w.cfg.MaxAttempts {
+			if exhausted {
 				log.Error("event keeps failing; halting the segment (policy halt)")
 				if err := w.parkUpTo(ctx, tx, s, to, parking); err != nil {
 					return from, err
@@ -388,7 +391,7 @@ func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.B
 		}
 		log.Error("event keeps failing; parking it and later events of its aggregate (policy park)")
 		k := aggKey{bad.AggregateType, bad.AggregateID}
-		parking = append(parking, parked{events: []outbox.Event{bad}, reason: "failed", msg: cause, attempts: attempts})
+		parking = append(parking, parked{events: []outbox.Event{bad}, reason: "failed", msg: cause.Error(), attempts: attempts})
 		var rest, sameAgg []outbox.Event
 		for _, e := range remaining[i+1:] {
 			if (aggKey{e.AggregateType, e.AggregateID}) == k {
@@ -433,23 +436,23 @@ func before(batch *outbox.Batch, i int, remaining []outbox.Event, from outbox.Cu
 // find applies events in savepoints and returns the index of the first one
 // that fails on its own, with its error, having applied everything before
 // it; -1 when all applied. A transient error aborts the search.
-func (w *Worker) find(ctx context.Context, tx pgx.Tx, s *segment, events []outbox.Event) (int, string, error) {
+func (w *Worker) find(ctx context.Context, tx pgx.Tx, s *segment, events []outbox.Event) (int, error, error) {
 	sp, err := tx.Begin(ctx)
 	if err != nil {
-		return 0, "", err
+		return 0, nil, err
 	}
 	applyErr := w.applyEvents(ctx, sp, s, events)
 	if applyErr == nil {
-		return -1, "", sp.Commit(ctx)
+		return -1, nil, sp.Commit(ctx)
 	}
 	if err := sp.Rollback(ctx); err != nil {
-		return 0, "", err
+		return 0, nil, err
 	}
 	if retryReason(applyErr) != "" {
-		return 0, "", applyErr
+		return 0, nil, applyErr
 	}
 	if len(events) == 1 {
-		return 0, applyErr.Error(), nil
+		return 0, applyErr, nil
 	}
 	mid := len(events) / 2
 	i, cause, err := w.find(ctx, tx, s, events[:mid])
