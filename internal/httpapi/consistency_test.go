@@ -33,6 +33,14 @@ func TestWaitFor(t *testing.T) {
 		t.Cleanup(cancel)
 		return ctx
 	}
+	// A wait that should succeed gets a generous deadline: it returns as
+	// soon as the check passes, and a loaded machine may take longer than
+	// the short deadline for the first query alone.
+	long := func() context.Context {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		t.Cleanup(cancel)
+		return ctx
+	}
 	notCaughtUp := func(err error) *httpapi.NotCaughtUpError {
 		t.Helper()
 		var lag *httpapi.NotCaughtUpError
@@ -41,8 +49,8 @@ func TestWaitFor(t *testing.T) {
 		return lag
 	}
 
-	require.NoError(t, httpapi.WaitFor(short(), pool, token), "no projections: nothing to wait for")
-	require.NoError(t, httpapi.WaitFor(short(), pool, outbox.Start, "one", "three"), "every cursor is at or after the start")
+	require.NoError(t, httpapi.WaitFor(long(), pool, token), "no projections: nothing to wait for")
+	require.NoError(t, httpapi.WaitFor(long(), pool, outbox.Start, "one", "three"), "every cursor is at or after the start")
 
 	lag := notCaughtUp(httpapi.WaitFor(short(), pool, token, "one", "three"))
 	require.Equal(t, "one", lag.Projection, "the first lagging projection is named")
