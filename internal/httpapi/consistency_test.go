@@ -29,7 +29,7 @@ func TestWaitFor(t *testing.T) {
 		require.NoError(t, err)
 	}
 	short := func() context.Context {
-		ctx, cancel := context.WithTimeout(ctx, 30*time.Millisecond)
+		ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		t.Cleanup(cancel)
 		return ctx
 	}
