@@ -81,7 +81,7 @@ type holes struct {
 	// Rebuild: blue/green rebuilds, started between runs and switched in
 	// by the control plane (River) during one (issue 10 item 5: the copy
 	// fired side effects again for events the live projection applied
-	// after the rebuild started).
+	// after the rebuild started). On since b84049b.
 	Rebuild bool
 	// Attempts: the runner tries a failing event more than once before it
 	// parks it, so that isolation commits before a failing event and parks
@@ -89,7 +89,7 @@ type holes struct {
 	Attempts bool
 }
 
-var enabled = holes{ResetPastWindow: true, Attempts: true, OutOfOrderRows: true, AppendOnly: true}
+var enabled = holes{ResetPastWindow: true, Attempts: true, OutOfOrderRows: true, AppendOnly: true, Rebuild: true}
 
 var aggregates = []string{"a0", "a1", "a2", "a3"}
 
