@@ -61,9 +61,9 @@ type holes struct {
 	// the parked check no longer matches a retried or discarded dead letter,
 	// so the runner applies or re-parks them). The model expects a
 	// discarded event never applied again, a parked one left as it is.
-	// Still off after c822752: a discarded poison event read again is
-	// tried again, stays discarded, and parks its aggregate's later events
-	// behind it (regression DiscardedThenResetToCursor).
+	// Off after c822752 (a discarded poison event read again after a reset
+	// was tried again and parked its aggregate's later events behind it:
+	// regression DiscardedThenResetToCursor); on since 682e131.
 	ReplayOverDeadLetters bool
 	// FirstApplyInReplayFires (found by this test, not in issue 10): an
 	// event that was parked, never applied, and is applied for the first
@@ -89,7 +89,7 @@ type holes struct {
 	Attempts bool
 }
 
-var enabled = holes{ResetPastWindow: true, Attempts: true, OutOfOrderRows: true, AppendOnly: true, Rebuild: true}
+var enabled = holes{ResetPastWindow: true, Attempts: true, OutOfOrderRows: true, AppendOnly: true, Rebuild: true, ReplayOverDeadLetters: true}
 
 var aggregates = []string{"a0", "a1", "a2", "a3"}
 
