@@ -81,8 +81,9 @@ func TestMigrateStatusPauseResume(t *testing.T) {
 	require.NoError(t, err)
 	var st statusJSON
 	require.NoError(t, json.Unmarshal([]byte(out), &st))
-	require.Len(t, st.Segments, 2)
+	require.Len(t, st.Segments, 6, "2 segments of order_summary and the 4 projections never run")
 	require.Equal(t, "paused", st.Segments[0].Status)
+	require.Equal(t, NeverRun, st.Segments[2].Status)
 
 	out, err = runCmd(t, "resume", "--database-url", url, "order_summary")
 	require.NoError(t, err)

@@ -11,6 +11,7 @@ import (
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/migrations"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/projectortest"
 	"github.com/readside/readside/projectors/shipped"
 )
 
@@ -249,4 +250,37 @@ func TestMigrateDryRunAndStatus(t *testing.T) {
 	out, _, err = run3(t, "migrate", "--dry-run", "--database-url", url)
 	require.NoError(t, err)
 	require.Contains(t, out, "-- 0 River and 0 readside migrations pending")
+}
+
+// A projection the binary carries but no worker ever ran is listed, with
+// the whole log as its lag.
+func TestStatusListsNeverRun(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.NewDatabaseURL(t)
+	pool := pgtest.Pool(t, url)
+	p, _ := shipped.ByName("order_summary")
+	require.NoError(t, projectors.Register(ctx, pool, p))
+	_, err := projectortest.Lifecycles{Orders: 5}.Generate(ctx, pool)
+	require.NoError(t, err)
+	var events int64
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&events))
+
+	out, _, err := run3(t, "status", "--json", "--database-url", url)
+	require.NoError(t, err)
+	var st statusJSON
+	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
+	byName := map[string]segmentJSON{}
+	for _, s := range st.Segments {
+		byName[s.Projection] = s
+	}
+	require.Equal(t, "running", byName["order_summary"].Status)
+	for _, name := range []string{"order_details", "products", "order_statistics", "order_notifications"} {
+		require.Equal(t, NeverRun, byName[name].Status, name)
+		require.Equal(t, events, byName[name].LagEvents, name)
+		require.Positive(t, byName[name].LagSeconds, name)
+	}
+	out, _, err = run3(t, "status", "--database-url", url)
+	require.NoError(t, err)
+	require.Regexp(t, `order_details +0 +never_run +-`, out)
 }

@@ -64,6 +64,10 @@ Everything is read from the database, so a dead fleet shows growing lag.`,
 	return cmd
 }
 
+// NeverRun is the status of a projection this binary carries that no
+// worker has registered: its lag is the whole outbox.
+const NeverRun = "never_run"
+
 func runStatus(ctx context.Context, url string, asJSON bool, projs []projectors.Projection, stdout io.Writer) error {
 	pool, err := cli.Connect(ctx, url, 2)
 	if err != nil {
@@ -91,6 +95,31 @@ func runStatus(ctx context.Context, url string, asJSON bool, projs []projectors.
 			Cursor: s.Cursor.String(), LagEvents: s.LagEvents, LagSeconds: s.LagSeconds, StalledSeconds: s.StalledSeconds,
 			Owner: s.LeaseOwner, OwnerLive: s.OwnerLive, Epoch: s.LeaseEpoch, EventsApplied: s.EventsApplied,
 			Parked: s.Parked, LastError: s.LastError})
+	}
+	// Projections this binary carries that no worker has registered yet:
+	// listed, with the whole log as their lag, so that a projection never
+	// run does not look healthy by its absence.
+	seen := map[string]bool{}
+	for _, s := range segs {
+		seen[s.Projection] = true
+	}
+	var never []segmentJSON
+	for _, p := range projs {
+		name := p.Spec().Name
+		if seen[name] {
+			continue
+		}
+		if never == nil {
+			var lag int64
+			var age float64
+			if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1) x),
+				coalesce((SELECT extract(epoch FROM now() - min(created_at)) FROM outbox), 0)::float8`, projectors.LagCountCap).Scan(&lag, &age); err != nil {
+				return fmt.Errorf("status: %w", err)
+			}
+			never = []segmentJSON{{LagEvents: lag, LagSeconds: age}}
+		}
+		out.Segments = append(out.Segments, segmentJSON{Projection: name, Status: NeverRun, Cursor: "-",
+			LagEvents: never[0].LagEvents, LagSeconds: never[0].LagSeconds})
 	}
 	if holder != nil && holder.Age > time.Second {
 		out.WindowHolder = holder
