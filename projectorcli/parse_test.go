@@ -283,4 +283,8 @@ func TestStatusListsNeverRun(t *testing.T) {
 	out, _, err = run3(t, "status", "--database-url", url)
 	require.NoError(t, err)
 	require.Regexp(t, `order_details +0 +never_run +-`, out)
+	out, _, err = run3(t, "status", "order_summary", "--database-url", url)
+	require.NoError(t, err)
+	require.Contains(t, out, "order_summary")
+	require.NotContains(t, out, "order_details", "only the projection named")
 }

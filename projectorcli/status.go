@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -46,16 +47,28 @@ func (a *app) statusCommand() *cobra.Command {
 	var url string
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:     "status",
+		Use:     "status [NAME...]",
 		GroupID: "ops",
 		Short:   "show every projection segment: status, cursor, lag, owner, parked events",
-		Long: `Show every segment of every projection registered in the database: status,
-cursor, lag in events and seconds, lease owner, events applied, parked dead
-letters, last error; and the oldest transaction holding the read window back.
-Everything is read from the database, so a dead fleet shows growing lag.`,
-		Args: cli.ExactArgs(),
+		Long: `Show every segment of every projection registered in the database (or of the
+NAMEs given): status, cursor, lag in events and seconds, lease owner, events
+applied, parked dead letters, last error; projections this binary carries that
+no worker has run (never_run); and the oldest transaction holding the read
+window back. Everything is read from the database, so a dead fleet shows
+growing lag.`,
+		Args:              cobra.ArbitraryArgs,
+		ValidArgsFunction: a.completeNames,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runStatus(cmd.Context(), url, asJSON, a.projs, cmd.OutOrStdout())
+			projs := a.projs
+			if len(args) > 0 {
+				projs = nil
+				for _, p := range a.projs {
+					if slices.Contains(args, p.Spec().Name) {
+						projs = append(projs, p)
+					}
+				}
+			}
+			return runStatus(cmd.Context(), url, asJSON, projs, args, cmd.OutOrStdout())
 		},
 	}
 	fs := cli.NewFlags(cmd)
@@ -68,7 +81,7 @@ Everything is read from the database, so a dead fleet shows growing lag.`,
 // worker has registered: its lag is the whole outbox.
 const NeverRun = "never_run"
 
-func runStatus(ctx context.Context, url string, asJSON bool, projs []projectors.Projection, stdout io.Writer) error {
+func runStatus(ctx context.Context, url string, asJSON bool, projs []projectors.Projection, names []string, stdout io.Writer) error {
 	pool, err := cli.Connect(ctx, url, 2)
 	if err != nil {
 		return err
@@ -77,7 +90,7 @@ func runStatus(ctx context.Context, url string, asJSON bool, projs []projectors.
 	if err := migrations.Check(ctx, pool); err != nil {
 		return err
 	}
-	segs, err := projectors.Status(ctx, pool)
+	segs, err := projectors.Status(ctx, pool, names...)
 	if err != nil {
 		return err
 	}
