@@ -175,8 +175,9 @@ func fetchBehindLive(ctx context.Context, db outbox.Querier, live string, segmen
 // the live cursors, then locks the copy's checkpoints and, in the same
 // transaction, moves the live tables out and the copy's in, points the live
 // checkpoints at the copy's cursors with a new lease epoch (fencing every
-// batch that waited), carries the copy's dead letters over, and drops the
-// shadow registration. The old tables are dropped after the commit.
+// batch that waited), carries the copy's dead letters over (the live
+// projection's discards stand), and drops the shadow registration. The old
+// tables are dropped after the commit.
 func (c *Control) trySwitch(ctx context.Context, p Projection) (bool, error) {
 	spec := p.Spec().withDefaults()
 	shadow, schema := ShadowName(spec.Name), ShadowSchema(spec.Name)
@@ -290,7 +291,13 @@ UPDATE checkpoints l
  WHERE l.projection = $1 AND s.projection = $2 AND s.segment = l.segment`, spec.Name, shadow); err != nil {
 		return false, err
 	}
-	if _, err := tx.Exec(ctx, `DELETE FROM dead_letters WHERE projection = $1`, spec.Name); err != nil {
+	// The live projection's discards stand (the copy skipped those events):
+	// they replace the copy's dead letters of the same events.
+	if _, err := tx.Exec(ctx, `DELETE FROM dead_letters WHERE projection = $1 AND status <> 'discarded'`, spec.Name); err != nil {
+		return false, err
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM dead_letters s WHERE s.projection = $2
+		AND EXISTS (SELECT 1 FROM dead_letters l WHERE l.projection = $1 AND l.event_id = s.event_id)`, spec.Name, shadow); err != nil {
 		return false, err
 	}
 	if _, err := tx.Exec(ctx, `UPDATE dead_letters SET projection = $1 WHERE projection = $2`, spec.Name, shadow); err != nil {

@@ -86,3 +86,38 @@ func TestRetryRacingDiscardOfSameDeadLetter(t *testing.T) {
 	require.Equal(t, 1, applied)
 	require.Equal(t, "retried", status)
 }
+
+// An event an operator discarded stays discarded through a rebuild: the
+// copy does not apply it (even if the projection's code now accepts it),
+// and the switch keeps its dead letter.
+func TestRebuildKeepsDiscardedEventsDiscarded(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	p := &recorder{name: "rec", segments: 1, failPoison: true}
+	appendEvents(t, pool, "A", 0, `{"poison": true}`)
+	appendEvents(t, pool, "B", 0, `{}`)
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{p}, MaxAttempts: 1,
+		PollInterval: 20 * time.Millisecond, LeaseTTL: 2 * time.Second})
+	eventually(t, 60*time.Second, "B1 applied, A1 parked", func() bool {
+		return count(t, pool, `SELECT count(*) FROM applied`) == 1 &&
+			count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'parked'`) == 1
+	})
+	n, err := projectors.DiscardDeadLetters(ctx, pool, "rec", nil)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+
+	// The code now accepts A1; the projection is rebuilt.
+	_, err = pool.Exec(ctx, `INSERT INTO cured VALUES ('A')`)
+	require.NoError(t, err)
+	require.NoError(t, projectors.StartRebuild(ctx, pool, p))
+	startControl(t, projectors.ControlConfig{Pool: pool, Projections: []projectors.Projection{p}})
+	res, err := jobs(t, pool).Enqueue(ctx, projectors.RebuildArgs{Projection: "rec"})
+	require.NoError(t, err)
+	waitJob(t, pool, res.Job.ID)
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM applied WHERE aggregate_id = 'A'`), "the rebuild applied a discarded event")
+	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM applied WHERE aggregate_id = 'B'`))
+	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM dead_letters WHERE projection = 'rec' AND aggregate_id = 'A' AND status = 'discarded'`),
+		"the discard survives the switch")
+}

@@ -127,7 +127,9 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 	// Dead letters lie at or below the cursor that parked them (see
 	// parkUpTo), so only a batch that replays history can hold a discarded
 	// event.
-	replay := len(events) > 0 && !s.high.Less(events[0].Cursor)
+	// A rebuild's copy replays everything, and skips what an operator
+	// discarded from the live projection as well as from the copy.
+	replay := len(events) > 0 && (s.schema != "" || !s.high.Less(events[0].Cursor))
 	check := s.parked || replay
 	tx, err := w.cfg.Pool.Begin(ctx)
 	if err != nil {
@@ -155,8 +157,8 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 			  AND (aggregate_type, aggregate_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
 			UNION ALL
 			SELECT '', '', event_id FROM dead_letters
-			WHERE cardinality($4::bigint[]) > 0 AND projection = $1 AND status = 'discarded' AND event_id = ANY ($4::bigint[])`,
-			s.spec.Name, types, ids, eventIDs)
+			WHERE cardinality($4::bigint[]) > 0 AND projection IN ($1, $5) AND status = 'discarded' AND event_id = ANY ($4::bigint[])`,
+			s.spec.Name, types, ids, eventIDs, s.proj.Spec().Name)
 	}
 	res := tx.SendBatch(ctx, b)
 	_, err = res.Exec()
