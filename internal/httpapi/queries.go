@@ -248,7 +248,7 @@ func (q *queries) listOrders(w http.ResponseWriter, r *http.Request) {
 		last := res.Orders[limit-1]
 		res.NextCursor = pageCursor{PlacedAt: new(last.PlacedAt.UnixMicro()), ID: last.OrderID}.String()
 	}
-	WriteJSON(w, http.StatusOK, res)
+	writeCacheable(w, r, res)
 }
 
 func (q *queries) orderDetails(w http.ResponseWriter, r *http.Request) {
@@ -303,7 +303,7 @@ SELECT line_no, coalesce(product_id, ''), product_name, quantity, unit_price::te
 		q.internalError(w, r, err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, d)
+	writeCacheable(w, r, d)
 }
 
 func (q *queries) statistics(w http.ResponseWriter, r *http.Request) {
@@ -331,7 +331,7 @@ SELECT status, order_count, total_revenue::text, coalesce(average_order_value, 0
 		q.internalError(w, r, err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, Statistics{Statistics: stats})
+	writeCacheable(w, r, Statistics{Statistics: stats})
 }
 
 func (q *queries) listProducts(w http.ResponseWriter, r *http.Request) {
@@ -396,7 +396,7 @@ func (q *queries) listProducts(w http.ResponseWriter, r *http.Request) {
 		last := res.Products[limit-1]
 		res.NextCursor = pageCursor{Name: &last.Name, ID: last.ProductID}.String()
 	}
-	WriteJSON(w, http.StatusOK, res)
+	writeCacheable(w, r, res)
 }
 
 func (q *queries) internalError(w http.ResponseWriter, r *http.Request, err error) {
