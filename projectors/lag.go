@@ -58,6 +58,7 @@ type pipelineCollector struct {
 	lagEvents, lagSeconds, stalled, cursorPos, highPos, applied, parked, owned, running, paused, failed *prometheus.Desc
 	headPos, liveWorkers, holderAge, outboxRows, outboxBytes, scrapeErr                                 *prometheus.Desc
 	riverJobs, riverOldest                                                                              *prometheus.Desc
+	operation                                                                                           *prometheus.Desc
 }
 
 // RegisterPipelineMetrics registers, on reg, the database-derived lag and
@@ -97,6 +98,9 @@ func newPipelineCollector(db checkpoint.DB, log *slog.Logger, ttl time.Duration)
 		scrapeErr:   prometheus.NewDesc("readside_pipeline_scrape_error", "1 when the last scrape of pipeline state failed.", nil, nil),
 		riverJobs: prometheus.NewDesc("readside_river_jobs", "Jobs of each River queue (control operations: reset, rebuild, dead-letter retry, pruning; "+
 			"side effects) by state: available, scheduled, running, retryable.", []string{"queue", "state"}, nil),
+		operation: prometheus.NewDesc("readside_projection_operation",
+			"1 while a planned operation runs on the projection: kind reset or rebuild (its control job is queued or running), "+
+				"replay (a segment is below its high-water mark after a reset). Lag alerts are inhibited by it.", []string{"projection", "kind"}, nil),
 		riverOldest: prometheus.NewDesc("readside_river_oldest_available_seconds",
 			"Age of the oldest job of the River queue that is due and waits for a worker; 0 when none.", []string{"queue"}, nil),
 	}
@@ -144,7 +148,7 @@ func (p *poolCollector) Collect(ch chan<- prometheus.Metric) {
 func (c *pipelineCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.lagEvents, c.lagSeconds, c.stalled, c.cursorPos, c.highPos, c.applied, c.parked,
 		c.owned, c.running, c.paused, c.failed, c.headPos, c.liveWorkers, c.holderAge, c.outboxRows, c.outboxBytes, c.scrapeErr,
-		c.riverJobs, c.riverOldest} {
+		c.riverJobs, c.riverOldest, c.operation} {
 		ch <- d
 	}
 }
@@ -290,5 +294,34 @@ SELECT q.name, s.state, count(j.id)::float8,
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("river queues: %w", err)
 	}
-	return nil
+	return c.collectOperations(ctx, ch)
+}
+
+// collectOperations reports, for every registered projection, the planned
+// operations in progress (1) or not (0), so that alert rules do not page
+// for the lag they cause; the 0s keep the series present for the rules.
+func (c *pipelineCollector) collectOperations(ctx context.Context, ch chan<- prometheus.Metric) error {
+	rows, err := c.db.Query(ctx, `
+SELECT p.name, k.kind,
+       CASE k.kind
+         WHEN 'replay' THEN EXISTS (SELECT 1 FROM checkpoints c WHERE c.projection = p.name
+                                      AND (c.cursor_txid, c.cursor_position) < (c.high_txid, c.high_position))
+         ELSE EXISTS (SELECT 1 FROM river_job j WHERE j.kind = 'readside_' || k.kind AND j.args->>'projection' = p.name
+                        AND j.state::text = ANY ($1::text[]))
+       END
+  FROM projections p CROSS JOIN unnest(ARRAY['reset', 'rebuild', 'replay']) AS k(kind)
+ ORDER BY 1, 2`, riverStates)
+	if err != nil {
+		return fmt.Errorf("operations: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var projection, kind string
+		var on bool
+		if err := rows.Scan(&projection, &kind, &on); err != nil {
+			return fmt.Errorf("operations: %w", err)
+		}
+		ch <- prometheus.MustNewConstMetric(c.operation, prometheus.GaugeValue, b2f(on), projection, kind)
+	}
+	return rows.Err()
 }

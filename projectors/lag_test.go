@@ -224,3 +224,40 @@ func registerUncached(t *testing.T, reg prometheus.Registerer, pool *pgxpool.Poo
 	require.NoError(t, projectors.RegisterPipelineMetricsConfig(reg,
 		projectors.PipelineMetricsConfig{Pool: pool, Logger: testLogger(t), CacheTTL: -1}))
 }
+
+// A planned operation is a series the alert rules are inhibited by: the
+// reset or rebuild job queued or running, then the replay below the
+// high-water mark.
+func TestPipelineMetricsOperation(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	reg := prometheus.NewPedanticRegistry()
+	registerUncached(t, reg, pool)
+	_, err := pool.Exec(ctx, `INSERT INTO river_queue (name) VALUES ($1)`, projectors.ControlQueue)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `INSERT INTO projections (name, segments) VALUES ('p', 1);
+		INSERT INTO checkpoints (projection, segment) VALUES ('p', 0)`)
+	require.NoError(t, err)
+	m := scrape(t, reg)
+	for _, kind := range []string{"reset", "rebuild", "replay"} {
+		v, ok := m[`readside_projection_operation{kind="`+kind+`",projection="p"}`]
+		require.True(t, ok, "present at 0 for the alert rules: %s", kind)
+		require.Zero(t, v)
+	}
+	_, err = pool.Exec(ctx, `INSERT INTO river_job (args, kind, max_attempts, queue, state, finalized_at)
+		VALUES ('{"projection":"p","to":"start"}', 'readside_reset', 1, $1, 'available', NULL),
+		       ('{"projection":"q"}', 'readside_rebuild', 1, $1, 'completed', now())`, projectors.ControlQueue)
+	require.NoError(t, err)
+	m = scrape(t, reg)
+	require.Equal(t, 1.0, m[`readside_projection_operation{kind="reset",projection="p"}`])
+	require.Zero(t, m[`readside_projection_operation{kind="rebuild",projection="p"}`])
+
+	_, err = pool.Exec(ctx, `UPDATE river_job SET state = 'completed', finalized_at = now()`)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `UPDATE checkpoints SET high_txid = '5', high_position = 9 WHERE projection = 'p'`)
+	require.NoError(t, err)
+	m = scrape(t, reg)
+	require.Zero(t, m[`readside_projection_operation{kind="reset",projection="p"}`])
+	require.Equal(t, 1.0, m[`readside_projection_operation{kind="replay",projection="p"}`])
+}
