@@ -180,7 +180,7 @@ func RetryDeadLetters(ctx context.Context, db interface {
 			// Locked, so that a discard of them racing this retry either
 			// comes first (they are not read) or finds them retried.
 			rows, err := tx.Query(ctx, `
-SELECT d.id, e.txid, e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.version, e.schema_version,
+SELECT d.id, d.replay, e.txid, e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.version, e.schema_version,
        e.event_data, e.metadata, e.occurred_at
   FROM dead_letters d JOIN events e ON e.id = d.event_id
  WHERE d.projection = $1 AND d.aggregate_type = $2 AND d.aggregate_id = $3 AND d.status = 'parked'
@@ -190,13 +190,14 @@ SELECT d.id, e.txid, e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.ver
 				return err
 			}
 			type parked struct {
-				dl int64
-				ev outbox.Event
+				dl     int64
+				replay bool // applied once before, side effects included
+				ev     outbox.Event
 			}
 			events, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (parked, error) {
 				var p parked
 				e := &p.ev
-				err := r.Scan(&p.dl, &e.Cursor.TxID, &e.Cursor.Position, &e.AggregateType, &e.AggregateID, &e.Type, &e.Version,
+				err := r.Scan(&p.dl, &p.replay, &e.Cursor.TxID, &e.Cursor.Position, &e.AggregateType, &e.AggregateID, &e.Type, &e.Version,
 					&e.SchemaVersion, &e.Data, &e.Metadata, &e.OccurredAt)
 				return p, err
 			})
@@ -208,7 +209,7 @@ SELECT d.id, e.txid, e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.ver
 				if err != nil {
 					return err
 				}
-				applyErr := p.Apply(ctx, sp, &Batch{Events: []outbox.Event{pe.ev}, Segment: a.segment})
+				applyErr := p.Apply(ctx, sp, &Batch{Events: []outbox.Event{pe.ev}, Segment: a.segment, Replay: pe.replay})
 				if applyErr == nil {
 					if err := sp.Commit(ctx); err != nil {
 						return err

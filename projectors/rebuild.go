@@ -291,6 +291,14 @@ UPDATE checkpoints l
  WHERE l.projection = $1 AND s.projection = $2 AND s.segment = l.segment`, spec.Name, shadow); err != nil {
 		return false, err
 	}
+	// The copy only replays, so its dead letters are replays, except for
+	// events the live projection never applied either (parked or discarded
+	// there, and not as a replay): retrying those fires their side effects.
+	if _, err := tx.Exec(ctx, `UPDATE dead_letters s SET replay = false
+		WHERE s.projection = $2 AND EXISTS (SELECT 1 FROM dead_letters l WHERE l.projection = $1 AND l.event_id = s.event_id
+		   AND l.status IN ('parked', 'retrying', 'discarded') AND NOT l.replay)`, spec.Name, shadow); err != nil {
+		return false, err
+	}
 	// The live projection's discards stand (the copy skipped those events):
 	// they replace the copy's dead letters of the same events.
 	if _, err := tx.Exec(ctx, `DELETE FROM dead_letters WHERE projection = $1 AND status <> 'discarded'`, spec.Name); err != nil {

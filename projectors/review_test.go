@@ -121,3 +121,94 @@ func TestRebuildKeepsDiscardedEventsDiscarded(t *testing.T) {
 	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM dead_letters WHERE projection = 'rec' AND aggregate_id = 'A' AND status = 'discarded'`),
 		"the discard survives the switch")
 }
+
+// An event applied once (side effect fired), then parked while the
+// projection replays it after a reset (the code now refuses it), is a
+// replay when an operator retries its dead letter: its side effect must not
+// fire a second time.
+func TestRetryOfEventParkedDuringReplayFiresOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	_, err := pool.Exec(ctx, `CREATE TABLE effects (event_id bigint NOT NULL)`)
+	require.NoError(t, err)
+	p := effectful{&recorder{name: "rec", segments: 1, failPoison: true}}
+	_, err = pool.Exec(ctx, `INSERT INTO cured VALUES ('A')`)
+	require.NoError(t, err)
+	appendEvents(t, pool, "A", 0, `{"poison": true}`, `{}`)
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{p}, MaxAttempts: 1,
+		PollInterval: 20 * time.Millisecond, LeaseTTL: 2 * time.Second})
+	eventually(t, 60*time.Second, "A1 and A2 applied", func() bool {
+		return count(t, pool, `SELECT count(*) FROM effects`) == 2
+	})
+
+	// The projection's code changes (A1 is refused now) and it is replayed
+	// from the start: A1 is parked, A2 blocked behind it.
+	_, err = pool.Exec(ctx, `DELETE FROM cured`)
+	require.NoError(t, err)
+	require.NoError(t, projectors.Reset(ctx, pool, p, "start"))
+	eventually(t, 60*time.Second, "A1 and A2 parked", func() bool {
+		return count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'parked'`) == 2
+	})
+
+	// Fixed again; the operator retries.
+	_, err = pool.Exec(ctx, `INSERT INTO cured VALUES ('A')`)
+	require.NoError(t, err)
+	res, err := projectors.RetryDeadLetters(ctx, pool, p, nil)
+	require.NoError(t, err)
+	require.Equal(t, 2, res.Applied)
+	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM applied`))
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM (SELECT event_id FROM effects GROUP BY 1 HAVING count(*) > 1) d`),
+		"a side effect fired twice")
+	require.Equal(t, 2, count(t, pool, `SELECT count(DISTINCT event_id) FROM effects`))
+}
+
+// A rebuild's copy only replays. Its dead letters carried over at the
+// switch are replays for events the live projection had applied (retrying
+// them must not fire their side effects again) and not for those the live
+// projection had parked too (retrying them fires their side effects, once).
+func TestRetryAfterRebuildFiresEachSideEffectOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	_, err := pool.Exec(ctx, `CREATE TABLE effects (event_id bigint NOT NULL)`)
+	require.NoError(t, err)
+	p := effectful{&recorder{name: "rec", segments: 1, failPoison: true}}
+	// A applies (cured for now), B1 is parked by the live projection.
+	_, err = pool.Exec(ctx, `INSERT INTO cured VALUES ('A')`)
+	require.NoError(t, err)
+	appendEvents(t, pool, "A", 0, `{"poison": true}`, `{}`)
+	appendEvents(t, pool, "B", 0, `{"poison": true}`)
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{p}, MaxAttempts: 1,
+		PollInterval: 20 * time.Millisecond, LeaseTTL: 2 * time.Second})
+	eventually(t, 60*time.Second, "A applied, B1 parked", func() bool {
+		return count(t, pool, `SELECT count(*) FROM effects`) == 2 &&
+			count(t, pool, `SELECT count(*) FROM dead_letters WHERE projection = 'rec' AND status = 'parked'`) == 1
+	})
+
+	// The code changes (A1 is refused now) and the projection is rebuilt:
+	// the copy parks A1, A2 and B1, and is switched in.
+	_, err = pool.Exec(ctx, `DELETE FROM cured`)
+	require.NoError(t, err)
+	require.NoError(t, projectors.StartRebuild(ctx, pool, p))
+	eventually(t, 60*time.Second, "the copy parked A1, A2, B1", func() bool {
+		return count(t, pool, `SELECT count(*) FROM dead_letters WHERE projection = $1 AND status = 'parked'`, projectors.ShadowName("rec")) == 3
+	})
+	startControl(t, projectors.ControlConfig{Pool: pool, Projections: []projectors.Projection{p}})
+	res, err := jobs(t, pool).Enqueue(ctx, projectors.RebuildArgs{Projection: "rec"})
+	require.NoError(t, err)
+	waitJob(t, pool, res.Job.ID)
+	require.Equal(t, 3, count(t, pool, `SELECT count(*) FROM dead_letters WHERE projection = 'rec' AND status = 'parked'`))
+
+	// Fixed again; the operator retries.
+	_, err = pool.Exec(ctx, `INSERT INTO cured VALUES ('A'), ('B')`)
+	require.NoError(t, err)
+	rr, err := projectors.RetryDeadLetters(ctx, pool, p, nil)
+	require.NoError(t, err)
+	require.Equal(t, 3, rr.Applied)
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM (SELECT event_id FROM effects GROUP BY 1 HAVING count(*) > 1) d`),
+		"a side effect fired twice")
+	require.Equal(t, 3, count(t, pool, `SELECT count(DISTINCT event_id) FROM effects`), "every side effect fired")
+}

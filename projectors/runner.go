@@ -501,7 +501,10 @@ func (w *Worker) parkUpTo(ctx context.Context, tx pgx.Tx, s *segment, to outbox.
 // park writes events to the dead-letter table inside tx. An event already
 // parked (read again after a reset moved the cursor back) keeps its row as
 // it is: its reason and attempts say why it was parked. One that an
-// operator retried is parked again; one discarded stays discarded.
+// operator retried is parked again; one discarded stays discarded. An
+// event at or below the high-water mark (or read by a rebuild's copy) was
+// applied once before, side effects included: its dead letter is a replay
+// (dead_letters.replay), and so is a retried one parked again.
 func (w *Worker) park(ctx context.Context, tx pgx.Tx, s *segment, events []outbox.Event, reason, msg string, attempts int) error {
 	if len(events) == 0 {
 		return nil
@@ -510,21 +513,23 @@ func (w *Worker) park(ctx context.Context, tx pgx.Tx, s *segment, events []outbo
 	ids, versions, att := make([]int64, n), make([]int32, n), make([]int32, n)
 	txids := make([]uint64, n)
 	types, aggTypes, aggIDs := make([]string, n), make([]string, n), make([]string, n)
+	replay := make([]bool, n)
 	for i, e := range events {
 		ids[i], txids[i], versions[i] = e.ID(), e.Cursor.TxID, int32(e.Version)
 		types[i], aggTypes[i], aggIDs[i] = e.Type, e.AggregateType, e.AggregateID
 		att[i] = int32(max(attempts, 1))
+		replay[i] = s.schema != "" || !s.high.Less(e.Cursor)
 	}
 	_, err := tx.Exec(ctx, `
-INSERT INTO dead_letters (projection, segment, event_id, txid, aggregate_type, aggregate_id, event_type, version, reason, error, attempts)
-SELECT $1, $2, t.id, t.txid, t.agg_type, t.agg_id, t.event_type, t.version, $3, $4, t.attempts
-  FROM unnest($5::bigint[], $6::xid8[], $7::text[], $8::text[], $9::text[], $10::int[], $11::int[])
-       AS t(id, txid, agg_type, agg_id, event_type, version, attempts)
+INSERT INTO dead_letters (projection, segment, event_id, txid, aggregate_type, aggregate_id, event_type, version, reason, error, attempts, replay)
+SELECT $1, $2, t.id, t.txid, t.agg_type, t.agg_id, t.event_type, t.version, $3, $4, t.attempts, t.replay
+  FROM unnest($5::bigint[], $6::xid8[], $7::text[], $8::text[], $9::text[], $10::int[], $11::int[], $12::bool[])
+       AS t(id, txid, agg_type, agg_id, event_type, version, attempts, replay)
 ON CONFLICT (projection, event_id) DO UPDATE
    SET status = 'parked', reason = excluded.reason, error = excluded.error,
-       attempts = dead_letters.attempts + excluded.attempts, last_failed_at = now(), resolved_at = NULL
+       attempts = dead_letters.attempts + excluded.attempts, last_failed_at = now(), resolved_at = NULL, replay = true
  WHERE dead_letters.status = 'retried'`,
-		s.spec.Name, s.lease.Segment, reason, msg, ids, txids, aggTypes, aggIDs, types, versions, att)
+		s.spec.Name, s.lease.Segment, reason, msg, ids, txids, aggTypes, aggIDs, types, versions, att, replay)
 	if err != nil {
 		return fmt.Errorf("park %d events: %w", n, err)
 	}
