@@ -631,6 +631,9 @@ func (h *harness) do(s step) {
 	case "rebuild":
 		h.rebuild(s.Proj)
 	case "switch":
+		if !enabled.SwitchWithBacklog {
+			h.run(false)
+		}
 		if h.m.proj(s.Proj).shadow == nil {
 			h.rebuild(s.Proj)
 		}

@@ -83,6 +83,12 @@ type holes struct {
 	// fired side effects again for events the live projection applied
 	// after the rebuild started). On since b84049b.
 	Rebuild bool
+	// SwitchWithBacklog (found by this test's long form on 9812805, not in
+	// issue 10): a rebuild switched in while the live projection has not
+	// yet applied the latest events. After the switch those events came
+	// without their side effects (seed 4152940388990332009). Off, a switch
+	// step first lets the live projection catch up.
+	SwitchWithBacklog bool
 	// Attempts: the runner tries a failing event more than once before it
 	// parks it, so that isolation commits before a failing event and parks
 	// nothing beyond (issue 10 item 3).
