@@ -98,11 +98,11 @@ rule_files:
   - %q
 scrape_configs:
   - job_name: projector
-    static_configs: [{targets: [%q]}]
+    static_configs: [{targets: [%q], labels: {cluster: verify}}]
   - job_name: writer
-    static_configs: [{targets: [%q]}]
+    static_configs: [{targets: [%q], labels: {cluster: verify}}]
   - job_name: observer
-    static_configs: [{targets: [%q]}]
+    static_configs: [{targets: [%q], labels: {cluster: verify}}]
 `, absRules, filepath.Join(tunedDir, "*.yml"), projAddr, writerAddr, obsAddr)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644))
 	start(t, "prometheus", promBin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
@@ -169,6 +169,8 @@ scrape_configs:
 	vals := prom.labelValues(t, "projection", "readside_projection_lag_events")
 	require.NotEmpty(t, vals, "the projection variable has values")
 	t.Logf("dashboard variable projection: %v", vals)
+	clusters := prom.labelValues(t, "cluster", "readside_pipeline_scrape_error")
+	require.Equal(t, []string{"verify"}, clusters, "the cluster variable has the scrape config's value")
 
 	// Every alert expression is valid and every series it reads exists.
 	names := slices.Sorted(func(yield func(string) bool) {
@@ -664,8 +666,8 @@ func dashboardExprs(t *testing.T) []panelExpr {
 	for _, v := range dash.Templating.List {
 		vars[v.Name] = true
 	}
-	require.True(t, vars["datasource"] && vars["projection"], "datasource and projection variables")
-	replacer := strings.NewReplacer("${projection}", ".*", "$projection", ".*", "$__rate_interval", rateInterval,
+	require.True(t, vars["datasource"] && vars["cluster"] && vars["projection"], "datasource, cluster and projection variables")
+	replacer := strings.NewReplacer("${projection}", ".*", "$projection", ".*", "${cluster}", ".*", "$cluster", ".*", "$__rate_interval", rateInterval,
 		"$__interval", "2s", "$__range", "1m")
 	var out []panelExpr
 	var walk func([]json.RawMessage)
