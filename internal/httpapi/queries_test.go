@@ -410,7 +410,7 @@ func TestConsistencyTimeout(t *testing.T) {
 
 	// Registered, no worker running: behind, and running.
 	require.NoError(t, projectors.Register(context.Background(), e.pool, orderstatistics.New()))
-	res = e.get("/statistics?wait=30ms&" + tok)
+	res = e.get("/statistics?wait=500ms&" + tok)
 	require.Equal(t, http.StatusGatewayTimeout, res.code, res.raw)
 	require.Equal(t, orderstatistics.Name, res.body["projection"])
 	require.Equal(t, "running", res.body["status"])
@@ -419,7 +419,7 @@ func TestConsistencyTimeout(t *testing.T) {
 	// Paused: say that it will not catch up.
 	_, err := e.pool.Exec(context.Background(), `UPDATE checkpoints SET status = 'paused' WHERE projection = $1`, orderstatistics.Name)
 	require.NoError(t, err)
-	res = e.get("/statistics?wait=30ms&" + tok)
+	res = e.get("/statistics?wait=500ms&" + tok)
 	require.Equal(t, http.StatusGatewayTimeout, res.code, res.raw)
 	require.Equal(t, "paused", res.body["status"])
 	require.Contains(t, res.body["error"], "will not catch up until resumed")
