@@ -10,7 +10,7 @@ help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
 
 build: ## build the writer and projector binaries into bin/
-	$(GO) build -o bin/ ./cmd/...
+	$(GO) build -buildvcs=auto -o bin/ ./cmd/...
 
 test: ## run the test suite with the race detector (needs PostgreSQL binaries or a server; see README)
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
