@@ -89,3 +89,19 @@ func illegalStep(aggregate, from, eventType string) error {
 	}
 	return &InvalidEventError{Type: eventType, Reason: fmt.Sprintf("cannot follow: the %s %s", strings.ToLower(aggregate), state)}
 }
+
+// StatusesBeforeSQL is the statuses an order or product may be in when e is
+// applied, as ",a,b," (the empty status of an aggregate not yet created
+// gives ",,"): the shape the read models' transition checks match with
+// strpos in SQL; "," (no status matches) when e is neither.
+func StatusesBeforeSQL(e Event) string {
+	var sb strings.Builder
+	sb.WriteByte(',')
+	for _, s := range OrderStatusesBefore(e) {
+		sb.WriteString(string(s) + ",")
+	}
+	for _, s := range ProductStatusesBefore(e) {
+		sb.WriteString(string(s) + ",")
+	}
+	return sb.String()
+}

@@ -13,7 +13,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -153,7 +152,7 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		}
 		d := orders[e.AggregateID]
 		if d == nil {
-			d = &details{first: e, firstEvent: ev, before: before(ev)}
+			d = &details{first: e, firstEvent: ev, before: domain.StatusesBeforeSQL(ev)}
 			d.foldedStatus, _ = domain.OrderStatusAfter(domain.OrderStatusesBefore(ev)[0], ev)
 			orders[e.AggregateID] = d
 		} else if d.foldedStatus, err = domain.OrderStatusAfter(d.foldedStatus, ev); err != nil {
@@ -234,17 +233,6 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 type storedStatus struct {
 	OrderID string
 	Status  string
-}
-
-// before lists the statuses an order may be in before e, as ",a,b,".
-func before(e domain.Event) string {
-	var sb strings.Builder
-	sb.WriteByte(',')
-	for _, s := range domain.OrderStatusesBefore(e) {
-		sb.WriteString(string(s))
-		sb.WriteByte(',')
-	}
-	return sb.String()
 }
 
 func nilIfEmpty(s string) *string {

@@ -20,7 +20,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -130,7 +129,7 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		}
 		m := moves[e.AggregateID]
 		if m == nil {
-			m = &move{first: e, firstEvent: ev, before: before(ev)}
+			m = &move{first: e, firstEvent: ev, before: domain.StatusesBeforeSQL(ev)}
 			m.foldedStatus, _ = domain.OrderStatusAfter(domain.OrderStatusesBefore(ev)[0], ev)
 			moves[e.AggregateID] = m
 		} else if m.foldedStatus, err = domain.OrderStatusAfter(m.foldedStatus, ev); err != nil {
@@ -184,17 +183,6 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 type storedStatus struct {
 	OrderID string
 	Status  string
-}
-
-// before lists the statuses an order may be in before e, as ",a,b,".
-func before(e domain.Event) string {
-	var sb strings.Builder
-	sb.WriteByte(',')
-	for _, s := range domain.OrderStatusesBefore(e) {
-		sb.WriteString(string(s))
-		sb.WriteByte(',')
-	}
-	return sb.String()
 }
 
 // Reset implements projectors.Projection: every counter back to zero (the

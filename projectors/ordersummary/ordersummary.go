@@ -13,7 +13,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -138,7 +137,7 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		}
 		r := rows[e.AggregateID]
 		if r == nil {
-			r = &row{orderID: e.AggregateID, first: e, firstEvent: ev, before: before(ev)}
+			r = &row{orderID: e.AggregateID, first: e, firstEvent: ev, before: domain.StatusesBeforeSQL(ev)}
 			r.foldedStatus, _ = domain.OrderStatusAfter(domain.OrderStatusesBefore(ev)[0], ev)
 			rows[e.AggregateID] = r
 		} else if r.foldedStatus, err = domain.OrderStatusAfter(r.foldedStatus, ev); err != nil {
@@ -209,17 +208,6 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 type storedStatus struct {
 	OrderID string
 	Status  string
-}
-
-// before lists the statuses an order may be in before e, as ",a,b,".
-func before(e domain.Event) string {
-	var sb strings.Builder
-	sb.WriteByte(',')
-	for _, s := range domain.OrderStatusesBefore(e) {
-		sb.WriteString(string(s))
-		sb.WriteByte(',')
-	}
-	return sb.String()
 }
 
 // Reset implements projectors.Projection.

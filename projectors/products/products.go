@@ -11,7 +11,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -132,7 +131,7 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		}
 		r := rows[e.AggregateID]
 		if r == nil {
-			r = &product{first: e, firstEvent: ev, before: before(ev)}
+			r = &product{first: e, firstEvent: ev, before: domain.StatusesBeforeSQL(ev)}
 			r.foldedStatus, _ = domain.ProductStatusAfter(domain.ProductStatusesBefore(ev)[0], ev)
 			rows[e.AggregateID] = r
 		} else if r.foldedStatus, err = domain.ProductStatusAfter(r.foldedStatus, ev); err != nil {
@@ -202,17 +201,6 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 type storedStatus struct {
 	ProductID string
 	Status    string
-}
-
-// before lists the statuses a product may be in before e, as ",a,b,".
-func before(e domain.Event) string {
-	var sb strings.Builder
-	sb.WriteByte(',')
-	for _, s := range domain.ProductStatusesBefore(e) {
-		sb.WriteString(string(s))
-		sb.WriteByte(',')
-	}
-	return sb.String()
 }
 
 // Reset implements projectors.Projection.
