@@ -59,19 +59,9 @@ ending in * on both sides is a prefix rule.
 }
 
 func runAdopt(ctx context.Context, o adoptOptions, stdout io.Writer) error {
-	if o.table == "" {
-		return fmt.Errorf("adopt: --table is required")
-	}
-	if o.remove && (o.columns != "" || o.renames != "") {
-		return fmt.Errorf("adopt: --remove takes only --table")
-	}
-	cfg := adopt.Config{Table: o.table}
-	var err error
-	if cfg.Columns, err = adopt.ParseColumns(o.columns); err != nil {
-		return fmt.Errorf("adopt: %w", err)
-	}
-	if cfg.Renames, err = adopt.ParseRenames(o.renames); err != nil {
-		return fmt.Errorf("adopt: %w", err)
+	cfg, err := o.config()
+	if err != nil {
+		return err
 	}
 	pool, err := cli.Connect(ctx, o.url, 2)
 	if err != nil {
@@ -87,17 +77,40 @@ func runAdopt(ctx context.Context, o adoptOptions, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	fmt.Fprintln(stdout, o.outcome(res))
+	return nil
+}
+
+// config checks the flags and parses the mapping.
+func (o adoptOptions) config() (adopt.Config, error) {
+	cfg := adopt.Config{Table: o.table}
+	if o.table == "" {
+		return cfg, fmt.Errorf("adopt: --table is required")
+	}
+	if o.remove && (o.columns != "" || o.renames != "") {
+		return cfg, fmt.Errorf("adopt: --remove takes only --table")
+	}
+	var err error
+	if cfg.Columns, err = adopt.ParseColumns(o.columns); err != nil {
+		return cfg, fmt.Errorf("adopt: %w", err)
+	}
+	if cfg.Renames, err = adopt.ParseRenames(o.renames); err != nil {
+		return cfg, fmt.Errorf("adopt: %w", err)
+	}
+	return cfg, nil
+}
+
+// outcome says what an adoption or its removal did.
+func (o adoptOptions) outcome(res *adopt.Result) string {
 	switch {
 	case o.dryRun && res.Changed:
-		fmt.Fprintf(stdout, "%s-- dry run: nothing changed\n", res.SQL)
+		return res.SQL + "-- dry run: nothing changed"
 	case !res.Changed && o.remove:
-		fmt.Fprintf(stdout, "%s is not adopted: nothing to do\n", res.Table)
+		return res.Table + " is not adopted: nothing to do"
 	case !res.Changed:
-		fmt.Fprintf(stdout, "%s is already adopted with this mapping: nothing to do\n", res.Table)
+		return res.Table + " is already adopted with this mapping: nothing to do"
 	case o.remove:
-		fmt.Fprintf(stdout, "removed the adoption of %s (events already copied stay in readside's log)\n", res.Table)
-	default:
-		fmt.Fprintf(stdout, "adopted %s: %d rows copied as history; new rows are copied by trigger %s\n", res.Table, res.History, adopt.TriggerName)
+		return fmt.Sprintf("removed the adoption of %s (events already copied stay in readside's log)", res.Table)
 	}
-	return nil
+	return fmt.Sprintf("adopted %s: %d rows copied as history; new rows are copied by trigger %s", res.Table, res.History, adopt.TriggerName)
 }

@@ -2,7 +2,6 @@ package projectorcli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -10,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/readside/readside/checkpoint"
@@ -109,41 +109,46 @@ func runStatus(ctx context.Context, url string, asJSON bool, projs []projectors.
 			Owner: s.LeaseOwner, OwnerLive: s.OwnerLive, Epoch: s.LeaseEpoch, EventsApplied: s.EventsApplied,
 			Parked: s.Parked, LastError: s.LastError})
 	}
-	// Projections this binary carries that no worker has registered yet:
-	// listed, with the whole log as their lag, so that a projection never
-	// run does not look healthy by its absence.
+	never, err := neverRun(ctx, pool, projs, segs)
+	if err != nil {
+		return err
+	}
+	out.Segments = append(out.Segments, never...)
+	if holder != nil && holder.Age > time.Second {
+		out.WindowHolder = holder
+	}
+	if asJSON {
+		return writeJSON(stdout, out)
+	}
+	printStatus(stdout, out)
+	return nil
+}
+
+// neverRun lists the projections this binary carries that no worker has
+// registered yet, with the whole log as their lag, so that a projection
+// never run does not look healthy by its absence.
+func neverRun(ctx context.Context, pool *pgxpool.Pool, projs []projectors.Projection, segs []projectors.SegmentStatus) ([]segmentJSON, error) {
 	seen := map[string]bool{}
 	for _, s := range segs {
 		seen[s.Projection] = true
 	}
-	var never []segmentJSON
+	var out []segmentJSON
+	var lag int64
+	var age float64
 	for _, p := range projs {
 		name := p.Spec().Name
 		if seen[name] {
 			continue
 		}
-		if never == nil {
-			var lag int64
-			var age float64
+		if out == nil {
 			if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1) x),
 				coalesce((SELECT extract(epoch FROM now() - min(created_at)) FROM outbox), 0)::float8`, projectors.LagCountCap).Scan(&lag, &age); err != nil {
-				return fmt.Errorf("status: %w", err)
+				return nil, fmt.Errorf("status: %w", err)
 			}
-			never = []segmentJSON{{LagEvents: lag, LagSeconds: age}}
 		}
-		out.Segments = append(out.Segments, segmentJSON{Projection: name, Status: NeverRun, Cursor: "-",
-			LagEvents: never[0].LagEvents, LagSeconds: never[0].LagSeconds})
+		out = append(out, segmentJSON{Projection: name, Status: NeverRun, Cursor: "-", LagEvents: lag, LagSeconds: age})
 	}
-	if holder != nil && holder.Age > time.Second {
-		out.WindowHolder = holder
-	}
-	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
-	}
-	printStatus(stdout, out)
-	return nil
+	return out, nil
 }
 
 func printStatus(w io.Writer, st statusJSON) {

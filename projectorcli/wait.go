@@ -4,13 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river/rivertype"
-	"github.com/schollz/progressbar/v3"
-	"golang.org/x/term"
 
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/cli"
@@ -41,248 +38,206 @@ func (w *waitOptions) flags(fs *cli.Flags, help string) {
 // job, --timeout and Ctrl-C end the wait with a reason; the job itself
 // carries on in the fleet.
 func (a *app) follow(ctx context.Context, pool *pgxpool.Pool, jobs *projectors.Jobs, stdout, _ io.Writer, jobID int64, kind, name, follow string, o waitOptions) error {
-	rebuild := kind == (projectors.RebuildArgs{}).Kind()
-	op := "reset"
-	if rebuild {
-		op = "rebuild"
-	}
-	watch := fmt.Sprintf("%s status %s", a.name, name)
+	w := &waiter{bin: a.name, pool: pool, jobs: jobs, jobID: jobID, name: name, follow: follow, timeout: o.timeout,
+		rebuild: kind == (projectors.RebuildArgs{}).Kind(), r: newReporter(stdout), start: time.Now()}
 	wctx := ctx
 	if o.timeout > 0 {
 		var cancel context.CancelFunc
 		wctx, cancel = context.WithTimeout(ctx, o.timeout)
 		defer cancel()
 	}
-	stop := func(err error) error {
-		switch {
-		case ctx.Err() != nil:
-			return fmt.Errorf("interrupted: the %s of %s carries on in the fleet (job %d); watch it with `%s`", op, name, jobID, watch)
-		case wctx.Err() != nil:
-			return fmt.Errorf("--timeout %s reached: the %s of %s carries on in the fleet (job %d); watch it with `%s`", o.timeout, op, name, jobID, watch)
-		}
-		return err
-	}
-
-	r := newReporter(stdout)
-	start := time.Now()
-	steps := 1
-	if rebuild {
-		steps = 2
-	}
-	var (
-		phase  string // queued, replay, switch
-		maxLag int64
-	)
 	tick := time.NewTicker(waitPoll)
 	defer tick.Stop()
 	for first := true; ; first = false {
 		if !first {
 			select {
 			case <-wctx.Done():
-				r.interrupt()
-				return stop(wctx.Err())
+				w.r.interrupt()
+				return w.stopped(ctx, wctx, wctx.Err())
 			case <-tick.C:
 			}
 		}
-		state, lastErr, err := jobs.State(wctx, jobID)
-		if err != nil {
-			r.interrupt()
-			return stop(err)
-		}
-		switch state {
-		case rivertype.JobStateCancelled, rivertype.JobStateDiscarded:
-			r.interrupt()
-			return fmt.Errorf("%s of %s: job %d %s: %s", op, name, jobID, state, lastErr)
-		}
-		segs, err := projectors.Status(wctx, pool, follow)
-		if err != nil {
-			r.interrupt()
-			return stop(err)
-		}
-		var lag int64
-		for _, s := range segs {
-			lag += s.LagEvents
-			if s.Status == checkpoint.Paused || s.Status == checkpoint.Failed {
-				r.interrupt()
-				what := "paused"
-				hint := fmt.Sprintf("`%s resume %s`", a.name, s.Projection)
-				if s.Status == checkpoint.Failed {
-					what = "halted by a failing event (" + firstLine(s.LastError, 60) + ")"
-					hint = fmt.Sprintf("`%s dead-letters list --projection %s`, then `%s resume %s`", a.name, s.Projection, a.name, s.Projection)
-				}
-				return fmt.Errorf("%s is %s: nothing replays until %s; the %s job %d is %s", s.Projection, what, hint, op, jobID, state)
-			}
-		}
-		completed := state == rivertype.JobStateCompleted
-
-		switch {
-		case completed && (!rebuild && lag == 0 || rebuild):
-			r.finishBar()
-			if rebuild {
-				r.done(fmt.Sprintf("[2/2] switched the rebuilt tables of %s in", name))
-			}
-			r.done(fmt.Sprintf("%s of %s done in %s", op, name, time.Since(start).Round(100*time.Millisecond)))
-			return nil
-		case rebuild && len(segs) > 0 && lag == 0 && phase == "replay",
-			rebuild && len(segs) == 0 && (phase == "replay" || phase == "switch"):
-			// Caught up (or the shadow is already gone): the control job
-			// switches the tables in at its next check.
-			if phase != "switch" {
-				r.finishBar()
-				phase = "switch"
-			}
-			r.line(fmt.Sprintf("[2/2] switching the rebuilt tables of %s in (job %d %s)", name, jobID, state))
-		case (rebuild && len(segs) > 0) || (!rebuild && completed):
-			if phase != "replay" {
-				phase = "replay"
-				maxLag = max(lag, 1)
-				r.startBar(fmt.Sprintf("[1/%d] %s %s", steps, replayVerb(rebuild), follow), maxLag)
-			}
-			if lag > maxLag {
-				maxLag = lag
-				r.changeMax(maxLag)
-			}
-			r.set(maxLag-lag, maxLag, lag)
-		default:
-			phase = "queued"
-			msg := fmt.Sprintf("waiting for a projector to run job %d (%s)", jobID, state)
-			if time.Since(start) > queuedHintTime {
-				msg += fmt.Sprintf("; is `%s run` running?", a.name)
-			}
-			r.line(msg)
+		done, err := w.check(ctx, wctx)
+		if err != nil || done {
+			return err
 		}
 	}
 }
 
-func replayVerb(rebuild bool) string {
-	if rebuild {
-		return "building"
+// phase is where a followed job is.
+type phase string
+
+const (
+	phaseQueued phase = "queued" // no projector has taken the job yet
+	phaseReplay phase = "replay" // the projection replays (a rebuild: its shadow)
+	phaseSwitch phase = "switch" // a rebuild's shadow caught up; the tables switch
+	phaseDone   phase = "done"
+)
+
+// waiter is one --wait: the job it follows and what it has shown so far.
+type waiter struct {
+	bin     string // the binary's name, in hints
+	pool    *pgxpool.Pool
+	jobs    *projectors.Jobs
+	jobID   int64
+	name    string // the projection reset or rebuilt
+	follow  string // the projection that replays (a rebuild's shadow)
+	rebuild bool
+	timeout time.Duration
+
+	r      *reporter
+	start  time.Time
+	phase  phase
+	maxLag int64 // the bar's 100%: the most lag seen since the replay began
+}
+
+func (w *waiter) op() string {
+	if w.rebuild {
+		return "rebuild"
 	}
-	return "replaying"
+	return "reset"
 }
 
-// reporter shows progress: a bar fitted to the terminal's width, or off a
-// terminal (a log file, a pipe) a plain line at most every plainEvery.
-type reporter struct {
-	w     io.Writer
-	tty   bool
-	width int
-	bar   *progressbar.ProgressBar
-	desc  string
-
-	lastLine  string
-	lastPrint time.Time
-	onLine    bool // a \r line is on screen
+// stopped says why the wait ended when ctx (Ctrl-C) or wctx (--timeout)
+// did, and is err otherwise.
+func (w *waiter) stopped(ctx, wctx context.Context, err error) error {
+	watch := fmt.Sprintf("%s status %s", w.bin, w.name)
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("interrupted: the %s of %s carries on in the fleet (job %d); watch it with `%s`", w.op(), w.name, w.jobID, watch)
+	case wctx.Err() != nil:
+		return fmt.Errorf("--timeout %s reached: the %s of %s carries on in the fleet (job %d); watch it with `%s`", w.timeout, w.op(), w.name, w.jobID, watch)
+	}
+	return err
 }
 
-func newReporter(w io.Writer) *reporter {
-	r := &reporter{w: w, width: 80}
-	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		r.tty = true
-		if cols, _, err := term.GetSize(int(f.Fd())); err == nil && cols > 0 {
-			r.width = cols
+// check reads the job and the replay once and shows where they are; done
+// when the job has finished its work.
+func (w *waiter) check(ctx, wctx context.Context) (done bool, err error) {
+	state, lastErr, err := w.jobs.State(wctx, w.jobID)
+	if err != nil {
+		w.r.interrupt()
+		return false, w.stopped(ctx, wctx, err)
+	}
+	if state == rivertype.JobStateCancelled || state == rivertype.JobStateDiscarded {
+		w.r.interrupt()
+		return false, fmt.Errorf("%s of %s: job %d %s: %s", w.op(), w.name, w.jobID, state, lastErr)
+	}
+	segs, err := projectors.Status(wctx, w.pool, w.follow)
+	if err != nil {
+		w.r.interrupt()
+		return false, w.stopped(ctx, wctx, err)
+	}
+	if err := w.blocked(segs, state); err != nil {
+		w.r.interrupt()
+		return false, err
+	}
+	var lag int64
+	for _, s := range segs {
+		lag += s.LagEvents
+	}
+	switch w.next(state == rivertype.JobStateCompleted, len(segs), lag) {
+	case phaseDone:
+		w.showDone()
+		return true, nil
+	case phaseSwitch:
+		w.showSwitch(state)
+	case phaseReplay:
+		w.showReplay(lag)
+	default:
+		w.showQueued(state)
+	}
+	return false, nil
+}
+
+// blocked is the reason nothing replays when a segment of the followed
+// projection is paused or halted by a failing event.
+func (w *waiter) blocked(segs []projectors.SegmentStatus, state rivertype.JobState) error {
+	for _, s := range segs {
+		if s.Status != checkpoint.Paused && s.Status != checkpoint.Failed {
+			continue
 		}
+		what := "paused"
+		hint := fmt.Sprintf("`%s resume %s`", w.bin, s.Projection)
+		if s.Status == checkpoint.Failed {
+			what = "halted by a failing event (" + firstLine(s.LastError, 60) + ")"
+			hint = fmt.Sprintf("`%s dead-letters list --projection %s`, then `%s resume %s`", w.bin, s.Projection, w.bin, s.Projection)
+		}
+		return fmt.Errorf("%s is %s: nothing replays until %s; the %s job %d is %s", s.Projection, what, hint, w.op(), w.jobID, state)
 	}
-	return r
+	return nil
 }
 
-func crop(s string, n int) string {
-	if n <= 1 {
-		return ""
+// next is the phase the job is in: a reset is done when its job completed
+// and the replay caught up (the job only moves the checkpoints).
+func (w *waiter) next(completed bool, segs int, lag int64) phase {
+	if w.rebuild {
+		return w.nextRebuild(completed, segs, lag)
 	}
-	rs := []rune(s)
-	if len(rs) > n {
-		return string(rs[:n-1]) + "…"
+	switch {
+	case completed && lag == 0:
+		return phaseDone
+	case completed:
+		return phaseReplay
 	}
-	return s
+	return phaseQueued
 }
 
-// line shows a status line: in place on a terminal, else printed when it
-// changes or every plainEvery.
-func (r *reporter) line(s string) {
-	if r.tty {
-		fmt.Fprintf(r.w, "\r\x1b[K%s", crop(s, r.width-1))
-		r.onLine = true
-		return
+// nextRebuild: a rebuild is done when its job completed (the job itself
+// waits for the shadow to catch up and switches the tables).
+func (w *waiter) nextRebuild(completed bool, segs int, lag int64) phase {
+	switch {
+	case completed:
+		return phaseDone
+	case segs > 0 && lag == 0 && w.phase == phaseReplay,
+		segs == 0 && (w.phase == phaseReplay || w.phase == phaseSwitch):
+		// Caught up (or the shadow is already gone): the control job
+		// switches the tables in at its next check.
+		return phaseSwitch
+	case segs > 0:
+		return phaseReplay
 	}
-	if s != r.lastLine || time.Since(r.lastPrint) >= plainEvery {
-		fmt.Fprintln(r.w, s)
-		r.lastLine, r.lastPrint = s, time.Now()
-	}
+	return phaseQueued
 }
 
-func (r *reporter) startBar(desc string, total int64) {
-	r.desc = desc
-	if !r.tty {
-		r.lastLine = ""
-		return
+func (w *waiter) showDone() {
+	w.r.finishBar()
+	if w.rebuild {
+		w.r.done(fmt.Sprintf("[2/2] switched the rebuilt tables of %s in", w.name))
 	}
-	if r.onLine {
-		fmt.Fprint(r.w, "\r\x1b[K")
-		r.onLine = false
-	}
-	r.bar = progressbar.NewOptions64(total,
-		progressbar.OptionSetWriter(r.w),
-		progressbar.OptionSetDescription(desc),
-		progressbar.OptionFullWidth(),
-		progressbar.OptionShowCount(),
-		progressbar.OptionShowIts(),
-		progressbar.OptionSetItsString("ev"),
-		progressbar.OptionSetPredictTime(true),
-		progressbar.OptionThrottle(0),
-		progressbar.OptionSetRenderBlankState(true),
-		progressbar.OptionUseANSICodes(true),
-	)
+	w.r.done(fmt.Sprintf("%s of %s done in %s", w.op(), w.name, time.Since(w.start).Round(100*time.Millisecond)))
 }
 
-func (r *reporter) changeMax(total int64) {
-	if r.bar != nil {
-		r.bar.ChangeMax64(total)
+func (w *waiter) showSwitch(state rivertype.JobState) {
+	if w.phase != phaseSwitch {
+		w.r.finishBar()
+		w.phase = phaseSwitch
 	}
+	w.r.line(fmt.Sprintf("[2/2] switching the rebuilt tables of %s in (job %d %s)", w.name, w.jobID, state))
 }
 
-// set reports done of total events replayed, lag left.
-func (r *reporter) set(done, total, lag int64) {
-	if r.bar != nil {
-		_ = r.bar.Set64(done)
-		return
+func (w *waiter) showReplay(lag int64) {
+	if w.phase != phaseReplay {
+		w.phase = phaseReplay
+		w.maxLag = max(lag, 1)
+		steps, verb := 1, "replaying"
+		if w.rebuild {
+			steps, verb = 2, "building"
+		}
+		w.r.startBar(fmt.Sprintf("[1/%d] %s %s", steps, verb, w.follow), w.maxLag)
 	}
-	pct := 100 * float64(done) / float64(max(total, 1))
-	s := fmt.Sprintf("%s: %3.0f%% (%d of %d events replayed, %d behind)", r.desc, pct, done, total, lag)
-	if time.Since(r.lastPrint) >= plainEvery || r.lastLine == "" {
-		fmt.Fprintln(r.w, s)
-		r.lastLine, r.lastPrint = s, time.Now()
+	if lag > w.maxLag {
+		w.maxLag = lag
+		w.r.changeMax(w.maxLag)
 	}
+	w.r.set(w.maxLag-lag, w.maxLag, lag)
 }
 
-func (r *reporter) finishBar() {
-	if r.bar != nil {
-		_ = r.bar.Finish()
-		fmt.Fprintln(r.w)
-		r.bar = nil
-	} else if r.desc != "" && !r.tty {
-		fmt.Fprintf(r.w, "%s: 100%%\n", r.desc)
+func (w *waiter) showQueued(state rivertype.JobState) {
+	w.phase = phaseQueued
+	msg := fmt.Sprintf("waiting for a projector to run job %d (%s)", w.jobID, state)
+	if time.Since(w.start) > queuedHintTime {
+		msg += fmt.Sprintf("; is `%s run` running?", w.bin)
 	}
-	r.desc = ""
-}
-
-// interrupt leaves the cursor on a fresh line so that the reason that
-// follows is not glued to a bar.
-func (r *reporter) interrupt() {
-	if r.bar != nil {
-		_ = r.bar.Exit()
-		fmt.Fprintln(r.w)
-		r.bar = nil
-	} else if r.onLine {
-		fmt.Fprintln(r.w)
-	}
-	r.onLine = false
-}
-
-func (r *reporter) done(s string) {
-	if r.onLine {
-		fmt.Fprint(r.w, "\r\x1b[K")
-		r.onLine = false
-	}
-	fmt.Fprintln(r.w, s)
+	w.r.line(msg)
 }

@@ -1,0 +1,297 @@
+package projectorcli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/cobra"
+
+	"github.com/readside/readside/internal/cli"
+	"github.com/readside/readside/outbox"
+	"github.com/readside/readside/projectors"
+)
+
+var deadLetterStatuses = []string{"parked", "retrying", "retried", "discarded", "all"}
+
+func (a *app) deadLettersCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "dead-letters",
+		GroupID: "ops",
+		Short:   "list, show, retry or discard parked events",
+		Long: `Events a projection could not apply are parked as dead letters, with the later
+events of the same aggregate (per-aggregate order), while other aggregates
+keep flowing. List and show them, retry them (a River job re-applies a
+projection's parked events aggregate by aggregate, in version order) or
+discard them.`,
+		Args: cobra.ArbitraryArgs,
+		RunE: groupRun("list, show, retry or discard"),
+	}
+	cmd.AddCommand(a.deadLettersList(), a.deadLettersShow(), a.deadLettersRetry(), a.deadLettersDiscard())
+	return cmd
+}
+
+func (a *app) deadLettersList() *cobra.Command {
+	var url, projection, status string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "list dead letters (parked ones unless --status says otherwise)",
+		Args:  cli.ExactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.runList(cmd.Context(), url, projectors.DeadLetterFilter{Projection: projection, Status: status}, asJSON, cmd.OutOrStdout())
+		},
+	}
+	fs := cli.NewFlags(cmd)
+	fs.DatabaseURL(&url, cli.DatabaseURLDefault, "PostgreSQL URL")
+	a.projectionFlag(cmd, &projection, "only this projection")
+	fs.Enum(cmd, &status, "status", "", "parked", deadLetterStatuses, "only dead letters in this status")
+	fs.FlagSet().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func (a *app) runList(ctx context.Context, url string, f projectors.DeadLetterFilter, asJSON bool, w io.Writer) error {
+	pool, err := a.openDeadLetters(ctx, url, f.Projection)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	dls, err := projectors.ListDeadLetters(ctx, pool, f)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		out := make([]deadLetterJSON, 0, len(dls))
+		for _, d := range dls {
+			out = append(out, toJSON(d))
+		}
+		return writeJSON(w, out)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tPROJECTION\tEVENT\tTYPE\tAGGREGATE\tVERSION\tREASON\tATTEMPTS\tSTATUS\tERROR")
+	for _, d := range dls {
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s/%s\t%d\t%s\t%d\t%s\t%s\n", d.ID, d.Projection, d.EventID, d.EventType,
+			d.AggregateType, d.AggregateID, d.Version, d.Reason, d.Attempts, d.Status, firstLine(d.Error, 80))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "%d dead letters\n", len(dls))
+	return nil
+}
+
+func (a *app) deadLettersShow() *cobra.Command {
+	var url string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "show ID",
+		Short: "show one dead letter with its event's data and metadata",
+		Args:  cli.ExactArgs("ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := strconv.ParseInt(args[0], 10, 64)
+			if err != nil {
+				return fmt.Errorf("dead-letters show: bad id %q", args[0])
+			}
+			pool, err := connectChecked(cmd.Context(), url)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			dls, err := projectors.ListDeadLetters(cmd.Context(), pool, projectors.DeadLetterFilter{IDs: []int64{id}, Status: "all"})
+			if err != nil {
+				return err
+			}
+			if len(dls) == 0 {
+				return fmt.Errorf("dead letter %d not found", id)
+			}
+			return showDeadLetter(cmd.Context(), pool, cmd.OutOrStdout(), dls[0], asJSON)
+		},
+	}
+	fs := cli.NewFlags(cmd)
+	fs.DatabaseURL(&url, cli.DatabaseURLDefault, "PostgreSQL URL")
+	fs.FlagSet().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// deadLetterPick is what retry and discard act on: --ids or --all, of
+// --projection.
+type deadLetterPick struct {
+	verb, url, projection, idList string
+	all                           bool
+}
+
+func (a *app) pickFlags(cmd *cobra.Command, p *deadLetterPick, projectionHelp, allHelp string) {
+	fs := cli.NewFlags(cmd)
+	fs.DatabaseURL(&p.url, cli.DatabaseURLDefault, "PostgreSQL URL")
+	a.projectionFlag(cmd, &p.projection, projectionHelp)
+	fs.FlagSet().StringVar(&p.idList, "ids", "", "comma-separated dead-letter ids")
+	fs.FlagSet().BoolVar(&p.all, "all", false, allHelp)
+}
+
+// ids returns the ids given, none for --all; exactly one of the two.
+func (p *deadLetterPick) ids() ([]int64, error) {
+	ids, err := parseIDs(p.idList)
+	if err != nil {
+		return nil, err
+	}
+	if p.all == (len(ids) > 0) {
+		return nil, fmt.Errorf("dead-letters %s: give --ids or --all", p.verb)
+	}
+	return ids, nil
+}
+
+func (a *app) deadLettersRetry() *cobra.Command {
+	p := deadLetterPick{verb: "retry"}
+	cmd := &cobra.Command{
+		Use:   "retry --projection NAME (--ids ID,... | --all)",
+		Short: "re-apply parked dead letters of a projection (a River job), aggregate by aggregate",
+		Args:  cli.ExactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.runRetry(cmd.Context(), p, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	a.pickFlags(cmd, &p, "the projection whose dead letters to retry (required)", "every parked dead letter of --projection")
+	return cmd
+}
+
+func (a *app) runRetry(ctx context.Context, p deadLetterPick, stdout, stderr io.Writer) error {
+	ids, err := p.ids()
+	if err != nil {
+		return err
+	}
+	if p.projection == "" {
+		return errors.New("dead-letters retry: --projection is required")
+	}
+	pool, err := a.openDeadLetters(ctx, p.url, p.projection)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	// Check there is something, then hand it to the control plane.
+	dls, err := projectors.ListDeadLetters(ctx, pool, projectors.DeadLetterFilter{Projection: p.projection, IDs: ids})
+	if err != nil {
+		return err
+	}
+	if len(dls) == 0 {
+		return fmt.Errorf("dead-letters retry: %w", projectors.ErrNothingToRetry)
+	}
+	return a.enqueueAndWait(ctx, pool, stdout, stderr, projectors.RetryDeadLettersArgs{Projection: p.projection, IDs: ids}, p.projection, p.projection, waitOptions{})
+}
+
+func (a *app) deadLettersDiscard() *cobra.Command {
+	p := deadLetterPick{verb: "discard"}
+	cmd := &cobra.Command{
+		Use:   "discard (--ids ID,... | --all) [--projection NAME]",
+		Short: "give parked dead letters up: the projection never applies them",
+		Args:  cli.ExactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.runDiscard(cmd.Context(), p, cmd.OutOrStdout())
+		},
+	}
+	a.pickFlags(cmd, &p, "only this projection", "every parked dead letter (of --projection)")
+	return cmd
+}
+
+func (a *app) runDiscard(ctx context.Context, p deadLetterPick, stdout io.Writer) error {
+	ids, err := p.ids()
+	if err != nil {
+		return err
+	}
+	pool, err := a.openDeadLetters(ctx, p.url, p.projection)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	n, err := projectors.DiscardDeadLetters(ctx, pool, p.projection, ids)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%d dead letters discarded\n", n)
+	return nil
+}
+
+func (a *app) projectionFlag(cmd *cobra.Command, p *string, help string) {
+	cmd.Flags().StringVar(p, "projection", "", help)
+	_ = cmd.RegisterFlagCompletionFunc("projection", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		return a.names(), cobra.ShellCompDirectiveNoFileComp
+	})
+}
+
+// openDeadLetters connects and checks projection (when given) is known.
+func (a *app) openDeadLetters(ctx context.Context, url, projection string) (*pgxpool.Pool, error) {
+	pool, err := connectChecked(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	if projection != "" {
+		if err := a.known(ctx, pool, projection); err != nil {
+			pool.Close()
+			return nil, err
+		}
+	}
+	return pool, nil
+}
+
+func parseIDs(list string) ([]int64, error) {
+	var ids []int64
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		id, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("dead-letters: bad id %q", s)
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+type deadLetterJSON struct {
+	ID            int64           `json:"id"`
+	Projection    string          `json:"projection"`
+	Segment       int             `json:"segment"`
+	EventID       int64           `json:"event_id"`
+	EventType     string          `json:"event_type"`
+	AggregateType string          `json:"aggregate_type"`
+	AggregateID   string          `json:"aggregate_id"`
+	Version       int             `json:"version"`
+	Reason        string          `json:"reason"`
+	Error         string          `json:"error"`
+	Attempts      int             `json:"attempts"`
+	Status        string          `json:"status"`
+	FirstFailedAt time.Time       `json:"first_failed_at"`
+	LastFailedAt  time.Time       `json:"last_failed_at"`
+	Cursor        string          `json:"cursor,omitempty"`
+	Data          json.RawMessage `json:"data,omitempty"`
+	Metadata      json.RawMessage `json:"metadata,omitempty"`
+}
+
+func toJSON(d projectors.DeadLetter) deadLetterJSON {
+	return deadLetterJSON{ID: d.ID, Projection: d.Projection, Segment: d.Segment, EventID: d.EventID, EventType: d.EventType,
+		AggregateType: d.AggregateType, AggregateID: d.AggregateID, Version: d.Version, Reason: d.Reason, Error: d.Error,
+		Attempts: d.Attempts, Status: d.Status, FirstFailedAt: d.FirstFailedAt, LastFailedAt: d.LastFailedAt}
+}
+
+func showDeadLetter(ctx context.Context, pool *pgxpool.Pool, w io.Writer, d projectors.DeadLetter, asJSON bool) error {
+	var data, meta string
+	var c outbox.Cursor
+	if err := pool.QueryRow(ctx, `SELECT txid, id, jsonb_pretty(event_data), jsonb_pretty(metadata) FROM events WHERE id = $1`, d.EventID).
+		Scan(&c.TxID, &c.Position, &data, &meta); err != nil {
+		return err
+	}
+	if asJSON {
+		j := toJSON(d)
+		j.Cursor, j.Data, j.Metadata = c.String(), json.RawMessage(data), json.RawMessage(meta)
+		return writeJSON(w, j)
+	}
+	fmt.Fprintf(w, "dead letter %d (%s, %s)\nprojection: %s segment %d\nevent:      %d %s, %s/%s v%d, cursor %s\nattempts:   %d, first failed %s, last %s\nerror:      %s\nmetadata:   %s\ndata:\n%s\n",
+		d.ID, d.Status, d.Reason, d.Projection, d.Segment, d.EventID, d.EventType, d.AggregateType, d.AggregateID, d.Version, c,
+		d.Attempts, d.FirstFailedAt.Format(time.RFC3339), d.LastFailedAt.Format(time.RFC3339), d.Error, meta, data)
+	return nil
+}
