@@ -62,31 +62,6 @@ type Lease struct {
 
 func (l Lease) String() string { return fmt.Sprintf("%s/%d@%d", l.Projection, l.Segment, l.Epoch) }
 
-// Register creates the projection and one checkpoint per segment at the
-// start of the log, or checks that an existing registration has the same
-// number of segments.
-func Register(ctx context.Context, db DB, name string, segments int, onError string) error {
-	var got int
-	err := db.QueryRow(ctx, `
-WITH p AS (
-    INSERT INTO projections (name, segments, on_error) VALUES ($1, $2, $3)
-    ON CONFLICT (name) DO UPDATE SET on_error = excluded.on_error, updated_at = now()
-    RETURNING segments
-), c AS (
-    INSERT INTO checkpoints (projection, segment)
-    SELECT $1, s FROM p, generate_series(0, p.segments - 1) s
-    ON CONFLICT DO NOTHING
-)
-SELECT segments FROM p`, name, segments, onError).Scan(&got)
-	if err != nil {
-		return fmt.Errorf("register %s: %w", name, err)
-	}
-	if got != segments {
-		return fmt.Errorf("register %s: registered with %d segments, code says %d: changing the split needs `projector reset %s`", name, got, segments, name)
-	}
-	return nil
-}
-
 const selectCols = `projection, segment, cursor_txid, cursor_position, high_txid, high_position, status,
        coalesce(lease_owner, ''), lease_epoch, lease_expires_at, coalesce(last_error, ''), events_applied,
        advanced_at, updated_at`
@@ -118,18 +93,6 @@ func List(ctx context.Context, db DB, names ...string) ([]Checkpoint, error) {
 		return nil, fmt.Errorf("list checkpoints: %w", err)
 	}
 	return out, nil
-}
-
-// Exists returns ErrUnknownProjection (wrapped) unless name is registered.
-func Exists(ctx context.Context, db DB, name string) error {
-	var ok bool
-	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM projections WHERE name = $1)`, name).Scan(&ok); err != nil {
-		return fmt.Errorf("projection %s: %w", name, err)
-	}
-	if !ok {
-		return fmt.Errorf("%w %q", ErrUnknownProjection, name)
-	}
-	return nil
 }
 
 func nonNil(s []string) []string {
@@ -246,7 +209,7 @@ func SetStatus(ctx context.Context, db DB, projection string, status Status) (in
 // resets the read model.
 func Move(ctx context.Context, tx DB, projection string, to outbox.Cursor) error {
 	tag, err := tx.Exec(ctx, `UPDATE checkpoints SET cursor_txid = $2, cursor_position = $3,
-		lease_epoch = lease_epoch + 1, lease_owner = NULL, lease_expires_at = NULL,
+		`+newLease("checkpoints", "NULL", "NULL")+`,
 		last_error = NULL, status = CASE WHEN status = 'failed' THEN 'running' ELSE status END, updated_at = now()
 		WHERE projection = $1`, projection, to.TxID, to.Position)
 	if err != nil {

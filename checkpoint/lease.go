@@ -79,8 +79,7 @@ func ClaimSegments(ctx context.Context, db DB, owner string, segs []Segment, ttl
 	}
 	rows, err := db.Query(ctx, `
 UPDATE checkpoints c
-   SET lease_owner = $1, lease_epoch = c.lease_epoch + 1,
-       lease_expires_at = clock_timestamp() + $4::float8 * interval '1 second', updated_at = now()
+   SET `+newLease("c", "$1", "clock_timestamp() + $4::float8 * interval '1 second'")+`, updated_at = now()
   FROM (SELECT c2.projection, c2.segment FROM checkpoints c2
           JOIN unnest($2::text[], $3::int[]) AS w(projection, segment) ON w.projection = c2.projection AND w.segment = c2.segment
          WHERE c2.status = 'running' AND (c2.lease_owner IS NULL OR c2.lease_expires_at < clock_timestamp())

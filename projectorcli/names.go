@@ -25,19 +25,15 @@ func (a *app) carried(name string) (projectors.Projection, error) {
 // registered returns the projections registered in the database (by a
 // worker that ran them), shadows of rebuilds included.
 func registered(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
-	rows, err := pool.Query(ctx, `SELECT name FROM projections ORDER BY name`)
+	regs, err := checkpoint.Registry(ctx, pool)
 	if err != nil {
-		return nil, fmt.Errorf("list projections: %w", err)
+		return nil, fmt.Errorf("list %w", err)
 	}
 	var out []string
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			return nil, err
-		}
-		out = append(out, n)
+	for _, r := range regs {
+		out = append(out, r.Name)
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // known checks a name for the commands that only touch database state
@@ -90,7 +86,7 @@ func (a *app) openForControl(ctx context.Context, url, name string) (*pgxpool.Po
 	err = checkpoint.Exists(ctx, pool, name)
 	if err != nil {
 		err = fmt.Errorf("%w (has a projector run it yet?)", err)
-	} else if err = pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM projections WHERE rebuild_of = $1)`, name).Scan(&rebuilding); err == nil && rebuilding {
+	} else if rebuilding, err = checkpoint.Rebuilding(ctx, pool, name); err == nil && rebuilding {
 		err = fmt.Errorf("%s: %w; wait for it to switch (%s status shows %s)", name, projectors.ErrRebuildRunning, a.name, projectors.ShadowName(name))
 	}
 	if err != nil {

@@ -172,7 +172,7 @@ func RetryDeadLetters(ctx context.Context, db interface {
 	}
 	for _, a := range aggs {
 		err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, `SELECT 1 FROM checkpoints WHERE projection = $1 AND segment = $2 FOR UPDATE`, spec.Name, a.segment); err != nil {
+			if err := checkpoint.LockSegment(ctx, tx, spec.Name, a.segment); err != nil {
 				return err
 			}
 			// Every parked event of the aggregate, not only the listed ids:

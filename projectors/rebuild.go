@@ -69,8 +69,8 @@ func (w *rebuildWorker) Work(ctx context.Context, job *river.Job[RebuildArgs]) e
 		return river.JobCancel(fmt.Errorf("rebuild %s: the projection lists no Tables, so it cannot be built in a copy", spec.Name))
 	}
 	pool := w.c.cfg.Pool
-	var exists bool
-	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM projections WHERE name = $1)`, ShadowName(spec.Name)).Scan(&exists); err != nil {
+	exists, err := checkpoint.Registered(ctx, pool, ShadowName(spec.Name))
+	if err != nil {
 		return err
 	}
 	if !exists {
@@ -129,13 +129,10 @@ func StartRebuild(ctx context.Context, db interface {
 		if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, pgx.Identifier{live}.Sanitize()); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO projections (name, segments, on_error, rebuild_of, schema_name)
-			SELECT $1, segments, on_error, name, $3 FROM projections WHERE name = $2`, shadow, spec.Name, schema); err != nil {
+		if err := checkpoint.RegisterShadow(ctx, tx, shadow, spec.Name, schema); err != nil {
 			return fmt.Errorf("rebuild %s: %w", spec.Name, err)
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO checkpoints (projection, segment, high_txid, high_position)
-			SELECT $1, segment, high_txid, high_position FROM checkpoints WHERE projection = $2`, shadow, spec.Name)
-		return err
+		return nil
 	})
 }
 
@@ -205,47 +202,25 @@ func (c *Control) trySwitch(ctx context.Context, p Projection) (bool, error) {
 	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '5s'`); err != nil {
 		return false, err
 	}
-	live := map[int]outbox.Cursor{}
-	rows, err := tx.Query(ctx, `SELECT segment, cursor_txid, cursor_position FROM checkpoints WHERE projection = $1 ORDER BY segment FOR UPDATE`, spec.Name)
+	live, err := checkpoint.LockForOperation(ctx, tx, spec.Name)
 	if err != nil {
 		return false, err
 	}
-	for rows.Next() {
-		var seg int
-		var cur outbox.Cursor
-		if err := rows.Scan(&seg, &cur.TxID, &cur.Position); err != nil {
-			rows.Close()
-			return false, err
-		}
-		live[seg] = cur
-	}
-	if err := rows.Err(); err != nil {
-		return false, err
-	}
-	caughtUp := func(lock string) (bool, error) {
-		rows, err := tx.Query(ctx, `SELECT segment, cursor_txid, cursor_position FROM checkpoints WHERE projection = $1 ORDER BY segment `+lock, shadow)
+	caughtUp := func(read func(context.Context, checkpoint.DB, string) (map[int]outbox.Cursor, error)) (bool, error) {
+		copies, err := read(ctx, tx, shadow)
 		if err != nil {
 			return false, err
 		}
-		ok := true
-		n := 0
-		for rows.Next() {
-			var seg int
-			var cur outbox.Cursor
-			if err := rows.Scan(&seg, &cur.TxID, &cur.Position); err != nil {
-				rows.Close()
-				return false, err
-			}
-			n++
+		for seg, cur := range copies {
 			if cur.Less(live[seg]) {
-				ok = false
+				return false, nil
 			}
 		}
-		return ok && n == len(live), rows.Err()
+		return len(copies) == len(live), nil
 	}
 	deadline := time.Now().Add(c.cfg.SwitchWait)
 	for {
-		ok, err := caughtUp("")
+		ok, err := caughtUp(checkpoint.Cursors)
 		if err != nil {
 			return false, err
 		}
@@ -260,7 +235,7 @@ func (c *Control) trySwitch(ctx context.Context, p Projection) (bool, error) {
 		}
 	}
 	// Wait for the copy's batches in flight, and stop new ones.
-	if ok, err := caughtUp("FOR UPDATE"); err != nil || !ok {
+	if ok, err := caughtUp(checkpoint.LockForOperation); err != nil || !ok {
 		return false, err
 	}
 	var liveSchema string
@@ -278,17 +253,7 @@ func (c *Control) trySwitch(ctx context.Context, p Projection) (bool, error) {
 			return false, fmt.Errorf("switch %s: %w", spec.Name, err)
 		}
 	}
-	if _, err := tx.Exec(ctx, `
-UPDATE checkpoints l
-   SET cursor_txid = s.cursor_txid, cursor_position = s.cursor_position,
-       high_txid = CASE WHEN (s.high_txid, s.high_position) > (l.high_txid, l.high_position) THEN s.high_txid ELSE l.high_txid END,
-       high_position = CASE WHEN (s.high_txid, s.high_position) > (l.high_txid, l.high_position) THEN s.high_position ELSE l.high_position END,
-       events_applied = s.events_applied,
-       lease_epoch = l.lease_epoch + 1, lease_owner = NULL, lease_expires_at = NULL,
-       status = CASE WHEN l.status = 'failed' THEN s.status ELSE l.status END, last_error = s.last_error,
-       advanced_at = now(), updated_at = now()
-  FROM checkpoints s
- WHERE l.projection = $1 AND s.projection = $2 AND s.segment = l.segment`, spec.Name, shadow); err != nil {
+	if err := checkpoint.Adopt(ctx, tx, spec.Name, shadow); err != nil {
 		return false, err
 	}
 	// The copy only replays, so its dead letters are replays, except for
@@ -311,7 +276,7 @@ UPDATE checkpoints l
 	if _, err := tx.Exec(ctx, `UPDATE dead_letters SET projection = $1 WHERE projection = $2`, spec.Name, shadow); err != nil {
 		return false, err
 	}
-	if _, err := tx.Exec(ctx, `DELETE FROM projections WHERE name = $1`, shadow); err != nil {
+	if err := checkpoint.Unregister(ctx, tx, shadow); err != nil {
 		return false, err
 	}
 	if _, err := tx.Exec(ctx, `DROP SCHEMA `+pgx.Identifier{schema}.Sanitize()); err != nil {

@@ -132,11 +132,11 @@ func repairTx(ctx context.Context, db interface {
 		if err := checkpoint.Exists(ctx, tx, spec.Name); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `SELECT 1 FROM checkpoints WHERE projection = $1 ORDER BY segment FOR UPDATE`, spec.Name); err != nil {
+		if _, err := checkpoint.LockForOperation(ctx, tx, spec.Name); err != nil {
 			return fmt.Errorf("lock: %w", err)
 		}
-		var rebuilding bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM projections WHERE rebuild_of = $1)`, spec.Name).Scan(&rebuilding); err != nil {
+		rebuilding, err := checkpoint.Rebuilding(ctx, tx, spec.Name)
+		if err != nil {
 			return err
 		}
 		if rebuilding {

@@ -115,11 +115,11 @@ func Reset(ctx context.Context, db interface {
 		if err := checkpoint.Exists(ctx, tx, name); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `SELECT 1 FROM checkpoints WHERE projection = $1 FOR UPDATE`, name); err != nil {
+		if _, err := checkpoint.LockForOperation(ctx, tx, name); err != nil {
 			return fmt.Errorf("reset %s: lock: %w", name, err)
 		}
-		var rebuilding bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM projections WHERE rebuild_of = $1)`, name).Scan(&rebuilding); err != nil {
+		rebuilding, err := checkpoint.Rebuilding(ctx, tx, name)
+		if err != nil {
 			return err
 		}
 		if rebuilding {

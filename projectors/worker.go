@@ -378,31 +378,22 @@ func newCoordinator(w *Worker, softCtx, hardCtx context.Context) *coordinator {
 // by every worker, whatever it runs), and the shadow projections of rebuilds
 // in progress, which the workers of the rebuilt projection build.
 func (c *coordinator) refreshProjections(ctx context.Context) error {
-	rows, err := c.w.cfg.Pool.Query(ctx, `SELECT name, segments, coalesce(rebuild_of, ''), coalesce(schema_name, '') FROM projections`)
+	regs, err := checkpoint.Registry(ctx, c.w.cfg.Pool)
 	if err != nil {
-		return fmt.Errorf("projections: %w", err)
+		return err
 	}
 	segments := map[string]int{}
 	bases := map[string]string{}
 	shadows := map[string]running{}
-	for rows.Next() {
-		var name, of, schema string
-		var n int
-		if err := rows.Scan(&name, &n, &of, &schema); err != nil {
-			rows.Close()
-			return fmt.Errorf("projections: %w", err)
-		}
-		segments[name] = n
-		if of != "" {
-			bases[name] = of
-			if spec, ok := c.w.specs[of]; ok && schema != "" {
-				spec.Name = name
-				shadows[name] = running{spec: spec, proj: c.w.projs[of], schema: schema}
+	for _, r := range regs {
+		segments[r.Name] = r.Segments
+		if r.RebuildOf != "" {
+			bases[r.Name] = r.RebuildOf
+			if spec, ok := c.w.specs[r.RebuildOf]; ok && r.Schema != "" {
+				spec.Name = r.Name
+				shadows[r.Name] = running{spec: spec, proj: c.w.projs[r.RebuildOf], schema: r.Schema}
 			}
 		}
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("projections: %w", err)
 	}
 	c.segments, c.bases = segments, bases
 	old := c.running
