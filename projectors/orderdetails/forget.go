@@ -2,23 +2,17 @@ package orderdetails
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/readmodel"
 )
 
 // Forget implements projectors.Forgetter: it deletes the orders' rows and
 // lines, so that projector repair can re-apply their events.
 func (*Projection) Forget(ctx context.Context, tx pgx.Tx, _ string, orderIDs []string) error {
-	if _, err := tx.Exec(ctx, `DELETE FROM order_items WHERE order_id = ANY ($1::text[])`, orderIDs); err != nil {
-		return fmt.Errorf("%s: forget: %w", Name, err)
-	}
-	if _, err := tx.Exec(ctx, `DELETE FROM order_details WHERE order_id = ANY ($1::text[])`, orderIDs); err != nil {
-		return fmt.Errorf("%s: forget: %w", Name, err)
-	}
-	return nil
+	return readmodel.Delete(ctx, tx, Name, "order_id", orderIDs, "order_items", "order_details")
 }
 
 var _ projectors.Forgetter = (*Projection)(nil)

@@ -7,6 +7,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/readmodel"
 )
 
 // recountSQL sets the four counters to the aggregation over the tracked
@@ -29,8 +30,8 @@ UPDATE order_statistics s
 // batch moves an order during the recount; its cost is one scan of
 // order_statistics_orders.
 func (*Projection) Forget(ctx context.Context, tx pgx.Tx, _ string, orderIDs []string) error {
-	if _, err := tx.Exec(ctx, `DELETE FROM order_statistics_orders WHERE order_id = ANY ($1::text[])`, orderIDs); err != nil {
-		return fmt.Errorf("%s: forget: %w", Name, err)
+	if err := readmodel.Delete(ctx, tx, Name, "order_id", orderIDs, "order_statistics_orders"); err != nil {
+		return err
 	}
 	if _, err := tx.Exec(ctx, recountSQL); err != nil {
 		return fmt.Errorf("%s: forget: recount: %w", Name, err)

@@ -26,6 +26,7 @@ import (
 	"github.com/readside/readside/domain"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/readmodel"
 )
 
 // Name is the projection's name and checkpoint key.
@@ -38,17 +39,9 @@ type Projection struct{}
 // New returns the projection.
 func New() *Projection { return &Projection{} }
 
-// Spec implements projectors.Projection.
+// Spec implements projectors.Projection (see readmodel.Spec).
 func (*Projection) Spec() projectors.Spec {
-	return projectors.Spec{
-		Name: Name,
-		// Every event of the aggregate type, not a list of known types: an
-		// event type this projection does not know (a newer writer's, or a
-		// bad one) fails and is parked with its reason instead of being
-		// skipped silently.
-		AggregateTypes: []string{domain.OrderAggregate},
-		Tables:         []string{"order_statistics", "order_statistics_orders"},
-	}
+	return readmodel.Spec(Name, domain.OrderAggregate, "order_statistics", "order_statistics_orders")
 }
 
 // move is what a batch did to one order: where it ended, and whether it
@@ -201,8 +194,6 @@ func (*Projection) Reset(ctx context.Context, tx pgx.Tx) error {
 }
 
 // eventError names the event that could not be applied.
-func eventError(e *outbox.Event, err error) error {
-	return fmt.Errorf("%s: event %d (%s %s %s v%d): %w", Name, e.ID(), e.AggregateType, e.AggregateID, e.Type, e.Version, err)
-}
+func eventError(e *outbox.Event, err error) error { return readmodel.EventError(Name, e, err) }
 
 var _ projectors.Projection = (*Projection)(nil)

@@ -2,20 +2,17 @@ package products
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/readmodel"
 )
 
 // Forget implements projectors.Forgetter: it deletes the products' rows, so
 // that projector repair can re-apply their events.
 func (*Projection) Forget(ctx context.Context, tx pgx.Tx, _ string, productIDs []string) error {
-	if _, err := tx.Exec(ctx, `DELETE FROM products WHERE product_id = ANY ($1::text[])`, productIDs); err != nil {
-		return fmt.Errorf("%s: forget: %w", Name, err)
-	}
-	return nil
+	return readmodel.Delete(ctx, tx, Name, "product_id", productIDs, "products")
 }
 
 var _ projectors.Forgetter = (*Projection)(nil)

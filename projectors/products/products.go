@@ -18,6 +18,7 @@ import (
 	"github.com/readside/readside/domain"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/readmodel"
 )
 
 // Name is the projection's name and checkpoint key.
@@ -29,17 +30,9 @@ type Projection struct{}
 // New returns the projection.
 func New() *Projection { return &Projection{} }
 
-// Spec implements projectors.Projection.
+// Spec implements projectors.Projection (see readmodel.Spec).
 func (*Projection) Spec() projectors.Spec {
-	return projectors.Spec{
-		Name: Name,
-		// Every event of the aggregate type, not a list of known types: an
-		// event type this projection does not know (a newer writer's, or a
-		// bad one) fails and is parked with its reason instead of being
-		// skipped silently.
-		AggregateTypes: []string{domain.ProductAggregate},
-		Tables:         []string{"products"},
-	}
+	return readmodel.Spec(Name, domain.ProductAggregate, "products")
 }
 
 // product is a product's state after the batch; nil fields were not set by
@@ -205,15 +198,10 @@ type storedStatus struct {
 
 // Reset implements projectors.Projection.
 func (*Projection) Reset(ctx context.Context, tx pgx.Tx) error {
-	if _, err := tx.Exec(ctx, `TRUNCATE products`); err != nil {
-		return fmt.Errorf("%s: reset: %w", Name, err)
-	}
-	return nil
+	return readmodel.Truncate(ctx, tx, Name, "products")
 }
 
 // eventError names the event that could not be applied.
-func eventError(e *outbox.Event, err error) error {
-	return fmt.Errorf("%s: event %d (%s %s %s v%d): %w", Name, e.ID(), e.AggregateType, e.AggregateID, e.Type, e.Version, err)
-}
+func eventError(e *outbox.Event, err error) error { return readmodel.EventError(Name, e, err) }
 
 var _ projectors.Projection = (*Projection)(nil)
