@@ -80,6 +80,8 @@ func TestParseErrors(t *testing.T) {
 		{[]string{"run", "--log-level", "loud"}, `invalid argument "loud" for "--log-level"`},
 		{[]string{"run", "--log-format", "xml"}, `invalid argument "xml" for "--log-format"`},
 		{[]string{"run", "extra"}, `unexpected argument "extra"`},
+		{[]string{"run", "--max-conns", "5", "--database-url", unreachable}, "--max-conns 5 is too small for --concurrency 4: it needs at least 6"},
+		{[]string{"run", "--pgbouncer=maybe"}, `invalid argument "maybe" for "--pgbouncer"`},
 		{[]string{"migrate", "extra"}, `unexpected argument "extra"`},
 		{[]string{"version", "extra"}, `unexpected argument "extra"`},
 	} {

@@ -32,6 +32,8 @@ type runConfig struct {
 	batchSize      int
 	poll           time.Duration
 	pollOnly       bool
+	pgbouncer      bool
+	maxConns       int
 	leaseTTL       time.Duration
 	softStop       time.Duration
 	retention      time.Duration
@@ -67,7 +69,9 @@ SIGINT or SIGTERM stops it softly: batches in flight finish.`,
 	fs.Int(&c.concurrency, "concurrency", "PROJECTOR_CONCURRENCY", projectors.ConcurrencyDefault, "segments applied at once")
 	fs.Int(&c.batchSize, "batch-size", "PROJECTOR_BATCH_SIZE", projectors.BatchSizeDefault, "outbox rows per fetch")
 	fs.Duration(&c.poll, "poll-interval", "PROJECTOR_POLL_INTERVAL", projectors.PollIntervalDefault, "fallback poll when no notification arrives")
-	fs.FlagSet().BoolVar(&c.pollOnly, "poll-only", false, "no LISTEN: poll every --poll-interval (behind PgBouncer in transaction mode)")
+	fs.Bool(&c.pollOnly, "poll-only", "PROJECTOR_POLL_ONLY", false, "no LISTEN (worker and control plane): poll every --poll-interval")
+	fs.Bool(&c.pgbouncer, "pgbouncer", "PROJECTOR_PGBOUNCER", false, "the database URL is PgBouncer in transaction pooling mode: --poll-only, and no named prepared statements (pgx cache_describe unless the URL sets default_query_exec_mode)")
+	fs.Int(&c.maxConns, "max-conns", "PROJECTOR_MAX_CONNS", 0, "connection pool size; 0 means the budget for --concurrency (2 x concurrency + 11 with every shipped projection); at least concurrency + 2")
 	fs.Duration(&c.leaseTTL, "lease-ttl", "PROJECTOR_LEASE_TTL", projectors.LeaseTTLDefault, "segment lease time to live; a dead worker's segments move after this")
 	fs.Duration(&c.softStop, "soft-stop-timeout", "PROJECTOR_SOFT_STOP_TIMEOUT", projectors.SoftStopTimeoutDefault, "on SIGTERM, how long batches in flight may finish")
 	fs.Duration(&c.retention, "outbox-retention", "PROJECTOR_OUTBOX_RETENTION", projectors.RetentionDefault, "keep outbox rows at least this long after every projection passed them")
@@ -99,9 +103,21 @@ func (a *app) runRun(ctx context.Context, c runConfig, stdout, stderr io.Writer)
 	if c.concurrency < 1 || c.batchSize < 1 {
 		return errors.New("--concurrency and --batch-size must be at least 1")
 	}
+	// LISTEN needs a session of its own, which transaction pooling cannot
+	// give.
+	pollOnly := c.pollOnly || c.pgbouncer
+	budget := newConnBudget(c.concurrency, sideEffectWorkers(projs), pollOnly)
+	size, err := poolSize(c.maxConns, c.concurrency, budget)
+	if err != nil {
+		return err
+	}
 	var pool *pgxpool.Pool
 	if err := startup(ctx, logger, c.startupTimeout, "connect", func() (err error) {
-		pool, err = cli.Connect(ctx, c.url, 2*c.concurrency+4+projectors.ControlWorkersDefault+4)
+		cc := cli.ConnectConfig{URL: c.url, MinConns: size, PgBouncer: c.pgbouncer}
+		if c.maxConns > 0 {
+			cc.MaxConns = size // exactly, whatever pool_max_conns the URL names
+		}
+		pool, err = cc.Connect(ctx)
 		return err
 	}); err != nil {
 		return err
@@ -112,7 +128,7 @@ func (a *app) runRun(ctx context.Context, c runConfig, stdout, stderr io.Writer)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w, err := projectors.NewWorker(projectors.Config{
 		Pool: pool, Projections: projs, WorkerID: c.workerID, Concurrency: c.concurrency, BatchSize: c.batchSize,
-		PollInterval: c.poll, PollOnly: c.pollOnly, LeaseTTL: c.leaseTTL, SoftStopTimeout: c.softStop, Logger: logger, Registerer: reg,
+		PollInterval: c.poll, PollOnly: pollOnly, LeaseTTL: c.leaseTTL, SoftStopTimeout: c.softStop, Logger: logger, Registerer: reg,
 	})
 	if err != nil {
 		return err
@@ -130,7 +146,7 @@ func (a *app) runRun(ctx context.Context, c runConfig, stdout, stderr io.Writer)
 	}
 	var riverLevel slog.Level
 	_ = riverLevel.UnmarshalText([]byte(c.riverLogLevel)) // an enum flag: always valid
-	control, err := projectors.NewControl(projectors.ControlConfig{Pool: pool, Projections: projs, Logger: logger, RiverLogLevel: riverLevel,
+	control, err := projectors.NewControl(projectors.ControlConfig{Pool: pool, Projections: projs, Logger: logger, RiverLogLevel: riverLevel, PollOnly: pollOnly,
 		Retention: c.retention, PruneInterval: c.pruneEvery, SoftStopTimeout: c.softStop,
 		RegisterWorkers: func(w *river.Workers) {
 			for _, p := range projs {
@@ -150,7 +166,8 @@ func (a *app) runRun(ctx context.Context, c runConfig, stdout, stderr io.Writer)
 		_ = w.Stop(context.Background())
 		return fmt.Errorf("control plane: %w", err)
 	}
-	logger.Info("projector started", "worker", w.ID(), "projections", len(projs), "concurrency", c.concurrency)
+	logger.Info("projector started", "worker", w.ID(), "projections", len(projs), "concurrency", c.concurrency,
+		"max_conns", pool.Config().MaxConns, "poll_only", pollOnly, "pgbouncer", c.pgbouncer)
 
 	var srv *http.Server
 	srvErr := make(chan error, 1)

@@ -40,7 +40,7 @@ var ErrNothingToRetry = errors.New("no parked dead letters match")
 // ControlConfig configures Control.
 type ControlConfig struct {
 	// Pool is the database; River uses it too (MaxWorkers + 2 connections,
-	// plus its LISTEN connection).
+	// plus a LISTEN connection it takes out of the pool unless PollOnly).
 	Pool *pgxpool.Pool
 	// Projections whose control operations this process may execute: the
 	// same list as the Worker's.
@@ -74,6 +74,11 @@ type ControlConfig struct {
 	SoftStopTimeout time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
+	// PollOnly turns River's LISTEN off (River's Config.PollOnly): jobs are
+	// fetched every second and leadership is polled for. Use it behind
+	// PgBouncer in transaction pooling mode, which cannot deliver
+	// notifications; Worker's Config.PollOnly is the same for the worker.
+	PollOnly bool
 	// RiverLogLevel is the least level of River's own log records passed
 	// to Logger (River logs every producer poll at INFO). nil means
 	// slog.LevelWarn.
@@ -131,6 +136,7 @@ func NewControl(cfg ControlConfig) (*Control, error) {
 		SoftStopTimeout: cfg.SoftStopTimeout,
 		// Control jobs are few; keep their history a week for operators.
 		CompletedJobRetentionPeriod: 7 * 24 * time.Hour,
+		PollOnly:                    cfg.PollOnly,
 	}
 	if cfg.PruneInterval > 0 {
 		rcfg.PeriodicJobs = []*river.PeriodicJob{river.NewPeriodicJob(river.PeriodicInterval(cfg.PruneInterval),

@@ -60,3 +60,36 @@ func TestControlStartContextCancelIsSoftStop(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "completed", string(state), lastErr)
 }
+
+// Behind PgBouncer in transaction pooling mode a LISTEN session cannot
+// exist: with PollOnly, River's client opens none and still works its jobs.
+// Without it, the same check sees River's LISTEN (the check can fail).
+func TestControlPollOnlyNeverListens(t *testing.T) {
+	t.Parallel()
+	for _, pollOnly := range []bool{false, true} {
+		pool := pgtest.NewDB(t)
+		hw := &holdWorker{started: make(chan struct{}), release: make(chan struct{})}
+		close(hw.release)
+		c, err := projectors.NewControl(projectors.ControlConfig{Pool: pool, PruneInterval: -1, Logger: testLogger(t), PollOnly: pollOnly,
+			RegisterWorkers: func(w *river.Workers) { river.AddWorker(w, hw) },
+			Queues:          map[string]river.QueueConfig{"test_hold": {MaxWorkers: 1}}})
+		require.NoError(t, err)
+		require.NoError(t, c.Start(context.Background()))
+		t.Cleanup(func() { _ = c.Stop(context.Background()) })
+		listening := func() int {
+			return count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'listen%'`)
+		}
+		if !pollOnly {
+			eventually(t, 10*time.Second, "River's LISTEN", func() bool { return listening() > 0 })
+			continue
+		}
+		_, err = c.Client().Insert(context.Background(), holdArgs{}, &river.InsertOpts{Queue: "test_hold"})
+		require.NoError(t, err)
+		select {
+		case <-hw.started:
+		case <-time.After(30 * time.Second):
+			t.Fatal("a poll-only control plane did not work its job")
+		}
+		require.Zero(t, listening(), "a poll-only control plane opened a LISTEN session")
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -23,12 +24,46 @@ const ConnectTimeout = 5 * time.Second
 // Connect opens a pool of at least maxConns connections and pings it, with
 // a one-line error naming the host (never the password) when unreachable.
 func Connect(ctx context.Context, url string, maxConns int) (*pgxpool.Pool, error) {
-	cfg, err := pgxpool.ParseConfig(url)
+	return ConnectConfig{URL: url, MinConns: maxConns}.Connect(ctx)
+}
+
+// ConnectConfig configures a pool.
+type ConnectConfig struct {
+	// URL is the PostgreSQL URL or keyword/value string (pgx's keywords,
+	// pool_max_conns and default_query_exec_mode included).
+	URL string
+	// MinConns raises the pool size to at least this many connections when
+	// the URL's pool_max_conns is lower. 0 means no floor.
+	MinConns int
+	// MaxConns sets the pool size, whatever the URL says; it wins over
+	// MinConns. 0 means the URL's (or MinConns).
+	MaxConns int
+	// PgBouncer: the pool goes through PgBouncer in transaction pooling
+	// mode, where consecutive transactions may run on different server
+	// connections. Statements are then not prepared by name (PgBouncer
+	// before 1.21 cannot route them): pgx's cache_describe mode, which
+	// sends each statement with its unnamed Parse in one round trip and
+	// caches only its parameter and result types. A default_query_exec_mode
+	// named in URL wins (cache_statement with PgBouncer 1.21's
+	// max_prepared_statements).
+	PgBouncer bool
+}
+
+// Connect opens the pool and pings it, with a one-line error naming the
+// host (never the password) when unreachable.
+func (c ConnectConfig) Connect(ctx context.Context) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(c.URL)
 	if err != nil {
 		return nil, fmt.Errorf("database URL: %w", err)
 	}
-	if maxConns > 0 && cfg.MaxConns < int32(maxConns) {
-		cfg.MaxConns = int32(maxConns)
+	if c.MinConns > 0 && cfg.MaxConns < int32(c.MinConns) {
+		cfg.MaxConns = int32(c.MinConns)
+	}
+	if c.MaxConns > 0 {
+		cfg.MaxConns = int32(c.MaxConns)
+	}
+	if c.PgBouncer && !strings.Contains(c.URL, "default_query_exec_mode") {
+		cfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
 	}
 	cfg.ConnConfig.RuntimeParams["application_name"] = "readside"
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)

@@ -95,6 +95,19 @@ func (f *Flags) Int(p *int, name, env string, def int, help string) {
 	f.fs.IntVar(p, name, def, withEnv(help, env))
 }
 
+// Bool defines a bool flag defaulting to $env (true, false, 1, 0), else def.
+func (f *Flags) Bool(p *bool, name, env string, def bool, help string) {
+	if v, ok := f.env(env); ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			f.fail(env, v, "true or false")
+		} else {
+			def = b
+		}
+	}
+	f.fs.BoolVar(p, name, def, withEnv(help, env))
+}
+
 // Float defines a float flag defaulting to $env, else def.
 func (f *Flags) Float(p *float64, name, env string, def float64, help string) {
 	if v, ok := f.env(env); ok {
