@@ -52,10 +52,9 @@ func runDemo(ctx context.Context, url string, events, workers int, stdout, stder
 	}
 	stdout = &lockedWriter{w: stdout} // the load reports from its own goroutine
 	if url == "" {
-		fmt.Fprintln(stdout, "demo: DATABASE_URL is not set: starting a disposable PostgreSQL (initdb + pg_ctl)...")
-		c, err := pgtemp.Start(ctx)
+		c, err := startCluster(ctx, stdout)
 		if err != nil {
-			return fmt.Errorf("demo: %w", err)
+			return err
 		}
 		defer func() {
 			if err := c.Stop(); err != nil {
@@ -63,7 +62,6 @@ func runDemo(ctx context.Context, url string, events, workers int, stdout, stder
 			}
 		}()
 		url = c.URL
-		fmt.Fprintf(stdout, "demo: disposable cluster in %s\n", c.Dir())
 	}
 	pool, err := cli.Connect(ctx, url, 8*workers+16)
 	if err != nil {
@@ -76,30 +74,60 @@ func runDemo(ctx context.Context, url string, events, workers int, stdout, stder
 	}
 	fmt.Fprintf(stdout, "demo: schema at version %d\n", res.Version)
 
-	// The fleet: several workers in this process, as separate processes
-	// would be, sharing the segments by lease.
+	stopFleet, err := startFleet(ctx, pool, workers, stderr)
+	defer stopFleet()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "demo: %d projector workers running %s\n", workers, strings.Join(shippedNames(), ", "))
+	if err := loadUntilCaughtUp(ctx, pool, events, stdout); err != nil {
+		return err
+	}
+	return printReadModels(ctx, pool, stdout)
+}
+
+// startCluster starts the disposable PostgreSQL the demo runs on without
+// DATABASE_URL; the caller stops it.
+func startCluster(ctx context.Context, stdout io.Writer) (*pgtemp.Cluster, error) {
+	fmt.Fprintln(stdout, "demo: DATABASE_URL is not set: starting a disposable PostgreSQL (initdb + pg_ctl)...")
+	c, err := pgtemp.Start(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	fmt.Fprintf(stdout, "demo: disposable cluster in %s\n", c.Dir())
+	return c, nil
+}
+
+// startFleet starts several workers in this process, as separate processes
+// would be, sharing the segments by lease. stop stops those started, also
+// when err is not nil.
+func startFleet(ctx context.Context, pool *pgxpool.Pool, workers int, stderr io.Writer) (stop func(), err error) {
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	var fleet []*projectors.Worker
-	defer func() {
+	stop = func() {
 		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		for _, w := range fleet {
 			_ = w.Stop(stopCtx)
 		}
-	}()
+	}
 	for i := range workers {
 		w, err := projectors.NewWorker(projectors.Config{Pool: pool, Projections: shipped.All(), WorkerID: fmt.Sprintf("demo-%d", i+1),
 			PollInterval: 200 * time.Millisecond, LeaseTTL: 3 * time.Second, Logger: logger})
 		if err != nil {
-			return err
+			return stop, err
 		}
 		if err := w.Start(ctx); err != nil {
-			return err
+			return stop, err
 		}
 		fleet = append(fleet, w)
 	}
-	fmt.Fprintf(stdout, "demo: %d projector workers running %s\n", workers, strings.Join(shippedNames(), ", "))
+	return stop, nil
+}
 
+// loadUntilCaughtUp runs the writer load and reports the fleet's lag every
+// second until the load is done and every projection has caught up.
+func loadUntilCaughtUp(ctx context.Context, pool *pgxpool.Pool, events int, stdout io.Writer) error {
 	repo, err := aggregate.New(pool, aggregate.Config{})
 	if err != nil {
 		return err
@@ -137,7 +165,7 @@ func runDemo(ctx context.Context, url string, events, workers int, stdout, stder
 		}
 	}
 	fmt.Fprintf(stdout, "demo: every projection caught up after %.1fs\n\n", time.Since(start).Seconds())
-	return printReadModels(ctx, pool, stdout)
+	return nil
 }
 
 // progress sums the lag of each projection (max over its segments).
@@ -167,7 +195,36 @@ func progress(ctx context.Context, pool *pgxpool.Pool) (int64, string, error) {
 	return total, strings.Join(parts, " | "), nil
 }
 
+// printReadModels shows what the fleet built and checks order_statistics
+// against the events table.
 func printReadModels(ctx context.Context, pool *pgxpool.Pool, w io.Writer) error {
+	if err := printStatistics(ctx, pool, w); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	if err := printRecentOrders(ctx, pool, w); err != nil {
+		return err
+	}
+	var products, orders, shippedN int64
+	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM products WHERE NOT deleted), (SELECT count(*) FROM order_summary),
+		(SELECT count(*) FROM order_summary WHERE status = 'shipped')`).Scan(&products, &orders, &shippedN); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\n%d products in the catalog, %d orders, %d shipped\n", products, orders, shippedN)
+
+	bad, err := orderstatistics.Mismatches(ctx, pool)
+	if err != nil {
+		return err
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("order_statistics differs from the events table (exactly-once broken): %s", strings.Join(bad, "; "))
+	}
+	fmt.Fprintln(w, "order_statistics equals an aggregation over the events table: every event applied exactly once")
+	fmt.Fprintln(w, "\nnext: `projector status` shows checkpoints and lag; see README for the HTTP API and operations")
+	return nil
+}
+
+func printStatistics(ctx context.Context, pool *pgxpool.Pool, w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ORDER STATISTICS\tORDERS\tREVENUE\tAVERAGE")
 	rows, err := pool.Query(ctx, `SELECT status, order_count, total_revenue::text, coalesce(average_order_value::text, '-')
@@ -187,11 +244,13 @@ func printReadModels(ctx context.Context, pool *pgxpool.Pool, w io.Writer) error
 		return err
 	}
 	tw.Flush()
+	return nil
+}
 
-	fmt.Fprintln(w)
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+func printRecentOrders(ctx context.Context, pool *pgxpool.Pool, w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "RECENT ORDERS\tCUSTOMER\tSTATUS\tTOTAL\tITEMS")
-	rows, err = pool.Query(ctx, `SELECT s.order_id, s.customer_name, s.status, s.total_amount::text,
+	rows, err := pool.Query(ctx, `SELECT s.order_id, s.customer_name, s.status, s.total_amount::text,
 		(SELECT string_agg(i.quantity || ' x ' || i.product_name, ', ' ORDER BY i.line_no) FROM order_items i WHERE i.order_id = s.order_id)
 		FROM order_summary s ORDER BY s.placed_at DESC, s.order_id DESC LIMIT 5`)
 	if err != nil {
@@ -209,23 +268,6 @@ func printReadModels(ctx context.Context, pool *pgxpool.Pool, w io.Writer) error
 		return err
 	}
 	tw.Flush()
-
-	var products, orders, shippedN int64
-	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM products WHERE NOT deleted), (SELECT count(*) FROM order_summary),
-		(SELECT count(*) FROM order_summary WHERE status = 'shipped')`).Scan(&products, &orders, &shippedN); err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "\n%d products in the catalog, %d orders, %d shipped\n", products, orders, shippedN)
-
-	bad, err := orderstatistics.Mismatches(ctx, pool)
-	if err != nil {
-		return err
-	}
-	if len(bad) > 0 {
-		return fmt.Errorf("order_statistics differs from the events table (exactly-once broken): %s", strings.Join(bad, "; "))
-	}
-	fmt.Fprintln(w, "order_statistics equals an aggregation over the events table: every event applied exactly once")
-	fmt.Fprintln(w, "\nnext: `projector status` shows checkpoints and lag; see README for the HTTP API and operations")
 	return nil
 }
 

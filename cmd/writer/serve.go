@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
@@ -55,52 +56,22 @@ func serveCommand() *cobra.Command {
 }
 
 func runServe(ctx context.Context, c serveConfig, stdout, stderr io.Writer) error {
-	if c.shutdownTimeout <= 0 {
-		return errors.New("serve: --shutdown-timeout must be positive")
-	}
-	if c.consistencyWait <= 0 || c.consistencyWait > httpapi.MaxConsistencyWaitDefault {
-		return fmt.Errorf("serve: --consistency-wait must be above 0 and at most %v", httpapi.MaxConsistencyWaitDefault)
+	if err := c.validate(); err != nil {
+		return err
 	}
 	logger, err := cli.Logger(stderr, c.logFormat, c.logLevel)
 	if err != nil {
 		return err
 	}
-
 	pool, err := connect(ctx, c.databaseURL, 0)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	// Lag and pipeline health are derived from the database, so the writer
-	// exports them too: they stay visible when the whole projector fleet is
-	// down (aggregate with max, see grafana/README.md).
-	if err := projectors.RegisterPipelineMetrics(reg, pool, logger); err != nil {
-		return err
-	}
-	if err := projectors.RegisterPoolMetrics(reg, pool, "writer"); err != nil {
-		return err
-	}
-	repo, err := aggregate.New(pool, aggregate.Config{
-		SnapshotEvery:      c.snapshotEvery,
-		MaxConflictRetries: c.maxConflictRetries,
-		Registerer:         reg,
-	})
+	api, err := newAPI(pool, c, logger)
 	if err != nil {
 		return err
 	}
-	api, err := httpapi.New(httpapi.Config{Repository: repo, DB: pool, Registerer: reg, Logger: logger})
-	if err != nil {
-		return err
-	}
-	// The read models live in the same database: commands and queries side
-	// by side, as in the seed's OrdersController.
-	if err := api.HandleQueries(httpapi.QueryConfig{DB: pool, ConsistencyWait: c.consistencyWait}); err != nil {
-		return err
-	}
-
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -115,7 +86,60 @@ func runServe(ctx context.Context, c serveConfig, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "writer: listening on %s\n", ln.Addr())
 	logger.Info("serving", "addr", ln.Addr().String())
+	if err := serveUntilDone(ctx, srv, ln, c.shutdownTimeout); err != nil {
+		return err
+	}
+	logger.Info("stopped")
+	return nil
+}
 
+func (c serveConfig) validate() error {
+	if c.shutdownTimeout <= 0 {
+		return errors.New("serve: --shutdown-timeout must be positive")
+	}
+	if c.consistencyWait <= 0 || c.consistencyWait > httpapi.MaxConsistencyWaitDefault {
+		return fmt.Errorf("serve: --consistency-wait must be above 0 and at most %v", httpapi.MaxConsistencyWaitDefault)
+	}
+	return nil
+}
+
+// newAPI builds the HTTP API (commands, queries, /metrics) on pool.
+func newAPI(pool *pgxpool.Pool, c serveConfig, logger *slog.Logger) (*httpapi.Server, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Lag and pipeline health are derived from the database, so the writer
+	// exports them too: they stay visible when the whole projector fleet is
+	// down (aggregate with max, see grafana/README.md).
+	if err := projectors.RegisterPipelineMetrics(reg, pool, logger); err != nil {
+		return nil, err
+	}
+	if err := projectors.RegisterPoolMetrics(reg, pool, "writer"); err != nil {
+		return nil, err
+	}
+	repo, err := aggregate.New(pool, aggregate.Config{
+		SnapshotEvery:      c.snapshotEvery,
+		MaxConflictRetries: c.maxConflictRetries,
+		Registerer:         reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	api, err := httpapi.New(httpapi.Config{Repository: repo, DB: pool, Registerer: reg, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	// The read models live in the same database: commands and queries side
+	// by side, as in the seed's OrdersController.
+	if err := api.HandleQueries(httpapi.QueryConfig{DB: pool, ConsistencyWait: c.consistencyWait}); err != nil {
+		return nil, err
+	}
+	return api, nil
+}
+
+// serveUntilDone serves on ln until ctx is done, then stops softly: no new
+// connections, in-flight commands commit or roll back within timeout, and
+// after it the requests' contexts are cancelled.
+func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, timeout time.Duration) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	select {
@@ -123,8 +147,7 @@ func runServe(ctx context.Context, c serveConfig, stdout, stderr io.Writer) erro
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	// Soft stop: stop accepting, let in-flight commands commit or roll back.
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
 	shutdownErr := srv.Shutdown(sctx)
 	if shutdownErr != nil {
@@ -136,6 +159,5 @@ func runServe(ctx context.Context, c serveConfig, stdout, stderr io.Writer) erro
 	if shutdownErr != nil {
 		return fmt.Errorf("serve: shutdown: %w", shutdownErr)
 	}
-	logger.Info("stopped")
 	return nil
 }
