@@ -1,6 +1,7 @@
 package adopt
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -67,38 +68,58 @@ func Adopt(ctx context.Context, pool *pgxpool.Pool, cfg Config, dryRun bool) (*R
 		mapJSON, _ := json.Marshal(mapping)
 		renJSON, _ := json.Marshal(renames)
 		res = &Result{Table: t.name}
+		found, same, err := adoptedAs(ctx, tx, t, string(mapJSON), string(renJSON))
+		if err != nil || same {
+			return err // same: already adopted this way
+		}
+		script := adoptSQL(t, exprs, renames, string(mapJSON), string(renJSON), !found)
+		if err := apply(ctx, tx, res, script, dryRun, "adopt"); err != nil || dryRun || found {
+			return err
+		}
+		if err := tx.QueryRow(ctx, `SELECT history_events FROM readside_adoptions WHERE table_name = $1`, t.name).Scan(&res.History); err != nil {
+			return fmt.Errorf("adopt %s: %w", t.name, err)
+		}
+		return nil
+	}, dryRun)
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
 
-		var stored struct {
-			columns, renames string
-			found            bool
-		}
-		err = tx.QueryRow(ctx, `SELECT columns::text, renames::text FROM readside_adoptions WHERE table_name = $1`, t.name).
-			Scan(&stored.columns, &stored.renames)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-		case err != nil:
-			return fmt.Errorf("adopt: read stored mapping: %w", err)
-		default:
-			stored.found = true
-		}
-		var hasTrigger bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2)`, t.oid, TriggerName).Scan(&hasTrigger); err != nil {
-			return fmt.Errorf("adopt: %w", err)
-		}
-		if stored.found && hasTrigger && jsonEqual(stored.columns, string(mapJSON)) && jsonEqual(stored.renames, string(renJSON)) {
-			return nil // already adopted this way
-		}
+// adoptedAs says whether t has a stored mapping (found) and whether it is
+// adopted with exactly this one, its trigger in place (same).
+func adoptedAs(ctx context.Context, tx pgx.Tx, t *table, mapJSON, renJSON string) (found, same bool, err error) {
+	var columns, renames string
+	err = tx.QueryRow(ctx, `SELECT columns::text, renames::text FROM readside_adoptions WHERE table_name = $1`, t.name).
+		Scan(&columns, &renames)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return false, false, fmt.Errorf("adopt: read stored mapping: %w", err)
+	default:
+		found = true
+	}
+	var hasTrigger bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2)`, t.oid, TriggerName).Scan(&hasTrigger); err != nil {
+		return false, false, fmt.Errorf("adopt: %w", err)
+	}
+	return found, found && hasTrigger && jsonEqual(columns, mapJSON) && jsonEqual(renames, renJSON), nil
+}
 
-		fn := pgx.Identifier{t.readside, functionName(t.name)}.Sanitize()
-		target := pgx.Identifier{t.readside, "events"}.Sanitize()
-		sel := fmt.Sprintf(`SELECT %s, %s, %s, %s, %s, %s, %s`,
-			renameSQL(exprs["aggregate_type"], renames), exprs["aggregate_id"], renameSQL(exprs["event_type"], renames),
-			exprs["event_data"], exprs["metadata"], exprs["version"], exprs["occurred_at"])
-		insert := `INSERT INTO ` + target + ` (aggregate_type, aggregate_id, event_type, event_data, metadata, version, occurred_at)`
-		var b strings.Builder
-		fmt.Fprintf(&b, "-- readside adopt %s: copy each new row into %s\n", t.name, target)
-		fmt.Fprintf(&b, "LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE;\n", t.ident)
-		fmt.Fprintf(&b, `CREATE OR REPLACE FUNCTION %s() RETURNS trigger
+// adoptSQL is the script that (re)installs the trigger on t and stores the
+// mapping; with history, it also copies the rows already in t.
+func adoptSQL(t *table, exprs map[string]string, renames []Rename, mapJSON, renJSON string, history bool) string {
+	fn := pgx.Identifier{t.readside, functionName(t.name)}.Sanitize()
+	target := pgx.Identifier{t.readside, "events"}.Sanitize()
+	sel := fmt.Sprintf(`SELECT %s, %s, %s, %s, %s, %s, %s`,
+		renameSQL(exprs["aggregate_type"], renames), exprs["aggregate_id"], renameSQL(exprs["event_type"], renames),
+		exprs["event_data"], exprs["metadata"], exprs["version"], exprs["occurred_at"])
+	insert := `INSERT INTO ` + target + ` (aggregate_type, aggregate_id, event_type, event_data, metadata, version, occurred_at)`
+	var b strings.Builder
+	fmt.Fprintf(&b, "-- readside adopt %s: copy each new row into %s\n", t.name, target)
+	fmt.Fprintf(&b, "LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE;\n", t.ident)
+	fmt.Fprintf(&b, `CREATE OR REPLACE FUNCTION %s() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, %s, pg_temp AS $readside$
 BEGIN
     %s
@@ -109,37 +130,31 @@ BEGIN
 END
 $readside$;
 `, fn, pgx.Identifier{t.readside}.Sanitize(), insert, sel, exprs["id"])
-		fmt.Fprintf(&b, "DROP TRIGGER IF EXISTS %s ON %s;\n", TriggerName, t.ident)
-		fmt.Fprintf(&b, "CREATE TRIGGER %s AFTER INSERT ON %s REFERENCING NEW TABLE AS readside_new_rows\n    FOR EACH STATEMENT EXECUTE FUNCTION %s();\n",
-			TriggerName, t.ident, fn)
-		if !stored.found {
-			fmt.Fprintf(&b, "-- history: the rows written before adoption, in id order\n%s\n%s\n  FROM %s n\n ORDER BY %s;\n",
-				insert, sel, t.ident, exprs["id"])
-		}
-		fmt.Fprintf(&b, `INSERT INTO %s (table_name, columns, renames, function_name, history_events)
+	fmt.Fprintf(&b, "DROP TRIGGER IF EXISTS %s ON %s;\n", TriggerName, t.ident)
+	fmt.Fprintf(&b, "CREATE TRIGGER %s AFTER INSERT ON %s REFERENCING NEW TABLE AS readside_new_rows\n    FOR EACH STATEMENT EXECUTE FUNCTION %s();\n",
+		TriggerName, t.ident, fn)
+	if history {
+		fmt.Fprintf(&b, "-- history: the rows written before adoption, in id order\n%s\n%s\n  FROM %s n\n ORDER BY %s;\n",
+			insert, sel, t.ident, exprs["id"])
+	}
+	fmt.Fprintf(&b, `INSERT INTO %s (table_name, columns, renames, function_name, history_events)
 VALUES (%s, %s, %s, %s, (SELECT count(*) FROM %s))
 ON CONFLICT (table_name) DO UPDATE
    SET columns = excluded.columns, renames = excluded.renames, function_name = excluded.function_name, updated_at = now();
-`, pgx.Identifier{t.readside, "readside_adoptions"}.Sanitize(), literal(t.name), literal(string(mapJSON)), literal(string(renJSON)), literal(fn), t.ident)
-		res.SQL = b.String()
-		res.Changed = true
-		if dryRun {
-			return nil
-		}
-		if _, err := tx.Exec(ctx, res.SQL); err != nil {
-			return fmt.Errorf("adopt %s: %w", t.name, err)
-		}
-		if !stored.found {
-			if err := tx.QueryRow(ctx, `SELECT history_events FROM readside_adoptions WHERE table_name = $1`, t.name).Scan(&res.History); err != nil {
-				return fmt.Errorf("adopt %s: %w", t.name, err)
-			}
-		}
+`, pgx.Identifier{t.readside, "readside_adoptions"}.Sanitize(), literal(t.name), literal(mapJSON), literal(renJSON), literal(fn), t.ident)
+	return b.String()
+}
+
+// apply records script as what res changes and, unless dryRun, runs it.
+func apply(ctx context.Context, tx pgx.Tx, res *Result, script string, dryRun bool, what string) error {
+	res.SQL, res.Changed = script, true
+	if dryRun {
 		return nil
-	}, dryRun)
-	if err != nil {
-		return nil, err
 	}
-	return res, nil
+	if _, err := tx.Exec(ctx, script); err != nil {
+		return fmt.Errorf("%s %s: %w", what, res.Table, err)
+	}
+	return nil
 }
 
 // Remove drops the trigger and its function from an adopted table and
@@ -160,16 +175,8 @@ func Remove(ctx context.Context, pool *pgxpool.Pool, table string, dryRun bool) 
 		} else if err != nil {
 			return fmt.Errorf("adopt --remove: %w", err)
 		}
-		res.SQL = fmt.Sprintf("DROP TRIGGER IF EXISTS %s ON %s;\nDROP FUNCTION IF EXISTS %s();\nDELETE FROM %s WHERE table_name = %s;\n",
-			TriggerName, t.ident, fn, pgx.Identifier{t.readside, "readside_adoptions"}.Sanitize(), literal(t.name))
-		res.Changed = true
-		if dryRun {
-			return nil
-		}
-		if _, err := tx.Exec(ctx, res.SQL); err != nil {
-			return fmt.Errorf("adopt --remove %s: %w", t.name, err)
-		}
-		return nil
+		return apply(ctx, tx, res, fmt.Sprintf("DROP TRIGGER IF EXISTS %s ON %s;\nDROP FUNCTION IF EXISTS %s();\nDELETE FROM %s WHERE table_name = %s;\n",
+			TriggerName, t.ident, fn, pgx.Identifier{t.readside, "readside_adoptions"}.Sanitize(), literal(t.name)), dryRun, "adopt --remove")
 	}, dryRun)
 	if err != nil {
 		return nil, err
@@ -288,29 +295,13 @@ var (
 // the SQL expression over alias n that yields readside's value, and the
 // mapping as stored (key -> column, absent optional keys left out).
 func columns(ctx context.Context, tx pgx.Tx, t *table, given map[string]string) (map[string]string, map[string]string, error) {
-	rows, err := tx.Query(ctx, `SELECT a.attname, t.typname, a.attnotnull FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped`, t.oid)
+	types, err := columnTypes(ctx, tx, t)
 	if err != nil {
-		return nil, nil, fmt.Errorf("adopt: columns of %s: %w", t.name, err)
-	}
-	types := map[string]string{}
-	for rows.Next() {
-		var name, typ string
-		var notNull bool
-		if err := rows.Scan(&name, &typ, &notNull); err != nil {
-			return nil, nil, err
-		}
-		types[name] = typ
-	}
-	if err := rows.Err(); err != nil {
-		return nil, nil, fmt.Errorf("adopt: columns of %s: %w", t.name, err)
+		return nil, nil, err
 	}
 	exprs, mapping := map[string]string{}, map[string]string{}
 	for _, k := range Keys {
-		col := given[k]
-		if col == "" {
-			col = k
-		}
+		col := cmp.Or(given[k], k)
 		typ, ok := types[col]
 		if !ok {
 			if optional[k] && given[k] == "" {
@@ -318,42 +309,11 @@ func columns(ctx context.Context, tx pgx.Tx, t *table, given map[string]string) 
 			}
 			return nil, nil, fmt.Errorf("adopt: table %s has no column %q (for %s); map it with --columns %s=COLUMN", t.name, col, k, k)
 		}
-		var want []string
-		switch k {
-		case "id", "version":
-			want = intTypes
-		case "aggregate_type", "event_type":
-			want = textTypes
-		case "aggregate_id":
-			want = append(append([]string{"uuid"}, textTypes...), intTypes...)
-		case "event_data", "metadata":
-			want = jsonTypes
-		case "occurred_at":
-			want = []string{"timestamptz", "timestamp"}
-		}
-		if !slices.Contains(want, typ) {
+		if want := accepted[k]; !slices.Contains(want, typ) {
 			return nil, nil, fmt.Errorf("adopt: column %s.%s (for %s) is %s, want one of %s", t.name, col, k, typ, strings.Join(want, ", "))
 		}
 		mapping[k] = col
-		c := "n." + pgx.Identifier{col}.Sanitize()
-		switch k {
-		case "aggregate_type", "aggregate_id", "event_type":
-			exprs[k] = c + "::text"
-		case "event_data":
-			exprs[k] = c + "::jsonb"
-		case "metadata":
-			exprs[k] = "coalesce(" + c + "::jsonb, '{}')"
-		case "version":
-			exprs[k] = c + "::int"
-		case "occurred_at":
-			if typ == "timestamp" { // Rails stores UTC in timestamp without time zone
-				exprs[k] = "coalesce(" + c + " AT TIME ZONE 'UTC', now())"
-			} else {
-				exprs[k] = "coalesce(" + c + ", now())"
-			}
-		default:
-			exprs[k] = c
-		}
+		exprs[k] = valueSQL(k, "n."+pgx.Identifier{col}.Sanitize(), typ)
 	}
 	if _, ok := exprs["metadata"]; !ok {
 		exprs["metadata"] = "'{}'::jsonb"
@@ -362,6 +322,59 @@ func columns(ctx context.Context, tx pgx.Tx, t *table, given map[string]string) 
 		exprs["occurred_at"] = "now()"
 	}
 	return exprs, mapping, nil
+}
+
+// columnTypes maps the columns of t to their type names.
+func columnTypes(ctx context.Context, tx pgx.Tx, t *table) (map[string]string, error) {
+	rows, err := tx.Query(ctx, `SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped`, t.oid)
+	if err != nil {
+		return nil, fmt.Errorf("adopt: columns of %s: %w", t.name, err)
+	}
+	types := map[string]string{}
+	for rows.Next() {
+		var name, typ string
+		if err := rows.Scan(&name, &typ); err != nil {
+			return nil, err
+		}
+		types[name] = typ
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("adopt: columns of %s: %w", t.name, err)
+	}
+	return types, nil
+}
+
+// accepted are the column types adopt takes for each key.
+var accepted = map[string][]string{
+	"id":             intTypes,
+	"version":        intTypes,
+	"aggregate_type": textTypes,
+	"event_type":     textTypes,
+	"aggregate_id":   append(append([]string{"uuid"}, textTypes...), intTypes...),
+	"event_data":     jsonTypes,
+	"metadata":       jsonTypes,
+	"occurred_at":    {"timestamptz", "timestamp"},
+}
+
+// valueSQL converts column c of type typ to readside's value for key k.
+func valueSQL(k, c, typ string) string {
+	switch k {
+	case "aggregate_type", "aggregate_id", "event_type":
+		return c + "::text"
+	case "event_data":
+		return c + "::jsonb"
+	case "metadata":
+		return "coalesce(" + c + "::jsonb, '{}')"
+	case "version":
+		return c + "::int"
+	case "occurred_at":
+		if typ == "timestamp" { // Rails stores UTC in timestamp without time zone
+			return "coalesce(" + c + " AT TIME ZONE 'UTC', now())"
+		}
+		return "coalesce(" + c + ", now())"
+	}
+	return c
 }
 
 // functionName is the trigger function's name in readside's schema: one per
