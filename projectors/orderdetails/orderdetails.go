@@ -3,10 +3,10 @@
 // its lines in order_items.
 //
 // Like ordersummary, Apply folds the batch to one final row per order in Go
-// and writes each table with one set-based statement: order_details
-// guarded by the aggregate version, order_items keyed by (order_id,
-// line_no) and written only from OrderPlaced, so a replay finds the lines
-// already there and leaves them.
+// and writes both tables with one set-based statement (one round trip):
+// order_details guarded by the aggregate version, order_items keyed by
+// (order_id, line_no) and written only from OrderPlaced, so a replay finds
+// the lines already there and leaves them.
 package orderdetails
 
 import (
@@ -69,6 +69,8 @@ type details struct {
 // The same statement checks each order's first event of the batch against
 // the stored row (see ordersummary): it writes nothing when an order's
 // stored status is not one the event may follow, and returns those orders.
+// The order lines of the batch's OrderPlaced events go in with it: one
+// statement, one round trip per batch.
 const upsertDetailsSQL = `
 WITH r AS (
     SELECT r.*, cur.customer_name AS cur_customer, cur.total_amount AS cur_total, cur.status AS cur_status,
@@ -116,16 +118,16 @@ ON CONFLICT (order_id) DO UPDATE SET
        version         = excluded.version,
        updated_at      = excluded.updated_at
  WHERE d.version < excluded.version
-)
-SELECT order_id, status FROM illegal ORDER BY order_id`
-
-// Lines never change after OrderPlaced: the key is the version guard.
-const insertItemsSQL = `
+), items AS (
+-- Lines never change after OrderPlaced: the key is the version guard.
 INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity, unit_price, subtotal)
 SELECT i.order_id, i.line_no, i.product_id, i.product_name, i.quantity, i.unit_cents / 100.0, i.subtotal_cents / 100.0
-  FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::bigint[])
+  FROM unnest($15::text[], $16::int[], $17::text[], $18::text[], $19::int[], $20::bigint[], $21::bigint[])
        AS i(order_id, line_no, product_id, product_name, quantity, unit_cents, subtotal_cents)
-ON CONFLICT (order_id, line_no) DO NOTHING`
+ WHERE NOT EXISTS (SELECT FROM illegal)
+ON CONFLICT (order_id, line_no) DO NOTHING
+)
+SELECT order_id, status FROM illegal ORDER BY order_id`
 
 // Apply implements projectors.Projection. An event that does not decode,
 // lacks what the tables need, or is not a legal step from the order's
@@ -201,7 +203,7 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		}
 	}
 	res, err := tx.Query(ctx, upsertDetailsSQL, ids, customers, totals, statuses, itemCounts, placed, confirmed, shipped,
-		tracking, cancelled, reasons, versions, firsts, befores)
+		tracking, cancelled, reasons, versions, firsts, befores, itOrder, itLine, itProduct, itName, itQty, itUnit, itSubtotal)
 	if err != nil {
 		return fmt.Errorf("%s: upsert %d orders: %w", Name, n, err)
 	}
@@ -213,11 +215,6 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		d := orders[illegal[0].OrderID]
 		_, err := domain.OrderStatusAfter(domain.OrderStatus(illegal[0].Status), d.firstEvent)
 		return eventError(d.first, fmt.Errorf("order %s: %w", illegal[0].OrderID, err))
-	}
-	if len(itOrder) > 0 {
-		if _, err := tx.Exec(ctx, insertItemsSQL, itOrder, itLine, itProduct, itName, itQty, itUnit, itSubtotal); err != nil {
-			return fmt.Errorf("%s: insert %d order items: %w", Name, len(itOrder), err)
-		}
 	}
 	return nil
 }
