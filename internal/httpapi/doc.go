@@ -9,4 +9,9 @@
 // every segment of each projection it reads has passed the cursor (WaitFor),
 // and answers 504 naming the projection that has not, and why (paused,
 // halted, not running), when the wait runs out.
+//
+// The reads themselves live beside the read models' upserts
+// (ordersummary.List, orderdetails.Get, products.List, orderstatistics.Get);
+// the query routes only translate HTTP: parameters and opaque cursors in,
+// consistency tokens awaited, answers out with their ETags.
 package httpapi

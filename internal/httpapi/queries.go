@@ -14,8 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/readside/readside/domain"
 	"github.com/readside/readside/projectors/orderdetails"
 	"github.com/readside/readside/projectors/orderstatistics"
@@ -99,153 +97,61 @@ func (s *Server) HandleQueries(cfg QueryConfig) error {
 	return nil
 }
 
-// Amounts are json.Number: a JSON number with two decimals exactly as
-// PostgreSQL's numeric(12,2) prints it, the form the command API reads and
-// writes (domain.Money), with no trip through float64.
+// The bodies of the list routes. NextCursor, when set, is the ?after= of
+// the next page. The rows are the read models' own (ordersummary.Order,
+// products.Product, ...): what they hold is what the API shows.
 
-// OrderSummary is a row of GET /orders.
-type OrderSummary struct {
-	OrderID      string      `json:"order_id"`
-	CustomerName string      `json:"customer_name"`
-	TotalAmount  json.Number `json:"total_amount"`
-	Status       string      `json:"status"`
-	PlacedAt     time.Time   `json:"placed_at"`
-	ConfirmedAt  *time.Time  `json:"confirmed_at,omitempty"`
-	ShippedAt    *time.Time  `json:"shipped_at,omitempty"`
-	CancelledAt  *time.Time  `json:"cancelled_at,omitempty"`
-	Version      int         `json:"version"`
-}
-
-// OrderList is the body of GET /orders. NextCursor, when set, is the
-// ?after= of the next page.
+// OrderList is the body of GET /orders.
 type OrderList struct {
-	Orders     []OrderSummary `json:"orders"`
-	NextCursor string         `json:"next_cursor,omitempty"`
-}
-
-// OrderDetails is the body of GET /orders/{id}.
-type OrderDetails struct {
-	OrderID        string      `json:"order_id"`
-	CustomerName   string      `json:"customer_name"`
-	TotalAmount    json.Number `json:"total_amount"`
-	Status         string      `json:"status"`
-	ItemCount      int         `json:"item_count"`
-	PlacedAt       time.Time   `json:"placed_at"`
-	ConfirmedAt    *time.Time  `json:"confirmed_at,omitempty"`
-	ShippedAt      *time.Time  `json:"shipped_at,omitempty"`
-	TrackingNumber string      `json:"tracking_number,omitempty"`
-	CancelledAt    *time.Time  `json:"cancelled_at,omitempty"`
-	CancelReason   string      `json:"cancel_reason,omitempty"`
-	Version        int         `json:"version"`
-	Items          []OrderItem `json:"items"`
-}
-
-// OrderItem is a line of an order.
-type OrderItem struct {
-	LineNo      int         `json:"line_no"`
-	ProductID   string      `json:"product_id,omitempty"`
-	ProductName string      `json:"product_name"`
-	Quantity    int         `json:"quantity"`
-	UnitPrice   json.Number `json:"unit_price"`
-	Subtotal    json.Number `json:"subtotal"`
-}
-
-// StatusStatistics is one status's row of GET /statistics.
-type StatusStatistics struct {
-	Status            string      `json:"status"`
-	OrderCount        int64       `json:"order_count"`
-	TotalRevenue      json.Number `json:"total_revenue"`
-	AverageOrderValue json.Number `json:"average_order_value"` // 0.00 without orders
+	Orders     []ordersummary.Order `json:"orders"`
+	NextCursor string               `json:"next_cursor,omitempty"`
 }
 
 // Statistics is the body of GET /statistics, in life-cycle order.
 type Statistics struct {
-	Statistics []StatusStatistics `json:"statistics"`
-}
-
-// Product is a row of GET /products.
-type Product struct {
-	ProductID  string      `json:"product_id"`
-	Name       string      `json:"name"`
-	Price      json.Number `json:"price"`
-	CategoryID string      `json:"category_id,omitempty"`
-	SKU        string      `json:"sku"`
-	CreatedAt  time.Time   `json:"created_at"`
-	Deleted    bool        `json:"deleted"`
-	DeletedAt  *time.Time  `json:"deleted_at,omitempty"`
-	Version    int         `json:"version"`
+	Statistics []orderstatistics.Row `json:"statistics"`
 }
 
 // ProductList is the body of GET /products.
 type ProductList struct {
-	Products   []Product `json:"products"`
-	NextCursor string    `json:"next_cursor,omitempty"`
+	Products   []products.Product `json:"products"`
+	NextCursor string             `json:"next_cursor,omitempty"`
 }
 
 var orderStatuses = []string{"pending", "confirmed", "shipped", "cancelled"}
 
 func (q *queries) listOrders(w http.ResponseWriter, r *http.Request) {
 	params := r.URL.Query()
-	limit, after, ok := pageParams(w, r)
+	limit, cursor, ok := pageParams(w, r)
 	if !ok {
 		return
 	}
-	var where []string
-	var args []any
-	arg := func(v any) string { args = append(args, v); return "$" + strconv.Itoa(len(args)) }
-	if status := params.Get("status"); status != "" {
-		if !slices.Contains(orderStatuses, status) {
-			WriteError(w, http.StatusBadRequest, fmt.Sprintf("status=%q: want one of %s", status, strings.Join(orderStatuses, ", ")))
-			return
-		}
-		where = append(where, "status = "+arg(status))
+	f := ordersummary.Filter{Status: params.Get("status"), Customer: params.Get("customer")}
+	if f.Status != "" && !slices.Contains(orderStatuses, f.Status) {
+		WriteError(w, http.StatusBadRequest, fmt.Sprintf("status=%q: want one of %s", f.Status, strings.Join(orderStatuses, ", ")))
+		return
 	}
-	if customer := params.Get("customer"); customer != "" {
-		where = append(where, "customer_name = "+arg(customer))
-	}
-	if after != nil {
-		if after.PlacedAt == nil {
+	var after *ordersummary.Key
+	if cursor != nil {
+		if cursor.PlacedAt == nil {
 			WriteError(w, http.StatusBadRequest, "after: not a cursor of /orders")
 			return
 		}
-		where = append(where, fmt.Sprintf("(placed_at, order_id) < (%s::timestamptz, %s::text)",
-			arg(time.UnixMicro(*after.PlacedAt)), arg(after.ID)))
+		after = &ordersummary.Key{PlacedAt: time.UnixMicro(*cursor.PlacedAt), OrderID: cursor.ID}
 	}
 	if !q.awaitToken(w, r, ordersummary.Name) {
 		return
 	}
-	// A statement per filter combination rather than "$1 IS NULL OR ...":
-	// each one gets a plan that uses its index.
-	sql := `SELECT order_id, customer_name, total_amount::text, status, placed_at, confirmed_at, shipped_at, cancelled_at, version
-	          FROM order_summary`
-	if len(where) > 0 {
-		sql += " WHERE " + strings.Join(where, " AND ")
-	}
-	sql += " ORDER BY placed_at DESC, order_id DESC LIMIT " + arg(limit+1)
-
 	ctx, cancel := context.WithTimeout(r.Context(), q.cfg.QueryTimeout)
 	defer cancel()
-	rows, err := q.db.Query(ctx, sql, args...)
-	if err != nil {
-		q.internalError(w, r, err)
-		return
-	}
-	orders, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (OrderSummary, error) {
-		var o OrderSummary
-		var total string
-		err := row.Scan(&o.OrderID, &o.CustomerName, &total, &o.Status, &o.PlacedAt, &o.ConfirmedAt, &o.ShippedAt, &o.CancelledAt, &o.Version)
-		o.TotalAmount = json.Number(total)
-		o.PlacedAt, o.ConfirmedAt, o.ShippedAt, o.CancelledAt = o.PlacedAt.UTC(), utc(o.ConfirmedAt), utc(o.ShippedAt), utc(o.CancelledAt)
-		return o, err
-	})
+	orders, more, err := ordersummary.List(ctx, q.db, f, after, limit)
 	if err != nil {
 		q.internalError(w, r, err)
 		return
 	}
 	res := OrderList{Orders: orders}
-	if len(orders) > limit {
-		res.Orders = orders[:limit]
-		last := res.Orders[limit-1]
+	if more {
+		last := orders[len(orders)-1].Key()
 		res.NextCursor = pageCursor{PlacedAt: new(last.PlacedAt.UnixMicro()), ID: last.OrderID}.String()
 	}
 	writeCacheable(w, r, res)
@@ -263,42 +169,11 @@ func (q *queries) orderDetails(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), q.cfg.QueryTimeout)
 	defer cancel()
-	var d OrderDetails
-	var total string
-	var tracking, reason *string
-	err := q.db.QueryRow(ctx, `
-SELECT order_id, customer_name, total_amount::text, status, item_count, placed_at, confirmed_at, shipped_at,
-       tracking_number, cancelled_at, cancel_reason, version
-  FROM order_details WHERE order_id = $1`, id).Scan(&d.OrderID, &d.CustomerName, &total, &d.Status, &d.ItemCount,
-		&d.PlacedAt, &d.ConfirmedAt, &d.ShippedAt, &tracking, &d.CancelledAt, &reason, &d.Version)
-	if errors.Is(err, pgx.ErrNoRows) {
+	d, err := orderdetails.Get(ctx, q.db, id)
+	if errors.Is(err, orderdetails.ErrNotFound) {
 		WriteError(w, http.StatusNotFound, fmt.Sprintf("order %q not found", id))
 		return
 	}
-	if err != nil {
-		q.internalError(w, r, err)
-		return
-	}
-	d.TotalAmount = json.Number(total)
-	d.TrackingNumber, d.CancelReason = deref(tracking), deref(reason)
-	d.PlacedAt, d.ConfirmedAt, d.ShippedAt, d.CancelledAt = d.PlacedAt.UTC(), utc(d.ConfirmedAt), utc(d.ShippedAt), utc(d.CancelledAt)
-
-	// The items were committed with the order in one transaction and never
-	// change, so a second statement cannot see a different version of them.
-	rows, err := q.db.Query(ctx, `
-SELECT line_no, coalesce(product_id, ''), product_name, quantity, unit_price::text, subtotal::text
-  FROM order_items WHERE order_id = $1 ORDER BY line_no`, id)
-	if err != nil {
-		q.internalError(w, r, err)
-		return
-	}
-	d.Items, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (OrderItem, error) {
-		var it OrderItem
-		var price, subtotal string
-		err := row.Scan(&it.LineNo, &it.ProductID, &it.ProductName, &it.Quantity, &price, &subtotal)
-		it.UnitPrice, it.Subtotal = json.Number(price), json.Number(subtotal)
-		return it, err
-	})
 	if err != nil {
 		q.internalError(w, r, err)
 		return
@@ -312,21 +187,7 @@ func (q *queries) statistics(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), q.cfg.QueryTimeout)
 	defer cancel()
-	rows, err := q.db.Query(ctx, `
-SELECT status, order_count, total_revenue::text, coalesce(average_order_value, 0)::numeric(12,2)::text
-  FROM order_statistics
- ORDER BY array_position($1::text[], status)`, orderStatuses)
-	if err != nil {
-		q.internalError(w, r, err)
-		return
-	}
-	stats, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (StatusStatistics, error) {
-		var s StatusStatistics
-		var revenue, avg string
-		err := row.Scan(&s.Status, &s.OrderCount, &revenue, &avg)
-		s.TotalRevenue, s.AverageOrderValue = json.Number(revenue), json.Number(avg)
-		return s, err
-	})
+	stats, err := orderstatistics.Get(ctx, q.db)
 	if err != nil {
 		q.internalError(w, r, err)
 		return
@@ -335,65 +196,40 @@ SELECT status, order_count, total_revenue::text, coalesce(average_order_value, 0
 }
 
 func (q *queries) listProducts(w http.ResponseWriter, r *http.Request) {
-	limit, after, ok := pageParams(w, r)
+	limit, cursor, ok := pageParams(w, r)
 	if !ok {
 		return
 	}
-	includeDeleted := false
+	var f products.Filter
 	if v := r.URL.Query().Get("include_deleted"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
 			WriteError(w, http.StatusBadRequest, fmt.Sprintf("include_deleted=%q: want true or false", v))
 			return
 		}
-		includeDeleted = b
+		f.IncludeDeleted = b
 	}
-	var where []string
-	var args []any
-	arg := func(v any) string { args = append(args, v); return "$" + strconv.Itoa(len(args)) }
-	if !includeDeleted {
-		where = append(where, "NOT deleted")
-	}
-	if after != nil {
-		if after.Name == nil {
+	var after *products.Key
+	if cursor != nil {
+		if cursor.Name == nil {
 			WriteError(w, http.StatusBadRequest, "after: not a cursor of /products")
 			return
 		}
-		where = append(where, fmt.Sprintf("(name, product_id) > (%s::text, %s::text)", arg(*after.Name), arg(after.ID)))
+		after = &products.Key{Name: *cursor.Name, ProductID: cursor.ID}
 	}
 	if !q.awaitToken(w, r, products.Name) {
 		return
 	}
-	sql := `SELECT product_id, name, price::text, coalesce(category_id, ''), sku, created_at, deleted, deleted_at, version
-	          FROM products`
-	if len(where) > 0 {
-		sql += " WHERE " + strings.Join(where, " AND ")
-	}
-	sql += " ORDER BY name, product_id LIMIT " + arg(limit+1)
-
 	ctx, cancel := context.WithTimeout(r.Context(), q.cfg.QueryTimeout)
 	defer cancel()
-	rows, err := q.db.Query(ctx, sql, args...)
-	if err != nil {
-		q.internalError(w, r, err)
-		return
-	}
-	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Product, error) {
-		var p Product
-		var price string
-		err := row.Scan(&p.ProductID, &p.Name, &price, &p.CategoryID, &p.SKU, &p.CreatedAt, &p.Deleted, &p.DeletedAt, &p.Version)
-		p.Price = json.Number(price)
-		p.CreatedAt, p.DeletedAt = p.CreatedAt.UTC(), utc(p.DeletedAt)
-		return p, err
-	})
+	list, more, err := products.List(ctx, q.db, f, after, limit)
 	if err != nil {
 		q.internalError(w, r, err)
 		return
 	}
 	res := ProductList{Products: list}
-	if len(list) > limit {
-		res.Products = list[:limit]
-		last := res.Products[limit-1]
+	if more {
+		last := list[len(list)-1].Key()
 		res.NextCursor = pageCursor{Name: &last.Name, ID: last.ProductID}.String()
 	}
 	writeCacheable(w, r, res)
@@ -462,19 +298,4 @@ func pageParams(w http.ResponseWriter, r *http.Request) (limit int, after *pageC
 		after = &c
 	}
 	return limit, after, true
-}
-
-func utc(t *time.Time) *time.Time {
-	if t == nil {
-		return nil
-	}
-	u := t.UTC()
-	return &u
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }
