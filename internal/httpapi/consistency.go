@@ -9,18 +9,14 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/outbox"
+	"github.com/readside/readside/projectors/readmodel"
 )
 
-// Querier is what the query routes and WaitFor need from the database: a
-// *pgxpool.Pool, *pgx.Conn or pgx.Tx.
-type Querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
+// Querier is what the query routes and WaitFor need from the database (a
+// *pgxpool.Pool, *pgx.Conn or pgx.Tx): what the read models' queries need.
+type Querier = readmodel.Querier
 
 // Polling of WaitFor: short at first, since a projector that is keeping up
 // applies a write within milliseconds, then backing off so that many waiting
