@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/readside/readside/domain"
+	"github.com/readside/readside/internal/backoff"
 	"github.com/readside/readside/outbox"
 )
 
@@ -67,7 +67,7 @@ func Execute[S any, P StatePtr[S]](ctx context.Context, r *Repository, id string
 		if attempt > retries {
 			return nil, fmt.Errorf("%s %s: gave up after %d attempts: %w", aggType, id, attempt, err)
 		}
-		if err := sleep(ctx, r.backoff(attempt)); err != nil {
+		if err := backoff.Sleep(ctx, backoff.Delay(attempt, r.cfg.RetryBackoff, r.cfg.MaxRetryBackoff)); err != nil {
 			return nil, err
 		}
 	}
@@ -99,30 +99,4 @@ func executeOnce[S any, P StatePtr[S]](ctx context.Context, r *Repository, id st
 		return nil, err
 	}
 	return res, nil
-}
-
-// backoff is the wait before retry number attempt (1-based): the base
-// doubled per attempt, capped, with equal jitter so that writers that
-// collided once spread out.
-func (r *Repository) backoff(attempt int) time.Duration {
-	d := r.cfg.RetryBackoff << min(attempt-1, 20)
-	d = min(d, r.cfg.MaxRetryBackoff)
-	if d <= 1 {
-		return d
-	}
-	return d/2 + rand.N(d/2)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

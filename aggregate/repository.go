@@ -35,7 +35,7 @@ type Config struct {
 	MaxConflictRetries int
 	// RetryBackoff is the base wait before the first retry; it doubles per
 	// retry up to MaxRetryBackoff and each wait is jittered uniformly in
-	// [0, backoff). 0 means RetryBackoffDefault.
+	// [backoff/2, backoff] (backoff.Delay). 0 means RetryBackoffDefault.
 	RetryBackoff time.Duration
 	// MaxRetryBackoff caps the backoff. 0 means MaxRetryBackoffDefault.
 	MaxRetryBackoff time.Duration

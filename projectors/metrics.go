@@ -5,8 +5,8 @@ import (
 )
 
 // metrics are the runtime's own counters and histograms. Lag is not here:
-// it is derived from the database at scrape time (see LagCollector), so it
-// stays true when workers die.
+// it is derived from the database at scrape time (the pipeline collector,
+// RegisterPipelineMetrics), so it stays true when workers die.
 type metrics struct {
 	eventsApplied *prometheus.CounterVec
 	batches       *prometheus.CounterVec

@@ -12,6 +12,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/backoff"
 	"github.com/readside/readside/outbox"
 )
 
@@ -230,7 +231,7 @@ func (c *Control) trySwitch(ctx context.Context, p Projection) (bool, error) {
 		if time.Now().After(deadline) {
 			return false, nil // the live projection resumes; try again later
 		}
-		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+		if err := backoff.Sleep(ctx, 20*time.Millisecond); err != nil {
 			return false, err
 		}
 	}

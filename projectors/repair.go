@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/backoff"
 	"github.com/readside/readside/outbox"
 )
 
@@ -95,7 +96,7 @@ func Repair(ctx context.Context, db interface {
 		if err == nil || retryReason(err) == "" || attempt == 5 {
 			return out, err
 		}
-		if err := sleep(ctx, backoff(attempt, RetryBackoffDefault, MaxRetryBackoffDefault)); err != nil {
+		if err := backoff.Sleep(ctx, backoff.Delay(attempt, RetryBackoffDefault, MaxRetryBackoffDefault)); err != nil {
 			return nil, err
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/backoff"
 	"github.com/readside/readside/outbox"
 )
 
@@ -68,7 +69,7 @@ func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error 
 			// A failing event waits for its next attempt; a soft stop
 			// need not wait for it.
 			s.wait = 0
-			if sleep(softCtx, d) != nil {
+			if backoff.Sleep(softCtx, d) != nil {
 				return nil
 			}
 		}
@@ -95,10 +96,10 @@ func (w *Worker) transient(softCtx context.Context, s *segment, op string, err e
 	s.retries++
 	w.metrics.retries.WithLabelValues(s.spec.Name, reason).Inc()
 	w.metrics.batches.WithLabelValues(s.spec.Name, "retried").Inc()
-	d := backoff(s.retries, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff)
+	d := backoff.Delay(s.retries, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff)
 	w.log.Warn("batch failed; retrying", "op", op, "projection", s.spec.Name, "segment", s.lease.Segment,
 		"cursor", s.cursor.String(), "reason", reason, "attempt", s.retries, "backoff", d, "err", err)
-	return sleep(softCtx, d)
+	return backoff.Sleep(softCtx, d)
 }
 
 func (w *Worker) fetch(ctx context.Context, s *segment, after outbox.Cursor) (*outbox.Batch, error) {
@@ -385,7 +386,7 @@ func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.B
 			w.metrics.retries.WithLabelValues(s.spec.Name, "projection").Inc()
 			if to == from {
 				_ = tx.Rollback(ctx)
-				s.wait = backoff(attempts, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff)
+				s.wait = backoff.Delay(attempts, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff)
 				return from, nil
 			}
 			retryAttempts = attempts
@@ -416,7 +417,7 @@ func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.B
 	}
 	w.committed(s, applied, start)
 	if retryAttempts > 0 {
-		s.wait = backoff(retryAttempts, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff)
+		s.wait = backoff.Delay(retryAttempts, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff)
 	}
 	return to, nil
 }

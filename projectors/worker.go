@@ -40,8 +40,9 @@ type Config struct {
 	// (an apply and a prefetch per running segment, the coordinator, and a
 	// spare); the LISTEN connection is separate.
 	Pool *pgxpool.Pool
-	// Projections this worker runs. Every worker of a fleet should run the
-	// same set.
+	// Projections this worker runs. Workers of one fleet may run different
+	// sets: each projection's segments are spread over the workers that run
+	// it (see assign), so every projection needs at least one of them.
 	Projections []Projection
 	// WorkerID names this worker in leases and heartbeats. Empty means
 	// hostname-pid-random. Two live workers must never share one.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/readside/readside/aggregate"
 	"github.com/readside/readside/domain"
+	"github.com/readside/readside/internal/backoff"
 	"github.com/readside/readside/internal/pgerr"
 	"github.com/readside/readside/outbox"
 )
@@ -223,10 +224,8 @@ func (l *loader) work(ctx context.Context) error {
 			} else if time.Since(down) > outageLimit {
 				return fmt.Errorf("database unavailable for %s: %w", outageLimit, err)
 			}
-			select {
-			case <-ctx.Done():
+			if backoff.Sleep(ctx, time.Duration(100+rand.N(400))*time.Millisecond) != nil {
 				return nil
-			case <-time.After(time.Duration(100+rand.N(400)) * time.Millisecond):
 			}
 		default:
 			return err
@@ -335,15 +334,5 @@ func (l *limiter) wait(ctx context.Context) error {
 	}
 	l.next = at.Add(l.every)
 	l.mu.Unlock()
-	if at.Equal(now) {
-		return ctx.Err()
-	}
-	t := time.NewTimer(at.Sub(now))
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return backoff.Sleep(ctx, at.Sub(now))
 }

@@ -1,10 +1,7 @@
 package projectors
 
 import (
-	"context"
 	"errors"
-	"math/rand/v2"
-	"time"
 
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/pgerr"
@@ -26,27 +23,4 @@ func retryReason(err error) string {
 func permanent(err error) bool {
 	var p interface{ Permanent() bool }
 	return errors.As(err, &p) && p.Permanent()
-}
-
-// backoff returns the delay before retry attempt n (1-based): exponential
-// from base, capped, with full jitter in [d/2, d).
-func backoff(n int, base, maxDelay time.Duration) time.Duration {
-	d := base
-	for i := 1; i < n && d < maxDelay; i++ {
-		d *= 2
-	}
-	d = min(d, maxDelay)
-	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
-}
-
-// sleep waits for d or until ctx is done.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
