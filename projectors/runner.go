@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -36,15 +37,7 @@ func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error 
 			s.retries = 0
 			return nil // caught up
 		}
-		// Prefetch the next batch on another connection while this one is
-		// applied. The goroutine always delivers, and is always received
-		// below, so it never outlives this function.
-		next := make(chan fetched, 1)
-		go func(after outbox.Cursor) {
-			b, err := w.fetch(hardCtx, s, after)
-			next <- fetched{b, err}
-		}(batch.Next)
-
+		next := w.prefetch(hardCtx, s, batch.Next)
 		to, applyErr := w.apply(hardCtx, s, batch)
 		pre := <-next
 		if applyErr != nil {
@@ -57,21 +50,9 @@ func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error 
 			batch, err = w.fetch(hardCtx, s, s.cursor)
 			continue
 		}
-		s.retries = 0
-		s.cursor = to
-		if s.high.Less(to) {
-			s.high = to
-		}
-		if softCtx.Err() != nil {
+		s.advanced(to)
+		if !w.pause(softCtx, s) {
 			return nil // soft stop: the batch in flight has finished
-		}
-		if d := s.wait; d > 0 {
-			// A failing event waits for its next attempt; a soft stop
-			// need not wait for it.
-			s.wait = 0
-			if backoff.Sleep(softCtx, d) != nil {
-				return nil
-			}
 		}
 		if to != batch.Next {
 			// Part of the batch is waiting for a retry of a failing event:
@@ -81,6 +62,39 @@ func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error 
 		}
 		batch, err = pre.batch, pre.err
 	}
+}
+
+// prefetch fetches the batch after `after` on another connection while the
+// current one is applied. The goroutine always delivers, and runSegment
+// always receives, so it never outlives the segment's task.
+func (w *Worker) prefetch(ctx context.Context, s *segment, after outbox.Cursor) <-chan fetched {
+	next := make(chan fetched, 1)
+	go func() {
+		b, err := w.fetch(ctx, s, after)
+		next <- fetched{b, err}
+	}()
+	return next
+}
+
+// advanced records a committed batch: the cursor moved to to.
+func (s *segment) advanced(to outbox.Cursor) {
+	s.retries = 0
+	s.cursor = to
+	if s.high.Less(to) {
+		s.high = to
+	}
+}
+
+// pause waits out the backoff of a failing event before its next attempt
+// (s.wait). It returns false when the worker is stopping: a soft stop need
+// not wait for the attempt.
+func (w *Worker) pause(softCtx context.Context, s *segment) bool {
+	if softCtx.Err() != nil {
+		return false
+	}
+	d := s.wait
+	s.wait = 0
+	return d <= 0 || backoff.Sleep(softCtx, d) == nil
 }
 
 // transient logs and counts a retryable error, waits out the backoff and
@@ -124,7 +138,6 @@ const maxScan = 16_000
 // the checkpoint, and asks which of the batch's aggregates are parked and,
 // when it replays history, which of its events an operator discarded.
 func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, applied int, events []outbox.Event) (pgx.Tx, skips, error) {
-	sk := skips{parked: map[aggKey]bool{}, discarded: map[int64]bool{}}
 	// Dead letters lie at or below the cursor that parked them (see
 	// parkUpTo), so only a batch that replays history can hold a discarded
 	// event.
@@ -134,9 +147,24 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 	check := s.parked || replay
 	tx, err := w.cfg.Pool.Begin(ctx)
 	if err != nil {
-		return nil, sk, err
+		return nil, skips{}, err
 	}
 	b := &pgx.Batch{}
+	w.queueFence(b, s, from, to, applied)
+	if check {
+		queueSkips(b, s, events, replay)
+	}
+	sk, err := readBegin(tx.SendBatch(ctx, b), s, from, check)
+	if err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, sk, err
+	}
+	return tx, sk, nil
+}
+
+// queueFence queues the statements that open every apply transaction: the
+// idle timeout, a rebuild's search_path, and the fenced checkpoint advance.
+func (w *Worker) queueFence(b *pgx.Batch, s *segment, from, to outbox.Cursor, applied int) {
 	b.Queue(fmt.Sprintf(`SET LOCAL idle_in_transaction_session_timeout = %d`, w.cfg.LeaseTTL.Milliseconds()))
 	if s.schema != "" {
 		// A rebuild: the projection's unqualified table names resolve to
@@ -144,25 +172,13 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 		b.Queue(`SELECT set_config('search_path', $1, true)`, pgx.Identifier{s.schema}.Sanitize()+", public")
 	}
 	checkpoint.QueueAdvance(b, s.lease, from, to, applied, w.cfg.LeaseTTL)
-	if check {
-		types, ids := aggregates(events)
-		var eventIDs []int64
-		if replay {
-			eventIDs = make([]int64, len(events))
-			for i, e := range events {
-				eventIDs[i] = e.ID()
-			}
-		}
-		b.Queue(`SELECT aggregate_type, aggregate_id, 0::bigint FROM dead_letters
-			WHERE projection = $1 AND status IN ('parked', 'retrying')
-			  AND (aggregate_type, aggregate_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
-			UNION ALL
-			SELECT '', '', event_id FROM dead_letters
-			WHERE cardinality($4::bigint[]) > 0 AND projection IN ($1, $5) AND status = 'discarded' AND event_id = ANY ($4::bigint[])`,
-			s.spec.Name, types, ids, eventIDs, s.proj.Spec().Name)
-	}
-	res := tx.SendBatch(ctx, b)
-	_, err = res.Exec()
+}
+
+// readBegin reads the results of what queueFence and, when check,
+// queueSkips queued, and closes res.
+func readBegin(res pgx.BatchResults, s *segment, from outbox.Cursor, check bool) (skips, error) {
+	sk := skips{parked: map[aggKey]bool{}, discarded: map[int64]bool{}}
+	_, err := res.Exec()
 	if err == nil && s.schema != "" {
 		_, err = res.Exec()
 	}
@@ -170,35 +186,54 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 		err = checkpoint.AdvanceResult(res.Exec())(s.lease, from)
 	}
 	if err == nil && check {
-		var rows pgx.Rows
-		rows, err = res.Query()
-		if err == nil {
-			for rows.Next() {
-				var k aggKey
-				var discarded int64
-				if err = rows.Scan(&k.typ, &k.id, &discarded); err != nil {
-					break
-				}
-				if discarded != 0 {
-					sk.discarded[discarded] = true
-				} else {
-					sk.parked[k] = true
-				}
-			}
-			rows.Close()
-			if err == nil {
-				err = rows.Err()
-			}
-		}
+		err = readSkips(res, sk)
 	}
 	if cerr := res.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		_ = tx.Rollback(context.WithoutCancel(ctx))
-		return nil, sk, err
+	return sk, err
+}
+
+// queueSkips queues the question which of the events' aggregates are
+// parked and, when replay, which of the events an operator discarded.
+func queueSkips(b *pgx.Batch, s *segment, events []outbox.Event, replay bool) {
+	types, ids := aggregates(events)
+	var eventIDs []int64
+	if replay {
+		eventIDs = make([]int64, len(events))
+		for i, e := range events {
+			eventIDs[i] = e.ID()
+		}
 	}
-	return tx, sk, nil
+	b.Queue(`SELECT aggregate_type, aggregate_id, 0::bigint FROM dead_letters
+			WHERE projection = $1 AND status IN ('parked', 'retrying')
+			  AND (aggregate_type, aggregate_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+			UNION ALL
+			SELECT '', '', event_id FROM dead_letters
+			WHERE cardinality($4::bigint[]) > 0 AND projection IN ($1, $5) AND status = 'discarded' AND event_id = ANY ($4::bigint[])`,
+		s.spec.Name, types, ids, eventIDs, s.proj.Spec().Name)
+}
+
+// readSkips reads the answer to queueSkips into sk.
+func readSkips(res pgx.BatchResults, sk skips) error {
+	rows, err := res.Query()
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k aggKey
+		var discarded int64
+		if err := rows.Scan(&k.typ, &k.id, &discarded); err != nil {
+			return err
+		}
+		if discarded != 0 {
+			sk.discarded[discarded] = true
+		} else {
+			sk.parked[k] = true
+		}
+	}
+	return rows.Err()
 }
 
 // skips are the events of a batch not to apply: those of parked aggregates
@@ -330,96 +365,143 @@ func (w *Worker) applyIsolating(ctx context.Context, s *segment, batch *outbox.B
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
+	iso, err := w.isolate(ctx, tx, s, batch, sk)
+	if err != nil {
+		return from, err
+	}
+	if iso.retryAttempts > 0 && iso.to == from {
+		// The failing event is the first: nothing to commit before it.
+		_ = tx.Rollback(ctx)
+		s.wait = backoff.Delay(iso.retryAttempts, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff)
+		return from, nil
+	}
+	if err := w.commitIsolated(ctx, tx, s, from, iso); err != nil {
+		return from, err
+	}
+	w.committed(s, iso.applied, start)
+	switch {
+	case iso.halt != "":
+		w.metrics.batches.WithLabelValues(s.spec.Name, "halted").Inc()
+		return iso.to, errHalted
+	case iso.retryAttempts > 0:
+		s.wait = backoff.Delay(iso.retryAttempts, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff)
+	}
+	return iso.to, nil
+}
+
+// isolated is what an isolating transaction commits.
+type isolated struct {
+	applied []outbox.Event
+	parking []parked
+	to      outbox.Cursor // where the checkpoint moves
+	// retryAttempts is > 0 when the failing event after to waits for
+	// another attempt.
+	retryAttempts int
+	// halt is the checkpoint's last_error when the failing event after to
+	// halts the segment (policy Halt); "" otherwise.
+	halt string
+}
+
+// isolate applies the batch's events in savepoints, inside tx, until the
+// first failing event that is to be tried again or halts the segment;
+// failing events that are to be parked (policy Park) are set aside with
+// the later events of their aggregate, and the rest goes on.
+func (w *Worker) isolate(ctx context.Context, tx pgx.Tx, s *segment, batch *outbox.Batch, sk skips) (isolated, error) {
+	from := s.cursor
 	// Events are parked only once the cursor they lie under is known, in the
 	// transaction that commits it: an event parked beyond the committed
 	// cursor would be read again, and if an operator had retried or
 	// discarded it meanwhile, applied (again).
 	remaining, blocked, _ := split(batch.Events, sk)
-	var parking []parked
-	parking = append(parking, parked{events: blocked, reason: "blocked", msg: blockedMsg})
-	var applied []outbox.Event
-	to := batch.Next
-	var retryAttempts int // > 0 when a failing event waits for another attempt
+	iso := isolated{to: batch.Next, parking: []parked{{events: blocked, reason: "blocked", msg: blockedMsg}}}
 	for len(remaining) > 0 {
 		i, cause, err := w.find(ctx, tx, s, remaining)
 		if err != nil {
-			return from, err
+			return iso, err
 		}
 		if i < 0 {
-			applied = append(applied, remaining...)
+			iso.applied = append(iso.applied, remaining...)
 			break
 		}
-		applied = append(applied, remaining[:i]...)
+		iso.applied = append(iso.applied, remaining[:i]...)
 		bad := remaining[i]
 		s.attempts[bad.ID()]++
 		attempts := s.attempts[bad.ID()]
-		log := w.log.With("projection", s.spec.Name, "segment", s.lease.Segment, "cursor", from.String(),
-			"event_id", bad.ID(), "event_type", bad.Type, "aggregate", bad.AggregateType+"/"+bad.AggregateID,
-			"correlation_id", correlationID(bad), "attempt", attempts, "err", cause)
+		log := w.failureLog(s, from, bad, attempts, cause)
 		// A permanent error (see Projection.Apply) cannot succeed on
 		// another attempt: it is parked, or halts, at once.
 		exhausted := attempts >= w.cfg.MaxAttempts || permanent(cause)
-		if !exhausted || s.spec.OnError == Halt {
-			// Commit what came before the failing event; it is retried (or
-			// halts the segment) from there.
-			to = before(batch, i, remaining, from)
-			if exhausted {
-				log.Error("event keeps failing; halting the segment (policy halt)")
-				if err := w.parkUpTo(ctx, tx, s, to, parking); err != nil {
-					return from, err
-				}
-				if err := checkpoint.AdvanceHeld(ctx, tx, s.lease, from, to, len(applied), w.cfg.LeaseTTL); err != nil {
-					return from, w.fencedOr(s, err)
-				}
-				if err := checkpoint.Fail(ctx, tx, s.lease, fmt.Sprintf("event %d (%s %s/%s v%d) failed %d times: %v",
-					bad.ID(), bad.Type, bad.AggregateType, bad.AggregateID, bad.Version, attempts, cause)); err != nil {
-					return from, err
-				}
-				if err := tx.Commit(ctx); err != nil {
-					return from, w.fencedOr(s, err)
-				}
-				w.metrics.batches.WithLabelValues(s.spec.Name, "halted").Inc()
-				w.committed(s, applied, start)
-				return to, errHalted
-			}
+		if exhausted && s.spec.OnError != Halt {
+			log.Error("event keeps failing; parking it and later events of its aggregate (policy park)")
+			remaining = iso.parkAggregate(remaining[i:], attempts, cause)
+			continue
+		}
+		// Commit what came before the failing event; it is retried (or
+		// halts the segment) from there.
+		iso.to = before(batch, i, remaining, from)
+		if exhausted {
+			log.Error("event keeps failing; halting the segment (policy halt)")
+			iso.halt = haltReason(bad, attempts, cause)
+		} else {
 			log.Warn("event failed; retrying after backoff")
 			w.metrics.retries.WithLabelValues(s.spec.Name, "projection").Inc()
-			if to == from {
-				_ = tx.Rollback(ctx)
-				s.wait = backoff.Delay(attempts, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff)
-				return from, nil
-			}
-			retryAttempts = attempts
-			break
+			iso.retryAttempts = attempts
 		}
-		log.Error("event keeps failing; parking it and later events of its aggregate (policy park)")
-		k := aggKey{bad.AggregateType, bad.AggregateID}
-		parking = append(parking, parked{events: []outbox.Event{bad}, reason: "failed", msg: cause.Error(), attempts: attempts})
-		var rest, sameAgg []outbox.Event
-		for _, e := range remaining[i+1:] {
-			if (aggKey{e.AggregateType, e.AggregateID}) == k {
-				sameAgg = append(sameAgg, e)
-			} else {
-				rest = append(rest, e)
-			}
+		break
+	}
+	return iso, nil
+}
+
+// parkAggregate adds events[0], the failed event, and the later events of
+// its aggregate to the events to park, and returns the rest.
+func (iso *isolated) parkAggregate(events []outbox.Event, attempts int, cause error) (rest []outbox.Event) {
+	bad := events[0]
+	k := aggKey{bad.AggregateType, bad.AggregateID}
+	var sameAgg []outbox.Event
+	for _, e := range events[1:] {
+		if (aggKey{e.AggregateType, e.AggregateID}) == k {
+			sameAgg = append(sameAgg, e)
+		} else {
+			rest = append(rest, e)
 		}
-		parking = append(parking, parked{events: sameAgg, reason: "blocked", msg: blockedMsg})
-		remaining = rest
 	}
-	if err := w.parkUpTo(ctx, tx, s, to, parking); err != nil {
-		return from, err
+	iso.parking = append(iso.parking,
+		parked{events: []outbox.Event{bad}, reason: "failed", msg: cause.Error(), attempts: attempts},
+		parked{events: sameAgg, reason: "blocked", msg: blockedMsg})
+	return rest
+}
+
+// commitIsolated parks the events at or below iso.to, moves the checkpoint
+// there, marks the segment failed when iso.halt says why, and commits.
+func (w *Worker) commitIsolated(ctx context.Context, tx pgx.Tx, s *segment, from outbox.Cursor, iso isolated) error {
+	if err := w.parkUpTo(ctx, tx, s, iso.to, iso.parking); err != nil {
+		return err
 	}
-	if err := checkpoint.AdvanceHeld(ctx, tx, s.lease, from, to, len(applied), w.cfg.LeaseTTL); err != nil {
-		return from, w.fencedOr(s, err)
+	if err := checkpoint.AdvanceHeld(ctx, tx, s.lease, from, iso.to, len(iso.applied), w.cfg.LeaseTTL); err != nil {
+		return w.fencedOr(s, err)
+	}
+	if iso.halt != "" {
+		if err := checkpoint.Fail(ctx, tx, s.lease, iso.halt); err != nil {
+			return err
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return from, w.fencedOr(s, err)
+		return w.fencedOr(s, err)
 	}
-	w.committed(s, applied, start)
-	if retryAttempts > 0 {
-		s.wait = backoff.Delay(retryAttempts, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff)
-	}
-	return to, nil
+	return nil
+}
+
+// haltReason is the checkpoint's last_error when bad halts its segment.
+func haltReason(bad outbox.Event, attempts int, cause error) string {
+	return fmt.Sprintf("event %d (%s %s/%s v%d) failed %d times: %v",
+		bad.ID(), bad.Type, bad.AggregateType, bad.AggregateID, bad.Version, attempts, cause)
+}
+
+// failureLog is the logger for a failing event.
+func (w *Worker) failureLog(s *segment, from outbox.Cursor, bad outbox.Event, attempts int, cause error) *slog.Logger {
+	return w.log.With("projection", s.spec.Name, "segment", s.lease.Segment, "cursor", from.String(),
+		"event_id", bad.ID(), "event_type", bad.Type, "aggregate", bad.AggregateType+"/"+bad.AggregateID,
+		"correlation_id", correlationID(bad), "attempt", attempts, "err", cause)
 }
 
 // before is the cursor just before remaining[i]: the previous matching

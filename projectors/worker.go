@@ -417,35 +417,55 @@ func (c *coordinator) refreshProjections(ctx context.Context) error {
 	return nil
 }
 
+// run is the coordinator's life: it starts the listener and the
+// executors, serves events until the soft stop, lets the tasks in flight
+// finish, and leaves the fleet. Only this goroutine touches c.segs.
 func (c *coordinator) run() {
+	stopListen := c.listen()
+	for range c.w.cfg.Concurrency {
+		c.tasks.Go(c.executor)
+	}
+	c.recheck = time.NewTimer(time.Hour)
+	c.recheck.Stop()
+	defer c.recheck.Stop()
+	c.loop()
+	c.drain()
+	stopListen()
+	c.leave()
+}
+
+// listen starts the LISTEN goroutine (none when PollOnly) and returns what
+// stops it and waits for it.
+func (c *coordinator) listen() (stop func()) {
 	w := c.w
 	var listeners conc.WaitGroup
-	listenCtx, stopListen := context.WithCancel(c.hardCtx)
+	ctx, cancel := context.WithCancel(c.hardCtx)
 	if !w.cfg.PollOnly {
 		listeners.Go(func() {
-			outbox.Listen(listenCtx, w.cfg.ListenConnect, w.cfg.PollInterval, c.wake, func(err error) {
+			outbox.Listen(ctx, w.cfg.ListenConnect, w.cfg.PollInterval, c.wake, func(err error) {
 				w.log.Warn("listen: connection lost, reconnecting", "err", err)
 			})
 		})
 	}
-	for range w.cfg.Concurrency {
-		c.tasks.Go(c.executor)
+	return func() {
+		cancel()
+		listeners.Wait()
 	}
+}
 
-	c.recheck = time.NewTimer(time.Hour)
-	c.recheck.Stop()
-	defer c.recheck.Stop()
-	poll := time.NewTicker(w.cfg.PollInterval)
-	lease := time.NewTicker(w.cfg.LeaseTTL / 4)
+// loop serves notifications, polls, lease renewals and finished tasks until
+// the soft stop.
+func (c *coordinator) loop() {
+	poll := time.NewTicker(c.w.cfg.PollInterval)
+	lease := time.NewTicker(c.w.cfg.LeaseTTL / 4)
 	defer poll.Stop()
 	defer lease.Stop()
 	c.manageLeases()
 	c.checkHead()
-loop:
 	for {
 		select {
 		case <-c.softCtx.Done():
-			break loop
+			return
 		case <-c.notify:
 			c.checkHead()
 		case <-poll.C:
@@ -458,14 +478,21 @@ loop:
 			c.finished(r)
 		}
 	}
-	// Soft stop: no new tasks; let running ones finish their batch.
+}
+
+// drain is the soft stop: no new tasks; running ones finish their batch.
+func (c *coordinator) drain() {
 	close(c.queue)
 	for c.inflight > 0 {
 		c.finished(<-c.done)
 	}
 	c.tasks.Wait()
-	stopListen()
-	listeners.Wait()
+}
+
+// leave releases every lease of this worker, so that others take over at
+// once rather than after the TTL.
+func (c *coordinator) leave() {
+	w := c.w
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.hardCtx), 5*time.Second)
 	defer cancel()
 	if err := checkpoint.Leave(ctx, w.cfg.Pool, w.cfg.WorkerID); err != nil {
@@ -532,9 +559,7 @@ func (c *coordinator) finished(r taskResult) {
 	k := key(s.lease.Projection, s.lease.Segment)
 	switch {
 	case errors.Is(r.err, checkpoint.ErrFenced):
-		c.w.log.Info("lease lost", "projection", s.lease.Projection, "segment", s.lease.Segment, "epoch", s.lease.Epoch)
-		c.w.metrics.losses.WithLabelValues(s.lease.Projection).Inc()
-		delete(c.segs, k)
+		c.lost(k, s)
 		c.updateOwned()
 		return
 	case errors.Is(r.err, errHalted):
@@ -546,12 +571,7 @@ func (c *coordinator) finished(r taskResult) {
 	if s.release {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.hardCtx), 5*time.Second)
 		defer cancel()
-		if err := checkpoint.Release(ctx, c.w.cfg.Pool, s.lease); err != nil {
-			c.w.log.Warn("release failed; the lease will expire", "lease", s.lease.String(), "err", err)
-		} else {
-			c.w.log.Info("lease released", "projection", s.lease.Projection, "segment", s.lease.Segment, "epoch", s.lease.Epoch)
-		}
-		delete(c.segs, k)
+		c.release(ctx, k, s)
 		c.updateOwned()
 		return
 	}
@@ -576,29 +596,55 @@ func (c *coordinator) manageLeases() {
 	w := c.w
 	ctx, cancel := context.WithTimeout(c.hardCtx, w.cfg.LeaseTTL/2)
 	defer cancel()
-	host, _ := os.Hostname()
-	members, err := checkpoint.Heartbeat(ctx, w.cfg.Pool, checkpoint.Member{ID: w.cfg.WorkerID, Host: host, PID: os.Getpid(),
-		Projections: w.names, LeaseTTL: w.cfg.LeaseTTL})
+	members, err := c.heartbeat(ctx)
 	if err != nil {
 		if c.softCtx.Err() == nil {
 			w.log.Warn("heartbeat failed", "err", err)
 		}
 		return
 	}
-	w.metrics.liveWorkers.Set(float64(len(members)))
 	if err := c.refreshProjections(ctx); err != nil {
 		w.log.Warn("reading the projection registry failed", "err", err)
 		return
 	}
+	if err := c.renew(ctx); err != nil {
+		w.log.Warn("lease renewal failed", "err", err)
+		return
+	}
+	// Every worker computes the same balanced assignment from the fleet
+	// view; give back what is not ours (after its batch in flight) and claim
+	// what is (once its previous owner has let go or its lease expired).
+	mine := c.assigned(members)
+	c.giveBack(ctx, mine)
+	c.claim(ctx, mine)
+	c.updateOwned()
+}
 
+// heartbeat records this worker as live and returns the live fleet.
+func (c *coordinator) heartbeat(ctx context.Context) ([]checkpoint.Member, error) {
+	w := c.w
+	host, _ := os.Hostname()
+	members, err := checkpoint.Heartbeat(ctx, w.cfg.Pool, checkpoint.Member{ID: w.cfg.WorkerID, Host: host, PID: os.Getpid(),
+		Projections: w.names, LeaseTTL: w.cfg.LeaseTTL})
+	if err != nil {
+		return nil, err
+	}
+	w.metrics.liveWorkers.Set(float64(len(members)))
+	return members, nil
+}
+
+// renew extends the leases held and forgets the segments whose lease is
+// gone (expired, taken over, reset, paused). A segment whose task is
+// running stays until the task ends: its commit is fenced, and finished
+// forgets it then.
+func (c *coordinator) renew(ctx context.Context) error {
 	held := make([]checkpoint.Lease, 0, len(c.segs))
 	for _, s := range c.segs {
 		held = append(held, s.lease)
 	}
-	kept, err := checkpoint.Renew(ctx, w.cfg.Pool, w.cfg.WorkerID, held, w.cfg.LeaseTTL)
+	kept, err := checkpoint.Renew(ctx, c.w.cfg.Pool, c.w.cfg.WorkerID, held, c.w.cfg.LeaseTTL)
 	if err != nil {
-		w.log.Warn("lease renewal failed", "err", err)
-		return
+		return err
 	}
 	keep := map[string]bool{}
 	for _, l := range kept {
@@ -606,63 +652,92 @@ func (c *coordinator) manageLeases() {
 	}
 	for k, s := range c.segs {
 		if !keep[k] && !s.running {
-			w.log.Info("lease lost", "projection", s.lease.Projection, "segment", s.lease.Segment)
-			w.metrics.losses.WithLabelValues(s.lease.Projection).Inc()
-			delete(c.segs, k)
+			c.lost(k, s)
 		}
 	}
+	return nil
+}
 
-	// Every worker computes the same balanced assignment from the fleet
-	// view; give back what is not ours (after its batch in flight) and claim
-	// what is (once its previous owner has let go or its lease expired).
+// assigned is this worker's share of the fleet-wide assignment.
+func (c *coordinator) assigned(members []checkpoint.Member) map[checkpoint.Segment]bool {
 	mine := map[checkpoint.Segment]bool{}
 	for seg, owner := range assign(members, c.segments, c.baseOf) {
-		if owner == w.cfg.WorkerID {
+		if owner == c.w.cfg.WorkerID {
 			mine[seg] = true
 		}
 	}
+	return mine
+}
+
+// giveBack releases the segments held that are not in mine: at once when
+// idle, else when their task ends (finished).
+func (c *coordinator) giveBack(ctx context.Context, mine map[checkpoint.Segment]bool) {
 	for k, s := range c.segs {
 		if mine[checkpoint.Segment{Projection: s.lease.Projection, Segment: s.lease.Segment}] || s.release {
 			continue
 		}
 		s.release = true
 		if !s.running {
-			if err := checkpoint.Release(ctx, w.cfg.Pool, s.lease); err != nil {
-				w.log.Warn("release failed", "err", err)
-			} else {
-				w.log.Info("lease released", "projection", s.lease.Projection, "segment", s.lease.Segment, "epoch", s.lease.Epoch)
-			}
-			delete(c.segs, k)
+			c.release(ctx, k, s)
 		}
 	}
+}
+
+// claim claims the segments of mine not held yet (those whose previous
+// owner has let go or whose lease expired) and schedules them.
+func (c *coordinator) claim(ctx context.Context, mine map[checkpoint.Segment]bool) {
+	w := c.w
 	var want []checkpoint.Segment
 	for seg := range mine {
 		if _, held := c.segs[key(seg.Projection, seg.Segment)]; !held {
 			want = append(want, seg)
 		}
 	}
-	if len(want) > 0 && c.softCtx.Err() == nil {
-		claimed, err := checkpoint.ClaimSegments(ctx, w.cfg.Pool, w.cfg.WorkerID, want, w.cfg.LeaseTTL)
-		if err != nil {
-			w.log.Warn("claim failed", "err", err)
-		}
-		parked, err := parkedSegments(ctx, w.cfg.Pool, claimed)
-		if err != nil {
-			w.log.Warn("reading parked segments failed; checking every batch", "err", err)
-		}
-		for _, cp := range claimed {
-			r := c.running[cp.Projection]
-			k := checkpoint.Segment{Projection: cp.Projection, Segment: cp.Segment}
-			s := &segment{spec: r.spec, proj: r.proj, schema: r.schema, cursor: cp.Cursor, high: cp.HighWater,
-				lease:    checkpoint.Lease{Projection: cp.Projection, Segment: cp.Segment, Owner: w.cfg.WorkerID, Epoch: cp.LeaseEpoch},
-				attempts: map[int64]int{}, parked: parked == nil || parked[k]}
-			c.segs[key(cp.Projection, cp.Segment)] = s
-			w.metrics.claims.WithLabelValues(cp.Projection).Inc()
-			w.log.Info("lease claimed", "projection", cp.Projection, "segment", cp.Segment, "epoch", cp.LeaseEpoch, "cursor", cp.Cursor.String())
-			c.schedule(s)
-		}
+	if len(want) == 0 || c.softCtx.Err() != nil {
+		return
 	}
-	c.updateOwned()
+	claimed, err := checkpoint.ClaimSegments(ctx, w.cfg.Pool, w.cfg.WorkerID, want, w.cfg.LeaseTTL)
+	if err != nil {
+		w.log.Warn("claim failed", "err", err)
+	}
+	parked, err := parkedSegments(ctx, w.cfg.Pool, claimed)
+	if err != nil {
+		w.log.Warn("reading parked segments failed; checking every batch", "err", err)
+	}
+	for _, cp := range claimed {
+		s := c.newSegment(cp, parked == nil || parked[checkpoint.Segment{Projection: cp.Projection, Segment: cp.Segment}])
+		c.segs[key(cp.Projection, cp.Segment)] = s
+		w.metrics.claims.WithLabelValues(cp.Projection).Inc()
+		w.log.Info("lease claimed", "projection", cp.Projection, "segment", cp.Segment, "epoch", cp.LeaseEpoch, "cursor", cp.Cursor.String())
+		c.schedule(s)
+	}
+}
+
+// newSegment is a segment just claimed at checkpoint cp; parked says
+// whether it may have parked dead letters.
+func (c *coordinator) newSegment(cp checkpoint.Checkpoint, parked bool) *segment {
+	r := c.running[cp.Projection]
+	return &segment{spec: r.spec, proj: r.proj, schema: r.schema, cursor: cp.Cursor, high: cp.HighWater,
+		lease:    checkpoint.Lease{Projection: cp.Projection, Segment: cp.Segment, Owner: c.w.cfg.WorkerID, Epoch: cp.LeaseEpoch},
+		attempts: map[int64]int{}, parked: parked}
+}
+
+// lost forgets a segment whose lease is no longer this worker's.
+func (c *coordinator) lost(k string, s *segment) {
+	c.w.log.Info("lease lost", "projection", s.lease.Projection, "segment", s.lease.Segment, "epoch", s.lease.Epoch)
+	c.w.metrics.losses.WithLabelValues(s.lease.Projection).Inc()
+	delete(c.segs, k)
+}
+
+// release gives a segment's lease up, so that its next owner need not
+// wait for it to expire, and forgets the segment.
+func (c *coordinator) release(ctx context.Context, k string, s *segment) {
+	if err := checkpoint.Release(ctx, c.w.cfg.Pool, s.lease); err != nil {
+		c.w.log.Warn("release failed; the lease will expire", "lease", s.lease.String(), "err", err)
+	} else {
+		c.w.log.Info("lease released", "projection", s.lease.Projection, "segment", s.lease.Segment, "epoch", s.lease.Epoch)
+	}
+	delete(c.segs, k)
 }
 
 func (c *coordinator) updateOwned() {
