@@ -9,6 +9,12 @@
 // through the SQL contract and terminates random backends. Afterwards it
 // checks that nothing was lost or applied twice and prints the figures.
 //
+// TestFleetThroughPgBouncer runs the same checks on a fleet of four
+// `projector run --pgbouncer` processes and `writer load` that reach the
+// server only through a real PgBouncer in transaction pooling mode, with a
+// SIGKILL and injected bad events (issue 12 item 5). It skips when
+// pgbouncer is not installed, and fails instead when CI is set.
+//
 //	go test -race -count=1 -run TestFaults -v ./internal/faults/          # short form (CI)
 //	READSIDE_FAULTS=long go test -count=1 -run TestFaults -v -timeout 30m ./internal/faults/
 package faults

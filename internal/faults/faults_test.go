@@ -51,7 +51,7 @@ var (
 )
 
 const (
-	projectors3  = 3
+	projectors3  = 3 // fleet size of TestFaults
 	leaseTTL     = 2 * time.Second
 	pollInterval = 200 * time.Millisecond
 	harnessApp   = "faults-harness" // application_name of the test's own connections
@@ -65,20 +65,45 @@ type fleet struct {
 	proj     string // projector binary
 	logs     string
 	counters *counters
+	extra    []string // more `projector run` flags
 
 	mu      sync.Mutex
-	procs   [projectors3]*proc
-	ids     [projectors3]string
-	inc     [projectors3]int
-	stopped [projectors3]bool // SIGSTOPped: not to be killed meanwhile
+	procs   []*proc
+	ids     []string
+	inc     []int
+	stopped []bool // SIGSTOPped: not to be killed meanwhile
+}
+
+// newFleet returns a fleet of n projector slots; start starts them.
+func newFleet(t *testing.T, n int, url, proj, logs string, c *counters, extra ...string) *fleet {
+	return &fleet{t: t, url: url, proj: proj, logs: logs, counters: c, extra: extra,
+		procs: make([]*proc, n), ids: make([]string, n), inc: make([]int, n), stopped: make([]bool, n)}
+}
+
+func (f *fleet) start() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := range f.procs {
+		f.startLocked(i)
+	}
+}
+
+// logTails logs the last lines of every projector's log and the writer's.
+func (f *fleet) logTails() {
+	for i := range f.procs {
+		b, _ := os.ReadFile(filepath.Join(f.logs, fmt.Sprintf("projector-%d.log", i)))
+		f.t.Logf("projector %d log (last lines):\n%s", i, lastLines(string(b), 30))
+	}
+	b, _ := os.ReadFile(filepath.Join(f.logs, "writer.log"))
+	f.t.Logf("writer log (last lines):\n%s", lastLines(string(b), 20))
 }
 
 func (f *fleet) startLocked(i int) {
 	f.inc[i]++
 	f.ids[i] = fmt.Sprintf("faults-%d-%d", i, f.inc[i])
-	p, err := startProc(f.t, filepath.Join(f.logs, fmt.Sprintf("projector-%d.log", i)), f.proj, "run",
+	p, err := startProc(f.t, filepath.Join(f.logs, fmt.Sprintf("projector-%d.log", i)), f.proj, append([]string{"run",
 		"--database-url", f.url, "--worker-id", f.ids[i], "--metrics-addr", "",
-		"--lease-ttl", leaseTTL.String(), "--poll-interval", pollInterval.String(), "--soft-stop-timeout", "2s")
+		"--lease-ttl", leaseTTL.String(), "--poll-interval", pollInterval.String(), "--soft-stop-timeout", "2s"}, f.extra...)...)
 	if err != nil {
 		f.t.Errorf("start projector %d: %v", i, err)
 		return
@@ -284,21 +309,11 @@ func TestFaults(t *testing.T) {
 	pool := harnessPool(t, url)
 
 	c := &counters{writerReasons: map[string]int{}, projectorReason: map[string]int{}}
-	f := &fleet{t: t, url: url, proj: projBin, logs: logs, counters: c}
-	f.mu.Lock()
-	for i := range f.procs {
-		f.startLocked(i)
-	}
-	f.mu.Unlock()
+	f := newFleet(t, projectors3, url, projBin, logs, c)
+	f.start()
 	defer func() {
 		if t.Failed() {
-			for i := range projectors3 {
-				path := filepath.Join(logs, fmt.Sprintf("projector-%d.log", i))
-				b, _ := os.ReadFile(path)
-				t.Logf("projector %d log (last lines):\n%s", i, lastLines(string(b), 30))
-			}
-			b, _ := os.ReadFile(filepath.Join(logs, "writer.log"))
-			t.Logf("writer log (last lines):\n%s", lastLines(string(b), 20))
+			f.logTails()
 		}
 	}()
 

@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -178,16 +176,12 @@ func restartPostgres(ctx context.Context, cl *pgtemp.Cluster) error {
 	cmd.Dir = cl.Dir()
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
 	cmd.Stdout, cmd.Stderr = out, out
-	if os.Geteuid() == 0 {
-		// As pgtemp does: the server runs as postgres (or nobody).
-		for _, name := range []string{"postgres", "nobody"} {
-			if u, err := user.Lookup(name); err == nil {
-				uid, _ := strconv.Atoi(u.Uid)
-				gid, _ := strconv.Atoi(u.Gid)
-				cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
-				break
-			}
-		}
+	cred, err := pgtemp.RunAs() // as pgtemp runs the server
+	if err != nil {
+		return err
+	}
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}
 	if err := cmd.Run(); err != nil {
 		b, _ := os.ReadFile(out.Name())

@@ -279,10 +279,10 @@ func (r *report) check(t *testing.T, c *counters, p plan) {
 	if c.stopTakenOver != c.stopLeases {
 		t.Errorf("of %d leases held by SIGSTOPped workers, only %d were taken over while their holder was stopped (8 x TTL at most)", c.stopLeases, c.stopTakenOver)
 	}
-	if c.terminated == 0 {
+	if p.terminateEvery > 0 && c.terminated == 0 {
 		t.Error("no backend was terminated")
 	}
-	if r.injected == 0 {
+	if p.injectEvery > 0 && r.injected == 0 {
 		t.Error("nothing was injected")
 	}
 	if r.parkedOther != 0 {

@@ -134,6 +134,16 @@ func (c *Cluster) cmd(ctx context.Context, name string, args ...string) *exec.Cm
 	return cmd
 }
 
+// RunAs is the credential a server that refuses root runs with (PostgreSQL
+// here, PgBouncer in tests): nil unless this process is root, else the
+// "postgres" (or "nobody") user's.
+func RunAs() (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	return unprivileged()
+}
+
 func unprivileged() (*syscall.Credential, error) {
 	for _, name := range []string{"postgres", "nobody"} {
 		u, err := user.Lookup(name)
