@@ -67,14 +67,14 @@ func validate(v any) error {
 			return invalidEvent(t, "total_amount", fmt.Sprintf("must be between 0 and %s", MaxMoney))
 		}
 		for i, it := range e.Items {
-			field := fmt.Sprintf("items[%d].", i)
+			field := func(name string) string { return fmt.Sprintf("items[%d].%s", i, name) }
 			switch {
 			case strings.TrimSpace(it.ProductName) == "":
-				return invalidEvent(t, field+"product_name", "is required")
+				return invalidEvent(t, field("product_name"), "is required")
 			case it.Quantity <= 0 || it.Quantity > math.MaxInt32:
-				return invalidEvent(t, field+"quantity", fmt.Sprintf("must be between 1 and %d", math.MaxInt32))
+				return invalidEvent(t, field("quantity"), fmt.Sprintf("must be between 1 and %d", math.MaxInt32))
 			case it.UnitPrice < 0 || int64(it.UnitPrice) > int64(MaxMoney)/int64(it.Quantity):
-				return invalidEvent(t, field+"unit_price", fmt.Sprintf("must be at least 0, and times the quantity at most %s", MaxMoney))
+				return invalidEvent(t, field("unit_price"), fmt.Sprintf("must be at least 0, and times the quantity at most %s", MaxMoney))
 			}
 		}
 	case *OrderConfirmed:
