@@ -15,8 +15,8 @@ type connBudget struct {
 	// and heartbeat, one query at a time).
 	Worker int
 	// Control: River's control jobs (projectors.ControlWorkersDefault), the
-	// side-effect queues' workers, and River's own producer and
-	// maintenance queries (2).
+	// side-effect queues' workers, and River's own producers, completer and
+	// maintenance services (2; more take turns).
 	Control int
 	// Metrics: a /metrics scrape's reading and a /readyz ping.
 	Metrics int

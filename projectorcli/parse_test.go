@@ -290,3 +290,20 @@ func TestStatusListsNeverRun(t *testing.T) {
 	require.Contains(t, out, "order_summary")
 	require.NotContains(t, out, "order_details", "only the projection named")
 }
+
+// The README's connection budget (Behind PgBouncer) is this arithmetic.
+func TestConnBudget(t *testing.T) {
+	t.Parallel()
+	all := newConnBudget(projectors.ConcurrencyDefault, sideEffectWorkers(shipped.All()), false)
+	require.Equal(t, connBudget{Worker: 9, Control: 8, Metrics: 2, Listen: 2}, all)
+	require.Equal(t, 19, all.Pool())
+	require.Equal(t, 13, newConnBudget(1, 4, false).Pool())
+	require.Zero(t, newConnBudget(4, 4, true).Listen)
+	for _, tc := range []struct{ maxConns, want int }{{0, 19}, {6, 6}, {40, 40}} {
+		got, err := poolSize(tc.maxConns, 4, all)
+		require.NoError(t, err)
+		require.Equal(t, tc.want, got)
+	}
+	_, err := poolSize(5, 4, all)
+	require.ErrorContains(t, err, "needs at least 6")
+}
