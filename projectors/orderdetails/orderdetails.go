@@ -54,12 +54,7 @@ type details struct {
 	version        int32
 	items          []domain.OrderItem // from OrderPlaced
 
-	// The batch's first event of the order, checked against the stored
-	// row in upsertDetailsSQL; later ones are checked against the fold.
-	first        *outbox.Event
-	firstEvent   domain.Event
-	before       string // ",pending,confirmed,"; ",," is "not placed"
-	foldedStatus domain.OrderStatus
+	readmodel.Steps[domain.OrderStatus] // checked against the stored row in the upsert
 }
 
 // Events only set fields, so the fold is merged over the stored row (read
@@ -137,21 +132,14 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 	orders := map[string]*details{}
 	for i := range b.Events {
 		e := &b.Events[i]
-		v, err := domain.Decode(e.Type, e.SchemaVersion, e.Data)
-		if err != nil {
-			return eventError(e, err)
-		}
-		ev, ok := v.(domain.Event)
-		if !ok || domain.OrderStatusesBefore(ev) == nil {
-			return eventError(e, fmt.Errorf("%s does not handle %T", Name, v))
-		}
 		d := orders[e.AggregateID]
 		if d == nil {
-			d = &details{first: e, firstEvent: ev, before: domain.StatusesBeforeSQL(ev)}
-			d.foldedStatus, _ = domain.OrderStatusAfter(domain.OrderStatusesBefore(ev)[0], ev)
+			d = &details{}
 			orders[e.AggregateID] = d
-		} else if d.foldedStatus, err = domain.OrderStatusAfter(d.foldedStatus, ev); err != nil {
-			return eventError(e, fmt.Errorf("order %s: %w", e.AggregateID, err))
+		}
+		v, err := readmodel.Orders.Follow(Name, &d.Steps, e)
+		if err != nil {
+			return err
 		}
 		switch ev := v.(type) {
 		case *domain.OrderPlaced:
@@ -195,7 +183,7 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		d := orders[k]
 		ids[i], statuses[i], customers[i], tracking[i], reasons[i] = k, d.status, d.customerName, d.trackingNumber, d.cancelReason
 		totals[i], itemCounts[i], versions[i] = d.totalCents, d.itemCount, d.version
-		firsts[i], befores[i] = int32(d.first.Version), d.before
+		firsts[i], befores[i] = d.FirstVersion(), d.Before()
 		placed[i], confirmed[i], shipped[i], cancelled[i] = d.placedAt, d.confirmedAt, d.shippedAt, d.cancelledAt
 		for j, it := range d.items {
 			itOrder, itLine, itProduct, itName = append(itOrder, k), append(itLine, int32(j+1)), append(itProduct, it.ProductID), append(itName, it.ProductName)
@@ -207,22 +195,14 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 	if err != nil {
 		return fmt.Errorf("%s: upsert %d orders: %w", Name, n, err)
 	}
-	illegal, err := pgx.CollectRows(res, pgx.RowToStructByPos[storedStatus])
+	illegal, err := pgx.CollectRows(res, pgx.RowToStructByPos[readmodel.Refused])
 	if err != nil {
 		return fmt.Errorf("%s: upsert %d orders: %w", Name, n, err)
 	}
 	if len(illegal) > 0 {
-		d := orders[illegal[0].OrderID]
-		_, err := domain.OrderStatusAfter(domain.OrderStatus(illegal[0].Status), d.firstEvent)
-		return eventError(d.first, fmt.Errorf("order %s: %w", illegal[0].OrderID, err))
+		return readmodel.Orders.Refuse(Name, &orders[illegal[0].ID].Steps, illegal[0])
 	}
 	return nil
-}
-
-// storedStatus is an order whose stored status the batch cannot follow.
-type storedStatus struct {
-	OrderID string
-	Status  string
 }
 
 func nilIfEmpty(s string) *string {

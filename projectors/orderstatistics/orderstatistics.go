@@ -51,12 +51,7 @@ type move struct {
 	placed     bool
 	totalCents *int64 // from OrderPlaced
 
-	// The batch's first event of the order, checked against the stored
-	// status in applySQL; later ones are checked against the fold.
-	first        *outbox.Event
-	firstEvent   domain.Event
-	before       string // ",pending,confirmed,"; ",," is "not placed"
-	foldedStatus domain.OrderStatus
+	readmodel.Steps[domain.OrderStatus] // checked against the stored row in the upsert
 }
 
 // applySQL moves each order of the batch from its previous status (stored
@@ -112,21 +107,14 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 	moves := map[string]*move{}
 	for i := range b.Events {
 		e := &b.Events[i]
-		v, err := domain.Decode(e.Type, e.SchemaVersion, e.Data)
-		if err != nil {
-			return eventError(e, err)
-		}
-		ev, ok := v.(domain.Event)
-		if !ok || domain.OrderStatusesBefore(ev) == nil {
-			return eventError(e, fmt.Errorf("%s does not handle %T", Name, v))
-		}
 		m := moves[e.AggregateID]
 		if m == nil {
-			m = &move{first: e, firstEvent: ev, before: domain.StatusesBeforeSQL(ev)}
-			m.foldedStatus, _ = domain.OrderStatusAfter(domain.OrderStatusesBefore(ev)[0], ev)
+			m = &move{}
 			moves[e.AggregateID] = m
-		} else if m.foldedStatus, err = domain.OrderStatusAfter(m.foldedStatus, ev); err != nil {
-			return eventError(e, fmt.Errorf("order %s: %w", e.AggregateID, err))
+		}
+		v, err := readmodel.Orders.Follow(Name, &m.Steps, e)
+		if err != nil {
+			return err
 		}
 		switch ev := v.(type) {
 		case *domain.OrderPlaced:
@@ -154,28 +142,20 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 	statuses, placed, totals, befores := make([]string, n), make([]bool, n), make([]*int64, n), make([]string, n)
 	for i, k := range keys {
 		m := moves[k]
-		statuses[i], placed[i], totals[i], befores[i] = m.status, m.placed, m.totalCents, m.before
+		statuses[i], placed[i], totals[i], befores[i] = m.status, m.placed, m.totalCents, m.Before()
 	}
 	res, err := tx.Query(ctx, applySQL, keys, statuses, placed, totals, befores)
 	if err != nil {
 		return fmt.Errorf("%s: count %d orders: %w", Name, n, err)
 	}
-	illegal, err := pgx.CollectRows(res, pgx.RowToStructByPos[storedStatus])
+	illegal, err := pgx.CollectRows(res, pgx.RowToStructByPos[readmodel.Refused])
 	if err != nil {
 		return fmt.Errorf("%s: count %d orders: %w", Name, n, err)
 	}
 	if len(illegal) > 0 {
-		m := moves[illegal[0].OrderID]
-		_, err := domain.OrderStatusAfter(domain.OrderStatus(illegal[0].Status), m.firstEvent)
-		return eventError(m.first, fmt.Errorf("order %s: %w", illegal[0].OrderID, err))
+		return readmodel.Orders.Refuse(Name, &moves[illegal[0].ID].Steps, illegal[0])
 	}
 	return nil
-}
-
-// storedStatus is an order whose stored status the batch cannot follow.
-type storedStatus struct {
-	OrderID string
-	Status  string
 }
 
 // Reset implements projectors.Projection: every counter back to zero (the

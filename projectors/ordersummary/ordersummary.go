@@ -50,13 +50,7 @@ type row struct {
 	cancelledAt  *time.Time
 	version      int32
 
-	// The batch's first event of the order: the stored row must be in one
-	// of the statuses before it (see legalSQL); later events are checked
-	// against the fold.
-	first        *outbox.Event
-	firstEvent   domain.Event
-	before       string // ",pending,confirmed,"; ",," is "not placed"
-	foldedStatus domain.OrderStatus
+	readmodel.Steps[domain.OrderStatus] // checked against the stored row in the upsert
 }
 
 // Every event of an order sets fields; none clears one. So folding a batch
@@ -67,9 +61,9 @@ type row struct {
 //
 // The same statement checks each order's first event of the batch against
 // the stored row: the stored status must be one the event may follow
-// (r.before, e.g. ",pending,confirmed,"; ",," when the order must not exist
-// yet), unless the row already reflects that event (a replay). It writes
-// nothing when any order fails the check and returns those orders.
+// (r.Before(), e.g. ",pending,confirmed,"; ",," when the order must not
+// exist yet), unless the row already reflects that event (a replay). It
+// writes nothing when any order fails the check and returns those orders.
 const upsertSQL = `
 WITH r AS (
     SELECT r.*, cur.order_id AS cur_id, cur.customer_name AS cur_customer, cur.total_amount AS cur_total,
@@ -120,21 +114,14 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 	rows := map[string]*row{}
 	for i := range b.Events {
 		e := &b.Events[i]
-		v, err := domain.Decode(e.Type, e.SchemaVersion, e.Data)
-		if err != nil {
-			return eventError(e, err)
-		}
-		ev, ok := v.(domain.Event)
-		if !ok || domain.OrderStatusesBefore(ev) == nil {
-			return eventError(e, fmt.Errorf("%s does not handle %T", Name, v))
-		}
 		r := rows[e.AggregateID]
 		if r == nil {
-			r = &row{orderID: e.AggregateID, first: e, firstEvent: ev, before: domain.StatusesBeforeSQL(ev)}
-			r.foldedStatus, _ = domain.OrderStatusAfter(domain.OrderStatusesBefore(ev)[0], ev)
+			r = &row{orderID: e.AggregateID}
 			rows[e.AggregateID] = r
-		} else if r.foldedStatus, err = domain.OrderStatusAfter(r.foldedStatus, ev); err != nil {
-			return eventError(e, fmt.Errorf("order %s: %w", e.AggregateID, err))
+		}
+		v, err := readmodel.Orders.Follow(Name, &r.Steps, e)
+		if err != nil {
+			return err
 		}
 		switch ev := v.(type) {
 		case *domain.OrderPlaced:
@@ -179,28 +166,20 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		r := rows[k]
 		ids[i], customers[i], totals[i], statuses[i] = r.orderID, r.customerName, r.totalCents, r.status
 		placed[i], confirmed[i], shipped[i], cancelled[i] = r.placedAt, r.confirmedAt, r.shippedAt, r.cancelledAt
-		versions[i], firsts[i], befores[i] = r.version, int32(r.first.Version), r.before
+		versions[i], firsts[i], befores[i] = r.version, r.FirstVersion(), r.Before()
 	}
 	res, err := tx.Query(ctx, upsertSQL, ids, customers, totals, statuses, placed, confirmed, shipped, cancelled, versions, firsts, befores)
 	if err != nil {
 		return fmt.Errorf("%s: upsert %d orders: %w", Name, n, err)
 	}
-	illegal, err := pgx.CollectRows(res, pgx.RowToStructByPos[storedStatus])
+	illegal, err := pgx.CollectRows(res, pgx.RowToStructByPos[readmodel.Refused])
 	if err != nil {
 		return fmt.Errorf("%s: upsert %d orders: %w", Name, n, err)
 	}
 	if len(illegal) > 0 {
-		r := rows[illegal[0].OrderID]
-		_, err := domain.OrderStatusAfter(domain.OrderStatus(illegal[0].Status), r.firstEvent)
-		return eventError(r.first, fmt.Errorf("order %s: %w", r.orderID, err))
+		return readmodel.Orders.Refuse(Name, &rows[illegal[0].ID].Steps, illegal[0])
 	}
 	return nil
-}
-
-// storedStatus is an order whose stored status the batch cannot follow.
-type storedStatus struct {
-	OrderID string
-	Status  string
 }
 
 // Reset implements projectors.Projection.

@@ -48,12 +48,7 @@ type product struct {
 	version    int32
 	created    bool // ProductCreated is in the batch: category_id is known, even if empty
 
-	// The batch's first event of the product, checked against the stored
-	// row in upsertSQL; later ones are checked against the fold.
-	first        *outbox.Event
-	firstEvent   domain.Event
-	before       string // ",active,"; ",," is "not created"
-	foldedStatus domain.ProductStatus
+	readmodel.Steps[domain.ProductStatus] // checked against the stored row in the upsert
 }
 
 // Events only set fields, so the fold is merged over the stored row (read
@@ -62,7 +57,7 @@ type product struct {
 //
 // The same statement checks each product's first event of the batch
 // against the stored row: its status (” when there is none, deleted or
-// active) must be one the event may follow (r.before), unless the row
+// active) must be one the event may follow (r.Before()), unless the row
 // already reflects that event (a replay). It writes nothing when a product
 // fails the check, and returns those products.
 const upsertSQL = `
@@ -114,21 +109,14 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 	rows := map[string]*product{}
 	for i := range b.Events {
 		e := &b.Events[i]
-		v, err := domain.Decode(e.Type, e.SchemaVersion, e.Data)
-		if err != nil {
-			return eventError(e, err)
-		}
-		ev, ok := v.(domain.Event)
-		if !ok || domain.ProductStatusesBefore(ev) == nil {
-			return eventError(e, fmt.Errorf("%s does not handle %T", Name, v))
-		}
 		r := rows[e.AggregateID]
 		if r == nil {
-			r = &product{first: e, firstEvent: ev, before: domain.StatusesBeforeSQL(ev)}
-			r.foldedStatus, _ = domain.ProductStatusAfter(domain.ProductStatusesBefore(ev)[0], ev)
+			r = &product{}
 			rows[e.AggregateID] = r
-		} else if r.foldedStatus, err = domain.ProductStatusAfter(r.foldedStatus, ev); err != nil {
-			return eventError(e, fmt.Errorf("product %s: %w", e.AggregateID, err))
+		}
+		v, err := readmodel.Products.Follow(Name, &r.Steps, e)
+		if err != nil {
+			return err
 		}
 		switch ev := v.(type) {
 		case *domain.ProductCreated:
@@ -171,29 +159,21 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		r := rows[k]
 		names[i], categories[i], skus[i], prices[i] = r.name, r.categoryID, r.sku, r.priceCents
 		created[i], deleted[i], createdAt[i], deletedAt[i], versions[i] = r.created, r.deleted, r.createdAt, r.deletedAt, r.version
-		firsts[i], befores[i] = int32(r.first.Version), r.before
+		firsts[i], befores[i] = r.FirstVersion(), r.Before()
 	}
 	res, err := tx.Query(ctx, upsertSQL, keys, names, prices, categories, created, skus, createdAt, deleted, deletedAt, versions,
 		firsts, befores)
 	if err != nil {
 		return fmt.Errorf("%s: upsert %d products: %w", Name, n, err)
 	}
-	illegal, err := pgx.CollectRows(res, pgx.RowToStructByPos[storedStatus])
+	illegal, err := pgx.CollectRows(res, pgx.RowToStructByPos[readmodel.Refused])
 	if err != nil {
 		return fmt.Errorf("%s: upsert %d products: %w", Name, n, err)
 	}
 	if len(illegal) > 0 {
-		r := rows[illegal[0].ProductID]
-		_, err := domain.ProductStatusAfter(domain.ProductStatus(illegal[0].Status), r.firstEvent)
-		return eventError(r.first, fmt.Errorf("product %s: %w", illegal[0].ProductID, err))
+		return readmodel.Products.Refuse(Name, &rows[illegal[0].ID].Steps, illegal[0])
 	}
 	return nil
-}
-
-// storedStatus is a product whose stored status the batch cannot follow.
-type storedStatus struct {
-	ProductID string
-	Status    string
 }
 
 // Reset implements projectors.Projection.
