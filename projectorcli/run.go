@@ -97,65 +97,17 @@ func (a *app) runRun(ctx context.Context, c runConfig, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	if c.riverUI && (c.metricsAddr == "" || len(c.riverUIToken) < 16) {
-		return errors.New("--riverui needs --metrics-addr and a --riverui-token (env PROJECTOR_RIVERUI_TOKEN) of at least 16 characters")
+	if err := c.validate(); err != nil {
+		return err
 	}
-	if c.concurrency < 1 || c.batchSize < 1 {
-		return errors.New("--concurrency and --batch-size must be at least 1")
-	}
-	// LISTEN needs a session of its own, which transaction pooling cannot
-	// give.
-	pollOnly := c.pollOnly || c.pgbouncer
-	budget := newConnBudget(c.concurrency, sideEffectWorkers(projs), pollOnly)
-	size, err := poolSize(c.maxConns, c.concurrency, budget)
+	pool, err := c.connect(ctx, logger, projs)
 	if err != nil {
-		return err
-	}
-	var pool *pgxpool.Pool
-	if err := startup(ctx, logger, c.startupTimeout, "connect", func() (err error) {
-		cc := cli.ConnectConfig{URL: c.url, MinConns: size, PgBouncer: c.pgbouncer}
-		if c.maxConns > 0 {
-			cc.MaxConns = size // exactly, whatever pool_max_conns the URL names
-		}
-		pool, err = cc.Connect(ctx)
-		return err
-	}); err != nil {
 		return err
 	}
 	defer pool.Close()
-
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	w, err := projectors.NewWorker(projectors.Config{
-		Pool: pool, Projections: projs, WorkerID: c.workerID, Concurrency: c.concurrency, BatchSize: c.batchSize,
-		PollInterval: c.poll, PollOnly: pollOnly, LeaseTTL: c.leaseTTL, SoftStopTimeout: c.softStop, Logger: logger, Registerer: reg,
-	})
-	if err != nil {
-		return err
-	}
-	if err := projectors.RegisterPipelineMetrics(reg, pool, logger); err != nil {
-		return err
-	}
-	// All of the binary's projections, not only those this process runs:
-	// a type is unsubscribed when no worker of the fleet would take it.
-	if err := projectors.RegisterUnsubscribedMetrics(reg, pool, logger, a.projs...); err != nil {
-		return err
-	}
-	if err := projectors.RegisterPoolMetrics(reg, pool, "projector"); err != nil {
-		return err
-	}
-	var riverLevel slog.Level
-	_ = riverLevel.UnmarshalText([]byte(c.riverLogLevel)) // an enum flag: always valid
-	control, err := projectors.NewControl(projectors.ControlConfig{Pool: pool, Projections: projs, Logger: logger, RiverLogLevel: riverLevel, PollOnly: pollOnly,
-		Retention: c.retention, PruneInterval: c.pruneEvery, SoftStopTimeout: c.softStop,
-		RegisterWorkers: func(w *river.Workers) {
-			for _, p := range projs {
-				if se, ok := p.(SideEffects); ok {
-					se.RiverWorkers(pool, w)
-				}
-			}
-		},
-		Queues: queues(projs)})
+	w, control, err := a.newMember(pool, projs, c, logger, reg)
 	if err != nil {
 		return err
 	}
@@ -167,47 +119,14 @@ func (a *app) runRun(ctx context.Context, c runConfig, stdout, stderr io.Writer)
 		return fmt.Errorf("control plane: %w", err)
 	}
 	logger.Info("projector started", "worker", w.ID(), "projections", len(projs), "concurrency", c.concurrency,
-		"max_conns", pool.Config().MaxConns, "poll_only", pollOnly, "pgbouncer", c.pgbouncer)
+		"max_conns", pool.Config().MaxConns, "poll_only", c.listenless(), "pgbouncer", c.pgbouncer)
 
-	var srv *http.Server
-	srvErr := make(chan error, 1)
-	if c.metricsAddr != "" {
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
-		mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, r *http.Request) {
-			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-			defer cancel()
-			select {
-			case <-w.Stopped():
-				http.Error(rw, "worker stopped", http.StatusServiceUnavailable)
-				return
-			default:
-			}
-			if err := pool.Ping(ctx); err != nil {
-				http.Error(rw, "database unreachable", http.StatusServiceUnavailable)
-				return
-			}
-			fmt.Fprintln(rw, "ready")
-		})
-		if c.riverUI {
-			if err := mountRiverUI(ctx, mux, control.Client(), c.riverUIToken, logger); err != nil {
-				_ = control.Stop(context.Background())
-				_ = w.Stop(context.Background())
-				return fmt.Errorf("riverui: %w", err)
-			}
-		}
-		ln, err := net.Listen("tcp", c.metricsAddr)
-		if err != nil {
-			_ = control.Stop(context.Background())
-			_ = w.Stop(context.Background())
-			return fmt.Errorf("--metrics-addr %s: %w", c.metricsAddr, err)
-		}
-		logger.Info("serving metrics", "addr", ln.Addr().String())
-		srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() { srvErr <- srv.Serve(ln) }()
+	srv, srvErr, err := c.serveMetrics(ctx, healthMux(reg, pool, w), control, logger)
+	if err != nil {
+		_ = control.Stop(context.Background())
+		_ = w.Stop(context.Background())
+		return err
 	}
-
 	select {
 	case <-ctx.Done():
 		logger.Info("stopping: finishing batches in flight", "timeout", c.softStop)
@@ -224,6 +143,128 @@ func (a *app) runRun(ctx context.Context, c runConfig, stdout, stderr io.Writer)
 	err = w.Stop(stopCtx)
 	logger.Info("projector stopped", "worker", w.ID())
 	return errors.Join(err, cerr)
+}
+
+func (c runConfig) validate() error {
+	if c.riverUI && (c.metricsAddr == "" || len(c.riverUIToken) < 16) {
+		return errors.New("--riverui needs --metrics-addr and a --riverui-token (env PROJECTOR_RIVERUI_TOKEN) of at least 16 characters")
+	}
+	if c.concurrency < 1 || c.batchSize < 1 {
+		return errors.New("--concurrency and --batch-size must be at least 1")
+	}
+	return nil
+}
+
+// listenless says the worker and River poll instead of LISTEN: LISTEN
+// needs a session of its own, which transaction pooling cannot give.
+func (c runConfig) listenless() bool { return c.pollOnly || c.pgbouncer }
+
+// connect opens the pool sized by the connection budget (or --max-conns),
+// retrying while the database is restarting.
+func (c runConfig) connect(ctx context.Context, logger *slog.Logger, projs []projectors.Projection) (*pgxpool.Pool, error) {
+	budget := newConnBudget(c.concurrency, sideEffectWorkers(projs), c.listenless())
+	size, err := poolSize(c.maxConns, c.concurrency, budget)
+	if err != nil {
+		return nil, err
+	}
+	var pool *pgxpool.Pool
+	if err := startup(ctx, logger, c.startupTimeout, "connect", func() (err error) {
+		cc := cli.ConnectConfig{URL: c.url, MinConns: size, PgBouncer: c.pgbouncer}
+		if c.maxConns > 0 {
+			cc.MaxConns = size // exactly, whatever pool_max_conns the URL names
+		}
+		pool, err = cc.Connect(ctx)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	return pool, nil
+}
+
+// newMember builds this fleet member's worker and control plane, and
+// registers the metrics read from the database.
+func (a *app) newMember(pool *pgxpool.Pool, projs []projectors.Projection, c runConfig, logger *slog.Logger, reg *prometheus.Registry) (*projectors.Worker, *projectors.Control, error) {
+	w, err := projectors.NewWorker(projectors.Config{
+		Pool: pool, Projections: projs, WorkerID: c.workerID, Concurrency: c.concurrency, BatchSize: c.batchSize,
+		PollInterval: c.poll, PollOnly: c.listenless(), LeaseTTL: c.leaseTTL, SoftStopTimeout: c.softStop, Logger: logger, Registerer: reg,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := projectors.RegisterPipelineMetrics(reg, pool, logger); err != nil {
+		return nil, nil, err
+	}
+	// All of the binary's projections, not only those this process runs:
+	// a type is unsubscribed when no worker of the fleet would take it.
+	if err := projectors.RegisterUnsubscribedMetrics(reg, pool, logger, a.projs...); err != nil {
+		return nil, nil, err
+	}
+	if err := projectors.RegisterPoolMetrics(reg, pool, "projector"); err != nil {
+		return nil, nil, err
+	}
+	var riverLevel slog.Level
+	_ = riverLevel.UnmarshalText([]byte(c.riverLogLevel)) // an enum flag: always valid
+	control, err := projectors.NewControl(projectors.ControlConfig{Pool: pool, Projections: projs, Logger: logger, RiverLogLevel: riverLevel, PollOnly: c.listenless(),
+		Retention: c.retention, PruneInterval: c.pruneEvery, SoftStopTimeout: c.softStop,
+		RegisterWorkers: func(w *river.Workers) {
+			for _, p := range projs {
+				if se, ok := p.(SideEffects); ok {
+					se.RiverWorkers(pool, w)
+				}
+			}
+		},
+		Queues: queues(projs)})
+	if err != nil {
+		return nil, nil, err
+	}
+	return w, control, nil
+}
+
+// healthMux serves /metrics, /healthz and /readyz (ready while the worker
+// runs and the database answers).
+func healthMux(reg *prometheus.Registry, pool *pgxpool.Pool, w *projectors.Worker) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		select {
+		case <-w.Stopped():
+			http.Error(rw, "worker stopped", http.StatusServiceUnavailable)
+			return
+		default:
+		}
+		if err := pool.Ping(ctx); err != nil {
+			http.Error(rw, "database unreachable", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(rw, "ready")
+	})
+	return mux
+}
+
+// serveMetrics serves mux (with River's UI under --riverui) on
+// --metrics-addr; no server when it is empty. The channel receives the
+// server's error if it stops serving.
+func (c runConfig) serveMetrics(ctx context.Context, mux *http.ServeMux, control *projectors.Control, logger *slog.Logger) (*http.Server, <-chan error, error) {
+	srvErr := make(chan error, 1)
+	if c.metricsAddr == "" {
+		return nil, srvErr, nil
+	}
+	if c.riverUI {
+		if err := mountRiverUI(ctx, mux, control.Client(), c.riverUIToken, logger); err != nil {
+			return nil, nil, fmt.Errorf("riverui: %w", err)
+		}
+	}
+	ln, err := net.Listen("tcp", c.metricsAddr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--metrics-addr %s: %w", c.metricsAddr, err)
+	}
+	logger.Info("serving metrics", "addr", ln.Addr().String())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { srvErr <- srv.Serve(ln) }()
+	return srv, srvErr, nil
 }
 
 // startup runs fn, retrying it while it fails with a transient database
