@@ -5,11 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
-	"slices"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,7 +14,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/adopt"
-	"github.com/readside/readside/projectors/orderstatistics"
 )
 
 // ectoStep is one command of the Elixir seed's append_events: in a
@@ -95,13 +90,7 @@ func TestAdoptElixirConcurrentWriters(t *testing.T) {
 	ctx := context.Background()
 	app, rs, appURL, rsURL := setupURLs(t, "elixir_schema.sql")
 	start := time.Now()
-	var bin string
-	var buildErr error
-	built := make(chan struct{})
-	go func() {
-		defer close(built)
-		bin, buildErr = buildProjector(t.TempDir())
-	}()
+	waitBuilt := buildProjectorAsync(t)
 
 	renames, err := adopt.ParseRenames(elixirRenames)
 	require.NoError(t, err)
@@ -111,19 +100,7 @@ func TestAdoptElixirConcurrentWriters(t *testing.T) {
 	_, err = app.Exec(ctx, `DO $$ BEGIN EXECUTE format('CREATE TABLE events_now PARTITION OF events FOR VALUES FROM (%L) TO (%L)',
 		date_trunc('month', now()), date_trunc('month', now()) + interval '2 months'); END $$`)
 	require.NoError(t, err)
-	<-built
-	require.NoError(t, buildErr)
-
-	logPath := filepath.Join(t.TempDir(), "projector.log")
-	proj := startProjector(t, bin, rsURL, logPath)
-	t.Cleanup(func() {
-		_ = proj.Process.Kill()
-		_ = proj.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("projector log:\n%s", b[max(0, len(b)-4000):])
-		}
-	})
+	proj := runProjector(t, waitBuilt(), rsURL)
 
 	const writers, steps, orders = 4, 120, 80
 	ids := make([]string, orders)
@@ -167,26 +144,15 @@ func TestAdoptElixirConcurrentWriters(t *testing.T) {
 			}
 		}()
 	}
-	deadline := time.Now().Add(90 * time.Second) // another test's transaction can hold the cluster's read window
-	for {
-		var n int
-		require.NoError(t, rs.QueryRow(ctx, `SELECT count(*) FROM order_summary`).Scan(&n))
-		if n > 0 {
-			break
-		}
+	if err := proj.killWhenApplying(ctx, rs, func() bool {
 		mu.Lock()
-		failed := len(errs) > 0
-		mu.Unlock()
-		if failed || time.Now().After(deadline) {
-			wg.Wait()
-			require.Empty(t, errs)
-			require.Fail(t, "projector applied nothing in 90s")
-		}
-		time.Sleep(20 * time.Millisecond)
+		defer mu.Unlock()
+		return len(errs) > 0
+	}); err != nil {
+		wg.Wait()
+		require.Empty(t, errs)
+		require.Fail(t, err.Error())
 	}
-	require.NoError(t, proj.Process.Signal(syscall.SIGKILL))
-	_ = proj.Wait()
-	proj = startProjector(t, bin, rsURL, logPath)
 	wg.Wait()
 	require.Empty(t, errs)
 
@@ -197,21 +163,7 @@ func TestAdoptElixirConcurrentWriters(t *testing.T) {
 	require.Equal(t, appRows, copied)
 	require.Equal(t, appRows, inNow, "all written into the partition created after adoption")
 
-	want := column(t, app, elixirFoldSQL)
-	deadline = time.Now().Add(90 * time.Second)
-	for {
-		got := column(t, rs, summarySQL)
-		mismatches, err := orderstatistics.Mismatches(ctx, rs)
-		require.NoError(t, err)
-		if slices.Equal(want, got) && len(mismatches) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			require.Equal(t, want, got, "order_summary vs a fold of the application's table")
-			require.Empty(t, mismatches, "order_statistics")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	want := requireCaughtUp(t, ctx, app, rs, elixirFoldSQL)
 	t.Logf("Ecto-style writers wrote %d events into the new partition (refused: %d serialization failures, %d unique violations); %d orders projected, mismatches 0, in %s",
 		appRows, refused["40001"], refused["23505"], len(want), time.Since(start).Round(time.Millisecond))
 }
