@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/internal/syncbuf"
 	"github.com/readside/readside/projectors"
 )
 
@@ -99,7 +99,7 @@ func TestRiverLogsAtWarn(t *testing.T) {
 	setupRecorder(t, pool)
 	rec := &recorder{name: "rec"}
 	require.NoError(t, projectors.Register(ctx, pool, rec))
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	startControl(t, projectors.ControlConfig{Pool: pool, Projections: []projectors.Projection{rec},
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	res, err := jobs(t, pool).Enqueue(ctx, projectors.ResetArgs{Projection: "rec", To: "start"})
@@ -109,21 +109,4 @@ func TestRiverLogsAtWarn(t *testing.T) {
 	require.NotContains(t, logs.String(), "River client started")
 	require.NotContains(t, logs.String(), "level=INFO msg=producer")
 	require.NotContains(t, logs.String(), "level=DEBUG msg=producer")
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -14,26 +12,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/internal/syncbuf"
 	"github.com/readside/readside/projectors/projectortest"
 )
-
-// syncBuffer collects a child's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // Issue 10 item 7. SIGTERM is a soft stop for the real binary: a batch in
 // flight (here held up by a lock on its read model table) commits once it
@@ -50,7 +31,7 @@ func TestSIGTERMLetsTheBatchInFlightCommit(t *testing.T) {
 	out, err := build.CombinedOutput()
 	require.NoError(t, err, "go build: %s", out)
 
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	cmd := exec.Command(bin, "run", "--database-url", url, "--projections", "order_summary", "--metrics-addr=",
 		"--lease-ttl", "5s", "--soft-stop-timeout", "2m", "--poll-interval", "50ms", "--prune-interval", "-1s")
 	cmd.Stdout, cmd.Stderr = &logs, &logs
