@@ -18,8 +18,17 @@ import (
 )
 
 const (
-	bouncerFleet    = 4  // projector processes behind PgBouncer
-	bouncerPoolSize = 20 // PgBouncer's default_pool_size: server connections for the whole fleet
+	bouncerFleet    = 4 // projector processes behind PgBouncer
+	bouncerMaxConns = 4 // their --max-conns (the smallest --concurrency 2 accepts)
+	bouncerWriters  = 4 // writer load --concurrency
+	// PgBouncer's default_pool_size: server connections for the whole
+	// fleet. Fewer than the fleet's client connections (bouncerClients), so
+	// that clients' transactions must share server connections, as
+	// transaction pooling is for, and the server-side bound checked below
+	// is one the fleet could break.
+	bouncerPoolSize = 8
+	// bouncerClients is what the fleet and the writer may open at once.
+	bouncerClients = bouncerFleet*bouncerMaxConns + bouncerWriters
 )
 
 var bouncerPlan = plan{name: "pgbouncer", events: 1000, rate: 200, minKills: 1, injectEvery: time.Second, catchUp: time.Minute}
@@ -35,6 +44,9 @@ var bouncerPlan = plan{name: "pgbouncer", events: 1000, rate: 200, minKills: 1, 
 // It skips when pgbouncer is not installed, unless CI is set: then it fails
 // (.ci/run installs it).
 func TestFleetThroughPgBouncer(t *testing.T) {
+	if bouncerPoolSize >= bouncerClients {
+		t.Fatalf("PgBouncer's pool (%d) must be smaller than the %d client connections of the fleet, or nothing here shows that they share it", bouncerPoolSize, bouncerClients)
+	}
 	bin := findPgBouncer(t)
 	p := bouncerPlan
 	began := time.Now()
@@ -67,7 +79,7 @@ func TestFleetThroughPgBouncer(t *testing.T) {
 	c := &counters{writerReasons: map[string]int{}, projectorReason: map[string]int{}}
 	// The smallest pool a run accepts (concurrency + 2): prefetches, control
 	// jobs and lease renewals take turns on the connections.
-	f := newFleet(t, bouncerFleet, viaBouncer, projBin, logs, c, "--pgbouncer", "--concurrency", "2", "--max-conns", "4")
+	f := newFleet(t, bouncerFleet, viaBouncer, projBin, logs, c, "--pgbouncer", "--concurrency", "2", "--max-conns", fmt.Sprint(bouncerMaxConns))
 	f.start()
 	defer func() {
 		if t.Failed() {
