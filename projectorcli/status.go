@@ -14,7 +14,6 @@ import (
 
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/cli"
-	"github.com/readside/readside/migrations"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
 )
@@ -82,14 +81,11 @@ growing lag.`,
 const NeverRun = "never_run"
 
 func runStatus(ctx context.Context, url string, asJSON bool, projs []projectors.Projection, names []string, stdout io.Writer) error {
-	pool, err := cli.Connect(ctx, url, 2)
+	pool, err := connectChecked(ctx, url)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if err := migrations.Check(ctx, pool); err != nil {
-		return err
-	}
 	segs, err := projectors.Status(ctx, pool, names...)
 	if err != nil {
 		return err
@@ -205,14 +201,11 @@ func (a *app) pauseResumeCommand(verb string) *cobra.Command {
 }
 
 func (a *app) runPauseResume(ctx context.Context, cmd, url, name string, stdout io.Writer) error {
-	pool, err := cli.Connect(ctx, url, 2)
+	pool, err := connectChecked(ctx, url)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if err := migrations.Check(ctx, pool); err != nil {
-		return err
-	}
 	if err := a.known(ctx, pool, name); err != nil {
 		return err
 	}
