@@ -12,6 +12,7 @@ package orderdetails
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -161,11 +162,7 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		return nil
 	}
 
-	keys := make([]string, 0, len(orders))
-	for k := range orders {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys) // deterministic lock order
+	keys := slices.Sorted(maps.Keys(orders)) // deterministic lock order
 	n := len(keys)
 	var (
 		ids, statuses                         = make([]string, n), make([]string, n)

@@ -19,6 +19,7 @@ package orderstatistics
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 
 	"github.com/jackc/pgx/v5"
@@ -133,11 +134,7 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 	if len(moves) == 0 {
 		return nil
 	}
-	keys := make([]string, 0, len(moves))
-	for k := range moves {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
+	keys := slices.Sorted(maps.Keys(moves))
 	n := len(keys)
 	statuses, placed, totals, befores := make([]string, n), make([]bool, n), make([]*int64, n), make([]string, n)
 	for i, k := range keys {

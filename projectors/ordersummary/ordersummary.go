@@ -12,6 +12,7 @@ package ordersummary
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -143,11 +144,7 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 	}
 
 	// Sorted keys: deterministic lock order, and index-ordered writes.
-	keys := make([]string, 0, len(rows))
-	for k := range rows {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
+	keys := slices.Sorted(maps.Keys(rows))
 	n := len(keys)
 	var (
 		ids       = make([]string, n)

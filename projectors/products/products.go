@@ -10,6 +10,7 @@ package products
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -141,11 +142,7 @@ func (*Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) er
 		return nil
 	}
 
-	keys := make([]string, 0, len(rows))
-	for k := range rows {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys) // deterministic lock order
+	keys := slices.Sorted(maps.Keys(rows)) // deterministic lock order
 	n := len(keys)
 	var (
 		names, categories, skus = make([]*string, n), make([]*string, n), make([]*string, n)
