@@ -135,6 +135,20 @@ func TestFleetThroughPgBouncer(t *testing.T) {
 	catchUp := time.Since(caughtUp)
 	phase("load and catch-up")
 	f.stopAll(t)
+	// Session state outlives the transaction that made it on PgBouncer's
+	// server connections, which stay open after their clients left: a
+	// session advisory lock or a temporary table the fleet or the writer
+	// created is still there.
+	var advisory, temp int
+	if err := pool.QueryRow(ctx, `SELECT
+		(SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+		  WHERE l.locktype = 'advisory' AND a.datname = current_database() AND a.application_name <> $1),
+		(SELECT count(*) FROM pg_class WHERE relpersistence = 't')`, harnessApp).Scan(&advisory, &temp); err != nil {
+		t.Fatal(err)
+	}
+	if advisory > 0 || temp > 0 {
+		t.Errorf("PgBouncer's server connections hold session state the fleet left: %d advisory locks, %d temporary tables", advisory, temp)
+	}
 	pool.Close()
 	// verify copies the database, which PgBouncer's idle server
 	// connections would block.
