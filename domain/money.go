@@ -2,6 +2,7 @@ package domain
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -16,17 +17,21 @@ type Money int64
 // can create an event that every projection would park.
 const MaxMoney Money = 1e12 - 1 // 9999999999.99
 
-func (m Money) String() string {
-	sign := ""
+func (m Money) String() string { return string(m.append(nil)) }
+
+// append appends the amount with two decimal places to b (without fmt:
+// every appended event encodes its amounts).
+func (m Money) append(b []byte) []byte {
 	v := uint64(m)
 	if m < 0 {
-		sign, v = "-", uint64(-m) // -MinInt64 wraps to itself, which is right as uint64
+		b, v = append(b, '-'), uint64(-m) // -MinInt64 wraps to itself, which is right as uint64
 	}
-	return fmt.Sprintf("%s%d.%02d", sign, v/100, v%100)
+	b = strconv.AppendUint(b, v/100, 10)
+	return append(b, '.', byte('0'+v%100/10), byte('0'+v%10))
 }
 
 // MarshalJSON writes a JSON number with two decimal places.
-func (m Money) MarshalJSON() ([]byte, error) { return []byte(m.String()), nil }
+func (m Money) MarshalJSON() ([]byte, error) { return m.append(make([]byte, 0, 24)), nil }
 
 // UnmarshalJSON reads a JSON number, or a string holding one, with at most
 // two decimals and at most MaxMoney in absolute value.
