@@ -139,22 +139,15 @@ func (q *queries) listOrders(w http.ResponseWriter, r *http.Request) {
 		}
 		after = &ordersummary.Key{PlacedAt: time.UnixMicro(*cursor.PlacedAt), OrderID: cursor.ID}
 	}
-	if !q.awaitToken(w, r, ordersummary.Name) {
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), q.cfg.QueryTimeout)
-	defer cancel()
-	orders, more, err := ordersummary.List(ctx, q.db, f, after, limit)
-	if err != nil {
-		q.internalError(w, r, err)
-		return
-	}
-	res := OrderList{Orders: orders}
-	if more {
-		last := orders[len(orders)-1].Key()
-		res.NextCursor = pageCursor{PlacedAt: new(last.PlacedAt.UnixMicro()), ID: last.OrderID}.String()
-	}
-	writeCacheable(w, r, res)
+	q.answer(w, r, ordersummary.Name, func(ctx context.Context) (any, error) {
+		orders, more, err := ordersummary.List(ctx, q.db, f, after, limit)
+		res := OrderList{Orders: orders}
+		if more {
+			last := orders[len(orders)-1].Key()
+			res.NextCursor = pageCursor{PlacedAt: new(last.PlacedAt.UnixMicro()), ID: last.OrderID}.String()
+		}
+		return res, err
+	})
 }
 
 func (q *queries) orderDetails(w http.ResponseWriter, r *http.Request) {
@@ -164,35 +157,20 @@ func (q *queries) orderDetails(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, fmt.Sprintf("order %q not found", id))
 		return
 	}
-	if !q.awaitToken(w, r, orderdetails.Name) {
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), q.cfg.QueryTimeout)
-	defer cancel()
-	d, err := orderdetails.Get(ctx, q.db, id)
-	if errors.Is(err, orderdetails.ErrNotFound) {
-		WriteError(w, http.StatusNotFound, fmt.Sprintf("order %q not found", id))
-		return
-	}
-	if err != nil {
-		q.internalError(w, r, err)
-		return
-	}
-	writeCacheable(w, r, d)
+	q.answer(w, r, orderdetails.Name, func(ctx context.Context) (any, error) {
+		d, err := orderdetails.Get(ctx, q.db, id)
+		if errors.Is(err, orderdetails.ErrNotFound) {
+			return nil, &requestError{http.StatusNotFound, fmt.Sprintf("order %q not found", id)}
+		}
+		return d, err
+	})
 }
 
 func (q *queries) statistics(w http.ResponseWriter, r *http.Request) {
-	if !q.awaitToken(w, r, orderstatistics.Name) {
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), q.cfg.QueryTimeout)
-	defer cancel()
-	stats, err := orderstatistics.Get(ctx, q.db)
-	if err != nil {
-		q.internalError(w, r, err)
-		return
-	}
-	writeCacheable(w, r, Statistics{Statistics: stats})
+	q.answer(w, r, orderstatistics.Name, func(ctx context.Context) (any, error) {
+		stats, err := orderstatistics.Get(ctx, q.db)
+		return Statistics{Statistics: stats}, err
+	})
 }
 
 func (q *queries) listProducts(w http.ResponseWriter, r *http.Request) {
@@ -217,22 +195,38 @@ func (q *queries) listProducts(w http.ResponseWriter, r *http.Request) {
 		}
 		after = &products.Key{Name: *cursor.Name, ProductID: cursor.ID}
 	}
-	if !q.awaitToken(w, r, products.Name) {
+	q.answer(w, r, products.Name, func(ctx context.Context) (any, error) {
+		list, more, err := products.List(ctx, q.db, f, after, limit)
+		res := ProductList{Products: list}
+		if more {
+			last := list[len(list)-1].Key()
+			res.NextCursor = pageCursor{Name: &last.Name, ID: last.ProductID}.String()
+		}
+		return res, err
+	})
+}
+
+// answer waits until projection has applied the request's consistency
+// token (awaitToken), runs read under QueryTimeout and answers with what it
+// returns and its ETag (writeCacheable). A *requestError from read is
+// answered with its status; any other error is a 500, or a 503 when the
+// request was cancelled.
+func (q *queries) answer(w http.ResponseWriter, r *http.Request, projection string, read func(ctx context.Context) (any, error)) {
+	if !q.awaitToken(w, r, projection) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), q.cfg.QueryTimeout)
 	defer cancel()
-	list, more, err := products.List(ctx, q.db, f, after, limit)
-	if err != nil {
+	v, err := read(ctx)
+	var bad *requestError
+	switch {
+	case errors.As(err, &bad):
+		WriteError(w, bad.status, bad.msg)
+	case err != nil:
 		q.internalError(w, r, err)
-		return
+	default:
+		writeCacheable(w, r, v)
 	}
-	res := ProductList{Products: list}
-	if more {
-		last := list[len(list)-1].Key()
-		res.NextCursor = pageCursor{Name: &last.Name, ID: last.ProductID}.String()
-	}
-	writeCacheable(w, r, res)
 }
 
 func (q *queries) internalError(w http.ResponseWriter, r *http.Request, err error) {
