@@ -36,6 +36,7 @@ import (
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/internal/syncbuf"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/observe"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -307,8 +308,8 @@ func freeAddr(t *testing.T) string {
 func serveObserver(t *testing.T, pool *pgxpool.Pool, addr string) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	require.NoError(t, projectors.RegisterPipelineMetrics(reg, pool, nil))
-	require.NoError(t, projectors.RegisterPoolMetrics(reg, pool, "observer"))
+	require.NoError(t, observe.RegisterPipelineMetrics(reg, pool, nil))
+	require.NoError(t, observe.RegisterPoolMetrics(reg, pool, "observer"))
 	ln, err := net.Listen("tcp", addr)
 	require.NoError(t, err)
 	srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}

@@ -21,6 +21,7 @@ import (
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/internal/pgerr"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/observe"
 )
 
 type runConfig struct {
@@ -191,15 +192,15 @@ func (a *app) newMember(pool *pgxpool.Pool, projs []projectors.Projection, c run
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := projectors.RegisterPipelineMetrics(reg, pool, logger); err != nil {
+	if err := observe.RegisterPipelineMetrics(reg, pool, logger); err != nil {
 		return nil, nil, err
 	}
 	// All of the binary's projections, not only those this process runs:
 	// a type is unsubscribed when no worker of the fleet would take it.
-	if err := projectors.RegisterUnsubscribedMetrics(reg, pool, logger, a.projs...); err != nil {
+	if err := observe.RegisterUnsubscribedMetrics(reg, pool, logger, a.projs...); err != nil {
 		return nil, nil, err
 	}
-	if err := projectors.RegisterPoolMetrics(reg, pool, "projector"); err != nil {
+	if err := observe.RegisterPoolMetrics(reg, pool, "projector"); err != nil {
 		return nil, nil, err
 	}
 	var riverLevel slog.Level

@@ -16,6 +16,7 @@ import (
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/observe"
 )
 
 type segmentJSON struct {
@@ -39,7 +40,7 @@ type statusJSON struct {
 	WindowHolder *outbox.Holder `json:"window_holder,omitempty"`
 	// Unsubscribed lists aggregate types no projection of this binary
 	// takes: their events are never applied.
-	Unsubscribed []projectors.UnsubscribedType `json:"unsubscribed,omitempty"`
+	Unsubscribed []observe.UnsubscribedType `json:"unsubscribed,omitempty"`
 }
 
 func (a *app) statusCommand() *cobra.Command {
@@ -86,7 +87,7 @@ func runStatus(ctx context.Context, url string, asJSON bool, projs []projectors.
 		return err
 	}
 	defer pool.Close()
-	segs, err := projectors.Status(ctx, pool, names...)
+	segs, err := observe.Status(ctx, pool, names...)
 	if err != nil {
 		return err
 	}
@@ -94,7 +95,7 @@ func runStatus(ctx context.Context, url string, asJSON bool, projs []projectors.
 	if err != nil {
 		return err
 	}
-	unsubscribed, err := projectors.UnsubscribedEvents(ctx, pool, projs...)
+	unsubscribed, err := observe.UnsubscribedEvents(ctx, pool, projs...)
 	if err != nil {
 		return err
 	}
@@ -123,7 +124,7 @@ func runStatus(ctx context.Context, url string, asJSON bool, projs []projectors.
 // neverRun lists the projections this binary carries that no worker has
 // registered yet, with the whole log as their lag, so that a projection
 // never run does not look healthy by its absence.
-func neverRun(ctx context.Context, pool *pgxpool.Pool, projs []projectors.Projection, segs []projectors.SegmentStatus) ([]segmentJSON, error) {
+func neverRun(ctx context.Context, pool *pgxpool.Pool, projs []projectors.Projection, segs []observe.SegmentStatus) ([]segmentJSON, error) {
 	seen := map[string]bool{}
 	for _, s := range segs {
 		seen[s.Projection] = true
@@ -138,7 +139,7 @@ func neverRun(ctx context.Context, pool *pgxpool.Pool, projs []projectors.Projec
 		}
 		if out == nil {
 			if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1) x),
-				coalesce((SELECT extract(epoch FROM now() - min(created_at)) FROM outbox), 0)::float8`, projectors.LagCountCap).Scan(&lag, &age); err != nil {
+				coalesce((SELECT extract(epoch FROM now() - min(created_at)) FROM outbox), 0)::float8`, observe.LagCountCap).Scan(&lag, &age); err != nil {
 				return nil, fmt.Errorf("status: %w", err)
 			}
 		}
@@ -170,7 +171,7 @@ func printStatus(w io.Writer, st statusJSON) {
 		var list []string
 		for _, u := range st.Unsubscribed {
 			n := fmt.Sprint(u.Events)
-			if u.Events >= projectors.UnsubscribedCountCap {
+			if u.Events >= observe.UnsubscribedCountCap {
 				n += "+"
 			}
 			list = append(list, fmt.Sprintf("%q (%s events)", u.AggregateType, n))

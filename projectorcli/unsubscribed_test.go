@@ -8,7 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/internal/pgtest"
-	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/observe"
 )
 
 // TestStatusShowsUnsubscribedEvents: `status` names the aggregate types that
@@ -34,5 +34,5 @@ func TestStatusShowsUnsubscribedEvents(t *testing.T) {
 	require.NoError(t, err)
 	var st statusJSON
 	require.NoError(t, json.Unmarshal([]byte(out), &st))
-	require.Equal(t, []projectors.UnsubscribedType{{AggregateType: "Foo", Events: 1}, {AggregateType: "order", Events: 2}}, st.Unsubscribed)
+	require.Equal(t, []observe.UnsubscribedType{{AggregateType: "Foo", Events: 1}, {AggregateType: "order", Events: 2}}, st.Unsubscribed)
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/observe"
 )
 
 // Polling and reporting periods of --wait.
@@ -123,7 +124,7 @@ func (w *waiter) check(ctx, wctx context.Context) (done bool, err error) {
 		w.r.interrupt()
 		return false, fmt.Errorf("%s of %s: job %d %s: %s", w.op(), w.name, w.jobID, state, lastErr)
 	}
-	segs, err := projectors.Status(wctx, w.pool, w.follow)
+	segs, err := observe.Status(wctx, w.pool, w.follow)
 	if err != nil {
 		w.r.interrupt()
 		return false, w.stopped(ctx, wctx, err)
@@ -152,7 +153,7 @@ func (w *waiter) check(ctx, wctx context.Context) (done bool, err error) {
 
 // blocked is the reason nothing replays when a segment of the followed
 // projection is paused or halted by a failing event.
-func (w *waiter) blocked(segs []projectors.SegmentStatus, state rivertype.JobState) error {
+func (w *waiter) blocked(segs []observe.SegmentStatus, state rivertype.JobState) error {
 	for _, s := range segs {
 		if s.Status != checkpoint.Paused && s.Status != checkpoint.Failed {
 			continue

@@ -17,6 +17,7 @@ import (
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/observe"
 	"github.com/readside/readside/projectors/ordersummary"
 	"github.com/readside/readside/projectors/projectortest"
 	"github.com/readside/readside/projectors/shipped"
@@ -45,7 +46,7 @@ func fleet(t *testing.T) (string, *pgxpool.Pool) {
 		_ = w.Stop(sctx)
 	})
 	require.Eventually(t, func() bool {
-		segs, err := projectors.Status(ctx, pool, "order_summary")
+		segs, err := observe.Status(ctx, pool, "order_summary")
 		return err == nil && len(segs) > 0 && segs[0].LagEvents == 0
 	}, 60*time.Second, 50*time.Millisecond)
 	return url, pool

@@ -1,5 +1,6 @@
 // Package projectors is readside's projection runtime: the Projection
 // interface users implement, the Worker that runs a fleet member (leases,
 // segment runners, retries, dead letters, metrics), and one subpackage per
-// shipped projection.
+// shipped projection. What operators read about the fleet (status, lag
+// metrics) is in package observe.
 package projectors

@@ -20,6 +20,7 @@ import (
 	"github.com/readside/readside/internal/pgtemp"
 	"github.com/readside/readside/migrations"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/observe"
 	"github.com/readside/readside/projectors/orderstatistics"
 	"github.com/readside/readside/projectors/shipped"
 )
@@ -170,7 +171,7 @@ func loadUntilCaughtUp(ctx context.Context, pool *pgxpool.Pool, events int, stdo
 
 // progress sums the lag of each projection (max over its segments).
 func progress(ctx context.Context, pool *pgxpool.Pool) (int64, string, error) {
-	segs, err := projectors.Status(ctx, pool)
+	segs, err := observe.Status(ctx, pool)
 	if err != nil {
 		return 0, "", err
 	}

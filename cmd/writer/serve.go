@@ -18,7 +18,7 @@ import (
 	"github.com/readside/readside/aggregate"
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/internal/httpapi"
-	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/observe"
 )
 
 type serveConfig struct {
@@ -110,10 +110,10 @@ func newAPI(pool *pgxpool.Pool, c serveConfig, logger *slog.Logger) (*httpapi.Se
 	// Lag and pipeline health are derived from the database, so the writer
 	// exports them too: they stay visible when the whole projector fleet is
 	// down (aggregate with max, see grafana/README.md).
-	if err := projectors.RegisterPipelineMetrics(reg, pool, logger); err != nil {
+	if err := observe.RegisterPipelineMetrics(reg, pool, logger); err != nil {
 		return nil, err
 	}
-	if err := projectors.RegisterPoolMetrics(reg, pool, "writer"); err != nil {
+	if err := observe.RegisterPoolMetrics(reg, pool, "writer"); err != nil {
 		return nil, err
 	}
 	repo, err := aggregate.New(pool, aggregate.Config{

@@ -20,7 +20,7 @@ import (
 
 	"github.com/readside/readside/internal/pgtemp"
 	"github.com/readside/readside/internal/pgtest"
-	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/observe"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -508,7 +508,7 @@ func waitCaughtUp(ctx context.Context, pool *pgxpool.Pool, d time.Duration) erro
 	deadline := time.Now().Add(d)
 	var last string
 	for time.Now().Before(deadline) {
-		segs, err := projectors.Status(ctx, pool)
+		segs, err := observe.Status(ctx, pool)
 		if err == nil {
 			done := len(segs) > 0
 			var b strings.Builder

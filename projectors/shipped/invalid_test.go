@@ -12,6 +12,7 @@ import (
 
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/observe"
 	"github.com/readside/readside/projectors/orderstatistics"
 	"github.com/readside/readside/projectors/shipped"
 )
@@ -123,7 +124,7 @@ func waitCaughtUp(t *testing.T, pool *pgxpool.Pool) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		segs, err := projectors.Status(context.Background(), pool)
+		segs, err := observe.Status(context.Background(), pool)
 		require.NoError(t, err)
 		behind := len(segs) == 0
 		for _, s := range segs {

@@ -1,4 +1,4 @@
-package projectors
+package observe
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/projectors"
 )
 
 // UnsubscribedCountCap is how many events UnsubscribedEvents counts per
@@ -54,7 +55,7 @@ SELECT t.aggregate_type,
 // for yet. A projection that takes every aggregate type takes them all, and
 // the result is then empty. Event-type filters (Spec.EventTypes) are a
 // projection's deliberate choice and are not considered.
-func UnsubscribedEvents(ctx context.Context, db checkpoint.DB, projections ...Projection) ([]UnsubscribedType, error) {
+func UnsubscribedEvents(ctx context.Context, db checkpoint.DB, projections ...projectors.Projection) ([]UnsubscribedType, error) {
 	taken := []string{}
 	for _, p := range projections {
 		s := p.Spec()
@@ -79,7 +80,7 @@ func UnsubscribedEvents(ctx context.Context, db checkpoint.DB, projections ...Pr
 // readside_unsubscribed_events{aggregate_type} and
 // readside_unsubscribed_aggregate_types. Every worker exports the same
 // series from the same database: aggregate with max, never sum.
-func RegisterUnsubscribedMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, log *slog.Logger, projections ...Projection) error {
+func RegisterUnsubscribedMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, log *slog.Logger, projections ...projectors.Projection) error {
 	return reg.Register(&unsubscribedCollector{pool: pool, log: log, projections: projections,
 		events: prometheus.NewDesc("readside_unsubscribed_events",
 			fmt.Sprintf("Events of an aggregate type that no projection of this binary takes: accepted, never applied, never parked (counted up to %d).", UnsubscribedCountCap),
@@ -92,7 +93,7 @@ func RegisterUnsubscribedMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, 
 type unsubscribedCollector struct {
 	pool          *pgxpool.Pool
 	log           *slog.Logger
-	projections   []Projection
+	projections   []projectors.Projection
 	events, types *prometheus.Desc
 }
 

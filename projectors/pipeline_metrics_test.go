@@ -10,51 +10,14 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/internal/promtest"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/observe"
 )
-
-// scrape gathers reg once and returns every sample as name{labels} -> value,
-// labels in the registry's (sorted) order, e.g.
-// `readside_projection_lag_events{projection="lag",segment="0"}`.
-func scrape(t *testing.T, reg prometheus.Gatherer) map[string]float64 {
-	t.Helper()
-	families, err := reg.Gather()
-	require.NoError(t, err)
-	out := map[string]float64{}
-	for _, f := range families {
-		for _, m := range f.GetMetric() {
-			var ls []string
-			for _, l := range m.GetLabel() {
-				ls = append(ls, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
-			}
-			key := f.GetName()
-			if len(ls) > 0 {
-				key += "{" + strings.Join(ls, ",") + "}"
-			}
-			out[key] = value(f.GetType(), m)
-		}
-	}
-	return out
-}
-
-func value(typ dto.MetricType, m *dto.Metric) float64 {
-	switch typ {
-	case dto.MetricType_COUNTER:
-		return m.GetCounter().GetValue()
-	case dto.MetricType_GAUGE:
-		return m.GetGauge().GetValue()
-	}
-	return m.GetUntyped().GetValue()
-}
-
-func seg(name, projection string, segment int) string {
-	return fmt.Sprintf("%s{projection=%q,segment=%q}", name, projection, fmt.Sprint(segment))
-}
 
 func TestPipelineMetricsLagGrowsWithoutWorkersAndDropsWhenCaughtUp(t *testing.T) {
 	t.Parallel()
@@ -66,20 +29,20 @@ func TestPipelineMetricsLagGrowsWithoutWorkersAndDropsWhenCaughtUp(t *testing.T)
 
 	reg := prometheus.NewPedanticRegistry()
 	registerUncached(t, reg, pool)
-	require.NoError(t, projectors.RegisterPoolMetrics(reg, pool, "test"))
+	require.NoError(t, observe.RegisterPoolMetrics(reg, pool, "test"))
 	families, err := reg.Gather()
 	require.NoError(t, err)
 	problems, err := promlint.NewWithMetricFamilies(families).Lint()
 	require.NoError(t, err)
 	require.Empty(t, problems, "metric names and help must follow Prometheus conventions")
 
-	m := scrape(t, reg)
+	m := promtest.Scrape(t, reg)
 	require.Equal(t, 0.0, m["readside_pipeline_scrape_error"])
 	for s := range segments {
-		require.Equal(t, 0.0, m[seg("readside_projection_lag_events", name, s)], "empty outbox: no lag")
-		require.Equal(t, 0.0, m[seg("readside_projection_lag_seconds", name, s)])
-		require.Equal(t, 0.0, m[seg("readside_projection_segment_owned", name, s)], "no worker yet")
-		require.Equal(t, 1.0, m[seg("readside_projection_segment_running", name, s)])
+		require.Equal(t, 0.0, m[promtest.Segment("readside_projection_lag_events", name, s)], "empty outbox: no lag")
+		require.Equal(t, 0.0, m[promtest.Segment("readside_projection_lag_seconds", name, s)])
+		require.Equal(t, 0.0, m[promtest.Segment("readside_projection_segment_owned", name, s)], "no worker yet")
+		require.Equal(t, 1.0, m[promtest.Segment("readside_projection_segment_running", name, s)])
 	}
 	require.Equal(t, 0.0, m["readside_fleet_live_workers"])
 	require.Contains(t, m, `readside_pgxpool_max_conns{pool="test"}`)
@@ -89,46 +52,46 @@ func TestPipelineMetricsLagGrowsWithoutWorkersAndDropsWhenCaughtUp(t *testing.T)
 	for i := range 3 {
 		appendEvents(t, pool, fmt.Sprintf("agg%d", i), 0, `{}`, `{}`)
 	}
-	m = scrape(t, reg)
+	m = promtest.Scrape(t, reg)
 	head := m["readside_outbox_head_position"]
 	require.Positive(t, head)
 	require.Equal(t, 6.0, m["readside_outbox_rows"])
 	require.Positive(t, m["readside_outbox_size_bytes"])
 	for s := range segments {
 		// A segment passes over every outbox row, its own or not.
-		require.Equal(t, 6.0, m[seg("readside_projection_lag_events", name, s)])
-		require.Equal(t, 0.0, m[seg("readside_projection_checkpoint_position", name, s)])
+		require.Equal(t, 6.0, m[promtest.Segment("readside_projection_lag_events", name, s)])
+		require.Equal(t, 0.0, m[promtest.Segment("readside_projection_checkpoint_position", name, s)])
 	}
-	first := m[seg("readside_projection_lag_seconds", name, 0)]
+	first := m[promtest.Segment("readside_projection_lag_seconds", name, 0)]
 	eventually(t, 5*time.Second, "lag_seconds and stalled_seconds grow while no worker runs", func() bool {
-		m := scrape(t, reg)
-		return m[seg("readside_projection_lag_seconds", name, 0)] > first+0.2 &&
-			m[seg("readside_projection_stalled_seconds", name, 0)] > 0.2
+		m := promtest.Scrape(t, reg)
+		return m[promtest.Segment("readside_projection_lag_seconds", name, 0)] > first+0.2 &&
+			m[promtest.Segment("readside_projection_stalled_seconds", name, 0)] > 0.2
 	})
 	appendEvents(t, pool, "agg0", 2, `{}`)
-	m = scrape(t, reg)
-	require.Equal(t, 7.0, m[seg("readside_projection_lag_events", name, 1)], "lag events rise with the log")
+	m = promtest.Scrape(t, reg)
+	require.Equal(t, 7.0, m[promtest.Segment("readside_projection_lag_events", name, 1)], "lag events rise with the log")
 
 	// A worker catches up: lag, seconds behind and stall drop to 0.
 	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: name, segments: segments}},
 		LeaseTTL: 2 * time.Second, Registerer: prometheus.NewRegistry()})
 	eventually(t, 10*time.Second, "lag drops to 0 once the worker has caught up", func() bool {
-		m := scrape(t, reg)
+		m := promtest.Scrape(t, reg)
 		for s := range segments {
-			if m[seg("readside_projection_lag_events", name, s)] != 0 || m[seg("readside_projection_lag_seconds", name, s)] != 0 ||
-				m[seg("readside_projection_segment_owned", name, s)] != 1 {
+			if m[promtest.Segment("readside_projection_lag_events", name, s)] != 0 || m[promtest.Segment("readside_projection_lag_seconds", name, s)] != 0 ||
+				m[promtest.Segment("readside_projection_segment_owned", name, s)] != 1 {
 				return false
 			}
 		}
 		return true
 	})
-	m = scrape(t, reg)
+	m = promtest.Scrape(t, reg)
 	var applied float64
 	for s := range segments {
-		require.Equal(t, 0.0, m[seg("readside_projection_stalled_seconds", name, s)])
-		require.Equal(t, m["readside_outbox_head_position"], m[seg("readside_projection_checkpoint_position", name, s)])
-		require.Equal(t, m["readside_outbox_head_position"], m[seg("readside_projection_high_water_position", name, s)])
-		applied += m[seg("readside_projection_events_applied", name, s)]
+		require.Equal(t, 0.0, m[promtest.Segment("readside_projection_stalled_seconds", name, s)])
+		require.Equal(t, m["readside_outbox_head_position"], m[promtest.Segment("readside_projection_checkpoint_position", name, s)])
+		require.Equal(t, m["readside_outbox_head_position"], m[promtest.Segment("readside_projection_high_water_position", name, s)])
+		applied += m[promtest.Segment("readside_projection_events_applied", name, s)]
 	}
 	require.Equal(t, 7.0, applied, "every event applied once, by exactly one segment")
 	require.Equal(t, 1.0, m["readside_fleet_live_workers"])
@@ -149,20 +112,20 @@ func TestPipelineMetricsPausedAndDeadLetters(t *testing.T) {
 	appendEvents(t, pool, "bad", 0, `{"poison": true}`, `{}`)
 	appendEvents(t, pool, "good", 0, `{}`)
 	eventually(t, 10*time.Second, "poison event and its successor parked, the rest applied", func() bool {
-		m := scrape(t, reg)
-		return m[seg("readside_projection_dead_letters", name, 0)] == 2 && m[seg("readside_projection_lag_events", name, 0)] == 0
+		m := promtest.Scrape(t, reg)
+		return m[promtest.Segment("readside_projection_dead_letters", name, 0)] == 2 && m[promtest.Segment("readside_projection_lag_events", name, 0)] == 0
 	})
 
 	_, err := checkpoint.SetStatus(ctx, pool, name, checkpoint.Paused)
 	require.NoError(t, err)
 	appendEvents(t, pool, "good", 1, `{}`)
 	eventually(t, 10*time.Second, "paused segment: not owned, lag and stall grow", func() bool {
-		m := scrape(t, reg)
-		return m[seg("readside_projection_segment_paused", name, 0)] == 1 &&
-			m[seg("readside_projection_segment_running", name, 0)] == 0 &&
-			m[seg("readside_projection_segment_owned", name, 0)] == 0 &&
-			m[seg("readside_projection_lag_events", name, 0)] == 1 &&
-			m[seg("readside_projection_stalled_seconds", name, 0)] > 0.1
+		m := promtest.Scrape(t, reg)
+		return m[promtest.Segment("readside_projection_segment_paused", name, 0)] == 1 &&
+			m[promtest.Segment("readside_projection_segment_running", name, 0)] == 0 &&
+			m[promtest.Segment("readside_projection_segment_owned", name, 0)] == 0 &&
+			m[promtest.Segment("readside_projection_lag_events", name, 0)] == 1 &&
+			m[promtest.Segment("readside_projection_stalled_seconds", name, 0)] > 0.1
 	})
 }
 
@@ -171,12 +134,12 @@ func TestPipelineMetricsReportScrapeErrors(t *testing.T) {
 	pool := pgtest.Pool(t, pgtest.NewDatabaseURL(t))
 	reg := prometheus.NewPedanticRegistry()
 	registerUncached(t, reg, pool)
-	require.Equal(t, 0.0, scrape(t, reg)["readside_pipeline_scrape_error"])
+	require.Equal(t, 0.0, promtest.Scrape(t, reg)["readside_pipeline_scrape_error"])
 
 	// The database is gone: the scrape still succeeds (Prometheus keeps
 	// the target up) and says so in readside_pipeline_scrape_error.
 	pool.Close()
-	m := scrape(t, reg)
+	m := promtest.Scrape(t, reg)
 	require.Equal(t, 1.0, m["readside_pipeline_scrape_error"])
 	for k := range m {
 		require.False(t, strings.HasPrefix(k, "readside_projection_lag"), "no stale lag series without a database: %s", k)
@@ -189,7 +152,7 @@ func TestPipelineMetricsRiverQueueDepth(t *testing.T) {
 	pool := pgtest.NewDB(t)
 	reg := prometheus.NewPedanticRegistry()
 	registerUncached(t, reg, pool)
-	for k := range scrape(t, reg) {
+	for k := range promtest.Scrape(t, reg) {
 		require.False(t, strings.HasPrefix(k, "readside_river_"), "no queue registered yet: %s", k)
 	}
 
@@ -203,7 +166,7 @@ func TestPipelineMetricsRiverQueueDepth(t *testing.T) {
 		       ('{}', 'test', 1, $1, 'running', now()),
 		       ('{}', 'test', 1, $1, 'scheduled', now() + interval '1 hour')`, projectors.ControlQueue)
 	require.NoError(t, err)
-	m := scrape(t, reg)
+	m := promtest.Scrape(t, reg)
 	require.Equal(t, 0.0, m["readside_pipeline_scrape_error"])
 	q := func(state string) string {
 		return fmt.Sprintf("readside_river_jobs{queue=%q,state=%q}", projectors.ControlQueue, state)
@@ -221,8 +184,8 @@ func TestPipelineMetricsRiverQueueDepth(t *testing.T) {
 // each scrape reads the state the test just wrote.
 func registerUncached(t *testing.T, reg prometheus.Registerer, pool *pgxpool.Pool) {
 	t.Helper()
-	require.NoError(t, projectors.RegisterPipelineMetricsConfig(reg,
-		projectors.PipelineMetricsConfig{Pool: pool, Logger: testLogger(t), CacheTTL: -1}))
+	require.NoError(t, observe.RegisterPipelineMetricsConfig(reg,
+		observe.PipelineMetricsConfig{Pool: pool, Logger: testLogger(t), CacheTTL: -1}))
 }
 
 // A planned operation is a series the alert rules are inhibited by: the
@@ -239,7 +202,7 @@ func TestPipelineMetricsOperation(t *testing.T) {
 	_, err = pool.Exec(ctx, `INSERT INTO projections (name, segments) VALUES ('p', 1);
 		INSERT INTO checkpoints (projection, segment) VALUES ('p', 0)`)
 	require.NoError(t, err)
-	m := scrape(t, reg)
+	m := promtest.Scrape(t, reg)
 	for _, kind := range []string{"reset", "rebuild", "replay"} {
 		v, ok := m[`readside_projection_operation{kind="`+kind+`",projection="p"}`]
 		require.True(t, ok, "present at 0 for the alert rules: %s", kind)
@@ -249,7 +212,7 @@ func TestPipelineMetricsOperation(t *testing.T) {
 		VALUES ('{"projection":"p","to":"start"}', 'readside_reset', 1, $1, 'available', NULL),
 		       ('{"projection":"q"}', 'readside_rebuild', 1, $1, 'completed', now())`, projectors.ControlQueue)
 	require.NoError(t, err)
-	m = scrape(t, reg)
+	m = promtest.Scrape(t, reg)
 	require.Equal(t, 1.0, m[`readside_projection_operation{kind="reset",projection="p"}`])
 	require.Zero(t, m[`readside_projection_operation{kind="rebuild",projection="p"}`])
 
@@ -257,7 +220,7 @@ func TestPipelineMetricsOperation(t *testing.T) {
 	require.NoError(t, err)
 	_, err = pool.Exec(ctx, `UPDATE checkpoints SET high_txid = '5', high_position = 9 WHERE projection = 'p'`)
 	require.NoError(t, err)
-	m = scrape(t, reg)
+	m = promtest.Scrape(t, reg)
 	require.Zero(t, m[`readside_projection_operation{kind="reset",projection="p"}`])
 	require.Equal(t, 1.0, m[`readside_projection_operation{kind="replay",projection="p"}`])
 }

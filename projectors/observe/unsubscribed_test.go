@@ -1,4 +1,4 @@
-package projectors_test
+package observe_test
 
 import (
 	"context"
@@ -9,7 +9,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/internal/promtest"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/observe"
 )
 
 // takes is a projection that subscribes to the given aggregate types.
@@ -24,7 +26,7 @@ func (takes) Reset(context.Context, pgx.Tx) error                    { return ni
 // TestUnsubscribedEventsAreVisible: events whose aggregate type no
 // projection takes ('Foo', the typo 'order') are accepted by the log and
 // passed over by every projection, so they show in
-// projectors.UnsubscribedEvents and in readside_unsubscribed_events.
+// observe.UnsubscribedEvents and in readside_unsubscribed_events.
 func TestUnsubscribedEventsAreVisible(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -34,26 +36,26 @@ func TestUnsubscribedEventsAreVisible(t *testing.T) {
 		('Foo', 'f-1', 'FooHappened', '{}', 1), ('order', 'o-1', 'OrderPlaced', '{}', 1), ('order', 'o-1', 'OrderConfirmed', '{}', 2)`)
 	require.NoError(t, err)
 
-	got, err := projectors.UnsubscribedEvents(ctx, pool, takes{"Order"}, takes{"Product", "Bar"})
+	got, err := observe.UnsubscribedEvents(ctx, pool, takes{"Order"}, takes{"Product", "Bar"})
 	require.NoError(t, err)
-	require.Equal(t, []projectors.UnsubscribedType{{AggregateType: "Foo", Events: 1}, {AggregateType: "order", Events: 2}}, got)
+	require.Equal(t, []observe.UnsubscribedType{{AggregateType: "Foo", Events: 1}, {AggregateType: "order", Events: 2}}, got)
 
-	got, err = projectors.UnsubscribedEvents(ctx, pool, takes{"Order"}, takes{})
+	got, err = observe.UnsubscribedEvents(ctx, pool, takes{"Order"}, takes{})
 	require.NoError(t, err)
 	require.Empty(t, got, "a projection of every aggregate type takes them all")
 
 	reg := prometheus.NewRegistry()
-	require.NoError(t, projectors.RegisterUnsubscribedMetrics(reg, pool, nil, takes{"Order", "Product"}))
-	m := scrape(t, reg)
+	require.NoError(t, observe.RegisterUnsubscribedMetrics(reg, pool, nil, takes{"Order", "Product"}))
+	m := promtest.Scrape(t, reg)
 	require.Equal(t, 2.0, m["readside_unsubscribed_aggregate_types"])
 	require.Equal(t, 1.0, m[`readside_unsubscribed_events{aggregate_type="Foo"}`])
 	require.Equal(t, 2.0, m[`readside_unsubscribed_events{aggregate_type="order"}`])
 
 	// Cheap on any log: the count stops at the cap.
 	_, err = pool.Exec(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version)
-		SELECT 'Foo', 'f-' || i, 'FooHappened', '{}', 1 FROM generate_series(2, $1) i`, projectors.UnsubscribedCountCap+50)
+		SELECT 'Foo', 'f-' || i, 'FooHappened', '{}', 1 FROM generate_series(2, $1) i`, observe.UnsubscribedCountCap+50)
 	require.NoError(t, err)
-	got, err = projectors.UnsubscribedEvents(ctx, pool, takes{"Order", "Product"})
+	got, err = observe.UnsubscribedEvents(ctx, pool, takes{"Order", "Product"})
 	require.NoError(t, err)
-	require.Equal(t, projectors.UnsubscribedType{AggregateType: "Foo", Events: projectors.UnsubscribedCountCap}, got[0])
+	require.Equal(t, observe.UnsubscribedType{AggregateType: "Foo", Events: observe.UnsubscribedCountCap}, got[0])
 }

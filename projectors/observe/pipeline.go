@@ -1,4 +1,4 @@
-package projectors
+package observe
 
 import (
 	"cmp"
@@ -71,7 +71,7 @@ func RegisterPipelineMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, log 
 // and health metrics.
 func RegisterPipelineMetricsConfig(reg prometheus.Registerer, cfg PipelineMetricsConfig) error {
 	if cfg.Pool == nil {
-		return errors.New("projectors: PipelineMetricsConfig.Pool is required")
+		return errors.New("observe: PipelineMetricsConfig.Pool is required")
 	}
 	return reg.Register(newPipelineCollector(cfg.Pool, cfg.Logger, cfg.CacheTTL))
 }
@@ -104,45 +104,6 @@ func newPipelineCollector(db checkpoint.DB, log *slog.Logger, ttl time.Duration)
 		riverOldest: prometheus.NewDesc("readside_river_oldest_available_seconds",
 			"Age of the oldest job of the River queue that is due and waits for a worker; 0 when none.", []string{"queue"}, nil),
 	}
-}
-
-// poolCollector exports pgxpool statistics.
-type poolCollector struct {
-	pool                                                   *pgxpool.Pool
-	acquired, idle, total, max, acquires, wait, emptyWaits *prometheus.Desc
-}
-
-// RegisterPoolMetrics registers the pool's statistics on reg as
-// readside_pgxpool_*, labelled with the pool's role (e.g. "projector").
-func RegisterPoolMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, role string) error {
-	l := prometheus.Labels{"pool": role}
-	return reg.Register(&poolCollector{pool: pool,
-		acquired:   prometheus.NewDesc("readside_pgxpool_acquired_conns", "Connections in use.", nil, l),
-		idle:       prometheus.NewDesc("readside_pgxpool_idle_conns", "Idle connections.", nil, l),
-		total:      prometheus.NewDesc("readside_pgxpool_total_conns", "Open connections.", nil, l),
-		max:        prometheus.NewDesc("readside_pgxpool_max_conns", "Pool size limit.", nil, l),
-		acquires:   prometheus.NewDesc("readside_pgxpool_acquires_total", "Connections acquired.", nil, l),
-		wait:       prometheus.NewDesc("readside_pgxpool_acquire_wait_seconds_total", "Time spent waiting for a connection.", nil, l),
-		emptyWaits: prometheus.NewDesc("readside_pgxpool_empty_acquires_total", "Acquires that had to wait for a connection.", nil, l),
-	})
-}
-
-func (p *poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{p.acquired, p.idle, p.total, p.max, p.acquires, p.wait, p.emptyWaits} {
-		ch <- d
-	}
-}
-
-func (p *poolCollector) Collect(ch chan<- prometheus.Metric) {
-	s := p.pool.Stat()
-	g, c := prometheus.GaugeValue, prometheus.CounterValue
-	ch <- prometheus.MustNewConstMetric(p.acquired, g, float64(s.AcquiredConns()))
-	ch <- prometheus.MustNewConstMetric(p.idle, g, float64(s.IdleConns()))
-	ch <- prometheus.MustNewConstMetric(p.total, g, float64(s.TotalConns()))
-	ch <- prometheus.MustNewConstMetric(p.max, g, float64(s.MaxConns()))
-	ch <- prometheus.MustNewConstMetric(p.acquires, c, float64(s.AcquireCount()))
-	ch <- prometheus.MustNewConstMetric(p.wait, c, s.AcquireDuration().Seconds())
-	ch <- prometheus.MustNewConstMetric(p.emptyWaits, c, float64(s.EmptyAcquireCount()))
 }
 
 func (c *pipelineCollector) Describe(ch chan<- *prometheus.Desc) {

@@ -1,4 +1,4 @@
-package projectors_test
+package observe_test
 
 import (
 	"context"
@@ -15,7 +15,9 @@ import (
 
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/internal/promtest"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/observe"
 )
 
 // explaining runs every statement the collector sends twice: once under
@@ -89,16 +91,16 @@ SELECT 'Thing', 't-' || i, 'Touched', '{"n": 1}', 1 FROM generate_series(1, $1::
 
 	db := &explaining{pool: pool, tb: t}
 	reg := prometheus.NewPedanticRegistry()
-	require.NoError(t, reg.Register(projectors.NewPipelineCollector(db, -1)))
-	m := scrape(t, reg) // warms the caches
+	require.NoError(t, reg.Register(observe.NewPipelineCollector(db, -1)))
+	m := promtest.Scrape(t, reg) // warms the caches
 	require.Equal(t, 0.0, m["readside_pipeline_scrape_error"])
 	require.InDelta(t, float64(rows), m["readside_outbox_rows"], float64(rows)/10, "outbox rows, exact or estimated")
 	for s := range 4 {
-		require.InDelta(t, float64(rows), m[seg("readside_projection_lag_events", "costly", s)], float64(rows)/10,
+		require.InDelta(t, float64(rows), m[promtest.Segment("readside_projection_lag_events", "costly", s)], float64(rows)/10,
 			"lag, exact or estimated from positions")
 	}
 	db.explain, db.statements = true, 0
-	m = scrape(t, reg)
+	m = promtest.Scrape(t, reg)
 	require.Equal(t, 0.0, m["readside_pipeline_scrape_error"])
 	t.Logf("%d outbox rows: one reading ran %d statements touching %d shared buffers", rows, db.statements, db.buffers)
 	return db.buffers
@@ -125,13 +127,12 @@ func TestPipelineMetricsShareOneReading(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := pgtest.NewDB(t)
-	setupRecorder(t, pool)
 	require.NoError(t, checkpoint.Register(ctx, pool, "shared", 2, string(projectors.Park)))
-	appendEvents(t, pool, "a", 0, `{}`)
+	appendThing(t, pool, 1)
 
 	db := &explaining{pool: pool, tb: t}
 	reg := prometheus.NewPedanticRegistry()
-	require.NoError(t, reg.Register(projectors.NewPipelineCollector(db, time.Hour)))
+	require.NoError(t, reg.Register(observe.NewPipelineCollector(db, time.Hour)))
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
@@ -143,13 +144,22 @@ func TestPipelineMetricsShareOneReading(t *testing.T) {
 	one := db.statements
 	require.Positive(t, one)
 
-	appendEvents(t, pool, "a", 1, `{}`)
-	m := scrape(t, reg)
+	appendThing(t, pool, 2)
+	m := promtest.Scrape(t, reg)
 	require.Equal(t, one, db.statements, "8 concurrent scrapes and a later one within the TTL: one reading")
-	require.Equal(t, 1.0, m[seg("readside_projection_lag_events", "shared", 0)], "the cached reading")
+	require.Equal(t, 1.0, m[promtest.Segment("readside_projection_lag_events", "shared", 0)], "the cached reading")
 
 	uncached := prometheus.NewPedanticRegistry()
-	require.NoError(t, uncached.Register(projectors.NewPipelineCollector(db, -1)))
-	m = scrape(t, uncached)
-	require.Equal(t, 2.0, m[seg("readside_projection_lag_events", "shared", 0)], "a new reading")
+	require.NoError(t, uncached.Register(observe.NewPipelineCollector(db, -1)))
+	m = promtest.Scrape(t, uncached)
+	require.Equal(t, 2.0, m[promtest.Segment("readside_projection_lag_events", "shared", 0)], "a new reading")
+}
+
+// appendThing writes version v of aggregate Thing/a (the events table's
+// trigger feeds the outbox).
+func appendThing(t *testing.T, pool *pgxpool.Pool, v int) {
+	t.Helper()
+	_, err := pool.Exec(context.Background(), `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version)
+		VALUES ('Thing', 'a', 'Touched', '{}', $1)`, v)
+	require.NoError(t, err)
 }

@@ -1,4 +1,4 @@
-package projectors
+package observe
 
 import (
 	"context"
