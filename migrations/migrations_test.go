@@ -50,3 +50,39 @@ func TestMigrateConcurrentlyAndAgain(t *testing.T) {
 	require.ErrorIs(t, err, migrations.ErrSchemaTooNew)
 	require.ErrorIs(t, migrations.Check(ctx, pool), migrations.ErrSchemaTooNew)
 }
+
+// A database migrated by an older binary (up to 009) upgrades: a dead
+// letter in the retired 'retrying' status becomes parked, the status check
+// refuses 'retrying', and the parked index holds parked rows only.
+func TestMigrateFrom009(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.Pool(t, pgtest.NewEmptyDatabaseURL(t))
+	_, err := pool.Exec(ctx, `CREATE TABLE readside_migrations (version integer PRIMARY KEY, name text NOT NULL,
+		applied_at timestamptz NOT NULL DEFAULT now())`)
+	require.NoError(t, err)
+	for _, m := range migrations.All()[:9] {
+		_, err := pool.Exec(ctx, m.SQL)
+		require.NoError(t, err, m.Name)
+		_, err = pool.Exec(ctx, `INSERT INTO readside_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name)
+		require.NoError(t, err)
+	}
+	_, err = pool.Exec(ctx, `INSERT INTO projections (name, segments) VALUES ('p', 1);
+		INSERT INTO dead_letters (projection, segment, event_id, txid, aggregate_type, aggregate_id, event_type, version, reason, error, status)
+		VALUES ('p', 0, 1, '1', 'Order', 'o1', 'OrderPlaced', 1, 'failed', 'boom', 'retrying')`)
+	require.NoError(t, err)
+
+	res, err := migrations.Migrate(ctx, pool, nil)
+	require.NoError(t, err)
+	require.Equal(t, migrations.Latest(), res.Version)
+	require.NoError(t, migrations.Check(ctx, pool))
+
+	var status string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT status FROM dead_letters`).Scan(&status))
+	require.Equal(t, "parked", status)
+	_, err = pool.Exec(ctx, `UPDATE dead_letters SET status = 'retrying'`)
+	require.ErrorContains(t, err, "dead_letters_status_check")
+	var def string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT pg_get_indexdef('dead_letters_parked_idx'::regclass)`).Scan(&def))
+	require.Contains(t, def, "WHERE (status = 'parked'::text)")
+}

@@ -14,12 +14,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
+	"github.com/readside/readside/deadletter"
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
 )
 
-var deadLetterStatuses = []string{"parked", "retrying", "retried", "discarded", "all"}
+var deadLetterStatuses = []string{"parked", "retried", "discarded", "all"}
 
 func (a *app) deadLettersCommand() *cobra.Command {
 	cmd := &cobra.Command{
@@ -46,7 +47,7 @@ func (a *app) deadLettersList() *cobra.Command {
 		Short: "list dead letters (parked ones unless --status says otherwise)",
 		Args:  cli.ExactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.runList(cmd.Context(), url, projectors.DeadLetterFilter{Projection: projection, Status: status}, asJSON, cmd.OutOrStdout())
+			return a.runList(cmd.Context(), url, deadletter.Filter{Projection: projection, Status: deadletter.Status(status)}, asJSON, cmd.OutOrStdout())
 		},
 	}
 	fs := cli.NewFlags(cmd)
@@ -57,13 +58,13 @@ func (a *app) deadLettersList() *cobra.Command {
 	return cmd
 }
 
-func (a *app) runList(ctx context.Context, url string, f projectors.DeadLetterFilter, asJSON bool, w io.Writer) error {
+func (a *app) runList(ctx context.Context, url string, f deadletter.Filter, asJSON bool, w io.Writer) error {
 	pool, err := a.openDeadLetters(ctx, url, f.Projection)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	dls, err := projectors.ListDeadLetters(ctx, pool, f)
+	dls, err := deadletter.List(ctx, pool, f)
 	if err != nil {
 		return err
 	}
@@ -102,7 +103,7 @@ func (a *app) deadLettersShow() *cobra.Command {
 				return err
 			}
 			defer pool.Close()
-			dls, err := projectors.ListDeadLetters(cmd.Context(), pool, projectors.DeadLetterFilter{IDs: []int64{id}, Status: "all"})
+			dls, err := deadletter.List(cmd.Context(), pool, deadletter.Filter{IDs: []int64{id}, Status: deadletter.AnyStatus})
 			if err != nil {
 				return err
 			}
@@ -173,7 +174,7 @@ func (a *app) runRetry(ctx context.Context, p deadLetterPick, stdout, stderr io.
 	}
 	defer pool.Close()
 	// Check there is something, then hand it to the control plane.
-	dls, err := projectors.ListDeadLetters(ctx, pool, projectors.DeadLetterFilter{Projection: p.projection, IDs: ids})
+	dls, err := deadletter.List(ctx, pool, deadletter.Filter{Projection: p.projection, IDs: ids})
 	if err != nil {
 		return err
 	}
@@ -207,7 +208,7 @@ func (a *app) runDiscard(ctx context.Context, p deadLetterPick, stdout io.Writer
 		return err
 	}
 	defer pool.Close()
-	n, err := projectors.DiscardDeadLetters(ctx, pool, p.projection, ids)
+	n, err := deadletter.Discard(ctx, pool, p.projection, ids)
 	if err != nil {
 		return err
 	}
@@ -272,13 +273,13 @@ type deadLetterJSON struct {
 	Metadata      json.RawMessage `json:"metadata,omitempty"`
 }
 
-func toJSON(d projectors.DeadLetter) deadLetterJSON {
+func toJSON(d deadletter.Letter) deadLetterJSON {
 	return deadLetterJSON{ID: d.ID, Projection: d.Projection, Segment: d.Segment, EventID: d.EventID, EventType: d.EventType,
-		AggregateType: d.AggregateType, AggregateID: d.AggregateID, Version: d.Version, Reason: d.Reason, Error: d.Error,
-		Attempts: d.Attempts, Status: d.Status, FirstFailedAt: d.FirstFailedAt, LastFailedAt: d.LastFailedAt}
+		AggregateType: d.AggregateType, AggregateID: d.AggregateID, Version: d.Version, Reason: string(d.Reason), Error: d.Error,
+		Attempts: d.Attempts, Status: string(d.Status), FirstFailedAt: d.FirstFailedAt, LastFailedAt: d.LastFailedAt}
 }
 
-func showDeadLetter(ctx context.Context, pool *pgxpool.Pool, w io.Writer, d projectors.DeadLetter, asJSON bool) error {
+func showDeadLetter(ctx context.Context, pool *pgxpool.Pool, w io.Writer, d deadletter.Letter, asJSON bool) error {
 	var data, meta string
 	var c outbox.Cursor
 	if err := pool.QueryRow(ctx, `SELECT txid, id, jsonb_pretty(event_data), jsonb_pretty(metadata) FROM events WHERE id = $1`, d.EventID).

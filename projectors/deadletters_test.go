@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/deadletter"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
@@ -159,7 +160,7 @@ func TestDeadLetterResolvedBeforeReread(t *testing.T) {
 				require.NoError(t, err)
 				require.Zero(t, res.StillParked)
 			case "discard":
-				_, err := projectors.DiscardDeadLetters(ctx, pool, "cnt", nil)
+				_, err := deadletter.Discard(ctx, pool, "cnt", nil)
 				require.NoError(t, err)
 			}
 			_, err = checkpoint.SetStatus(ctx, pool, "cnt", checkpoint.Running)
@@ -251,7 +252,7 @@ func TestDiscardedEventNotAppliedOnReplay(t *testing.T) {
 	eventually(t, 20*time.Second, "B parked, X applied", func() bool {
 		return atHead() && count(t, pool, `SELECT count(*) FROM dead_letters`) == 2
 	})
-	n, err := projectors.DiscardDeadLetters(ctx, pool, "cnt", nil)
+	n, err := deadletter.Discard(ctx, pool, "cnt", nil)
 	require.NoError(t, err)
 	require.Equal(t, 2, n)
 	_, err = pool.Exec(ctx, `INSERT INTO cured VALUES ('B')`) // B1 would apply now

@@ -12,6 +12,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/deadletter"
 	"github.com/readside/readside/internal/backoff"
 	"github.com/readside/readside/outbox"
 )
@@ -257,24 +258,7 @@ func (c *Control) trySwitch(ctx context.Context, p Projection) (bool, error) {
 	if err := checkpoint.Adopt(ctx, tx, spec.Name, shadow); err != nil {
 		return false, err
 	}
-	// The copy only replays, so its dead letters are replays, except for
-	// events the live projection never applied either (parked or discarded
-	// there, and not as a replay): retrying those fires their side effects.
-	if _, err := tx.Exec(ctx, `UPDATE dead_letters s SET replay = false
-		WHERE s.projection = $2 AND EXISTS (SELECT 1 FROM dead_letters l WHERE l.projection = $1 AND l.event_id = s.event_id
-		   AND l.status IN ('parked', 'retrying', 'discarded') AND NOT l.replay)`, spec.Name, shadow); err != nil {
-		return false, err
-	}
-	// The live projection's discards stand (the copy skipped those events):
-	// they replace the copy's dead letters of the same events.
-	if _, err := tx.Exec(ctx, `DELETE FROM dead_letters WHERE projection = $1 AND status <> 'discarded'`, spec.Name); err != nil {
-		return false, err
-	}
-	if _, err := tx.Exec(ctx, `DELETE FROM dead_letters s WHERE s.projection = $2
-		AND EXISTS (SELECT 1 FROM dead_letters l WHERE l.projection = $1 AND l.event_id = s.event_id)`, spec.Name, shadow); err != nil {
-		return false, err
-	}
-	if _, err := tx.Exec(ctx, `UPDATE dead_letters SET projection = $1 WHERE projection = $2`, spec.Name, shadow); err != nil {
+	if err := deadletter.Adopt(ctx, tx, spec.Name, shadow); err != nil {
 		return false, err
 	}
 	if err := checkpoint.Unregister(ctx, tx, shadow); err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/deadletter"
 	"github.com/readside/readside/internal/backoff"
 	"github.com/readside/readside/outbox"
 )
@@ -118,7 +119,7 @@ SELECT e.txid, e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.version, 
   FROM events e
   JOIN projections p ON p.name = $1
   JOIN checkpoints c ON c.projection = p.name AND c.segment = readside_segment(e.aggregate_id, p.segments)
-  LEFT JOIN dead_letters d ON d.projection = p.name AND d.event_id = e.id AND d.status IN ('parked', 'retrying')
+  LEFT JOIN dead_letters d ON d.projection = p.name AND d.event_id = e.id AND d.status = 'parked'
  WHERE e.aggregate_type = $2 AND e.aggregate_id = ANY ($3::text[])
    AND (e.txid, e.id) <= (c.cursor_txid, c.cursor_position)
    AND (cardinality($4::text[]) = 0 OR e.event_type = ANY ($4::text[]))
@@ -148,17 +149,12 @@ func repairTx(ctx context.Context, db interface {
 			byType[o.AggregateType] = slices.Clone(o.AggregateIDs)
 		}
 		if o.AllParked {
-			rows, err := tx.Query(ctx, `SELECT DISTINCT aggregate_type, aggregate_id FROM dead_letters
-				WHERE projection = $1 AND status IN ('parked', 'retrying') AND ($2 = '' OR aggregate_type = $2)`, spec.Name, o.AggregateType)
+			aggs, err := deadletter.ParkedAggregates(ctx, tx, spec.Name, o.AggregateType, nil)
 			if err != nil {
 				return err
 			}
-			var typ, id string
-			if _, err := pgx.ForEachRow(rows, []any{&typ, &id}, func() error {
-				byType[typ] = append(byType[typ], id)
-				return nil
-			}); err != nil {
-				return err
+			for _, a := range aggs {
+				byType[a.Type] = append(byType[a.Type], a.ID)
 			}
 		}
 		types := make([]string, 0, len(byType))
@@ -242,8 +238,7 @@ func reapply(ctx context.Context, tx pgx.Tx, p Projection, spec Spec, typ string
 		i = j
 	}
 	if len(unparked) > 0 {
-		if _, err := tx.Exec(ctx, `UPDATE dead_letters SET status = 'retried', resolved_at = now()
-			WHERE projection = $1 AND event_id = ANY ($2::bigint[]) AND status IN ('parked', 'retrying')`, spec.Name, unparked); err != nil {
+		if err := deadletter.MarkEventsRetried(ctx, tx, spec.Name, unparked); err != nil {
 			return nil, err
 		}
 	}

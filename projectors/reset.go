@@ -11,6 +11,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/deadletter"
 	"github.com/readside/readside/outbox"
 )
 
@@ -136,7 +137,7 @@ func Reset(ctx context.Context, db interface {
 			if err := p.Reset(ctx, tx); err != nil {
 				return fmt.Errorf("reset %s: projection reset: %w", name, err)
 			}
-			if _, err := tx.Exec(ctx, `DELETE FROM dead_letters WHERE projection = $1`, name); err != nil {
+			if err := deadletter.Clear(ctx, tx, name); err != nil {
 				return err
 			}
 		}

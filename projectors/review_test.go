@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/readside/readside/deadletter"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/projectors"
 )
@@ -34,7 +35,7 @@ func TestRetryRacingDiscardOfSameDeadLetter(t *testing.T) {
 		// it runs now, from another connection.
 		once.Do(func() {
 			go func() {
-				n, err := projectors.DiscardDeadLetters(context.Background(), pool, "rec", nil)
+				n, err := deadletter.Discard(context.Background(), pool, "rec", nil)
 				discarded = n
 				discardErr <- err
 			}()
@@ -104,7 +105,7 @@ func TestRebuildKeepsDiscardedEventsDiscarded(t *testing.T) {
 		return count(t, pool, `SELECT count(*) FROM applied`) == 1 &&
 			count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'parked'`) == 1
 	})
-	n, err := projectors.DiscardDeadLetters(ctx, pool, "rec", nil)
+	n, err := deadletter.Discard(ctx, pool, "rec", nil)
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
 

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/deadletter"
 	"github.com/readside/readside/internal/backoff"
 	"github.com/readside/readside/outbox"
 )
@@ -206,7 +207,7 @@ func queueSkips(b *pgx.Batch, s *segment, events []outbox.Event, replay bool) {
 		}
 	}
 	b.Queue(`SELECT aggregate_type, aggregate_id, 0::bigint FROM dead_letters
-			WHERE projection = $1 AND status IN ('parked', 'retrying')
+			WHERE projection = $1 AND status = 'parked'
 			  AND (aggregate_type, aggregate_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
 			UNION ALL
 			SELECT '', '', event_id FROM dead_letters
@@ -592,32 +593,13 @@ func (w *Worker) park(ctx context.Context, tx pgx.Tx, s *segment, events []outbo
 	if len(events) == 0 {
 		return nil
 	}
-	n := len(events)
-	ids, versions, att := make([]int64, n), make([]int32, n), make([]int32, n)
-	txids := make([]uint64, n)
-	types, aggTypes, aggIDs := make([]string, n), make([]string, n), make([]string, n)
-	replay := make([]bool, n)
-	for i, e := range events {
-		ids[i], txids[i], versions[i] = e.ID(), e.Cursor.TxID, int32(e.Version)
-		types[i], aggTypes[i], aggIDs[i] = e.Type, e.AggregateType, e.AggregateID
-		att[i] = int32(max(attempts, 1))
-		replay[i] = s.schema != "" || !s.high.Less(e.Cursor)
-	}
-	_, err := tx.Exec(ctx, `
-INSERT INTO dead_letters (projection, segment, event_id, txid, aggregate_type, aggregate_id, event_type, version, reason, error, attempts, replay)
-SELECT $1, $2, t.id, t.txid, t.agg_type, t.agg_id, t.event_type, t.version, $3, $4, t.attempts, t.replay
-  FROM unnest($5::bigint[], $6::xid8[], $7::text[], $8::text[], $9::text[], $10::int[], $11::int[], $12::bool[])
-       AS t(id, txid, agg_type, agg_id, event_type, version, attempts, replay)
-ON CONFLICT (projection, event_id) DO UPDATE
-   SET status = 'parked', reason = excluded.reason, error = excluded.error,
-       attempts = dead_letters.attempts + excluded.attempts, last_failed_at = now(), resolved_at = NULL, replay = true
- WHERE dead_letters.status = 'retried'`,
-		s.spec.Name, s.lease.Segment, reason, msg, ids, txids, aggTypes, aggIDs, types, versions, att, replay)
-	if err != nil {
-		return fmt.Errorf("park %d events: %w", n, err)
+	replay := func(e outbox.Event) bool { return s.schema != "" || !s.high.Less(e.Cursor) }
+	if err := deadletter.Park(ctx, tx, deadletter.Parking{Projection: s.spec.Name, Segment: s.lease.Segment,
+		Reason: deadletter.Reason(reason), Error: msg, Attempts: attempts, Replay: replay}, events); err != nil {
+		return err
 	}
 	s.parked = true
-	w.metrics.parked.WithLabelValues(s.spec.Name, reason).Add(float64(n))
+	w.metrics.parked.WithLabelValues(s.spec.Name, reason).Add(float64(len(events)))
 	return nil
 }
 
@@ -640,7 +622,7 @@ func parkedSegments(ctx context.Context, db checkpoint.DB, claimed []checkpoint.
 	}
 	rows, err := db.Query(ctx, `SELECT DISTINCT d.projection, d.segment FROM dead_letters d
 		JOIN unnest($1::text[], $2::int[]) AS c(projection, segment) ON c.projection = d.projection AND c.segment = d.segment
-		WHERE d.status IN ('parked', 'retrying')`, projs, segs)
+		WHERE d.status = 'parked'`, projs, segs)
 	if err != nil {
 		return nil, err
 	}

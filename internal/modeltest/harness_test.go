@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/readside/readside/deadletter"
 	"github.com/readside/readside/internal/pgerr"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
@@ -462,9 +463,9 @@ func (h *harness) discard(name string, pick int) {
 	} else {
 		events = parked
 	}
-	_, err := projectors.DiscardDeadLetters(h.ctx, h.pool, name, ids)
+	_, err := deadletter.Discard(h.ctx, h.pool, name, ids)
 	if len(events) == 0 {
-		require.ErrorIs(t, err, projectors.ErrNothingToRetry)
+		require.ErrorIs(t, err, deadletter.ErrNothingToDiscard)
 	} else {
 		require.NoError(t, err)
 	}

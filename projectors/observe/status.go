@@ -53,7 +53,7 @@ SELECT c.projection, c.segment, c.cursor_txid, c.cursor_position, c.high_txid, c
           WHERE (o.txid, o.position) > (c.cursor_txid, c.cursor_position)
           ORDER BY o.txid, o.position LIMIT 1), 0)::float8,
        (SELECT count(*) FROM dead_letters d
-          WHERE d.projection = c.projection AND d.segment = c.segment AND d.status IN ('parked', 'retrying')),
+          WHERE d.projection = c.projection AND d.segment = c.segment AND d.status = 'parked'),
        coalesce(c.lease_owner IS NOT NULL AND c.lease_expires_at > now(), false)
   FROM checkpoints c
  WHERE cardinality($1::text[]) = 0 OR c.projection = ANY ($1::text[])

@@ -17,7 +17,7 @@ WITH applied AS (
     SELECT e.* FROM events e
      WHERE e.aggregate_type = 'Order'
        AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.projection = 'order_statistics' AND d.event_id = e.id
-                          AND d.status IN ('parked', 'retrying', 'discarded'))
+                          AND d.status IN ('parked', 'discarded'))
 ), last AS (
     SELECT DISTINCT ON (aggregate_id) aggregate_id, event_type
       FROM applied

@@ -1,0 +1,31 @@
+package deadletter
+
+import (
+	"context"
+	"fmt"
+)
+
+// Adopt carries the dead letters of shadow, a rebuild's copy switching in,
+// over to live, in the switch's transaction. The copy only replays, so its
+// dead letters are replays, except for events the live projection never
+// applied either (parked or discarded there, and not as a replay):
+// retrying those fires their side effects. The live projection's discards
+// stand (the copy skipped those events): they replace the copy's dead
+// letters of the same events. The rest of live's dead letters go: the copy
+// has applied, or parked anew, every event they held.
+func Adopt(ctx context.Context, tx DB, live, shadow string) error {
+	for _, step := range []struct{ what, sql string }{
+		{"keep side effects of events live never applied", `UPDATE dead_letters s SET replay = false
+			WHERE s.projection = $2 AND EXISTS (SELECT 1 FROM dead_letters l WHERE l.projection = $1 AND l.event_id = s.event_id
+			   AND l.status IN ('parked', 'discarded') AND NOT l.replay)`},
+		{"drop live's dead letters but its discards", `DELETE FROM dead_letters WHERE projection = $1 AND status <> 'discarded'`},
+		{"drop the copy's dead letters of events live discarded", `DELETE FROM dead_letters s WHERE s.projection = $2
+			AND EXISTS (SELECT 1 FROM dead_letters l WHERE l.projection = $1 AND l.event_id = s.event_id)`},
+		{"move the copy's dead letters to live", `UPDATE dead_letters SET projection = $1 WHERE projection = $2`},
+	} {
+		if _, err := tx.Exec(ctx, step.sql, live, shadow); err != nil {
+			return fmt.Errorf("adopt dead letters of %s into %s: %s: %w", shadow, live, step.what, err)
+		}
+	}
+	return nil
+}
