@@ -72,40 +72,9 @@ func PruneOutbox(ctx context.Context, db interface {
 			if err != nil {
 				return err
 			}
-			// The chunk: the first rows in read order, up to the slowest
-			// checkpoint, stopping before the first row that is too young:
-			// the deleted set must be a prefix, as the horizon is one cursor.
 			var last outbox.Cursor
-			err = tx.QueryRow(ctx, `
-WITH chunk AS (
-    SELECT txid, position, created_at FROM outbox
-     WHERE (txid, position) <= ($1::xid8, $2::bigint)
-       -- Only inside the read window, whatever the checkpoints say: a
-       -- horizon above a running transaction would have its rows read from
-       -- both the events table and the outbox once it commits.
-       AND txid < pg_snapshot_xmin(pg_current_snapshot())
-     ORDER BY txid, position LIMIT $3
-), young AS (
-    SELECT txid, position FROM chunk
-     WHERE $4::float8 >= 0 AND created_at > now() - $4::float8 * interval '1 second'
-     ORDER BY txid, position LIMIT 1
-), deleted AS (
-    DELETE FROM outbox o USING chunk c
-     WHERE o.txid = c.txid AND o.position = c.position
-       AND NOT EXISTS (SELECT 1 FROM young y WHERE (y.txid, y.position) <= (c.txid, c.position))
-    RETURNING o.txid, o.position
-)
-SELECT txid, position, count(*) OVER () FROM deleted ORDER BY txid DESC, position DESC LIMIT 1`,
-				limit.TxID, limit.Position, pruneChunk, retention.Seconds()).Scan(&last.TxID, &last.Position, &n)
-			if errors.Is(err, pgx.ErrNoRows) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			if _, err := tx.Exec(ctx, `INSERT INTO outbox_horizon (txid, position) VALUES ($1, $2)
-				ON CONFLICT (singleton) DO UPDATE SET txid = excluded.txid, position = excluded.position
-				WHERE (outbox_horizon.txid, outbox_horizon.position) < (excluded.txid, excluded.position)`, last.TxID, last.Position); err != nil {
+			n, last, err = outbox.PruneChunk(ctx, tx, limit, pruneChunk, retention)
+			if err != nil || n == 0 {
 				return err
 			}
 			horizon = last
