@@ -82,7 +82,7 @@ func TestRetryRacingDiscardOfSameDeadLetter(t *testing.T) {
 		require.Zero(t, res.Applied)
 		return
 	}
-	require.ErrorIs(t, err, projectors.ErrNothingToRetry)
+	require.ErrorIs(t, err, deadletter.ErrNothingToDiscard)
 	require.NoError(t, retryErr)
 	require.Equal(t, 1, applied)
 	require.Equal(t, "retried", status)
