@@ -69,7 +69,7 @@ func TestParseErrors(t *testing.T) {
 		{[]string{"rebuild"}, "missing argument NAME"},
 		{[]string{"dead-letters"}, "projector dead-letters: missing subcommand (want list, show, retry or discard"},
 		{[]string{"dead-letters", "frob"}, `projector dead-letters: unknown subcommand "frob"`},
-		{[]string{"dead-letters", "list", "--status", "bogus"}, `invalid argument "bogus" for "--status" flag: want one of parked, retrying, retried, discarded, all`},
+		{[]string{"dead-letters", "list", "--status", "bogus"}, `invalid argument "bogus" for "--status" flag: want one of parked, retried, discarded, all`},
 		{[]string{"dead-letters", "list", "--ids", "1"}, "unknown flag: --ids"},
 		{[]string{"dead-letters", "show"}, "missing argument ID"},
 		{[]string{"dead-letters", "show", "x"}, `bad id "x"`},
