@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/readside/readside/domain"
+	"github.com/readside/readside/outbox"
 )
 
 // Defaults for Config.
@@ -69,9 +70,7 @@ type DB interface {
 }
 
 // Querier is what Load needs: a transaction, a connection or a pool.
-type Querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-}
+type Querier = outbox.Querier
 
 // Repository loads and saves aggregates. It is safe for concurrent use.
 type Repository struct {

@@ -6,18 +6,12 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/readside/readside/domain"
 	"github.com/readside/readside/outbox"
 )
 
 // Tx is what Save needs from the caller's transaction (a pgx.Tx).
-type Tx interface {
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-}
+type Tx = outbox.DB
 
 // snapshotSQL writes a snapshot and drops the aggregate's older ones: a
 // snapshot is a cache of the events, and Load only reads the latest.

@@ -30,11 +30,7 @@ var ErrFenced = errors.New("lease lost: checkpoint fenced")
 var ErrUnknownProjection = errors.New("unknown projection")
 
 // DB is what this package needs: *pgxpool.Pool, *pgx.Conn and pgx.Tx.
-type DB interface {
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
+type DB = outbox.DB
 
 // Checkpoint is one segment's row.
 type Checkpoint struct {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -76,11 +75,6 @@ func (r *AppendResult) Cursor() Cursor {
 	return Cursor{TxID: r.TxID, Position: r.Positions[len(r.Positions)-1]}
 }
 
-// Execer is what Append needs from the caller's transaction.
-type Execer interface {
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
-
 // appendSQL inserts all events in one statement (the trigger writes the
 // outbox rows in the same statement) and returns one row. Columns that are
 // the same for every event (metadata, schema version) travel once as a
@@ -108,7 +102,7 @@ RETURNING id, txid`
 // notification are written by the same statement (one round trip) and become
 // visible when tx commits. A clash with another writer returns an error
 // wrapping ErrConcurrencyConflict; tx is then aborted and must be rolled back.
-func Append(ctx context.Context, tx Execer, agg Aggregate, expectedVersion int, events []NewEvent) (*AppendResult, error) {
+func Append(ctx context.Context, tx Querier, agg Aggregate, expectedVersion int, events []NewEvent) (*AppendResult, error) {
 	if err := validate(agg, expectedVersion, events); err != nil {
 		return nil, err
 	}

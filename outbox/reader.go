@@ -55,12 +55,6 @@ type Batch struct {
 	Scanned int
 }
 
-// Querier runs queries; *pgxpool.Pool, *pgx.Conn and pgx.Tx all do.
-type Querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
-
 // fetchSQL reads up to $3 rows after the cursor ($1, $2) in (txid, position)
 // order. History up to the pruning horizon comes from the events table; the
 // rest from the outbox, limited to transactions below the snapshot's xmin

@@ -48,7 +48,7 @@ func setupSeen(t *testing.T, pool *pgxpool.Pool) {
 	require.NoError(t, err)
 }
 
-func appendOne(t *testing.T, db outbox.Execer, aggID string) outbox.Cursor {
+func appendOne(t *testing.T, db outbox.Querier, aggID string) outbox.Cursor {
 	t.Helper()
 	res, err := outbox.Append(context.Background(), db, outbox.Aggregate{Type: "Thing", ID: aggID}, 0,
 		[]outbox.NewEvent{{Type: "Touched", Data: json.RawMessage(`{}`)}})

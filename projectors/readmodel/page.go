@@ -7,14 +7,13 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/readside/readside/outbox"
 )
 
 // Querier is what the read models' queries need: a *pgxpool.Pool,
 // *pgx.Conn or pgx.Tx.
-type Querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
+type Querier = outbox.Querier
 
 // Select is a list query built one filter at a time: a statement per
 // combination of filters rather than "$1 IS NULL OR ...", so that each gets
