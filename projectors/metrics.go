@@ -43,6 +43,8 @@ func (m *metrics) zero(projections []string) {
 	}
 }
 
+// newMetrics creates the runtime's metrics and registers them on reg (nil
+// means none). It is long because it is a table, one entry per metric.
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		eventsApplied: prometheus.NewCounterVec(prometheus.CounterOpts{
