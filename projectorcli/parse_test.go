@@ -108,7 +108,7 @@ func TestHelpEverywhere(t *testing.T) {
 		{[]string{"pause", "-h"}, []string{"projector pause NAME [flags]"}, nil},
 		{[]string{"resume", "-h"}, []string{"projector resume NAME [flags]"}, nil},
 		{[]string{"dead-letters", "-h"}, []string{"list", "show", "retry", "discard"}, nil},
-		{[]string{"dead-letters", "list", "-h"}, []string{"--status", "--json", "--projection", "parked, retrying, retried, discarded, all"}, []string{"--ids"}},
+		{[]string{"dead-letters", "list", "-h"}, []string{"--status", "--json", "--projection", "parked, retried, discarded, all"}, []string{"--ids"}},
 		{[]string{"dead-letters", "show", "-h"}, []string{"projector dead-letters show ID [flags]", "--json"}, []string{"--projection", "--ids"}},
 		{[]string{"dead-letters", "retry", "-h"}, []string{"--projection", "--ids", "--all"}, nil},
 		{[]string{"dead-letters", "discard", "-h"}, []string{"--ids", "--all"}, nil},
@@ -147,7 +147,7 @@ func TestVersionAndCompletion(t *testing.T) {
 	require.Contains(t, out, "order_summary\n")
 	out, _, err = run3(t, "__complete", "dead-letters", "list", "--status", "")
 	require.NoError(t, err)
-	require.Contains(t, out, "retrying\n")
+	require.Contains(t, out, "retried\n")
 }
 
 // Defaults taken from the environment are shown redacted. Not parallel:
