@@ -12,7 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/readside/readside/internal/cli"
-	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 )
 
 type resetOptions struct {
@@ -66,7 +66,7 @@ func (a *app) runReset(ctx context.Context, o resetOptions, name string, stdout,
 	if n > 1 {
 		return errors.New("reset: give one of --to-start, --to, --to-time")
 	}
-	if err := projectors.ParseResetTarget(target); err != nil {
+	if err := control.ValidateResetTarget(target); err != nil {
 		return fmt.Errorf("reset: %w", err)
 	}
 	if _, err := a.carried(name); err != nil {
@@ -77,10 +77,10 @@ func (a *app) runReset(ctx context.Context, o resetOptions, name string, stdout,
 		return err
 	}
 	defer pool.Close()
-	if err := projectors.CheckResetTarget(ctx, pool, target); err != nil {
+	if err := control.CheckResetTarget(ctx, pool, target); err != nil {
 		return fmt.Errorf("reset %s: %w", name, err)
 	}
-	return a.enqueueAndWait(ctx, pool, stdout, stderr, projectors.ResetArgs{Projection: name, To: target}, name, name, o.wait)
+	return a.enqueueAndWait(ctx, pool, stdout, stderr, control.ResetArgs{Projection: name, To: target}, name, name, o.wait)
 }
 
 type rebuildOptions struct {
@@ -124,13 +124,13 @@ func (a *app) runRebuild(ctx context.Context, o rebuildOptions, name string, std
 		return err
 	}
 	defer pool.Close()
-	return a.enqueueAndWait(ctx, pool, stdout, stderr, projectors.RebuildArgs{Projection: name}, name, projectors.ShadowName(name), o.wait)
+	return a.enqueueAndWait(ctx, pool, stdout, stderr, control.RebuildArgs{Projection: name}, name, control.ShadowName(name), o.wait)
 }
 
 // enqueueAndWait inserts the control job; with wait it follows the job and
 // then the replay of `follow` until it has caught up.
 func (a *app) enqueueAndWait(ctx context.Context, pool *pgxpool.Pool, stdout, stderr io.Writer, args river.JobArgs, name, follow string, wait waitOptions) error {
-	jobs, err := projectors.NewJobs(pool)
+	jobs, err := control.NewJobs(pool)
 	if err != nil {
 		return err
 	}

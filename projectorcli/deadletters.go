@@ -17,7 +17,7 @@ import (
 	"github.com/readside/readside/deadletter"
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/outbox"
-	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 )
 
 var deadLetterStatuses = []string{"parked", "retried", "discarded", "all"}
@@ -179,9 +179,9 @@ func (a *app) runRetry(ctx context.Context, p deadLetterPick, stdout, stderr io.
 		return err
 	}
 	if len(dls) == 0 {
-		return fmt.Errorf("dead-letters retry: %w", projectors.ErrNothingToRetry)
+		return fmt.Errorf("dead-letters retry: %w", control.ErrNothingToRetry)
 	}
-	return a.enqueueAndWait(ctx, pool, stdout, stderr, projectors.RetryDeadLettersArgs{Projection: p.projection, IDs: ids}, p.projection, p.projection, waitOptions{})
+	return a.enqueueAndWait(ctx, pool, stdout, stderr, control.RetryDeadLettersArgs{Projection: p.projection, IDs: ids}, p.projection, p.projection, waitOptions{})
 }
 
 func (a *app) deadLettersDiscard() *cobra.Command {

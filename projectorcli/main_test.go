@@ -11,6 +11,7 @@ import (
 
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 	"github.com/readside/readside/projectors/shipped"
 )
 
@@ -130,7 +131,7 @@ func TestOperatorCommandErrors(t *testing.T) {
 	require.Contains(t, out, "already queued", "one reset per projection at a time")
 
 	p, _ := shipped.ByName("order_details")
-	require.NoError(t, projectors.StartRebuild(ctx, pool, p))
+	require.NoError(t, control.StartRebuild(ctx, pool, p))
 	_, err = runCmd(t, "reset", "--database-url", url, "order_details")
 	require.ErrorContains(t, err, "rebuild of this projection is in progress")
 	_, err = runCmd(t, "rebuild", "--database-url", url, "order_notifications")

@@ -12,6 +12,7 @@ import (
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/migrations"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 )
 
 // carried returns the projection of this binary called name.
@@ -87,7 +88,7 @@ func (a *app) openForControl(ctx context.Context, url, name string) (*pgxpool.Po
 	if err != nil {
 		err = fmt.Errorf("%w (has a projector run it yet?)", err)
 	} else if rebuilding, err = checkpoint.Rebuilding(ctx, pool, name); err == nil && rebuilding {
-		err = fmt.Errorf("%s: %w; wait for it to switch (%s status shows %s)", name, projectors.ErrRebuildRunning, a.name, projectors.ShadowName(name))
+		err = fmt.Errorf("%s: %w; wait for it to switch (%s status shows %s)", name, control.ErrRebuildRunning, a.name, control.ShadowName(name))
 	}
 	if err != nil {
 		pool.Close()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 )
 
 type repairOptions struct {
@@ -71,14 +72,14 @@ func (a *app) runRepair(ctx context.Context, o repairOptions, name string, stdou
 		return err
 	}
 	if _, ok := p.(projectors.Forgetter); !ok {
-		return fmt.Errorf("repair %s: %w; reset or rebuild it instead", name, projectors.ErrRepairUnsupported)
+		return fmt.Errorf("repair %s: %w; reset or rebuild it instead", name, control.ErrRepairUnsupported)
 	}
 	pool, err := a.openForControl(ctx, o.url, name)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	res, err := projectors.Repair(ctx, pool, p, projectors.RepairOptions{
+	res, err := control.Repair(ctx, pool, p, control.RepairOptions{
 		AggregateType: o.aggregateType, AggregateIDs: o.aggregates, AllParked: o.allParked})
 	if err != nil {
 		return err

@@ -21,6 +21,7 @@ import (
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/internal/pgerr"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 	"github.com/readside/readside/projectors/observe"
 )
 
@@ -75,8 +76,8 @@ SIGINT or SIGTERM stops it softly: batches in flight finish.`,
 	fs.Int(&c.maxConns, "max-conns", "PROJECTOR_MAX_CONNS", 0, "connection pool size; 0 means the budget for --concurrency (2 x concurrency + 11 with every shipped projection); at least concurrency + 2")
 	fs.Duration(&c.leaseTTL, "lease-ttl", "PROJECTOR_LEASE_TTL", projectors.LeaseTTLDefault, "segment lease time to live; a dead worker's segments move after this")
 	fs.Duration(&c.softStop, "soft-stop-timeout", "PROJECTOR_SOFT_STOP_TIMEOUT", projectors.SoftStopTimeoutDefault, "on SIGTERM, how long batches in flight may finish")
-	fs.Duration(&c.retention, "outbox-retention", "PROJECTOR_OUTBOX_RETENTION", projectors.RetentionDefault, "keep outbox rows at least this long after every projection passed them")
-	fs.Duration(&c.pruneEvery, "prune-interval", "PROJECTOR_PRUNE_INTERVAL", projectors.PruneIntervalDefault, "how often to prune the outbox; negative disables")
+	fs.Duration(&c.retention, "outbox-retention", "PROJECTOR_OUTBOX_RETENTION", control.RetentionDefault, "keep outbox rows at least this long after every projection passed them")
+	fs.Duration(&c.pruneEvery, "prune-interval", "PROJECTOR_PRUNE_INTERVAL", control.PruneIntervalDefault, "how often to prune the outbox; negative disables")
 	fs.Duration(&c.startupTimeout, "startup-timeout", "PROJECTOR_STARTUP_TIMEOUT", 30*time.Second, "how long to retry reaching the database at start (a restart in progress) before giving up")
 	fs.FlagSet().BoolVar(&c.riverUI, "riverui", false, "serve River's UI at /riverui/ on --metrics-addr (needs --riverui-token)")
 	fs.Secret(&c.riverUIToken, "riverui-token", "PROJECTOR_RIVERUI_TOKEN", "", "token guarding /riverui/ (Authorization: Bearer, or /riverui/?token= once in a browser)")
@@ -108,23 +109,23 @@ func (a *app) runRun(ctx context.Context, c runConfig, stdout, stderr io.Writer)
 	defer pool.Close()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	w, control, err := a.newMember(pool, projs, c, logger, reg)
+	w, ctl, err := a.newMember(pool, projs, c, logger, reg)
 	if err != nil {
 		return err
 	}
 	if err := startup(ctx, logger, c.startupTimeout, "start worker", func() error { return w.Start(ctx) }); err != nil {
 		return err
 	}
-	if err := startup(ctx, logger, c.startupTimeout, "start control plane", func() error { return control.Start(ctx) }); err != nil {
+	if err := startup(ctx, logger, c.startupTimeout, "start control plane", func() error { return ctl.Start(ctx) }); err != nil {
 		_ = w.Stop(context.Background())
 		return fmt.Errorf("control plane: %w", err)
 	}
 	logger.Info("projector started", "worker", w.ID(), "projections", len(projs), "concurrency", c.concurrency,
 		"max_conns", pool.Config().MaxConns, "poll_only", c.listenless(), "pgbouncer", c.pgbouncer)
 
-	srv, srvErr, err := c.serveMetrics(ctx, healthMux(reg, pool, w), control, logger)
+	srv, srvErr, err := c.serveMetrics(ctx, healthMux(reg, pool, w), ctl, logger)
 	if err != nil {
-		_ = control.Stop(context.Background())
+		_ = ctl.Stop(context.Background())
 		_ = w.Stop(context.Background())
 		return err
 	}
@@ -140,7 +141,7 @@ func (a *app) runRun(ctx context.Context, c runConfig, stdout, stderr io.Writer)
 	if srv != nil {
 		_ = srv.Shutdown(stopCtx)
 	}
-	cerr := control.Stop(stopCtx)
+	cerr := ctl.Stop(stopCtx)
 	err = w.Stop(stopCtx)
 	logger.Info("projector stopped", "worker", w.ID())
 	return errors.Join(err, cerr)
@@ -184,7 +185,7 @@ func (c runConfig) connect(ctx context.Context, logger *slog.Logger, projs []pro
 
 // newMember builds this fleet member's worker and control plane, and
 // registers the metrics read from the database.
-func (a *app) newMember(pool *pgxpool.Pool, projs []projectors.Projection, c runConfig, logger *slog.Logger, reg *prometheus.Registry) (*projectors.Worker, *projectors.Control, error) {
+func (a *app) newMember(pool *pgxpool.Pool, projs []projectors.Projection, c runConfig, logger *slog.Logger, reg *prometheus.Registry) (*projectors.Worker, *control.Control, error) {
 	w, err := projectors.NewWorker(projectors.Config{
 		Pool: pool, Projections: projs, WorkerID: c.workerID, Concurrency: c.concurrency, BatchSize: c.batchSize,
 		PollInterval: c.poll, PollOnly: c.listenless(), LeaseTTL: c.leaseTTL, SoftStopTimeout: c.softStop, Logger: logger, Registerer: reg,
@@ -205,7 +206,7 @@ func (a *app) newMember(pool *pgxpool.Pool, projs []projectors.Projection, c run
 	}
 	var riverLevel slog.Level
 	_ = riverLevel.UnmarshalText([]byte(c.riverLogLevel)) // an enum flag: always valid
-	control, err := projectors.NewControl(projectors.ControlConfig{Pool: pool, Projections: projs, Logger: logger, RiverLogLevel: riverLevel, PollOnly: c.listenless(),
+	ctl, err := control.New(control.Config{Pool: pool, Projections: projs, Logger: logger, RiverLogLevel: riverLevel, PollOnly: c.listenless(),
 		Retention: c.retention, PruneInterval: c.pruneEvery, SoftStopTimeout: c.softStop,
 		RegisterWorkers: func(w *river.Workers) {
 			for _, p := range projs {
@@ -218,7 +219,7 @@ func (a *app) newMember(pool *pgxpool.Pool, projs []projectors.Projection, c run
 	if err != nil {
 		return nil, nil, err
 	}
-	return w, control, nil
+	return w, ctl, nil
 }
 
 // healthMux serves /metrics, /healthz and /readyz (ready while the worker
@@ -248,13 +249,13 @@ func healthMux(reg *prometheus.Registry, pool *pgxpool.Pool, w *projectors.Worke
 // serveMetrics serves mux (with River's UI under --riverui) on
 // --metrics-addr; no server when it is empty. The channel receives the
 // server's error if it stops serving.
-func (c runConfig) serveMetrics(ctx context.Context, mux *http.ServeMux, control *projectors.Control, logger *slog.Logger) (*http.Server, <-chan error, error) {
+func (c runConfig) serveMetrics(ctx context.Context, mux *http.ServeMux, ctl *control.Control, logger *slog.Logger) (*http.Server, <-chan error, error) {
 	srvErr := make(chan error, 1)
 	if c.metricsAddr == "" {
 		return nil, srvErr, nil
 	}
 	if c.riverUI {
-		if err := mountRiverUI(ctx, mux, control.Client(), c.riverUIToken, logger); err != nil {
+		if err := mountRiverUI(ctx, mux, ctl.Client(), c.riverUIToken, logger); err != nil {
 			return nil, nil, fmt.Errorf("riverui: %w", err)
 		}
 	}

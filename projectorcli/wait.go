@@ -11,7 +11,7 @@ import (
 
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/cli"
-	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 	"github.com/readside/readside/projectors/observe"
 )
 
@@ -38,9 +38,9 @@ func (w *waitOptions) flags(fs *cli.Flags, help string) {
 // the tables as its own step. A paused or halted projection, a cancelled
 // job, --timeout and Ctrl-C end the wait with a reason; the job itself
 // carries on in the fleet.
-func (a *app) follow(ctx context.Context, pool *pgxpool.Pool, jobs *projectors.Jobs, stdout, _ io.Writer, jobID int64, kind, name, follow string, o waitOptions) error {
+func (a *app) follow(ctx context.Context, pool *pgxpool.Pool, jobs *control.Jobs, stdout, _ io.Writer, jobID int64, kind, name, follow string, o waitOptions) error {
 	w := &waiter{bin: a.name, pool: pool, jobs: jobs, jobID: jobID, name: name, follow: follow, timeout: o.timeout,
-		rebuild: kind == (projectors.RebuildArgs{}).Kind(), r: newReporter(stdout), start: time.Now()}
+		rebuild: kind == (control.RebuildArgs{}).Kind(), r: newReporter(stdout), start: time.Now()}
 	wctx := ctx
 	if o.timeout > 0 {
 		var cancel context.CancelFunc
@@ -79,7 +79,7 @@ const (
 type waiter struct {
 	bin     string // the binary's name, in hints
 	pool    *pgxpool.Pool
-	jobs    *projectors.Jobs
+	jobs    *control.Jobs
 	jobID   int64
 	name    string // the projection reset or rebuilt
 	follow  string // the projection that replays (a rebuild's shadow)

@@ -17,6 +17,7 @@ import (
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 	"github.com/readside/readside/projectors/observe"
 	"github.com/readside/readside/projectors/ordersummary"
 	"github.com/readside/readside/projectors/projectortest"
@@ -36,7 +37,7 @@ func fleet(t *testing.T) (string, *pgxpool.Pool) {
 	w, err := projectors.NewWorker(projectors.Config{Pool: pool, Projections: projs, PollInterval: 50 * time.Millisecond, BatchSize: 50})
 	require.NoError(t, err)
 	require.NoError(t, w.Start(ctx))
-	c, err := projectors.NewControl(projectors.ControlConfig{Pool: pool, Projections: projs})
+	c, err := control.New(control.Config{Pool: pool, Projections: projs})
 	require.NoError(t, err)
 	require.NoError(t, c.Start(ctx))
 	t.Cleanup(func() {

@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/internal/pgtest"
-	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 )
 
 type holdArgs struct{}
@@ -34,7 +34,7 @@ func TestControlStartContextCancelIsSoftStop(t *testing.T) {
 	t.Parallel()
 	pool := pgtest.NewDB(t)
 	hw := &holdWorker{started: make(chan struct{}), release: make(chan struct{})}
-	c, err := projectors.NewControl(projectors.ControlConfig{Pool: pool, PruneInterval: -1, Logger: testLogger(t),
+	c, err := control.New(control.Config{Pool: pool, PruneInterval: -1, Logger: testLogger(t),
 		RegisterWorkers: func(w *river.Workers) { river.AddWorker(w, hw) },
 		Queues:          map[string]river.QueueConfig{"test_hold": {MaxWorkers: 1}}})
 	require.NoError(t, err)
@@ -70,7 +70,7 @@ func TestControlPollOnlyNeverListens(t *testing.T) {
 		pool := pgtest.NewDB(t)
 		hw := &holdWorker{started: make(chan struct{}), release: make(chan struct{})}
 		close(hw.release)
-		c, err := projectors.NewControl(projectors.ControlConfig{Pool: pool, PruneInterval: -1, Logger: testLogger(t), PollOnly: pollOnly,
+		c, err := control.New(control.Config{Pool: pool, PruneInterval: -1, Logger: testLogger(t), PollOnly: pollOnly,
 			RegisterWorkers: func(w *river.Workers) { river.AddWorker(w, hw) },
 			Queues:          map[string]river.QueueConfig{"test_hold": {MaxWorkers: 1}}})
 		require.NoError(t, err)

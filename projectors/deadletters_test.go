@@ -17,6 +17,7 @@ import (
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 )
 
 // counter is a projection that counts how often each event was applied,
@@ -156,7 +157,7 @@ func TestDeadLetterResolvedBeforeReread(t *testing.T) {
 			case "retry":
 				_, err = pool.Exec(ctx, `INSERT INTO cured VALUES ('B')`)
 				require.NoError(t, err)
-				res, err := projectors.RetryDeadLetters(ctx, pool, c, nil)
+				res, err := control.RetryDeadLetters(ctx, pool, c, nil)
 				require.NoError(t, err)
 				require.Zero(t, res.StillParked)
 			case "discard":
@@ -225,7 +226,7 @@ func TestDeadLetterUnchangedByReread(t *testing.T) {
 	require.Equal(t, "failed", before[0].Reason)
 	require.Equal(t, 2, before[0].Attempts)
 
-	require.NoError(t, projectors.Reset(ctx, pool, c, "cursor:"+outbox.Start.String()))
+	require.NoError(t, control.MoveCheckpoints(ctx, pool, c, "cursor:"+outbox.Start.String()))
 	require.False(t, atHead())
 	eventually(t, 20*time.Second, "replayed to the head", atHead)
 	require.Equal(t, before, rows())
@@ -258,7 +259,7 @@ func TestDiscardedEventNotAppliedOnReplay(t *testing.T) {
 	_, err = pool.Exec(ctx, `INSERT INTO cured VALUES ('B')`) // B1 would apply now
 	require.NoError(t, err)
 
-	require.NoError(t, projectors.Reset(ctx, pool, c, "cursor:"+outbox.Start.String()))
+	require.NoError(t, control.MoveCheckpoints(ctx, pool, c, "cursor:"+outbox.Start.String()))
 	require.False(t, atHead())
 	eventually(t, 20*time.Second, "replayed to the head", atHead)
 	require.Zero(t, count(t, pool, `SELECT count(*) FROM counted WHERE aggregate_id = 'B'`), "a discarded event was applied")

@@ -18,17 +18,18 @@ import (
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 	"github.com/readside/readside/projectors/notifications"
 )
 
-func startControl(t *testing.T, cfg projectors.ControlConfig) *projectors.Control {
+func startControl(t *testing.T, cfg control.Config) *control.Control {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger(t)
 	}
 	cfg.PruneInterval = -1
 	cfg.RebuildCheck = 100 * time.Millisecond
-	c, err := projectors.NewControl(cfg)
+	c, err := control.New(cfg)
 	require.NoError(t, err)
 	require.NoError(t, c.Start(context.Background()))
 	t.Cleanup(func() {
@@ -102,12 +103,12 @@ func TestResetUnderLoad(t *testing.T) {
 		startWorker(t, projectors.Config{Pool: pool, WorkerID: fmt.Sprintf("w%d", i), Projections: []projectors.Projection{&recorder{name: "rec", segments: 4}},
 			BatchSize: 10, PollInterval: 50 * time.Millisecond, LeaseTTL: time.Second})
 	}
-	startControl(t, projectors.ControlConfig{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec", segments: 4}}})
+	startControl(t, control.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec", segments: 4}}})
 
 	stop := make(chan struct{})
 	done := load(t, pool, 30, stop)
 	eventually(t, 20*time.Second, "some progress", func() bool { return count(t, pool, `SELECT count(*) FROM applied`) > 100 })
-	res, err := jobs(t, pool).Enqueue(ctx, projectors.ResetArgs{Projection: "rec", To: "start"})
+	res, err := jobs(t, pool).Enqueue(ctx, control.ResetArgs{Projection: "rec", To: "start"})
 	require.NoError(t, err)
 	waitJob(t, pool, res.Job.ID)
 	time.Sleep(300 * time.Millisecond) // let load continue across the reset
@@ -138,7 +139,7 @@ func TestRebuildNeverShrinksForReaders(t *testing.T) {
 		startWorker(t, projectors.Config{Pool: pool, WorkerID: fmt.Sprintf("w%d", i), Projections: []projectors.Projection{&recorder{name: "rec", segments: 2}},
 			BatchSize: 20, PollInterval: 50 * time.Millisecond, LeaseTTL: time.Second})
 	}
-	startControl(t, projectors.ControlConfig{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec", segments: 2}}})
+	startControl(t, control.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec", segments: 2}}})
 	caughtUp(t, pool)
 
 	stopReads := make(chan struct{})
@@ -170,7 +171,7 @@ func TestRebuildNeverShrinksForReaders(t *testing.T) {
 	}
 	stop := make(chan struct{})
 	done := load(t, pool, 40, stop)
-	res, err := jobs(t, pool).Enqueue(ctx, projectors.RebuildArgs{Projection: "rec"})
+	res, err := jobs(t, pool).Enqueue(ctx, control.RebuildArgs{Projection: "rec"})
 	require.NoError(t, err)
 	eventually(t, 10*time.Second, "rebuild started", func() bool {
 		return count(t, pool, `SELECT count(*) FROM projections WHERE rebuild_of = 'rec'`) == 1
@@ -211,13 +212,13 @@ func TestPruneThenReplayFromStart(t *testing.T) {
 	})
 	before := dumpApplied(t, pool)
 
-	n, horizon, err := projectors.PruneOutbox(ctx, pool, -1)
+	n, horizon, err := control.PruneOutbox(ctx, pool, -1)
 	require.NoError(t, err)
 	require.Equal(t, int64(90), n)
 	require.NotEqual(t, outbox.Start, horizon)
 	require.Zero(t, count(t, pool, `SELECT count(*) FROM outbox`))
 
-	require.NoError(t, projectors.Reset(ctx, pool, rec, "start"))
+	require.NoError(t, control.MoveCheckpoints(ctx, pool, rec, "start"))
 	caughtUp(t, pool)
 	require.Equal(t, before, dumpApplied(t, pool))
 	require.Equal(t, 90, count(t, pool, `SELECT n FROM applied_count`))
@@ -227,7 +228,7 @@ func TestPruneThenReplayFromStart(t *testing.T) {
 	eventually(t, 10*time.Second, "new event applied", func() bool { return count(t, pool, `SELECT count(*) FROM applied`) == 91 })
 
 	// Pruning keeps rows a projection has not passed, and young rows.
-	n, _, err = projectors.PruneOutbox(ctx, pool, time.Hour)
+	n, _, err = control.PruneOutbox(ctx, pool, time.Hour)
 	require.NoError(t, err)
 	require.Zero(t, n, "retention keeps young rows")
 }
@@ -266,14 +267,14 @@ func TestSideEffectsExactlyOnceAcrossReset(t *testing.T) {
 	p := notifications.New()
 	shipOrders(0, 20)
 	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{p}, PollInterval: 50 * time.Millisecond})
-	startControl(t, projectors.ControlConfig{Pool: pool, Projections: []projectors.Projection{p},
+	startControl(t, control.Config{Pool: pool, Projections: []projectors.Projection{p},
 		RegisterWorkers: notifications.AddWorkers(pool), Queues: map[string]river.QueueConfig{notifications.Queue: {MaxWorkers: 2}}})
 	eventually(t, 20*time.Second, "20 notifications sent", func() bool {
 		return count(t, pool, `SELECT count(*) FROM order_notifications`) == 20
 	})
 	require.Equal(t, 20, jobs())
 
-	require.NoError(t, projectors.Reset(ctx, pool, p, "start"))
+	require.NoError(t, control.MoveCheckpoints(ctx, pool, p, "start"))
 	eventually(t, 20*time.Second, "replayed to the head", func() bool {
 		return count(t, pool, `SELECT count(*) FROM checkpoints WHERE projection = $1 AND events_applied >= 20
 			AND (cursor_txid, cursor_position) = (high_txid, high_position)`, notifications.Name) == 1
@@ -306,15 +307,14 @@ func TestDeadLetterRetryKeepsOrder(t *testing.T) {
 	require.Equal(t, 4, count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'parked'`))
 
 	// Retrying before the fix: the poison fails again, nothing moves.
-	res, err := projectors.RetryDeadLetters(ctx, pool, rec, nil)
+	res, err := control.RetryDeadLetters(ctx, pool, rec, nil)
 	require.NoError(t, err)
-	require.Equal(t, projectors.RetryResult{Applied: 0, StillParked: 4}, res)
+	require.Equal(t, control.RetryResult{Applied: 0, StillParked: 4}, res)
 
 	_, err = pool.Exec(ctx, `INSERT INTO cured VALUES ('x')`)
 	require.NoError(t, err)
-	control := startControl(t, projectors.ControlConfig{Pool: pool, Projections: []projectors.Projection{rec}})
-	_ = control
-	job, err := jobs(t, pool).Enqueue(ctx, projectors.RetryDeadLettersArgs{Projection: "rec"})
+	startControl(t, control.Config{Pool: pool, Projections: []projectors.Projection{rec}})
+	job, err := jobs(t, pool).Enqueue(ctx, control.RetryDeadLettersArgs{Projection: "rec"})
 	require.NoError(t, err)
 	waitJob(t, pool, job.Job.ID)
 	require.Equal(t, 7, count(t, pool, `SELECT count(*) FROM applied`))
@@ -324,8 +324,8 @@ func TestDeadLetterRetryKeepsOrder(t *testing.T) {
 	// The aggregate flows again.
 	appendEvents(t, pool, "x", 5, `{}`)
 	eventually(t, 10*time.Second, "x flows", func() bool { return count(t, pool, `SELECT count(*) FROM applied`) == 8 })
-	_, err = projectors.RetryDeadLetters(ctx, pool, rec, nil)
-	require.ErrorIs(t, err, projectors.ErrNothingToRetry)
+	_, err = control.RetryDeadLetters(ctx, pool, rec, nil)
+	require.ErrorIs(t, err, control.ErrNothingToRetry)
 }
 
 // A batch that straddles the high-water mark after a reset is split: the
@@ -344,7 +344,7 @@ func TestReplayFlagSplitsAtHighWater(t *testing.T) {
 	eventually(t, 20*time.Second, "10 applied", func() bool { return count(t, pool, `SELECT count(*) FROM applied`) == 10 })
 	require.NoError(t, w.Stop(ctx))
 
-	require.NoError(t, projectors.Reset(ctx, pool, rec, "start"))
+	require.NoError(t, control.MoveCheckpoints(ctx, pool, rec, "start"))
 	for i := range 10 {
 		appendEvents(t, pool, fmt.Sprintf("agg-%d", i), 1, `{}`)
 	}
@@ -354,9 +354,9 @@ func TestReplayFlagSplitsAtHighWater(t *testing.T) {
 	require.Equal(t, 10, count(t, pool, `SELECT count(*) FROM applied WHERE NOT replay AND version = 2`), "new events are not")
 }
 
-func jobs(t *testing.T, pool *pgxpool.Pool) *projectors.Jobs {
+func jobs(t *testing.T, pool *pgxpool.Pool) *control.Jobs {
 	t.Helper()
-	j, err := projectors.NewJobs(pool)
+	j, err := control.NewJobs(pool)
 	require.NoError(t, err)
 	return j
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/internal/promtest"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 	"github.com/readside/readside/projectors/observe"
 )
 
@@ -158,25 +159,25 @@ func TestPipelineMetricsRiverQueueDepth(t *testing.T) {
 
 	// A queue as a River client registers it, with two due jobs, one
 	// running and one scheduled for later.
-	_, err := pool.Exec(ctx, `INSERT INTO river_queue (name) VALUES ($1)`, projectors.ControlQueue)
+	_, err := pool.Exec(ctx, `INSERT INTO river_queue (name) VALUES ($1)`, control.Queue)
 	require.NoError(t, err)
 	_, err = pool.Exec(ctx, `INSERT INTO river_job (args, kind, max_attempts, queue, state, scheduled_at)
 		VALUES ('{}', 'test', 1, $1, 'available', now() - interval '30 seconds'),
 		       ('{}', 'test', 1, $1, 'available', now()),
 		       ('{}', 'test', 1, $1, 'running', now()),
-		       ('{}', 'test', 1, $1, 'scheduled', now() + interval '1 hour')`, projectors.ControlQueue)
+		       ('{}', 'test', 1, $1, 'scheduled', now() + interval '1 hour')`, control.Queue)
 	require.NoError(t, err)
 	m := promtest.Scrape(t, reg)
 	require.Equal(t, 0.0, m["readside_pipeline_scrape_error"])
 	q := func(state string) string {
-		return fmt.Sprintf("readside_river_jobs{queue=%q,state=%q}", projectors.ControlQueue, state)
+		return fmt.Sprintf("readside_river_jobs{queue=%q,state=%q}", control.Queue, state)
 	}
 	require.Equal(t, 2.0, m[q("available")])
 	require.Equal(t, 1.0, m[q("running")])
 	require.Equal(t, 1.0, m[q("scheduled")])
 	require.Contains(t, m, q("retryable"), "every state is reported, 0 included")
 	require.Equal(t, 0.0, m[q("retryable")])
-	oldest := m[fmt.Sprintf("readside_river_oldest_available_seconds{queue=%q}", projectors.ControlQueue)]
+	oldest := m[fmt.Sprintf("readside_river_oldest_available_seconds{queue=%q}", control.Queue)]
 	require.InDelta(t, 30, oldest, 5)
 }
 
@@ -197,7 +198,7 @@ func TestPipelineMetricsOperation(t *testing.T) {
 	pool := pgtest.NewDB(t)
 	reg := prometheus.NewPedanticRegistry()
 	registerUncached(t, reg, pool)
-	_, err := pool.Exec(ctx, `INSERT INTO river_queue (name) VALUES ($1)`, projectors.ControlQueue)
+	_, err := pool.Exec(ctx, `INSERT INTO river_queue (name) VALUES ($1)`, control.Queue)
 	require.NoError(t, err)
 	_, err = pool.Exec(ctx, `INSERT INTO projections (name, segments) VALUES ('p', 1);
 		INSERT INTO checkpoints (projection, segment) VALUES ('p', 0)`)
@@ -210,7 +211,7 @@ func TestPipelineMetricsOperation(t *testing.T) {
 	}
 	_, err = pool.Exec(ctx, `INSERT INTO river_job (args, kind, max_attempts, queue, state, finalized_at)
 		VALUES ('{"projection":"p","to":"start"}', 'readside_reset', 1, $1, 'available', NULL),
-		       ('{"projection":"q"}', 'readside_rebuild', 1, $1, 'completed', now())`, projectors.ControlQueue)
+		       ('{"projection":"q"}', 'readside_rebuild', 1, $1, 'completed', now())`, control.Queue)
 	require.NoError(t, err)
 	m = promtest.Scrape(t, reg)
 	require.Equal(t, 1.0, m[`readside_projection_operation{kind="reset",projection="p"}`])

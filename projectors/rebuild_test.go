@@ -11,6 +11,7 @@ import (
 
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 )
 
 // effectful is the recorder with a side effect: a row in effects (outside
@@ -55,18 +56,18 @@ func TestRebuildFiresSideEffectsOnce(t *testing.T) {
 
 	// The rebuild starts; the live projection keeps applying new events
 	// (and firing their side effects) before the copy gets to them.
-	require.NoError(t, projectors.StartRebuild(ctx, pool, p))
+	require.NoError(t, control.StartRebuild(ctx, pool, p))
 	for i := range 10 {
 		appendEvents(t, pool, fmt.Sprintf("agg-%d", i), 2, `{}`, `{}`)
 	}
 	caughtUp(t, pool)
 	eventually(t, 20*time.Second, "the copy caught up", func() bool {
 		return count(t, pool, `SELECT count(*) FROM checkpoints s JOIN checkpoints l ON l.segment = s.segment AND l.projection = 'rec'
-			WHERE s.projection = $1 AND (s.cursor_txid, s.cursor_position) >= (l.cursor_txid, l.cursor_position)`, projectors.ShadowName("rec")) == 2
+			WHERE s.projection = $1 AND (s.cursor_txid, s.cursor_position) >= (l.cursor_txid, l.cursor_position)`, control.ShadowName("rec")) == 2
 	})
 
-	startControl(t, projectors.ControlConfig{Pool: pool, Projections: []projectors.Projection{p}})
-	res, err := jobs(t, pool).Enqueue(ctx, projectors.RebuildArgs{Projection: "rec"})
+	startControl(t, control.Config{Pool: pool, Projections: []projectors.Projection{p}})
+	res, err := jobs(t, pool).Enqueue(ctx, control.RebuildArgs{Projection: "rec"})
 	require.NoError(t, err)
 	waitJob(t, pool, res.Job.ID)
 	for i := range 10 {

@@ -11,6 +11,7 @@ import (
 	"github.com/readside/readside/deadletter"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 )
 
 // A discard that commits while a retry of the same dead letter is applying
@@ -70,7 +71,7 @@ func TestRetryRacingDiscardOfSameDeadLetter(t *testing.T) {
 	_, err := pool.Exec(ctx, `INSERT INTO cured VALUES ('A')`)
 	require.NoError(t, err)
 	retrying = true
-	res, retryErr := projectors.RetryDeadLetters(ctx, pool, r, nil)
+	res, retryErr := control.RetryDeadLetters(ctx, pool, r, nil)
 	err = <-discardErr
 	applied := count(t, pool, `SELECT count(*) FROM applied`)
 	var status string
@@ -112,9 +113,9 @@ func TestRebuildKeepsDiscardedEventsDiscarded(t *testing.T) {
 	// The code now accepts A1; the projection is rebuilt.
 	_, err = pool.Exec(ctx, `INSERT INTO cured VALUES ('A')`)
 	require.NoError(t, err)
-	require.NoError(t, projectors.StartRebuild(ctx, pool, p))
-	startControl(t, projectors.ControlConfig{Pool: pool, Projections: []projectors.Projection{p}})
-	res, err := jobs(t, pool).Enqueue(ctx, projectors.RebuildArgs{Projection: "rec"})
+	require.NoError(t, control.StartRebuild(ctx, pool, p))
+	startControl(t, control.Config{Pool: pool, Projections: []projectors.Projection{p}})
+	res, err := jobs(t, pool).Enqueue(ctx, control.RebuildArgs{Projection: "rec"})
 	require.NoError(t, err)
 	waitJob(t, pool, res.Job.ID)
 	require.Zero(t, count(t, pool, `SELECT count(*) FROM applied WHERE aggregate_id = 'A'`), "the rebuild applied a discarded event")
@@ -148,7 +149,7 @@ func TestRetryOfEventParkedDuringReplayFiresOnce(t *testing.T) {
 	// from the start: A1 is parked, A2 blocked behind it.
 	_, err = pool.Exec(ctx, `DELETE FROM cured`)
 	require.NoError(t, err)
-	require.NoError(t, projectors.Reset(ctx, pool, p, "start"))
+	require.NoError(t, control.MoveCheckpoints(ctx, pool, p, "start"))
 	eventually(t, 60*time.Second, "A1 and A2 parked", func() bool {
 		return count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'parked'`) == 2
 	})
@@ -156,7 +157,7 @@ func TestRetryOfEventParkedDuringReplayFiresOnce(t *testing.T) {
 	// Fixed again; the operator retries.
 	_, err = pool.Exec(ctx, `INSERT INTO cured VALUES ('A')`)
 	require.NoError(t, err)
-	res, err := projectors.RetryDeadLetters(ctx, pool, p, nil)
+	res, err := control.RetryDeadLetters(ctx, pool, p, nil)
 	require.NoError(t, err)
 	require.Equal(t, 2, res.Applied)
 	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM applied`))
@@ -193,12 +194,12 @@ func TestRetryAfterRebuildFiresEachSideEffectOnce(t *testing.T) {
 	// the copy parks A1, A2 and B1, and is switched in.
 	_, err = pool.Exec(ctx, `DELETE FROM cured`)
 	require.NoError(t, err)
-	require.NoError(t, projectors.StartRebuild(ctx, pool, p))
+	require.NoError(t, control.StartRebuild(ctx, pool, p))
 	eventually(t, 60*time.Second, "the copy parked A1, A2, B1", func() bool {
-		return count(t, pool, `SELECT count(*) FROM dead_letters WHERE projection = $1 AND status = 'parked'`, projectors.ShadowName("rec")) == 3
+		return count(t, pool, `SELECT count(*) FROM dead_letters WHERE projection = $1 AND status = 'parked'`, control.ShadowName("rec")) == 3
 	})
-	startControl(t, projectors.ControlConfig{Pool: pool, Projections: []projectors.Projection{p}})
-	res, err := jobs(t, pool).Enqueue(ctx, projectors.RebuildArgs{Projection: "rec"})
+	startControl(t, control.Config{Pool: pool, Projections: []projectors.Projection{p}})
+	res, err := jobs(t, pool).Enqueue(ctx, control.RebuildArgs{Projection: "rec"})
 	require.NoError(t, err)
 	waitJob(t, pool, res.Job.ID)
 	require.Equal(t, 3, count(t, pool, `SELECT count(*) FROM dead_letters WHERE projection = 'rec' AND status = 'parked'`))
@@ -206,7 +207,7 @@ func TestRetryAfterRebuildFiresEachSideEffectOnce(t *testing.T) {
 	// Fixed again; the operator retries.
 	_, err = pool.Exec(ctx, `INSERT INTO cured VALUES ('A'), ('B')`)
 	require.NoError(t, err)
-	rr, err := projectors.RetryDeadLetters(ctx, pool, p, nil)
+	rr, err := control.RetryDeadLetters(ctx, pool, p, nil)
 	require.NoError(t, err)
 	require.Equal(t, 3, rr.Applied)
 	require.Zero(t, count(t, pool, `SELECT count(*) FROM (SELECT event_id FROM effects GROUP BY 1 HAVING count(*) > 1) d`),

@@ -14,6 +14,7 @@ import (
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/internal/syncbuf"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 )
 
 // series returns, per projection label, the sample count of
@@ -55,14 +56,14 @@ func TestTelemetryAcrossResetAndRebuild(t *testing.T) {
 	rec := &recorder{name: "rec"}
 	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{rec}, Registerer: reg,
 		BatchSize: 10, PollInterval: 50 * time.Millisecond, LeaseTTL: time.Second})
-	startControl(t, projectors.ControlConfig{Pool: pool, Projections: []projectors.Projection{rec}})
+	startControl(t, control.Config{Pool: pool, Projections: []projectors.Projection{rec}})
 	caughtUp(t, pool)
 	eventually(t, 10*time.Second, "40 latencies observed", func() bool {
 		lat, _ := series(t, reg)
 		return lat["rec"] == 40
 	})
 
-	require.NoError(t, projectors.Reset(ctx, pool, rec, "start"))
+	require.NoError(t, control.MoveCheckpoints(ctx, pool, rec, "start"))
 	eventually(t, 30*time.Second, "replayed", func() bool {
 		return count(t, pool, `SELECT count(*) FROM checkpoints WHERE projection = 'rec' AND events_applied >= 80
 			AND (cursor_txid, cursor_position) = (high_txid, high_position)`) == 1
@@ -75,7 +76,7 @@ func TestTelemetryAcrossResetAndRebuild(t *testing.T) {
 	lat, _ := series(t, reg)
 	require.Equal(t, uint64(41), lat["rec"], "the 40 replayed events are not latency; the new one is")
 
-	res, err := jobs(t, pool).Enqueue(ctx, projectors.RebuildArgs{Projection: "rec"})
+	res, err := jobs(t, pool).Enqueue(ctx, control.RebuildArgs{Projection: "rec"})
 	require.NoError(t, err)
 	eventually(t, 30*time.Second, "the copy applied something", func() bool {
 		_, ps := series(t, reg)
@@ -100,9 +101,9 @@ func TestRiverLogsAtWarn(t *testing.T) {
 	rec := &recorder{name: "rec"}
 	require.NoError(t, projectors.Register(ctx, pool, rec))
 	var logs syncbuf.Buffer
-	startControl(t, projectors.ControlConfig{Pool: pool, Projections: []projectors.Projection{rec},
+	startControl(t, control.Config{Pool: pool, Projections: []projectors.Projection{rec},
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	res, err := jobs(t, pool).Enqueue(ctx, projectors.ResetArgs{Projection: "rec", To: "start"})
+	res, err := jobs(t, pool).Enqueue(ctx, control.ResetArgs{Projection: "rec", To: "start"})
 	require.NoError(t, err)
 	waitJob(t, pool, res.Job.ID)
 	eventually(t, 10*time.Second, "the reset logged", func() bool { return strings.Contains(logs.String(), "control: projection reset") })

@@ -15,6 +15,7 @@ import (
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 )
 
 // seen is an idempotent test projection: it records each event id once,
@@ -95,7 +96,7 @@ func TestResetTargetClampedToReadWindow(t *testing.T) {
 			if kind == "cursor" {
 				target = "cursor:" + b.String()
 			}
-			require.NoError(t, projectors.Reset(ctx, pool, p, target))
+			require.NoError(t, control.MoveCheckpoints(ctx, pool, p, target))
 			cps, err := checkpoint.List(ctx, pool, "seen")
 			require.NoError(t, err)
 			require.Len(t, cps, 1)
@@ -130,18 +131,18 @@ func TestResetBeyondHeadRefused(t *testing.T) {
 		fmt.Sprintf("%d/%d", head.TxID, head.Position+1),
 		fmt.Sprintf("%d/0", head.TxID+1),
 	} {
-		err := projectors.Reset(ctx, pool, p, "cursor:"+to)
-		require.ErrorIs(t, err, projectors.ErrBeyondHead, to)
+		err := control.MoveCheckpoints(ctx, pool, p, "cursor:"+to)
+		require.ErrorIs(t, err, control.ErrBeyondHead, to)
 		require.ErrorContains(t, err, "beyond the head", to)
-		require.ErrorIs(t, projectors.CheckResetTarget(ctx, pool, "cursor:"+to), projectors.ErrBeyondHead, to)
+		require.ErrorIs(t, control.CheckResetTarget(ctx, pool, "cursor:"+to), control.ErrBeyondHead, to)
 	}
 	cps, err := checkpoint.List(ctx, pool, "seen")
 	require.NoError(t, err)
 	require.Equal(t, outbox.Start, cps[0].Cursor, "a refused reset moves nothing")
 
-	require.NoError(t, projectors.Reset(ctx, pool, p, "cursor:"+head.String()), "the head itself is a fine target")
-	require.NoError(t, projectors.CheckResetTarget(ctx, pool, "cursor:"+head.String()))
-	require.NoError(t, projectors.CheckResetTarget(ctx, pool, "start"))
+	require.NoError(t, control.MoveCheckpoints(ctx, pool, p, "cursor:"+head.String()), "the head itself is a fine target")
+	require.NoError(t, control.CheckResetTarget(ctx, pool, "cursor:"+head.String()))
+	require.NoError(t, control.CheckResetTarget(ctx, pool, "start"))
 }
 
 // A checkpoint beyond the read window (however it got there) must not make
@@ -165,7 +166,7 @@ func TestPruneNeverPassesTheReadWindow(t *testing.T) {
 	_, err = pool.Exec(ctx, `UPDATE checkpoints SET cursor_txid = $1, cursor_position = $2 WHERE projection = 'seen'`, b.TxID, b.Position)
 	require.NoError(t, err)
 
-	_, _, err = projectors.PruneOutbox(ctx, pool, -1)
+	_, _, err = control.PruneOutbox(ctx, pool, -1)
 	require.NoError(t, err)
 	var horizon outbox.Cursor
 	err = pool.QueryRow(ctx, `SELECT txid, position FROM outbox_horizon`).Scan(&horizon.TxID, &horizon.Position)

@@ -21,6 +21,7 @@ import (
 	"github.com/readside/readside/internal/pgerr"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 )
 
 // tb is what the harness needs from *testing.T and *rapid.T.
@@ -90,7 +91,7 @@ func newHarness(t tb, pool *pgxpool.Pool, cfg config) *harness {
 			}
 		}
 		for _, n := range projectionNames {
-			for _, schema := range []string{projectors.ShadowSchema(n), "readside_retired_" + n} {
+			for _, schema := range []string{control.ShadowSchema(n), "readside_retired_" + n} {
 				if _, err := tx.Exec(ctx, `DROP SCHEMA IF EXISTS `+pgx.Identifier{schema}.Sanitize()+` CASCADE`); err != nil {
 					return err
 				}
@@ -367,13 +368,13 @@ func (h *harness) run(kill bool, switching ...string) {
 // rebuild starts a rebuild of projection name.
 func (h *harness) rebuild(name string) {
 	p := h.m.proj(name)
-	err := projectors.StartRebuild(h.ctx, h.pool, h.probe(name))
+	err := control.StartRebuild(h.ctx, h.pool, h.probe(name))
 	if p.shadow != nil {
 		require.Error(h.t, err, "a second rebuild of %s", name)
 		return
 	}
 	require.NoError(h.t, err)
-	p.rebuild(projectors.ShadowName(name))
+	p.rebuild(control.ShadowName(name))
 }
 
 // switchIn runs the control plane until it has switched projection name's
@@ -384,7 +385,7 @@ func (h *harness) switchIn(name string) {
 	for i, p := range h.probes {
 		projs[i] = p
 	}
-	ctl, err := projectors.NewControl(projectors.ControlConfig{Pool: h.pool, Projections: projs, PruneInterval: -1,
+	ctl, err := control.New(control.Config{Pool: h.pool, Projections: projs, PruneInterval: -1,
 		RebuildCheck: 20 * time.Millisecond, SwitchWait: 5 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	require.NoError(t, err)
 	require.NoError(t, ctl.Start(h.ctx))
@@ -393,7 +394,7 @@ func (h *harness) switchIn(name string) {
 		defer cancel()
 		require.NoError(t, ctl.Stop(ctx))
 	}()
-	res, err := ctl.Client().Insert(h.ctx, projectors.RebuildArgs{Projection: name}, nil)
+	res, err := ctl.Client().Insert(h.ctx, control.RebuildArgs{Projection: name}, nil)
 	require.NoError(t, err)
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -439,11 +440,11 @@ func (h *harness) retry(name string) {
 	t, p := h.t, h.m.proj(name)
 	parked := len(p.parkedIDs())
 	err := h.transient(func() error {
-		_, err := projectors.RetryDeadLetters(h.ctx, h.pool, h.probe(name), nil)
+		_, err := control.RetryDeadLetters(h.ctx, h.pool, h.probe(name), nil)
 		return err
 	})
 	if parked == 0 {
-		require.ErrorIs(t, err, projectors.ErrNothingToRetry)
+		require.ErrorIs(t, err, control.ErrNothingToRetry)
 	} else {
 		require.NoError(t, err)
 	}
@@ -505,13 +506,13 @@ func (h *harness) reset(name, to string, pick int) {
 		}
 		c = outbox.Cursor{TxID: first.TxID, Position: first.Position - 1}
 	}
-	err := projectors.Reset(h.ctx, h.pool, h.probe(name), target)
+	err := control.MoveCheckpoints(h.ctx, h.pool, h.probe(name), target)
 	if p.shadow != nil {
-		require.ErrorIs(t, err, projectors.ErrRebuildRunning, "reset %s %s", name, target)
+		require.ErrorIs(t, err, control.ErrRebuildRunning, "reset %s %s", name, target)
 		return
 	}
 	if pick == -2 {
-		require.ErrorIs(t, err, projectors.ErrBeyondHead, "reset %s %s", name, target)
+		require.ErrorIs(t, err, control.ErrBeyondHead, "reset %s %s", name, target)
 		h.compare("refused reset " + name + " " + target)
 		return
 	}
@@ -548,7 +549,7 @@ func (h *harness) reset(name, to string, pick int) {
 }
 
 func (h *harness) prune() {
-	_, _, err := projectors.PruneOutbox(h.ctx, h.pool, -1)
+	_, _, err := control.PruneOutbox(h.ctx, h.pool, -1)
 	require.NoError(h.t, err)
 }
 

@@ -101,7 +101,7 @@ func (w *Worker) Work(ctx context.Context, job *river.Job[OrderShippedArgs]) err
 }
 
 // AddWorkers registers the notification worker; pass it as
-// projectors.ControlConfig.RegisterWorkers.
+// control.Config.RegisterWorkers.
 func AddWorkers(pool *pgxpool.Pool) func(*river.Workers) {
 	return func(w *river.Workers) { river.AddWorker(w, &Worker{Pool: pool}) }
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/control"
 	"github.com/readside/readside/projectors/orderstatistics"
 	"github.com/readside/readside/projectors/projectortest"
 	"github.com/readside/readside/projectors/shipped"
@@ -139,9 +140,9 @@ func TestRepairRestoresCorruptedOrder(t *testing.T) {
 		if p.Spec().AggregateTypes[0] != domain.OrderAggregate {
 			continue
 		}
-		res, err := projectors.Repair(ctx, pool, p, projectors.RepairOptions{AggregateIDs: []string{id}})
+		res, err := control.Repair(ctx, pool, p, control.RepairOptions{AggregateIDs: []string{id}})
 		require.NoError(t, err, p.Spec().Name)
-		require.Equal(t, []projectors.RepairedAggregate{{Type: "Order", ID: id, Segment: 0, Replayed: nEvents}}, res, p.Spec().Name)
+		require.Equal(t, []control.RepairedAggregate{{Type: "Order", ID: id, Segment: 0, Replayed: nEvents}}, res, p.Spec().Name)
 	}
 	require.Equal(t, before, orderRows(t, pool, id), "repaired while the writers and the fleet run")
 	stop()
@@ -239,14 +240,14 @@ func TestRepairRacesResetAndRebuild(t *testing.T) {
 		}
 		ops.Go(func() {
 			for range 3 {
-				if err := projectors.Reset(ctx, pool, p, "start"); err != nil {
+				if err := control.MoveCheckpoints(ctx, pool, p, "start"); err != nil {
 					t.Errorf("reset %s: %v", p.Spec().Name, err)
 				}
 			}
 		})
 		ops.Go(func() {
 			for range 6 {
-				if _, err := projectors.Repair(ctx, pool, p, projectors.RepairOptions{AggregateIDs: []string{id}}); err != nil {
+				if _, err := control.Repair(ctx, pool, p, control.RepairOptions{AggregateIDs: []string{id}}); err != nil {
 					t.Errorf("repair %s: %v", p.Spec().Name, err)
 				}
 			}
@@ -265,12 +266,12 @@ func TestRepairRefused(t *testing.T) {
 	pool := pgtest.NewDB(t)
 	p, _ := shipped.ByName("order_details")
 	require.NoError(t, checkpoint.Register(ctx, pool, "order_details", 1, "park"))
-	require.NoError(t, projectors.StartRebuild(ctx, pool, p))
-	_, err := projectors.Repair(ctx, pool, p, projectors.RepairOptions{AggregateIDs: []string{"o1"}})
-	require.ErrorIs(t, err, projectors.ErrRebuildRunning)
+	require.NoError(t, control.StartRebuild(ctx, pool, p))
+	_, err := control.Repair(ctx, pool, p, control.RepairOptions{AggregateIDs: []string{"o1"}})
+	require.ErrorIs(t, err, control.ErrRebuildRunning)
 
-	_, err = projectors.Repair(ctx, pool, noForget{p}, projectors.RepairOptions{AggregateIDs: []string{"o1"}})
-	require.ErrorIs(t, err, projectors.ErrRepairUnsupported)
+	_, err = control.Repair(ctx, pool, noForget{p}, control.RepairOptions{AggregateIDs: []string{"o1"}})
+	require.ErrorIs(t, err, control.ErrRepairUnsupported)
 }
 
 // noForget hides a projection's Forget.
@@ -304,11 +305,11 @@ func TestRepairAllParked(t *testing.T) {
 	_, err = pool.Exec(ctx, `DELETE FROM order_summary WHERE order_id = $1`, id)
 	require.NoError(t, err)
 
-	res, err := projectors.Repair(ctx, pool, p, projectors.RepairOptions{AllParked: true})
+	res, err := control.Repair(ctx, pool, p, control.RepairOptions{AllParked: true})
 	require.NoError(t, err)
-	require.Equal(t, []projectors.RepairedAggregate{{Type: "Order", ID: id, Segment: 0, Replayed: last - 1, Unparked: 1}}, res)
+	require.Equal(t, []control.RepairedAggregate{{Type: "Order", ID: id, Segment: 0, Replayed: last - 1, Unparked: 1}}, res)
 	require.Equal(t, want, orderRows(t, pool, id)["order_summary"])
 	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'retried' AND resolved_at IS NOT NULL`))
-	_, err = projectors.Repair(ctx, pool, p, projectors.RepairOptions{AllParked: true})
-	require.ErrorIs(t, err, projectors.ErrNothingToRepair)
+	_, err = control.Repair(ctx, pool, p, control.RepairOptions{AllParked: true})
+	require.ErrorIs(t, err, control.ErrNothingToRepair)
 }

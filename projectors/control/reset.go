@@ -1,4 +1,4 @@
-package projectors
+package control
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/deadletter"
 	"github.com/readside/readside/outbox"
+	"github.com/readside/readside/projectors"
 )
 
 // ResetArgs moves a projection's checkpoints (all segments) and, for a
@@ -35,7 +36,7 @@ func (ResetArgs) Kind() string { return "readside_reset" }
 // InsertOpts implements river.JobArgsWithInsertOpts: one reset per
 // projection at a time.
 func (ResetArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{Queue: ControlQueue, UniqueOpts: uniqueByProjection()}
+	return river.InsertOpts{Queue: Queue, UniqueOpts: uniqueByProjection()}
 }
 
 // ErrBeyondHead refuses a reset target past the last event of the log: the
@@ -52,7 +53,7 @@ var errNoEventSince = errors.New("no event occurred at or after")
 func CheckResetTarget(ctx context.Context, db interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }, to string) error {
-	if err := ParseResetTarget(to); err != nil {
+	if err := ValidateResetTarget(to); err != nil {
 		return err
 	}
 	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
@@ -61,8 +62,8 @@ func CheckResetTarget(ctx context.Context, db interface {
 	})
 }
 
-// ParseResetTarget checks a target string ("start", "cursor:…", "time:…").
-func ParseResetTarget(to string) error {
+// ValidateResetTarget checks a target string ("start", "cursor:…", "time:…").
+func ValidateResetTarget(to string) error {
 	kind, val, _ := strings.Cut(to, ":")
 	switch kind {
 	case "start":
@@ -87,10 +88,10 @@ func (w *resetWorker) Work(ctx context.Context, job *river.Job[ResetArgs]) error
 	if err != nil {
 		return err
 	}
-	if err := ParseResetTarget(job.Args.To); err != nil {
+	if err := ValidateResetTarget(job.Args.To); err != nil {
 		return river.JobCancel(err)
 	}
-	err = Reset(ctx, w.c.cfg.Pool, p, job.Args.To)
+	err = MoveCheckpoints(ctx, w.c.cfg.Pool, p, job.Args.To)
 	if errors.Is(err, ErrRebuildRunning) || errors.Is(err, checkpoint.ErrUnknownProjection) || errors.Is(err, ErrBeyondHead) || errors.Is(err, errNoEventSince) {
 		return river.JobCancel(err)
 	}
@@ -108,9 +109,9 @@ func (w *resetWorker) Work(ctx context.Context, job *river.Job[ResetArgs]) error
 // Reset and clears its dead letters. Workers re-claim the segments at their
 // next lease renewal and replay from the new cursor; batches at or below the
 // segment's high-water mark are flagged as replays.
-func Reset(ctx context.Context, db interface {
+func MoveCheckpoints(ctx context.Context, db interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
-}, p Projection, to string) error {
+}, p projectors.Projection, to string) error {
 	name := p.Spec().Name
 	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		if err := checkpoint.Exists(ctx, tx, name); err != nil {
@@ -172,7 +173,7 @@ func resolveTarget(ctx context.Context, tx pgx.Tx, to string) (outbox.Cursor, er
 			return c, err
 		}
 	default:
-		return c, ParseResetTarget(to)
+		return c, ValidateResetTarget(to)
 	}
 	return outbox.ClampToWindow(ctx, tx, c)
 }

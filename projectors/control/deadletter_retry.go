@@ -1,4 +1,4 @@
-package projectors
+package control
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/deadletter"
 	"github.com/readside/readside/outbox"
+	"github.com/readside/readside/projectors"
 )
 
 // RetryDeadLettersArgs re-applies a projection's parked events (all, or the
@@ -25,7 +26,7 @@ func (RetryDeadLettersArgs) Kind() string { return "readside_dead_letters_retry"
 
 // InsertOpts implements river.JobArgsWithInsertOpts.
 func (RetryDeadLettersArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{Queue: ControlQueue, UniqueOpts: uniqueByProjection()}
+	return river.InsertOpts{Queue: Queue, UniqueOpts: uniqueByProjection()}
 }
 
 type retryWorker struct {
@@ -64,8 +65,8 @@ type RetryResult struct {
 // error and attempt count), and so does everything after it: order survives.
 func RetryDeadLetters(ctx context.Context, db interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
-}, p Projection, ids []int64) (RetryResult, error) {
-	name := p.Spec().withDefaults().Name
+}, p projectors.Projection, ids []int64) (RetryResult, error) {
+	name := p.Spec().Name
 	var res RetryResult
 	var aggs []deadletter.Aggregate
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
@@ -97,7 +98,7 @@ func RetryDeadLetters(ctx context.Context, db interface {
 // version order, until one fails again. Every parked event of the aggregate
 // is retried, not only the listed ones: applying a later one before an
 // earlier one would break order. A transient error aborts the transaction.
-func retryAggregate(ctx context.Context, tx pgx.Tx, p Projection, name string, a deadletter.Aggregate) (RetryResult, error) {
+func retryAggregate(ctx context.Context, tx pgx.Tx, p projectors.Projection, name string, a deadletter.Aggregate) (RetryResult, error) {
 	var res RetryResult
 	if err := checkpoint.LockSegment(ctx, tx, name, a.Segment); err != nil {
 		return res, err
@@ -107,7 +108,7 @@ func retryAggregate(ctx context.Context, tx pgx.Tx, p Projection, name string, a
 		return res, err
 	}
 	for i, pe := range events {
-		applyErr, err := applyInSavepoint(ctx, tx, p, &Batch{Events: []outbox.Event{pe.Event}, Segment: a.Segment, Replay: pe.Replay})
+		applyErr, err := applyInSavepoint(ctx, tx, p, &projectors.Batch{Events: []outbox.Event{pe.Event}, Segment: a.Segment, Replay: pe.Replay})
 		if err != nil {
 			return res, err
 		}
@@ -118,7 +119,7 @@ func retryAggregate(ctx context.Context, tx pgx.Tx, p Projection, name string, a
 			res.Applied++
 			continue
 		}
-		if retryReason(applyErr) != "" {
+		if transient(applyErr) != "" {
 			return res, applyErr
 		}
 		if err := deadletter.Refail(ctx, tx, pe.ID, applyErr.Error()); err != nil {
@@ -133,7 +134,7 @@ func retryAggregate(ctx context.Context, tx pgx.Tx, p Projection, name string, a
 // applyInSavepoint applies b in a savepoint of tx, rolled back if the
 // projection fails: it returns the projection's error, and an error of the
 // savepoint itself.
-func applyInSavepoint(ctx context.Context, tx pgx.Tx, p Projection, b *Batch) (applyErr, err error) {
+func applyInSavepoint(ctx context.Context, tx pgx.Tx, p projectors.Projection, b *projectors.Batch) (applyErr, err error) {
 	sp, err := tx.Begin(ctx)
 	if err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-package projectors
+package control
 
 import (
 	"context"
@@ -23,7 +23,7 @@ func (PruneOutboxArgs) Kind() string { return "readside_prune_outbox" }
 
 // InsertOpts implements river.JobArgsWithInsertOpts: at most one queued.
 func (PruneOutboxArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{Queue: ControlQueue, UniqueOpts: uniqueByProjection()}
+	return river.InsertOpts{Queue: Queue, UniqueOpts: uniqueByProjection()}
 }
 
 type pruneWorker struct {

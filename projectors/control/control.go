@@ -1,4 +1,4 @@
-package projectors
+package control
 
 import (
 	"cmp"
@@ -14,20 +14,24 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivertype"
+
+	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/pgerr"
+	"github.com/readside/readside/projectors"
 )
 
-// ControlQueue is the River queue of control operations.
-const ControlQueue = "readside_control"
+// Queue is the River queue of control operations.
+const Queue = "readside_control"
 
-// Defaults for ControlConfig.
+// Defaults for Config.
 const (
-	ControlWorkersDefault = 2
-	PruneIntervalDefault  = time.Minute
-	RetentionDefault      = time.Hour
-	SwitchWaitDefault     = 10 * time.Second
-	RebuildCheckDefault   = time.Second
-	controlMaxAttempts    = 25
-	pruneChunk            = 10_000
+	WorkersDefault       = 2
+	PruneIntervalDefault = time.Minute
+	RetentionDefault     = time.Hour
+	SwitchWaitDefault    = 10 * time.Second
+	RebuildCheckDefault  = time.Second
+	controlMaxAttempts   = 25
+	pruneChunk           = 10_000
 )
 
 // ErrRebuildRunning refuses a reset or a second rebuild while a rebuild of
@@ -37,16 +41,16 @@ var ErrRebuildRunning = errors.New("a rebuild of this projection is in progress"
 // ErrNothingToRetry is returned when no parked dead letter matches.
 var ErrNothingToRetry = errors.New("no parked dead letters match")
 
-// ControlConfig configures Control.
-type ControlConfig struct {
+// Config configures Control.
+type Config struct {
 	// Pool is the database; River uses it too (MaxWorkers + 2 connections,
 	// plus a LISTEN connection it takes out of the pool unless PollOnly).
 	Pool *pgxpool.Pool
 	// Projections whose control operations this process may execute: the
 	// same list as the Worker's.
-	Projections []Projection
+	Projections []projectors.Projection
 	// MaxWorkers is how many control jobs run at once. 0 means
-	// ControlWorkersDefault.
+	// WorkersDefault.
 	MaxWorkers int
 	// PruneInterval is how often outbox pruning runs; 0 means
 	// PruneIntervalDefault, negative disables pruning.
@@ -65,12 +69,12 @@ type ControlConfig struct {
 	// RegisterWorkers adds River workers for side-effect jobs that
 	// projections enqueue (see projectors/notifications).
 	RegisterWorkers func(*river.Workers)
-	// Queues are River queues to work besides ControlQueue, for those
+	// Queues are River queues to work besides Queue, for those
 	// side-effect jobs.
 	Queues map[string]river.QueueConfig
 	// SoftStopTimeout is how long a stop (Stop, or cancelling Start's
 	// context) lets running control jobs finish before cancelling them. 0
-	// means SoftStopTimeoutDefault.
+	// means projectors.SoftStopTimeoutDefault.
 	SoftStopTimeout time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
@@ -85,35 +89,35 @@ type ControlConfig struct {
 	RiverLogLevel slog.Leveler
 }
 
-// Control runs readside's control plane: a River client on ControlQueue
+// Control runs readside's control plane: a River client on Queue
 // that executes resets, rebuilds, dead-letter retries and outbox pruning,
 // whichever fleet member picks them up, retried durably.
 type Control struct {
-	cfg    ControlConfig
+	cfg    Config
 	log    *slog.Logger
 	client *river.Client[pgx.Tx]
-	projs  map[string]Projection
+	projs  map[string]projectors.Projection
 	mu     sync.Mutex
 	start  bool
 }
 
-// NewControl validates cfg and builds the River client.
-func NewControl(cfg ControlConfig) (*Control, error) {
-	cfg.MaxWorkers = cmp.Or(cfg.MaxWorkers, ControlWorkersDefault)
+// New validates cfg and builds the River client.
+func New(cfg Config) (*Control, error) {
+	cfg.MaxWorkers = cmp.Or(cfg.MaxWorkers, WorkersDefault)
 	cfg.PruneInterval = cmp.Or(cfg.PruneInterval, PruneIntervalDefault)
 	cfg.Retention = cmp.Or(cfg.Retention, RetentionDefault)
 	cfg.SwitchWait = cmp.Or(cfg.SwitchWait, SwitchWaitDefault)
 	cfg.RebuildCheck = cmp.Or(cfg.RebuildCheck, RebuildCheckDefault)
-	cfg.SoftStopTimeout = cmp.Or(cfg.SoftStopTimeout, SoftStopTimeoutDefault)
+	cfg.SoftStopTimeout = cmp.Or(cfg.SoftStopTimeout, projectors.SoftStopTimeoutDefault)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Pool == nil {
-		return nil, errors.New("projectors: ControlConfig.Pool is required")
+		return nil, errors.New("projectors: Config.Pool is required")
 	}
-	c := &Control{cfg: cfg, log: cfg.Logger.With("component", "control"), projs: map[string]Projection{}}
+	c := &Control{cfg: cfg, log: cfg.Logger.With("component", "control"), projs: map[string]projectors.Projection{}}
 	for _, p := range cfg.Projections {
-		c.projs[p.Spec().withDefaults().Name] = p
+		c.projs[p.Spec().Name] = p
 	}
 	workers := river.NewWorkers()
 	river.AddWorker(workers, &resetWorker{c: c})
@@ -123,7 +127,7 @@ func NewControl(cfg ControlConfig) (*Control, error) {
 	if cfg.RegisterWorkers != nil {
 		cfg.RegisterWorkers(workers)
 	}
-	queues := map[string]river.QueueConfig{ControlQueue: {MaxWorkers: cfg.MaxWorkers}}
+	queues := map[string]river.QueueConfig{Queue: {MaxWorkers: cfg.MaxWorkers}}
 	for name, q := range cfg.Queues {
 		queues[name] = q
 	}
@@ -185,7 +189,7 @@ func (c *Control) Client() *river.Client[pgx.Tx] { return c.client }
 // it, before it is cancelled.
 const unknownProjectionGrace = time.Minute
 
-func (c *Control) projection(name string, created time.Time) (Projection, error) {
+func (c *Control) projection(name string, created time.Time) (projectors.Projection, error) {
 	p, ok := c.projs[name]
 	if ok {
 		return p, nil
@@ -255,4 +259,14 @@ func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (h minLevel) WithGroup(name string) slog.Handler {
 	return minLevel{h.Handler.WithGroup(name), h.min}
+}
+
+// transient names why err is worth retrying the transaction (serialization,
+// deadlock, connection), or returns "" for an error of the projection
+// itself or a fenced lease, which another attempt would not cure.
+func transient(err error) string {
+	if errors.Is(err, checkpoint.ErrFenced) {
+		return ""
+	}
+	return pgerr.Transient(err)
 }

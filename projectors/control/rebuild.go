@@ -1,0 +1,137 @@
+package control
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+
+	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/projectors"
+)
+
+// RebuildArgs rebuilds a projection without downtime (blue/green): a copy of
+// its tables is built from the start in its own schema by the fleet, next to
+// the live one, which keeps serving; once the copy has caught up, the tables
+// are swapped in one transaction and the old ones dropped. Readers never see
+// an empty or half-built model. The copy never reads past the live
+// projection's checkpoints and applies everything as a replay
+// (projectors.Batch.Replay): side effects fire once, from the live projection, for
+// history and for the events it applies while the rebuild runs alike.
+type RebuildArgs struct {
+	Projection string `json:"projection" river:"unique"`
+}
+
+// Kind implements river.JobArgs.
+func (RebuildArgs) Kind() string { return "readside_rebuild" }
+
+// InsertOpts implements river.JobArgsWithInsertOpts.
+func (RebuildArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{Queue: Queue, UniqueOpts: uniqueByProjection()}
+}
+
+// ShadowName is the name of a projection's rebuild in progress, and
+// ShadowSchema the schema its tables are built in.
+func ShadowName(projection string) string { return short(projection, 50) + "__rebuild" }
+
+// ShadowSchema is the schema a rebuild of projection builds its tables in.
+func ShadowSchema(projection string) string { return "readside_rebuild_" + short(projection, 40) }
+
+func short(name string, n int) string {
+	if len(name) <= n {
+		return name
+	}
+	sum := sha256.Sum256([]byte(name))
+	return name[:n-9] + "_" + hex.EncodeToString(sum[:4])
+}
+
+type rebuildWorker struct {
+	river.WorkerDefaults[RebuildArgs]
+	c *Control
+}
+
+// Timeout: a rebuild job runs once per check; the build itself happens in
+// the fleet between checks.
+func (w *rebuildWorker) Timeout(*river.Job[RebuildArgs]) time.Duration { return time.Minute }
+
+func (w *rebuildWorker) Work(ctx context.Context, job *river.Job[RebuildArgs]) error {
+	p, err := w.c.projection(job.Args.Projection, job.CreatedAt)
+	if err != nil {
+		return err
+	}
+	spec := p.Spec()
+	if len(spec.Tables) == 0 {
+		return river.JobCancel(fmt.Errorf("rebuild %s: the projection lists no Tables, so it cannot be built in a copy", spec.Name))
+	}
+	pool := w.c.cfg.Pool
+	exists, err := checkpoint.Registered(ctx, pool, ShadowName(spec.Name))
+	if err != nil {
+		return err
+	}
+	if !exists {
+		if err := StartRebuild(ctx, pool, p); err != nil {
+			if errors.Is(err, checkpoint.ErrUnknownProjection) {
+				return river.JobCancel(err)
+			}
+			return err
+		}
+		w.c.log.Info("control: rebuild started", "projection", spec.Name, "schema", ShadowSchema(spec.Name))
+		return river.JobSnooze(w.c.cfg.RebuildCheck)
+	}
+	switched, err := w.c.trySwitch(ctx, p)
+	if err != nil {
+		return err
+	}
+	if !switched {
+		return river.JobSnooze(w.c.cfg.RebuildCheck)
+	}
+	w.c.log.Info("control: rebuild switched in", "projection", spec.Name, "job", job.ID)
+	return nil
+}
+
+// StartRebuild creates the copy of p's tables in the shadow schema, empties
+// it with p.Reset, and registers the shadow projection (same segments, from
+// the start, inheriting the live segments' high-water marks). Workers pick it
+// up at their next renewal.
+func StartRebuild(ctx context.Context, db interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}, p projectors.Projection) error {
+	spec := p.Spec()
+	shadow, schema := ShadowName(spec.Name), ShadowSchema(spec.Name)
+	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if err := checkpoint.Exists(ctx, tx, spec.Name); err != nil {
+			return err
+		}
+		var live string
+		if err := tx.QueryRow(ctx, `SELECT current_schema()`).Scan(&live); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `CREATE SCHEMA `+pgx.Identifier{schema}.Sanitize()); err != nil {
+			return fmt.Errorf("rebuild %s: %w", spec.Name, err)
+		}
+		for _, t := range spec.Tables {
+			if _, err := tx.Exec(ctx, fmt.Sprintf(`CREATE TABLE %s (LIKE %s INCLUDING ALL)`,
+				pgx.Identifier{schema, t}.Sanitize(), pgx.Identifier{live, t}.Sanitize())); err != nil {
+				return fmt.Errorf("rebuild %s: copy table %s: %w", spec.Name, t, err)
+			}
+		}
+		if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, pgx.Identifier{schema}.Sanitize()+", "+pgx.Identifier{live}.Sanitize()); err != nil {
+			return err
+		}
+		if err := p.Reset(ctx, tx); err != nil {
+			return fmt.Errorf("rebuild %s: reset the copy: %w", spec.Name, err)
+		}
+		if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, pgx.Identifier{live}.Sanitize()); err != nil {
+			return err
+		}
+		if err := checkpoint.RegisterShadow(ctx, tx, shadow, spec.Name, schema); err != nil {
+			return fmt.Errorf("rebuild %s: %w", spec.Name, err)
+		}
+		return nil
+	})
+}
