@@ -122,7 +122,7 @@ func New(cfg Config) (*Control, error) {
 	workers := river.NewWorkers()
 	river.AddWorker(workers, &resetWorker{c: c})
 	river.AddWorker(workers, &rebuildWorker{c: c})
-	river.AddWorker(workers, &retryWorker{c: c})
+	river.AddWorker(workers, &deadLetterRetryWorker{c: c})
 	river.AddWorker(workers, &pruneWorker{c: c})
 	if cfg.RegisterWorkers != nil {
 		cfg.RegisterWorkers(workers)

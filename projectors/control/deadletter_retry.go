@@ -29,12 +29,12 @@ func (RetryDeadLettersArgs) InsertOpts() river.InsertOpts {
 	return river.InsertOpts{Queue: Queue, UniqueOpts: uniqueByProjection()}
 }
 
-type retryWorker struct {
+type deadLetterRetryWorker struct {
 	river.WorkerDefaults[RetryDeadLettersArgs]
 	c *Control
 }
 
-func (w *retryWorker) Work(ctx context.Context, job *river.Job[RetryDeadLettersArgs]) error {
+func (w *deadLetterRetryWorker) Work(ctx context.Context, job *river.Job[RetryDeadLettersArgs]) error {
 	p, err := w.c.projection(job.Args.Projection, job.CreatedAt)
 	if err != nil {
 		return err
