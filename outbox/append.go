@@ -106,6 +106,14 @@ func Append(ctx context.Context, tx Querier, agg Aggregate, expectedVersion int,
 	if err := validate(agg, expectedVersion, events); err != nil {
 		return nil, err
 	}
+	first := events[0]
+	meta, err := json.Marshal(first.Metadata)
+	if err != nil {
+		return nil, fmt.Errorf("append: metadata: %w", err)
+	}
+	if len(events) == 1 {
+		return appendOne(ctx, tx, agg, expectedVersion, first, string(meta))
+	}
 	n := len(events)
 	types := make([]string, n)
 	data := make([]string, n)
@@ -113,24 +121,51 @@ func Append(ctx context.Context, tx Querier, agg Aggregate, expectedVersion int,
 		types[i] = e.Type
 		data[i] = string(e.Data)
 	}
-	// Per-event arrays only where events differ.
-	var (
-		metaArr     []string
-		versionArr  []int32
-		occurredArr []*time.Time
-	)
-	first := events[0]
-	meta, err := json.Marshal(first.Metadata)
+	metaArr, versionArr, occurredArr, err := perEventArrays(events)
 	if err != nil {
-		return nil, fmt.Errorf("append: metadata: %w", err)
+		return nil, err
 	}
+	res := &AppendResult{Version: expectedVersion + n}
+	err = tx.QueryRow(ctx, appendSQL, agg.Type, agg.ID, expectedVersion, types, data, string(meta), int32(max(first.SchemaVersion, 1)),
+		metaArr, versionArr, occurredArr).Scan(&res.Positions, &res.TxID)
+	if err != nil {
+		return nil, classify(agg, expectedVersion, err)
+	}
+	return res, nil
+}
+
+// appendOne appends a single event: a command usually appends one, and a
+// plain VALUES insert costs the server less than the unnest, CTE and
+// array_agg of the general statement.
+func appendOne(ctx context.Context, tx Querier, agg Aggregate, expectedVersion int, e NewEvent, meta string) (*AppendResult, error) {
+	var occurred *time.Time
+	if !e.OccurredAt.IsZero() {
+		occurred = &e.OccurredAt
+	}
+	res := &AppendResult{Version: expectedVersion + 1}
+	var id int64
+	err := tx.QueryRow(ctx, appendOneSQL, agg.Type, agg.ID, e.Type, string(e.Data), meta,
+		int32(max(e.SchemaVersion, 1)), expectedVersion+1, occurred).Scan(&id, &res.TxID)
+	if err != nil {
+		return nil, classify(agg, expectedVersion, err)
+	}
+	res.Positions = []int64{id}
+	return res, nil
+}
+
+// perEventArrays returns the per-event metadata, schema versions and
+// occurrence times, each only where the events differ (nil otherwise: the
+// statement then uses the first event's value for all).
+func perEventArrays(events []NewEvent) (metaArr []string, versionArr []int32, occurredArr []*time.Time, err error) {
+	first := events[0]
+	n := len(events)
 	for i, e := range events {
 		if e.Metadata != first.Metadata && metaArr == nil {
 			metaArr = make([]string, n)
 			for j := range events {
 				m, err := json.Marshal(events[j].Metadata)
 				if err != nil {
-					return nil, fmt.Errorf("append: metadata: %w", err)
+					return nil, nil, nil, fmt.Errorf("append: metadata: %w", err)
 				}
 				metaArr[j] = string(m)
 			}
@@ -149,29 +184,7 @@ func Append(ctx context.Context, tx Querier, agg Aggregate, expectedVersion int,
 			occurredArr[i] = &t
 		}
 	}
-	res := &AppendResult{Version: expectedVersion + n}
-	if n == 1 {
-		// A command usually appends one event: a plain VALUES insert
-		// costs the server less than the unnest, CTE and array_agg below.
-		var occurred *time.Time
-		if !first.OccurredAt.IsZero() {
-			occurred = &first.OccurredAt
-		}
-		var id int64
-		err = tx.QueryRow(ctx, appendOneSQL, agg.Type, agg.ID, first.Type, data[0], string(meta),
-			int32(max(first.SchemaVersion, 1)), expectedVersion+1, occurred).Scan(&id, &res.TxID)
-		if err != nil {
-			return nil, classify(agg, expectedVersion, err)
-		}
-		res.Positions = []int64{id}
-		return res, nil
-	}
-	err = tx.QueryRow(ctx, appendSQL, agg.Type, agg.ID, expectedVersion, types, data, string(meta), int32(max(first.SchemaVersion, 1)),
-		metaArr, versionArr, occurredArr).Scan(&res.Positions, &res.TxID)
-	if err != nil {
-		return nil, classify(agg, expectedVersion, err)
-	}
-	return res, nil
+	return metaArr, versionArr, occurredArr, nil
 }
 
 func validate(agg Aggregate, expectedVersion int, events []NewEvent) error {

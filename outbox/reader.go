@@ -175,23 +175,34 @@ func Fetch(ctx context.Context, q Querier, after Cursor, limit int, f Filter) (*
 		return nil, fmt.Errorf("fetch after %s: %w", after, err)
 	}
 	defer rows.Close()
+	b, head, err := scanBatch(rows, after)
+	if err != nil {
+		return nil, fmt.Errorf("fetch after %s: %w", after, err)
+	}
+	// A segmented read that has read all of its rows in the window (fewer
+	// than limit) stands at the window's end: rows of other segments in
+	// between are not its own, and the head was read in the same snapshot,
+	// so nothing of its own lies behind it.
+	if head != nil && b.Scanned < limit && b.Next.Less(*head) {
+		b.Next = *head
+	}
+	return b, nil
+}
+
+// scanBatch reads the rows of a fetch statement: the window's rows (matched
+// or only passed over) and, for a segmented read, the head row. Rows come
+// from the merged buckets in no global order; they are put in read order
+// here rather than by a sort over their payloads in the server.
+func scanBatch(rows pgx.Rows, after Cursor) (*Batch, *Cursor, error) {
 	b := &Batch{Next: after}
 	var head *Cursor
 	sorted := true
 	for rows.Next() {
-		var (
-			c                      Cursor
-			matched                bool
-			aggType, aggID, typ    *string
-			version, schemaVersion *int32
-			data, meta             []byte
-			occurredAt, appendedAt *time.Time
-			isHead                 bool
-		)
-		if err := rows.Scan(&c.TxID, &c.Position, &matched, &aggType, &aggID, &typ, &version,
-			&schemaVersion, &data, &meta, &occurredAt, &appendedAt, &isHead); err != nil {
-			return nil, fmt.Errorf("fetch: scan: %w", err)
+		e, matched, isHead, err := scanRow(rows)
+		if err != nil {
+			return nil, nil, err
 		}
+		c := e.Cursor
 		if isHead {
 			head = &c
 			continue
@@ -202,33 +213,42 @@ func Fetch(ctx context.Context, q Querier, after Cursor, limit int, f Filter) (*
 			b.Next = c
 		}
 		b.Scanned++
-		if !matched || aggType == nil {
-			continue
+		if matched {
+			b.Events = append(b.Events, e)
 		}
-		e := Event{
-			Cursor: c, AggregateType: *aggType, AggregateID: *aggID, Type: *typ,
-			Version: int(*version), SchemaVersion: int(*schemaVersion),
-			Data: data, Metadata: meta, OccurredAt: *occurredAt,
-		}
-		if appendedAt != nil {
-			e.AppendedAt = *appendedAt
-		}
-		b.Events = append(b.Events, e)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("fetch after %s: %w", after, err)
+		return nil, nil, err
 	}
 	if !sorted {
 		slices.SortFunc(b.Events, func(x, y Event) int { return x.Cursor.Compare(y.Cursor) })
 	}
-	// A segmented read that has read all of its rows in the window (fewer
-	// than limit) stands at the window's end: rows of other segments in
-	// between are not its own, and the head was read in the same snapshot,
-	// so nothing of its own lies behind it.
-	if head != nil && b.Scanned < limit && b.Next.Less(*head) {
-		b.Next = *head
+	return b, head, nil
+}
+
+// scanRow reads one row; matched is false for a row the filter passes over
+// (its event columns are NULL) and isHead marks the head row.
+func scanRow(rows pgx.Rows) (e Event, matched, isHead bool, err error) {
+	var (
+		aggType, aggID, typ    *string
+		version, schemaVersion *int32
+		data, meta             []byte
+		occurredAt, appendedAt *time.Time
+	)
+	if err := rows.Scan(&e.Cursor.TxID, &e.Cursor.Position, &matched, &aggType, &aggID, &typ, &version,
+		&schemaVersion, &data, &meta, &occurredAt, &appendedAt, &isHead); err != nil {
+		return e, false, false, fmt.Errorf("scan: %w", err)
 	}
-	return b, nil
+	if isHead || !matched || aggType == nil {
+		return e, false, isHead, nil
+	}
+	e.AggregateType, e.AggregateID, e.Type = *aggType, *aggID, *typ
+	e.Version, e.SchemaVersion = int(*version), int(*schemaVersion)
+	e.Data, e.Metadata, e.OccurredAt = data, meta, *occurredAt
+	if appendedAt != nil {
+		e.AppendedAt = *appendedAt
+	}
+	return e, true, false, nil
 }
 
 func nonNil(s []string) []string {
