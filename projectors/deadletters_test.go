@@ -145,7 +145,7 @@ func TestDeadLetterResolvedBeforeReread(t *testing.T) {
 				paused <- err
 			}()
 			eventually(t, 10*time.Second, "the pause waits for the runner's row lock", func() bool {
-				return count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+				return count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
 					AND query LIKE 'UPDATE checkpoints SET status%'`) == 1
 			})
 			close(proceed)

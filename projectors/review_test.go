@@ -49,7 +49,7 @@ func TestRetryRacingDiscardOfSameDeadLetter(t *testing.T) {
 				default:
 				}
 				var waiting int
-				if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+				if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
 					AND query LIKE 'UPDATE dead_letters SET status = ''discarded''%'`).Scan(&waiting); err == nil && waiting > 0 {
 					return // the discard waits for the retry
 				}
