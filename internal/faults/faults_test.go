@@ -290,15 +290,7 @@ func TestFaults(t *testing.T) {
 		p = longPlan
 	}
 	ctx := context.Background()
-	cl, err := pgtemp.Start(ctx)
-	if err != nil {
-		t.Fatalf("pgtemp: %v", err)
-	}
-	t.Cleanup(func() { _ = cl.Stop() })
-	if err := exec1(ctx, cl.URL, `CREATE DATABASE `+dbName); err != nil {
-		t.Fatal(err)
-	}
-	url := pgtest.WithDatabase(cl.URL, dbName)
+	cl, url := startCluster(ctx, t)
 
 	bin := t.TempDir()
 	projBin, writerBin := buildBinaries(t, bin)
@@ -592,4 +584,19 @@ func (in *injector) inject(ctx context.Context) {
 	case done && typ == "OrderPlaced" && in.n%2 == 0:
 		in.followUp = append(in.followUp, id)
 	}
+}
+
+// startCluster starts a disposable PostgreSQL cluster for the test, stopped
+// at cleanup, and returns it with the URL of its database dbName.
+func startCluster(ctx context.Context, t *testing.T) (*pgtemp.Cluster, string) {
+	t.Helper()
+	cl, err := pgtemp.Start(ctx)
+	if err != nil {
+		t.Fatalf("pgtemp: %v", err)
+	}
+	t.Cleanup(func() { _ = cl.Stop() })
+	if err := exec1(ctx, cl.URL, `CREATE DATABASE `+dbName); err != nil {
+		t.Fatal(err)
+	}
+	return cl, pgtest.WithDatabase(cl.URL, dbName)
 }

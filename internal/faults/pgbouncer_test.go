@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/readside/readside/internal/pgtemp"
-	"github.com/readside/readside/internal/pgtest"
 )
 
 const (
@@ -53,15 +52,7 @@ func TestFleetThroughPgBouncer(t *testing.T) {
 	began := time.Now()
 	phase := func(what string) { t.Logf("%-36s at %s", what, time.Since(began).Round(100*time.Millisecond)) }
 	ctx := context.Background()
-	cl, err := pgtemp.Start(ctx)
-	if err != nil {
-		t.Fatalf("pgtemp: %v", err)
-	}
-	t.Cleanup(func() { _ = cl.Stop() })
-	if err := exec1(ctx, cl.URL, `CREATE DATABASE `+dbName); err != nil {
-		t.Fatal(err)
-	}
-	direct := pgtest.WithDatabase(cl.URL, dbName)
+	cl, direct := startCluster(ctx, t)
 	bouncer := startPgBouncer(t, bin, cl.Dir())
 	// Through PgBouncer: the projectors with --pgbouncer, the writer with
 	// the URL setting any other command takes.
