@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/migrations"
 )
 
@@ -31,6 +32,8 @@ type Config struct {
 	Columns map[string]string
 	// Renames map stored event and aggregate type names to readside's.
 	Renames []Rename
+	// Schema is readside's schema. "" means "readside".
+	Schema string
 }
 
 // Result says what Adopt or Remove did (or, for a dry run, would do).
@@ -52,7 +55,7 @@ var errNoTable = errors.New("adopt: no such table")
 // dryRun nothing changes and Result.SQL is what would run.
 func Adopt(ctx context.Context, pool *pgxpool.Pool, cfg Config, dryRun bool) (*Result, error) {
 	var res *Result
-	err := locked(ctx, pool, func(tx pgx.Tx) error {
+	err := locked(ctx, pool, cfg.Schema, func(tx pgx.Tx) error {
 		t, err := resolve(ctx, tx, cfg.Table)
 		if err != nil {
 			return err
@@ -76,7 +79,7 @@ func Adopt(ctx context.Context, pool *pgxpool.Pool, cfg Config, dryRun bool) (*R
 		if err := apply(ctx, tx, res, script, dryRun, "adopt"); err != nil || dryRun || found {
 			return err
 		}
-		if err := tx.QueryRow(ctx, `SELECT history_events FROM readside_adoptions WHERE table_name = $1`, t.name).Scan(&res.History); err != nil {
+		if err := tx.QueryRow(ctx, `SELECT history_events FROM readside.readside_adoptions WHERE table_name = $1`, t.name).Scan(&res.History); err != nil {
 			return fmt.Errorf("adopt %s: %w", t.name, err)
 		}
 		return nil
@@ -91,7 +94,7 @@ func Adopt(ctx context.Context, pool *pgxpool.Pool, cfg Config, dryRun bool) (*R
 // adopted with exactly this one, its trigger in place (same).
 func adoptedAs(ctx context.Context, tx pgx.Tx, t *table, mapJSON, renJSON string) (found, same bool, err error) {
 	var columns, renames string
-	err = tx.QueryRow(ctx, `SELECT columns::text, renames::text FROM readside_adoptions WHERE table_name = $1`, t.name).
+	err = tx.QueryRow(ctx, `SELECT columns::text, renames::text FROM readside.readside_adoptions WHERE table_name = $1`, t.name).
 		Scan(&columns, &renames)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
@@ -160,16 +163,16 @@ func apply(ctx context.Context, tx pgx.Tx, res *Result, script string, dryRun bo
 // Remove drops the trigger and its function from an adopted table and
 // forgets the mapping. Events already copied stay in readside's log (it is
 // append-only).
-func Remove(ctx context.Context, pool *pgxpool.Pool, table string, dryRun bool) (*Result, error) {
+func Remove(ctx context.Context, pool *pgxpool.Pool, schema, table string, dryRun bool) (*Result, error) {
 	var res *Result
-	err := locked(ctx, pool, func(tx pgx.Tx) error {
+	err := locked(ctx, pool, schema, func(tx pgx.Tx) error {
 		t, err := resolve(ctx, tx, table)
 		if err != nil {
 			return err
 		}
 		res = &Result{Table: t.name}
 		var fn string
-		err = tx.QueryRow(ctx, `SELECT function_name FROM readside_adoptions WHERE table_name = $1`, t.name).Scan(&fn)
+		err = tx.QueryRow(ctx, `SELECT function_name FROM readside.readside_adoptions WHERE table_name = $1`, t.name).Scan(&fn)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		} else if err != nil {
@@ -184,23 +187,28 @@ func Remove(ctx context.Context, pool *pgxpool.Pool, table string, dryRun bool) 
 	return res, nil
 }
 
-// locked runs f in a transaction under the migration lock, on a migrated
-// database; a dry run rolls back.
-func locked(ctx context.Context, pool *pgxpool.Pool, f func(pgx.Tx) error, dryRun bool) error {
-	conn, err := pool.Acquire(ctx)
+// locked runs f in a transaction in readside's schema under the migration
+// lock, on a migrated database; a dry run rolls back.
+func locked(ctx context.Context, pool *pgxpool.Pool, schema string, f func(pgx.Tx) error, dryRun bool) error {
+	n, err := dbschema.Parse(schema)
+	if err != nil {
+		return fmt.Errorf("adopt: %w", err)
+	}
+	pc, err := pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("adopt: connect: %w", err)
 	}
-	defer conn.Release()
+	defer pc.Release()
+	conn := n.Conn(pc.Conn())
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, int64(migrations.LockKey)); err != nil {
 		return fmt.Errorf("adopt: lock: %w", err)
 	}
 	defer func() {
 		if _, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, int64(migrations.LockKey)); err != nil {
-			conn.Conn().Close(context.WithoutCancel(ctx))
+			conn.Close(context.WithoutCancel(ctx))
 		}
 	}()
-	if err := migrations.Check(ctx, conn); err != nil {
+	if err := migrations.Check(ctx, conn, n.String()); err != nil {
 		return fmt.Errorf("adopt: %w", err)
 	}
 	tx, err := conn.Begin(ctx)
@@ -235,14 +243,14 @@ func resolve(ctx context.Context, tx pgx.Tx, name string) (*table, error) {
 	if !qualified {
 		schema, rel = "", name
 	}
+	readside := dbschema.Of(tx).String()
 	rows, err := tx.Query(ctx, `
-SELECT c.oid, n.nspname, c.relname, c.relispartition, current_schema(),
-       c.oid = to_regclass(quote_ident(current_schema()) || '.events')
+SELECT c.oid, n.nspname, c.relname, c.relispartition, n.nspname = $3
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relname = $1 AND c.relkind IN ('r', 'p')
    AND ($2 = '' OR n.nspname = $2)
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
- ORDER BY n.nspname`, rel, schema)
+ ORDER BY n.nspname`, rel, schema, readside)
 	if err != nil {
 		return nil, fmt.Errorf("adopt: find %s: %w", name, err)
 	}
@@ -254,9 +262,10 @@ SELECT c.oid, n.nspname, c.relname, c.relispartition, current_schema(),
 	for rows.Next() {
 		var c cand
 		var nsp, relname string
-		if err := rows.Scan(&c.oid, &nsp, &relname, &c.partition, &c.readside, &c.own); err != nil {
+		if err := rows.Scan(&c.oid, &nsp, &relname, &c.partition, &c.own); err != nil {
 			return nil, err
 		}
+		c.readside = readside
 		c.ident = pgx.Identifier{nsp, relname}.Sanitize()
 		c.name = nsp + "." + relname
 		cands = append(cands, c)
@@ -264,7 +273,7 @@ SELECT c.oid, n.nspname, c.relname, c.relispartition, current_schema(),
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("adopt: find %s: %w", name, err)
 	}
-	if !qualified { // readside's own events table is never the one meant
+	if !qualified { // readside's own tables are never the ones meant
 		cands = slices.DeleteFunc(cands, func(c cand) bool { return c.own })
 	}
 	switch {
@@ -277,7 +286,7 @@ SELECT c.oid, n.nspname, c.relname, c.relispartition, current_schema(),
 		}
 		return nil, fmt.Errorf("adopt: %s is ambiguous (%s): give schema.table", name, strings.Join(names, ", "))
 	case cands[0].own:
-		return nil, fmt.Errorf("adopt: %s is readside's own events table; install readside in a schema of its own (search_path) to adopt the application's", cands[0].name)
+		return nil, fmt.Errorf("adopt: %s is in readside's own schema; adopt the application's table (schema.table)", cands[0].name)
 	case cands[0].partition:
 		return nil, fmt.Errorf("adopt: %s is a partition: adopt its partitioned table", cands[0].name)
 	}

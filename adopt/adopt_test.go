@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"testing"
 
@@ -25,21 +24,9 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-// WithSearchPath returns rawURL with search_path set (a runtime parameter).
-func withSearchPath(rawURL, path string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		panic(err)
-	}
-	q := u.Query()
-	q.Set("search_path", path)
-	u.RawQuery = q.Encode()
-	return u.String()
-}
-
 // setup returns a database with the application's schema (file in
-// testdata) in public and readside migrated into schema readside: a pool
-// as the application (search_path public) and one as readside.
+// testdata) in public and readside migrated by a plain URL (into schema
+// readside): a pool as the application and one as readside.
 func setup(t *testing.T, schemaFile string) (app, rs *pgxpool.Pool, rsURL string) {
 	app, rs, _, rsURL = setupURLs(t, schemaFile)
 	return app, rs, rsURL
@@ -52,11 +39,11 @@ func setupURLs(t *testing.T, schemaFile string) (app, rs *pgxpool.Pool, appURL, 
 	app = pgtest.Pool(t, dbURL)
 	ddl, err := os.ReadFile("testdata/" + schemaFile)
 	require.NoError(t, err)
-	_, err = app.Exec(ctx, string(ddl)+`; CREATE SCHEMA readside`)
+	_, err = app.Exec(ctx, string(ddl))
 	require.NoError(t, err)
-	rsURL = withSearchPath(dbURL, "readside")
+	rsURL = dbURL // readside needs no search_path: its tables are in schema readside
 	rs = pgtest.Pool(t, rsURL)
-	_, err = migrations.Migrate(ctx, rs, nil)
+	_, err = migrations.Migrate(ctx, rs, migrations.Config{Projections: pgtest.ShippedDDL()})
 	require.NoError(t, err)
 	return app, rs, dbURL, rsURL
 }
@@ -139,7 +126,7 @@ func TestAdoptRailsSchema(t *testing.T) {
 	requirePgError(t, err, "23514", "readside_aggregate_version_gap")
 
 	// readside's log: renamed, history first in id order, then the rest.
-	rows, err := rs.Query(ctx, `SELECT aggregate_type, aggregate_id, event_type, version FROM events ORDER BY txid, id`)
+	rows, err := rs.Query(ctx, `SELECT aggregate_type, aggregate_id, event_type, version FROM readside.events ORDER BY txid, id`)
 	require.NoError(t, err)
 	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
 		var typ, id, et string
@@ -152,7 +139,7 @@ func TestAdoptRailsSchema(t *testing.T) {
 		"Order o-1 v1 OrderPlaced", "Order o-1 v2 OrderConfirmed", "Order o-2 v1 OrderPlaced",
 		"Order o-1 v3 OrderShipped", "Order o-2 v2 OrderCancelled", "Order o-3 v1 OrderPlaced",
 	}, got)
-	require.NoError(t, rs.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&n))
+	require.NoError(t, rs.QueryRow(ctx, `SELECT count(*) FROM readside.outbox`).Scan(&n))
 	require.Equal(t, 6, n)
 
 	// The shipped projections read them as their own.
@@ -160,7 +147,7 @@ func TestAdoptRailsSchema(t *testing.T) {
 		s := p.Spec()
 		projectortest.ApplyStream(t, rs, p, outbox.Filter{EventTypes: s.EventTypes, AggregateTypes: s.AggregateTypes}, 100)
 	}
-	rows, err = rs.Query(ctx, `SELECT order_id || ' ' || status || ' ' || total_amount FROM order_summary ORDER BY order_id`)
+	rows, err = rs.Query(ctx, `SELECT order_id || ' ' || status || ' ' || total_amount FROM readside.order_summary ORDER BY order_id`)
 	require.NoError(t, err)
 	summary, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)
@@ -179,16 +166,16 @@ func TestAdoptRailsSchema(t *testing.T) {
 	require.Zero(t, res.History)
 
 	// Remove: the application's writes no longer reach readside.
-	res, err = adopt.Remove(ctx, rs, "events", false)
+	res, err = adopt.Remove(ctx, rs, "", "events", false)
 	require.NoError(t, err)
 	require.True(t, res.Changed)
 	require.NoError(t, railsEvent(t, app, "o-4", "OrderPlaced", 1, placed("o-4", 100)))
-	require.NoError(t, rs.QueryRow(ctx, `SELECT count(*) FROM events`).Scan(&n))
+	require.NoError(t, rs.QueryRow(ctx, `SELECT count(*) FROM readside.events`).Scan(&n))
 	require.Equal(t, 6, n)
 	var triggers int
 	require.NoError(t, rs.QueryRow(ctx, `SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.events'::regclass`).Scan(&triggers))
 	require.Zero(t, triggers)
-	res, err = adopt.Remove(ctx, rs, "events", false)
+	res, err = adopt.Remove(ctx, rs, "", "events", false)
 	require.NoError(t, err)
 	require.False(t, res.Changed)
 }
@@ -207,7 +194,7 @@ func TestAdoptValidates(t *testing.T) {
 			`column public.events.event_type (for event_data) is varchar, want one of jsonb, json`},
 		{adopt.Config{Table: "events", Columns: map[string]string{"version": "created_at"}}, `(for version) is timestamptz`},
 		{adopt.Config{Table: "events_2024_01"}, "is a partition"},
-		{adopt.Config{Table: "readside.events"}, "readside's own events table"},
+		{adopt.Config{Table: "readside.events"}, "is in readside's own schema"},
 		{adopt.Config{Table: "nothere"}, "no such table"},
 		{adopt.Config{}, "--table is required"},
 	} {
@@ -303,7 +290,7 @@ func TestAdoptElixirPartitioned(t *testing.T) {
 	require.NoError(t, old.Rollback(ctx))
 
 	var got []string
-	rows, err := rs.Query(ctx, `SELECT right(aggregate_id, 1) || ' v' || version || ' ' || event_type || ' ' || (metadata->>'user_id') || ' ' || to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM') FROM events ORDER BY txid, id`)
+	rows, err := rs.Query(ctx, `SELECT right(aggregate_id, 1) || ' v' || version || ' ' || event_type || ' ' || (metadata->>'user_id') || ' ' || to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM') FROM readside.events ORDER BY txid, id`)
 	require.NoError(t, err)
 	got, err = pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)
@@ -316,6 +303,6 @@ func TestAdoptElixirPartitioned(t *testing.T) {
 	s := p.Spec()
 	projectortest.ApplyStream(t, rs, p, outbox.Filter{EventTypes: s.EventTypes, AggregateTypes: s.AggregateTypes}, 2)
 	var shipped int
-	require.NoError(t, rs.QueryRow(ctx, `SELECT count(*) FROM order_summary WHERE status = 'shipped'`).Scan(&shipped))
+	require.NoError(t, rs.QueryRow(ctx, `SELECT count(*) FROM readside.order_summary WHERE status = 'shipped'`).Scan(&shipped))
 	require.Equal(t, 2, shipped)
 }

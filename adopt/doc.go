@@ -10,8 +10,9 @@
 // fails in the application's own transaction. Rows already in the table
 // when it is adopted are copied once, in id order, by the adopting
 // transaction: they are the history a replay from the start reads first.
-// Run readside in a schema of its own (search_path=readside in the database
-// URL) so that its events table does not collide with the application's.
+// readside's tables live in a schema of their own (readside by default),
+// so its events table never collides with the application's; the trigger
+// on the application's table is the one object adopt puts outside it.
 //
 // A trigger on a partitioned table fires for rows routed to every
 // partition, those created after adoption included.

@@ -100,7 +100,7 @@ func (p *projector) killWhenApplying(ctx context.Context, rs *pgxpool.Pool, writ
 	deadline := time.Now().Add(90 * time.Second) // another test's transaction can hold the cluster's read window
 	for {
 		var n int
-		require.NoError(p.t, rs.QueryRow(ctx, `SELECT count(*) FROM order_summary`).Scan(&n))
+		require.NoError(p.t, rs.QueryRow(ctx, `SELECT count(*) FROM readside.order_summary`).Scan(&n))
 		if n > 0 {
 			break
 		}

@@ -120,7 +120,7 @@ func TestAdoptRailsActiveRecordWriters(t *testing.T) {
 	want := requireCaughtUp(t, ctx, app, rs, foldSQL)
 	t.Logf("caught up at %s", time.Since(start).Round(time.Millisecond))
 	var applied int
-	require.NoError(t, rs.QueryRow(ctx, `SELECT coalesce(sum(events_applied), 0) FROM checkpoints WHERE projection = 'order_summary'`).Scan(&applied))
+	require.NoError(t, rs.QueryRow(ctx, `SELECT coalesce(sum(events_applied), 0) FROM readside.checkpoints WHERE projection = 'order_summary'`).Scan(&applied))
 	t.Logf("ActiveRecord wrote %d events (%d before adoption) in %d saves; conflicts: %d version mismatch, %d not unique, %d serialization failures; %d orders; order_summary applied %d (with replays after the kill); mismatches 0",
 		appRows, hist["events"], hist["saves"]+totals["saves"], totals["version_mismatch"], totals["record_not_unique"], totals["serialization_failure"], len(want), applied)
 }

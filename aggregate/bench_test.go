@@ -90,7 +90,7 @@ func BenchmarkCommand(b *testing.B) {
 				return err
 			}
 			p := payloads[version+1]
-			_, err = tx.Exec(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, metadata, version)
+			_, err = tx.Exec(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, metadata, version)
 				VALUES ($1, $2, $3, $4, $5, $6)`, domain.OrderAggregate, id, p.typ, p.data, `{"correlation_id":"c-1","user_id":"bench"}`, version+1)
 			return err
 		})
@@ -141,13 +141,13 @@ func BenchmarkCommand(b *testing.B) {
 // events after it.
 const rawLoadSQL = `
 WITH s AS (
-    SELECT version, state FROM snapshots
+    SELECT version, state FROM readside.snapshots
      WHERE aggregate_type = $1 AND aggregate_id = $2 AND $3
      ORDER BY version DESC LIMIT 1)
 SELECT true, version, '', 0, state FROM s
 UNION ALL
 SELECT false, e.version, e.event_type, e.schema_version, e.event_data
-  FROM events e
+  FROM readside.events e
  WHERE e.aggregate_type = $1 AND e.aggregate_id = $2
    AND e.version > coalesce((SELECT version FROM s), 0)
 ORDER BY 1 DESC, 2`

@@ -119,13 +119,13 @@ type Loaded[S any, P StatePtr[S]] struct {
 // repeatable-read transaction.
 const loadSQL = `
 WITH s AS (
-    SELECT version, state FROM snapshots
+    SELECT version, state FROM readside.snapshots
      WHERE aggregate_type = $1 AND aggregate_id = $2 AND $3
      ORDER BY version DESC LIMIT 1)
 SELECT true, version, '', 0, state FROM s
 UNION ALL
 SELECT false, e.version, e.event_type, e.schema_version, e.event_data
-  FROM events e
+  FROM readside.events e
  WHERE e.aggregate_type = $1 AND e.aggregate_id = $2
    AND e.version > coalesce((SELECT version FROM s), 0)
 ORDER BY 1 DESC, 2`

@@ -32,7 +32,7 @@ func newRepo(t *testing.T, pool *pgxpool.Pool, cfg aggregate.Config) *aggregate.
 func insertV1Product(t *testing.T, pool *pgxpool.Pool, id string) {
 	t.Helper()
 	_, err := pool.Exec(context.Background(), `
-		INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, schema_version, version)
+		INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, schema_version, version)
 		VALUES ('Product', $1, 'ProductCreated', jsonb_build_object('product_id', $1::text, 'name', 'Old widget', 'price', 10.00, 'created_at', '2024-01-01T00:00:00Z'), 1, 1)`, id)
 	require.NoError(t, err)
 }
@@ -45,7 +45,7 @@ func fullReplay(t *testing.T, pool *pgxpool.Pool, id string) *aggregate.Loaded[d
 	tx, err := pool.Begin(ctx)
 	require.NoError(t, err)
 	defer tx.Rollback(ctx) //nolint:errcheck
-	_, err = tx.Exec(ctx, `DELETE FROM snapshots`)
+	_, err = tx.Exec(ctx, `DELETE FROM readside.snapshots`)
 	require.NoError(t, err)
 	l, err := aggregate.Load[domain.Product](ctx, tx, id)
 	require.NoError(t, err)
@@ -106,7 +106,7 @@ func TestSnapshotAndUpcastLoadEqualsFullReplay(t *testing.T) {
 			require.Equal(t, domain.Money(1000+n-1), got.State.Price)
 
 			var kept int
-			require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM snapshots`).Scan(&kept))
+			require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM readside.snapshots`).Scan(&kept))
 			require.Equal(t, min(n/100, 1), kept, "older snapshots are dropped")
 		})
 	}
@@ -117,7 +117,7 @@ func TestUnreadableSnapshotFallsBackToReplay(t *testing.T) {
 	ctx := context.Background()
 	pool := pgtest.NewDB(t)
 	insertV1Product(t, pool, "p-1")
-	_, err := pool.Exec(ctx, `INSERT INTO snapshots (aggregate_type, aggregate_id, version, state) VALUES ('Product', 'p-1', 1, '{"price": "not money"}')`)
+	_, err := pool.Exec(ctx, `INSERT INTO readside.snapshots (aggregate_type, aggregate_id, version, state) VALUES ('Product', 'p-1', 1, '{"price": "not money"}')`)
 	require.NoError(t, err)
 	l, err := aggregate.Load[domain.Product](ctx, pool, "p-1")
 	require.NoError(t, err)
@@ -183,8 +183,8 @@ func TestExecute(t *testing.T) {
 
 	var events, outboxRows, snapshots int
 	var corr string
-	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM outbox), (SELECT count(*) FROM snapshots),
-		(SELECT metadata->>'correlation_id' FROM events WHERE aggregate_id = 'o-1' AND version = 1)`).Scan(&events, &outboxRows, &snapshots, &corr))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM readside.events), (SELECT count(*) FROM readside.outbox), (SELECT count(*) FROM readside.snapshots),
+		(SELECT metadata->>'correlation_id' FROM readside.events WHERE aggregate_id = 'o-1' AND version = 1)`).Scan(&events, &outboxRows, &snapshots, &corr))
 	require.Equal(t, 4, events)
 	require.Equal(t, 4, outboxRows)
 	require.Zero(t, snapshots, "SnapshotEvery < 0 disables snapshots")
@@ -275,7 +275,7 @@ func TestConcurrentExecute(t *testing.T) {
 			require.GreaterOrEqual(t, retried+conflicts, writers-1)
 
 			var versions []int
-			rows, err := pool.Query(ctx, `SELECT version FROM events WHERE aggregate_id = 'p-1' ORDER BY version`)
+			rows, err := pool.Query(ctx, `SELECT version FROM readside.events WHERE aggregate_id = 'p-1' ORDER BY version`)
 			require.NoError(t, err)
 			versions, err = pgx.CollectRows(rows, pgx.RowTo[int])
 			require.NoError(t, err)
@@ -284,7 +284,7 @@ func TestConcurrentExecute(t *testing.T) {
 				require.Equal(t, i+1, v, "versions are gap-free")
 			}
 			var outboxRows int
-			require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&outboxRows))
+			require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM readside.outbox`).Scan(&outboxRows))
 			require.Equal(t, len(versions), outboxRows)
 			require.Equal(t, float64(retried+conflicts*(max(tc.retries, 0)+1)), counter(t, reg, "readside_writer_conflicts_total", "Product"))
 		})

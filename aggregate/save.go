@@ -17,9 +17,9 @@ type Tx = outbox.DB
 // snapshot is a cache of the events, and Load only reads the latest.
 const snapshotSQL = `
 WITH old AS (
-    DELETE FROM snapshots
+    DELETE FROM readside.snapshots
      WHERE aggregate_type = $1 AND aggregate_id = $2 AND version < $3)
-INSERT INTO snapshots (aggregate_type, aggregate_id, version, state)
+INSERT INTO readside.snapshots (aggregate_type, aggregate_id, version, state)
 VALUES ($1, $2, $3, $4)
 ON CONFLICT DO NOTHING`
 

@@ -79,7 +79,7 @@ func scan(row pgx.Row) (Checkpoint, error) {
 // List returns the checkpoints of the named projections (all when names is
 // empty), ordered by projection and segment.
 func List(ctx context.Context, db DB, names ...string) ([]Checkpoint, error) {
-	rows, err := db.Query(ctx, `SELECT `+selectCols+` FROM checkpoints
+	rows, err := db.Query(ctx, `SELECT `+selectCols+` FROM readside.checkpoints
 		WHERE cardinality($1::text[]) = 0 OR projection = ANY ($1::text[]) ORDER BY projection, segment`, nonNil(names))
 	if err != nil {
 		return nil, fmt.Errorf("list checkpoints: %w", err)
@@ -100,7 +100,7 @@ func nonNil(s []string) []string {
 
 // advanceSQL moves the cursor; %s is the lease condition.
 const advanceSQL = `
-UPDATE checkpoints
+UPDATE readside.checkpoints
    SET cursor_txid = $5, cursor_position = $6,
        high_txid = CASE WHEN (high_txid, high_position) < ($5::xid8, $6::bigint) THEN $5::xid8 ELSE high_txid END,
        high_position = CASE WHEN (high_txid, high_position) < ($5::xid8, $6::bigint) THEN $6::bigint ELSE high_position END,
@@ -168,7 +168,7 @@ func AdvanceResult(tag pgconn.CommandTag, err error) func(l Lease, from outbox.C
 // Fail halts a segment (status failed) with the reason, inside the apply
 // transaction that committed the events before the failing one.
 func Fail(ctx context.Context, tx DB, l Lease, reason string) error {
-	_, err := tx.Exec(ctx, `UPDATE checkpoints SET status = 'failed', last_error = $4, updated_at = now()
+	_, err := tx.Exec(ctx, `UPDATE readside.checkpoints SET status = 'failed', last_error = $4, updated_at = now()
 		WHERE projection = $1 AND segment = $2 AND lease_epoch = $3`, l.Projection, l.Segment, l.Epoch, reason)
 	if err != nil {
 		return fmt.Errorf("fail %s: %w", l, err)
@@ -191,7 +191,7 @@ func SetStatus(ctx context.Context, db DB, projection string, status Status) (in
 	default:
 		return 0, fmt.Errorf("set status: %q is not paused or running", status)
 	}
-	tag, err := db.Exec(ctx, `UPDATE checkpoints SET status = $2, last_error = CASE WHEN $2 = 'running' THEN NULL ELSE last_error END,
+	tag, err := db.Exec(ctx, `UPDATE readside.checkpoints SET status = $2, last_error = CASE WHEN $2 = 'running' THEN NULL ELSE last_error END,
 		updated_at = now() WHERE projection = $1 AND status = ANY ($3::text[])`, projection, status, from)
 	if err != nil {
 		return 0, fmt.Errorf("set status %s: %w", projection, err)
@@ -204,7 +204,7 @@ func SetStatus(ctx context.Context, db DB, projection string, status Status) (in
 // commit across the move. The caller runs it in the transaction that also
 // resets the read model.
 func Move(ctx context.Context, tx DB, projection string, to outbox.Cursor) error {
-	tag, err := tx.Exec(ctx, `UPDATE checkpoints SET cursor_txid = $2, cursor_position = $3,
+	tag, err := tx.Exec(ctx, `UPDATE readside.checkpoints SET cursor_txid = $2, cursor_position = $3,
 		`+newLease("checkpoints", "NULL", "NULL")+`,
 		last_error = NULL, status = CASE WHEN status = 'failed' THEN 'running' ELSE status END, updated_at = now()
 		WHERE projection = $1`, projection, to.TxID, to.Position)

@@ -118,7 +118,7 @@ func TestAdvanceHeldOutlivesExpiry(t *testing.T) {
 	defer func() { _ = tx.Rollback(ctx) }()
 	require.NoError(t, checkpoint.Advance(ctx, tx, l, outbox.Start, c1, 1))
 	_, err = tx.Exec(ctx, `DO $$ BEGIN
-		WHILE (SELECT lease_expires_at FROM checkpoints WHERE projection = 'p') > clock_timestamp() LOOP
+		WHILE (SELECT lease_expires_at FROM readside.checkpoints WHERE projection = 'p') > clock_timestamp() LOOP
 			PERFORM pg_sleep(0.01);
 		END LOOP;
 	END $$`)

@@ -21,13 +21,13 @@ type Member struct {
 // included): every worker whose heartbeat is younger than its own TTL, with
 // the projections it runs, ordered by id.
 func Heartbeat(ctx context.Context, db DB, m Member) ([]Member, error) {
-	if _, err := db.Exec(ctx, `INSERT INTO workers (id, host, pid, projections, lease_ttl_seconds) VALUES ($1, $2, $3, $4, $5)
+	if _, err := db.Exec(ctx, `INSERT INTO readside.workers (id, host, pid, projections, lease_ttl_seconds) VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), host = excluded.host, pid = excluded.pid,
 		    projections = excluded.projections, lease_ttl_seconds = excluded.lease_ttl_seconds`,
 		m.ID, m.Host, m.PID, nonNil(m.Projections), m.LeaseTTL.Seconds()); err != nil {
 		return nil, fmt.Errorf("heartbeat %s: %w", m.ID, err)
 	}
-	rows, err := db.Query(ctx, `SELECT id, host, pid, projections, lease_ttl_seconds FROM workers
+	rows, err := db.Query(ctx, `SELECT id, host, pid, projections, lease_ttl_seconds FROM readside.workers
 		WHERE heartbeat_at > now() - lease_ttl_seconds * interval '1 second' OR id = $1 ORDER BY id`, m.ID)
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat %s: %w", m.ID, err)
@@ -48,11 +48,11 @@ func Heartbeat(ctx context.Context, db DB, m Member) ([]Member, error) {
 // Leave deletes a worker's heartbeat and releases all of its leases, for a
 // clean stop: the segments can be claimed at once instead of after the TTL.
 func Leave(ctx context.Context, db DB, id string) error {
-	if _, err := db.Exec(ctx, `UPDATE checkpoints SET lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+	if _, err := db.Exec(ctx, `UPDATE readside.checkpoints SET lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
 		WHERE lease_owner = $1`, id); err != nil {
 		return fmt.Errorf("leave %s: %w", id, err)
 	}
-	if _, err := db.Exec(ctx, `DELETE FROM workers WHERE id = $1`, id); err != nil {
+	if _, err := db.Exec(ctx, `DELETE FROM readside.workers WHERE id = $1`, id); err != nil {
 		return fmt.Errorf("leave %s: %w", id, err)
 	}
 	return nil
@@ -78,9 +78,9 @@ func ClaimSegments(ctx context.Context, db DB, owner string, segs []Segment, ttl
 		projs[i], nums[i] = s.Projection, int32(s.Segment)
 	}
 	rows, err := db.Query(ctx, `
-UPDATE checkpoints c
+UPDATE readside.checkpoints c
    SET `+newLease("c", "$1", "clock_timestamp() + $4::float8 * interval '1 second'")+`, updated_at = now()
-  FROM (SELECT c2.projection, c2.segment FROM checkpoints c2
+  FROM (SELECT c2.projection, c2.segment FROM readside.checkpoints c2
           JOIN unnest($2::text[], $3::int[]) AS w(projection, segment) ON w.projection = c2.projection AND w.segment = c2.segment
          WHERE c2.status = 'running' AND (c2.lease_owner IS NULL OR c2.lease_expires_at < clock_timestamp())
          FOR UPDATE OF c2 SKIP LOCKED) f
@@ -121,8 +121,8 @@ func Renew(ctx context.Context, db DB, owner string, leases []Lease, ttl time.Du
 WITH want AS (
     SELECT * FROM unnest($2::text[], $3::int[], $4::bigint[]) AS w(projection, segment, epoch)
 ), renewed AS (
-    UPDATE checkpoints c SET lease_expires_at = clock_timestamp() + $5::float8 * interval '1 second'
-      FROM (SELECT c2.projection, c2.segment FROM checkpoints c2
+    UPDATE readside.checkpoints c SET lease_expires_at = clock_timestamp() + $5::float8 * interval '1 second'
+      FROM (SELECT c2.projection, c2.segment FROM readside.checkpoints c2
               JOIN want w ON w.projection = c2.projection AND w.segment = c2.segment AND w.epoch = c2.lease_epoch
              WHERE c2.lease_owner = $1 AND c2.status = 'running' AND c2.lease_expires_at > clock_timestamp()
              FOR UPDATE OF c2 SKIP LOCKED) f
@@ -131,7 +131,7 @@ WITH want AS (
 )
 SELECT w.projection, w.segment, w.epoch FROM want w
  WHERE EXISTS (SELECT 1 FROM renewed r WHERE r.projection = w.projection AND r.segment = w.segment)
-    OR EXISTS (SELECT 1 FROM checkpoints c WHERE c.projection = w.projection AND c.segment = w.segment
+    OR EXISTS (SELECT 1 FROM readside.checkpoints c WHERE c.projection = w.projection AND c.segment = w.segment
                   AND c.lease_owner = $1 AND c.lease_epoch = w.epoch AND c.status = 'running'
                   AND c.lease_expires_at > clock_timestamp())`, owner, projs, segs, epochs, ttl.Seconds())
 	if err != nil {
@@ -150,7 +150,7 @@ SELECT w.projection, w.segment, w.epoch FROM want w
 
 // Release gives a lease up so that another worker can claim it at once.
 func Release(ctx context.Context, db DB, l Lease) error {
-	if _, err := db.Exec(ctx, `UPDATE checkpoints SET lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+	if _, err := db.Exec(ctx, `UPDATE readside.checkpoints SET lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
 		WHERE projection = $1 AND segment = $2 AND lease_owner = $3 AND lease_epoch = $4`,
 		l.Projection, l.Segment, l.Owner, l.Epoch); err != nil {
 		return fmt.Errorf("release %s: %w", l, err)

@@ -33,7 +33,7 @@ func LockForOperation(ctx context.Context, tx DB, projection string) (map[int]ou
 // transaction, so that the segment's batches (and what they park) wait for
 // it: a retry of the segment's dead letters.
 func LockSegment(ctx context.Context, tx DB, projection string, segment int) error {
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM checkpoints WHERE projection = $1 AND segment = $2 FOR UPDATE`, projection, segment); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM readside.checkpoints WHERE projection = $1 AND segment = $2 FOR UPDATE`, projection, segment); err != nil {
 		return fmt.Errorf("lock %s/%d: %w", projection, segment, err)
 	}
 	return nil
@@ -46,7 +46,7 @@ func Cursors(ctx context.Context, db DB, projection string) (map[int]outbox.Curs
 }
 
 func cursors(ctx context.Context, db DB, projection, lock string) (map[int]outbox.Cursor, error) {
-	rows, err := db.Query(ctx, `SELECT segment, cursor_txid, cursor_position FROM checkpoints
+	rows, err := db.Query(ctx, `SELECT segment, cursor_txid, cursor_position FROM readside.checkpoints
 		WHERE projection = $1 ORDER BY segment`+lock, projection)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoints of %s: %w", projection, err)
@@ -71,7 +71,7 @@ func cursors(ctx context.Context, db DB, projection, lock string) (map[int]outbo
 // projections' locks (LockForOperation).
 func Adopt(ctx context.Context, tx DB, live, shadow string) error {
 	if _, err := tx.Exec(ctx, `
-UPDATE checkpoints l
+UPDATE readside.checkpoints l
    SET cursor_txid = s.cursor_txid, cursor_position = s.cursor_position,
        high_txid = CASE WHEN (s.high_txid, s.high_position) > (l.high_txid, l.high_position) THEN s.high_txid ELSE l.high_txid END,
        high_position = CASE WHEN (s.high_txid, s.high_position) > (l.high_txid, l.high_position) THEN s.high_position ELSE l.high_position END,
@@ -79,7 +79,7 @@ UPDATE checkpoints l
        `+newLease("l", "NULL", "NULL")+`,
        status = CASE WHEN l.status = 'failed' THEN s.status ELSE l.status END, last_error = s.last_error,
        advanced_at = now(), updated_at = now()
-  FROM checkpoints s
+  FROM readside.checkpoints s
  WHERE l.projection = $1 AND s.projection = $2 AND s.segment = l.segment`, live, shadow); err != nil {
 		return fmt.Errorf("adopt the checkpoints of %s into %s: %w", shadow, live, err)
 	}

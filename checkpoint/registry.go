@@ -27,11 +27,11 @@ func Register(ctx context.Context, db DB, name string, segments int, onError str
 	var got int
 	err := db.QueryRow(ctx, `
 WITH p AS (
-    INSERT INTO projections (name, segments, on_error) VALUES ($1, $2, $3)
+    INSERT INTO readside.projections (name, segments, on_error) VALUES ($1, $2, $3)
     ON CONFLICT (name) DO UPDATE SET on_error = excluded.on_error, updated_at = now()
     RETURNING segments
 ), c AS (
-    INSERT INTO checkpoints (projection, segment)
+    INSERT INTO readside.checkpoints (projection, segment)
     SELECT $1, s FROM p, generate_series(0, p.segments - 1) s
     ON CONFLICT DO NOTHING
 )
@@ -51,12 +51,12 @@ SELECT segments FROM p`, name, segments, onError).Scan(&got)
 // knows everything it applies is a replay. The caller runs it in the
 // transaction that creates the copy's tables.
 func RegisterShadow(ctx context.Context, tx DB, shadow, live, schema string) error {
-	if _, err := tx.Exec(ctx, `INSERT INTO projections (name, segments, on_error, rebuild_of, schema_name)
-		SELECT $1, segments, on_error, name, $3 FROM projections WHERE name = $2`, shadow, live, schema); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO readside.projections (name, segments, on_error, rebuild_of, schema_name)
+		SELECT $1, segments, on_error, name, $3 FROM readside.projections WHERE name = $2`, shadow, live, schema); err != nil {
 		return fmt.Errorf("register %s: %w", shadow, err)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO checkpoints (projection, segment, high_txid, high_position)
-		SELECT $1, segment, high_txid, high_position FROM checkpoints WHERE projection = $2`, shadow, live); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO readside.checkpoints (projection, segment, high_txid, high_position)
+		SELECT $1, segment, high_txid, high_position FROM readside.checkpoints WHERE projection = $2`, shadow, live); err != nil {
 		return fmt.Errorf("register %s: %w", shadow, err)
 	}
 	return nil
@@ -65,7 +65,7 @@ func RegisterShadow(ctx context.Context, tx DB, shadow, live, schema string) err
 // Unregister deletes a projection and, by cascade, its checkpoints and
 // dead letters: the end of a rebuild's shadow once it switched in.
 func Unregister(ctx context.Context, tx DB, name string) error {
-	if _, err := tx.Exec(ctx, `DELETE FROM projections WHERE name = $1`, name); err != nil {
+	if _, err := tx.Exec(ctx, `DELETE FROM readside.projections WHERE name = $1`, name); err != nil {
 		return fmt.Errorf("unregister %s: %w", name, err)
 	}
 	return nil
@@ -75,7 +75,7 @@ func Unregister(ctx context.Context, tx DB, name string) error {
 // included, ordered by name.
 func Registry(ctx context.Context, db DB) ([]Registration, error) {
 	rows, err := db.Query(ctx, `SELECT name, segments, on_error, coalesce(rebuild_of, ''), coalesce(schema_name, '')
-		FROM projections ORDER BY name`)
+		FROM readside.projections ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("projections: %w", err)
 	}
@@ -92,7 +92,7 @@ func Registry(ctx context.Context, db DB) ([]Registration, error) {
 // Registered reports whether name is registered.
 func Registered(ctx context.Context, db DB, name string) (bool, error) {
 	var ok bool
-	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM projections WHERE name = $1)`, name).Scan(&ok); err != nil {
+	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM readside.projections WHERE name = $1)`, name).Scan(&ok); err != nil {
 		return false, fmt.Errorf("projection %s: %w", name, err)
 	}
 	return ok, nil
@@ -114,7 +114,7 @@ func Exists(ctx context.Context, db DB, name string) error {
 // shadow of it is registered).
 func Rebuilding(ctx context.Context, db DB, projection string) (bool, error) {
 	var ok bool
-	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM projections WHERE rebuild_of = $1)`, projection).Scan(&ok); err != nil {
+	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM readside.projections WHERE rebuild_of = $1)`, projection).Scan(&ok); err != nil {
 		return false, fmt.Errorf("projection %s: %w", projection, err)
 	}
 	return ok, nil

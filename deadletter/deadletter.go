@@ -88,7 +88,7 @@ func List(ctx context.Context, db DB, f Filter) ([]Letter, error) {
 	rows, err := db.Query(ctx, `
 SELECT id, projection, segment, event_id, aggregate_type, aggregate_id, event_type, version, reason, error, attempts, status,
        first_failed_at, last_failed_at
-  FROM dead_letters
+  FROM readside.dead_letters
  WHERE ($1 = '' OR projection = $1) AND (cardinality($2::bigint[]) = 0 OR id = ANY ($2::bigint[]))
    AND ($3 = 'all' OR status = $3)
  ORDER BY projection, aggregate_type, aggregate_id, version
@@ -111,7 +111,7 @@ SELECT id, projection, segment, event_id, aggregate_type, aggregate_id, event_ty
 // those too. It returns how many changed, or ErrNothingToDiscard (wrapped)
 // if none.
 func Discard(ctx context.Context, db DB, projection string, ids []int64) (int, error) {
-	tag, err := db.Exec(ctx, `UPDATE dead_letters SET status = 'discarded', resolved_at = now()
+	tag, err := db.Exec(ctx, `UPDATE readside.dead_letters SET status = 'discarded', resolved_at = now()
 		WHERE status = 'parked' AND ($1 = '' OR projection = $1) AND (cardinality($2::bigint[]) = 0 OR id = ANY ($2::bigint[]))`,
 		projection, nonNil(ids))
 	if err != nil {
@@ -127,7 +127,7 @@ func Discard(ctx context.Context, db DB, projection string, ids []int64) (int, e
 // reset to the start: the projection applies their events again, from
 // scratch.
 func Clear(ctx context.Context, tx DB, projection string) error {
-	if _, err := tx.Exec(ctx, `DELETE FROM dead_letters WHERE projection = $1`, projection); err != nil {
+	if _, err := tx.Exec(ctx, `DELETE FROM readside.dead_letters WHERE projection = $1`, projection); err != nil {
 		return fmt.Errorf("clear dead letters of %s: %w", projection, err)
 	}
 	return nil

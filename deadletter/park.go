@@ -45,7 +45,7 @@ func Park(ctx context.Context, tx DB, p Parking, events []outbox.Event) error {
 		replay[i] = p.Replay != nil && p.Replay(e)
 	}
 	_, err := tx.Exec(ctx, `
-INSERT INTO dead_letters (projection, segment, event_id, txid, aggregate_type, aggregate_id, event_type, version, reason, error, attempts, replay)
+INSERT INTO readside.dead_letters (projection, segment, event_id, txid, aggregate_type, aggregate_id, event_type, version, reason, error, attempts, replay)
 SELECT $1, $2, t.id, t.txid, t.agg_type, t.agg_id, t.event_type, t.version, $3, $4, t.attempts, t.replay
   FROM unnest($5::bigint[], $6::xid8[], $7::text[], $8::text[], $9::text[], $10::int[], $11::int[], $12::bool[])
        AS t(id, txid, agg_type, agg_id, event_type, version, attempts, replay)

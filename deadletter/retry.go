@@ -20,7 +20,7 @@ type Aggregate struct {
 // projection, ordered by type and id: of aggregateType ("" for any), with
 // one of the listed dead letters (none listed: any).
 func ParkedAggregates(ctx context.Context, db DB, projection, aggregateType string, ids []int64) ([]Aggregate, error) {
-	rows, err := db.Query(ctx, `SELECT DISTINCT aggregate_type, aggregate_id, segment FROM dead_letters
+	rows, err := db.Query(ctx, `SELECT DISTINCT aggregate_type, aggregate_id, segment FROM readside.dead_letters
 		WHERE projection = $1 AND status = 'parked' AND ($2 = '' OR aggregate_type = $2)
 		  AND (cardinality($3::bigint[]) = 0 OR id = ANY ($3::bigint[]))
 		ORDER BY 1, 2`, projection, aggregateType, nonNil(ids))
@@ -52,7 +52,7 @@ func LockParked(ctx context.Context, tx DB, projection, aggregateType, aggregate
 	rows, err := tx.Query(ctx, `
 SELECT d.id, d.replay, e.txid, e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.version, e.schema_version,
        e.event_data, e.metadata, e.occurred_at
-  FROM dead_letters d JOIN events e ON e.id = d.event_id
+  FROM readside.dead_letters d JOIN readside.events e ON e.id = d.event_id
  WHERE d.projection = $1 AND d.aggregate_type = $2 AND d.aggregate_id = $3 AND d.status = 'parked'
  ORDER BY e.version
    FOR UPDATE OF d`, projection, aggregateType, aggregateID)
@@ -70,7 +70,7 @@ SELECT d.id, d.replay, e.txid, e.id, e.aggregate_type, e.aggregate_id, e.event_t
 
 // MarkRetried marks a dead letter retried: a retry applied its event.
 func MarkRetried(ctx context.Context, tx DB, id int64) error {
-	if _, err := tx.Exec(ctx, `UPDATE dead_letters SET status = 'retried', resolved_at = now() WHERE id = $1`, id); err != nil {
+	if _, err := tx.Exec(ctx, `UPDATE readside.dead_letters SET status = 'retried', resolved_at = now() WHERE id = $1`, id); err != nil {
 		return fmt.Errorf("mark dead letter %d retried: %w", id, err)
 	}
 	return nil
@@ -79,7 +79,7 @@ func MarkRetried(ctx context.Context, tx DB, id int64) error {
 // MarkEventsRetried marks projection's parked dead letters of the given
 // events retried: a repair applied them.
 func MarkEventsRetried(ctx context.Context, tx DB, projection string, eventIDs []int64) error {
-	if _, err := tx.Exec(ctx, `UPDATE dead_letters SET status = 'retried', resolved_at = now()
+	if _, err := tx.Exec(ctx, `UPDATE readside.dead_letters SET status = 'retried', resolved_at = now()
 		WHERE projection = $1 AND event_id = ANY ($2::bigint[]) AND status = 'parked'`, projection, nonNil(eventIDs)); err != nil {
 		return fmt.Errorf("mark dead letters of %s retried: %w", projection, err)
 	}
@@ -89,7 +89,7 @@ func MarkEventsRetried(ctx context.Context, tx DB, projection string, eventIDs [
 // Refail records that a retry of a parked dead letter failed again: it
 // stays parked, as failed, with the new error and one more attempt.
 func Refail(ctx context.Context, tx DB, id int64, msg string) error {
-	if _, err := tx.Exec(ctx, `UPDATE dead_letters SET reason = 'failed', error = $2, attempts = attempts + 1,
+	if _, err := tx.Exec(ctx, `UPDATE readside.dead_letters SET reason = 'failed', error = $2, attempts = attempts + 1,
 		last_failed_at = now() WHERE id = $1`, id, msg); err != nil {
 		return fmt.Errorf("dead letter %d: %w", id, err)
 	}

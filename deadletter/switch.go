@@ -18,13 +18,13 @@ func Adopt(ctx context.Context, tx DB, live, shadow string) error {
 		what, sql string
 		args      []any
 	}{
-		{"keep side effects of events live never applied", `UPDATE dead_letters s SET replay = false
-			WHERE s.projection = $2 AND EXISTS (SELECT 1 FROM dead_letters l WHERE l.projection = $1 AND l.event_id = s.event_id
+		{"keep side effects of events live never applied", `UPDATE readside.dead_letters s SET replay = false
+			WHERE s.projection = $2 AND EXISTS (SELECT 1 FROM readside.dead_letters l WHERE l.projection = $1 AND l.event_id = s.event_id
 			   AND l.status IN ('parked', 'discarded') AND NOT l.replay)`, []any{live, shadow}},
-		{"drop live's dead letters but its discards", `DELETE FROM dead_letters WHERE projection = $1 AND status <> 'discarded'`, []any{live}},
-		{"drop the copy's dead letters of events live discarded", `DELETE FROM dead_letters s WHERE s.projection = $2
-			AND EXISTS (SELECT 1 FROM dead_letters l WHERE l.projection = $1 AND l.event_id = s.event_id)`, []any{live, shadow}},
-		{"move the copy's dead letters to live", `UPDATE dead_letters SET projection = $1 WHERE projection = $2`, []any{live, shadow}},
+		{"drop live's dead letters but its discards", `DELETE FROM readside.dead_letters WHERE projection = $1 AND status <> 'discarded'`, []any{live}},
+		{"drop the copy's dead letters of events live discarded", `DELETE FROM readside.dead_letters s WHERE s.projection = $2
+			AND EXISTS (SELECT 1 FROM readside.dead_letters l WHERE l.projection = $1 AND l.event_id = s.event_id)`, []any{live, shadow}},
+		{"move the copy's dead letters to live", `UPDATE readside.dead_letters SET projection = $1 WHERE projection = $2`, []any{live, shadow}},
 	} {
 		if _, err := tx.Exec(ctx, step.sql, step.args...); err != nil {
 			return fmt.Errorf("adopt dead letters of %s into %s: %s: %w", shadow, live, step.what, err)

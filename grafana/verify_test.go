@@ -760,7 +760,7 @@ func provokeConflicts(t *testing.T, base string) {
 // isolate it and park it.
 func appendPoisonEvent(t *testing.T, pool *pgxpool.Pool) {
 	t.Helper()
-	_, err := pool.Exec(t.Context(), `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version)
+	_, err := pool.Exec(t.Context(), `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
 		VALUES ('Order', 'verify-poison', 'OrderPlaced', '{"order_id": 5}', 1)`)
 	require.NoError(t, err)
 }
@@ -777,7 +777,7 @@ func provokeFencedCommit(t *testing.T, pool *pgxpool.Pool, writer string) {
 	tx, err := pool.Begin(ctx)
 	require.NoError(t, err)
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	_, err = tx.Exec(ctx, `SELECT 1 FROM checkpoints WHERE projection = 'products' FOR UPDATE`)
+	_, err = tx.Exec(ctx, `SELECT 1 FROM readside.checkpoints WHERE projection = 'products' FOR UPDATE`)
 	require.NoError(t, err)
 	_, err = createProduct(ctx, writer) // a products event for the worker to apply
 	require.NoError(t, err)
@@ -792,7 +792,7 @@ func provokeFencedCommit(t *testing.T, pool *pgxpool.Pool, writer string) {
 		}
 		return nil
 	})
-	_, err = tx.Exec(ctx, `UPDATE checkpoints SET lease_epoch = lease_epoch + 1, lease_owner = NULL, lease_expires_at = NULL
+	_, err = tx.Exec(ctx, `UPDATE readside.checkpoints SET lease_epoch = lease_epoch + 1, lease_owner = NULL, lease_expires_at = NULL
 		WHERE projection = 'products'`)
 	require.NoError(t, err)
 	require.NoError(t, tx.Commit(ctx))

@@ -6,15 +6,6 @@ ALTER TABLE projections
     ADD COLUMN rebuild_of  text REFERENCES projections (name) ON DELETE CASCADE,
     ADD COLUMN schema_name text;
 
--- The shipped side-effect example (projectors/notifications): the River job
--- that "sends" an order-shipped notification records it here, once per event.
-CREATE TABLE order_notifications (
-    event_id        bigint      PRIMARY KEY,
-    order_id        text        NOT NULL,
-    tracking_number text,
-    sent_at         timestamptz NOT NULL DEFAULT now()
-);
-
 -- Fair share is per projection, over the live workers that run it: a fleet
 -- may mix workers that run different --projections. A worker's liveness is
 -- judged by its own lease TTL.

@@ -18,6 +18,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivermigrate"
+
+	"github.com/readside/readside/internal/dbschema"
 )
 
 //go:embed *.up.sql
@@ -74,18 +76,50 @@ func All() []Migration {
 // Latest is the schema version this binary expects.
 func Latest() int { return len(All()) }
 
-// Result says what Migrate did.
-type Result struct {
-	Applied []Migration // readside migrations applied by this call
-	River   []int       // River migration versions applied by this call
-	Version int         // readside schema version after the call
+// Config says where Migrate puts readside and what else it creates.
+type Config struct {
+	// Schema holds every object readside and River create: tables,
+	// sequences, functions, River's tables. Created when missing. "" means
+	// "readside" (dbschema.Default). A database migrated before readside
+	// had a schema of its own keeps working with Schema "public".
+	Schema string
+	// Projections are the DDL of the projections the binary carries
+	// (projectors.Schema): run after readside's migrations, in the same
+	// transaction, every time, so each must be idempotent (CREATE TABLE IF
+	// NOT EXISTS ...). Their unqualified names are created in Schema.
+	Projections []DDL
+	// Logger receives River's migration log; nil discards it.
+	Logger *slog.Logger
 }
 
-// Migrate applies River's migrations and readside's pending migrations in one
-// transaction under an advisory lock. It is idempotent; concurrent callers
-// wait for each other and the later ones find nothing to do. A database whose
-// schema is newer than this binary is refused with ErrSchemaTooNew.
-func Migrate(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) (*Result, error) {
+// DDL is a projection's own SQL.
+type DDL struct {
+	Projection string
+	SQL        string
+}
+
+func (c *Config) schema() (dbschema.Name, error) { return dbschema.Parse(c.Schema) }
+
+// Result says what Migrate did.
+type Result struct {
+	Applied     []Migration // readside migrations applied by this call
+	River       []int       // River migration versions applied by this call
+	Version     int         // readside schema version after the call
+	Projections []string    // projections whose DDL ran
+	Created     bool        // the schema was created by this call
+}
+
+// Migrate creates cfg.Schema when missing, then applies River's migrations
+// and readside's pending migrations in it, then the projections' DDL, under
+// an advisory lock. It is idempotent; concurrent callers wait for each
+// other and the later ones find nothing to do. A database whose schema is
+// newer than this binary is refused with ErrSchemaTooNew. Nothing is
+// created outside cfg.Schema, whatever the connection's search_path.
+func Migrate(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Result, error) {
+	n, err := cfg.schema()
+	if err != nil {
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
 	// A session-level lock on a dedicated connection: River's migrations
 	// cannot all run in one transaction (enum values must commit before use).
 	conn, err := pool.Acquire(ctx)
@@ -102,13 +136,17 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) (*Res
 		}
 	}()
 
-	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS readside_migrations (
+	res := &Result{}
+	if res.Created, err = createSchema(ctx, conn.Conn(), n); err != nil {
+		return nil, err
+	}
+	if _, err := conn.Exec(ctx, n.SQL(`CREATE TABLE IF NOT EXISTS readside.readside_migrations (
 		version    integer     PRIMARY KEY,
 		name       text        NOT NULL,
-		applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-		return nil, fmt.Errorf("migrate: create readside_migrations: %w", err)
+		applied_at timestamptz NOT NULL DEFAULT now())`)); err != nil {
+		return nil, fmt.Errorf("migrate: create %s.readside_migrations: %w", n, err)
 	}
-	current, err := version(ctx, conn)
+	current, err := version(ctx, conn, n)
 	if err != nil {
 		return nil, err
 	}
@@ -117,10 +155,11 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) (*Res
 		return nil, fmt.Errorf("migrate: %w: database is at version %d, this binary knows up to %d; upgrade the binary", ErrSchemaTooNew, current, len(all))
 	}
 
+	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	migrator, err := rivermigrate.New(riverpgxv5.New(pool), &rivermigrate.Config{Logger: logger})
+	migrator, err := rivermigrate.New(riverpgxv5.New(pool), &rivermigrate.Config{Logger: logger, Schema: n.String()})
 	if err != nil {
 		return nil, fmt.Errorf("migrate: river: %w", err)
 	}
@@ -128,7 +167,7 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) (*Res
 	if err != nil {
 		return nil, fmt.Errorf("migrate: river: %w", err)
 	}
-	res := &Result{Version: current}
+	res.Version = current
 	for _, v := range rres.Versions {
 		res.River = append(res.River, v.Version)
 	}
@@ -138,15 +177,26 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) (*Res
 		return nil, fmt.Errorf("migrate: begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	// Migrations and projections' DDL name their objects unqualified: they
+	// are created in the first schema of this transaction's search_path.
+	if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, n.Ident()); err != nil {
+		return nil, fmt.Errorf("migrate: search_path: %w", err)
+	}
 	for _, m := range all[current:] {
 		if _, err := tx.Exec(ctx, m.SQL); err != nil {
 			return nil, fmt.Errorf("migrate: %03d_%s: %w", m.Version, m.Name, err)
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO readside_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name); err != nil {
+		if _, err := tx.Exec(ctx, n.SQL(`INSERT INTO readside.readside_migrations (version, name) VALUES ($1, $2)`), m.Version, m.Name); err != nil {
 			return nil, fmt.Errorf("migrate: record %03d: %w", m.Version, err)
 		}
 		res.Applied = append(res.Applied, m)
 		res.Version = m.Version
+	}
+	for _, d := range cfg.Projections {
+		if _, err := tx.Exec(ctx, d.SQL); err != nil {
+			return nil, fmt.Errorf("migrate: schema of projection %s: %w", d.Projection, err)
+		}
+		res.Projections = append(res.Projections, d.Projection)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return nil, fmt.Errorf("migrate: commit: %w", err)
@@ -154,14 +204,31 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) (*Res
 	return res, nil
 }
 
+// createSchema creates n unless it exists (a DBA may have created it and
+// granted it to the migrating role, which then needs no CREATE on the
+// database).
+func createSchema(ctx context.Context, conn *pgx.Conn, n dbschema.Name) (bool, error) {
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)`, n.String()).Scan(&exists); err != nil {
+		return false, fmt.Errorf("migrate: %w", err)
+	}
+	if exists {
+		return false, nil
+	}
+	if _, err := conn.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+n.Ident()); err != nil {
+		return false, fmt.Errorf("migrate: create schema %s (or have it created and granted to this role): %w", n, err)
+	}
+	return true, nil
+}
+
 // Querier is the part of pgx used to read the schema version.
 type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-func version(ctx context.Context, q Querier) (int, error) {
+func version(ctx context.Context, q Querier, n dbschema.Name) (int, error) {
 	var v int
-	if err := q.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM readside_migrations`).Scan(&v); err != nil {
+	if err := q.QueryRow(ctx, n.SQL(`SELECT coalesce(max(version), 0) FROM readside.readside_migrations`)).Scan(&v); err != nil {
 		return 0, fmt.Errorf("migrate: read version: %w", err)
 	}
 	return v, nil
@@ -170,15 +237,20 @@ func version(ctx context.Context, q Querier) (int, error) {
 // Check returns nil when the database is at exactly this binary's schema
 // version, ErrNotMigrated (wrapped) when it is behind, and ErrSchemaTooNew
 // (wrapped) when it is ahead. Long-running processes call it at start.
-func Check(ctx context.Context, q Querier) error {
+// schema is readside's ("" means the default).
+func Check(ctx context.Context, q Querier, schema string) error {
+	n, err := dbschema.Parse(schema)
+	if err != nil {
+		return err
+	}
 	var exists bool
-	if err := q.QueryRow(ctx, `SELECT to_regclass('readside_migrations') IS NOT NULL`).Scan(&exists); err != nil {
+	if err := q.QueryRow(ctx, n.SQL(`SELECT to_regclass('readside.readside_migrations') IS NOT NULL`)).Scan(&exists); err != nil {
 		return fmt.Errorf("check schema: %w", err)
 	}
 	if !exists {
-		return fmt.Errorf("%w: no readside_migrations table; run `projector migrate`", ErrNotMigrated)
+		return fmt.Errorf("%w: no readside_migrations table in schema %s; run `projector migrate` (or name the schema readside was installed in: --schema, READSIDE_SCHEMA)", ErrNotMigrated, n)
 	}
-	v, err := version(ctx, q)
+	v, err := version(ctx, q, n)
 	if err != nil {
 		return err
 	}

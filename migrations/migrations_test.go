@@ -3,6 +3,7 @@ package migrations_test
 import (
 	"context"
 	"errors"
+	"net/url"
 	"sync"
 	"testing"
 
@@ -20,13 +21,13 @@ func TestMigrateConcurrentlyAndAgain(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := pgtest.Pool(t, pgtest.NewEmptyDatabaseURL(t))
-	require.ErrorIs(t, migrations.Check(ctx, pool), migrations.ErrNotMigrated)
+	require.ErrorIs(t, migrations.Check(ctx, pool, ""), migrations.ErrNotMigrated)
 
 	var wg sync.WaitGroup
 	errs := make([]error, 3)
 	results := make([]*migrations.Result, 3)
 	for i := range 3 {
-		wg.Go(func() { results[i], errs[i] = migrations.Migrate(ctx, pool, nil) })
+		wg.Go(func() { results[i], errs[i] = migrations.Migrate(ctx, pool, migrations.Config{}) })
 	}
 	wg.Wait()
 	require.NoError(t, errors.Join(errs...))
@@ -36,53 +37,68 @@ func TestMigrateConcurrentlyAndAgain(t *testing.T) {
 		require.Equal(t, migrations.Latest(), r.Version)
 	}
 	require.Equal(t, migrations.Latest(), applied, "each migration applied exactly once")
-	require.NoError(t, migrations.Check(ctx, pool))
+	require.NoError(t, migrations.Check(ctx, pool, ""))
 
-	again, err := migrations.Migrate(ctx, pool, nil)
+	again, err := migrations.Migrate(ctx, pool, migrations.Config{})
 	require.NoError(t, err)
 	require.Empty(t, again.Applied)
 	require.Empty(t, again.River)
 
 	// A newer binary's migration: this one refuses to touch the schema.
-	_, err = pool.Exec(ctx, `INSERT INTO readside_migrations (version, name) VALUES ($1, 'future')`, migrations.Latest()+1)
+	_, err = pool.Exec(ctx, `INSERT INTO readside.readside_migrations (version, name) VALUES ($1, 'future')`, migrations.Latest()+1)
 	require.NoError(t, err)
-	_, err = migrations.Migrate(ctx, pool, nil)
+	_, err = migrations.Migrate(ctx, pool, migrations.Config{})
 	require.ErrorIs(t, err, migrations.ErrSchemaTooNew)
-	require.ErrorIs(t, migrations.Check(ctx, pool), migrations.ErrSchemaTooNew)
+	require.ErrorIs(t, migrations.Check(ctx, pool, ""), migrations.ErrSchemaTooNew)
 }
 
-// A database migrated by an older binary (up to 009) upgrades: a dead
-// letter in the retired 'retrying' status becomes parked, the status check
-// refuses 'retrying', and the parked index holds parked rows only.
+// A database migrated by an older binary (up to 009, in schema readside)
+// upgrades: a dead letter in the retired 'retrying' status becomes parked,
+// the status check refuses 'retrying', and the parked index holds parked
+// rows only.
 func TestMigrateFrom009(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := pgtest.Pool(t, pgtest.NewEmptyDatabaseURL(t))
-	_, err := pool.Exec(ctx, `CREATE TABLE readside_migrations (version integer PRIMARY KEY, name text NOT NULL,
+	dbURL := pgtest.NewEmptyDatabaseURL(t)
+	pool := pgtest.Pool(t, dbURL)
+	_, err := pool.Exec(ctx, `CREATE SCHEMA readside`)
+	require.NoError(t, err)
+	old := pgtest.Pool(t, withSearchPath(t, dbURL, "readside")) // how 009's binary ran them: unqualified
+	_, err = old.Exec(ctx, `CREATE TABLE readside_migrations (version integer PRIMARY KEY, name text NOT NULL,
 		applied_at timestamptz NOT NULL DEFAULT now())`)
 	require.NoError(t, err)
 	for _, m := range migrations.All()[:9] {
-		_, err := pool.Exec(ctx, m.SQL)
+		_, err := old.Exec(ctx, m.SQL)
 		require.NoError(t, err, m.Name)
-		_, err = pool.Exec(ctx, `INSERT INTO readside_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name)
+		_, err = old.Exec(ctx, `INSERT INTO readside_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name)
 		require.NoError(t, err)
 	}
-	_, err = pool.Exec(ctx, `INSERT INTO projections (name, segments) VALUES ('p', 1);
+	_, err = old.Exec(ctx, `INSERT INTO projections (name, segments) VALUES ('p', 1);
 		INSERT INTO dead_letters (projection, segment, event_id, txid, aggregate_type, aggregate_id, event_type, version, reason, error, status)
 		VALUES ('p', 0, 1, '1', 'Order', 'o1', 'OrderPlaced', 1, 'failed', 'boom', 'retrying')`)
 	require.NoError(t, err)
 
-	res, err := migrations.Migrate(ctx, pool, nil)
+	res, err := migrations.Migrate(ctx, pool, migrations.Config{})
 	require.NoError(t, err)
 	require.Equal(t, migrations.Latest(), res.Version)
-	require.NoError(t, migrations.Check(ctx, pool))
+	require.NoError(t, migrations.Check(ctx, pool, ""))
 
 	var status string
-	require.NoError(t, pool.QueryRow(ctx, `SELECT status FROM dead_letters`).Scan(&status))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT status FROM readside.dead_letters`).Scan(&status))
 	require.Equal(t, "parked", status)
-	_, err = pool.Exec(ctx, `UPDATE dead_letters SET status = 'retrying'`)
+	_, err = pool.Exec(ctx, `UPDATE readside.dead_letters SET status = 'retrying'`)
 	require.ErrorContains(t, err, "dead_letters_status_check")
 	var def string
-	require.NoError(t, pool.QueryRow(ctx, `SELECT pg_get_indexdef('dead_letters_parked_idx'::regclass)`).Scan(&def))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT pg_get_indexdef('readside.dead_letters_parked_idx'::regclass)`).Scan(&def))
 	require.Contains(t, def, "WHERE (status = 'parked'::text)")
+}
+
+func withSearchPath(t *testing.T, rawURL, path string) string {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	require.NoError(t, err)
+	q := u.Query()
+	q.Set("search_path", path)
+	u.RawQuery = q.Encode()
+	return u.String()
 }

@@ -8,6 +8,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivermigrate"
+
+	"github.com/readside/readside/internal/dbschema"
 )
 
 // Plan is what Migrate would apply, with its SQL.
@@ -17,8 +19,12 @@ type Plan struct {
 }
 
 // Pending returns what Migrate would apply now, without applying it.
-func Pending(ctx context.Context, pool *pgxpool.Pool) (*Plan, error) {
-	current, err := appliedVersion(ctx, pool)
+func Pending(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Plan, error) {
+	n, err := cfg.schema()
+	if err != nil {
+		return nil, err
+	}
+	current, err := appliedVersion(ctx, pool, n)
 	if err != nil {
 		return nil, err
 	}
@@ -27,7 +33,7 @@ func Pending(ctx context.Context, pool *pgxpool.Pool) (*Plan, error) {
 		return nil, fmt.Errorf("migrate: %w: database is at version %d, this binary knows up to %d; upgrade the binary", ErrSchemaTooNew, current, len(all))
 	}
 	plan := &Plan{Readside: all[current:]}
-	migrator, err := rivermigrate.New(riverpgxv5.New(pool), nil)
+	migrator, err := rivermigrate.New(riverpgxv5.New(pool), &rivermigrate.Config{Schema: n.String()})
 	if err != nil {
 		return nil, fmt.Errorf("migrate: river: %w", err)
 	}
@@ -58,19 +64,23 @@ type SchemaStatus struct {
 
 // Status lists readside's migrations, applied ones with their time, and
 // counts River's pending ones.
-func Status(ctx context.Context, pool *pgxpool.Pool) (*SchemaStatus, error) {
-	plan, err := Pending(ctx, pool)
+func Status(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*SchemaStatus, error) {
+	n, err := cfg.schema()
+	if err != nil {
+		return nil, err
+	}
+	plan, err := Pending(ctx, pool, cfg)
 	if err != nil {
 		return nil, err
 	}
 	st := &SchemaStatus{Latest: Latest(), RiverPending: len(plan.River), Migrations: []MigrationStatus{}}
 	applied := map[int]time.Time{}
 	var exists bool
-	if err := pool.QueryRow(ctx, `SELECT to_regclass('readside_migrations') IS NOT NULL`).Scan(&exists); err != nil {
+	if err := pool.QueryRow(ctx, n.SQL(`SELECT to_regclass('readside.readside_migrations') IS NOT NULL`)).Scan(&exists); err != nil {
 		return nil, fmt.Errorf("migrate: %w", err)
 	}
 	if exists {
-		rows, err := pool.Query(ctx, `SELECT version, applied_at FROM readside_migrations ORDER BY version`)
+		rows, err := pool.Query(ctx, n.SQL(`SELECT version, applied_at FROM readside.readside_migrations ORDER BY version`))
 		if err != nil {
 			return nil, fmt.Errorf("migrate: %w", err)
 		}
@@ -99,13 +109,13 @@ func Status(ctx context.Context, pool *pgxpool.Pool) (*SchemaStatus, error) {
 
 // appliedVersion is version() that also answers 0 for a database that has
 // never been migrated.
-func appliedVersion(ctx context.Context, q Querier) (int, error) {
+func appliedVersion(ctx context.Context, q Querier, n dbschema.Name) (int, error) {
 	var exists bool
-	if err := q.QueryRow(ctx, `SELECT to_regclass('readside_migrations') IS NOT NULL`).Scan(&exists); err != nil {
+	if err := q.QueryRow(ctx, n.SQL(`SELECT to_regclass('readside.readside_migrations') IS NOT NULL`)).Scan(&exists); err != nil {
 		return 0, fmt.Errorf("migrate: %w", err)
 	}
 	if !exists {
 		return 0, nil
 	}
-	return version(ctx, q)
+	return version(ctx, q, n)
 }

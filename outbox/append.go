@@ -81,7 +81,7 @@ func (r *AppendResult) Cursor() Cursor {
 // scalar, with a NULL array: unnest pads a NULL array with NULLs.
 const appendSQL = `
 WITH ins AS (
-    INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, metadata, schema_version, version, occurred_at)
+    INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, metadata, schema_version, version, occurred_at)
     SELECT $1, $2, t.event_type, t.event_data, coalesce(t.metadata, $6::jsonb), coalesce(t.schema_version, $7::int),
            $3::int + t.ord::int, coalesce(t.occurred_at, now())
       FROM unnest($4::text[], $5::jsonb[], $8::jsonb[], $9::int[], $10::timestamptz[])
@@ -92,7 +92,7 @@ SELECT array_agg(id ORDER BY version), min(txid) FROM ins`
 
 // appendOneSQL is appendSQL for a single event.
 const appendOneSQL = `
-INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, metadata, schema_version, version, occurred_at)
+INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, metadata, schema_version, version, occurred_at)
 VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6::int, $7::int, coalesce($8::timestamptz, now()))
 RETURNING id, txid`
 

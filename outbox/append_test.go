@@ -46,11 +46,11 @@ func TestAppendWritesEventsAndOutbox(t *testing.T) {
 	require.NotZero(t, res.TxID)
 
 	var n int
-	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM events e JOIN outbox o ON o.position = e.id AND o.txid = e.txid
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM readside.events e JOIN readside.outbox o ON o.position = e.id AND o.txid = e.txid
 		AND o.aggregate_id = e.aggregate_id AND o.version = e.version AND o.event_type = e.event_type`).Scan(&n))
 	require.Equal(t, 2, n)
 	var meta string
-	require.NoError(t, pool.QueryRow(ctx, `SELECT metadata->>'correlation_id' FROM events WHERE version = 1`).Scan(&meta))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT metadata->>'correlation_id' FROM readside.events WHERE version = 1`).Scan(&meta))
 	require.Equal(t, "c1", meta)
 
 	_, err = appendTx(ctx, pool, agg, 1, ev("OrderShipped", 3))
@@ -84,7 +84,7 @@ func TestAppendValidates(t *testing.T) {
 		require.NotErrorIs(t, err, outbox.ErrConcurrencyConflict, name)
 	}
 	var n int
-	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM outbox)`).Scan(&n))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM readside.events) + (SELECT count(*) FROM readside.outbox)`).Scan(&n))
 	require.Zero(t, n)
 }
 
@@ -108,7 +108,7 @@ func TestAppendConcurrentWriters(t *testing.T) {
 			for r := range rounds {
 				var v int
 				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-					if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2`, agg.Type, agg.ID).Scan(&v); err != nil {
+					if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM readside.events WHERE aggregate_type = $1 AND aggregate_id = $2`, agg.Type, agg.ID).Scan(&v); err != nil {
 						return err
 					}
 					if _, err := outbox.Append(ctx, tx, agg, v, []outbox.NewEvent{ev("Touched", w*100+r)}); err != nil {
@@ -139,9 +139,9 @@ func TestAppendConcurrentWriters(t *testing.T) {
 	}
 	require.NotZero(t, conflicts, "16 writers on one aggregate must conflict")
 	var events, outboxRows, matched, maxVersion int
-	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM outbox),
-		(SELECT count(*) FROM events e JOIN outbox o ON o.position = e.id AND o.txid = e.txid),
-		(SELECT coalesce(max(version), 0) FROM events)`).Scan(&events, &outboxRows, &matched, &maxVersion))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM readside.events), (SELECT count(*) FROM readside.outbox),
+		(SELECT count(*) FROM readside.events e JOIN readside.outbox o ON o.position = e.id AND o.txid = e.txid),
+		(SELECT coalesce(max(version), 0) FROM readside.events)`).Scan(&events, &outboxRows, &matched, &maxVersion))
 	require.Equal(t, len(wins), events)
 	require.Equal(t, events, outboxRows)
 	require.Equal(t, events, matched)
@@ -197,7 +197,7 @@ func TestSQLContractMatchesAppend(t *testing.T) {
 
 	_, err := appendTx(ctx, goDB, agg, 0, ev("OrderPlaced", 1), ev("OrderConfirmed", 2))
 	require.NoError(t, err)
-	_, err = sqlDB.Exec(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, metadata, version)
+	_, err = sqlDB.Exec(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, metadata, version)
 		VALUES ('Order', 'o-9', 'OrderPlaced', '{"n":1}', '{"correlation_id":"c1","user_id":"u1"}', 1),
 		       ('Order', 'o-9', 'OrderConfirmed', '{"n":2}', '{"correlation_id":"c1","user_id":"u1"}', 2)`)
 	require.NoError(t, err)
@@ -207,13 +207,13 @@ func TestSQLContractMatchesAppend(t *testing.T) {
 		require.NoError(t, pool.QueryRow(ctx, `SELECT json_agg(x ORDER BY x.version)::text FROM (
 			SELECT e.aggregate_type, e.aggregate_id, e.event_type, e.event_data, e.metadata, e.schema_version, e.version,
 			       o.event_type AS o_type, o.version AS o_version, o.txid = e.txid AS same_tx
-			  FROM events e JOIN outbox o ON o.position = e.id) x`).Scan(&s))
+			  FROM readside.events e JOIN readside.outbox o ON o.position = e.id) x`).Scan(&s))
 		return s
 	}
 	require.Equal(t, dump(goDB), dump(sqlDB))
 
 	// The contract enforces versions too.
-	_, err = sqlDB.Exec(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version)
+	_, err = sqlDB.Exec(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
 		VALUES ('Order', 'o-9', 'OrderShipped', '{}', 4)`)
 	require.Error(t, err)
 }
@@ -243,7 +243,7 @@ func TestFetchIsGapSafe(t *testing.T) {
 	require.Empty(t, batch.Events)
 	require.Equal(t, outbox.Start, batch.Next)
 	var naive int
-	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE position > 0`).Scan(&naive))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM readside.outbox WHERE position > 0`).Scan(&naive))
 	require.Equal(t, 1, naive, "a position-only reader would read B now and skip A forever")
 
 	head, err := outbox.ReadHead(ctx, pool)
@@ -313,9 +313,9 @@ func TestCheckXIDsDetectsRestore(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, outbox.CheckXIDs(ctx, pool))
 	// Simulate a restore into a younger cluster: stored txids far ahead.
-	_, err = pool.Exec(ctx, `ALTER TABLE outbox DISABLE TRIGGER ALL`)
+	_, err = pool.Exec(ctx, `ALTER TABLE readside.outbox DISABLE TRIGGER ALL`)
 	require.NoError(t, err)
-	_, err = pool.Exec(ctx, `UPDATE outbox SET txid = (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000000)::text::xid8`)
+	_, err = pool.Exec(ctx, `UPDATE readside.outbox SET txid = (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000000)::text::xid8`)
 	require.NoError(t, err)
 	err = outbox.CheckXIDs(ctx, pool)
 	require.ErrorIs(t, err, outbox.ErrXIDRegression)

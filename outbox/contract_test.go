@@ -31,8 +31,8 @@ func requirePgError(t *testing.T, err error, code, constraint string) {
 func countEvents(t *testing.T, pool *pgxpool.Pool, aggID string) (events, outboxRows int) {
 	t.Helper()
 	require.NoError(t, pool.QueryRow(context.Background(), `SELECT
-		(SELECT count(*) FROM events WHERE aggregate_id = $1),
-		(SELECT count(*) FROM outbox WHERE aggregate_id = $1)`, aggID).Scan(&events, &outboxRows))
+		(SELECT count(*) FROM readside.events WHERE aggregate_id = $1),
+		(SELECT count(*) FROM readside.outbox WHERE aggregate_id = $1)`, aggID).Scan(&events, &outboxRows))
 	return events, outboxRows
 }
 
@@ -43,7 +43,7 @@ type row struct {
 }
 
 func valuesSQL(rows []row) string {
-	s := `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version) VALUES `
+	s := `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version) VALUES `
 	for i, r := range rows {
 		if i > 0 {
 			s += ", "
@@ -114,7 +114,7 @@ func TestContractRefusesReorderThroughCopy(t *testing.T) {
 		for i, r := range rows {
 			src[i] = []any{"Order", r.agg, fmt.Sprintf("E%d", r.version), fmt.Sprintf(`{"v":%d}`, r.version), int32(r.version)}
 		}
-		_, err := pool.CopyFrom(ctx, pgx.Identifier{"events"},
+		_, err := pool.CopyFrom(ctx, pgx.Identifier{"readside", "events"},
 			[]string{"aggregate_type", "aggregate_id", "event_type", "event_data", "version"}, pgx.CopyFromRows(src))
 		return err
 	}
@@ -136,7 +136,7 @@ func TestContractRefusesForgedTxid(t *testing.T) {
 	ctx := context.Background()
 	pool := pgtest.NewDB(t)
 	for _, txid := range []string{"1", "9000000000000"} {
-		_, err := pool.Exec(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version, txid)
+		_, err := pool.Exec(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version, txid)
 			VALUES ('Order', 'o-forged', 'OrderPlaced', '{}', 1, $1::xid8)`, txid)
 		requirePgError(t, err, "23514", "readside_events_txid_current")
 		require.ErrorContains(t, err, "txid")
@@ -144,7 +144,7 @@ func TestContractRefusesForgedTxid(t *testing.T) {
 	e, o := countEvents(t, pool, "o-forged")
 	require.Zero(t, e+o)
 	// Naming the transaction's own id is not forging it.
-	_, err := pool.Exec(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version, txid)
+	_, err := pool.Exec(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version, txid)
 		VALUES ('Order', 'o-forged', 'OrderPlaced', '{}', 1, pg_current_xact_id())`)
 	require.NoError(t, err)
 	require.NoError(t, outbox.CheckXIDs(ctx, pool))
@@ -158,11 +158,11 @@ func TestContractEventsAreAppendOnly(t *testing.T) {
 	_, err := appendTx(ctx, pool, outbox.Aggregate{Type: "Order", ID: "o-1"}, 0, ev("OrderPlaced", 1))
 	require.NoError(t, err)
 	for _, stmt := range []string{
-		`UPDATE events SET aggregate_id = 'o-2'`,
-		`UPDATE events SET event_data = '{}' WHERE false`, // refused per statement, even when it touches nothing
-		`DELETE FROM events`,
-		`TRUNCATE events`,
-		`TRUNCATE events CASCADE`,
+		`UPDATE readside.events SET aggregate_id = 'o-2'`,
+		`UPDATE readside.events SET event_data = '{}' WHERE false`, // refused per statement, even when it touches nothing
+		`DELETE FROM readside.events`,
+		`TRUNCATE readside.events`,
+		`TRUNCATE readside.events CASCADE`,
 	} {
 		_, err := pool.Exec(ctx, stmt)
 		requirePgError(t, err, "55000", "readside_events_append_only")
@@ -174,12 +174,12 @@ func TestContractEventsAreAppendOnly(t *testing.T) {
 	tx, err := pool.Begin(ctx)
 	require.NoError(t, err)
 	defer tx.Rollback(ctx)
-	_, err = tx.Exec(ctx, `SET LOCAL readside.erasing = 'on'; UPDATE events SET aggregate_id = 'o-2'`)
+	_, err = tx.Exec(ctx, `SET LOCAL readside.erasing = 'on'; UPDATE readside.events SET aggregate_id = 'o-2'`)
 	requirePgError(t, err, "55000", "readside_events_append_only")
 	require.NoError(t, tx.Rollback(ctx))
 
 	var id, o int
-	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM events WHERE aggregate_id = 'o-1'), (SELECT count(*) FROM outbox)`).Scan(&id, &o))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM readside.events WHERE aggregate_id = 'o-1'), (SELECT count(*) FROM readside.outbox)`).Scan(&id, &o))
 	require.Equal(t, [2]int{1, 1}, [2]int{id, o})
 }
 
@@ -189,7 +189,7 @@ func TestContractOutboxIsWrittenByTheTriggerOnly(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := pgtest.NewDB(t)
-	_, err := pool.Exec(ctx, `INSERT INTO outbox (position, aggregate_type, aggregate_id, event_type, version)
+	_, err := pool.Exec(ctx, `INSERT INTO readside.outbox (position, aggregate_type, aggregate_id, event_type, version)
 		VALUES (1, 'Order', 'o-1', 'OrderPlaced', 1)`)
 	requirePgError(t, err, "55000", "readside_outbox_trigger_only")
 	// The trigger still writes it.
@@ -224,7 +224,7 @@ func TestContractWriterRole(t *testing.T) {
 		return err
 	}))
 	require.NoError(t, asWriter(ctx, pool, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version)
+		_, err := tx.Exec(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
 			VALUES ('Order', 'o-role', 'OrderConfirmed', '{}', 2), ('Order', 'o-role', 'OrderShipped', '{}', 3)`)
 		return err
 	}))
@@ -243,17 +243,17 @@ func TestContractWriterRole(t *testing.T) {
 	require.ErrorIs(t, err, outbox.ErrConcurrencyConflict)
 
 	for _, stmt := range []string{
-		`INSERT INTO outbox (position, aggregate_type, aggregate_id, event_type, version) VALUES (1, 'Order', 'o-role', 'OrderPlaced', 1)`,
-		`UPDATE outbox SET version = 9`,
-		`DELETE FROM outbox`,
-		`UPDATE events SET event_data = '{}'`,
-		`DELETE FROM events`,
-		`TRUNCATE events`,
-		`SELECT count(*) FROM checkpoints`,
-		`UPDATE checkpoints SET cursor_position = 0`,
-		`SELECT count(*) FROM dead_letters`,
-		`INSERT INTO outbox_horizon (txid, position) VALUES ('1', 1)`,
-		`SELECT readside_erase_event_data(1, '{}', NULL, 'test')`,
+		`INSERT INTO readside.outbox (position, aggregate_type, aggregate_id, event_type, version) VALUES (1, 'Order', 'o-role', 'OrderPlaced', 1)`,
+		`UPDATE readside.outbox SET version = 9`,
+		`DELETE FROM readside.outbox`,
+		`UPDATE readside.events SET event_data = '{}'`,
+		`DELETE FROM readside.events`,
+		`TRUNCATE readside.events`,
+		`SELECT count(*) FROM readside.checkpoints`,
+		`UPDATE readside.checkpoints SET cursor_position = 0`,
+		`SELECT count(*) FROM readside.dead_letters`,
+		`INSERT INTO readside.outbox_horizon (txid, position) VALUES ('1', 1)`,
+		`SELECT readside.readside_erase_event_data(1, '{}', NULL, 'test')`,
 	} {
 		err := asWriter(ctx, pool, func(tx pgx.Tx) error {
 			_, err := tx.Exec(ctx, stmt)
@@ -279,26 +279,26 @@ func TestContractEraseEventData(t *testing.T) {
 		outbox.NewEvent{Type: "OrderPlaced", Data: json.RawMessage(`{"order_id":"o-gdpr","customer_name":"Ada Lovelace"}`), Metadata: outbox.Metadata{UserID: "ada"}},
 		ev("OrderConfirmed", 2))
 	require.NoError(t, err)
-	_, err = pool.Exec(ctx, `INSERT INTO snapshots (aggregate_type, aggregate_id, version, state) VALUES ('Order', 'o-gdpr', 2, '{"customer_name":"Ada Lovelace"}')`)
+	_, err = pool.Exec(ctx, `INSERT INTO readside.snapshots (aggregate_type, aggregate_id, version, state) VALUES ('Order', 'o-gdpr', 2, '{"customer_name":"Ada Lovelace"}')`)
 	require.NoError(t, err)
 	id := res.Positions[0]
 	var before [2]string
-	require.NoError(t, pool.QueryRow(ctx, `SELECT txid::text, version::text FROM events WHERE id = $1`, id).Scan(&before[0], &before[1]))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT txid::text, version::text FROM readside.events WHERE id = $1`, id).Scan(&before[0], &before[1]))
 
-	_, err = pool.Exec(ctx, `SELECT readside_erase_event_data($1, '{"order_id":"o-gdpr","customer_name":"[erased]"}', '{}', 'request 42')`, id)
+	_, err = pool.Exec(ctx, `SELECT readside.readside_erase_event_data($1, '{"order_id":"o-gdpr","customer_name":"[erased]"}', '{}', 'request 42')`, id)
 	require.NoError(t, err)
 
 	var after [2]string
 	var data, meta string
-	require.NoError(t, pool.QueryRow(ctx, `SELECT txid::text, version::text, event_data::text, metadata::text FROM events WHERE id = $1`, id).
+	require.NoError(t, pool.QueryRow(ctx, `SELECT txid::text, version::text, event_data::text, metadata::text FROM readside.events WHERE id = $1`, id).
 		Scan(&after[0], &after[1], &data, &meta))
 	require.Equal(t, before, after)
 	require.JSONEq(t, `{"order_id":"o-gdpr","customer_name":"[erased]"}`, data)
 	require.JSONEq(t, `{}`, meta)
 	var erasures, snapshots int
 	var reason string
-	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM event_erasures WHERE event_id = $1),
-		(SELECT max(reason) FROM event_erasures), (SELECT count(*) FROM snapshots)`, id).Scan(&erasures, &reason, &snapshots))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM readside.event_erasures WHERE event_id = $1),
+		(SELECT max(reason) FROM readside.event_erasures), (SELECT count(*) FROM readside.snapshots)`, id).Scan(&erasures, &reason, &snapshots))
 	require.Equal(t, 1, erasures)
 	require.Equal(t, "request 42", reason)
 	require.Zero(t, snapshots)
@@ -312,12 +312,12 @@ func TestContractEraseEventData(t *testing.T) {
 
 	// NULL metadata keeps it; the payload must stay a JSON object; the event
 	// must exist.
-	_, err = pool.Exec(ctx, `SELECT readside_erase_event_data($1, '{"n":2}', NULL, '')`, res.Positions[1])
+	_, err = pool.Exec(ctx, `SELECT readside.readside_erase_event_data($1, '{"n":2}', NULL, '')`, res.Positions[1])
 	require.NoError(t, err)
-	require.NoError(t, pool.QueryRow(ctx, `SELECT metadata->>'correlation_id' FROM events WHERE id = $1`, res.Positions[1]).Scan(&meta))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT metadata->>'correlation_id' FROM readside.events WHERE id = $1`, res.Positions[1]).Scan(&meta))
 	require.Equal(t, "c1", meta)
-	_, err = pool.Exec(ctx, `SELECT readside_erase_event_data($1, '"x"', NULL, '')`, id)
+	_, err = pool.Exec(ctx, `SELECT readside.readside_erase_event_data($1, '"x"', NULL, '')`, id)
 	requirePgError(t, err, "22023", "")
-	_, err = pool.Exec(ctx, `SELECT readside_erase_event_data(-5, '{}', NULL, '')`)
+	_, err = pool.Exec(ctx, `SELECT readside.readside_erase_event_data(-5, '{}', NULL, '')`)
 	requirePgError(t, err, "P0002", "")
 }

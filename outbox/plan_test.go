@@ -28,7 +28,7 @@ func fill(tb testing.TB, pool *pgxpool.Pool, n, perRound int) time.Duration {
 	for round, done := 1, 0; done < n; round++ {
 		k := min(perRound, n-done)
 		_, err := pool.Exec(ctx, `
-INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version)
+INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
 SELECT 'Thing', 't-' || a, 'Touched', jsonb_build_object('n', a, 'round', $2::int), $2::int
   FROM generate_series(1, $1::int) a`, k, round)
 		require.NoError(tb, err)
@@ -46,7 +46,7 @@ func cursorAt(tb testing.TB, pool *pgxpool.Pool, offset int, desc bool) outbox.C
 	}
 	var c outbox.Cursor
 	require.NoError(tb, pool.QueryRow(context.Background(), fmt.Sprintf(
-		`SELECT txid, position FROM outbox ORDER BY txid %[1]s, position %[1]s OFFSET $1 LIMIT 1`, dir), offset).
+		`SELECT txid, position FROM readside.outbox ORDER BY txid %[1]s, position %[1]s OFFSET $1 LIMIT 1`, dir), offset).
 		Scan(&c.TxID, &c.Position))
 	return c
 }

@@ -22,7 +22,7 @@ func PruneChunk(ctx context.Context, tx pgx.Tx, upTo Cursor, limit int, retentio
 	var last Cursor
 	err := tx.QueryRow(ctx, `
 WITH chunk AS (
-    SELECT txid, position, created_at FROM outbox
+    SELECT txid, position, created_at FROM readside.outbox
      WHERE (txid, position) <= ($1::xid8, $2::bigint)
        -- Only inside the read window, whatever the checkpoints say: a
        -- horizon above a running transaction would have its rows read from
@@ -34,7 +34,7 @@ WITH chunk AS (
      WHERE $4::float8 >= 0 AND created_at > now() - $4::float8 * interval '1 second'
      ORDER BY txid, position LIMIT 1
 ), deleted AS (
-    DELETE FROM outbox o USING chunk c
+    DELETE FROM readside.outbox o USING chunk c
      WHERE o.txid = c.txid AND o.position = c.position
        AND NOT EXISTS (SELECT 1 FROM young y WHERE (y.txid, y.position) <= (c.txid, c.position))
     RETURNING o.txid, o.position
@@ -47,7 +47,7 @@ SELECT txid, position, count(*) OVER () FROM deleted ORDER BY txid DESC, positio
 	if err != nil {
 		return 0, last, fmt.Errorf("chunk: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO outbox_horizon (txid, position) VALUES ($1, $2)
+	if _, err := tx.Exec(ctx, `INSERT INTO readside.outbox_horizon (txid, position) VALUES ($1, $2)
 		ON CONFLICT (singleton) DO UPDATE SET txid = excluded.txid, position = excluded.position
 		WHERE (outbox_horizon.txid, outbox_horizon.position) < (excluded.txid, excluded.position)`, last.TxID, last.Position); err != nil {
 		return 0, last, fmt.Errorf("horizon: %w", err)

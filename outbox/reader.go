@@ -78,7 +78,7 @@ type Batch struct {
 const fetchSQL = fetchHistory + `
     UNION ALL
     (SELECT o.txid, o.position, o.aggregate_type, o.aggregate_id, o.event_type, o.created_at
-       FROM outbox o
+       FROM readside.outbox o
       WHERE (o.txid, o.position) > ($1::xid8, $2::bigint)
         AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
       ORDER BY o.txid, o.position
@@ -89,12 +89,12 @@ const fetchSQL = fetchHistory + `
 const fetchHistory = `
 WITH scan AS (
     (SELECT e.txid, e.id AS position, e.aggregate_type, e.aggregate_id, e.event_type, NULL::timestamptz AS created_at
-       FROM events e
+       FROM readside.events e
       WHERE (e.txid, e.id) > ($1::xid8, $2::bigint)
         -- Scalar subqueries (InitPlans) make the horizon an index bound:
         -- with no horizon row the bound is NULL and the scan reads nothing.
-        AND e.txid <= (SELECT h.txid FROM outbox_horizon h)
-        AND (e.txid < (SELECT h.txid FROM outbox_horizon h) OR e.id <= (SELECT h.position FROM outbox_horizon h))
+        AND e.txid <= (SELECT h.txid FROM readside.outbox_horizon h)
+        AND (e.txid < (SELECT h.txid FROM readside.outbox_horizon h) OR e.id <= (SELECT h.position FROM readside.outbox_horizon h))
       ORDER BY e.txid, e.id
       LIMIT $3)`
 
@@ -109,7 +109,7 @@ const fetchTail = `
     SELECT s.*,
            (cardinality($4::text[]) = 0 OR s.event_type = ANY ($4::text[]))
        AND (cardinality($5::text[]) = 0 OR s.aggregate_type = ANY ($5::text[]))
-       AND ($7::int <= 1 OR readside_segment(s.aggregate_id, $7::int) = $6::int) AS matched
+       AND ($7::int <= 1 OR readside.readside_segment(s.aggregate_id, $7::int) = $6::int) AS matched
       FROM scan s
      ORDER BY s.txid, s.position
      LIMIT $3
@@ -117,10 +117,10 @@ const fetchTail = `
 SELECT w.txid, w.position, w.matched, e.aggregate_type, e.aggregate_id, e.event_type, e.version,
        e.schema_version, e.event_data, e.metadata, e.occurred_at, w.created_at, false AS is_head
   FROM window_rows w
-  LEFT JOIN events e ON w.matched AND e.id = w.position
+  LEFT JOIN readside.events e ON w.matched AND e.id = w.position
 UNION ALL
 (SELECT o.txid, o.position, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true
-   FROM outbox o
+   FROM readside.outbox o
   WHERE $7::int > 1 AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
   ORDER BY o.txid DESC, o.position DESC LIMIT 1)`
 
@@ -144,7 +144,7 @@ func segmentFetchSQL(n, seg int) string {
 		fmt.Fprintf(&b, `
     UNION ALL
     (SELECT o.txid, o.position, o.aggregate_type, o.aggregate_id, o.event_type, o.created_at
-       FROM outbox o
+       FROM readside.outbox o
       WHERE o.bucket = %d AND (o.txid, o.position) > ($1::xid8, $2::bigint)
         AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
       ORDER BY o.txid, o.position
@@ -282,10 +282,10 @@ func ReadHead(ctx context.Context, q Querier) (Head, error) {
 	err := q.QueryRow(ctx, `
 SELECT w.txid, w.position, l.txid, l.position
   FROM (SELECT 1) one
-  LEFT JOIN LATERAL (SELECT o.txid, o.position FROM outbox o
+  LEFT JOIN LATERAL (SELECT o.txid, o.position FROM readside.outbox o
                       WHERE o.txid < pg_snapshot_xmin(pg_current_snapshot())
                       ORDER BY o.txid DESC, o.position DESC LIMIT 1) w ON true
-  LEFT JOIN LATERAL (SELECT o.txid, o.position FROM outbox o
+  LEFT JOIN LATERAL (SELECT o.txid, o.position FROM readside.outbox o
                       ORDER BY o.txid DESC, o.position DESC LIMIT 1) l ON true`).Scan(&w.txid, &w.pos, &l.txid, &l.pos)
 	if err != nil {
 		return Head{}, fmt.Errorf("head: %w", err)
@@ -307,7 +307,7 @@ SELECT w.txid, w.position, l.txid, l.position
 
 func horizon(ctx context.Context, q Querier) (Cursor, error) {
 	var c Cursor
-	err := q.QueryRow(ctx, `SELECT txid, position FROM outbox_horizon`).Scan(&c.TxID, &c.Position)
+	err := q.QueryRow(ctx, `SELECT txid, position FROM readside.outbox_horizon`).Scan(&c.TxID, &c.Position)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Start, nil
 	}

@@ -23,9 +23,9 @@ func CheckXIDs(ctx context.Context, q Querier) error {
 	err := q.QueryRow(ctx, `
 SELECT pg_snapshot_xmax(pg_current_snapshot()),
        greatest(
-         (SELECT coalesce(max(txid), '0') FROM outbox),
-         (SELECT coalesce(max(cursor_txid), '0') FROM checkpoints),
-         (SELECT coalesce(max(txid), '0') FROM outbox_horizon))`).Scan(&next, &stored)
+         (SELECT coalesce(max(txid), '0') FROM readside.outbox),
+         (SELECT coalesce(max(cursor_txid), '0') FROM readside.checkpoints),
+         (SELECT coalesce(max(txid), '0') FROM readside.outbox_horizon))`).Scan(&next, &stored)
 	if err != nil {
 		return fmt.Errorf("check xids: %w", err)
 	}

@@ -26,9 +26,9 @@ func (a *app) adoptCommand() *cobra.Command {
 mapped and renamed, into readside's events table (outbox, ordering rules and
 notification follow), and the rows already there are copied once, in id order,
 as history. The mapping is stored in the database; run, status, reset and
-rebuild need no flags. Idempotent, under the migration lock. Run readside in a
-schema of its own (search_path=readside in the URL) when the application's
-table is called events too.
+rebuild need no flags. Idempotent, under the migration lock. readside's own
+tables are in --schema, so an application table called events (public.events)
+is found as --table events.
 
 --columns maps readside's names to the table's columns; an omitted key means a
 column of the same name; metadata and occurred_at may be absent.
@@ -44,7 +44,7 @@ ending in * on both sides is a prefix rule.
   projector adopt --remove --table public.events`,
 		Args: cli.ExactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runAdopt(cmd.Context(), o, cmd.OutOrStdout())
+			return a.runAdopt(cmd.Context(), o, cmd.OutOrStdout())
 		},
 	}
 	fs := cli.NewFlags(cmd)
@@ -58,7 +58,7 @@ ending in * on both sides is a prefix rule.
 	return cmd
 }
 
-func runAdopt(ctx context.Context, o adoptOptions, stdout io.Writer) error {
+func (a *app) runAdopt(ctx context.Context, o adoptOptions, stdout io.Writer) error {
 	cfg, err := o.config()
 	if err != nil {
 		return err
@@ -70,8 +70,9 @@ func runAdopt(ctx context.Context, o adoptOptions, stdout io.Writer) error {
 	defer pool.Close()
 	var res *adopt.Result
 	if o.remove {
-		res, err = adopt.Remove(ctx, pool, o.table, o.dryRun)
+		res, err = adopt.Remove(ctx, pool, a.schema.String(), o.table, o.dryRun)
 	} else {
+		cfg.Schema = a.schema.String()
 		res, err = adopt.Adopt(ctx, pool, cfg, o.dryRun)
 	}
 	if err != nil {

@@ -2,17 +2,20 @@ package projectorcli
 
 import (
 	"context"
-	"net/url"
 	"os"
+	"slices"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/internal/pgtest"
 )
 
-// projector adopt on the Rails seed's schema, readside in a schema of its
-// own: dry run, adopt, again (nothing to do), remove.
+// projector adopt on the Rails seed's schema, behind an application that
+// already has public.events, public.outbox, public.workers and
+// public.checkpoints, with a plain URL (no search_path): migrate creates
+// nothing in public; dry run, adopt, again (nothing to do), remove.
 func TestAdoptCommand(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -20,21 +23,31 @@ func TestAdoptCommand(t *testing.T) {
 	app := pgtest.Pool(t, dbURL)
 	ddl, err := os.ReadFile("../adopt/testdata/rails_schema.sql")
 	require.NoError(t, err)
-	_, err = app.Exec(ctx, string(ddl)+`; CREATE SCHEMA readside;
+	_, err = app.Exec(ctx, string(ddl)+`;
+		CREATE TABLE outbox (id bigint PRIMARY KEY, payload text);
+		CREATE TABLE workers (id text PRIMARY KEY);
+		CREATE TABLE checkpoints (name text PRIMARY KEY, position bigint);
 		INSERT INTO events (aggregate_id, aggregate_type, event_type, event_data, version, occurred_at, created_at, updated_at)
 		VALUES ('o-1', 'Domain::Orders::Order', 'Domain::Orders::Events::OrderPlaced', '{}', 1, now(), now(), now())`)
 	require.NoError(t, err)
-	u, err := url.Parse(dbURL)
-	require.NoError(t, err)
-	q := u.Query()
-	q.Set("search_path", "readside")
-	u.RawQuery = q.Encode()
-	rs := u.String()
+	publicObjects := func() []string {
+		var names []string
+		require.NoError(t, pgxscan(ctx, app, &names, `SELECT kind || ' ' || name FROM (
+			SELECT 'relation' AS kind, c.relname::text AS name FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace
+			UNION ALL SELECT 'function', p.proname::text FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
+			UNION ALL SELECT 'type', t.typname::text FROM pg_type t WHERE t.typnamespace = 'public'::regnamespace
+			UNION ALL SELECT 'trigger', g.tgname::text FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
+			    WHERE c.relnamespace = 'public'::regnamespace AND NOT g.tgisinternal) o ORDER BY 1`))
+		return names
+	}
+	before := publicObjects()
+	rs := dbURL
 
 	_, err = runCmd(t, "adopt", "--table", "events", "--database-url", rs)
 	require.ErrorContains(t, err, "projector migrate")
 	_, err = runCmd(t, "migrate", "--database-url", rs)
 	require.NoError(t, err)
+	require.Equal(t, before, publicObjects(), "migrate created nothing in public")
 
 	_, err = runCmd(t, "adopt", "--database-url", rs)
 	require.ErrorContains(t, err, "--table is required")
@@ -51,6 +64,8 @@ func TestAdoptCommand(t *testing.T) {
 	out, err = runCmd(t, args...)
 	require.NoError(t, err)
 	require.Contains(t, out, "adopted public.events: 1 rows copied as history")
+	require.Equal(t, slices.Sorted(slices.Values(append(slices.Clone(before), "trigger readside_adopted"))), publicObjects(),
+		"adopt puts only its trigger in public (its function is in readside's schema)")
 	out, err = runCmd(t, args...)
 	require.NoError(t, err)
 	require.Contains(t, out, "already adopted")
@@ -68,4 +83,15 @@ func TestAdoptCommand(t *testing.T) {
 	out, err = runCmd(t, "adopt", "--remove", "--table", "events", "--database-url", rs)
 	require.NoError(t, err)
 	require.Contains(t, out, "not adopted")
+}
+
+func pgxscan(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, out *[]string, sql string) error {
+	rows, err := q.Query(ctx, sql)
+	if err != nil {
+		return err
+	}
+	*out, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	return err
 }

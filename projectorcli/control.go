@@ -7,11 +7,11 @@ import (
 	"io"
 	"strings"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/spf13/cobra"
 
 	"github.com/readside/readside/internal/cli"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/projectors/control"
 )
 
@@ -129,8 +129,8 @@ func (a *app) runRebuild(ctx context.Context, o rebuildOptions, name string, std
 
 // enqueueAndWait inserts the control job; with wait it follows the job and
 // then the replay of `follow` until it has caught up.
-func (a *app) enqueueAndWait(ctx context.Context, pool *pgxpool.Pool, stdout, stderr io.Writer, args river.JobArgs, name, follow string, wait waitOptions) error {
-	jobs, err := control.NewJobs(pool)
+func (a *app) enqueueAndWait(ctx context.Context, pool *dbschema.Pool, stdout, stderr io.Writer, args river.JobArgs, name, follow string, wait waitOptions) error {
+	jobs, err := control.NewJobs(pool.Pool, pool.Schema().String())
 	if err != nil {
 		return err
 	}

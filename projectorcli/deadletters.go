@@ -11,11 +11,11 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/readside/readside/deadletter"
 	"github.com/readside/readside/internal/cli"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors/control"
 )
@@ -98,7 +98,7 @@ func (a *app) deadLettersShow() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("dead-letters show: bad id %q", args[0])
 			}
-			pool, err := connectChecked(cmd.Context(), url)
+			pool, err := a.connectChecked(cmd.Context(), url)
 			if err != nil {
 				return err
 			}
@@ -224,8 +224,8 @@ func (a *app) projectionFlag(cmd *cobra.Command, p *string, help string) {
 }
 
 // openDeadLetters connects and checks projection (when given) is known.
-func (a *app) openDeadLetters(ctx context.Context, url, projection string) (*pgxpool.Pool, error) {
-	pool, err := connectChecked(ctx, url)
+func (a *app) openDeadLetters(ctx context.Context, url, projection string) (*dbschema.Pool, error) {
+	pool, err := a.connectChecked(ctx, url)
 	if err != nil {
 		return nil, err
 	}
@@ -279,10 +279,10 @@ func toJSON(d deadletter.Letter) deadLetterJSON {
 		Attempts: d.Attempts, Status: string(d.Status), FirstFailedAt: d.FirstFailedAt, LastFailedAt: d.LastFailedAt}
 }
 
-func showDeadLetter(ctx context.Context, pool *pgxpool.Pool, w io.Writer, d deadletter.Letter, asJSON bool) error {
+func showDeadLetter(ctx context.Context, pool *dbschema.Pool, w io.Writer, d deadletter.Letter, asJSON bool) error {
 	var data, meta string
 	var c outbox.Cursor
-	if err := pool.QueryRow(ctx, `SELECT txid, id, jsonb_pretty(event_data), jsonb_pretty(metadata) FROM events WHERE id = $1`, d.EventID).
+	if err := pool.QueryRow(ctx, `SELECT txid, id, jsonb_pretty(event_data), jsonb_pretty(metadata) FROM readside.events WHERE id = $1`, d.EventID).
 		Scan(&c.TxID, &c.Position, &data, &meta); err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/readside/readside/internal/cli"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/projectors"
 )
 
@@ -124,6 +125,16 @@ func (c Config) Command() (*cobra.Command, error) {
 			return fmt.Errorf("no command given (see %s -h)", a.name)
 		},
 	}
+	root.PersistentFlags().StringVar(&a.schemaFlag, "schema", cmpOr(os.Getenv("READSIDE_SCHEMA"), string(dbschema.Default)),
+		"PostgreSQL schema of readside's tables, functions and River's tables (env READSIDE_SCHEMA)")
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		n, err := dbschema.Parse(a.schemaFlag)
+		if err != nil {
+			return fmt.Errorf("--schema: %w", err)
+		}
+		a.schema = n
+		return nil
+	}
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return fmt.Errorf("%s: %w (see %s -h)", cmd.CommandPath(), err, cmd.CommandPath())
@@ -145,9 +156,11 @@ func (c Config) Command() (*cobra.Command, error) {
 
 // app is what every command shares: the binary's projections.
 type app struct {
-	name   string
-	projs  []projectors.Projection
-	byName map[string]projectors.Projection
+	name       string
+	projs      []projectors.Projection
+	byName     map[string]projectors.Projection
+	schemaFlag string        // --schema as given
+	schema     dbschema.Name // --schema, validated before any command runs
 }
 
 func newApp(c Config) (*app, error) {

@@ -63,8 +63,8 @@ func TestMigrateStatusPauseResume(t *testing.T) {
 
 	// Register the shipped projections the way a worker does at start.
 	pool := pgtest.Pool(t, url)
-	_, err = pool.Exec(context.Background(), `INSERT INTO projections (name, segments) VALUES ('order_summary', 2);
-		INSERT INTO checkpoints (projection, segment) VALUES ('order_summary', 0), ('order_summary', 1)`)
+	_, err = pool.Exec(context.Background(), `INSERT INTO readside.projections (name, segments) VALUES ('order_summary', 2);
+		INSERT INTO readside.checkpoints (projection, segment) VALUES ('order_summary', 0), ('order_summary', 1)`)
 	require.NoError(t, err)
 
 	out, err = runCmd(t, "status", "--database-url", url)
@@ -95,7 +95,7 @@ func TestMigrateRefusesNewerSchema(t *testing.T) {
 	t.Parallel()
 	url := pgtest.NewDatabaseURL(t)
 	pool := pgtest.Pool(t, url)
-	_, err := pool.Exec(context.Background(), `INSERT INTO readside_migrations (version, name) VALUES (999, 'from_the_future')`)
+	_, err := pool.Exec(context.Background(), `INSERT INTO readside.readside_migrations (version, name) VALUES (999, 'from_the_future')`)
 	require.NoError(t, err)
 	_, err = runCmd(t, "migrate", "--database-url", url)
 	require.ErrorContains(t, err, "newer than this binary")

@@ -4,15 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"text/tabwriter"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/migrations"
+	"github.com/readside/readside/projectors"
 )
 
 func (a *app) migrateCommand() *cobra.Command {
@@ -33,7 +31,7 @@ binary is refused. --dry-run prints the SQL that would run, and changes nothing.
 	fs := cli.NewFlags(cmd)
 	fs.DatabaseURL(&url, cli.DatabaseURLDefault, "PostgreSQL URL")
 	fs.FlagSet().BoolVar(&dryRun, "dry-run", false, "print the SQL of the pending migrations instead of applying them")
-	cmd.AddCommand(migrateStatusCommand())
+	cmd.AddCommand(a.migrateStatusCommand())
 	return cmd
 }
 
@@ -44,7 +42,7 @@ func (a *app) runMigrate(ctx context.Context, url string, dryRun bool, stdout io
 	}
 	defer pool.Close()
 	if dryRun {
-		plan, err := migrations.Pending(ctx, pool)
+		plan, err := migrations.Pending(ctx, pool, a.migrateConfig())
 		if err != nil {
 			return err
 		}
@@ -55,14 +53,14 @@ func (a *app) runMigrate(ctx context.Context, url string, dryRun bool, stdout io
 			fmt.Fprintf(stdout, "-- readside migration %03d_%s\n%s\n", m.Version, m.Name, m.SQL)
 		}
 		for _, p := range a.projs {
-			if sc, ok := p.(Schema); ok {
+			if sc, ok := p.(projectors.Schema); ok {
 				fmt.Fprintf(stdout, "-- schema of projection %s (idempotent, run by every migrate)\n%s\n", p.Spec().Name, sc.Schema())
 			}
 		}
 		fmt.Fprintf(stdout, "-- %d River and %d readside migrations pending; nothing applied (dry run)\n", len(plan.River), len(plan.Readside))
 		return nil
 	}
-	res, err := migrations.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+	res, err := migrations.Migrate(ctx, pool, a.migrateConfig())
 	if err != nil {
 		return err
 	}
@@ -72,38 +70,26 @@ func (a *app) runMigrate(ctx context.Context, url string, dryRun bool, stdout io
 	if len(res.River) > 0 {
 		fmt.Fprintf(stdout, "applied River migrations %v\n", res.River)
 	}
-	fmt.Fprintf(stdout, "schema at version %d\n", res.Version)
-	return a.applySchemas(ctx, pool, stdout)
-}
-
-// applySchemas runs the SQL of the projections that have their own, in one
-// transaction.
-func (a *app) applySchemas(ctx context.Context, pool *pgxpool.Pool, stdout io.Writer) error {
-	var names []string
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		for _, p := range a.projs {
-			sc, ok := p.(Schema)
-			if !ok {
-				continue
-			}
-			name := p.Spec().Name
-			if _, err := tx.Exec(ctx, sc.Schema()); err != nil {
-				return fmt.Errorf("migrate: schema of projection %s: %w", name, err)
-			}
-			names = append(names, name)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, n := range names {
+	fmt.Fprintf(stdout, "schema %s at version %d\n", a.schema, res.Version)
+	for _, n := range res.Projections {
 		fmt.Fprintf(stdout, "applied schema of projection %s\n", n)
 	}
 	return nil
 }
 
-func migrateStatusCommand() *cobra.Command {
+// migrateConfig is what migrate applies: readside's migrations and River's
+// in --schema, then the DDL of the projections that have their own.
+func (a *app) migrateConfig() migrations.Config {
+	cfg := migrations.Config{Schema: a.schema.String()}
+	for _, p := range a.projs {
+		if sc, ok := p.(projectors.Schema); ok {
+			cfg.Projections = append(cfg.Projections, migrations.DDL{Projection: p.Spec().Name, SQL: sc.Schema()})
+		}
+	}
+	return cfg
+}
+
+func (a *app) migrateStatusCommand() *cobra.Command {
 	var url string
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -117,7 +103,7 @@ func migrateStatusCommand() *cobra.Command {
 				return err
 			}
 			defer pool.Close()
-			st, err := migrations.Status(ctx, pool)
+			st, err := migrations.Status(ctx, pool, a.migrateConfig())
 			if err != nil {
 				return err
 			}

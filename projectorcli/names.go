@@ -6,10 +6,9 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/cli"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/migrations"
 	"github.com/readside/readside/projectors"
 	"github.com/readside/readside/projectors/control"
@@ -25,7 +24,7 @@ func (a *app) carried(name string) (projectors.Projection, error) {
 
 // registered returns the projections registered in the database (by a
 // worker that ran them), shadows of rebuilds included.
-func registered(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
+func registered(ctx context.Context, pool *dbschema.Pool) ([]string, error) {
 	regs, err := checkpoint.Registry(ctx, pool)
 	if err != nil {
 		return nil, fmt.Errorf("list %w", err)
@@ -40,7 +39,7 @@ func registered(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
 // known checks a name for the commands that only touch database state
 // (pause, resume, dead letters): the binary carries it, or a worker has
 // registered it in the database (a projection of another binary, a shadow).
-func (a *app) known(ctx context.Context, pool *pgxpool.Pool, name string) error {
+func (a *app) known(ctx context.Context, pool *dbschema.Pool, name string) error {
 	if _, ok := a.byName[name]; ok {
 		return nil
 	}
@@ -63,23 +62,23 @@ func orNone(list []string) string {
 }
 
 // connectChecked connects and checks the schema, for operator commands.
-func connectChecked(ctx context.Context, url string) (*pgxpool.Pool, error) {
+func (a *app) connectChecked(ctx context.Context, url string) (*dbschema.Pool, error) {
 	pool, err := cli.Connect(ctx, url, 4)
 	if err != nil {
 		return nil, err
 	}
-	if err := migrations.Check(ctx, pool); err != nil {
+	if err := migrations.Check(ctx, pool, a.schema.String()); err != nil {
 		pool.Close()
 		return nil, err
 	}
-	return pool, nil
+	return a.schema.Pool(pool), nil
 }
 
 // openForControl connects for a reset or rebuild of projection name, which
 // must be carried by this binary (its workers execute the job), registered
 // in the database and not being rebuilt.
-func (a *app) openForControl(ctx context.Context, url, name string) (*pgxpool.Pool, error) {
-	pool, err := connectChecked(ctx, url)
+func (a *app) openForControl(ctx context.Context, url, name string) (*dbschema.Pool, error) {
+	pool, err := a.connectChecked(ctx, url)
 	if err != nil {
 		return nil, err
 	}

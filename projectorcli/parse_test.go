@@ -188,11 +188,11 @@ func TestJSONOutputs(t *testing.T) {
 
 	require.NoError(t, projectors.Register(ctx, pool, shipped.All()...))
 	var eventID int64
-	require.NoError(t, pool.QueryRow(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, metadata, schema_version, version)
+	require.NoError(t, pool.QueryRow(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, metadata, schema_version, version)
 		VALUES ('Order', 'a1', 'OrderPlaced', '{"x":1}', '{"user_id":"u"}', 1, 1) RETURNING id`).Scan(&eventID))
 	var dlID int64
-	require.NoError(t, pool.QueryRow(ctx, `INSERT INTO dead_letters (projection, segment, event_id, txid, aggregate_type, aggregate_id, event_type, version, reason, error, attempts)
-		SELECT 'order_summary', 0, id, txid, 'Order', 'a1', 'OrderPlaced', 1, 'failed', 'boom', 3 FROM events WHERE id = $1 RETURNING id`, eventID).Scan(&dlID))
+	require.NoError(t, pool.QueryRow(ctx, `INSERT INTO readside.dead_letters (projection, segment, event_id, txid, aggregate_type, aggregate_id, event_type, version, reason, error, attempts)
+		SELECT 'order_summary', 0, id, txid, 'Order', 'a1', 'OrderPlaced', 1, 'failed', 'boom', 3 FROM readside.events WHERE id = $1 RETURNING id`, eventID).Scan(&dlID))
 
 	out, _, err = run3(t, "dead-letters", "list", "--json", "--projection", "order_summary", "--database-url", url)
 	require.NoError(t, err)
@@ -211,7 +211,7 @@ func TestJSONOutputs(t *testing.T) {
 	_, _, err = run3(t, "dead-letters", "list", "--projection", "nope", "--database-url", url)
 	require.ErrorContains(t, err, `unknown projection "nope"`)
 	// A projection registered in the database by another binary is accepted.
-	_, err = pool.Exec(ctx, `INSERT INTO projections (name, segments) VALUES ('someone_elses', 1)`)
+	_, err = pool.Exec(ctx, `INSERT INTO readside.projections (name, segments) VALUES ('someone_elses', 1)`)
 	require.NoError(t, err)
 	out, _, err = run3(t, "dead-letters", "list", "--projection", "someone_elses", "--database-url", url)
 	require.NoError(t, err)
@@ -266,7 +266,7 @@ func TestStatusListsNeverRun(t *testing.T) {
 	_, err := projectortest.Lifecycles{Orders: 5}.Generate(ctx, pool)
 	require.NoError(t, err)
 	var events int64
-	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&events))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM readside.outbox`).Scan(&events))
 
 	out, _, err := run3(t, "status", "--json", "--database-url", url)
 	require.NoError(t, err)

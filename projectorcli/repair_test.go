@@ -26,18 +26,18 @@ func TestRepairCommand(t *testing.T) {
 	p := ordersummary.New()
 	require.NoError(t, checkpoint.Register(ctx, pool, ordersummary.Name, 1, "park"))
 	projectortest.ApplyStream(t, pool, p, outbox.Filter{AggregateTypes: p.Spec().AggregateTypes}, 100)
-	_, err = pool.Exec(ctx, `UPDATE checkpoints SET (cursor_txid, cursor_position) =
-		(SELECT txid, id FROM events ORDER BY txid DESC, id DESC LIMIT 1) WHERE projection = 'order_summary'`)
+	_, err = pool.Exec(ctx, `UPDATE readside.checkpoints SET (cursor_txid, cursor_position) =
+		(SELECT txid, id FROM readside.events ORDER BY txid DESC, id DESC LIMIT 1) WHERE projection = 'order_summary'`)
 	require.NoError(t, err)
 
 	row := func(id string) string {
 		var s string
-		require.NoError(t, pool.QueryRow(ctx, `SELECT (to_jsonb(o) - 'updated_at')::text FROM order_summary o WHERE order_id = $1`, id).Scan(&s))
+		require.NoError(t, pool.QueryRow(ctx, `SELECT (to_jsonb(o) - 'updated_at')::text FROM readside.order_summary o WHERE order_id = $1`, id).Scan(&s))
 		return s
 	}
 	const id = "ord-0-000001"
 	before := row(id)
-	_, err = pool.Exec(ctx, `UPDATE order_summary SET total_amount = 0, customer_name = 'Mallory' WHERE order_id = $1`, id)
+	_, err = pool.Exec(ctx, `UPDATE readside.order_summary SET total_amount = 0, customer_name = 'Mallory' WHERE order_id = $1`, id)
 	require.NoError(t, err)
 	require.NotEqual(t, before, row(id))
 

@@ -207,15 +207,7 @@ func (a *app) newMember(pool *pgxpool.Pool, projs []projectors.Projection, c run
 	var riverLevel slog.Level
 	_ = riverLevel.UnmarshalText([]byte(c.riverLogLevel)) // an enum flag: always valid
 	ctl, err := control.New(control.Config{Pool: pool, Projections: projs, Logger: logger, RiverLogLevel: riverLevel, PollOnly: c.listenless(),
-		Retention: c.retention, PruneInterval: c.pruneEvery, SoftStopTimeout: c.softStop,
-		RegisterWorkers: func(w *river.Workers) {
-			for _, p := range projs {
-				if se, ok := p.(SideEffects); ok {
-					se.RiverWorkers(pool, w)
-				}
-			}
-		},
-		Queues: queues(projs)})
+		Retention: c.retention, PruneInterval: c.pruneEvery, SoftStopTimeout: c.softStop, Schema: a.schema.String()})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -9,11 +9,11 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/cli"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
 	"github.com/readside/readside/projectors/observe"
@@ -68,7 +68,7 @@ growing lag.`,
 					}
 				}
 			}
-			return runStatus(cmd.Context(), url, asJSON, projs, args, cmd.OutOrStdout())
+			return a.runStatus(cmd.Context(), url, asJSON, projs, args, cmd.OutOrStdout())
 		},
 	}
 	fs := cli.NewFlags(cmd)
@@ -81,8 +81,8 @@ growing lag.`,
 // worker has registered: its lag is the whole outbox.
 const NeverRun = "never_run"
 
-func runStatus(ctx context.Context, url string, asJSON bool, projs []projectors.Projection, names []string, stdout io.Writer) error {
-	pool, err := connectChecked(ctx, url)
+func (a *app) runStatus(ctx context.Context, url string, asJSON bool, projs []projectors.Projection, names []string, stdout io.Writer) error {
+	pool, err := a.connectChecked(ctx, url)
 	if err != nil {
 		return err
 	}
@@ -124,7 +124,7 @@ func runStatus(ctx context.Context, url string, asJSON bool, projs []projectors.
 // neverRun lists the projections this binary carries that no worker has
 // registered yet, with the whole log as their lag, so that a projection
 // never run does not look healthy by its absence.
-func neverRun(ctx context.Context, pool *pgxpool.Pool, projs []projectors.Projection, segs []observe.SegmentStatus) ([]segmentJSON, error) {
+func neverRun(ctx context.Context, pool *dbschema.Pool, projs []projectors.Projection, segs []observe.SegmentStatus) ([]segmentJSON, error) {
 	seen := map[string]bool{}
 	for _, s := range segs {
 		seen[s.Projection] = true
@@ -138,8 +138,8 @@ func neverRun(ctx context.Context, pool *pgxpool.Pool, projs []projectors.Projec
 			continue
 		}
 		if out == nil {
-			if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1) x),
-				coalesce((SELECT extract(epoch FROM now() - min(created_at)) FROM outbox), 0)::float8`, observe.LagCountCap).Scan(&lag, &age); err != nil {
+			if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM (SELECT 1 FROM readside.outbox LIMIT $1) x),
+				coalesce((SELECT extract(epoch FROM now() - min(created_at)) FROM readside.outbox), 0)::float8`, observe.LagCountCap).Scan(&lag, &age); err != nil {
 				return nil, fmt.Errorf("status: %w", err)
 			}
 		}
@@ -202,7 +202,7 @@ func (a *app) pauseResumeCommand(verb string) *cobra.Command {
 }
 
 func (a *app) runPauseResume(ctx context.Context, cmd, url, name string, stdout io.Writer) error {
-	pool, err := connectChecked(ctx, url)
+	pool, err := a.connectChecked(ctx, url)
 	if err != nil {
 		return err
 	}

@@ -21,7 +21,7 @@ func TestStatusShowsUnsubscribedEvents(t *testing.T) {
 	require.NoError(t, err)
 	require.NotContains(t, out, "no projection takes")
 
-	_, err = pool.Exec(context.Background(), `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version) VALUES
+	_, err = pool.Exec(context.Background(), `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version) VALUES
 		('Order', 'o-1', 'OrderPlaced', '{}', 1), ('Foo', 'f-1', 'FooHappened', '{}', 1),
 		('order', 'o-1', 'OrderPlaced', '{}', 1), ('order', 'o-1', 'OrderConfirmed', '{}', 2)`)
 	require.NoError(t, err)

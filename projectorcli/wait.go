@@ -6,11 +6,11 @@ import (
 	"io"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/cli"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/projectors/control"
 	"github.com/readside/readside/projectors/observe"
 )
@@ -38,7 +38,7 @@ func (w *waitOptions) flags(fs *cli.Flags, help string) {
 // the tables as its own step. A paused or halted projection, a cancelled
 // job, --timeout and Ctrl-C end the wait with a reason; the job itself
 // carries on in the fleet.
-func (a *app) follow(ctx context.Context, pool *pgxpool.Pool, jobs *control.Jobs, stdout, _ io.Writer, jobID int64, kind, name, follow string, o waitOptions) error {
+func (a *app) follow(ctx context.Context, pool *dbschema.Pool, jobs *control.Jobs, stdout, _ io.Writer, jobID int64, kind, name, follow string, o waitOptions) error {
 	w := &waiter{bin: a.name, pool: pool, jobs: jobs, jobID: jobID, name: name, follow: follow, timeout: o.timeout,
 		rebuild: kind == (control.RebuildArgs{}).Kind(), r: newReporter(stdout), start: time.Now()}
 	wctx := ctx
@@ -78,7 +78,7 @@ const (
 // waiter is one --wait: the job it follows and what it has shown so far.
 type waiter struct {
 	bin     string // the binary's name, in hints
-	pool    *pgxpool.Pool
+	pool    *dbschema.Pool
 	jobs    *control.Jobs
 	jobID   int64
 	name    string // the projection reset or rebuilt

@@ -152,7 +152,7 @@ func TestResetWaitPaused(t *testing.T) {
 	require.ErrorContains(t, err, "order_summary is paused: nothing replays until `projector resume order_summary`")
 	require.Less(t, time.Since(start), 30*time.Second, "not a wait for ever")
 
-	_, err = pool.Exec(ctx, `UPDATE checkpoints SET status = 'failed', last_error = 'boom' WHERE projection = 'order_details'`)
+	_, err = pool.Exec(ctx, `UPDATE readside.checkpoints SET status = 'failed', last_error = 'boom' WHERE projection = 'order_details'`)
 	require.NoError(t, err)
 	_, _, err = run3(t, "reset", "order_details", "--wait", "--database-url", url)
 	require.ErrorContains(t, err, "order_details is halted by a failing event (boom): nothing replays until `projector dead-letters list --projection order_details`, then `projector resume order_details`")

@@ -92,7 +92,7 @@ func fillBacklog(tb testing.TB, pool *pgxpool.Pool, n int) {
 	for round, done := 1, 0; done < n; round++ {
 		k := min(perRound, n-done)
 		_, err := pool.Exec(ctx, `
-INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version)
+INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
 SELECT 'Thing', 't-' || a, 'Touched', jsonb_build_object('n', a, 'round', $2::int, 'note', 'some payload text'), $2::int
   FROM generate_series(1, $1::int) a`, k, round)
 		require.NoError(tb, err)
@@ -182,7 +182,7 @@ func rawLoop(tb testing.TB, pool *pgxpool.Pool, table string) int {
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			rows, err := tx.Query(ctx, `
 SELECT o.txid, o.position, e.aggregate_id, e.version, e.event_data
-  FROM outbox o JOIN events e ON e.id = o.position
+  FROM readside.outbox o JOIN readside.events e ON e.id = o.position
  WHERE (o.txid, o.position) > ($1::xid8, $2::bigint) AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
  ORDER BY o.txid, o.position
  LIMIT 1000`, cursor.TxID, cursor.Position)
@@ -402,7 +402,7 @@ func runtimeLatency(b *testing.B, writerPool, workerPool *pgxpool.Pool, clock *c
 	}()
 	waitFor(b, 10*time.Second, "lease claimed", func() bool {
 		var n int
-		require.NoError(b, writerPool.QueryRow(ctx, `SELECT count(*) FROM checkpoints WHERE projection = $1 AND lease_owner IS NOT NULL`, p.name).Scan(&n))
+		require.NoError(b, writerPool.QueryRow(ctx, `SELECT count(*) FROM readside.checkpoints WHERE projection = $1 AND lease_owner IS NOT NULL`, p.name).Scan(&n))
 		return n == 1
 	})
 	var mu sync.Mutex
@@ -653,9 +653,9 @@ func TestIdleWorkerQueriesNoSegments(t *testing.T) {
 			// machine that can take longer than a few polls).
 			eventually(t, 60*time.Second, "caught up", func() bool {
 				return count(t, setup, `SELECT count(*) FROM applied`) == 2 &&
-					count(t, setup, `SELECT count(*) FROM checkpoints c, (SELECT max(txid) AS txid FROM outbox) h
+					count(t, setup, `SELECT count(*) FROM readside.checkpoints c, (SELECT max(txid) AS txid FROM readside.outbox) h
 						WHERE c.lease_owner IS NOT NULL AND c.cursor_txid = h.txid
-						  AND c.cursor_position = (SELECT max(position) FROM outbox WHERE txid = h.txid)`) == segments
+						  AND c.cursor_position = (SELECT max(position) FROM readside.outbox WHERE txid = h.txid)`) == segments
 			})
 			// Let the catch-up's last tasks finish, then count over a window.
 			time.Sleep(3 * poll)

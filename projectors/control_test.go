@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/projectors"
 	"github.com/readside/readside/projectors/control"
 )
 
@@ -35,8 +36,7 @@ func TestControlStartContextCancelIsSoftStop(t *testing.T) {
 	pool := pgtest.NewDB(t)
 	hw := &holdWorker{started: make(chan struct{}), release: make(chan struct{})}
 	c, err := control.New(control.Config{Pool: pool, PruneInterval: -1, Logger: testLogger(t),
-		RegisterWorkers: func(w *river.Workers) { river.AddWorker(w, hw) },
-		Queues:          map[string]river.QueueConfig{"test_hold": {MaxWorkers: 1}}})
+		Projections: []projectors.Projection{holdJobs{recorder: &recorder{name: "holds"}, hw: hw}}})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	require.NoError(t, c.Start(ctx))
@@ -71,8 +71,7 @@ func TestControlPollOnlyNeverListens(t *testing.T) {
 		hw := &holdWorker{started: make(chan struct{}), release: make(chan struct{})}
 		close(hw.release)
 		c, err := control.New(control.Config{Pool: pool, PruneInterval: -1, Logger: testLogger(t), PollOnly: pollOnly,
-			RegisterWorkers: func(w *river.Workers) { river.AddWorker(w, hw) },
-			Queues:          map[string]river.QueueConfig{"test_hold": {MaxWorkers: 1}}})
+			Projections: []projectors.Projection{holdJobs{recorder: &recorder{name: "holds"}, hw: hw}}})
 		require.NoError(t, err)
 		require.NoError(t, c.Start(context.Background()))
 		t.Cleanup(func() { _ = c.Stop(context.Background()) })
@@ -92,4 +91,16 @@ func TestControlPollOnlyNeverListens(t *testing.T) {
 		}
 		require.Zero(t, listening(), "a poll-only control plane opened a LISTEN session")
 	}
+}
+
+// holdJobs is a projection whose side-effect jobs are holdWorker's.
+type holdJobs struct {
+	*recorder
+	hw *holdWorker
+}
+
+func (h holdJobs) RiverWorkers(_ projectors.DB, w *river.Workers) { river.AddWorker(w, h.hw) }
+
+func (holdJobs) RiverQueues() map[string]river.QueueConfig {
+	return map[string]river.QueueConfig{"test_hold": {MaxWorkers: 1}}
 }

@@ -134,7 +134,7 @@ func TestDeadLetterResolvedBeforeReread(t *testing.T) {
 			startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{c}, MaxAttempts: 2,
 				RetryBackoff: time.Millisecond, PollInterval: 20 * time.Millisecond, LeaseTTL: 2 * time.Second})
 			eventually(t, 20*time.Second, "B1 parked", func() bool {
-				return count(t, pool, `SELECT count(*) FROM dead_letters WHERE aggregate_id = 'B' AND reason = 'failed'`) == 1
+				return count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE aggregate_id = 'B' AND reason = 'failed'`) == 1
 			})
 
 			appendTx(t, pool, [3]string{"X", "0", `{}`}, [3]string{"C", "0", `{"poison": true}`}, [3]string{"B", "1", `{}`})
@@ -146,7 +146,7 @@ func TestDeadLetterResolvedBeforeReread(t *testing.T) {
 			}()
 			eventually(t, 10*time.Second, "the pause waits for the runner's row lock", func() bool {
 				return count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
-					AND query LIKE 'UPDATE checkpoints SET status%'`) == 1
+					AND query LIKE 'UPDATE readside.checkpoints SET status%'`) == 1
 			})
 			close(proceed)
 			require.NoError(t, <-paused)
@@ -167,24 +167,24 @@ func TestDeadLetterResolvedBeforeReread(t *testing.T) {
 			_, err = checkpoint.SetStatus(ctx, pool, "cnt", checkpoint.Running)
 			require.NoError(t, err)
 			eventually(t, 20*time.Second, "C1 parked after its attempts", func() bool {
-				return count(t, pool, `SELECT count(*) FROM dead_letters WHERE aggregate_id = 'C' AND status = 'parked'`) == 1
+				return count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE aggregate_id = 'C' AND status = 'parked'`) == 1
 			})
 			eventually(t, 20*time.Second, "caught up", func() bool {
-				return count(t, pool, `SELECT count(*) FROM checkpoints c WHERE (c.cursor_txid, c.cursor_position) =
-					(SELECT txid, id FROM events ORDER BY txid DESC, id DESC LIMIT 1)`) == 1
+				return count(t, pool, `SELECT count(*) FROM readside.checkpoints c WHERE (c.cursor_txid, c.cursor_position) =
+					(SELECT txid, id FROM readside.events ORDER BY txid DESC, id DESC LIMIT 1)`) == 1
 			})
 
 			require.Zero(t, count(t, pool, `SELECT count(*) FROM counted WHERE n > 1`), "an event was applied twice")
-			require.Zero(t, count(t, pool, `SELECT count(*) FROM dead_letters d JOIN counted c ON c.event_id = d.event_id
+			require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.dead_letters d JOIN counted c ON c.event_id = d.event_id
 				WHERE d.status = 'discarded'`), "a discarded event was applied")
-			require.Zero(t, count(t, pool, `SELECT count(*) FROM dead_letters d JOIN counted c ON c.event_id = d.event_id
+			require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.dead_letters d JOIN counted c ON c.event_id = d.event_id
 				WHERE d.status = 'parked'`), "a parked event was applied")
-			require.Zero(t, count(t, pool, `SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM counted c WHERE c.event_id = e.id)
-				AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_id = e.id)`), "an event was neither applied nor parked")
+			require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.events e WHERE NOT EXISTS (SELECT 1 FROM counted c WHERE c.event_id = e.id)
+				AND NOT EXISTS (SELECT 1 FROM readside.dead_letters d WHERE d.event_id = e.id)`), "an event was neither applied nor parked")
 			require.Equal(t, 1, count(t, pool, `SELECT n FROM counted WHERE aggregate_id = 'B' AND version = 2`), "B2 applied once")
 			var attempts int
 			var reason string
-			require.NoError(t, pool.QueryRow(ctx, `SELECT attempts, reason FROM dead_letters WHERE aggregate_id = 'C'`).Scan(&attempts, &reason))
+			require.NoError(t, pool.QueryRow(ctx, `SELECT attempts, reason FROM readside.dead_letters WHERE aggregate_id = 'C'`).Scan(&attempts, &reason))
 			require.Equal(t, "failed", reason)
 			require.Equal(t, 2, attempts)
 		})
@@ -205,18 +205,18 @@ func TestDeadLetterUnchangedByReread(t *testing.T) {
 	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{c}, MaxAttempts: 2,
 		RetryBackoff: time.Millisecond, PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second})
 	atHead := func() bool {
-		return count(t, pool, `SELECT count(*) FROM checkpoints c WHERE (c.cursor_txid, c.cursor_position) =
-			(SELECT txid, id FROM events ORDER BY txid DESC, id DESC LIMIT 1)`) == 1
+		return count(t, pool, `SELECT count(*) FROM readside.checkpoints c WHERE (c.cursor_txid, c.cursor_position) =
+			(SELECT txid, id FROM readside.events ORDER BY txid DESC, id DESC LIMIT 1)`) == 1
 	}
 	eventually(t, 20*time.Second, "B parked", func() bool {
-		return atHead() && count(t, pool, `SELECT count(*) FROM dead_letters`) == 2
+		return atHead() && count(t, pool, `SELECT count(*) FROM readside.dead_letters`) == 2
 	})
 	type row struct {
 		Reason, Error string
 		Attempts      int
 	}
 	rows := func() []row {
-		r, err := pool.Query(ctx, `SELECT reason, error, attempts FROM dead_letters ORDER BY version`)
+		r, err := pool.Query(ctx, `SELECT reason, error, attempts FROM readside.dead_letters ORDER BY version`)
 		require.NoError(t, err)
 		out, err := pgx.CollectRows(r, pgx.RowToStructByPos[row])
 		require.NoError(t, err)
@@ -247,11 +247,11 @@ func TestDiscardedEventNotAppliedOnReplay(t *testing.T) {
 	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{c}, MaxAttempts: 2,
 		RetryBackoff: time.Millisecond, PollInterval: 20 * time.Millisecond, LeaseTTL: time.Second})
 	atHead := func() bool {
-		return count(t, pool, `SELECT count(*) FROM checkpoints c WHERE (c.cursor_txid, c.cursor_position) =
-			(SELECT txid, id FROM events ORDER BY txid DESC, id DESC LIMIT 1)`) == 1
+		return count(t, pool, `SELECT count(*) FROM readside.checkpoints c WHERE (c.cursor_txid, c.cursor_position) =
+			(SELECT txid, id FROM readside.events ORDER BY txid DESC, id DESC LIMIT 1)`) == 1
 	}
 	eventually(t, 20*time.Second, "B parked, X applied", func() bool {
-		return atHead() && count(t, pool, `SELECT count(*) FROM dead_letters`) == 2
+		return atHead() && count(t, pool, `SELECT count(*) FROM readside.dead_letters`) == 2
 	})
 	n, err := deadletter.Discard(ctx, pool, "cnt", nil)
 	require.NoError(t, err)
@@ -263,7 +263,7 @@ func TestDiscardedEventNotAppliedOnReplay(t *testing.T) {
 	require.False(t, atHead())
 	eventually(t, 20*time.Second, "replayed to the head", atHead)
 	require.Zero(t, count(t, pool, `SELECT count(*) FROM counted WHERE aggregate_id = 'B'`), "a discarded event was applied")
-	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'discarded'`))
+	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE status = 'discarded'`))
 	require.Equal(t, 2, count(t, pool, `SELECT n FROM counted WHERE aggregate_id = 'X'`), "X replayed (a counter counts twice)")
 
 	appendEvents(t, pool, "B", 2, `{}`)

@@ -47,7 +47,7 @@ func TestStalledWorkerIsFenced(t *testing.T) {
 	eventually(t, 20*time.Second, "rescuer applies the batch", func() bool {
 		return count(t, pool, `SELECT count(*) FROM applied`) == 3
 	})
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM checkpoints WHERE lease_owner = 'rescuer'`))
+	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner = 'rescuer'`))
 
 	close(wake) // the stalled worker carries on with its transaction
 	eventually(t, 20*time.Second, "stalled worker notices it lost the lease", func() bool {
@@ -58,7 +58,7 @@ func TestStalledWorkerIsFenced(t *testing.T) {
 		return count(t, pool, `SELECT count(*) FROM applied`) == 4
 	})
 	require.Equal(t, 4, count(t, pool, `SELECT n FROM applied_count`), "the batch was applied once")
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM dead_letters`))
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.dead_letters`))
 	_ = ctx
 }
 
@@ -113,7 +113,7 @@ type outliver struct{ *counter }
 func (o outliver) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error {
 	if len(b.Events) == 1 && b.Events[0].AggregateID == "A" {
 		if _, err := tx.Exec(ctx, `DO $$ BEGIN
-			WHILE (SELECT lease_expires_at FROM checkpoints WHERE projection = 'slow') > clock_timestamp() LOOP
+			WHILE (SELECT lease_expires_at FROM readside.checkpoints WHERE projection = 'slow') > clock_timestamp() LOOP
 				PERFORM pg_sleep(0.01);
 			END LOOP;
 		END $$`); err != nil {
@@ -139,7 +139,7 @@ func TestSlowIsolationIsNotFenced(t *testing.T) {
 		MaxAttempts: 2, RetryBackoff: time.Millisecond, LeaseTTL: 500 * time.Millisecond, PollInterval: 20 * time.Millisecond,
 		Registerer: reg})
 	eventually(t, 20*time.Second, "B1 parked after 2 attempts", func() bool {
-		return count(t, pool, `SELECT count(*) FROM dead_letters WHERE aggregate_id = 'B' AND reason = 'failed' AND attempts = 2`) == 1
+		return count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE aggregate_id = 'B' AND reason = 'failed' AND attempts = 2`) == 1
 	})
 	require.Equal(t, 1, count(t, pool, `SELECT n FROM counted WHERE aggregate_id = 'A'`))
 	require.Zero(t, counterValue(t, reg, "readside_projector_fenced_commits_total"))

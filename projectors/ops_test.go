@@ -11,7 +11,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/riverqueue/river"
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/domain"
@@ -56,7 +55,7 @@ func load(t *testing.T, pool *pgxpool.Pool, aggregates int, stop <-chan struct{}
 				id := fmt.Sprintf("agg-%d", (w*1000+i)%aggregates)
 				err := pgx.BeginFunc(context.Background(), pool, func(tx pgx.Tx) error {
 					var v int
-					if err := tx.QueryRow(context.Background(), `SELECT coalesce(max(version), 0) FROM events WHERE aggregate_id = $1`, id).Scan(&v); err != nil {
+					if err := tx.QueryRow(context.Background(), `SELECT coalesce(max(version), 0) FROM readside.events WHERE aggregate_id = $1`, id).Scan(&v); err != nil {
 						return err
 					}
 					_, err := outbox.Append(context.Background(), tx, outbox.Aggregate{Type: "Thing", ID: id}, v, []outbox.NewEvent{{Type: "Touched", Data: []byte(`{}`)}})
@@ -84,9 +83,9 @@ func waitJob(t *testing.T, pool *pgxpool.Pool, id int64) {
 
 func caughtUp(t *testing.T, pool *pgxpool.Pool) {
 	t.Helper()
-	want := count(t, pool, `SELECT count(*) FROM events`)
+	want := count(t, pool, `SELECT count(*) FROM readside.events`)
 	eventually(t, 60*time.Second, "caught up", func() bool {
-		return count(t, pool, `SELECT count(*) FROM applied`)+count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'parked'`) >= want
+		return count(t, pool, `SELECT count(*) FROM applied`)+count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE status = 'parked'`) >= want
 	})
 }
 
@@ -116,9 +115,9 @@ func TestResetUnderLoad(t *testing.T) {
 	appended := done()
 	caughtUp(t, pool)
 
-	total := count(t, pool, `SELECT count(*) FROM events`)
+	total := count(t, pool, `SELECT count(*) FROM readside.events`)
 	require.Equal(t, appended, total)
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM dead_letters`), "a double or out-of-order apply was parked")
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.dead_letters`), "a double or out-of-order apply was parked")
 	require.Equal(t, total, count(t, pool, `SELECT count(*) FROM applied`))
 	require.Equal(t, total, count(t, pool, `SELECT n FROM applied_count`), "exactly once across the reset")
 	require.Positive(t, count(t, pool, `SELECT count(*) FROM applied WHERE replay`), "history before the reset was flagged as replay")
@@ -174,7 +173,7 @@ func TestRebuildNeverShrinksForReaders(t *testing.T) {
 	res, err := jobs(t, pool).Enqueue(ctx, control.RebuildArgs{Projection: "rec"})
 	require.NoError(t, err)
 	eventually(t, 10*time.Second, "rebuild started", func() bool {
-		return count(t, pool, `SELECT count(*) FROM projections WHERE rebuild_of = 'rec'`) == 1
+		return count(t, pool, `SELECT count(*) FROM readside.projections WHERE rebuild_of = 'rec'`) == 1
 	})
 	waitJob(t, pool, res.Job.ID)
 	close(stop)
@@ -185,10 +184,10 @@ func TestRebuildNeverShrinksForReaders(t *testing.T) {
 	require.Nil(t, readErr.Load())
 	require.Positive(t, reads.Load())
 
-	total := count(t, pool, `SELECT count(*) FROM events`)
+	total := count(t, pool, `SELECT count(*) FROM readside.events`)
 	require.Equal(t, total, count(t, pool, `SELECT count(*) FROM applied`))
 	require.Equal(t, total, count(t, pool, `SELECT n FROM applied_count`))
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM projections WHERE rebuild_of IS NOT NULL`))
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.projections WHERE rebuild_of IS NOT NULL`))
 	require.Zero(t, count(t, pool, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'readside_%'`), "shadow and retired schemas dropped")
 	require.Positive(t, count(t, pool, `SELECT count(*) FROM applied WHERE replay`), "the copy flagged history as replay")
 }
@@ -207,7 +206,7 @@ func TestPruneThenReplayFromStart(t *testing.T) {
 	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{rec}, BatchSize: 7, PollInterval: 50 * time.Millisecond})
 	caughtUp(t, pool)
 	eventually(t, 10*time.Second, "every segment's cursor at the head", func() bool {
-		return count(t, pool, `SELECT count(*) FROM checkpoints c, (SELECT txid, position FROM outbox
+		return count(t, pool, `SELECT count(*) FROM readside.checkpoints c, (SELECT txid, position FROM readside.outbox
 			ORDER BY txid DESC, position DESC LIMIT 1) h WHERE (c.cursor_txid, c.cursor_position) < (h.txid, h.position)`) == 0
 	})
 	before := dumpApplied(t, pool)
@@ -216,7 +215,7 @@ func TestPruneThenReplayFromStart(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(90), n)
 	require.NotEqual(t, outbox.Start, horizon)
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM outbox`))
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.outbox`))
 
 	require.NoError(t, control.MoveCheckpoints(ctx, pool, rec, "start"))
 	caughtUp(t, pool)
@@ -258,32 +257,31 @@ func TestSideEffectsExactlyOnceAcrossReset(t *testing.T) {
 		}
 	}
 	jobs := func() int {
-		return count(t, pool, `SELECT count(*) FROM river_job WHERE kind = 'order_shipped_notification'`)
+		return count(t, pool, `SELECT count(*) FROM readside.river_job WHERE kind = 'order_shipped_notification'`)
 	}
 	dupes := func() int {
-		return count(t, pool, `SELECT count(*) FROM (SELECT args->>'event_id' FROM river_job WHERE kind = 'order_shipped_notification'
+		return count(t, pool, `SELECT count(*) FROM (SELECT args->>'event_id' FROM readside.river_job WHERE kind = 'order_shipped_notification'
 			GROUP BY 1 HAVING count(*) > 1) d`)
 	}
 	p := notifications.New()
 	shipOrders(0, 20)
 	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{p}, PollInterval: 50 * time.Millisecond})
-	startControl(t, control.Config{Pool: pool, Projections: []projectors.Projection{p},
-		RegisterWorkers: notifications.AddWorkers(pool), Queues: map[string]river.QueueConfig{notifications.Queue: {MaxWorkers: 2}}})
+	startControl(t, control.Config{Pool: pool, Projections: []projectors.Projection{p}})
 	eventually(t, 20*time.Second, "20 notifications sent", func() bool {
-		return count(t, pool, `SELECT count(*) FROM order_notifications`) == 20
+		return count(t, pool, `SELECT count(*) FROM readside.order_notifications`) == 20
 	})
 	require.Equal(t, 20, jobs())
 
 	require.NoError(t, control.MoveCheckpoints(ctx, pool, p, "start"))
 	eventually(t, 20*time.Second, "replayed to the head", func() bool {
-		return count(t, pool, `SELECT count(*) FROM checkpoints WHERE projection = $1 AND events_applied >= 20
+		return count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE projection = $1 AND events_applied >= 20
 			AND (cursor_txid, cursor_position) = (high_txid, high_position)`, notifications.Name) == 1
 	})
 	require.Equal(t, 20, jobs(), "the replay enqueued nothing")
 
 	shipOrders(20, 25)
 	eventually(t, 20*time.Second, "25 notifications sent", func() bool {
-		return count(t, pool, `SELECT count(*) FROM order_notifications`) == 25
+		return count(t, pool, `SELECT count(*) FROM readside.order_notifications`) == 25
 	})
 	require.Equal(t, 25, jobs())
 	require.Zero(t, dupes())
@@ -304,7 +302,7 @@ func TestDeadLetterRetryKeepsOrder(t *testing.T) {
 		RetryBackoff: time.Millisecond, PollInterval: 50 * time.Millisecond})
 	appendEvents(t, pool, "x", 3, `{}`, `{}`)
 	caughtUp(t, pool)
-	require.Equal(t, 4, count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'parked'`))
+	require.Equal(t, 4, count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE status = 'parked'`))
 
 	// Retrying before the fix: the poison fails again, nothing moves.
 	res, err := control.RetryDeadLetters(ctx, pool, rec, nil)
@@ -318,8 +316,8 @@ func TestDeadLetterRetryKeepsOrder(t *testing.T) {
 	require.NoError(t, err)
 	waitJob(t, pool, job.Job.ID)
 	require.Equal(t, 7, count(t, pool, `SELECT count(*) FROM applied`))
-	require.Equal(t, 4, count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'retried'`))
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'parked'`))
+	require.Equal(t, 4, count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE status = 'retried'`))
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE status = 'parked'`))
 
 	// The aggregate flows again.
 	appendEvents(t, pool, "x", 5, `{}`)
@@ -356,7 +354,7 @@ func TestReplayFlagSplitsAtHighWater(t *testing.T) {
 
 func jobs(t *testing.T, pool *pgxpool.Pool) *control.Jobs {
 	t.Helper()
-	j, err := control.NewJobs(pool)
+	j, err := control.NewJobs(pool, "")
 	require.NoError(t, err)
 	return j
 }

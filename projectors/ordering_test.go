@@ -55,7 +55,7 @@ func TestAdversarialOrdering(t *testing.T) {
 				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 					for _, id := range aggs {
 						var v int
-						if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM events WHERE aggregate_type = 'Thing' AND aggregate_id = $1`, id).Scan(&v); err != nil {
+						if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM readside.events WHERE aggregate_type = 'Thing' AND aggregate_id = $1`, id).Scan(&v); err != nil {
 							return err
 						}
 						time.Sleep(time.Duration(rng.IntN(8)) * time.Millisecond)
@@ -96,17 +96,17 @@ func TestAdversarialOrdering(t *testing.T) {
 	want := int(committed.Load())
 	require.Positive(t, want)
 	require.Positive(t, rolledBack.Load())
-	require.Equal(t, want, count(t, pool, `SELECT count(*) FROM events`))
+	require.Equal(t, want, count(t, pool, `SELECT count(*) FROM readside.events`))
 
 	eventually(t, 60*time.Second, "all committed events applied", func() bool {
-		return count(t, pool, `SELECT count(*) FROM applied`)+count(t, pool, `SELECT count(*) FROM dead_letters`) >= want
+		return count(t, pool, `SELECT count(*) FROM applied`)+count(t, pool, `SELECT count(*) FROM readside.dead_letters`) >= want
 	})
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM dead_letters`), "an out-of-order or double apply was parked")
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.dead_letters`), "an out-of-order or double apply was parked")
 	require.Equal(t, want, count(t, pool, `SELECT count(*) FROM applied`))
 	require.Equal(t, want, count(t, pool, `SELECT n FROM applied_count WHERE projection = 'rec'`), "exactly-once counter")
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM events e LEFT JOIN applied a
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.events e LEFT JOIN applied a
 		ON a.aggregate_id = e.aggregate_id AND a.version = e.version AND a.event_id = e.id WHERE a.event_id IS NULL`))
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM applied a LEFT JOIN events e ON e.id = a.event_id WHERE e.id IS NULL`),
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM applied a LEFT JOIN readside.events e ON e.id = a.event_id WHERE e.id IS NULL`),
 		"nothing from rolled-back transactions")
 	t.Logf("%d events committed, %d transactions rolled back, %d conflicts", want, rolledBack.Load(), conflicts.Load())
 }

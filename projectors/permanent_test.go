@@ -43,10 +43,10 @@ func TestPermanentErrorParksAtOnce(t *testing.T) {
 	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{rec},
 		MaxAttempts: 50, RetryBackoff: 5 * time.Second, MaxRetryBackoff: time.Minute, PollInterval: 20 * time.Millisecond})
 	eventually(t, 20*time.Second, "the permanent failure parked", func() bool {
-		return count(t, pool, `SELECT count(*) FROM dead_letters WHERE reason = 'failed'`) == 1
+		return count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE reason = 'failed'`) == 1
 	})
 	eventually(t, 20*time.Second, "everything else applied or parked", func() bool {
-		return count(t, pool, `SELECT count(*) FROM applied`) == 3 && count(t, pool, `SELECT count(*) FROM dead_letters`) == 2
+		return count(t, pool, `SELECT count(*) FROM applied`) == 3 && count(t, pool, `SELECT count(*) FROM readside.dead_letters`) == 2
 	})
-	require.Equal(t, 1, count(t, pool, `SELECT attempts FROM dead_letters WHERE reason = 'failed'`))
+	require.Equal(t, 1, count(t, pool, `SELECT attempts FROM readside.dead_letters WHERE reason = 'failed'`))
 }

@@ -159,9 +159,9 @@ func TestPipelineMetricsRiverQueueDepth(t *testing.T) {
 
 	// A queue as a River client registers it, with two due jobs, one
 	// running and one scheduled for later.
-	_, err := pool.Exec(ctx, `INSERT INTO river_queue (name) VALUES ($1)`, control.Queue)
+	_, err := pool.Exec(ctx, `INSERT INTO readside.river_queue (name) VALUES ($1)`, control.Queue)
 	require.NoError(t, err)
-	_, err = pool.Exec(ctx, `INSERT INTO river_job (args, kind, max_attempts, queue, state, scheduled_at)
+	_, err = pool.Exec(ctx, `INSERT INTO readside.river_job (args, kind, max_attempts, queue, state, scheduled_at)
 		VALUES ('{}', 'test', 1, $1, 'available', now() - interval '30 seconds'),
 		       ('{}', 'test', 1, $1, 'available', now()),
 		       ('{}', 'test', 1, $1, 'running', now()),
@@ -198,10 +198,10 @@ func TestPipelineMetricsOperation(t *testing.T) {
 	pool := pgtest.NewDB(t)
 	reg := prometheus.NewPedanticRegistry()
 	registerUncached(t, reg, pool)
-	_, err := pool.Exec(ctx, `INSERT INTO river_queue (name) VALUES ($1)`, control.Queue)
+	_, err := pool.Exec(ctx, `INSERT INTO readside.river_queue (name) VALUES ($1)`, control.Queue)
 	require.NoError(t, err)
-	_, err = pool.Exec(ctx, `INSERT INTO projections (name, segments) VALUES ('p', 1);
-		INSERT INTO checkpoints (projection, segment) VALUES ('p', 0)`)
+	_, err = pool.Exec(ctx, `INSERT INTO readside.projections (name, segments) VALUES ('p', 1);
+		INSERT INTO readside.checkpoints (projection, segment) VALUES ('p', 0)`)
 	require.NoError(t, err)
 	m := promtest.Scrape(t, reg)
 	for _, kind := range []string{"reset", "rebuild", "replay"} {
@@ -209,7 +209,7 @@ func TestPipelineMetricsOperation(t *testing.T) {
 		require.True(t, ok, "present at 0 for the alert rules: %s", kind)
 		require.Zero(t, v)
 	}
-	_, err = pool.Exec(ctx, `INSERT INTO river_job (args, kind, max_attempts, queue, state, finalized_at)
+	_, err = pool.Exec(ctx, `INSERT INTO readside.river_job (args, kind, max_attempts, queue, state, finalized_at)
 		VALUES ('{"projection":"p","to":"start"}', 'readside_reset', 1, $1, 'available', NULL),
 		       ('{"projection":"q"}', 'readside_rebuild', 1, $1, 'completed', now())`, control.Queue)
 	require.NoError(t, err)
@@ -217,9 +217,9 @@ func TestPipelineMetricsOperation(t *testing.T) {
 	require.Equal(t, 1.0, m[`readside_projection_operation{kind="reset",projection="p"}`])
 	require.Zero(t, m[`readside_projection_operation{kind="rebuild",projection="p"}`])
 
-	_, err = pool.Exec(ctx, `UPDATE river_job SET state = 'completed', finalized_at = now()`)
+	_, err = pool.Exec(ctx, `UPDATE readside.river_job SET state = 'completed', finalized_at = now()`)
 	require.NoError(t, err)
-	_, err = pool.Exec(ctx, `UPDATE checkpoints SET high_txid = '5', high_position = 9 WHERE projection = 'p'`)
+	_, err = pool.Exec(ctx, `UPDATE readside.checkpoints SET high_txid = '5', high_position = 9 WHERE projection = 'p'`)
 	require.NoError(t, err)
 	m = promtest.Scrape(t, reg)
 	require.Zero(t, m[`readside_projection_operation{kind="reset",projection="p"}`])

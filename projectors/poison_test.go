@@ -37,18 +37,18 @@ func TestPoisonEventIsParkedWithItsAggregate(t *testing.T) {
 	}
 
 	eventually(t, 30*time.Second, "all events applied or parked", func() bool {
-		return count(t, pool, `SELECT count(*) FROM applied`)+count(t, pool, `SELECT count(*) FROM dead_letters`) == 50
+		return count(t, pool, `SELECT count(*) FROM applied`)+count(t, pool, `SELECT count(*) FROM readside.dead_letters`) == 50
 	})
 	require.Equal(t, 47, count(t, pool, `SELECT count(*) FROM applied`))
 	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM applied WHERE aggregate_id = 'agg-3'`), "X's events before the poison")
 	var failed, blocked int
 	require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FILTER (WHERE reason = 'failed'),
-		count(*) FILTER (WHERE reason = 'blocked') FROM dead_letters WHERE aggregate_id = 'agg-3' AND status = 'parked'`).Scan(&failed, &blocked))
+		count(*) FILTER (WHERE reason = 'blocked') FROM readside.dead_letters WHERE aggregate_id = 'agg-3' AND status = 'parked'`).Scan(&failed, &blocked))
 	require.Equal(t, 1, failed)
 	require.Equal(t, 2, blocked)
 	var attempts int
 	var msg string
-	require.NoError(t, pool.QueryRow(context.Background(), `SELECT attempts, error FROM dead_letters WHERE reason = 'failed'`).Scan(&attempts, &msg))
+	require.NoError(t, pool.QueryRow(context.Background(), `SELECT attempts, error FROM readside.dead_letters WHERE reason = 'failed'`).Scan(&attempts, &msg))
 	require.Equal(t, 3, attempts)
 	require.Contains(t, msg, "poison")
 	require.Equal(t, 47, count(t, pool, `SELECT n FROM applied_count`), "exactly once despite retries and splits")
@@ -68,7 +68,7 @@ func TestPoisonEventHaltsSegment(t *testing.T) {
 	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec", failPoison: true, onError: projectors.Halt}},
 		MaxAttempts: 2, RetryBackoff: time.Millisecond, PollInterval: 20 * time.Millisecond})
 	eventually(t, 30*time.Second, "segment halted", func() bool {
-		return count(t, pool, `SELECT count(*) FROM checkpoints WHERE status = 'failed'`) == 1
+		return count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE status = 'failed'`) == 1
 	})
 	cps, err := checkpoint.List(ctx, pool, "rec")
 	require.NoError(t, err)
@@ -76,8 +76,8 @@ func TestPoisonEventHaltsSegment(t *testing.T) {
 	require.Contains(t, cps[0].LastError, "failed 2 times")
 	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM applied`), "a's events, before the poison")
 	require.Zero(t, count(t, pool, `SELECT count(*) FROM applied WHERE aggregate_id = 'c'`), "nothing after the poison")
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM dead_letters`))
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.dead_letters`))
 	eventually(t, 10*time.Second, "a halted segment is given up", func() bool {
-		return count(t, pool, `SELECT count(*) FROM checkpoints WHERE lease_owner IS NULL`) == 1
+		return count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner IS NULL`) == 1
 	})
 }

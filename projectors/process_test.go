@@ -111,11 +111,11 @@ func TestCrashMidBatch(t *testing.T) {
 	kills := 0
 	for kills < 4 {
 		h := startHelper(t, url, fmt.Sprintf("crashy-%d", kills), 2, 50*time.Millisecond)
-		before := count(t, pool, `SELECT coalesce(sum(events_applied), 0) FROM checkpoints`)
+		before := count(t, pool, `SELECT coalesce(sum(events_applied), 0) FROM readside.checkpoints`)
 		// Let it commit some batches, then wait until it is inside an apply
 		// transaction that has written (rows not yet committed) and kill it.
 		eventually(t, 30*time.Second, "progress", func() bool {
-			return count(t, pool, `SELECT coalesce(sum(events_applied), 0) FROM checkpoints`) > before
+			return count(t, pool, `SELECT coalesce(sum(events_applied), 0) FROM readside.checkpoints`) > before
 		})
 		eventually(t, 30*time.Second, "an apply in flight", func() bool {
 			return count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
@@ -123,7 +123,7 @@ func TestCrashMidBatch(t *testing.T) {
 		})
 		h.kill()
 		kills++
-		after := count(t, pool, `SELECT coalesce(sum(events_applied), 0) FROM checkpoints`)
+		after := count(t, pool, `SELECT coalesce(sum(events_applied), 0) FROM readside.checkpoints`)
 		require.Less(t, after, total, "killed before the end of the backlog")
 		t.Logf("kill %d: %d -> %d events applied", kills, before, after)
 		require.Equal(t, after, count(t, pool, `SELECT coalesce(sum(n), 0) FROM applied_count`), "counter matches checkpoints after a crash")
@@ -134,7 +134,7 @@ func TestCrashMidBatch(t *testing.T) {
 		return count(t, pool, `SELECT count(*) FROM applied`) == total
 	})
 	require.Equal(t, total, count(t, pool, `SELECT n FROM applied_count`), "exactly-once counter")
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM dead_letters`))
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.dead_letters`))
 }
 
 // Fleet: 1 -> 3 -> 2 workers. Segments spread evenly as workers
@@ -146,7 +146,7 @@ func TestFleetRebalancesAndFailsOver(t *testing.T) {
 	pool := pgtest.Pool(t, url)
 	setupRecorder(t, pool)
 	owned := func(id string) int {
-		return count(t, pool, `SELECT count(*) FROM checkpoints WHERE lease_owner = $1 AND lease_expires_at > now()`, id)
+		return count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner = $1 AND lease_expires_at > now()`, id)
 	}
 	a := startHelper(t, url, "a", 12, 0)
 	eventually(t, 20*time.Second, "a owns all 12", func() bool { return owned("a") == 12 })

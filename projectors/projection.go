@@ -6,6 +6,7 @@ import (
 	"regexp"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
 
 	"github.com/readside/readside/outbox"
 )
@@ -32,6 +33,30 @@ type Projection interface {
 	Reset(ctx context.Context, tx pgx.Tx) error
 }
 
+// Schema is implemented by a projection that owns tables: `projector
+// migrate` (migrations.Config.Projections) runs its SQL after readside's
+// migrations, in the same transaction, every time, so it must be
+// idempotent (CREATE TABLE IF NOT EXISTS ...). Unqualified names are
+// created in readside's schema, where Apply, Reset and Forget find them:
+// the runtime sets the search_path of the transactions it hands a
+// projection to that schema (a rebuild's copy's schema first).
+type Schema interface {
+	Schema() string
+}
+
+// SideEffects is implemented by a projection whose Apply enqueues River
+// jobs (projectors/notifications): a fleet member registers its workers and
+// queues in the control plane's River client, so the jobs are worked. db is
+// readside's pool: its statements run in readside's schema
+// (`readside.order_notifications` names the table there).
+type SideEffects interface {
+	RiverWorkers(db DB, w *river.Workers)
+	RiverQueues() map[string]river.QueueConfig
+}
+
+// DB is a database handle: *pgxpool.Pool, *pgx.Conn, pgx.Tx.
+type DB = outbox.DB
+
 // Spec describes a projection.
 type Spec struct {
 	// Name identifies the projection and its checkpoints: lower case
@@ -49,8 +74,9 @@ type Spec struct {
 	// OnError is what happens to an event that keeps failing: Park (the
 	// default) or Halt.
 	OnError ErrorPolicy
-	// Tables are the read model's tables, in the current schema. A rebuild
-	// builds copies of them and swaps them in when caught up.
+	// Tables are the read model's tables, unqualified, in readside's
+	// schema. A rebuild builds copies of them and swaps them in when
+	// caught up.
 	Tables []string
 }
 

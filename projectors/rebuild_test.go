@@ -62,7 +62,7 @@ func TestRebuildFiresSideEffectsOnce(t *testing.T) {
 	}
 	caughtUp(t, pool)
 	eventually(t, 20*time.Second, "the copy caught up", func() bool {
-		return count(t, pool, `SELECT count(*) FROM checkpoints s JOIN checkpoints l ON l.segment = s.segment AND l.projection = 'rec'
+		return count(t, pool, `SELECT count(*) FROM readside.checkpoints s JOIN readside.checkpoints l ON l.segment = s.segment AND l.projection = 'rec'
 			WHERE s.projection = $1 AND (s.cursor_txid, s.cursor_position) >= (l.cursor_txid, l.cursor_position)`, control.ShadowName("rec")) == 2
 	})
 
@@ -74,10 +74,10 @@ func TestRebuildFiresSideEffectsOnce(t *testing.T) {
 		appendEvents(t, pool, fmt.Sprintf("agg-%d", i), 4, `{}`)
 	}
 	caughtUp(t, pool)
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM dead_letters`))
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.dead_letters`))
 	require.Equal(t, 50, count(t, pool, `SELECT count(*) FROM applied`))
 	require.Zero(t, count(t, pool, `SELECT count(*) FROM (SELECT event_id FROM effects GROUP BY 1 HAVING count(*) > 1) d`),
 		"no side effect fired twice")
 	require.Equal(t, 50, count(t, pool, `SELECT count(DISTINCT event_id) FROM effects`), "every side effect fired")
-	require.Equal(t, count(t, pool, `SELECT count(*) FROM events`), count(t, pool, `SELECT count(*) FROM effects e JOIN events v ON v.id = e.event_id`))
+	require.Equal(t, count(t, pool, `SELECT count(*) FROM readside.events`), count(t, pool, `SELECT count(*) FROM effects e JOIN readside.events v ON v.id = e.event_id`))
 }

@@ -50,7 +50,7 @@ func TestRetryRacingDiscardOfSameDeadLetter(t *testing.T) {
 				}
 				var waiting int
 				if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
-					AND query LIKE 'UPDATE dead_letters SET status = ''discarded''%'`).Scan(&waiting); err == nil && waiting > 0 {
+					AND query LIKE 'UPDATE readside.dead_letters SET status = ''discarded''%'`).Scan(&waiting); err == nil && waiting > 0 {
 					return // the discard waits for the retry
 				}
 				time.Sleep(10 * time.Millisecond)
@@ -62,7 +62,7 @@ func TestRetryRacingDiscardOfSameDeadLetter(t *testing.T) {
 	w := startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{r}, MaxAttempts: 1,
 		PollInterval: 20 * time.Millisecond, LeaseTTL: 2 * time.Second})
 	eventually(t, 60*time.Second, "A1 parked", func() bool {
-		return count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'parked'`) == 1
+		return count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE status = 'parked'`) == 1
 	})
 	stopCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -75,7 +75,7 @@ func TestRetryRacingDiscardOfSameDeadLetter(t *testing.T) {
 	err = <-discardErr
 	applied := count(t, pool, `SELECT count(*) FROM applied`)
 	var status string
-	require.NoError(t, pool.QueryRow(ctx, `SELECT status FROM dead_letters`).Scan(&status))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT status FROM readside.dead_letters`).Scan(&status))
 	if err == nil {
 		require.Equal(t, 1, discarded)
 		require.Zero(t, applied, "the discard reported success, yet the retry applied the event (status %s)", status)
@@ -104,7 +104,7 @@ func TestRebuildKeepsDiscardedEventsDiscarded(t *testing.T) {
 		PollInterval: 20 * time.Millisecond, LeaseTTL: 2 * time.Second})
 	eventually(t, 60*time.Second, "B1 applied, A1 parked", func() bool {
 		return count(t, pool, `SELECT count(*) FROM applied`) == 1 &&
-			count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'parked'`) == 1
+			count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE status = 'parked'`) == 1
 	})
 	n, err := deadletter.Discard(ctx, pool, "rec", nil)
 	require.NoError(t, err)
@@ -120,7 +120,7 @@ func TestRebuildKeepsDiscardedEventsDiscarded(t *testing.T) {
 	waitJob(t, pool, res.Job.ID)
 	require.Zero(t, count(t, pool, `SELECT count(*) FROM applied WHERE aggregate_id = 'A'`), "the rebuild applied a discarded event")
 	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM applied WHERE aggregate_id = 'B'`))
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM dead_letters WHERE projection = 'rec' AND aggregate_id = 'A' AND status = 'discarded'`),
+	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE projection = 'rec' AND aggregate_id = 'A' AND status = 'discarded'`),
 		"the discard survives the switch")
 }
 
@@ -151,7 +151,7 @@ func TestRetryOfEventParkedDuringReplayFiresOnce(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, control.MoveCheckpoints(ctx, pool, p, "start"))
 	eventually(t, 60*time.Second, "A1 and A2 parked", func() bool {
-		return count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'parked'`) == 2
+		return count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE status = 'parked'`) == 2
 	})
 
 	// Fixed again; the operator retries.
@@ -187,7 +187,7 @@ func TestRetryAfterRebuildFiresEachSideEffectOnce(t *testing.T) {
 		PollInterval: 20 * time.Millisecond, LeaseTTL: 2 * time.Second})
 	eventually(t, 60*time.Second, "A applied, B1 parked", func() bool {
 		return count(t, pool, `SELECT count(*) FROM effects`) == 2 &&
-			count(t, pool, `SELECT count(*) FROM dead_letters WHERE projection = 'rec' AND status = 'parked'`) == 1
+			count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE projection = 'rec' AND status = 'parked'`) == 1
 	})
 
 	// The code changes (A1 is refused now) and the projection is rebuilt:
@@ -196,13 +196,13 @@ func TestRetryAfterRebuildFiresEachSideEffectOnce(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, control.StartRebuild(ctx, pool, p))
 	eventually(t, 60*time.Second, "the copy parked A1, A2, B1", func() bool {
-		return count(t, pool, `SELECT count(*) FROM dead_letters WHERE projection = $1 AND status = 'parked'`, control.ShadowName("rec")) == 3
+		return count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE projection = $1 AND status = 'parked'`, control.ShadowName("rec")) == 3
 	})
 	startControl(t, control.Config{Pool: pool, Projections: []projectors.Projection{p}})
 	res, err := jobs(t, pool).Enqueue(ctx, control.RebuildArgs{Projection: "rec"})
 	require.NoError(t, err)
 	waitJob(t, pool, res.Job.ID)
-	require.Equal(t, 3, count(t, pool, `SELECT count(*) FROM dead_letters WHERE projection = 'rec' AND status = 'parked'`))
+	require.Equal(t, 3, count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE projection = 'rec' AND status = 'parked'`))
 
 	// Fixed again; the operator retries.
 	_, err = pool.Exec(ctx, `INSERT INTO cured VALUES ('A'), ('B')`)

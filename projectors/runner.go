@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -125,9 +126,9 @@ func (w *Worker) fetch(ctx context.Context, s *segment, after outbox.Cursor) (*o
 	// instead of a fraction of it (fewer, fuller transactions).
 	limit := min(w.cfg.BatchSize*s.spec.Segments, max(w.cfg.BatchSize, maxScan))
 	if s.schema != "" {
-		return fetchBehindLive(ctx, w.cfg.Pool, s.proj.Spec().Name, s.lease.Segment, after, limit, s.spec.filter(s.lease.Segment))
+		return fetchBehindLive(ctx, w.db, s.proj.Spec().Name, s.lease.Segment, after, limit, s.spec.filter(s.lease.Segment))
 	}
-	return outbox.Fetch(ctx, w.cfg.Pool, after, limit, s.spec.filter(s.lease.Segment))
+	return outbox.Fetch(ctx, w.db, after, limit, s.spec.filter(s.lease.Segment))
 }
 
 // maxScan bounds the outbox rows one fetch passes over.
@@ -146,7 +147,7 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 	// discarded from the live projection as well as from the copy.
 	replay := len(events) > 0 && (s.schema != "" || !s.high.Less(events[0].Cursor))
 	check := s.parked || replay
-	tx, err := w.cfg.Pool.Begin(ctx)
+	tx, err := w.db.Begin(ctx)
 	if err != nil {
 		return nil, skips{}, err
 	}
@@ -164,14 +165,13 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 }
 
 // queueFence queues the statements that open every apply transaction: the
-// idle timeout, a rebuild's search_path, and the fenced checkpoint advance.
+// idle timeout and readside's schema (a rebuild's copies' before it) first
+// on the search_path, so that the projection's unqualified names mean its
+// tables there, in one statement; and the fenced checkpoint advance.
 func (w *Worker) queueFence(b *pgx.Batch, s *segment, from, to outbox.Cursor, applied int) {
-	b.Queue(fmt.Sprintf(`SET LOCAL idle_in_transaction_session_timeout = %d`, w.cfg.LeaseTTL.Milliseconds()))
-	if s.schema != "" {
-		// A rebuild: the projection's unqualified table names resolve to
-		// the shadow copies; events and checkpoints stay in public.
-		b.Queue(`SELECT set_config('search_path', $1, true)`, pgx.Identifier{s.schema}.Sanitize()+", public")
-	}
+	b.Queue(`SELECT set_config('idle_in_transaction_session_timeout', $1, true),
+		set_config('search_path', concat_ws(', ', $2::text, nullif(current_setting('search_path'), '')), true)`,
+		strconv.FormatInt(w.cfg.LeaseTTL.Milliseconds(), 10), w.db.Schema().SearchPath(s.schema))
 	checkpoint.QueueAdvance(b, s.lease, from, to, applied, w.cfg.LeaseTTL)
 }
 
@@ -180,9 +180,6 @@ func (w *Worker) queueFence(b *pgx.Batch, s *segment, from, to outbox.Cursor, ap
 func readBegin(res pgx.BatchResults, s *segment, from outbox.Cursor, check bool) (skips, error) {
 	sk := skips{parked: map[aggKey]bool{}, discarded: map[int64]bool{}}
 	_, err := res.Exec()
-	if err == nil && s.schema != "" {
-		_, err = res.Exec()
-	}
 	if err == nil {
 		err = checkpoint.AdvanceResult(res.Exec())(s.lease, from)
 	}
@@ -206,11 +203,11 @@ func queueSkips(b *pgx.Batch, s *segment, events []outbox.Event, replay bool) {
 			eventIDs[i] = e.ID()
 		}
 	}
-	b.Queue(`SELECT aggregate_type, aggregate_id, 0::bigint FROM dead_letters
+	b.Queue(`SELECT aggregate_type, aggregate_id, 0::bigint FROM readside.dead_letters
 			WHERE projection = $1 AND status = 'parked'
 			  AND (aggregate_type, aggregate_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
 			UNION ALL
-			SELECT '', '', event_id FROM dead_letters
+			SELECT '', '', event_id FROM readside.dead_letters
 			WHERE cardinality($4::bigint[]) > 0 AND projection IN ($1, $5) AND status = 'discarded' AND event_id = ANY ($4::bigint[])`,
 		s.spec.Name, types, ids, eventIDs, s.proj.Spec().Name)
 }
@@ -620,7 +617,7 @@ func parkedSegments(ctx context.Context, db checkpoint.DB, claimed []checkpoint.
 	for i, c := range claimed {
 		projs[i], segs[i] = c.Projection, int32(c.Segment)
 	}
-	rows, err := db.Query(ctx, `SELECT DISTINCT d.projection, d.segment FROM dead_letters d
+	rows, err := db.Query(ctx, `SELECT DISTINCT d.projection, d.segment FROM readside.dead_letters d
 		JOIN unnest($1::text[], $2::int[]) AS c(projection, segment) ON c.projection = d.projection AND c.segment = d.segment
 		WHERE d.status = 'parked'`, projs, segs)
 	if err != nil {

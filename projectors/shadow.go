@@ -20,7 +20,7 @@ import (
 // waits for the copy to reach it.
 func fetchBehindLive(ctx context.Context, db outbox.Querier, live string, segment int, after outbox.Cursor, limit int, f outbox.Filter) (*outbox.Batch, error) {
 	var bound outbox.Cursor
-	if err := db.QueryRow(ctx, `SELECT cursor_txid, cursor_position FROM checkpoints WHERE projection = $1 AND segment = $2`,
+	if err := db.QueryRow(ctx, `SELECT cursor_txid, cursor_position FROM readside.checkpoints WHERE projection = $1 AND segment = $2`,
 		live, segment).Scan(&bound.TxID, &bound.Position); err != nil {
 		return nil, fmt.Errorf("rebuild: checkpoint of %s/%d: %w", live, segment, err)
 	}

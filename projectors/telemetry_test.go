@@ -65,7 +65,7 @@ func TestTelemetryAcrossResetAndRebuild(t *testing.T) {
 
 	require.NoError(t, control.MoveCheckpoints(ctx, pool, rec, "start"))
 	eventually(t, 30*time.Second, "replayed", func() bool {
-		return count(t, pool, `SELECT count(*) FROM checkpoints WHERE projection = 'rec' AND events_applied >= 80
+		return count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE projection = 'rec' AND events_applied >= 80
 			AND (cursor_txid, cursor_position) = (high_txid, high_position)`) == 1
 	})
 	appendEvents(t, pool, "after-reset", 0, `{}`)

@@ -163,19 +163,19 @@ func TestPruneNeverPassesTheReadWindow(t *testing.T) {
 	lc := appendOne(t, long, "long")
 	b := appendCommitted(t, pool, "b")
 	// A checkpoint past the window, as an unchecked reset once left one.
-	_, err = pool.Exec(ctx, `UPDATE checkpoints SET cursor_txid = $1, cursor_position = $2 WHERE projection = 'seen'`, b.TxID, b.Position)
+	_, err = pool.Exec(ctx, `UPDATE readside.checkpoints SET cursor_txid = $1, cursor_position = $2 WHERE projection = 'seen'`, b.TxID, b.Position)
 	require.NoError(t, err)
 
 	_, _, err = control.PruneOutbox(ctx, pool, -1)
 	require.NoError(t, err)
 	var horizon outbox.Cursor
-	err = pool.QueryRow(ctx, `SELECT txid, position FROM outbox_horizon`).Scan(&horizon.TxID, &horizon.Position)
+	err = pool.QueryRow(ctx, `SELECT txid, position FROM readside.outbox_horizon`).Scan(&horizon.TxID, &horizon.Position)
 	if err == nil {
 		require.Less(t, horizon.TxID, lc.TxID, "the horizon stays below the running transaction")
 	} else {
 		require.ErrorIs(t, err, pgx.ErrNoRows)
 	}
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM outbox WHERE txid = $1`, b.TxID), "b is outside the window: kept")
+	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM readside.outbox WHERE txid = $1`, b.TxID), "b is outside the window: kept")
 
 	require.NoError(t, long.Commit(ctx))
 	eventually(t, 30*time.Second, "the window passed the long transaction", func() bool {

@@ -18,6 +18,7 @@ import (
 	"github.com/sourcegraph/conc"
 
 	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/migrations"
 	"github.com/readside/readside/outbox"
 )
@@ -40,6 +41,10 @@ type Config struct {
 	// (an apply and a prefetch per running segment, the coordinator, and a
 	// spare); the LISTEN connection is separate.
 	Pool *pgxpool.Pool
+	// Schema is readside's schema in the database: where its tables are
+	// (migrations.Config.Schema) and where the projections' unqualified
+	// names resolve. "" means "readside".
+	Schema string
 	// Projections this worker runs. Workers of one fleet may run different
 	// sets: each projection's segments are spread over the workers that run
 	// it (see assign), so every projection needs at least one of them.
@@ -126,6 +131,9 @@ func (c *Config) validate() error {
 	case c.PollInterval < time.Millisecond:
 		return fmt.Errorf("projectors: PollInterval %s is too short", c.PollInterval)
 	}
+	if _, err := dbschema.Parse(c.Schema); err != nil {
+		return fmt.Errorf("projectors: %w", err)
+	}
 	seen := map[string]bool{}
 	for _, p := range c.Projections {
 		s := p.Spec().withDefaults()
@@ -145,6 +153,7 @@ func (c *Config) validate() error {
 // woken by LISTEN/NOTIFY with a poll as fallback.
 type Worker struct {
 	cfg     Config
+	db      *dbschema.Pool // cfg.Pool in cfg.Schema
 	log     *slog.Logger
 	metrics *metrics
 	specs   map[string]Spec
@@ -169,7 +178,8 @@ func NewWorker(cfg Config) (*Worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("projectors: metrics: %w", err)
 	}
-	w := &Worker{cfg: cfg, log: cfg.Logger.With("worker", cfg.WorkerID), metrics: m,
+	n, _ := dbschema.Parse(cfg.Schema)
+	w := &Worker{cfg: cfg, db: n.Pool(cfg.Pool), log: cfg.Logger.With("worker", cfg.WorkerID), metrics: m,
 		specs: map[string]Spec{}, projs: map[string]Projection{}, stopped: make(chan struct{})}
 	for _, p := range cfg.Projections {
 		s := p.Spec().withDefaults()
@@ -186,8 +196,10 @@ func (w *Worker) ID() string { return w.cfg.WorkerID }
 
 // Register checks the schema and the cluster's transaction ids, and
 // registers every projection (creating its checkpoints). Start calls it.
-func Register(ctx context.Context, pool *pgxpool.Pool, projections ...Projection) error {
-	if err := migrations.Check(ctx, pool); err != nil {
+// db is a pool in readside's schema (dbschema); a plain pool means the
+// default schema.
+func Register(ctx context.Context, pool outbox.DB, projections ...Projection) error {
+	if err := migrations.Check(ctx, pool, dbschema.Of(pool).String()); err != nil {
 		return err
 	}
 	if err := outbox.CheckXIDs(ctx, pool); err != nil {
@@ -216,7 +228,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	if w.started {
 		return errors.New("projectors: worker already started")
 	}
-	if err := Register(ctx, w.cfg.Pool, w.cfg.Projections...); err != nil {
+	if err := Register(ctx, w.db, w.cfg.Projections...); err != nil {
 		return err
 	}
 	// Batches must not see ctx's cancellation: only hard() cancels them.
@@ -379,7 +391,7 @@ func newCoordinator(w *Worker, softCtx, hardCtx context.Context) *coordinator {
 // by every worker, whatever it runs), and the shadow projections of rebuilds
 // in progress, which the workers of the rebuilt projection build.
 func (c *coordinator) refreshProjections(ctx context.Context) error {
-	regs, err := checkpoint.Registry(ctx, c.w.cfg.Pool)
+	regs, err := checkpoint.Registry(ctx, c.w.db)
 	if err != nil {
 		return err
 	}
@@ -495,7 +507,7 @@ func (c *coordinator) leave() {
 	w := c.w
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.hardCtx), 5*time.Second)
 	defer cancel()
-	if err := checkpoint.Leave(ctx, w.cfg.Pool, w.cfg.WorkerID); err != nil {
+	if err := checkpoint.Leave(ctx, w.db, w.cfg.WorkerID); err != nil {
 		w.log.Warn("stop: could not release leases; they expire after the TTL", "err", err)
 	}
 	for _, name := range w.names {
@@ -515,7 +527,7 @@ func (c *coordinator) wake() {
 func (c *coordinator) checkHead() {
 	ctx, cancel := context.WithTimeout(c.hardCtx, c.w.cfg.LeaseTTL)
 	defer cancel()
-	head, err := outbox.ReadHead(ctx, c.w.cfg.Pool)
+	head, err := outbox.ReadHead(ctx, c.w.db)
 	if err != nil {
 		if c.softCtx.Err() == nil {
 			c.w.log.Warn("poll: reading the outbox head failed", "err", err)
@@ -624,7 +636,7 @@ func (c *coordinator) manageLeases() {
 func (c *coordinator) heartbeat(ctx context.Context) ([]checkpoint.Member, error) {
 	w := c.w
 	host, _ := os.Hostname()
-	members, err := checkpoint.Heartbeat(ctx, w.cfg.Pool, checkpoint.Member{ID: w.cfg.WorkerID, Host: host, PID: os.Getpid(),
+	members, err := checkpoint.Heartbeat(ctx, w.db, checkpoint.Member{ID: w.cfg.WorkerID, Host: host, PID: os.Getpid(),
 		Projections: w.names, LeaseTTL: w.cfg.LeaseTTL})
 	if err != nil {
 		return nil, err
@@ -642,7 +654,7 @@ func (c *coordinator) renew(ctx context.Context) error {
 	for _, s := range c.segs {
 		held = append(held, s.lease)
 	}
-	kept, err := checkpoint.Renew(ctx, c.w.cfg.Pool, c.w.cfg.WorkerID, held, c.w.cfg.LeaseTTL)
+	kept, err := checkpoint.Renew(ctx, c.w.db, c.w.cfg.WorkerID, held, c.w.cfg.LeaseTTL)
 	if err != nil {
 		return err
 	}
@@ -696,11 +708,11 @@ func (c *coordinator) claim(ctx context.Context, mine map[checkpoint.Segment]boo
 	if len(want) == 0 || c.softCtx.Err() != nil {
 		return
 	}
-	claimed, err := checkpoint.ClaimSegments(ctx, w.cfg.Pool, w.cfg.WorkerID, want, w.cfg.LeaseTTL)
+	claimed, err := checkpoint.ClaimSegments(ctx, w.db, w.cfg.WorkerID, want, w.cfg.LeaseTTL)
 	if err != nil {
 		w.log.Warn("claim failed", "err", err)
 	}
-	parked, err := parkedSegments(ctx, w.cfg.Pool, claimed)
+	parked, err := parkedSegments(ctx, w.db, claimed)
 	if err != nil {
 		w.log.Warn("reading parked segments failed; checking every batch", "err", err)
 	}
@@ -732,7 +744,7 @@ func (c *coordinator) lost(k string, s *segment) {
 // release gives a segment's lease up, so that its next owner need not
 // wait for it to expire, and forgets the segment.
 func (c *coordinator) release(ctx context.Context, k string, s *segment) {
-	if err := checkpoint.Release(ctx, c.w.cfg.Pool, s.lease); err != nil {
+	if err := checkpoint.Release(ctx, c.w.db, s.lease); err != nil {
 		c.w.log.Warn("release failed; the lease will expire", "lease", s.lease.String(), "err", err)
 	} else {
 		c.w.log.Info("lease released", "projection", s.lease.Projection, "segment", s.lease.Segment, "epoch", s.lease.Epoch)

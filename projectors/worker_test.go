@@ -27,7 +27,7 @@ func TestWorkerAppliesWithoutWaitingForPoll(t *testing.T) {
 	// held open holds these events back too. What is tested is that they
 	// arrive with a one-hour poll, not how fast.)
 	eventually(t, 60*time.Second, "lease claimed", func() bool {
-		return count(t, pool, `SELECT count(*) FROM checkpoints WHERE lease_owner IS NOT NULL`) == 1
+		return count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner IS NOT NULL`) == 1
 	})
 	for i := range 5 {
 		appendEvents(t, pool, fmt.Sprintf("a%d", i), 0, `{}`, `{}`)
@@ -75,7 +75,7 @@ func TestMixedFleetOwnsEverySegment(t *testing.T) {
 	startWorker(t, projectors.Config{Pool: pool, WorkerID: "only-b", LeaseTTL: time.Second,
 		Projections: []projectors.Projection{&recorder{name: "b", segments: 4}}})
 	owned := func(owner, projection string) int {
-		return count(t, pool, `SELECT count(*) FROM checkpoints WHERE lease_owner = $1 AND projection = $2 AND lease_expires_at > now()`, owner, projection)
+		return count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner = $1 AND projection = $2 AND lease_expires_at > now()`, owner, projection)
 	}
 	eventually(t, 20*time.Second, "a: 4 on both; b: 4 on only-b", func() bool {
 		return owned("both", "a") == 4 && owned("both", "b") == 0 && owned("only-b", "b") == 4
@@ -130,8 +130,8 @@ func TestCancelledStartContextIsSoftStop(t *testing.T) {
 				t.Fatal("the worker did not stop")
 			}
 			require.Equal(t, tc.wantCount, count(t, pool, `SELECT count(*) FROM applied`))
-			require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM checkpoints WHERE lease_owner IS NULL`), "lease released")
-			require.Zero(t, count(t, pool, `SELECT count(*) FROM workers`), "left the fleet")
+			require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner IS NULL`), "lease released")
+			require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.workers`), "left the fleet")
 		})
 	}
 }

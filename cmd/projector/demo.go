@@ -69,7 +69,13 @@ func runDemo(ctx context.Context, url string, events, workers int, stdout, stder
 		return err
 	}
 	defer pool.Close()
-	res, err := migrations.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+	var ddl []migrations.DDL
+	for _, p := range shipped.All() {
+		if sc, ok := p.(projectors.Schema); ok {
+			ddl = append(ddl, migrations.DDL{Projection: p.Spec().Name, SQL: sc.Schema()})
+		}
+	}
+	res, err := migrations.Migrate(ctx, pool, migrations.Config{Projections: ddl})
 	if err != nil {
 		return err
 	}
@@ -176,7 +182,7 @@ func progress(ctx context.Context, pool *pgxpool.Pool) (int64, string, error) {
 		return 0, "", err
 	}
 	var events int64
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM events`).Scan(&events); err != nil {
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM readside.events`).Scan(&events); err != nil {
 		return 0, "", err
 	}
 	lag := map[string]int64{}
@@ -207,8 +213,8 @@ func printReadModels(ctx context.Context, pool *pgxpool.Pool, w io.Writer) error
 		return err
 	}
 	var products, orders, shippedN int64
-	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM products WHERE NOT deleted), (SELECT count(*) FROM order_summary),
-		(SELECT count(*) FROM order_summary WHERE status = 'shipped')`).Scan(&products, &orders, &shippedN); err != nil {
+	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM readside.products WHERE NOT deleted), (SELECT count(*) FROM readside.order_summary),
+		(SELECT count(*) FROM readside.order_summary WHERE status = 'shipped')`).Scan(&products, &orders, &shippedN); err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "\n%d products in the catalog, %d orders, %d shipped\n", products, orders, shippedN)
@@ -229,7 +235,7 @@ func printStatistics(ctx context.Context, pool *pgxpool.Pool, w io.Writer) error
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ORDER STATISTICS\tORDERS\tREVENUE\tAVERAGE")
 	rows, err := pool.Query(ctx, `SELECT status, order_count, total_revenue::text, coalesce(average_order_value::text, '-')
-		FROM order_statistics ORDER BY array_position(ARRAY['pending','confirmed','shipped','cancelled'], status)`)
+		FROM readside.order_statistics ORDER BY array_position(ARRAY['pending','confirmed','shipped','cancelled'], status)`)
 	if err != nil {
 		return err
 	}
@@ -252,8 +258,8 @@ func printRecentOrders(ctx context.Context, pool *pgxpool.Pool, w io.Writer) err
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "RECENT ORDERS\tCUSTOMER\tSTATUS\tTOTAL\tITEMS")
 	rows, err := pool.Query(ctx, `SELECT s.order_id, s.customer_name, s.status, s.total_amount::text,
-		(SELECT string_agg(i.quantity || ' x ' || i.product_name, ', ' ORDER BY i.line_no) FROM order_items i WHERE i.order_id = s.order_id)
-		FROM order_summary s ORDER BY s.placed_at DESC, s.order_id DESC LIMIT 5`)
+		(SELECT string_agg(i.quantity || ' x ' || i.product_name, ', ' ORDER BY i.line_no) FROM readside.order_items i WHERE i.order_id = s.order_id)
+		FROM readside.order_summary s ORDER BY s.placed_at DESC, s.order_id DESC LIMIT 5`)
 	if err != nil {
 		return err
 	}

@@ -61,20 +61,20 @@ func TestSIGTERMLetsTheBatchInFlightCommit(t *testing.T) {
 		return n
 	}
 	waitFor("every order_summary segment owned", func() bool {
-		return count(`SELECT count(*) FROM checkpoints WHERE projection = 'order_summary' AND lease_owner IS NULL`) == 0 &&
-			count(`SELECT count(*) FROM checkpoints WHERE projection = 'order_summary'`) > 0
+		return count(`SELECT count(*) FROM readside.checkpoints WHERE projection = 'order_summary' AND lease_owner IS NULL`) == 0 &&
+			count(`SELECT count(*) FROM readside.checkpoints WHERE projection = 'order_summary'`) > 0
 	})
 
 	// Hold the read model's table so that the next batch blocks in flight.
 	lock, err := pool.Begin(ctx)
 	require.NoError(t, err)
 	defer func() { _ = lock.Rollback(ctx) }()
-	_, err = lock.Exec(ctx, `LOCK TABLE order_summary IN SHARE MODE`)
+	_, err = lock.Exec(ctx, `LOCK TABLE readside.order_summary IN SHARE MODE`)
 	require.NoError(t, err)
 	_, err = projectortest.Lifecycles{Orders: 4, Writers: 1}.Generate(ctx, pool)
 	require.NoError(t, err)
 	waitFor("a batch waits for the lock", func() bool {
-		return count(`SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'order_summary'::regclass`) > 0
+		return count(`SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'readside.order_summary'::regclass`) > 0
 	})
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
@@ -88,7 +88,7 @@ func TestSIGTERMLetsTheBatchInFlightCommit(t *testing.T) {
 	case <-time.After(90 * time.Second):
 		t.Fatalf("projector did not exit\n%s", logs.String())
 	}
-	require.Positive(t, count(`SELECT count(*) FROM order_summary`), "the batch in flight committed\n%s", logs.String())
-	require.Positive(t, count(`SELECT coalesce(sum(events_applied), 0) FROM checkpoints WHERE projection = 'order_summary'`))
-	require.Zero(t, count(`SELECT count(*) FROM checkpoints WHERE lease_owner IS NOT NULL`), "leases released at exit")
+	require.Positive(t, count(`SELECT count(*) FROM readside.order_summary`), "the batch in flight committed\n%s", logs.String())
+	require.Positive(t, count(`SELECT coalesce(sum(events_applied), 0) FROM readside.checkpoints WHERE projection = 'order_summary'`))
+	require.Zero(t, count(`SELECT count(*) FROM readside.checkpoints WHERE lease_owner IS NOT NULL`), "leases released at exit")
 }

@@ -2,25 +2,30 @@ package main
 
 import (
 	"context"
-
-	"github.com/jackc/pgx/v5/pgxpool"
+	"fmt"
 
 	"github.com/readside/readside/internal/cli"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/migrations"
 )
 
 // connect opens a pool and refuses an unreachable or unmigrated database
 // with a one-line reason.
-func connect(ctx context.Context, url string, maxConns int) (*pgxpool.Pool, error) {
+// The pool's statements run in --schema.
+func connect(ctx context.Context, url, schema string, maxConns int) (*dbschema.Pool, error) {
+	n, err := dbschema.Parse(schema)
+	if err != nil {
+		return nil, fmt.Errorf("--schema: %w", err)
+	}
 	pool, err := cli.Connect(ctx, url, maxConns)
 	if err != nil {
 		return nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, cli.ConnectTimeout)
 	defer cancel()
-	if err := migrations.Check(cctx, pool); err != nil {
+	if err := migrations.Check(cctx, pool, n.String()); err != nil {
 		pool.Close()
 		return nil, err
 	}
-	return pool, nil
+	return n.Pool(pool), nil
 }

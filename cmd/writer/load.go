@@ -18,6 +18,7 @@ type loadConfig struct {
 	snapshotEvery      int
 	maxConflictRetries int
 	gen                loadgen.Config
+	schema             string
 }
 
 func loadCommand() *cobra.Command {
@@ -33,6 +34,7 @@ func loadCommand() *cobra.Command {
 	}
 	fs := cli.NewFlags(cmd)
 	fs.DatabaseURL(&lc.url, cli.DatabaseURLDefault, "PostgreSQL URL")
+	fs.Schema(&lc.schema)
 	fs.Int(&c.Events, "events", "WRITER_LOAD_EVENTS", 10000, "events to write in total, product creation included")
 	fs.Int(&c.Aggregates, "aggregates", "WRITER_LOAD_AGGREGATES", 100, "orders in flight at once; fewer means more concurrency conflicts")
 	fs.Int(&c.Concurrency, "concurrency", "WRITER_LOAD_CONCURRENCY", 8, "concurrent writers")
@@ -52,7 +54,7 @@ func runLoad(ctx context.Context, lc loadConfig, stdout io.Writer) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
-	pool, err := connect(ctx, url, c.Concurrency+2)
+	pool, err := connect(ctx, url, lc.schema, c.Concurrency+2)
 	if err != nil {
 		return err
 	}

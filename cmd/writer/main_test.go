@@ -76,10 +76,10 @@ func TestLoad(t *testing.T) {
 	pool := pgtest.Pool(t, url)
 	var events, outboxRows, products, orders, shippedOrCancelled int
 	require.NoError(t, pool.QueryRow(context.Background(), `SELECT
-		(SELECT count(*) FROM events), (SELECT count(*) FROM outbox),
-		(SELECT count(*) FROM events WHERE event_type = 'ProductCreated'),
-		(SELECT count(*) FROM events WHERE event_type = 'OrderPlaced'),
-		(SELECT count(*) FROM events WHERE event_type IN ('OrderShipped', 'OrderCancelled'))`).
+		(SELECT count(*) FROM readside.events), (SELECT count(*) FROM readside.outbox),
+		(SELECT count(*) FROM readside.events WHERE event_type = 'ProductCreated'),
+		(SELECT count(*) FROM readside.events WHERE event_type = 'OrderPlaced'),
+		(SELECT count(*) FROM readside.events WHERE event_type IN ('OrderShipped', 'OrderCancelled'))`).
 		Scan(&events, &outboxRows, &products, &orders, &shippedOrCancelled))
 	require.Equal(t, 120, events)
 	require.Equal(t, 120, outboxRows)
@@ -89,7 +89,7 @@ func TestLoad(t *testing.T) {
 
 	var gaps int
 	require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FROM (
-		SELECT version, row_number() OVER (PARTITION BY aggregate_type, aggregate_id ORDER BY version) AS n FROM events) v
+		SELECT version, row_number() OVER (PARTITION BY aggregate_type, aggregate_id ORDER BY version) AS n FROM readside.events) v
 		WHERE version <> n`).Scan(&gaps))
 	require.Zero(t, gaps)
 }

@@ -10,13 +10,13 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
 	"github.com/readside/readside/aggregate"
 	"github.com/readside/readside/internal/cli"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/internal/httpapi"
 	"github.com/readside/readside/projectors/observe"
 )
@@ -28,6 +28,7 @@ type serveConfig struct {
 	maxConflictRetries int
 	shutdownTimeout    time.Duration
 	consistencyWait    time.Duration
+	schema             string
 	logFormat          string
 	logLevel           string
 }
@@ -45,6 +46,7 @@ func serveCommand() *cobra.Command {
 	fs := cli.NewFlags(cmd)
 	fs.String(&c.addr, "addr", "WRITER_ADDR", ":8080", "listen address")
 	fs.DatabaseURL(&c.databaseURL, cli.DatabaseURLDefault, "PostgreSQL URL")
+	fs.Schema(&c.schema)
 	fs.Int(&c.snapshotEvery, "snapshot-every", "WRITER_SNAPSHOT_EVERY", aggregate.SnapshotEveryDefault, "snapshot an aggregate every N events; negative disables")
 	fs.Int(&c.maxConflictRetries, "max-conflict-retries", "WRITER_MAX_CONFLICT_RETRIES", aggregate.MaxConflictRetriesDefault, "retries of a concurrency conflict before 409; negative means none")
 	fs.Duration(&c.shutdownTimeout, "shutdown-timeout", "WRITER_SHUTDOWN_TIMEOUT", 10*time.Second, "how long in-flight requests may finish at shutdown")
@@ -63,7 +65,7 @@ func runServe(ctx context.Context, c serveConfig, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	pool, err := connect(ctx, c.databaseURL, 0)
+	pool, err := connect(ctx, c.databaseURL, c.schema, 0)
 	if err != nil {
 		return err
 	}
@@ -104,7 +106,7 @@ func (c serveConfig) validate() error {
 }
 
 // newAPI builds the HTTP API (commands, queries, /metrics) on pool.
-func newAPI(pool *pgxpool.Pool, c serveConfig, logger *slog.Logger) (*httpapi.Server, error) {
+func newAPI(pool *dbschema.Pool, c serveConfig, logger *slog.Logger) (*httpapi.Server, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Lag and pipeline health are derived from the database, so the writer
@@ -113,7 +115,7 @@ func newAPI(pool *pgxpool.Pool, c serveConfig, logger *slog.Logger) (*httpapi.Se
 	if err := observe.RegisterPipelineMetrics(reg, pool, logger); err != nil {
 		return nil, err
 	}
-	if err := observe.RegisterPoolMetrics(reg, pool, "writer"); err != nil {
+	if err := observe.RegisterPoolMetrics(reg, pool.Pool, "writer"); err != nil {
 		return nil, err
 	}
 	repo, err := aggregate.New(pool, aggregate.Config{

@@ -68,7 +68,7 @@ func TestBinary(t *testing.T) {
 	_, err = projectortest.Lifecycles{Orders: 60}.Generate(ctx, pool)
 	require.NoError(t, err)
 	var shipped int64
-	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE event_type = 'OrderShipped'`).Scan(&shipped))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM readside.events WHERE event_type = 'OrderShipped'`).Scan(&shipped))
 	require.Positive(t, shipped)
 
 	run := exec.Command(bin, "run", "--database-url", url, "--metrics-addr", "", "--poll-interval", "100ms", "--log-level", "warn")

@@ -28,7 +28,7 @@ const metadata = `{"correlation_id":"c-1","user_id":"u-1"}`
 // multi-row INSERT INTO events carrying the same rows (each event's payload
 // and metadata sent), whose trigger writes the outbox rows.
 const rawSQL = `
-INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, metadata, schema_version, version)
+INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, metadata, schema_version, version)
 SELECT 'Order', $1, 'OrderPlaced', t.data, t.meta, 1, $2::int + t.ord::int
   FROM unnest($3::jsonb[], $4::jsonb[]) WITH ORDINALITY AS t(data, meta, ord)`
 

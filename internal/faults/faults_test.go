@@ -177,7 +177,7 @@ func (f *fleet) sigstop(ctx context.Context, pool *pgxpool.Pool) error {
 		}
 		f.mu.Lock()
 		held := map[string][]lease{}
-		rows, err := pool.Query(ctx, `SELECT lease_owner, projection, segment, lease_epoch FROM checkpoints
+		rows, err := pool.Query(ctx, `SELECT lease_owner, projection, segment, lease_epoch FROM readside.checkpoints
 			WHERE lease_owner IS NOT NULL AND lease_expires_at > now()`)
 		if err == nil {
 			for rows.Next() {
@@ -216,7 +216,7 @@ func (f *fleet) sigstop(ctx context.Context, pool *pgxpool.Pool) error {
 		for _, l := range leases {
 			var epoch int64
 			var owner *string
-			err := pool.QueryRow(ctx, `SELECT lease_epoch, lease_owner FROM checkpoints WHERE projection = $1 AND segment = $2`,
+			err := pool.QueryRow(ctx, `SELECT lease_epoch, lease_owner FROM readside.checkpoints WHERE projection = $1 AND segment = $2`,
 				l.projection, l.segment).Scan(&epoch, &owner)
 			if err == nil && epoch > l.epoch {
 				taken++
@@ -450,7 +450,7 @@ func runWriter(ctx context.Context, t *testing.T, pool *pgxpool.Pool, bin, url, 
 	deadline := time.Now().Add(4*p.duration() + time.Minute)
 	for time.Now().Before(deadline) {
 		var written int
-		err := pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE aggregate_id NOT LIKE 'faults-%'`).Scan(&written)
+		err := pool.QueryRow(ctx, `SELECT count(*) FROM readside.events WHERE aggregate_id NOT LIKE 'faults-%'`).Scan(&written)
 		if err != nil {
 			time.Sleep(200 * time.Millisecond) // PostgreSQL restarting
 			continue
@@ -566,7 +566,7 @@ func (in *injector) inject(ctx context.Context) {
 	}
 	qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	_, err := in.pool.Exec(qctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, metadata, version)
+	_, err := in.pool.Exec(qctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, metadata, version)
 		VALUES ($1, $2, $3, $4::jsonb, '{"user_id": "faults-injector"}', $5)`, agg, id, typ, data, version)
 	var pgErr *pgconn.PgError
 	done := err == nil || (errors.As(err, &pgErr) && pgErr.Code == "23505") // committed before the connection died

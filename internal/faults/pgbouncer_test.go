@@ -102,7 +102,7 @@ func TestFleetThroughPgBouncer(t *testing.T) {
 	wg.Go(func() {
 		for faultCtx.Err() == nil {
 			var n int
-			if pool.QueryRow(faultCtx, `SELECT count(*) FROM events`).Scan(&n) == nil && n >= p.events/2 {
+			if pool.QueryRow(faultCtx, `SELECT count(*) FROM readside.events`).Scan(&n) == nil && n >= p.events/2 {
 				f.killRandom()
 				return
 			}
@@ -151,7 +151,7 @@ func TestFleetThroughPgBouncer(t *testing.T) {
 	var waiting, orphaned int
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		must(t, pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state NOT IN ('completed', 'running')),
-			count(*) FILTER (WHERE state = 'running') FROM river_job`).Scan(&waiting, &orphaned))
+			count(*) FILTER (WHERE state = 'running') FROM readside.river_job`).Scan(&waiting, &orphaned))
 		if waiting == 0 || time.Now().After(deadline) {
 			break
 		}

@@ -70,8 +70,8 @@ func verify(t *testing.T, admin, url string) *report {
 		dumps[p.Spec().Name] = projectortest.DumpTables(t, live, p.Spec().Tables, []string{"updated_at"})
 	}
 	must(t, live.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE aggregate_id LIKE 'faults-%'),
-		count(*) FILTER (WHERE aggregate_id LIKE 'faults-unknown-%') FROM events`).Scan(&r.events, &r.injected, &r.unknown))
-	must(t, live.QueryRow(ctx, `SELECT count(*) FROM dead_letters WHERE aggregate_id NOT LIKE 'faults-%'`).Scan(&r.parkedOther))
+		count(*) FILTER (WHERE aggregate_id LIKE 'faults-unknown-%') FROM readside.events`).Scan(&r.events, &r.injected, &r.unknown))
+	must(t, live.QueryRow(ctx, `SELECT count(*) FROM readside.dead_letters WHERE aggregate_id NOT LIKE 'faults-%'`).Scan(&r.parkedOther))
 
 	for _, p := range shipped.All() {
 		s := p.Spec()
@@ -82,12 +82,12 @@ func verify(t *testing.T, admin, url string) *report {
 SELECT count(*),
        count(*) FILTER (WHERE (aggregate_id LIKE 'faults-bad-%' OR aggregate_id LIKE 'faults-unknown-%') AND version = 1),
        count(*) FILTER (WHERE aggregate_id LIKE 'faults-bad-%' AND version > 1)
-  FROM events
+  FROM readside.events
  WHERE (cardinality($1::text[]) = 0 OR event_type = ANY ($1)) AND (cardinality($2::text[]) = 0 OR aggregate_type = ANY ($2))`,
 			types, aggs).Scan(&pr.relevant, &pr.wantFailed, &pr.wantBlocked))
 		must(t, live.QueryRow(ctx, `SELECT count(*) FILTER (WHERE reason = 'failed'), count(*) FILTER (WHERE reason = 'blocked')
-			FROM dead_letters WHERE projection = $1 AND status = 'parked'`, s.Name).Scan(&pr.parkedFailed, &pr.parkedBlocked))
-		must(t, live.QueryRow(ctx, `SELECT coalesce(sum(events_applied), 0) FROM checkpoints WHERE projection = $1`, s.Name).Scan(&pr.applied))
+			FROM readside.dead_letters WHERE projection = $1 AND status = 'parked'`, s.Name).Scan(&pr.parkedFailed, &pr.parkedBlocked))
+		must(t, live.QueryRow(ctx, `SELECT coalesce(sum(events_applied), 0) FROM readside.checkpoints WHERE projection = $1`, s.Name).Scan(&pr.applied))
 		// Per-aggregate order: each row's version is the last version of
 		// its aggregate among the events the projection applied.
 		var table, key string
@@ -100,9 +100,9 @@ SELECT count(*),
 		if table != "" {
 			must(t, live.QueryRow(ctx, fmt.Sprintf(`
 WITH want AS (
-    SELECT aggregate_id, max(version) AS version FROM events e
+    SELECT aggregate_id, max(version) AS version FROM readside.events e
      WHERE (cardinality($1::text[]) = 0 OR event_type = ANY ($1)) AND (cardinality($2::text[]) = 0 OR aggregate_type = ANY ($2))
-       AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.projection = $3 AND d.event_id = e.id AND d.status = 'parked')
+       AND NOT EXISTS (SELECT 1 FROM readside.dead_letters d WHERE d.projection = $3 AND d.event_id = e.id AND d.status = 'parked')
      GROUP BY aggregate_id)
 SELECT count(*) FROM want w FULL JOIN %s t ON t.%s = w.aggregate_id
  WHERE t.version IS DISTINCT FROM w.version`, table, key), types, aggs, s.Name).Scan(&pr.wrongVersions))
@@ -114,9 +114,9 @@ SELECT count(*) FROM want w FULL JOIN %s t ON t.%s = w.aggregate_id
 		r.statsLive = m
 	}
 	// Side effects: one notification job per OrderShipped applied.
-	must(t, live.QueryRow(ctx, `SELECT count(*), count(DISTINCT args->>'event_id') FROM river_job WHERE kind = $1`,
+	must(t, live.QueryRow(ctx, `SELECT count(*), count(DISTINCT args->>'event_id') FROM readside.river_job WHERE kind = $1`,
 		notifications.OrderShippedArgs{}.Kind()).Scan(&r.notifyJobs, &r.notifyDistinct))
-	must(t, live.QueryRow(ctx, `SELECT count(*) FROM events WHERE aggregate_type = 'Order' AND event_type = 'OrderShipped'`).Scan(&r.shippedEvents))
+	must(t, live.QueryRow(ctx, `SELECT count(*) FROM readside.events WHERE aggregate_type = 'Order' AND event_type = 'OrderShipped'`).Scan(&r.shippedEvents))
 	live.Close()
 
 	// The copy, rebuilt.
@@ -133,13 +133,13 @@ SELECT count(*) FROM want w FULL JOIN %s t ON t.%s = w.aggregate_id
 	// The copy is a scratch database: lift the append-only guard to cut
 	// the parked events out of its log.
 	_, err = cp.Exec(ctx, `
-ALTER TABLE events DISABLE TRIGGER USER;
-DELETE FROM outbox o USING dead_letters d WHERE d.status = 'parked' AND o.position = d.event_id;
-DELETE FROM events e USING dead_letters d WHERE d.status = 'parked' AND e.id = d.event_id`)
+ALTER TABLE readside.events DISABLE TRIGGER USER;
+DELETE FROM readside.outbox o USING readside.dead_letters d WHERE d.status = 'parked' AND o.position = d.event_id;
+DELETE FROM readside.events e USING readside.dead_letters d WHERE d.status = 'parked' AND e.id = d.event_id`)
 	must(t, err)
 	for _, p := range models {
 		s := p.Spec()
-		must(t, pgx.BeginFunc(ctx, cp, func(tx pgx.Tx) error { return p.Reset(ctx, tx) }))
+		must(t, projectortest.InTx(ctx, cp, func(tx pgx.Tx) error { return p.Reset(ctx, tx) }))
 		projectortest.ApplyStream(t, cp, p, outbox.Filter{EventTypes: s.EventTypes, AggregateTypes: s.AggregateTypes, Segments: 1}, 500)
 		got := projectortest.DumpTables(t, cp, s.Tables, []string{"updated_at"})
 		for _, pr := range r.projs {

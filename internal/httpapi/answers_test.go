@@ -20,20 +20,20 @@ func TestQueryAnswersExact(t *testing.T) {
 	e := newQueryEnv(t, nil)
 	ctx := context.Background()
 	for _, sql := range []string{
-		`INSERT INTO order_summary (order_id, customer_name, total_amount, status, placed_at, confirmed_at, shipped_at, cancelled_at, version) VALUES
+		`INSERT INTO readside.order_summary (order_id, customer_name, total_amount, status, placed_at, confirmed_at, shipped_at, cancelled_at, version) VALUES
 		   ('o-1', 'Alice', 26.99, 'shipped', '2025-03-01 12:00:00.123456+01', '2025-03-01 13:00:00+00', '2025-03-02 09:30:00+00', NULL, 3),
 		   ('o-2', 'Bob', 10, 'cancelled', '2025-03-01 12:00:00.123456+01', NULL, NULL, '2025-03-03 00:00:00+00', 2),
 		   ('o-3', 'Alice', 0.5, 'pending', '2025-02-28 23:59:59+00', NULL, NULL, NULL, 1)`,
-		`INSERT INTO order_details (order_id, customer_name, total_amount, status, item_count, placed_at, confirmed_at, shipped_at,
+		`INSERT INTO readside.order_details (order_id, customer_name, total_amount, status, item_count, placed_at, confirmed_at, shipped_at,
 		                            tracking_number, cancelled_at, cancel_reason, version) VALUES
 		   ('o-1', 'Alice', 26.99, 'shipped', 2, '2025-03-01 12:00:00.123456+01', '2025-03-01 13:00:00+00', '2025-03-02 09:30:00+00', 'TRK-1', NULL, NULL, 3),
 		   ('o-2', 'Bob', 10, 'cancelled', 1, '2025-03-01 12:00:00+01', NULL, NULL, NULL, '2025-03-03 00:00:00+00', 'changed mind', 2),
 		   ('o-4', 'Carol', 7, 'pending', 0, '2025-03-01 12:00:00+00', NULL, NULL, NULL, NULL, NULL, 1)`,
-		`INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity, unit_price, subtotal) VALUES
+		`INSERT INTO readside.order_items (order_id, line_no, product_id, product_name, quantity, unit_price, subtotal) VALUES
 		   ('o-1', 1, 'p-1', 'Widget', 2, 12.5, 25), ('o-1', 2, NULL, 'Gift wrap', 1, 1.99, 1.99), ('o-2', 1, 'p-2', 'W', 1, 10, 10)`,
-		`UPDATE order_statistics SET order_count = 1, total_revenue = 26.99 WHERE status = 'shipped'`,
-		`UPDATE order_statistics SET order_count = 3, total_revenue = 10 WHERE status = 'pending'`,
-		`INSERT INTO products (product_id, name, price, category_id, sku, created_at, deleted, deleted_at, version) VALUES
+		`UPDATE readside.order_statistics SET order_count = 1, total_revenue = 26.99 WHERE status = 'shipped'`,
+		`UPDATE readside.order_statistics SET order_count = 3, total_revenue = 10 WHERE status = 'pending'`,
+		`INSERT INTO readside.products (product_id, name, price, category_id, sku, created_at, deleted, deleted_at, version) VALUES
 		   ('p-1', 'Widget', 12.5, 'c-1', 'W-1', '2025-01-01 10:00:00+02', false, NULL, 2),
 		   ('p-2', 'Anvil', 99.99, NULL, 'A-1', '2025-01-01 10:00:00.5+00', true, '2025-02-01 00:00:00+00', 2),
 		   ('p-3', 'Bolt', 0.05, NULL, '', '2025-01-02 00:00:00+00', false, NULL, 1)`,

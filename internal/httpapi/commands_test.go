@@ -69,7 +69,7 @@ func TestAmountsTheReadModelsCannotHold(t *testing.T) {
 		})
 	}
 	var events int
-	require.NoError(t, e.pool.QueryRow(context.Background(), `SELECT count(*) FROM events`).Scan(&events))
+	require.NoError(t, e.pool.QueryRow(context.Background(), `SELECT count(*) FROM readside.events`).Scan(&events))
 	require.Equal(t, 4, events, "refused commands write nothing")
 	// The orders are still usable.
 	require.Equal(t, http.StatusOK, e.do("POST", "/orders/o-1/confirm", ``).code)
@@ -102,9 +102,9 @@ func TestLargestAmountReachesTheReadModels(t *testing.T) {
 	stats := e.get("/statistics?" + tok)
 	require.Equal(t, http.StatusOK, stats.code, stats.raw)
 	var parked int
-	require.NoError(t, e.pool.QueryRow(context.Background(), `SELECT count(*) FROM dead_letters`).Scan(&parked))
+	require.NoError(t, e.pool.QueryRow(context.Background(), `SELECT count(*) FROM readside.dead_letters`).Scan(&parked))
 	require.Zero(t, parked, "nothing the writer accepts is parked")
 	var total string
-	require.NoError(t, e.pool.QueryRow(context.Background(), `SELECT total_amount::text FROM order_details WHERE order_id = 'o-max'`).Scan(&total))
+	require.NoError(t, e.pool.QueryRow(context.Background(), `SELECT total_amount::text FROM readside.order_details WHERE order_id = 'o-max'`).Scan(&total))
 	require.Equal(t, "9999999999.99", total)
 }

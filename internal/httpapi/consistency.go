@@ -106,8 +106,8 @@ func (e *NotCaughtUpError) Unwrap() error { return e.Err }
 const lagSQL = `
 SELECT n.name, p.name IS NOT NULL, c.segment, c.cursor_txid, c.cursor_position, c.status, coalesce(c.last_error, '')
   FROM unnest($1::text[]) WITH ORDINALITY AS n (name, ord)
-  LEFT JOIN projections p ON p.name = n.name
-  LEFT JOIN checkpoints c ON c.projection = n.name
+  LEFT JOIN readside.projections p ON p.name = n.name
+  LEFT JOIN readside.checkpoints c ON c.projection = n.name
         AND (c.cursor_txid, c.cursor_position) < ($2::xid8, $3::bigint)
  WHERE p.name IS NULL OR c.segment IS NOT NULL
  ORDER BY n.ord, c.segment`

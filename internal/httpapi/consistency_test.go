@@ -24,7 +24,7 @@ func TestWaitFor(t *testing.T) {
 	token := outbox.Cursor{TxID: 900, Position: 40}
 	move := func(projection string, segment int, c outbox.Cursor, status checkpoint.Status, lastError string) {
 		t.Helper()
-		_, err := pool.Exec(ctx, `UPDATE checkpoints SET cursor_txid = $3, cursor_position = $4, status = $5, last_error = nullif($6, '')
+		_, err := pool.Exec(ctx, `UPDATE readside.checkpoints SET cursor_txid = $3, cursor_position = $4, status = $5, last_error = nullif($6, '')
 			WHERE projection = $1 AND segment = $2`, projection, segment, c.TxID, c.Position, status, lastError)
 		require.NoError(t, err)
 	}

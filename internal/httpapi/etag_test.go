@@ -17,7 +17,7 @@ import (
 func TestQueryETag(t *testing.T) {
 	t.Parallel()
 	e := newQueryEnv(t, nil)
-	_, err := e.pool.Exec(context.Background(), `INSERT INTO order_details (order_id, customer_name, total_amount, status, item_count, placed_at, version)
+	_, err := e.pool.Exec(context.Background(), `INSERT INTO readside.order_details (order_id, customer_name, total_amount, status, item_count, placed_at, version)
 		VALUES ('o-1', 'Alice', 12.5, 'pending', 1, now(), 1)`)
 	require.NoError(t, err)
 	do := func(path, inm string) *httptest.ResponseRecorder {
@@ -48,7 +48,7 @@ func TestQueryETag(t *testing.T) {
 	behind := do("/orders/o-1?"+httpapi.ConsistencyTokenParam+"=999999999/1&"+httpapi.WaitParam+"=50ms", etag)
 	require.NotEqual(t, http.StatusNotModified, behind.Code)
 	require.NotEqual(t, http.StatusOK, behind.Code)
-	_, err = e.pool.Exec(context.Background(), `UPDATE order_details SET customer_name = 'Alicia' WHERE order_id = 'o-1'`)
+	_, err = e.pool.Exec(context.Background(), `UPDATE readside.order_details SET customer_name = 'Alicia' WHERE order_id = 'o-1'`)
 	require.NoError(t, err)
 	changed := do("/orders/o-1", etag)
 	require.Equal(t, http.StatusOK, changed.Code, "same version, other content: not 304")

@@ -94,7 +94,7 @@ func TestListOrdersPaging(t *testing.T) {
 		{"o-7", "Bob", "cancelled", base.Add(-time.Hour)},
 	}
 	for _, r := range rows {
-		_, err := e.pool.Exec(context.Background(), `INSERT INTO order_summary (order_id, customer_name, total_amount, status, placed_at, version)
+		_, err := e.pool.Exec(context.Background(), `INSERT INTO readside.order_summary (order_id, customer_name, total_amount, status, placed_at, version)
 			VALUES ($1, $2, 12.5, $3, $4, 1)`, r.id, r.customer, r.status, r.placed)
 		require.NoError(t, err)
 	}
@@ -151,7 +151,7 @@ func TestListProducts(t *testing.T) {
 		id, name string
 		deleted  bool
 	}{{"p-1", "Widget", false}, {"p-2", "Anvil", true}, {"p-3", "Bolt", false}, {"p-4", "Bolt", false}} {
-		_, err := e.pool.Exec(context.Background(), `INSERT INTO products (product_id, name, price, sku, created_at, deleted, version)
+		_, err := e.pool.Exec(context.Background(), `INSERT INTO readside.products (product_id, name, price, sku, created_at, deleted, version)
 			VALUES ($1, $2, 3, 'SKU', now(), $3, 1)`, p.id, p.name, p.deleted)
 		require.NoError(t, err)
 	}
@@ -417,7 +417,7 @@ func TestConsistencyTimeout(t *testing.T) {
 	require.Equal(t, []any{map[string]any{"segment": float64(0), "cursor": "0/0", "status": "running"}}, res.body["segments"])
 
 	// Paused: say that it will not catch up.
-	_, err := e.pool.Exec(context.Background(), `UPDATE checkpoints SET status = 'paused' WHERE projection = $1`, orderstatistics.Name)
+	_, err := e.pool.Exec(context.Background(), `UPDATE readside.checkpoints SET status = 'paused' WHERE projection = $1`, orderstatistics.Name)
 	require.NoError(t, err)
 	res = e.get("/statistics?wait=500ms&" + tok)
 	require.Equal(t, http.StatusGatewayTimeout, res.code, res.raw)

@@ -125,7 +125,7 @@ func TestErrorPaths(t *testing.T) {
 	}
 
 	var events int
-	require.NoError(t, e.pool.QueryRow(context.Background(), `SELECT count(*) FROM events`).Scan(&events))
+	require.NoError(t, e.pool.QueryRow(context.Background(), `SELECT count(*) FROM readside.events`).Scan(&events))
 	require.Equal(t, 3, events, "failed commands write nothing")
 }
 
@@ -188,7 +188,7 @@ func TestHappyPath(t *testing.T) {
 
 	var total, corr string
 	require.NoError(t, e.pool.QueryRow(context.Background(),
-		`SELECT event_data->>'total_amount', metadata->>'correlation_id' FROM events WHERE aggregate_id = $1 AND version = 1`, id).Scan(&total, &corr))
+		`SELECT event_data->>'total_amount', metadata->>'correlation_id' FROM readside.events WHERE aggregate_id = $1 AND version = 1`, id).Scan(&total, &corr))
 	require.Equal(t, "25.00", total)
 	require.Equal(t, "corr-42", corr)
 
@@ -231,7 +231,7 @@ func TestConflictAfterRetries(t *testing.T) {
 		}
 	}
 	var maxVersion int
-	require.NoError(t, e.pool.QueryRow(context.Background(), `SELECT max(version) FROM events WHERE aggregate_id = 'p-1'`).Scan(&maxVersion))
+	require.NoError(t, e.pool.QueryRow(context.Background(), `SELECT max(version) FROM readside.events WHERE aggregate_id = 'p-1'`).Scan(&maxVersion))
 	require.Equal(t, ok+1, maxVersion)
 }
 

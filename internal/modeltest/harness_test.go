@@ -91,7 +91,7 @@ func newHarness(t tb, pool *pgxpool.Pool, cfg config) *harness {
 			}
 		}
 		for _, n := range projectionNames {
-			for _, schema := range []string{control.ShadowSchema(n), "readside_retired_" + n} {
+			for _, schema := range []string{control.ShadowSchema("readside", n), "readside_retired_" + n} {
 				if _, err := tx.Exec(ctx, `DROP SCHEMA IF EXISTS `+pgx.Identifier{schema}.Sanitize()+` CASCADE`); err != nil {
 					return err
 				}
@@ -181,9 +181,9 @@ func (h *harness) insert(tx pgx.Tx, st stmt) ([]*event, error) {
 	}
 	if st.Via == "update" || st.Via == "delete" {
 		e := h.m.committed[st.Rows[0].Agg][st.Rows[0].Version-1]
-		sql := `UPDATE events SET aggregate_id = aggregate_id || 'x' WHERE id = $1`
+		sql := `UPDATE readside.events SET aggregate_id = aggregate_id || 'x' WHERE id = $1`
 		if st.Via == "delete" {
-			sql = `DELETE FROM events WHERE id = $1`
+			sql = `DELETE FROM readside.events WHERE id = $1`
 		}
 		_, err := tx.Exec(h.ctx, sql, e.id)
 		return nil, err
@@ -203,7 +203,7 @@ func (h *harness) insert(tx pgx.Tx, st stmt) ([]*event, error) {
 	if txid != "" {
 		cols += ", txid"
 	}
-	rows, err := tx.Query(h.ctx, `INSERT INTO events (`+cols+`) VALUES `+
+	rows, err := tx.Query(h.ctx, `INSERT INTO readside.events (`+cols+`) VALUES `+
 		strings.Join(vals, ", ")+` RETURNING id, txid, aggregate_id, version`, args...)
 	if err != nil {
 		return nil, err
@@ -308,7 +308,7 @@ func (h *harness) run(kill bool, switching ...string) {
 			// A worker killed with batches in flight: they roll back, and
 			// the next worker takes over from the committed checkpoints.
 			applied := func() (n int64) {
-				require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT coalesce(sum(events_applied), 0) FROM checkpoints`).Scan(&n))
+				require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT coalesce(sum(events_applied), 0) FROM readside.checkpoints`).Scan(&n))
 				return n
 			}
 			before := applied()
@@ -333,7 +333,7 @@ func (h *harness) run(kill bool, switching ...string) {
 		deadline := start.Add(60 * time.Second)
 		for {
 			var behind int
-			require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT count(*) FROM checkpoints
+			require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT count(*) FROM readside.checkpoints
 				WHERE (cursor_txid, cursor_position) < ($1::xid8, $2::bigint)`, target.TxID, target.Position).Scan(&behind))
 			if behind == 0 {
 				break
@@ -399,7 +399,7 @@ func (h *harness) switchIn(name string) {
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		var state string
-		require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT state FROM river_job WHERE id = $1`, res.Job.ID).Scan(&state))
+		require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT state FROM readside.river_job WHERE id = $1`, res.Job.ID).Scan(&state))
 		if state == "completed" {
 			return
 		}
@@ -411,7 +411,7 @@ func (h *harness) switchIn(name string) {
 
 func (h *harness) dumpCheckpoints() string {
 	rows, err := h.pool.Query(h.ctx, `SELECT projection, segment, cursor_txid::text, cursor_position, status,
-		coalesce(lease_owner, ''), lease_epoch, coalesce(last_error, '') FROM checkpoints ORDER BY 1, 2`)
+		coalesce(lease_owner, ''), lease_epoch, coalesce(last_error, '') FROM readside.checkpoints ORDER BY 1, 2`)
 	if err != nil {
 		return err.Error()
 	}
@@ -459,7 +459,7 @@ func (h *harness) discard(name string, pick int) {
 	var events []int64
 	if pick >= 0 && pick < len(parked) {
 		var id int64
-		require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT id FROM dead_letters WHERE projection = $1 AND event_id = $2`, name, parked[pick]).Scan(&id))
+		require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT id FROM readside.dead_letters WHERE projection = $1 AND event_id = $2`, name, parked[pick]).Scan(&id))
 		ids, events = []int64{id}, []int64{parked[pick]}
 	} else {
 		events = parked
@@ -491,10 +491,10 @@ func (h *harness) reset(name, to string, pick int) {
 		target = "cursor:" + c.String()
 	case "time":
 		var at time.Time
-		require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT occurred_at FROM events WHERE id = $1`, c.Position).Scan(&at))
+		require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT occurred_at FROM readside.events WHERE id = $1`, c.Position).Scan(&at))
 		target = "time:" + at.Format(time.RFC3339Nano)
 		// The first event, in read order, that occurred at or after it.
-		rows, err := h.pool.Query(h.ctx, `SELECT id FROM events WHERE occurred_at >= $1`, at)
+		rows, err := h.pool.Query(h.ctx, `SELECT id FROM readside.events WHERE occurred_at >= $1`, at)
 		require.NoError(t, err)
 		ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 		require.NoError(t, err)
@@ -527,7 +527,7 @@ func (h *harness) reset(name, to string, pick int) {
 	// cursor the reset chose, and check that no event of a transaction
 	// still running lies behind it.
 	var got []outbox.Cursor
-	rows, err := h.pool.Query(h.ctx, `SELECT DISTINCT cursor_txid, cursor_position FROM checkpoints WHERE projection = $1`, name)
+	rows, err := h.pool.Query(h.ctx, `SELECT DISTINCT cursor_txid, cursor_position FROM readside.checkpoints WHERE projection = $1`, name)
 	require.NoError(t, err)
 	got, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (outbox.Cursor, error) {
 		var c outbox.Cursor
@@ -581,7 +581,7 @@ func (h *harness) observe(name string) snapshot {
 		s.Effects[id] = n
 	}
 	require.NoError(t, rows.Err())
-	rows, err = h.pool.Query(h.ctx, `SELECT event_id, status || '/' || reason FROM dead_letters WHERE projection = $1`, name)
+	rows, err = h.pool.Query(h.ctx, `SELECT event_id, status || '/' || reason FROM readside.dead_letters WHERE projection = $1`, name)
 	require.NoError(t, err)
 	for rows.Next() {
 		var id int64

@@ -95,7 +95,7 @@ func (p *probe) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error
 			p.thieves.Add(1)
 			go func(seg int) {
 				defer p.thieves.Done()
-				_, _ = p.pool.Exec(context.Background(), `UPDATE checkpoints SET lease_epoch = lease_epoch + 1,
+				_, _ = p.pool.Exec(context.Background(), `UPDATE readside.checkpoints SET lease_epoch = lease_epoch + 1,
 					lease_owner = NULL, lease_expires_at = NULL WHERE projection = $1 AND segment = $2`, p.name, seg)
 			}(b.Segment)
 			return &pgconn.PgError{Code: "40001", Message: "modeltest: lease stolen"}

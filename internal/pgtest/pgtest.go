@@ -11,7 +11,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/url"
 	"os"
 	"strings"
@@ -25,6 +24,8 @@ import (
 
 	"github.com/readside/readside/internal/pgtemp"
 	"github.com/readside/readside/migrations"
+	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/shipped"
 )
 
 var (
@@ -146,6 +147,9 @@ func template(tb testing.TB) string {
 		for _, m := range migrations.All() {
 			io.WriteString(h, m.SQL)
 		}
+		for _, d := range ShippedDDL() {
+			io.WriteString(h, d.SQL)
+		}
 		templateName = "readside_tmpl_" + hex.EncodeToString(h.Sum(nil))[:12]
 		templateErr = buildTemplate(admin, templateName)
 	})
@@ -185,13 +189,25 @@ func buildTemplate(admin, name string) error {
 	if err != nil {
 		return err
 	}
-	_, err = migrations.Migrate(ctx, pool, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	_, err = migrations.Migrate(ctx, pool, migrations.Config{Projections: ShippedDDL()})
 	pool.Close()
 	if err != nil {
 		return err
 	}
 	_, err = conn.Exec(ctx, `ALTER DATABASE `+build+` RENAME TO `+name)
 	return err
+}
+
+// ShippedDDL is the shipped projections' tables, which every test
+// database has besides readside's own, in schema readside.
+func ShippedDDL() []migrations.DDL {
+	var ddl []migrations.DDL
+	for _, p := range shipped.All() {
+		if s, ok := p.(projectors.Schema); ok {
+			ddl = append(ddl, migrations.DDL{Projection: p.Spec().Name, SQL: s.Schema()})
+		}
+	}
+	return ddl
 }
 
 func randomName(prefix string) string {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/internal/pgerr"
 	"github.com/readside/readside/projectors"
 )
@@ -46,8 +48,13 @@ type Config struct {
 	// Pool is the database; River uses it too (MaxWorkers + 2 connections,
 	// plus a LISTEN connection it takes out of the pool unless PollOnly).
 	Pool *pgxpool.Pool
+	// Schema is readside's schema (River's tables are there too). "" means
+	// "readside".
+	Schema string
 	// Projections whose control operations this process may execute: the
-	// same list as the Worker's.
+	// same list as the Worker's. The River workers and queues of those that
+	// implement projectors.SideEffects are registered too, so their jobs
+	// are worked.
 	Projections []projectors.Projection
 	// MaxWorkers is how many control jobs run at once. 0 means
 	// WorkersDefault.
@@ -66,12 +73,6 @@ type Config struct {
 	// RebuildCheck is how often a rebuild in progress checks whether its copy
 	// has caught up. 0 means RebuildCheckDefault.
 	RebuildCheck time.Duration
-	// RegisterWorkers adds River workers for side-effect jobs that
-	// projections enqueue (see projectors/notifications).
-	RegisterWorkers func(*river.Workers)
-	// Queues are River queues to work besides Queue, for those
-	// side-effect jobs.
-	Queues map[string]river.QueueConfig
 	// SoftStopTimeout is how long a stop (Stop, or cancelling Start's
 	// context) lets running control jobs finish before cancelling them. 0
 	// means projectors.SoftStopTimeoutDefault.
@@ -94,6 +95,7 @@ type Config struct {
 // whichever fleet member picks them up, retried durably.
 type Control struct {
 	cfg    Config
+	db     *dbschema.Pool // cfg.Pool in cfg.Schema
 	log    *slog.Logger
 	client *river.Client[pgx.Tx]
 	projs  map[string]projectors.Projection
@@ -113,9 +115,13 @@ func New(cfg Config) (*Control, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Pool == nil {
-		return nil, errors.New("projectors: Config.Pool is required")
+		return nil, errors.New("control: Config.Pool is required")
 	}
-	c := &Control{cfg: cfg, log: cfg.Logger.With("component", "control"), projs: map[string]projectors.Projection{}}
+	n, err := dbschema.Parse(cfg.Schema)
+	if err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+	c := &Control{cfg: cfg, db: n.Pool(cfg.Pool), log: cfg.Logger.With("component", "control"), projs: map[string]projectors.Projection{}}
 	for _, p := range cfg.Projections {
 		c.projs[p.Spec().Name] = p
 	}
@@ -124,12 +130,12 @@ func New(cfg Config) (*Control, error) {
 	river.AddWorker(workers, &rebuildWorker{c: c})
 	river.AddWorker(workers, &deadLetterRetryWorker{c: c})
 	river.AddWorker(workers, &pruneWorker{c: c})
-	if cfg.RegisterWorkers != nil {
-		cfg.RegisterWorkers(workers)
-	}
 	queues := map[string]river.QueueConfig{Queue: {MaxWorkers: cfg.MaxWorkers}}
-	for name, q := range cfg.Queues {
-		queues[name] = q
+	for _, p := range cfg.Projections {
+		if se, ok := p.(projectors.SideEffects); ok {
+			se.RiverWorkers(c.db, workers)
+			maps.Copy(queues, se.RiverQueues())
+		}
 	}
 	rcfg := &river.Config{
 		Queues:      queues,
@@ -141,6 +147,7 @@ func New(cfg Config) (*Control, error) {
 		// Control jobs are few; keep their history a week for operators.
 		CompletedJobRetentionPeriod: 7 * 24 * time.Hour,
 		PollOnly:                    cfg.PollOnly,
+		Schema:                      n.String(),
 	}
 	if cfg.PruneInterval > 0 {
 		rcfg.PeriodicJobs = []*river.PeriodicJob{river.NewPeriodicJob(river.PeriodicInterval(cfg.PruneInterval),
@@ -215,9 +222,14 @@ type Jobs struct {
 	client *river.Client[pgx.Tx]
 }
 
-// NewJobs returns a Jobs on pool.
-func NewJobs(pool *pgxpool.Pool) (*Jobs, error) {
-	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{})
+// NewJobs returns a Jobs on pool, for readside in schema ("" means
+// "readside").
+func NewJobs(pool *pgxpool.Pool, schema string) (*Jobs, error) {
+	n, err := dbschema.Parse(schema)
+	if err != nil {
+		return nil, err
+	}
+	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{Schema: n.String()})
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/deadletter"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
@@ -39,7 +40,7 @@ func (w *deadLetterRetryWorker) Work(ctx context.Context, job *river.Job[RetryDe
 	if err != nil {
 		return err
 	}
-	res, err := RetryDeadLetters(ctx, w.c.cfg.Pool, p, job.Args.IDs)
+	res, err := RetryDeadLetters(ctx, w.c.db, p, job.Args.IDs)
 	if errors.Is(err, ErrNothingToRetry) {
 		return river.JobCancel(err)
 	}
@@ -101,6 +102,9 @@ func RetryDeadLetters(ctx context.Context, db interface {
 func retryAggregate(ctx context.Context, tx pgx.Tx, p projectors.Projection, name string, a deadletter.Aggregate) (RetryResult, error) {
 	var res RetryResult
 	if err := checkpoint.LockSegment(ctx, tx, name, a.Segment); err != nil {
+		return res, err
+	}
+	if err := dbschema.SetSearchPath(ctx, tx, ""); err != nil {
 		return res, err
 	}
 	events, err := deadletter.LockParked(ctx, tx, name, a.Type, a.ID)

@@ -32,7 +32,7 @@ type pruneWorker struct {
 }
 
 func (w *pruneWorker) Work(ctx context.Context, _ *river.Job[PruneOutboxArgs]) error {
-	n, h, err := PruneOutbox(ctx, w.c.cfg.Pool, w.c.cfg.Retention)
+	n, h, err := PruneOutbox(ctx, w.c.db, w.c.cfg.Retention)
 	if err != nil {
 		return err
 	}
@@ -43,7 +43,7 @@ func (w *pruneWorker) Work(ctx context.Context, _ *river.Job[PruneOutboxArgs]) e
 	// Reclaim the space now rather than relying on autovacuum (which may be
 	// off or slow to reach a small, hot table): the outbox stays the size of
 	// what is in flight, and its index stays shallow.
-	if _, err := w.c.cfg.Pool.Exec(ctx, `VACUUM (SKIP_LOCKED) outbox, outbox_horizon`); err != nil {
+	if _, err := w.c.db.Exec(ctx, `VACUUM (SKIP_LOCKED) readside.outbox, readside.outbox_horizon`); err != nil {
 		w.c.log.Warn("control: VACUUM outbox failed; relying on autovacuum", "err", err)
 	}
 	return nil
@@ -64,7 +64,7 @@ func PruneOutbox(ctx context.Context, db interface {
 		var n int64
 		err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 			var limit outbox.Cursor
-			err := tx.QueryRow(ctx, `SELECT cursor_txid, cursor_position FROM checkpoints
+			err := tx.QueryRow(ctx, `SELECT cursor_txid, cursor_position FROM readside.checkpoints
 				ORDER BY cursor_txid, cursor_position LIMIT 1`).Scan(&limit.TxID, &limit.Position)
 			if errors.Is(err, pgx.ErrNoRows) {
 				return nil // no projection registered: nothing is known to be passed

@@ -12,6 +12,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/projectors"
 )
 
@@ -35,12 +36,21 @@ func (RebuildArgs) InsertOpts() river.InsertOpts {
 	return river.InsertOpts{Queue: Queue, UniqueOpts: uniqueByProjection()}
 }
 
-// ShadowName is the name of a projection's rebuild in progress, and
-// ShadowSchema the schema its tables are built in.
+// ShadowName is the name of a projection's rebuild in progress.
 func ShadowName(projection string) string { return short(projection, 50) + "__rebuild" }
 
-// ShadowSchema is the schema a rebuild of projection builds its tables in.
-func ShadowSchema(projection string) string { return "readside_rebuild_" + short(projection, 40) }
+// ShadowSchema is the schema a rebuild of projection builds its tables in,
+// beside readside's schema (named after it): unqualified names in the
+// copy's transactions mean its tables there.
+func ShadowSchema(schema, projection string) string {
+	return schema + "_rebuild_" + short(projection, 63-len(schema)-len("_rebuild_"))
+}
+
+// retiredSchema holds the live tables a switch replaced until they are
+// dropped.
+func retiredSchema(schema, projection string) string {
+	return schema + "_retired_" + short(projection, 63-len(schema)-len("_retired_"))
+}
 
 func short(name string, n int) string {
 	if len(name) <= n {
@@ -68,7 +78,7 @@ func (w *rebuildWorker) Work(ctx context.Context, job *river.Job[RebuildArgs]) e
 	if len(spec.Tables) == 0 {
 		return river.JobCancel(fmt.Errorf("rebuild %s: the projection lists no Tables, so it cannot be built in a copy", spec.Name))
 	}
-	pool := w.c.cfg.Pool
+	pool := w.c.db
 	exists, err := checkpoint.Registered(ctx, pool, ShadowName(spec.Name))
 	if err != nil {
 		return err
@@ -80,7 +90,7 @@ func (w *rebuildWorker) Work(ctx context.Context, job *river.Job[RebuildArgs]) e
 			}
 			return err
 		}
-		w.c.log.Info("control: rebuild started", "projection", spec.Name, "schema", ShadowSchema(spec.Name))
+		w.c.log.Info("control: rebuild started", "projection", spec.Name, "schema", ShadowSchema(pool.Schema().String(), spec.Name))
 		return river.JobSnooze(w.c.cfg.RebuildCheck)
 	}
 	switched, err := w.c.trySwitch(ctx, p)
@@ -102,13 +112,10 @@ func StartRebuild(ctx context.Context, db interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }, p projectors.Projection) error {
 	spec := p.Spec()
-	shadow, schema := ShadowName(spec.Name), ShadowSchema(spec.Name)
 	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		live := dbschema.Of(tx).String()
+		shadow, schema := ShadowName(spec.Name), ShadowSchema(live, spec.Name)
 		if err := checkpoint.Exists(ctx, tx, spec.Name); err != nil {
-			return err
-		}
-		var live string
-		if err := tx.QueryRow(ctx, `SELECT current_schema()`).Scan(&live); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `CREATE SCHEMA `+pgx.Identifier{schema}.Sanitize()); err != nil {
@@ -120,14 +127,11 @@ func StartRebuild(ctx context.Context, db interface {
 				return fmt.Errorf("rebuild %s: copy table %s: %w", spec.Name, t, err)
 			}
 		}
-		if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, pgx.Identifier{schema}.Sanitize()+", "+pgx.Identifier{live}.Sanitize()); err != nil {
+		if err := dbschema.SetSearchPath(ctx, tx, schema); err != nil {
 			return err
 		}
 		if err := p.Reset(ctx, tx); err != nil {
 			return fmt.Errorf("rebuild %s: reset the copy: %w", spec.Name, err)
-		}
-		if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, pgx.Identifier{live}.Sanitize()); err != nil {
-			return err
 		}
 		if err := checkpoint.RegisterShadow(ctx, tx, shadow, spec.Name, schema); err != nil {
 			return fmt.Errorf("rebuild %s: %w", spec.Name, err)

@@ -14,6 +14,7 @@ import (
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/deadletter"
 	"github.com/readside/readside/internal/backoff"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
 )
@@ -122,6 +123,9 @@ func repairTx(ctx context.Context, db interface {
 		if err := lockForRepair(ctx, tx, spec.Name); err != nil {
 			return err
 		}
+		if err := dbschema.SetSearchPath(ctx, tx, ""); err != nil {
+			return err
+		}
 		byType, err := aggregatesToRepair(ctx, tx, spec.Name, o)
 		if err != nil {
 			return err
@@ -196,14 +200,14 @@ func aggregatesToRepair(ctx context.Context, tx pgx.Tx, name string, o RepairOpt
 const repairEventsSQL = `
 SELECT e.txid, e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.version, e.schema_version,
        e.event_data, e.metadata, e.occurred_at, c.segment, d.status IS NOT NULL AS parked
-  FROM events e
-  JOIN projections p ON p.name = $1
-  JOIN checkpoints c ON c.projection = p.name AND c.segment = readside_segment(e.aggregate_id, p.segments)
-  LEFT JOIN dead_letters d ON d.projection = p.name AND d.event_id = e.id AND d.status = 'parked'
+  FROM readside.events e
+  JOIN readside.projections p ON p.name = $1
+  JOIN readside.checkpoints c ON c.projection = p.name AND c.segment = readside.readside_segment(e.aggregate_id, p.segments)
+  LEFT JOIN readside.dead_letters d ON d.projection = p.name AND d.event_id = e.id AND d.status = 'parked'
  WHERE e.aggregate_type = $2 AND e.aggregate_id = ANY ($3::text[])
    AND (e.txid, e.id) <= (c.cursor_txid, c.cursor_position)
    AND (cardinality($4::text[]) = 0 OR e.event_type = ANY ($4::text[]))
-   AND NOT EXISTS (SELECT 1 FROM dead_letters x WHERE x.projection = p.name AND x.event_id = e.id AND x.status = 'discarded')
+   AND NOT EXISTS (SELECT 1 FROM readside.dead_letters x WHERE x.projection = p.name AND x.event_id = e.id AND x.status = 'discarded')
  ORDER BY c.segment, e.aggregate_id, e.version`
 
 // passedEvent is an event a repair re-applies.

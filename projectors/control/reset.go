@@ -12,6 +12,7 @@ import (
 
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/deadletter"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
 )
@@ -91,7 +92,7 @@ func (w *resetWorker) Work(ctx context.Context, job *river.Job[ResetArgs]) error
 	if err := ValidateResetTarget(job.Args.To); err != nil {
 		return river.JobCancel(err)
 	}
-	err = MoveCheckpoints(ctx, w.c.cfg.Pool, p, job.Args.To)
+	err = MoveCheckpoints(ctx, w.c.db, p, job.Args.To)
 	if errors.Is(err, ErrRebuildRunning) || errors.Is(err, checkpoint.ErrUnknownProjection) || errors.Is(err, ErrBeyondHead) || errors.Is(err, errNoEventSince) {
 		return river.JobCancel(err)
 	}
@@ -135,6 +136,9 @@ func MoveCheckpoints(ctx context.Context, db interface {
 			return err
 		}
 		if to == "start" {
+			if err := dbschema.SetSearchPath(ctx, tx, ""); err != nil {
+				return err
+			}
 			if err := p.Reset(ctx, tx); err != nil {
 				return fmt.Errorf("reset %s: projection reset: %w", name, err)
 			}
@@ -165,7 +169,7 @@ func resolveTarget(ctx context.Context, tx pgx.Tx, to string) (outbox.Cursor, er
 		if err != nil {
 			return c, err
 		}
-		err = tx.QueryRow(ctx, `SELECT txid, id - 1 FROM events WHERE occurred_at >= $1 ORDER BY txid, id LIMIT 1`, t).Scan(&c.TxID, &c.Position)
+		err = tx.QueryRow(ctx, `SELECT txid, id - 1 FROM readside.events WHERE occurred_at >= $1 ORDER BY txid, id LIMIT 1`, t).Scan(&c.TxID, &c.Position)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return c, fmt.Errorf("%w %s", errNoEventSince, t.Format(time.RFC3339Nano))
 		}

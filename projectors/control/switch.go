@@ -22,12 +22,13 @@ const nearLive = 10_000
 // rebuildSwitch is one attempt to swap a rebuild's copy in, in one
 // transaction.
 type rebuildSwitch struct {
-	spec    projectors.Spec
-	shadow  string // the copy's projection
-	schema  string // the copy's tables
-	retired string // where the live tables go, to be dropped after the commit
-	tx      pgx.Tx
-	live    map[int]outbox.Cursor // the live checkpoints, locked
+	spec     projectors.Spec
+	shadow   string // the copy's projection
+	readside string // readside's schema, where the live tables are
+	schema   string // the copy's tables
+	retired  string // where the live tables go, to be dropped after the commit
+	tx       pgx.Tx
+	live     map[int]outbox.Cursor // the live checkpoints, locked
 }
 
 // trySwitch swaps the copy in once it has caught up: it locks the live
@@ -40,12 +41,13 @@ type rebuildSwitch struct {
 // nothing, when the copy is not there yet.
 func (c *Control) trySwitch(ctx context.Context, p projectors.Projection) (bool, error) {
 	spec := p.Spec()
-	s := &rebuildSwitch{spec: spec, shadow: ShadowName(spec.Name), schema: ShadowSchema(spec.Name),
-		retired: "readside_retired_" + short(spec.Name, 40)}
-	if near, err := s.copyNearLive(ctx, c.cfg.Pool); err != nil || !near {
+	live := c.db.Schema().String()
+	s := &rebuildSwitch{spec: spec, shadow: ShadowName(spec.Name), readside: live, schema: ShadowSchema(live, spec.Name),
+		retired: retiredSchema(live, spec.Name)}
+	if near, err := s.copyNearLive(ctx, c.db); err != nil || !near {
 		return false, err
 	}
-	tx, err := c.cfg.Pool.Begin(ctx)
+	tx, err := c.db.Begin(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -65,7 +67,7 @@ func (c *Control) trySwitch(ctx context.Context, p projectors.Projection) (bool,
 	if err := tx.Commit(ctx); err != nil {
 		return false, err
 	}
-	if _, err := c.cfg.Pool.Exec(ctx, `DROP SCHEMA `+pgx.Identifier{s.retired}.Sanitize()+` CASCADE`); err != nil {
+	if _, err := c.db.Exec(ctx, `DROP SCHEMA `+pgx.Identifier{s.retired}.Sanitize()+` CASCADE`); err != nil {
 		c.log.Warn("control: dropping the retired tables failed; drop the schema by hand", "schema", s.retired, "err", err)
 	}
 	return true, nil
@@ -76,9 +78,9 @@ func (c *Control) trySwitch(ctx context.Context, p projectors.Projection) (bool,
 func (s *rebuildSwitch) copyNearLive(ctx context.Context, db checkpoint.DB) (bool, error) {
 	var behind int64
 	if err := db.QueryRow(ctx, `SELECT coalesce(max(x.n), 0) FROM (
-		SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox o WHERE (o.txid, o.position) > (s.cursor_txid, s.cursor_position)
+		SELECT (SELECT count(*) FROM (SELECT 1 FROM readside.outbox o WHERE (o.txid, o.position) > (s.cursor_txid, s.cursor_position)
 		         AND (o.txid, o.position) <= (l.cursor_txid, l.cursor_position) LIMIT $3 + 1) y) AS n
-		  FROM checkpoints s JOIN checkpoints l ON l.projection = $2 AND l.segment = s.segment
+		  FROM readside.checkpoints s JOIN readside.checkpoints l ON l.projection = $2 AND l.segment = s.segment
 		 WHERE s.projection = $1) x`, s.shadow, s.spec.Name, nearLive).Scan(&behind); err != nil {
 		return false, err
 	}
@@ -139,10 +141,7 @@ func (s *rebuildSwitch) caughtUp(ctx context.Context, read func(context.Context,
 // swapTables moves the live tables into the retired schema and the copy's
 // into the live schema.
 func (s *rebuildSwitch) swapTables(ctx context.Context) error {
-	var liveSchema string
-	if err := s.tx.QueryRow(ctx, `SELECT current_schema()`).Scan(&liveSchema); err != nil {
-		return err
-	}
+	liveSchema := s.readside
 	if _, err := s.tx.Exec(ctx, `CREATE SCHEMA `+pgx.Identifier{s.retired}.Sanitize()); err != nil {
 		return err
 	}

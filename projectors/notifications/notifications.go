@@ -11,7 +11,6 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
@@ -90,25 +89,19 @@ func (*Projection) Reset(context.Context, pgx.Tx) error { return nil }
 // once per event even if River runs the job twice.
 type Worker struct {
 	river.WorkerDefaults[OrderShippedArgs]
-	Pool *pgxpool.Pool
+	DB projectors.DB // readside's pool, in its schema
 }
 
 // Work implements river.Worker.
 func (w *Worker) Work(ctx context.Context, job *river.Job[OrderShippedArgs]) error {
-	_, err := w.Pool.Exec(ctx, `INSERT INTO order_notifications (event_id, order_id, tracking_number) VALUES ($1, $2, $3)
+	_, err := w.DB.Exec(ctx, `INSERT INTO readside.order_notifications (event_id, order_id, tracking_number) VALUES ($1, $2, $3)
 		ON CONFLICT (event_id) DO NOTHING`, job.Args.EventID, job.Args.OrderID, job.Args.TrackingNumber)
 	return err
 }
 
-// AddWorkers registers the notification worker; pass it as
-// control.Config.RegisterWorkers.
-func AddWorkers(pool *pgxpool.Pool) func(*river.Workers) {
-	return func(w *river.Workers) { river.AddWorker(w, &Worker{Pool: pool}) }
-}
-
-// RiverWorkers registers the notification worker; projectorcli's run calls
-// it for every projection that has it (projectorcli.SideEffects).
-func (*Projection) RiverWorkers(pool *pgxpool.Pool, w *river.Workers) { AddWorkers(pool)(w) }
+// RiverWorkers implements projectors.SideEffects: it registers the
+// notification worker.
+func (*Projection) RiverWorkers(db projectors.DB, w *river.Workers) { river.AddWorker(w, &Worker{DB: db}) }
 
 // RiverQueues is the queue the notification jobs go to, with its workers.
 func (*Projection) RiverQueues() map[string]river.QueueConfig {

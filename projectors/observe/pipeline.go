@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/readside/readside/checkpoint"
@@ -27,8 +26,9 @@ const PipelineCacheTTLDefault = time.Second
 
 // PipelineMetricsConfig configures RegisterPipelineMetricsConfig.
 type PipelineMetricsConfig struct {
-	// Pool is the database the state is read from.
-	Pool *pgxpool.Pool
+	// Pool is the database the state is read from, in readside's schema
+	// (a dbschema handle; a plain pool means the default schema).
+	Pool checkpoint.DB
 	// Logger logs failed readings; nil means none.
 	Logger *slog.Logger
 	// CacheTTL is how long one reading serves later scrapes: a fleet of N
@@ -63,7 +63,7 @@ type pipelineCollector struct {
 
 // RegisterPipelineMetrics registers, on reg, the database-derived lag and
 // health metrics, with the default cache TTL.
-func RegisterPipelineMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, log *slog.Logger) error {
+func RegisterPipelineMetrics(reg prometheus.Registerer, pool checkpoint.DB, log *slog.Logger) error {
 	return RegisterPipelineMetricsConfig(reg, PipelineMetricsConfig{Pool: pool, Logger: log})
 }
 
@@ -189,12 +189,12 @@ func (c *pipelineCollector) collect(ctx context.Context, ch chan<- prometheus.Me
 	// Outbox rows: counted up to outboxCountCap, else the planner's own
 	// estimate (tuples per page from the last ANALYZE times the pages the
 	// table has now), so the reading does not grow with the table.
-	if err := c.db.QueryRow(ctx, `SELECT (SELECT count(*) FROM workers WHERE heartbeat_at > now() - lease_ttl_seconds * interval '1 second'),
-		(SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1 + 1) x)::float8,
+	if err := c.db.QueryRow(ctx, `SELECT (SELECT count(*) FROM readside.workers WHERE heartbeat_at > now() - lease_ttl_seconds * interval '1 second'),
+		(SELECT count(*) FROM (SELECT 1 FROM readside.outbox LIMIT $1 + 1) x)::float8,
 		(SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0
 		             THEN c.reltuples / c.relpages * (pg_relation_size(c.oid) / current_setting('block_size')::float8)
 		             ELSE 0 END
-		   FROM pg_class c WHERE c.oid = 'outbox'::regclass)::float8,
+		   FROM pg_class c WHERE c.oid = 'readside.outbox'::regclass)::float8,
 		pg_total_relation_size('outbox')::float8`, outboxCountCap).Scan(&live, &rows, &estimate, &bytes); err != nil {
 		return err
 	}
@@ -231,9 +231,9 @@ func (c *pipelineCollector) collectRiver(ctx context.Context, ch chan<- promethe
 	rows, err := c.db.Query(ctx, `
 SELECT q.name, s.state, count(j.id)::float8,
        coalesce(extract(epoch FROM now() - min(j.scheduled_at) FILTER (WHERE s.state = 'available')), 0)::float8
-  FROM river_queue q
+  FROM readside.river_queue q
  CROSS JOIN unnest($1::text[]) AS s(state)
-  LEFT JOIN river_job j ON j.queue = q.name AND j.state::text = s.state
+  LEFT JOIN readside.river_job j ON j.queue = q.name AND j.state::text = s.state
  GROUP BY q.name, s.state
  ORDER BY q.name, s.state`, riverStates)
 	if err != nil {
@@ -265,12 +265,12 @@ func (c *pipelineCollector) collectOperations(ctx context.Context, ch chan<- pro
 	rows, err := c.db.Query(ctx, `
 SELECT p.name, k.kind,
        CASE k.kind
-         WHEN 'replay' THEN EXISTS (SELECT 1 FROM checkpoints c WHERE c.projection = p.name
+         WHEN 'replay' THEN EXISTS (SELECT 1 FROM readside.checkpoints c WHERE c.projection = p.name
                                       AND (c.cursor_txid, c.cursor_position) < (c.high_txid, c.high_position))
-         ELSE EXISTS (SELECT 1 FROM river_job j WHERE j.kind = 'readside_' || k.kind AND j.args->>'projection' = p.name
+         ELSE EXISTS (SELECT 1 FROM readside.river_job j WHERE j.kind = 'readside_' || k.kind AND j.args->>'projection' = p.name
                         AND j.state::text = ANY ($1::text[]))
        END
-  FROM projections p CROSS JOIN unnest(ARRAY['reset', 'rebuild', 'replay']) AS k(kind)
+  FROM readside.projections p CROSS JOIN unnest(ARRAY['reset', 'rebuild', 'replay']) AS k(kind)
  ORDER BY 1, 2`, riverStates)
 	if err != nil {
 		return fmt.Errorf("operations: %w", err)

@@ -80,7 +80,7 @@ func scrapeCost(t *testing.T, rows int) int64 {
 	ctx := context.Background()
 	pool := pgtest.NewDB(t)
 	_, err := pool.Exec(ctx, `
-INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version)
+INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
 SELECT 'Thing', 't-' || i, 'Touched', '{"n": 1}', 1 FROM generate_series(1, $1::int) i`, rows)
 	require.NoError(t, err)
 	require.NoError(t, checkpoint.Register(ctx, pool, "costly", 4, string(projectors.Park)))
@@ -159,7 +159,7 @@ func TestPipelineMetricsShareOneReading(t *testing.T) {
 // trigger feeds the outbox).
 func appendThing(t *testing.T, pool *pgxpool.Pool, v int) {
 	t.Helper()
-	_, err := pool.Exec(context.Background(), `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version)
+	_, err := pool.Exec(context.Background(), `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
 		VALUES ('Thing', 'a', 'Touched', '{}', $1)`, v)
 	require.NoError(t, err)
 }

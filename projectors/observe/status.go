@@ -46,16 +46,16 @@ func Status(ctx context.Context, db checkpoint.DB, names ...string) ([]SegmentSt
 SELECT c.projection, c.segment, c.cursor_txid, c.cursor_position, c.high_txid, c.high_position, c.status,
        coalesce(c.lease_owner, ''), c.lease_epoch, c.lease_expires_at, coalesce(c.last_error, ''), c.events_applied,
        c.advanced_at, c.updated_at,
-       (SELECT count(*) FROM (SELECT 1 FROM outbox o
+       (SELECT count(*) FROM (SELECT 1 FROM readside.outbox o
           WHERE (o.txid, o.position) > (c.cursor_txid, c.cursor_position) LIMIT $2 + 1) x),
-       coalesce((SELECT max(e.id) FROM events e), 0) - c.cursor_position,
-       coalesce((SELECT extract(epoch FROM now() - o.created_at) FROM outbox o
+       coalesce((SELECT max(e.id) FROM readside.events e), 0) - c.cursor_position,
+       coalesce((SELECT extract(epoch FROM now() - o.created_at) FROM readside.outbox o
           WHERE (o.txid, o.position) > (c.cursor_txid, c.cursor_position)
           ORDER BY o.txid, o.position LIMIT 1), 0)::float8,
-       (SELECT count(*) FROM dead_letters d
+       (SELECT count(*) FROM readside.dead_letters d
           WHERE d.projection = c.projection AND d.segment = c.segment AND d.status = 'parked'),
        coalesce(c.lease_owner IS NOT NULL AND c.lease_expires_at > now(), false)
-  FROM checkpoints c
+  FROM readside.checkpoints c
  WHERE cardinality($1::text[]) = 0 OR c.projection = ANY ($1::text[])
  ORDER BY c.projection, c.segment`, names, LagCountCap)
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/readside/readside/checkpoint"
@@ -37,14 +36,14 @@ type UnsubscribedType struct {
 // log.
 const unsubscribedSQL = `
 WITH RECURSIVE t(aggregate_type, n) AS (
-    (SELECT aggregate_type, 1 FROM events ORDER BY aggregate_type LIMIT 1)
+    (SELECT aggregate_type, 1 FROM readside.events ORDER BY aggregate_type LIMIT 1)
     UNION ALL
-    SELECT (SELECT e.aggregate_type FROM events e WHERE e.aggregate_type > t.aggregate_type
+    SELECT (SELECT e.aggregate_type FROM readside.events e WHERE e.aggregate_type > t.aggregate_type
              ORDER BY e.aggregate_type LIMIT 1), t.n + 1
       FROM t WHERE t.aggregate_type IS NOT NULL AND t.n < $3
 )
 SELECT t.aggregate_type,
-       (SELECT count(*) FROM (SELECT FROM events e WHERE e.aggregate_type = t.aggregate_type LIMIT $2) c)
+       (SELECT count(*) FROM (SELECT FROM readside.events e WHERE e.aggregate_type = t.aggregate_type LIMIT $2) c)
   FROM t
  WHERE t.aggregate_type IS NOT NULL AND NOT (t.aggregate_type = ANY ($1::text[]))
  ORDER BY 1`
@@ -80,7 +79,7 @@ func UnsubscribedEvents(ctx context.Context, db checkpoint.DB, projections ...pr
 // readside_unsubscribed_events{aggregate_type} and
 // readside_unsubscribed_aggregate_types. Every worker exports the same
 // series from the same database: aggregate with max, never sum.
-func RegisterUnsubscribedMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, log *slog.Logger, projections ...projectors.Projection) error {
+func RegisterUnsubscribedMetrics(reg prometheus.Registerer, pool checkpoint.DB, log *slog.Logger, projections ...projectors.Projection) error {
 	return reg.Register(&unsubscribedCollector{pool: pool, log: log, projections: projections,
 		events: prometheus.NewDesc("readside_unsubscribed_events",
 			fmt.Sprintf("Events of an aggregate type that no projection of this binary takes: accepted, never applied, never parked (counted up to %d).", UnsubscribedCountCap),
@@ -91,7 +90,7 @@ func RegisterUnsubscribedMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, 
 }
 
 type unsubscribedCollector struct {
-	pool          *pgxpool.Pool
+	pool          checkpoint.DB
 	log           *slog.Logger
 	projections   []projectors.Projection
 	events, types *prometheus.Desc

@@ -31,7 +31,7 @@ func TestUnsubscribedEventsAreVisible(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := pgtest.NewDB(t)
-	_, err := pool.Exec(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version) VALUES
+	_, err := pool.Exec(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version) VALUES
 		('Order', 'o-1', 'OrderPlaced', '{}', 1), ('Product', 'p-1', 'ProductCreated', '{}', 1),
 		('Foo', 'f-1', 'FooHappened', '{}', 1), ('order', 'o-1', 'OrderPlaced', '{}', 1), ('order', 'o-1', 'OrderConfirmed', '{}', 2)`)
 	require.NoError(t, err)
@@ -52,7 +52,7 @@ func TestUnsubscribedEventsAreVisible(t *testing.T) {
 	require.Equal(t, 2.0, m[`readside_unsubscribed_events{aggregate_type="order"}`])
 
 	// Cheap on any log: the count stops at the cap.
-	_, err = pool.Exec(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version)
+	_, err = pool.Exec(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
 		SELECT 'Foo', 'f-' || i, 'FooHappened', '{}', 1 FROM generate_series(2, $1) i`, observe.UnsubscribedCountCap+50)
 	require.NoError(t, err)
 	got, err = observe.UnsubscribedEvents(ctx, pool, takes{"Order", "Product"})

@@ -37,15 +37,15 @@ func TestItems(t *testing.T) {
 	// Every order's lines add up to its total, and match its OrderPlaced.
 	var bad int
 	require.NoError(t, pool.QueryRow(ctx, `
-SELECT count(*) FROM order_details d
+SELECT count(*) FROM readside.order_details d
   LEFT JOIN (SELECT order_id, count(*) AS n, sum(subtotal) AS total, bool_and(subtotal = quantity * unit_price) AS ok
-               FROM order_items GROUP BY order_id) i USING (order_id)
-  JOIN events e ON e.aggregate_id = d.order_id AND e.event_type = 'OrderPlaced'
+               FROM readside.order_items GROUP BY order_id) i USING (order_id)
+  JOIN readside.events e ON e.aggregate_id = d.order_id AND e.event_type = 'OrderPlaced'
  WHERE i.n IS DISTINCT FROM d.item_count OR i.total IS DISTINCT FROM d.total_amount OR NOT i.ok
     OR jsonb_array_length(e.event_data->'items') <> d.item_count`).Scan(&bad))
 	require.Zero(t, bad)
 	var orders, tracked int
-	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE status = 'shipped' AND tracking_number IS NOT NULL) FROM order_details`).Scan(&orders, &tracked))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE status = 'shipped' AND tracking_number IS NOT NULL) FROM readside.order_details`).Scan(&orders, &tracked))
 	require.Equal(t, 40, orders)
 	require.NotZero(t, tracked)
 }

@@ -51,7 +51,7 @@ func Get(ctx context.Context, db readmodel.Querier, id string) (Order, error) {
 	err := db.QueryRow(ctx, `
 SELECT order_id, customer_name, total_amount::text, status, item_count, placed_at, confirmed_at, shipped_at,
        coalesce(tracking_number, ''), cancelled_at, coalesce(cancel_reason, ''), version
-  FROM order_details WHERE order_id = $1`, id).Scan(&d.OrderID, &d.CustomerName, &total, &d.Status, &d.ItemCount,
+  FROM readside.order_details WHERE order_id = $1`, id).Scan(&d.OrderID, &d.CustomerName, &total, &d.Status, &d.ItemCount,
 		&d.PlacedAt, &d.ConfirmedAt, &d.ShippedAt, &d.TrackingNumber, &d.CancelledAt, &d.CancelReason, &d.Version)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Order{}, ErrNotFound
@@ -66,7 +66,7 @@ SELECT order_id, customer_name, total_amount::text, status, item_count, placed_a
 	// change, so a second statement cannot see a different version of them.
 	rows, err := db.Query(ctx, `
 SELECT line_no, coalesce(product_id, ''), product_name, quantity, unit_price::text, subtotal::text
-  FROM order_items WHERE order_id = $1 ORDER BY line_no`, id)
+  FROM readside.order_items WHERE order_id = $1 ORDER BY line_no`, id)
 	if err != nil {
 		return Order{}, fmt.Errorf("%s: get %s items: %w", Name, id, err)
 	}

@@ -35,10 +35,10 @@ WITH last AS (
     SELECT DISTINCT ON (aggregate_id) aggregate_id,
            CASE event_type WHEN 'OrderPlaced' THEN 'pending' WHEN 'OrderConfirmed' THEN 'confirmed'
                            WHEN 'OrderShipped' THEN 'shipped' ELSE 'cancelled' END AS status
-      FROM events WHERE aggregate_type = 'Order' ORDER BY aggregate_id, version DESC
+      FROM readside.events WHERE aggregate_type = 'Order' ORDER BY aggregate_id, version DESC
 ), agg AS (
     SELECT l.status, count(*) AS n, sum((p.event_data->>'total_amount')::numeric) AS revenue
-      FROM last l JOIN events p ON p.aggregate_id = l.aggregate_id AND p.event_type = 'OrderPlaced'
+      FROM last l JOIN readside.events p ON p.aggregate_id = l.aggregate_id AND p.event_type = 'OrderPlaced'
      GROUP BY l.status
 )
 SELECT s.status, coalesce(a.n, 0), coalesce(a.revenue, 0)::numeric(16,2)::text, coalesce(round(a.revenue / a.n, 2)::text, '')
@@ -47,7 +47,7 @@ SELECT s.status, coalesce(a.n, 0), coalesce(a.revenue, 0)::numeric(16,2)::text, 
 
 const fromProjection = `
 SELECT status, order_count, total_revenue::text, coalesce(average_order_value::text, '')
-  FROM order_statistics ORDER BY status`
+  FROM readside.order_statistics ORDER BY status`
 
 type stat struct {
 	Status  string
@@ -97,7 +97,7 @@ func TestDoubleApplyIsVisible(t *testing.T) {
 
 	b, err := outbox.Fetch(ctx, pool, outbox.Start, 50, outbox.Filter{EventTypes: p.Spec().EventTypes, AggregateTypes: p.Spec().AggregateTypes})
 	require.NoError(t, err)
-	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	err = projectortest.InTx(ctx, pool, func(tx pgx.Tx) error {
 		return p.Apply(ctx, tx, &projectors.Batch{Events: b.Events})
 	})
 	require.ErrorIs(t, err, domain.ErrInvalidEvent)

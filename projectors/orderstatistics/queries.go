@@ -25,7 +25,7 @@ type Row struct {
 func Get(ctx context.Context, db readmodel.Querier) ([]Row, error) {
 	rows, err := db.Query(ctx, `
 SELECT status, order_count, total_revenue::text, coalesce(average_order_value, 0)::numeric(12,2)::text
-  FROM order_statistics
+  FROM readside.order_statistics
  ORDER BY array_position(ARRAY['pending', 'confirmed', 'shipped', 'cancelled'], status)`)
 	if err != nil {
 		return nil, fmt.Errorf("%s: get: %w", Name, err)

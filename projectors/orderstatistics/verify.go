@@ -14,9 +14,9 @@ import (
 // so what remains is what was applied.
 const fromEventsSQL = `
 WITH applied AS (
-    SELECT e.* FROM events e
+    SELECT e.* FROM readside.events e
      WHERE e.aggregate_type = 'Order'
-       AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.projection = 'order_statistics' AND d.event_id = e.id
+       AND NOT EXISTS (SELECT 1 FROM readside.dead_letters d WHERE d.projection = 'order_statistics' AND d.event_id = e.id
                           AND d.status IN ('parked', 'discarded'))
 ), last AS (
     SELECT DISTINCT ON (aggregate_id) aggregate_id, event_type
@@ -33,7 +33,7 @@ WITH applied AS (
      GROUP BY 1
 )
 SELECT s.status, coalesce(e.order_count, 0), coalesce(e.total_revenue, 0)::text, s.order_count, s.total_revenue::text
-  FROM order_statistics s LEFT JOIN expected e USING (status)
+  FROM readside.order_statistics s LEFT JOIN expected e USING (status)
  WHERE s.order_count <> coalesce(e.order_count, 0) OR s.total_revenue <> coalesce(e.total_revenue, 0)`
 
 // Mismatches compares order_statistics with the same figures aggregated

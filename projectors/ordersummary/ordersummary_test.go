@@ -39,12 +39,12 @@ func TestMatchesEvents(t *testing.T) {
 	require.NoError(t, pool.QueryRow(ctx, `
 WITH last AS (
     SELECT DISTINCT ON (aggregate_id) aggregate_id, event_type, version
-      FROM events WHERE aggregate_type = 'Order' ORDER BY aggregate_id, version DESC
+      FROM readside.events WHERE aggregate_type = 'Order' ORDER BY aggregate_id, version DESC
 ), placed AS (
-    SELECT aggregate_id, event_data FROM events WHERE event_type = 'OrderPlaced'
+    SELECT aggregate_id, event_data FROM readside.events WHERE event_type = 'OrderPlaced'
 )
 SELECT count(*) FROM last l JOIN placed p USING (aggregate_id)
-  FULL JOIN order_summary s ON s.order_id = l.aggregate_id
+  FULL JOIN readside.order_summary s ON s.order_id = l.aggregate_id
  WHERE s.order_id IS NULL OR l.aggregate_id IS NULL
     OR s.version <> l.version
     OR s.total_amount <> (p.event_data->>'total_amount')::numeric
@@ -53,6 +53,6 @@ SELECT count(*) FROM last l JOIN placed p USING (aggregate_id)
                                      WHEN 'OrderShipped' THEN 'shipped' ELSE 'cancelled' END`).Scan(&mismatches))
 	require.Zero(t, mismatches)
 	var shipped int
-	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM order_summary WHERE status = 'shipped' AND shipped_at IS NOT NULL AND confirmed_at IS NOT NULL`).Scan(&shipped))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM readside.order_summary WHERE status = 'shipped' AND shipped_at IS NOT NULL AND confirmed_at IS NOT NULL`).Scan(&shipped))
 	require.NotZero(t, shipped)
 }

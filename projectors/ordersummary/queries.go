@@ -53,7 +53,7 @@ var listOrder = readmodel.Keyset{
 // more follow.
 func List(ctx context.Context, db readmodel.Querier, f Filter, after *Key, limit int) ([]Order, bool, error) {
 	s := readmodel.NewSelect(`SELECT order_id, customer_name, total_amount::text, status, placed_at, confirmed_at, shipped_at, cancelled_at, version
-	          FROM order_summary`)
+	          FROM readside.order_summary`)
 	if f.Status != "" {
 		s.Where("status = " + s.Arg(f.Status))
 	}

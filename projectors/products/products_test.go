@@ -40,7 +40,7 @@ func TestCatalog(t *testing.T) {
 SELECT count(*) FILTER (WHERE e.schema_version = 1),
        count(*) FILTER (WHERE e.schema_version = 1 AND p.sku = left('SKU-' || upper(replace(p.product_id, '-', '')), 12)),
        count(*)
-  FROM products p JOIN events e ON e.aggregate_id = p.product_id AND e.event_type = 'ProductCreated'`).Scan(&v1, &v1Upcast, &total))
+  FROM readside.products p JOIN readside.events e ON e.aggregate_id = p.product_id AND e.event_type = 'ProductCreated'`).Scan(&v1, &v1Upcast, &total))
 	require.Equal(t, 40, total)
 	require.NotZero(t, v1)
 	require.Equal(t, v1, v1Upcast)
@@ -51,11 +51,11 @@ SELECT count(*) FILTER (WHERE e.schema_version = 1),
 WITH last_price AS (
     SELECT DISTINCT ON (aggregate_id) aggregate_id,
            coalesce(event_data->>'new_price', event_data->>'price')::numeric AS price
-      FROM events WHERE event_type IN ('ProductCreated', 'PriceUpdated') ORDER BY aggregate_id, version DESC
+      FROM readside.events WHERE event_type IN ('ProductCreated', 'PriceUpdated') ORDER BY aggregate_id, version DESC
 )
-SELECT count(*) FROM products p JOIN last_price l ON l.aggregate_id = p.product_id
+SELECT count(*) FROM readside.products p JOIN last_price l ON l.aggregate_id = p.product_id
  WHERE p.price <> l.price
-    OR p.deleted <> EXISTS (SELECT 1 FROM events d WHERE d.aggregate_id = p.product_id AND d.event_type = 'ProductDeleted')
+    OR p.deleted <> EXISTS (SELECT 1 FROM readside.events d WHERE d.aggregate_id = p.product_id AND d.event_type = 'ProductDeleted')
     OR p.deleted <> (p.deleted_at IS NOT NULL)`).Scan(&bad))
 	require.Zero(t, bad)
 }

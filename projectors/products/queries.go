@@ -50,7 +50,7 @@ var listOrder = readmodel.Keyset{
 // whose key is after (nil for the first page), and whether more follow.
 func List(ctx context.Context, db readmodel.Querier, f Filter, after *Key, limit int) ([]Product, bool, error) {
 	s := readmodel.NewSelect(`SELECT product_id, name, price::text, coalesce(category_id, ''), sku, created_at, deleted, deleted_at, version
-	          FROM products`)
+	          FROM readside.products`)
 	if !f.IncludeDeleted {
 		s.Where("NOT deleted")
 	}

@@ -30,6 +30,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
 )
@@ -77,9 +78,10 @@ func (f Features) withDefaults() Features {
 }
 
 // Run runs the conformance suite as parallel subtests of t. newDB returns a
-// pool on a fresh, migrated database (pgtest.NewDB); gen appends the events
-// to project (Lifecycles.Generator for the seed domain). Each subtest gets
-// its own database.
+// pool on a fresh, migrated database (NewDB); gen appends the events to
+// project (Lifecycles.Generator for the seed domain). Each subtest gets its
+// own database; a projection that implements projectors.Schema gets its
+// tables there, in readside's schema, as `projector migrate` creates them.
 //
 // The reference is the projection applied one event per transaction, in
 // read order (so in version order per aggregate). Every check compares the
@@ -89,6 +91,20 @@ func Run(t *testing.T, newDB func(t *testing.T) *pgxpool.Pool, p projectors.Proj
 	f := features.withDefaults()
 	spec := p.Spec()
 	require.NotEmpty(t, spec.Tables, "projectortest: Spec().Tables lists no table to compare")
+	if sc, ok := p.(projectors.Schema); ok {
+		fresh := newDB
+		newDB = func(t *testing.T) *pgxpool.Pool {
+			pool := fresh(t)
+			require.NoError(t, pgx.BeginFunc(context.Background(), pool, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(context.Background(), `SELECT set_config('search_path', 'readside', true)`); err != nil {
+					return err
+				}
+				_, err := tx.Exec(context.Background(), sc.Schema())
+				return err
+			}), "projectortest: Schema() of %s", spec.Name)
+			return pool
+		}
+	}
 
 	// setup returns a database holding the generated events, the dump of
 	// its untouched read model, and the reference dump; the read model is
@@ -209,7 +225,7 @@ func Run(t *testing.T, newDB func(t *testing.T) *pgxpool.Pool, p projectors.Proj
 					}
 				}
 				require.Equal(t, id, e.ID())
-				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+				err := InTx(ctx, pool, func(tx pgx.Tx) error {
 					return p.Apply(ctx, tx, &projectors.Batch{Events: []outbox.Event{e}})
 				})
 				require.Error(t, err, "%s %s must be refused", m.Event.Type, m.Event.Data)
@@ -235,13 +251,24 @@ func cmpAll(cs ...int) int {
 func reset(t *testing.T, pool *pgxpool.Pool, p projectors.Projection) {
 	t.Helper()
 	ctx := context.Background()
-	require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return p.Reset(ctx, tx) }), "Reset")
+	require.NoError(t, InTx(ctx, pool, func(tx pgx.Tx) error { return p.Reset(ctx, tx) }), "Reset")
 }
 
 func apply(t *testing.T, pool *pgxpool.Pool, p projectors.Projection, b *projectors.Batch) {
 	t.Helper()
 	ctx := context.Background()
-	require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return p.Apply(ctx, tx, b) }))
+	require.NoError(t, InTx(ctx, pool, func(tx pgx.Tx) error { return p.Apply(ctx, tx, b) }))
+}
+
+// InTx runs fn in a transaction set up as the runtime sets up the ones it
+// hands a projection: readside's schema first on the search_path.
+func InTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if err := dbschema.SetSearchPath(ctx, tx, ""); err != nil {
+			return err
+		}
+		return fn(tx)
+	})
 }
 
 // ApplyStream applies every event that f selects, from the start of the
@@ -259,7 +286,7 @@ func ApplyStream(tb testing.TB, pool *pgxpool.Pool, p projectors.Projection, f o
 func applyUntil(t *testing.T, pool *pgxpool.Pool, p projectors.Projection, f outbox.Filter, limit int, share float64) {
 	t.Helper()
 	var total int
-	require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FROM events`).Scan(&total))
+	require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FROM readside.events`).Scan(&total))
 	_, err := applyStream(context.Background(), pool, p, f, limit, int(float64(total)*share))
 	require.NoError(t, err)
 }
@@ -271,7 +298,7 @@ func applyUntil(t *testing.T, pool *pgxpool.Pool, p projectors.Projection, f out
 // retried until a deadline.
 func applyStream(ctx context.Context, pool *pgxpool.Pool, p projectors.Projection, f outbox.Filter, limit, maxRows int) (int, error) {
 	var end outbox.Cursor
-	err := pool.QueryRow(ctx, `SELECT txid, id FROM events ORDER BY txid DESC, id DESC LIMIT 1`).Scan(&end.TxID, &end.Position)
+	err := pool.QueryRow(ctx, `SELECT txid, id FROM readside.events ORDER BY txid DESC, id DESC LIMIT 1`).Scan(&end.TxID, &end.Position)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, nil
 	}
@@ -286,7 +313,7 @@ func applyStream(ctx context.Context, pool *pgxpool.Pool, p projectors.Projectio
 			lim = min(lim, maxRows-scanned)
 		}
 		var b *outbox.Batch
-		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		err := InTx(ctx, pool, func(tx pgx.Tx) error {
 			var err error
 			if b, err = outbox.Fetch(ctx, tx, cursor, lim, f); err != nil || len(b.Events) == 0 {
 				return err
@@ -337,6 +364,15 @@ func DumpTables(tb testing.TB, q outbox.Querier, tables, ignore []string) Dump {
 	d := Dump{}
 	for _, table := range tables {
 		ident := pgx.Identifier(strings.Split(table, ".")).Sanitize()
+		if !strings.Contains(table, ".") {
+			// As the runtime resolves a projection's names: readside's
+			// schema first, then the connection's search_path.
+			var inReadside bool
+			require.NoError(tb, q.QueryRow(context.Background(), `SELECT to_regclass('readside.' || quote_ident($1)) IS NOT NULL`, table).Scan(&inReadside))
+			if inReadside {
+				ident = "readside." + ident
+			}
+		}
 		rows, err := q.Query(context.Background(),
 			`SELECT (to_jsonb(t) - $1::text[])::text FROM `+ident+` t ORDER BY to_jsonb(t) - $1::text[]`, nonNil(ignore))
 		require.NoError(tb, err, "dump %s", table)

@@ -91,7 +91,7 @@ func BenchmarkApply(b *testing.B) {
 func resetBench(tb testing.TB, pool *pgxpool.Pool, p projectors.Projection) {
 	tb.Helper()
 	ctx := context.Background()
-	require.NoError(tb, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	require.NoError(tb, projectortest.InTx(ctx, pool, func(tx pgx.Tx) error {
 		if err := p.Reset(ctx, tx); err != nil {
 			return err
 		}
@@ -168,7 +168,7 @@ const rawWindow = `
 WITH w AS (
     SELECT o.txid, o.position, o.event_type, o.aggregate_type
       FROM bench_checkpoint c
-      JOIN outbox o ON (o.txid, o.position) > (c.txid, c.position)
+      JOIN readside.outbox o ON (o.txid, o.position) > (c.txid, c.position)
      WHERE c.name = $1 AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
      ORDER BY o.txid, o.position
      LIMIT $2
@@ -179,7 +179,7 @@ WITH w AS (
     RETURNING 1
 ), ev AS (
     SELECT e.aggregate_id, e.event_type, e.version, e.event_data, e.schema_version
-      FROM w JOIN events e ON e.id = w.position
+      FROM w JOIN readside.events e ON e.id = w.position
 )`
 
 var rawSQL = map[string]string{
@@ -199,12 +199,12 @@ var rawSQL = map[string]string{
            max(version) AS version
       FROM e GROUP BY aggregate_id
 ), up AS (
-    INSERT INTO order_summary AS s
+    INSERT INTO readside.order_summary AS s
            (order_id, customer_name, total_amount, status, placed_at, confirmed_at, shipped_at, cancelled_at, version, updated_at)
     SELECT r.order_id, coalesce(r.customer_name, cur.customer_name), coalesce(r.total_amount, cur.total_amount), r.status,
            coalesce(r.placed_at, cur.placed_at), coalesce(r.confirmed_at, cur.confirmed_at),
            coalesce(r.shipped_at, cur.shipped_at), coalesce(r.cancelled_at, cur.cancelled_at), r.version, now()
-      FROM r LEFT JOIN order_summary cur ON cur.order_id = r.order_id
+      FROM r LEFT JOIN readside.order_summary cur ON cur.order_id = r.order_id
     ON CONFLICT (order_id) DO UPDATE SET
            customer_name = excluded.customer_name, total_amount = excluded.total_amount, status = excluded.status,
            placed_at = excluded.placed_at, confirmed_at = excluded.confirmed_at, shipped_at = excluded.shipped_at,
@@ -232,7 +232,7 @@ SELECT (SELECT count(*) FROM e) FROM cp`,
            max(version) AS version
       FROM e GROUP BY aggregate_id
 ), up AS (
-    INSERT INTO order_details AS d
+    INSERT INTO readside.order_details AS d
            (order_id, customer_name, total_amount, status, item_count, placed_at, confirmed_at, shipped_at,
             tracking_number, cancelled_at, cancel_reason, version, updated_at)
     SELECT r.order_id, coalesce(r.customer_name, cur.customer_name), coalesce(r.total_amount, cur.total_amount), r.status,
@@ -240,7 +240,7 @@ SELECT (SELECT count(*) FROM e) FROM cp`,
            coalesce(r.confirmed_at, cur.confirmed_at), coalesce(r.shipped_at, cur.shipped_at),
            coalesce(r.tracking_number, cur.tracking_number), coalesce(r.cancelled_at, cur.cancelled_at),
            coalesce(r.cancel_reason, cur.cancel_reason), r.version, now()
-      FROM r LEFT JOIN order_details cur ON cur.order_id = r.order_id
+      FROM r LEFT JOIN readside.order_details cur ON cur.order_id = r.order_id
     ON CONFLICT (order_id) DO UPDATE SET
            customer_name = excluded.customer_name, total_amount = excluded.total_amount, status = excluded.status,
            item_count = excluded.item_count, placed_at = excluded.placed_at, confirmed_at = excluded.confirmed_at,
@@ -249,7 +249,7 @@ SELECT (SELECT count(*) FROM e) FROM cp`,
            version = excluded.version, updated_at = excluded.updated_at
      WHERE d.version < excluded.version
 ), items AS (
-    INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity, unit_price, subtotal)
+    INSERT INTO readside.order_items (order_id, line_no, product_id, product_name, quantity, unit_price, subtotal)
     SELECT e.aggregate_id, i.ord, i.item->>'product_id', i.item->>'product_name', (i.item->>'quantity')::int,
            (i.item->>'unit_price')::numeric, (i.item->>'quantity')::int * (i.item->>'unit_price')::numeric
       FROM e, jsonb_array_elements(e.event_data->'items') WITH ORDINALITY AS i(item, ord)
@@ -275,12 +275,12 @@ SELECT (SELECT count(*) FROM e) FROM cp`,
            max(version) AS version
       FROM e GROUP BY aggregate_id
 ), up AS (
-    INSERT INTO products AS p (product_id, name, price, category_id, sku, created_at, deleted, deleted_at, version, updated_at)
+    INSERT INTO readside.products AS p (product_id, name, price, category_id, sku, created_at, deleted, deleted_at, version, updated_at)
     SELECT r.product_id, coalesce(r.name, cur.name), coalesce(r.price, cur.price),
            CASE WHEN r.created THEN r.category_id ELSE cur.category_id END, coalesce(r.sku, cur.sku),
            coalesce(r.created_at, cur.created_at), r.deleted OR coalesce(cur.deleted, false),
            coalesce(r.deleted_at, cur.deleted_at), r.version, now()
-      FROM r LEFT JOIN products cur ON cur.product_id = r.product_id
+      FROM r LEFT JOIN readside.products cur ON cur.product_id = r.product_id
     ON CONFLICT (product_id) DO UPDATE SET
            name = excluded.name, price = excluded.price, category_id = excluded.category_id, sku = excluded.sku,
            created_at = excluded.created_at, deleted = excluded.deleted, deleted_at = excluded.deleted_at,
@@ -301,13 +301,13 @@ SELECT (SELECT count(*) FROM e) FROM cp`,
       FROM e GROUP BY aggregate_id
 ), prev AS (
     SELECT o.order_id, o.status, o.total_amount
-      FROM b JOIN order_statistics_orders o ON o.order_id = b.order_id
+      FROM b JOIN readside.order_statistics_orders o ON o.order_id = b.order_id
      WHERE NOT b.placed
 ), moved AS (
     SELECT b.order_id, b.status, coalesce(b.total_amount, p.total_amount) AS total_amount
       FROM b LEFT JOIN prev p ON p.order_id = b.order_id
 ), tracked AS (
-    INSERT INTO order_statistics_orders AS o (order_id, status, total_amount)
+    INSERT INTO readside.order_statistics_orders AS o (order_id, status, total_amount)
     SELECT order_id, status, total_amount FROM moved
     ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, total_amount = excluded.total_amount
 ), delta AS (
@@ -315,7 +315,7 @@ SELECT (SELECT count(*) FROM e) FROM cp`,
     UNION ALL
     SELECT status, 1, total_amount FROM moved
 ), counted AS (
-    INSERT INTO order_statistics AS s (status, order_count, total_revenue)
+    INSERT INTO readside.order_statistics AS s (status, order_count, total_revenue)
     SELECT status, sum(orders), sum(revenue) FROM delta GROUP BY status ORDER BY status
     ON CONFLICT (status) DO UPDATE SET
            order_count = s.order_count + excluded.order_count, total_revenue = s.total_revenue + excluded.total_revenue

@@ -21,6 +21,7 @@ import (
 	"github.com/readside/readside/internal/loadgen"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/projectors"
+	"github.com/readside/readside/projectors/projectortest"
 	"github.com/readside/readside/projectors/shipped"
 )
 
@@ -60,7 +61,7 @@ CREATE TABLE plain_checkpoint (segment int PRIMARY KEY, txid xid8 NOT NULL, posi
 	_, err = pool.Exec(ctx, `VACUUM ANALYZE`)
 	require.NoError(b, err)
 	var rows int
-	require.NoError(b, pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&rows))
+	require.NoError(b, pool.QueryRow(ctx, `SELECT count(*) FROM readside.outbox`).Scan(&rows))
 	b.Logf("backlog: %d events through the command path in %s (%.0f events/s)", rows, time.Since(start).Round(time.Millisecond),
 		float64(rows)/time.Since(start).Seconds())
 
@@ -115,11 +116,11 @@ func drainWorker(b *testing.B, pool *pgxpool.Pool, p projectors.Projection, segs
 	b.Helper()
 	ctx := context.Background()
 	spec := p.Spec()
-	require.NoError(b, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	require.NoError(b, projectortest.InTx(ctx, pool, func(tx pgx.Tx) error {
 		if err := p.Reset(ctx, tx); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `DELETE FROM projections WHERE name = $1`, spec.Name)
+		_, err := tx.Exec(ctx, `DELETE FROM readside.projections WHERE name = $1`, spec.Name)
 		return err
 	}))
 	for _, t := range spec.Tables {
@@ -127,7 +128,7 @@ func drainWorker(b *testing.B, pool *pgxpool.Pool, p projectors.Projection, segs
 		require.NoError(b, err)
 	}
 	var want float64
-	require.NoError(b, pool.QueryRow(ctx, `SELECT count(*)::float8 FROM events
+	require.NoError(b, pool.QueryRow(ctx, `SELECT count(*)::float8 FROM readside.events
 		WHERE (cardinality($1::text[]) = 0 OR aggregate_type = ANY ($1::text[]))
 		  AND (cardinality($2::text[]) = 0 OR event_type = ANY ($2::text[]))`,
 		nonNil(spec.AggregateTypes), nonNil(spec.EventTypes)).Scan(&want))
@@ -150,7 +151,7 @@ func drainWorker(b *testing.B, pool *pgxpool.Pool, p projectors.Projection, segs
 	defer cancel()
 	require.NoError(b, w.Stop(stopCtx))
 	var parked int
-	require.NoError(b, pool.QueryRow(ctx, `SELECT count(*) FROM dead_letters WHERE projection = $1`, spec.Name).Scan(&parked))
+	require.NoError(b, pool.QueryRow(ctx, `SELECT count(*) FROM readside.dead_letters WHERE projection = $1`, spec.Name).Scan(&parked))
 	require.Zero(b, parked, "%s parked events of a valid backlog", spec.Name)
 	return elapsed
 }
@@ -212,7 +213,7 @@ func plainLoop(ctx context.Context, pool *pgxpool.Pool, seg, segs int, parallelO
 	}
 	fetch := `
 SELECT o.txid, o.position, e.aggregate_type, e.aggregate_id, e.event_type, e.version, e.event_data
-  FROM outbox o JOIN events e ON e.id = o.position
+  FROM readside.outbox o JOIN readside.events e ON e.id = o.position
  WHERE (o.txid, o.position) > ($1::xid8, $2::bigint) AND o.txid < pg_snapshot_xmin(pg_current_snapshot())` + filter + `
  ORDER BY o.txid, o.position
  LIMIT 1000`

@@ -58,7 +58,7 @@ func TestNonsenseEventsAreParked(t *testing.T) {
 	}
 	insert := func(e ev) {
 		t.Helper()
-		_, err := pool.Exec(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, version)
+		_, err := pool.Exec(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
 			VALUES ($1, $2, $3, $4::jsonb, $5)`, e.agg, e.id, e.typ, e.data, e.version)
 		require.NoError(t, err, "%+v", e)
 	}
@@ -89,15 +89,15 @@ func TestNonsenseEventsAreParked(t *testing.T) {
 
 	var rows []string
 	require.NoError(t, pgxCollect(ctx, pool, `SELECT order_id || ' ' || status || ' v' || version || ' ' || customer_name || ' ' || total_amount
-		FROM order_summary ORDER BY order_id`, &rows))
+		FROM readside.order_summary ORDER BY order_id`, &rows))
 	want := []string{"o-ok shipped v3 Alice 3.00", "o-skip pending v1 Alice 3.00", "o-twice confirmed v2 Alice 3.00"}
 	require.Equal(t, want, rows, "order_summary")
 	require.NoError(t, pgxCollect(ctx, pool, `SELECT order_id || ' ' || status || ' v' || version || ' ' || customer_name || ' ' || total_amount
-		FROM order_details ORDER BY order_id`, &rows))
+		FROM readside.order_details ORDER BY order_id`, &rows))
 	require.Equal(t, want, rows, "order_details")
-	require.NoError(t, pgxCollect(ctx, pool, `SELECT product_id || ' v' || version FROM products`, &rows))
+	require.NoError(t, pgxCollect(ctx, pool, `SELECT product_id || ' v' || version FROM readside.products`, &rows))
 	require.Equal(t, []string{"p-twice v1"}, rows)
-	require.NoError(t, pgxCollect(ctx, pool, `SELECT status || ' ' || order_count || ' ' || total_revenue FROM order_statistics
+	require.NoError(t, pgxCollect(ctx, pool, `SELECT status || ' ' || order_count || ' ' || total_revenue FROM readside.order_statistics
 		ORDER BY status`, &rows))
 	require.Equal(t, []string{"cancelled 0 0.00", "confirmed 1 3.00", "pending 1 3.00", "shipped 1 3.00"}, rows)
 	mismatches, err := orderstatistics.Mismatches(ctx, pool)
@@ -111,7 +111,7 @@ func TestNonsenseEventsAreParked(t *testing.T) {
 				continue
 			}
 			var reason, msg string
-			require.NoError(t, pool.QueryRow(ctx, `SELECT reason, error FROM dead_letters
+			require.NoError(t, pool.QueryRow(ctx, `SELECT reason, error FROM readside.dead_letters
 				WHERE projection = $1 AND aggregate_id = $2 AND version = $3`, name, e.id, e.version).Scan(&reason, &msg),
 				"%s: %s v%d must be parked", name, e.id, e.version)
 			require.Equal(t, "failed", reason)

@@ -66,8 +66,8 @@ func caughtUp(t *testing.T, pool *pgxpool.Pool) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		var behind int
-		require.NoError(t, pool.QueryRow(t.Context(), `SELECT count(*) FROM checkpoints c,
-			(SELECT txid, id FROM events ORDER BY txid DESC, id DESC LIMIT 1) e
+		require.NoError(t, pool.QueryRow(t.Context(), `SELECT count(*) FROM readside.checkpoints c,
+			(SELECT txid, id FROM readside.events ORDER BY txid DESC, id DESC LIMIT 1) e
 			WHERE (c.cursor_txid, c.cursor_position) < (e.txid, e.id)`).Scan(&behind))
 		if behind == 0 {
 			return
@@ -116,17 +116,17 @@ func TestRepairRestoresCorruptedOrder(t *testing.T) {
 
 	var id string
 	var nEvents int
-	require.NoError(t, pool.QueryRow(ctx, `SELECT aggregate_id, count(*) FROM events WHERE aggregate_type = 'Order'
+	require.NoError(t, pool.QueryRow(ctx, `SELECT aggregate_id, count(*) FROM readside.events WHERE aggregate_type = 'Order'
 		GROUP BY 1 HAVING count(*) >= 3 ORDER BY 1 LIMIT 1`).Scan(&id, &nEvents))
 	before := orderRows(t, pool, id)
 	require.NotEmpty(t, before["order_items"])
 
 	for _, sql := range []string{
-		`UPDATE order_summary SET status = 'pending', total_amount = 0, customer_name = 'Mallory', shipped_at = NULL, version = 99 WHERE order_id = $1`,
-		`UPDATE order_details SET total_amount = 1, item_count = 42, tracking_number = 'forged', version = 99 WHERE order_id = $1`,
-		`DELETE FROM order_items WHERE order_id = $1 AND line_no = (SELECT min(line_no) FROM order_items WHERE order_id = $1)`,
-		`INSERT INTO order_items (order_id, line_no, product_name, quantity, unit_price, subtotal) VALUES ($1, 1000, 'ghost', 1, 1, 1)`,
-		`UPDATE order_statistics_orders SET status = 'pending', total_amount = 777777 WHERE order_id = $1`,
+		`UPDATE readside.order_summary SET status = 'pending', total_amount = 0, customer_name = 'Mallory', shipped_at = NULL, version = 99 WHERE order_id = $1`,
+		`UPDATE readside.order_details SET total_amount = 1, item_count = 42, tracking_number = 'forged', version = 99 WHERE order_id = $1`,
+		`DELETE FROM readside.order_items WHERE order_id = $1 AND line_no = (SELECT min(line_no) FROM readside.order_items WHERE order_id = $1)`,
+		`INSERT INTO readside.order_items (order_id, line_no, product_name, quantity, unit_price, subtotal) VALUES ($1, 1000, 'ghost', 1, 1, 1)`,
+		`UPDATE readside.order_statistics_orders SET status = 'pending', total_amount = 777777 WHERE order_id = $1`,
 	} {
 		_, err = pool.Exec(ctx, sql, id)
 		require.NoError(t, err, sql)
@@ -149,7 +149,7 @@ func TestRepairRestoresCorruptedOrder(t *testing.T) {
 	wg.Wait()
 	caughtUp(t, pool)
 	require.Equal(t, before, orderRows(t, pool, id))
-	require.Greater(t, count(t, pool, `SELECT count(*) FROM order_summary WHERE order_id LIKE 'live-%'`), 0)
+	require.Greater(t, count(t, pool, `SELECT count(*) FROM readside.order_summary WHERE order_id LIKE 'live-%'`), 0)
 	stopFleetAndCheck(t, pool)
 }
 
@@ -169,7 +169,7 @@ func stopFleetAndCheck(t *testing.T, pool *pgxpool.Pool) {
 	tx, err := pool.Begin(ctx)
 	require.NoError(t, err)
 	defer func() { _ = tx.Rollback(context.Background()) }()
-	_, err = tx.Exec(ctx, `SELECT 1 FROM checkpoints FOR UPDATE`)
+	_, err = tx.Exec(ctx, `SELECT 1 FROM readside.checkpoints FOR UPDATE`)
 	require.NoError(t, err)
 	requireFoldTx(t, tx)
 }
@@ -202,7 +202,7 @@ func requireFoldTx(t *testing.T, tx pgx.Tx) {
 func allEvents(t *testing.T, tx pgx.Tx, spec projectors.Spec) []outbox.Event {
 	t.Helper()
 	rows, err := tx.Query(t.Context(), `SELECT txid, id, aggregate_type, aggregate_id, event_type, version, schema_version, event_data, metadata, occurred_at
-		FROM events WHERE aggregate_type = ANY ($1::text[]) ORDER BY txid, id`, spec.AggregateTypes)
+		FROM readside.events WHERE aggregate_type = ANY ($1::text[]) ORDER BY txid, id`, spec.AggregateTypes)
 	require.NoError(t, err)
 	events, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (outbox.Event, error) {
 		var e outbox.Event
@@ -228,7 +228,7 @@ func TestRepairRacesResetAndRebuild(t *testing.T) {
 	startFleet(t, pool, projs, 2)
 	caughtUp(t, pool)
 	var id string
-	require.NoError(t, pool.QueryRow(ctx, `SELECT aggregate_id FROM events WHERE aggregate_type = 'Order' ORDER BY id LIMIT 1`).Scan(&id))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT aggregate_id FROM readside.events WHERE aggregate_type = 'Order' ORDER BY id LIMIT 1`).Scan(&id))
 
 	wctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -288,28 +288,28 @@ func TestRepairAllParked(t *testing.T) {
 	p, _ := shipped.ByName("order_summary")
 	require.NoError(t, checkpoint.Register(ctx, pool, "order_summary", 1, "park"))
 	projectortest.ApplyStream(t, pool, p, outbox.Filter{AggregateTypes: p.Spec().AggregateTypes}, 100)
-	_, err = pool.Exec(ctx, `UPDATE checkpoints SET (cursor_txid, cursor_position) =
-		(SELECT txid, id FROM events ORDER BY txid DESC, id DESC LIMIT 1) WHERE projection = 'order_summary'`)
+	_, err = pool.Exec(ctx, `UPDATE readside.checkpoints SET (cursor_txid, cursor_position) =
+		(SELECT txid, id FROM readside.events ORDER BY txid DESC, id DESC LIMIT 1) WHERE projection = 'order_summary'`)
 	require.NoError(t, err)
 	var id string
 	var last int
-	require.NoError(t, pool.QueryRow(ctx, `SELECT aggregate_id, max(version) FROM events WHERE aggregate_type = 'Order'
+	require.NoError(t, pool.QueryRow(ctx, `SELECT aggregate_id, max(version) FROM readside.events WHERE aggregate_type = 'Order'
 		GROUP BY 1 HAVING max(version) >= 2 ORDER BY 1 LIMIT 1`).Scan(&id, &last))
 	want := orderRows(t, pool, id)["order_summary"]
 	// As if the last event had failed and been parked: the row is one
 	// version behind and the dead letter waits.
-	_, err = pool.Exec(ctx, `INSERT INTO dead_letters (projection, segment, event_id, txid, aggregate_type, aggregate_id, event_type, version, reason, error)
+	_, err = pool.Exec(ctx, `INSERT INTO readside.dead_letters (projection, segment, event_id, txid, aggregate_type, aggregate_id, event_type, version, reason, error)
 		SELECT 'order_summary', 0, id, txid, aggregate_type, aggregate_id, event_type, version, 'failed', 'bug'
-		  FROM events WHERE aggregate_id = $1 AND version = $2`, id, last)
+		  FROM readside.events WHERE aggregate_id = $1 AND version = $2`, id, last)
 	require.NoError(t, err)
-	_, err = pool.Exec(ctx, `DELETE FROM order_summary WHERE order_id = $1`, id)
+	_, err = pool.Exec(ctx, `DELETE FROM readside.order_summary WHERE order_id = $1`, id)
 	require.NoError(t, err)
 
 	res, err := control.Repair(ctx, pool, p, control.RepairOptions{AllParked: true})
 	require.NoError(t, err)
 	require.Equal(t, []control.RepairedAggregate{{Type: "Order", ID: id, Segment: 0, Replayed: last - 1, Unparked: 1}}, res)
 	require.Equal(t, want, orderRows(t, pool, id)["order_summary"])
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM dead_letters WHERE status = 'retried' AND resolved_at IS NOT NULL`))
+	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE status = 'retried' AND resolved_at IS NOT NULL`))
 	_, err = control.Repair(ctx, pool, p, control.RepairOptions{AllParked: true})
 	require.ErrorIs(t, err, control.ErrNothingToRepair)
 }
