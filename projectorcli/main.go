@@ -12,8 +12,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/riverqueue/river"
 	"github.com/spf13/cobra"
 
 	"github.com/readside/readside/internal/cli"
@@ -38,22 +36,6 @@ type Config struct {
 	// Commands are added beside the built-in ones (cmd/projector adds
 	// `demo`, which only makes sense for the shipped domain).
 	Commands []*cobra.Command
-}
-
-// SideEffects is implemented by a projection whose Apply enqueues River
-// jobs (projectors/notifications): `run` registers its workers and queues
-// in the control plane's River client, so the jobs are worked.
-type SideEffects interface {
-	RiverWorkers(pool *pgxpool.Pool, w *river.Workers)
-	RiverQueues() map[string]river.QueueConfig
-}
-
-// Schema is implemented by a projection that owns tables: `migrate` runs
-// its SQL after readside's migrations, in one transaction, every time, so
-// it must be idempotent (CREATE TABLE IF NOT EXISTS ...); `migrate
-// --dry-run` prints it.
-type Schema interface {
-	Schema() string
 }
 
 // Main runs the command line args (os.Args: the program name first) for

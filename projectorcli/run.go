@@ -284,7 +284,7 @@ func startup(ctx context.Context, logger *slog.Logger, timeout time.Duration, st
 func queues(projs []projectors.Projection) map[string]river.QueueConfig {
 	out := map[string]river.QueueConfig{}
 	for _, p := range projs {
-		if se, ok := p.(SideEffects); ok {
+		if se, ok := p.(projectors.SideEffects); ok {
 			for q, cfg := range se.RiverQueues() {
 				out[q] = cfg
 			}

@@ -85,7 +85,7 @@ func TestBinary(t *testing.T) {
 
 	counted := func() int64 {
 		var n int64
-		require.NoError(t, pool.QueryRow(ctx, `SELECT coalesce(sum(orders), 0) FROM shipped_per_day`).Scan(&n))
+		require.NoError(t, pool.QueryRow(ctx, `SELECT coalesce(sum(orders), 0) FROM readside.shipped_per_day`).Scan(&n))
 		return n
 	}
 	caughtUp := func() bool {

@@ -104,7 +104,7 @@ WITH want AS (
      WHERE (cardinality($1::text[]) = 0 OR event_type = ANY ($1)) AND (cardinality($2::text[]) = 0 OR aggregate_type = ANY ($2))
        AND NOT EXISTS (SELECT 1 FROM readside.dead_letters d WHERE d.projection = $3 AND d.event_id = e.id AND d.status = 'parked')
      GROUP BY aggregate_id)
-SELECT count(*) FROM want w FULL JOIN %s t ON t.%s = w.aggregate_id
+SELECT count(*) FROM want w FULL JOIN readside.%s t ON t.%s = w.aggregate_id
  WHERE t.version IS DISTINCT FROM w.version`, table, key), types, aggs, s.Name).Scan(&pr.wrongVersions))
 		}
 	}

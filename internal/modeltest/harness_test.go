@@ -76,8 +76,8 @@ func newHarness(t tb, pool *pgxpool.Pool, cfg config) *harness {
 	// The log is append-only for writers: a trigger may refuse to delete
 	// events. The test's own cleanup bypasses user triggers (replica role).
 	// DELETE: TRUNCATE costs far more on tables this small.
-	tables := []string{"events", "outbox", "outbox_horizon", "dead_letters", "checkpoints", "projections", "workers", "mt_effects", "mt_cured",
-		"river_job"}
+	tables := []string{"readside.events", "readside.outbox", "readside.outbox_horizon", "readside.dead_letters", "readside.checkpoints",
+		"readside.projections", "readside.workers", "mt_effects", "mt_cured", "readside.river_job"}
 	for _, p := range h.probes {
 		tables = append(tables, p.state(), p.count())
 	}

@@ -113,17 +113,20 @@ func StartRebuild(ctx context.Context, db interface {
 }, p projectors.Projection) error {
 	spec := p.Spec()
 	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-		live := dbschema.Of(tx).String()
-		shadow, schema := ShadowName(spec.Name), ShadowSchema(live, spec.Name)
+		shadow, schema := ShadowName(spec.Name), ShadowSchema(dbschema.Of(tx).String(), spec.Name)
 		if err := checkpoint.Exists(ctx, tx, spec.Name); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `CREATE SCHEMA `+pgx.Identifier{schema}.Sanitize()); err != nil {
 			return fmt.Errorf("rebuild %s: %w", spec.Name, err)
 		}
+		tables, err := liveTables(ctx, tx, spec)
+		if err != nil {
+			return err
+		}
 		for _, t := range spec.Tables {
 			if _, err := tx.Exec(ctx, fmt.Sprintf(`CREATE TABLE %s (LIKE %s INCLUDING ALL)`,
-				pgx.Identifier{schema, t}.Sanitize(), pgx.Identifier{live, t}.Sanitize())); err != nil {
+				pgx.Identifier{schema, t}.Sanitize(), pgx.Identifier{tables[t], t}.Sanitize())); err != nil {
 				return fmt.Errorf("rebuild %s: copy table %s: %w", spec.Name, t, err)
 			}
 		}
@@ -138,4 +141,35 @@ func StartRebuild(ctx context.Context, db interface {
 		}
 		return nil
 	})
+}
+
+// liveTables finds the schema of each of the projection's tables as its
+// transactions do, with readside's schema first on tx's search_path (it
+// leaves it so), then the connection's own (a projection's tables may be
+// the application's).
+func liveTables(ctx context.Context, tx pgx.Tx, spec projectors.Spec) (map[string]string, error) {
+	if err := dbschema.SetSearchPath(ctx, tx, ""); err != nil {
+		return nil, err
+	}
+	rows, err := tx.Query(ctx, `
+SELECT t, (SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = to_regclass(quote_ident(t)))
+  FROM unnest($1::text[]) t`, spec.Tables)
+	if err != nil {
+		return nil, fmt.Errorf("rebuild %s: find its tables: %w", spec.Name, err)
+	}
+	out := map[string]string{}
+	for rows.Next() {
+		var t string
+		var nsp *string
+		if err := rows.Scan(&t, &nsp); err != nil {
+			return nil, err
+		}
+		if nsp == nil {
+			rows.Close()
+			return nil, fmt.Errorf("rebuild %s: table %s does not exist (in schema %s or on the search_path)", spec.Name, t, dbschema.Of(tx))
+		}
+		out[t] = *nsp
+	}
+	return out, rows.Err()
 }

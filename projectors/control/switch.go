@@ -22,13 +22,12 @@ const nearLive = 10_000
 // rebuildSwitch is one attempt to swap a rebuild's copy in, in one
 // transaction.
 type rebuildSwitch struct {
-	spec     projectors.Spec
-	shadow   string // the copy's projection
-	readside string // readside's schema, where the live tables are
-	schema   string // the copy's tables
-	retired  string // where the live tables go, to be dropped after the commit
-	tx       pgx.Tx
-	live     map[int]outbox.Cursor // the live checkpoints, locked
+	spec    projectors.Spec
+	shadow  string // the copy's projection
+	schema  string // the copy's tables
+	retired string // where the live tables go, to be dropped after the commit
+	tx      pgx.Tx
+	live    map[int]outbox.Cursor // the live checkpoints, locked
 }
 
 // trySwitch swaps the copy in once it has caught up: it locks the live
@@ -42,7 +41,7 @@ type rebuildSwitch struct {
 func (c *Control) trySwitch(ctx context.Context, p projectors.Projection) (bool, error) {
 	spec := p.Spec()
 	live := c.db.Schema().String()
-	s := &rebuildSwitch{spec: spec, shadow: ShadowName(spec.Name), readside: live, schema: ShadowSchema(live, spec.Name),
+	s := &rebuildSwitch{spec: spec, shadow: ShadowName(spec.Name), schema: ShadowSchema(live, spec.Name),
 		retired: retiredSchema(live, spec.Name)}
 	if near, err := s.copyNearLive(ctx, c.db); err != nil || !near {
 		return false, err
@@ -139,9 +138,12 @@ func (s *rebuildSwitch) caughtUp(ctx context.Context, read func(context.Context,
 }
 
 // swapTables moves the live tables into the retired schema and the copy's
-// into the live schema.
+// into the live tables' schemas.
 func (s *rebuildSwitch) swapTables(ctx context.Context) error {
-	liveSchema := s.readside
+	tables, err := liveTables(ctx, s.tx, s.spec)
+	if err != nil {
+		return err
+	}
 	if _, err := s.tx.Exec(ctx, `CREATE SCHEMA `+pgx.Identifier{s.retired}.Sanitize()); err != nil {
 		return err
 	}
@@ -150,10 +152,10 @@ func (s *rebuildSwitch) swapTables(ctx context.Context) error {
 		return err
 	}
 	for _, t := range s.spec.Tables {
-		if err := move(liveSchema, t, s.retired); err != nil {
+		if err := move(tables[t], t, s.retired); err != nil {
 			return err
 		}
-		if err := move(s.schema, t, liveSchema); err != nil {
+		if err := move(s.schema, t, tables[t]); err != nil {
 			return err
 		}
 	}

@@ -195,7 +195,7 @@ func (c *pipelineCollector) collect(ctx context.Context, ch chan<- prometheus.Me
 		             THEN c.reltuples / c.relpages * (pg_relation_size(c.oid) / current_setting('block_size')::float8)
 		             ELSE 0 END
 		   FROM pg_class c WHERE c.oid = 'readside.outbox'::regclass)::float8,
-		pg_total_relation_size('outbox')::float8`, outboxCountCap).Scan(&live, &rows, &estimate, &bytes); err != nil {
+		pg_total_relation_size('readside.outbox')::float8`, outboxCountCap).Scan(&live, &rows, &estimate, &bytes); err != nil {
 		return err
 	}
 	if rows > outboxCountCap {

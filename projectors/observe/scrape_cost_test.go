@@ -84,9 +84,9 @@ INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_dat
 SELECT 'Thing', 't-' || i, 'Touched', '{"n": 1}', 1 FROM generate_series(1, $1::int) i`, rows)
 	require.NoError(t, err)
 	require.NoError(t, checkpoint.Register(ctx, pool, "costly", 4, string(projectors.Park)))
-	_, err = pool.Exec(ctx, `VACUUM ANALYZE outbox`)
+	_, err = pool.Exec(ctx, `VACUUM ANALYZE readside.outbox`)
 	require.NoError(t, err)
-	_, err = pool.Exec(ctx, `VACUUM ANALYZE events`)
+	_, err = pool.Exec(ctx, `VACUUM ANALYZE readside.events`)
 	require.NoError(t, err)
 
 	db := &explaining{pool: pool, tb: t}

@@ -36,7 +36,7 @@ func orderRows(t *testing.T, pool *pgxpool.Pool, id string) map[string][]string 
 	t.Helper()
 	out := map[string][]string{}
 	for table, col := range orderTables {
-		rows, err := pool.Query(t.Context(), fmt.Sprintf(`SELECT (to_jsonb(t) - 'updated_at')::text FROM %s t WHERE %s = $1 ORDER BY 1`, table, col), id)
+		rows, err := pool.Query(t.Context(), fmt.Sprintf(`SELECT (to_jsonb(t) - 'updated_at')::text FROM readside.%s t WHERE %s = $1 ORDER BY 1`, table, col), id)
 		require.NoError(t, err)
 		out[table], err = pgx.CollectRows(rows, pgx.RowTo[string])
 		require.NoError(t, err)
@@ -180,6 +180,8 @@ func requireFoldTx(t *testing.T, tx pgx.Tx) {
 	mism, err := orderstatistics.Mismatches(ctx, tx)
 	require.NoError(t, err)
 	require.Empty(t, mism)
+	_, err = tx.Exec(ctx, `SET LOCAL search_path = readside, public`) // as the runtime's transactions
+	require.NoError(t, err)
 	for _, p := range shipped.ReadModels() {
 		spec := p.Spec()
 		got := projectortest.DumpTables(t, tx, spec.Tables, []string{"updated_at"})

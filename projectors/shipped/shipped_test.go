@@ -32,15 +32,15 @@ func TestByName(t *testing.T) {
 	require.False(t, ok)
 }
 
-// TestTablesExist: every table a shipped projection names is created by the
-// migrations.
+// TestTablesExist: every table a shipped projection names is created by
+// its Schema, in readside's schema.
 func TestTablesExist(t *testing.T) {
 	t.Parallel()
 	pool := pgtest.NewDB(t)
 	for _, p := range shipped.All() {
 		for _, table := range p.Spec().Tables {
 			var ok bool
-			require.NoError(t, pool.QueryRow(t.Context(), `SELECT to_regclass($1) IS NOT NULL`, table).Scan(&ok))
+			require.NoError(t, pool.QueryRow(t.Context(), `SELECT to_regclass('readside.' || $1) IS NOT NULL`, table).Scan(&ok))
 			require.True(t, ok, "%s: table %s", p.Spec().Name, table)
 		}
 	}

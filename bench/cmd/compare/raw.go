@@ -51,7 +51,7 @@ func rawDrainSQL(table string) string {
 WITH w AS (
     SELECT o.txid, o.position
       FROM raw_checkpoint c
-      JOIN outbox o ON (o.txid, o.position) > (c.txid, c.position)
+      JOIN readside.outbox o ON (o.txid, o.position) > (c.txid, c.position)
      WHERE c.name = $2 AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
      ORDER BY o.txid, o.position
      LIMIT $1
@@ -61,7 +61,7 @@ WITH w AS (
      WHERE c.name = $2
 ), ev AS (
     SELECT e.aggregate_id, e.version, e.event_type, e.event_data
-      FROM w JOIN events e ON e.id = w.position
+      FROM w JOIN readside.events e ON e.id = w.position
 ), up AS (
     INSERT INTO ` + pgx.Identifier{table}.Sanitize() + ` AS t (id, version, status, data)
     SELECT DISTINCT ON (aggregate_id) aggregate_id, version, event_type, event_data

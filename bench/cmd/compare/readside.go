@@ -118,7 +118,7 @@ func runReadside(ctx context.Context, cfg config, rep, n int, grid []readsideGri
 		return out, err
 	}
 	defer pool.Close()
-	if _, err := migrations.Migrate(ctx, pool, quietLogger()); err != nil {
+	if _, err := migrations.Migrate(ctx, pool, migrations.Config{Logger: quietLogger()}); err != nil {
 		return out, err
 	}
 	if _, err := pool.Exec(ctx, peerEventsDDL); err != nil {
