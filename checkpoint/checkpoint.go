@@ -1,13 +1,21 @@
+// Package checkpoint is the data model of readside's checkpoints: per
+// (projection, segment), the read cursor, its high-water mark, the lease
+// that says which worker may advance it, and the operator's status
+// (running, paused, or halted by a failing event).
+//
+// Checkpoints are read and changed through readside.Client (Status, Reset,
+// Pause, Resume, ...); the runtime's claims, fenced advances and operator
+// locks are internal, since calling them out of order would break the
+// guarantees. Fencing: every apply transaction starts by moving the cursor
+// only if the caller's lease (owner and epoch) is still current and the
+// cursor is where the caller read from; that UPDATE takes the checkpoint's
+// row lock, so no other worker can claim the segment until the transaction
+// ends, and a worker that lost its lease commits nothing (ErrFenced).
 package checkpoint
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"time"
-
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/readside/readside/outbox"
 )
@@ -29,9 +37,6 @@ var ErrFenced = errors.New("lease lost: checkpoint fenced")
 // registered.
 var ErrUnknownProjection = errors.New("unknown projection")
 
-// DB is what this package needs: *pgxpool.Pool, *pgx.Conn and pgx.Tx.
-type DB = outbox.DB
-
 // Checkpoint is one segment's row.
 type Checkpoint struct {
 	Projection     string
@@ -46,173 +51,4 @@ type Checkpoint struct {
 	EventsApplied  int64
 	AdvancedAt     time.Time // zero if never advanced
 	UpdatedAt      time.Time
-}
-
-// Lease is a worker's right to advance one segment.
-type Lease struct {
-	Projection string
-	Segment    int
-	Owner      string
-	Epoch      int64
-}
-
-func (l Lease) String() string { return fmt.Sprintf("%s/%d@%d", l.Projection, l.Segment, l.Epoch) }
-
-const selectCols = `projection, segment, cursor_txid, cursor_position, high_txid, high_position, status,
-       coalesce(lease_owner, ''), lease_epoch, lease_expires_at, coalesce(last_error, ''), events_applied,
-       advanced_at, updated_at`
-
-func scan(row pgx.Row) (Checkpoint, error) {
-	var c Checkpoint
-	var expires, advanced *time.Time
-	err := row.Scan(&c.Projection, &c.Segment, &c.Cursor.TxID, &c.Cursor.Position, &c.HighWater.TxID, &c.HighWater.Position,
-		&c.Status, &c.LeaseOwner, &c.LeaseEpoch, &expires, &c.LastError, &c.EventsApplied, &advanced, &c.UpdatedAt)
-	if expires != nil {
-		c.LeaseExpiresAt = *expires
-	}
-	if advanced != nil {
-		c.AdvancedAt = *advanced
-	}
-	return c, err
-}
-
-// List returns the checkpoints of the named projections (all when names is
-// empty), ordered by projection and segment.
-func List(ctx context.Context, db DB, names ...string) ([]Checkpoint, error) {
-	rows, err := db.Query(ctx, `SELECT `+selectCols+` FROM readside.checkpoints
-		WHERE cardinality($1::text[]) = 0 OR projection = ANY ($1::text[]) ORDER BY projection, segment`, nonNil(names))
-	if err != nil {
-		return nil, fmt.Errorf("list checkpoints: %w", err)
-	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Checkpoint, error) { return scan(r) })
-	if err != nil {
-		return nil, fmt.Errorf("list checkpoints: %w", err)
-	}
-	return out, nil
-}
-
-func nonNil(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
-}
-
-// advanceSQL moves the cursor; %s is the lease condition.
-const advanceSQL = `
-UPDATE readside.checkpoints
-   SET cursor_txid = $5, cursor_position = $6,
-       high_txid = CASE WHEN (high_txid, high_position) < ($5::xid8, $6::bigint) THEN $5::xid8 ELSE high_txid END,
-       high_position = CASE WHEN (high_txid, high_position) < ($5::xid8, $6::bigint) THEN $6::bigint ELSE high_position END,
-       events_applied = events_applied + $9,
-       advanced_at = CASE WHEN (cursor_txid, cursor_position) <> ($5::xid8, $6::bigint) THEN now() ELSE advanced_at END,
-       lease_expires_at = greatest(lease_expires_at, clock_timestamp() + $10::float8 * interval '1 second'),
-       updated_at = now()
- WHERE projection = $1 AND segment = $2
-   AND lease_owner = $3 AND lease_epoch = $4%s
-   AND status = 'running'
-   AND cursor_txid = $7 AND cursor_position = $8`
-
-var (
-	// advanceFirst is the first fenced UPDATE of a transaction: the lease
-	// must be unexpired, since nothing kept others out until now.
-	advanceFirst = fmt.Sprintf(advanceSQL, ` AND lease_expires_at > clock_timestamp()`)
-	// advanceHeld follows a successful first one in the same transaction:
-	// its row lock kept every claim out since, so owner and epoch suffice.
-	advanceHeld = fmt.Sprintf(advanceSQL, ``)
-)
-
-// Advance moves a segment's cursor from `from` to `to` inside the caller's
-// apply transaction, counting applied events. It returns ErrFenced, and
-// changes nothing, unless the lease is current and unexpired, the segment is
-// running, and the cursor is still at `from`. Call it first in the
-// transaction: its row lock keeps the segment from being claimed until the
-// transaction ends.
-func Advance(ctx context.Context, tx DB, l Lease, from, to outbox.Cursor, applied int) error {
-	tag, err := tx.Exec(ctx, advanceFirst, l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied, 0.0)
-	return AdvanceResult(tag, err)(l, from)
-}
-
-// AdvanceHeld is Advance for a transaction whose first Advance (or queued
-// Advance) succeeded: that UPDATE's row lock has kept the segment from being
-// claimed, reset or paused since, so the lease is still the caller's even
-// if its expiry passed meanwhile (a long apply, a slow isolation). It checks
-// owner, epoch, status and cursor but not expiry, and extends the lease to
-// at least ttl from now so that the next transaction finds it live.
-func AdvanceHeld(ctx context.Context, tx DB, l Lease, from, to outbox.Cursor, applied int, ttl time.Duration) error {
-	tag, err := tx.Exec(ctx, advanceHeld, l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied, ttl.Seconds())
-	return AdvanceResult(tag, err)(l, from)
-}
-
-// QueueAdvance queues Advance into a pipelined batch, also extending the
-// lease to at least ttl from now: a segment that is busy all the time holds
-// its row lock too often for the renewal (which skips locked rows) to reach
-// it, so its batches renew it. Check the result with AdvanceResult.
-func QueueAdvance(b *pgx.Batch, l Lease, from, to outbox.Cursor, applied int, ttl time.Duration) {
-	b.Queue(advanceFirst, l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied, ttl.Seconds())
-}
-
-// AdvanceResult turns the result of a queued Advance into its error.
-func AdvanceResult(tag pgconn.CommandTag, err error) func(l Lease, from outbox.Cursor) error {
-	return func(l Lease, from outbox.Cursor) error {
-		if err != nil {
-			return fmt.Errorf("advance %s: %w", l, err)
-		}
-		if tag.RowsAffected() == 0 {
-			return fmt.Errorf("advance %s from %s: %w", l, from, ErrFenced)
-		}
-		return nil
-	}
-}
-
-// Fail halts a segment (status failed) with the reason, inside the apply
-// transaction that committed the events before the failing one.
-func Fail(ctx context.Context, tx DB, l Lease, reason string) error {
-	_, err := tx.Exec(ctx, `UPDATE readside.checkpoints SET status = 'failed', last_error = $4, updated_at = now()
-		WHERE projection = $1 AND segment = $2 AND lease_epoch = $3`, l.Projection, l.Segment, l.Epoch, reason)
-	if err != nil {
-		return fmt.Errorf("fail %s: %w", l, err)
-	}
-	return nil
-}
-
-// SetStatus pauses or resumes every segment of a projection (resuming also
-// clears a failed segment's error). It returns how many segments changed.
-func SetStatus(ctx context.Context, db DB, projection string, status Status) (int, error) {
-	if err := Exists(ctx, db, projection); err != nil {
-		return 0, err
-	}
-	var from []string
-	switch status {
-	case Paused:
-		from = []string{string(Running), string(Failed)}
-	case Running:
-		from = []string{string(Paused), string(Failed)}
-	default:
-		return 0, fmt.Errorf("set status: %q is not paused or running", status)
-	}
-	tag, err := db.Exec(ctx, `UPDATE readside.checkpoints SET status = $2, last_error = CASE WHEN $2 = 'running' THEN NULL ELSE last_error END,
-		updated_at = now() WHERE projection = $1 AND status = ANY ($3::text[])`, projection, status, from)
-	if err != nil {
-		return 0, fmt.Errorf("set status %s: %w", projection, err)
-	}
-	return int(tag.RowsAffected()), nil
-}
-
-// Move sets the cursor of every segment of a projection to `to`, bumping
-// the lease epoch and dropping the lease so that no current owner can
-// commit across the move. The caller runs it in the transaction that also
-// resets the read model.
-func Move(ctx context.Context, tx DB, projection string, to outbox.Cursor) error {
-	tag, err := tx.Exec(ctx, `UPDATE readside.checkpoints SET cursor_txid = $2, cursor_position = $3,
-		`+newLease("checkpoints", "NULL", "NULL")+`,
-		last_error = NULL, status = CASE WHEN status = 'failed' THEN 'running' ELSE status END, updated_at = now()
-		WHERE projection = $1`, projection, to.TxID, to.Position)
-	if err != nil {
-		return fmt.Errorf("move %s to %s: %w", projection, to, err)
-	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("move %s: %w", projection, ErrUnknownProjection)
-	}
-	return nil
 }

@@ -33,10 +33,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/stretchr/testify/require"
 
+	"github.com/readside/readside/internal/observe"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/internal/syncbuf"
 	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/observe"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }

@@ -3,8 +3,8 @@ package projectorcli
 import (
 	"fmt"
 
+	"github.com/readside/readside"
 	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/control"
 )
 
 // connBudget is what one `projector run` process holds at most, by
@@ -15,7 +15,7 @@ type connBudget struct {
 	// (2 x --concurrency) and the coordinator (outbox head, lease renewal
 	// and heartbeat, one query at a time).
 	Worker int
-	// Control: River's control jobs (control.WorkersDefault), the
+	// Control: River's control jobs (readside.ControlWorkersDefault), the
 	// side-effect queues' workers, and River's own producers, completer and
 	// maintenance services (2; more take turns).
 	Control int
@@ -30,7 +30,7 @@ type connBudget struct {
 func newConnBudget(concurrency int, sideEffectWorkers int, pollOnly bool) connBudget {
 	b := connBudget{
 		Worker:  2*concurrency + 1,
-		Control: control.WorkersDefault + sideEffectWorkers + 2,
+		Control: readside.ControlWorkersDefault + sideEffectWorkers + 2,
 		Metrics: 2,
 	}
 	if !pollOnly {

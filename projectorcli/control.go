@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
-	"github.com/riverqueue/river"
 	"github.com/spf13/cobra"
 
+	"github.com/readside/readside"
 	"github.com/readside/readside/internal/cli"
-	"github.com/readside/readside/internal/dbschema"
-	"github.com/readside/readside/projectors/control"
+	"github.com/readside/readside/outbox"
 )
 
 type resetOptions struct {
@@ -66,21 +66,43 @@ func (a *app) runReset(ctx context.Context, o resetOptions, name string, stdout,
 	if n > 1 {
 		return errors.New("reset: give one of --to-start, --to, --to-time")
 	}
-	if err := control.ValidateResetTarget(target); err != nil {
+	to, err := parseResetTarget(target)
+	if err != nil {
 		return fmt.Errorf("reset: %w", err)
 	}
 	if _, err := a.carried(name); err != nil {
 		return err
 	}
-	pool, err := a.openForControl(ctx, o.url, name)
+	c, done, err := a.operator(ctx, o.url)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	if err := control.CheckResetTarget(ctx, pool, target); err != nil {
-		return fmt.Errorf("reset %s: %w", name, err)
+	defer done()
+	job, err := c.Reset(ctx, name, to)
+	if err != nil {
+		return err
 	}
-	return a.enqueueAndWait(ctx, pool, stdout, stderr, control.ResetArgs{Projection: name, To: target}, name, name, o.wait)
+	return a.queuedAndWait(ctx, c, job, stdout, o.wait)
+}
+
+// parseResetTarget reads what --to-start, --to and --to-time gave.
+func parseResetTarget(target string) (readside.ResetTarget, error) {
+	kind, val, _ := strings.Cut(target, ":")
+	switch kind {
+	case "cursor":
+		c, err := outbox.ParseCursor(val)
+		if err != nil {
+			return readside.ResetTarget{}, fmt.Errorf("--to %q: %w", val, err)
+		}
+		return readside.ResetToCursor(c), nil
+	case "time":
+		t, err := time.Parse(time.RFC3339Nano, val)
+		if err != nil {
+			return readside.ResetTarget{}, fmt.Errorf("--to-time %q: want an RFC 3339 time such as 2026-11-01T00:00:00Z", val)
+		}
+		return readside.ResetToTime(t), nil
+	}
+	return readside.ResetToStart(), nil
 }
 
 type rebuildOptions struct {
@@ -119,32 +141,28 @@ func (a *app) runRebuild(ctx context.Context, o rebuildOptions, name string, std
 	if len(p.Spec().Tables) == 0 {
 		return fmt.Errorf("rebuild: %s has no tables to rebuild", name)
 	}
-	pool, err := a.openForControl(ctx, o.url, name)
+	c, done, err := a.operator(ctx, o.url)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	return a.enqueueAndWait(ctx, pool, stdout, stderr, control.RebuildArgs{Projection: name}, name, control.ShadowName(name), o.wait)
+	defer done()
+	job, err := c.Rebuild(ctx, name)
+	if err != nil {
+		return err
+	}
+	return a.queuedAndWait(ctx, c, job, stdout, o.wait)
 }
 
-// enqueueAndWait inserts the control job; with wait it follows the job and
-// then the replay of `follow` until it has caught up.
-func (a *app) enqueueAndWait(ctx context.Context, pool *dbschema.Pool, stdout, stderr io.Writer, args river.JobArgs, name, follow string, wait waitOptions) error {
-	jobs, err := control.NewJobs(pool.Pool, pool.Schema().String())
-	if err != nil {
-		return err
-	}
-	res, err := jobs.Enqueue(ctx, args)
-	if err != nil {
-		return err
-	}
-	if res.UniqueSkippedAsDuplicate {
-		fmt.Fprintf(stdout, "%s: already queued as job %d (state %s)\n", args.Kind(), res.Job.ID, res.Job.State)
+// queuedAndWait says that the control job is queued; with wait it follows
+// the job and the replay until done.
+func (a *app) queuedAndWait(ctx context.Context, c *readside.Client, job *readside.Job, stdout io.Writer, wait waitOptions) error {
+	if job.Duplicate {
+		fmt.Fprintf(stdout, "%s: already queued as job %d (state %s)\n", job.Kind, job.ID, job.State)
 	} else {
-		fmt.Fprintf(stdout, "%s: queued as job %d; a running projector executes it\n", args.Kind(), res.Job.ID)
+		fmt.Fprintf(stdout, "%s: queued as job %d; a running projector executes it\n", job.Kind, job.ID)
 	}
 	if !wait.wait {
 		return nil
 	}
-	return a.follow(ctx, pool, jobs, stdout, stderr, res.Job.ID, args.Kind(), name, follow, wait)
+	return a.follow(ctx, c, job, stdout, wait)
 }

@@ -1,6 +1,7 @@
 package projectorcli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,11 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/readside/readside/deadletter"
+	"github.com/readside/readside"
 	"github.com/readside/readside/internal/cli"
-	"github.com/readside/readside/internal/dbschema"
-	"github.com/readside/readside/outbox"
-	"github.com/readside/readside/projectors/control"
 )
 
 var deadLetterStatuses = []string{"parked", "retried", "discarded", "all"}
@@ -47,7 +45,7 @@ func (a *app) deadLettersList() *cobra.Command {
 		Short: "list dead letters (parked ones unless --status says otherwise)",
 		Args:  cli.ExactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.runList(cmd.Context(), url, deadletter.Filter{Projection: projection, Status: deadletter.Status(status)}, asJSON, cmd.OutOrStdout())
+			return a.runList(cmd.Context(), url, readside.DeadLetterFilter{Projection: projection, Status: readside.DeadLetterStatus(status)}, asJSON, cmd.OutOrStdout())
 		},
 	}
 	fs := cli.NewFlags(cmd)
@@ -58,13 +56,13 @@ func (a *app) deadLettersList() *cobra.Command {
 	return cmd
 }
 
-func (a *app) runList(ctx context.Context, url string, f deadletter.Filter, asJSON bool, w io.Writer) error {
-	pool, err := a.openDeadLetters(ctx, url, f.Projection)
+func (a *app) runList(ctx context.Context, url string, f readside.DeadLetterFilter, asJSON bool, w io.Writer) error {
+	c, done, err := a.operator(ctx, url)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	dls, err := deadletter.List(ctx, pool, f)
+	defer done()
+	dls, err := c.DeadLetters(ctx, f)
 	if err != nil {
 		return err
 	}
@@ -98,19 +96,19 @@ func (a *app) deadLettersShow() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("dead-letters show: bad id %q", args[0])
 			}
-			pool, err := a.connectChecked(cmd.Context(), url)
+			c, done, err := a.operator(cmd.Context(), url)
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
-			dls, err := deadletter.List(cmd.Context(), pool, deadletter.Filter{IDs: []int64{id}, Status: deadletter.AnyStatus})
+			defer done()
+			dls, err := c.DeadLetters(cmd.Context(), readside.DeadLetterFilter{IDs: []int64{id}, Status: readside.DeadLetterAnyStatus})
 			if err != nil {
 				return err
 			}
 			if len(dls) == 0 {
 				return fmt.Errorf("dead letter %d not found", id)
 			}
-			return showDeadLetter(cmd.Context(), pool, cmd.OutOrStdout(), dls[0], asJSON)
+			return showDeadLetter(cmd.Context(), c, cmd.OutOrStdout(), dls[0], asJSON)
 		},
 	}
 	fs := cli.NewFlags(cmd)
@@ -168,20 +166,16 @@ func (a *app) runRetry(ctx context.Context, p deadLetterPick, stdout, stderr io.
 	if p.projection == "" {
 		return errors.New("dead-letters retry: --projection is required")
 	}
-	pool, err := a.openDeadLetters(ctx, p.url, p.projection)
+	c, done, err := a.operator(ctx, p.url)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	// Check there is something, then hand it to the control plane.
-	dls, err := deadletter.List(ctx, pool, deadletter.Filter{Projection: p.projection, IDs: ids})
+	defer done()
+	job, err := c.RetryDeadLetters(ctx, p.projection, ids)
 	if err != nil {
-		return err
+		return fmt.Errorf("dead-letters retry: %w", err)
 	}
-	if len(dls) == 0 {
-		return fmt.Errorf("dead-letters retry: %w", control.ErrNothingToRetry)
-	}
-	return a.enqueueAndWait(ctx, pool, stdout, stderr, control.RetryDeadLettersArgs{Projection: p.projection, IDs: ids}, p.projection, p.projection, waitOptions{})
+	return a.queuedAndWait(ctx, c, job, stdout, waitOptions{})
 }
 
 func (a *app) deadLettersDiscard() *cobra.Command {
@@ -203,12 +197,12 @@ func (a *app) runDiscard(ctx context.Context, p deadLetterPick, stdout io.Writer
 	if err != nil {
 		return err
 	}
-	pool, err := a.openDeadLetters(ctx, p.url, p.projection)
+	c, done, err := a.operator(ctx, p.url)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	n, err := deadletter.Discard(ctx, pool, p.projection, ids)
+	defer done()
+	n, err := c.DiscardDeadLetters(ctx, p.projection, ids)
 	if err != nil {
 		return err
 	}
@@ -221,21 +215,6 @@ func (a *app) projectionFlag(cmd *cobra.Command, p *string, help string) {
 	_ = cmd.RegisterFlagCompletionFunc("projection", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 		return a.names(), cobra.ShellCompDirectiveNoFileComp
 	})
-}
-
-// openDeadLetters connects and checks projection (when given) is known.
-func (a *app) openDeadLetters(ctx context.Context, url, projection string) (*dbschema.Pool, error) {
-	pool, err := a.connectChecked(ctx, url)
-	if err != nil {
-		return nil, err
-	}
-	if projection != "" {
-		if err := a.known(ctx, pool, projection); err != nil {
-			pool.Close()
-			return nil, err
-		}
-	}
-	return pool, nil
 }
 
 func parseIDs(list string) ([]int64, error) {
@@ -273,26 +252,34 @@ type deadLetterJSON struct {
 	Metadata      json.RawMessage `json:"metadata,omitempty"`
 }
 
-func toJSON(d deadletter.Letter) deadLetterJSON {
+func toJSON(d readside.DeadLetter) deadLetterJSON {
 	return deadLetterJSON{ID: d.ID, Projection: d.Projection, Segment: d.Segment, EventID: d.EventID, EventType: d.EventType,
 		AggregateType: d.AggregateType, AggregateID: d.AggregateID, Version: d.Version, Reason: string(d.Reason), Error: d.Error,
 		Attempts: d.Attempts, Status: string(d.Status), FirstFailedAt: d.FirstFailedAt, LastFailedAt: d.LastFailedAt}
 }
 
-func showDeadLetter(ctx context.Context, pool *dbschema.Pool, w io.Writer, d deadletter.Letter, asJSON bool) error {
-	var data, meta string
-	var c outbox.Cursor
-	if err := pool.QueryRow(ctx, `SELECT txid, id, jsonb_pretty(event_data), jsonb_pretty(metadata) FROM readside.events WHERE id = $1`, d.EventID).
-		Scan(&c.TxID, &c.Position, &data, &meta); err != nil {
+func showDeadLetter(ctx context.Context, c *readside.Client, w io.Writer, d readside.DeadLetter, asJSON bool) error {
+	e, err := c.Event(ctx, d.EventID)
+	if err != nil {
 		return err
 	}
+	data, meta := pretty(e.Data), pretty(e.Metadata)
 	if asJSON {
 		j := toJSON(d)
-		j.Cursor, j.Data, j.Metadata = c.String(), json.RawMessage(data), json.RawMessage(meta)
+		j.Cursor, j.Data, j.Metadata = e.Cursor.String(), json.RawMessage(data), json.RawMessage(meta)
 		return writeJSON(w, j)
 	}
 	fmt.Fprintf(w, "dead letter %d (%s, %s)\nprojection: %s segment %d\nevent:      %d %s, %s/%s v%d, cursor %s\nattempts:   %d, first failed %s, last %s\nerror:      %s\nmetadata:   %s\ndata:\n%s\n",
-		d.ID, d.Status, d.Reason, d.Projection, d.Segment, d.EventID, d.EventType, d.AggregateType, d.AggregateID, d.Version, c,
+		d.ID, d.Status, d.Reason, d.Projection, d.Segment, d.EventID, d.EventType, d.AggregateType, d.AggregateID, d.Version, e.Cursor,
 		d.Attempts, d.FirstFailedAt.Format(time.RFC3339), d.LastFailedAt.Format(time.RFC3339), d.Error, meta, data)
 	return nil
+}
+
+// pretty indents a JSON document as jsonb_pretty does.
+func pretty(raw []byte) string {
+	var b bytes.Buffer
+	if err := json.Indent(&b, raw, "", "    "); err != nil {
+		return string(raw)
+	}
+	return b.String()
 }

@@ -9,9 +9,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/readside/readside/internal/control"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/control"
 	"github.com/readside/readside/projectors/shipped"
 )
 

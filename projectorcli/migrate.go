@@ -4,13 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
+	"github.com/readside/readside"
 	"github.com/readside/readside/internal/cli"
-	"github.com/readside/readside/migrations"
-	"github.com/readside/readside/projectors"
 )
 
 func (a *app) migrateCommand() *cobra.Command {
@@ -41,8 +41,12 @@ func (a *app) runMigrate(ctx context.Context, url string, dryRun bool, stdout io
 		return err
 	}
 	defer pool.Close()
+	c, err := a.newClient(readside.Config{Pool: pool, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return err
+	}
 	if dryRun {
-		plan, err := migrations.Pending(ctx, pool, a.migrateConfig())
+		plan, ddl, err := c.MigratePlan(ctx)
 		if err != nil {
 			return err
 		}
@@ -52,17 +56,18 @@ func (a *app) runMigrate(ctx context.Context, url string, dryRun bool, stdout io
 		for _, m := range plan.Readside {
 			fmt.Fprintf(stdout, "-- readside migration %03d_%s\n%s\n", m.Version, m.Name, m.SQL)
 		}
-		for _, p := range a.projs {
-			if sc, ok := p.(projectors.Schema); ok {
-				fmt.Fprintf(stdout, "-- schema of projection %s (idempotent, run by every migrate)\n%s\n", p.Spec().Name, sc.Schema())
-			}
+		for _, d := range ddl {
+			fmt.Fprintf(stdout, "-- schema of projection %s (idempotent, run by every migrate)\n%s\n", d.Projection, d.SQL)
 		}
-		fmt.Fprintf(stdout, "-- %d River and %d readside migrations pending; nothing applied (dry run)\n", len(plan.River), len(plan.Readside))
+		fmt.Fprintf(stdout, "-- %d River and %d readside migrations pending in schema %s; nothing applied (dry run)\n", len(plan.River), len(plan.Readside), c.Schema())
 		return nil
 	}
-	res, err := migrations.Migrate(ctx, pool, a.migrateConfig())
+	res, err := c.Migrate(ctx)
 	if err != nil {
 		return err
+	}
+	if res.Created {
+		fmt.Fprintf(stdout, "created schema %s\n", c.Schema())
 	}
 	for _, m := range res.Applied {
 		fmt.Fprintf(stdout, "applied %03d_%s\n", m.Version, m.Name)
@@ -70,23 +75,11 @@ func (a *app) runMigrate(ctx context.Context, url string, dryRun bool, stdout io
 	if len(res.River) > 0 {
 		fmt.Fprintf(stdout, "applied River migrations %v\n", res.River)
 	}
-	fmt.Fprintf(stdout, "schema %s at version %d\n", a.schema, res.Version)
+	fmt.Fprintf(stdout, "schema %s at version %d\n", c.Schema(), res.Version)
 	for _, n := range res.Projections {
 		fmt.Fprintf(stdout, "applied schema of projection %s\n", n)
 	}
 	return nil
-}
-
-// migrateConfig is what migrate applies: readside's migrations and River's
-// in --schema, then the DDL of the projections that have their own.
-func (a *app) migrateConfig() migrations.Config {
-	cfg := migrations.Config{Schema: a.schema.String()}
-	for _, p := range a.projs {
-		if sc, ok := p.(projectors.Schema); ok {
-			cfg.Projections = append(cfg.Projections, migrations.DDL{Projection: p.Spec().Name, SQL: sc.Schema()})
-		}
-	}
-	return cfg
 }
 
 func (a *app) migrateStatusCommand() *cobra.Command {
@@ -103,7 +96,11 @@ func (a *app) migrateStatusCommand() *cobra.Command {
 				return err
 			}
 			defer pool.Close()
-			st, err := migrations.Status(ctx, pool, a.migrateConfig())
+			c, err := a.newClient(readside.Config{Pool: pool})
+			if err != nil {
+				return err
+			}
+			st, err := c.MigrateStatus(ctx)
 			if err != nil {
 				return err
 			}

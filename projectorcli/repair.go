@@ -10,9 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/readside/readside"
 	"github.com/readside/readside/internal/cli"
-	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/control"
 )
 
 type repairOptions struct {
@@ -67,20 +66,15 @@ func (a *app) runRepair(ctx context.Context, o repairOptions, name string, stdou
 	if len(o.aggregates) == 0 && !o.allParked {
 		return errors.New("repair: give --aggregate ID (repeatable) or --all-parked")
 	}
-	p, err := a.carried(name)
+	if _, err := a.carried(name); err != nil {
+		return err
+	}
+	c, done, err := a.operator(ctx, o.url)
 	if err != nil {
 		return err
 	}
-	if _, ok := p.(projectors.Forgetter); !ok {
-		return fmt.Errorf("repair %s: %w; reset or rebuild it instead", name, control.ErrRepairUnsupported)
-	}
-	pool, err := a.openForControl(ctx, o.url, name)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	res, err := control.Repair(ctx, pool, p, control.RepairOptions{
-		AggregateType: o.aggregateType, AggregateIDs: o.aggregates, AllParked: o.allParked})
+	defer done()
+	res, err := c.Repair(ctx, name, readside.RepairOptions{AggregateType: o.aggregateType, AggregateIDs: o.aggregates, AllParked: o.allParked})
 	if err != nil {
 		return err
 	}

@@ -18,11 +18,10 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/spf13/cobra"
 
+	"github.com/readside/readside"
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/internal/pgerr"
 	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/control"
-	"github.com/readside/readside/projectors/observe"
 )
 
 type runConfig struct {
@@ -76,8 +75,8 @@ SIGINT or SIGTERM stops it softly: batches in flight finish.`,
 	fs.Int(&c.maxConns, "max-conns", "PROJECTOR_MAX_CONNS", 0, "connection pool size; 0 means the budget for --concurrency (2 x concurrency + 11 with every shipped projection); at least concurrency + 2")
 	fs.Duration(&c.leaseTTL, "lease-ttl", "PROJECTOR_LEASE_TTL", projectors.LeaseTTLDefault, "segment lease time to live; a dead worker's segments move after this")
 	fs.Duration(&c.softStop, "soft-stop-timeout", "PROJECTOR_SOFT_STOP_TIMEOUT", projectors.SoftStopTimeoutDefault, "on SIGTERM, how long batches in flight may finish")
-	fs.Duration(&c.retention, "outbox-retention", "PROJECTOR_OUTBOX_RETENTION", control.RetentionDefault, "keep outbox rows at least this long after every projection passed them")
-	fs.Duration(&c.pruneEvery, "prune-interval", "PROJECTOR_PRUNE_INTERVAL", control.PruneIntervalDefault, "how often to prune the outbox; negative disables")
+	fs.Duration(&c.retention, "outbox-retention", "PROJECTOR_OUTBOX_RETENTION", readside.OutboxRetentionDefault, "keep outbox rows at least this long after every projection passed them")
+	fs.Duration(&c.pruneEvery, "prune-interval", "PROJECTOR_PRUNE_INTERVAL", readside.PruneIntervalDefault, "how often to prune the outbox; negative disables")
 	fs.Duration(&c.startupTimeout, "startup-timeout", "PROJECTOR_STARTUP_TIMEOUT", 30*time.Second, "how long to retry reaching the database at start (a restart in progress) before giving up")
 	fs.FlagSet().BoolVar(&c.riverUI, "riverui", false, "serve River's UI at /riverui/ on --metrics-addr (needs --riverui-token)")
 	fs.Secret(&c.riverUIToken, "riverui-token", "PROJECTOR_RIVERUI_TOKEN", "", "token guarding /riverui/ (Authorization: Bearer, or /riverui/?token= once in a browser)")
@@ -109,30 +108,25 @@ func (a *app) runRun(ctx context.Context, c runConfig, stdout, stderr io.Writer)
 	defer pool.Close()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	w, ctl, err := a.newMember(pool, projs, c, logger, reg)
+	client, err := a.newMember(pool, projs, c, logger, reg)
 	if err != nil {
 		return err
 	}
-	if err := startup(ctx, logger, c.startupTimeout, "start worker", func() error { return w.Start(ctx) }); err != nil {
+	if err := startup(ctx, logger, c.startupTimeout, "start", func() error { return client.Start(ctx) }); err != nil {
 		return err
 	}
-	if err := startup(ctx, logger, c.startupTimeout, "start control plane", func() error { return ctl.Start(ctx) }); err != nil {
-		_ = w.Stop(context.Background())
-		return fmt.Errorf("control plane: %w", err)
-	}
-	logger.Info("projector started", "worker", w.ID(), "projections", len(projs), "concurrency", c.concurrency,
-		"max_conns", pool.Config().MaxConns, "poll_only", c.listenless(), "pgbouncer", c.pgbouncer)
+	logger.Info("projector started", "worker", client.WorkerID(), "projections", len(projs), "concurrency", c.concurrency,
+		"max_conns", pool.Config().MaxConns, "poll_only", c.listenless(), "pgbouncer", c.pgbouncer, "schema", client.Schema())
 
-	srv, srvErr, err := c.serveMetrics(ctx, healthMux(reg, pool, w), ctl, logger)
+	srv, srvErr, err := c.serveMetrics(ctx, healthMux(reg, pool, client), client, logger)
 	if err != nil {
-		_ = ctl.Stop(context.Background())
-		_ = w.Stop(context.Background())
+		_ = client.Stop(context.Background())
 		return err
 	}
 	select {
 	case <-ctx.Done():
 		logger.Info("stopping: finishing batches in flight", "timeout", c.softStop)
-	case <-w.Stopped():
+	case <-client.Stopped():
 	case err := <-srvErr:
 		logger.Error("metrics server failed", "err", err)
 	}
@@ -141,10 +135,9 @@ func (a *app) runRun(ctx context.Context, c runConfig, stdout, stderr io.Writer)
 	if srv != nil {
 		_ = srv.Shutdown(stopCtx)
 	}
-	cerr := ctl.Stop(stopCtx)
-	err = w.Stop(stopCtx)
-	logger.Info("projector stopped", "worker", w.ID())
-	return errors.Join(err, cerr)
+	err = client.Stop(stopCtx)
+	logger.Info("projector stopped", "worker", client.WorkerID())
+	return err
 }
 
 func (c runConfig) validate() error {
@@ -183,40 +176,19 @@ func (c runConfig) connect(ctx context.Context, logger *slog.Logger, projs []pro
 	return pool, nil
 }
 
-// newMember builds this fleet member's worker and control plane, and
-// registers the metrics read from the database.
-func (a *app) newMember(pool *pgxpool.Pool, projs []projectors.Projection, c runConfig, logger *slog.Logger, reg *prometheus.Registry) (*projectors.Worker, *control.Control, error) {
-	w, err := projectors.NewWorker(projectors.Config{
-		Pool: pool, Projections: projs, WorkerID: c.workerID, Concurrency: c.concurrency, BatchSize: c.batchSize,
-		PollInterval: c.poll, PollOnly: c.listenless(), LeaseTTL: c.leaseTTL, SoftStopTimeout: c.softStop, Logger: logger, Registerer: reg,
-	})
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := observe.RegisterPipelineMetrics(reg, pool, logger); err != nil {
-		return nil, nil, err
-	}
-	// All of the binary's projections, not only those this process runs:
-	// a type is unsubscribed when no worker of the fleet would take it.
-	if err := observe.RegisterUnsubscribedMetrics(reg, pool, logger, a.projs...); err != nil {
-		return nil, nil, err
-	}
-	if err := observe.RegisterPoolMetrics(reg, pool, "projector"); err != nil {
-		return nil, nil, err
-	}
+// newMember builds this fleet member: a readside.Client that runs projs
+// and registers its metrics on reg.
+func (a *app) newMember(pool *pgxpool.Pool, projs []projectors.Projection, c runConfig, logger *slog.Logger, reg *prometheus.Registry) (*readside.Client, error) {
 	var riverLevel slog.Level
 	_ = riverLevel.UnmarshalText([]byte(c.riverLogLevel)) // an enum flag: always valid
-	ctl, err := control.New(control.Config{Pool: pool, Projections: projs, Logger: logger, RiverLogLevel: riverLevel, PollOnly: c.listenless(),
-		Retention: c.retention, PruneInterval: c.pruneEvery, SoftStopTimeout: c.softStop, Schema: a.schema.String()})
-	if err != nil {
-		return nil, nil, err
-	}
-	return w, ctl, nil
+	return a.newClient(readside.Config{Pool: pool, Projections: projs, WorkerID: c.workerID, Concurrency: c.concurrency,
+		BatchSize: c.batchSize, PollInterval: c.poll, PollOnly: c.listenless(), LeaseTTL: c.leaseTTL, SoftStopTimeout: c.softStop,
+		OutboxRetention: c.retention, PruneInterval: c.pruneEvery, RiverLogLevel: riverLevel, Logger: logger, Registerer: reg})
 }
 
-// healthMux serves /metrics, /healthz and /readyz (ready while the worker
+// healthMux serves /metrics, /healthz and /readyz (ready while the member
 // runs and the database answers).
-func healthMux(reg *prometheus.Registry, pool *pgxpool.Pool, w *projectors.Worker) *http.ServeMux {
+func healthMux(reg *prometheus.Registry, pool *pgxpool.Pool, client *readside.Client) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
@@ -224,7 +196,7 @@ func healthMux(reg *prometheus.Registry, pool *pgxpool.Pool, w *projectors.Worke
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		select {
-		case <-w.Stopped():
+		case <-client.Stopped():
 			http.Error(rw, "worker stopped", http.StatusServiceUnavailable)
 			return
 		default:
@@ -241,13 +213,13 @@ func healthMux(reg *prometheus.Registry, pool *pgxpool.Pool, w *projectors.Worke
 // serveMetrics serves mux (with River's UI under --riverui) on
 // --metrics-addr; no server when it is empty. The channel receives the
 // server's error if it stops serving.
-func (c runConfig) serveMetrics(ctx context.Context, mux *http.ServeMux, ctl *control.Control, logger *slog.Logger) (*http.Server, <-chan error, error) {
+func (c runConfig) serveMetrics(ctx context.Context, mux *http.ServeMux, client *readside.Client, logger *slog.Logger) (*http.Server, <-chan error, error) {
 	srvErr := make(chan error, 1)
 	if c.metricsAddr == "" {
 		return nil, srvErr, nil
 	}
 	if c.riverUI {
-		if err := mountRiverUI(ctx, mux, ctl.Client(), c.riverUIToken, logger); err != nil {
+		if err := mountRiverUI(ctx, mux, client.River(), c.riverUIToken, logger); err != nil {
 			return nil, nil, fmt.Errorf("riverui: %w", err)
 		}
 	}

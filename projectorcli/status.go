@@ -4,19 +4,16 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/readside/readside"
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/cli"
-	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/outbox"
-	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/observe"
 )
 
 type segmentJSON struct {
@@ -40,7 +37,7 @@ type statusJSON struct {
 	WindowHolder *outbox.Holder `json:"window_holder,omitempty"`
 	// Unsubscribed lists aggregate types no projection of this binary
 	// takes: their events are never applied.
-	Unsubscribed []observe.UnsubscribedType `json:"unsubscribed,omitempty"`
+	Unsubscribed []readside.UnsubscribedType `json:"unsubscribed,omitempty"`
 }
 
 func (a *app) statusCommand() *cobra.Command {
@@ -59,16 +56,7 @@ growing lag.`,
 		Args:              cobra.ArbitraryArgs,
 		ValidArgsFunction: a.completeNames,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			projs := a.projs
-			if len(args) > 0 {
-				projs = nil
-				for _, p := range a.projs {
-					if slices.Contains(args, p.Spec().Name) {
-						projs = append(projs, p)
-					}
-				}
-			}
-			return a.runStatus(cmd.Context(), url, asJSON, projs, args, cmd.OutOrStdout())
+			return a.runStatus(cmd.Context(), url, asJSON, args, cmd.OutOrStdout())
 		},
 	}
 	fs := cli.NewFlags(cmd)
@@ -81,71 +69,32 @@ growing lag.`,
 // worker has registered: its lag is the whole outbox.
 const NeverRun = "never_run"
 
-func (a *app) runStatus(ctx context.Context, url string, asJSON bool, projs []projectors.Projection, names []string, stdout io.Writer) error {
-	pool, err := a.connectChecked(ctx, url)
+func (a *app) runStatus(ctx context.Context, url string, asJSON bool, names []string, stdout io.Writer) error {
+	c, done, err := a.operator(ctx, url)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	segs, err := observe.Status(ctx, pool, names...)
+	defer done()
+	r, err := c.Status(ctx, names...)
 	if err != nil {
 		return err
 	}
-	holder, err := outbox.WindowHolder(ctx, pool)
-	if err != nil {
-		return err
-	}
-	unsubscribed, err := observe.UnsubscribedEvents(ctx, pool, projs...)
-	if err != nil {
-		return err
-	}
-	out := statusJSON{Segments: []segmentJSON{}, Unsubscribed: unsubscribed}
-	for _, s := range segs {
+	out := statusJSON{Segments: []segmentJSON{}, Unsubscribed: r.Unsubscribed, WindowHolder: r.WindowHolder}
+	for _, s := range r.Segments {
 		out.Segments = append(out.Segments, segmentJSON{Projection: s.Projection, Segment: s.Segment, Status: string(s.Status),
 			Cursor: s.Cursor.String(), LagEvents: s.LagEvents, LagSeconds: s.LagSeconds, StalledSeconds: s.StalledSeconds,
 			Owner: s.LeaseOwner, OwnerLive: s.OwnerLive, Epoch: s.LeaseEpoch, EventsApplied: s.EventsApplied,
 			Parked: s.Parked, LastError: s.LastError})
 	}
-	never, err := neverRun(ctx, pool, projs, segs)
-	if err != nil {
-		return err
-	}
-	out.Segments = append(out.Segments, never...)
-	if holder != nil && holder.Age > time.Second {
-		out.WindowHolder = holder
+	for _, name := range r.NeverRun {
+		out.Segments = append(out.Segments, segmentJSON{Projection: name, Status: NeverRun, Cursor: "-",
+			LagEvents: r.NeverRunLag.Events, LagSeconds: r.NeverRunLag.Seconds})
 	}
 	if asJSON {
 		return writeJSON(stdout, out)
 	}
 	printStatus(stdout, out)
 	return nil
-}
-
-// neverRun lists the projections this binary carries that no worker has
-// registered yet, with the whole log as their lag, so that a projection
-// never run does not look healthy by its absence.
-func neverRun(ctx context.Context, pool *dbschema.Pool, projs []projectors.Projection, segs []observe.SegmentStatus) ([]segmentJSON, error) {
-	seen := map[string]bool{}
-	for _, s := range segs {
-		seen[s.Projection] = true
-	}
-	var out []segmentJSON
-	var lag int64
-	var age float64
-	for _, p := range projs {
-		name := p.Spec().Name
-		if seen[name] {
-			continue
-		}
-		if out == nil {
-			if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM (SELECT 1 FROM readside.outbox LIMIT $1) x),
-				coalesce((SELECT extract(epoch FROM now() - min(created_at)) FROM readside.outbox), 0)::float8`, observe.LagCountCap).Scan(&lag, &age); err != nil {
-				return nil, fmt.Errorf("status: %w", err)
-			}
-		}
-		out = append(out, segmentJSON{Projection: name, Status: NeverRun, Cursor: "-", LagEvents: lag, LagSeconds: age})
-	}
-	return out, nil
 }
 
 func printStatus(w io.Writer, st statusJSON) {
@@ -171,7 +120,7 @@ func printStatus(w io.Writer, st statusJSON) {
 		var list []string
 		for _, u := range st.Unsubscribed {
 			n := fmt.Sprint(u.Events)
-			if u.Events >= observe.UnsubscribedCountCap {
+			if u.Events >= readside.UnsubscribedCountCap {
 				n += "+"
 			}
 			list = append(list, fmt.Sprintf("%q (%s events)", u.AggregateType, n))
@@ -202,19 +151,16 @@ func (a *app) pauseResumeCommand(verb string) *cobra.Command {
 }
 
 func (a *app) runPauseResume(ctx context.Context, cmd, url, name string, stdout io.Writer) error {
-	pool, err := a.connectChecked(ctx, url)
+	c, done, err := a.operator(ctx, url)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	if err := a.known(ctx, pool, name); err != nil {
-		return err
-	}
-	status := checkpoint.Paused
+	defer done()
+	op, status := c.Pause, checkpoint.Paused
 	if cmd == "resume" {
-		status = checkpoint.Running
+		op, status = c.Resume, checkpoint.Running
 	}
-	n, err := checkpoint.SetStatus(ctx, pool, name, status)
+	n, err := op(ctx, name)
 	if err != nil {
 		return err
 	}

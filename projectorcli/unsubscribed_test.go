@@ -7,8 +7,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/readside/readside/internal/observe"
 	"github.com/readside/readside/internal/pgtest"
-	"github.com/readside/readside/projectors/observe"
 )
 
 // TestStatusShowsUnsubscribedEvents: `status` names the aggregate types that

@@ -3,7 +3,7 @@ package projectors
 import (
 	"slices"
 
-	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/checkpoint"
 )
 
 // assign spreads every segment over the live workers that run its

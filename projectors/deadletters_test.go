@@ -12,12 +12,12 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
-	"github.com/readside/readside/checkpoint"
-	"github.com/readside/readside/deadletter"
+	"github.com/readside/readside/internal/checkpoint"
+	"github.com/readside/readside/internal/control"
+	"github.com/readside/readside/internal/deadletter"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/control"
 )
 
 // counter is a projection that counts how often each event was applied,

@@ -14,10 +14,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/domain"
+	"github.com/readside/readside/internal/control"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/control"
 	"github.com/readside/readside/projectors/notifications"
 )
 

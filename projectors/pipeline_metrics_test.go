@@ -12,12 +12,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"github.com/stretchr/testify/require"
 
-	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/checkpoint"
+	"github.com/readside/readside/internal/control"
+	"github.com/readside/readside/internal/observe"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/internal/promtest"
 	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/control"
-	"github.com/readside/readside/projectors/observe"
 )
 
 func TestPipelineMetricsLagGrowsWithoutWorkersAndDropsWhenCaughtUp(t *testing.T) {

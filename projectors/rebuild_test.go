@@ -9,9 +9,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/readside/readside/internal/control"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/control"
 )
 
 // effectful is the recorder with a side effect: a row in effects (outside

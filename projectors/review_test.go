@@ -8,10 +8,10 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/readside/readside/deadletter"
+	"github.com/readside/readside/internal/control"
+	"github.com/readside/readside/internal/deadletter"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/control"
 )
 
 // A discard that commits while a retry of the same dead letter is applying

@@ -11,9 +11,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/readside/readside/checkpoint"
-	"github.com/readside/readside/deadletter"
 	"github.com/readside/readside/internal/backoff"
+	"github.com/readside/readside/internal/checkpoint"
+	"github.com/readside/readside/internal/deadletter"
 	"github.com/readside/readside/outbox"
 )
 

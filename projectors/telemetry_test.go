@@ -11,10 +11,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
+	"github.com/readside/readside/internal/control"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/internal/syncbuf"
 	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/control"
 )
 
 // series returns, per projection label, the sample count of

@@ -3,7 +3,7 @@ package projectors
 import (
 	"errors"
 
-	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/checkpoint"
 	"github.com/readside/readside/internal/pgerr"
 )
 

@@ -17,10 +17,10 @@ import (
 	"github.com/readside/readside/aggregate"
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/internal/loadgen"
+	"github.com/readside/readside/internal/observe"
 	"github.com/readside/readside/internal/pgtemp"
 	"github.com/readside/readside/migrations"
 	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/observe"
 	"github.com/readside/readside/projectors/orderstatistics"
 	"github.com/readside/readside/projectors/shipped"
 )

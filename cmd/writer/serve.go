@@ -18,7 +18,7 @@ import (
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/internal/httpapi"
-	"github.com/readside/readside/projectors/observe"
+	"github.com/readside/readside/internal/observe"
 )
 
 type serveConfig struct {

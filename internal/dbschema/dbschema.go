@@ -14,7 +14,7 @@ package dbschema
 
 import (
 	"context"
-		"fmt"
+	"fmt"
 	"regexp"
 	"strings"
 	"sync"

@@ -18,9 +18,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/readside/readside/internal/observe"
 	"github.com/readside/readside/internal/pgtemp"
 	"github.com/readside/readside/internal/pgtest"
-	"github.com/readside/readside/projectors/observe"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }

@@ -17,11 +17,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
-	"github.com/readside/readside/deadletter"
+	"github.com/readside/readside/internal/control"
+	"github.com/readside/readside/internal/deadletter"
 	"github.com/readside/readside/internal/pgerr"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/control"
 )
 
 // tb is what the harness needs from *testing.T and *rapid.T.

@@ -33,10 +33,10 @@ var owners = map[string]string{
 	"event_erasures": "", // readside_erase_event_data (migration 007)
 	"snapshots":      "aggregate",
 	// The projection registry, cursors, leases and the fleet.
-	"projections":  "checkpoint",
-	"checkpoints":  "checkpoint",
-	"workers":      "checkpoint",
-	"dead_letters": "deadletter",
+	"projections":  "internal/checkpoint",
+	"checkpoints":  "internal/checkpoint",
+	"workers":      "internal/checkpoint",
+	"dead_letters": "internal/deadletter",
 	// Read models: the projection's package, which repair and reset call
 	// through Projection.Reset and Forgetter.Forget.
 	"order_summary":           "projectors/ordersummary",
@@ -73,7 +73,7 @@ func TestOneWritingPackagePerTable(t *testing.T) {
 		if !known {
 			continue // not one of readside's tables (River's, a test's)
 		}
-		if w.pkg == "checkpoint" && w.table == "checkpoints" {
+		if w.pkg == "internal/checkpoint" && w.table == "checkpoints" {
 			seen = true
 		}
 		if w.pkg != owner {

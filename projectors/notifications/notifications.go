@@ -101,7 +101,9 @@ func (w *Worker) Work(ctx context.Context, job *river.Job[OrderShippedArgs]) err
 
 // RiverWorkers implements projectors.SideEffects: it registers the
 // notification worker.
-func (*Projection) RiverWorkers(db projectors.DB, w *river.Workers) { river.AddWorker(w, &Worker{DB: db}) }
+func (*Projection) RiverWorkers(db projectors.DB, w *river.Workers) {
+	river.AddWorker(w, &Worker{DB: db})
+}
 
 // RiverQueues is the queue the notification jobs go to, with its workers.
 func (*Projection) RiverQueues() map[string]river.QueueConfig {

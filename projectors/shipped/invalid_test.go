@@ -10,9 +10,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/readside/readside/internal/observe"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/observe"
 	"github.com/readside/readside/projectors/orderstatistics"
 	"github.com/readside/readside/projectors/shipped"
 )

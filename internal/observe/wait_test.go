@@ -1,4 +1,4 @@
-package httpapi_test
+package observe_test
 
 import (
 	"context"
@@ -9,8 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/readside/readside/checkpoint"
-	"github.com/readside/readside/internal/httpapi"
+	"github.com/readside/readside/internal/checkpoint"
+	"github.com/readside/readside/internal/observe"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/outbox"
 )
@@ -41,18 +41,18 @@ func TestWaitFor(t *testing.T) {
 		t.Cleanup(cancel)
 		return ctx
 	}
-	notCaughtUp := func(err error) *httpapi.NotCaughtUpError {
+	notCaughtUp := func(err error) *observe.NotCaughtUpError {
 		t.Helper()
-		var lag *httpapi.NotCaughtUpError
+		var lag *observe.NotCaughtUpError
 		require.ErrorAs(t, err, &lag)
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 		return lag
 	}
 
-	require.NoError(t, httpapi.WaitFor(long(), pool, token), "no projections: nothing to wait for")
-	require.NoError(t, httpapi.WaitFor(long(), pool, outbox.Start, "one", "three"), "every cursor is at or after the start")
+	require.NoError(t, observe.WaitFor(long(), pool, token), "no projections: nothing to wait for")
+	require.NoError(t, observe.WaitFor(long(), pool, outbox.Start, "one", "three"), "every cursor is at or after the start")
 
-	lag := notCaughtUp(httpapi.WaitFor(short(), pool, token, "one", "three"))
+	lag := notCaughtUp(observe.WaitFor(short(), pool, token, "one", "three"))
 	require.Equal(t, "one", lag.Projection, "the first lagging projection is named")
 	require.Equal(t, "running", lag.Status())
 	require.False(t, lag.Stuck())
@@ -64,9 +64,9 @@ func TestWaitFor(t *testing.T) {
 	// Same transaction, earlier position: behind.
 	move("three", 1, outbox.Cursor{TxID: 900, Position: 39}, checkpoint.Running, "")
 	move("three", 2, outbox.Cursor{TxID: 899, Position: 99}, checkpoint.Failed, "decode OrderPlaced: boom")
-	lag = notCaughtUp(httpapi.WaitFor(short(), pool, token, "one", "three"))
+	lag = notCaughtUp(observe.WaitFor(short(), pool, token, "one", "three"))
 	require.Equal(t, "three", lag.Projection)
-	require.Equal(t, []httpapi.SegmentLag{
+	require.Equal(t, []observe.SegmentLag{
 		{Segment: 1, Cursor: outbox.Cursor{TxID: 900, Position: 39}, Status: checkpoint.Running},
 		{Segment: 2, Cursor: outbox.Cursor{TxID: 899, Position: 99}, Status: checkpoint.Failed, LastError: "decode OrderPlaced: boom"},
 	}, lag.Behind)
@@ -76,7 +76,7 @@ func TestWaitFor(t *testing.T) {
 	require.Contains(t, lag.Error(), "decode OrderPlaced: boom")
 
 	// Unregistered projections are reported as such.
-	lag = notCaughtUp(httpapi.WaitFor(short(), pool, token, "one", "nobody"))
+	lag = notCaughtUp(observe.WaitFor(short(), pool, token, "one", "nobody"))
 	require.Equal(t, "nobody", lag.Projection)
 	require.False(t, lag.Registered)
 	require.Equal(t, "unregistered", lag.Status())
@@ -85,7 +85,7 @@ func TestWaitFor(t *testing.T) {
 	done := make(chan error, 1)
 	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	go func() { done <- httpapi.WaitFor(waitCtx, pool, token, "three") }()
+	go func() { done <- observe.WaitFor(waitCtx, pool, token, "three") }()
 	move("three", 1, token, checkpoint.Running, "")
 	move("three", 2, outbox.Cursor{TxID: 1000, Position: 1}, checkpoint.Running, "")
 	select {
@@ -104,8 +104,8 @@ func (f failingQuerier) QueryRow(context.Context, string, ...any) pgx.Row       
 func TestWaitForDatabaseError(t *testing.T) {
 	t.Parallel()
 	boom := errors.New("connection refused")
-	err := httpapi.WaitFor(context.Background(), failingQuerier{boom}, outbox.Cursor{TxID: 1, Position: 1}, "one")
+	err := observe.WaitFor(context.Background(), failingQuerier{boom}, outbox.Cursor{TxID: 1, Position: 1}, "one")
 	require.ErrorIs(t, err, boom)
-	var lag *httpapi.NotCaughtUpError
+	var lag *observe.NotCaughtUpError
 	require.False(t, errors.As(err, &lag), "a broken database is not a lagging projection")
 }

@@ -8,7 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/checkpoint"
 	"github.com/readside/readside/projectors"
 )
 

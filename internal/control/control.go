@@ -16,7 +16,7 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivertype"
 
-	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/checkpoint"
 	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/internal/pgerr"
 	"github.com/readside/readside/projectors"

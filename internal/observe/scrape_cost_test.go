@@ -13,11 +13,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
-	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/checkpoint"
+	"github.com/readside/readside/internal/observe"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/internal/promtest"
 	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/observe"
 )
 
 // explaining runs every statement the collector sends twice: once under

@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
 
-	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/checkpoint"
 	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/projectors"
 )

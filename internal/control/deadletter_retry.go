@@ -8,9 +8,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
 
-	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/checkpoint"
 	"github.com/readside/readside/internal/dbschema"
-	"github.com/readside/readside/deadletter"
+	"github.com/readside/readside/internal/deadletter"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
 )

@@ -8,10 +8,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
+	"github.com/readside/readside/internal/observe"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/internal/promtest"
 	"github.com/readside/readside/projectors"
-	"github.com/readside/readside/projectors/observe"
 )
 
 // takes is a projection that subscribes to the given aggregate types.

@@ -12,7 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/readside/readside/checkpoint"
+	"github.com/readside/readside/internal/checkpoint"
 	"github.com/readside/readside/outbox"
 )
 

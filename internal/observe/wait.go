@@ -1,0 +1,191 @@
+package observe
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/readside/readside/internal/checkpoint"
+	"github.com/readside/readside/outbox"
+)
+
+// Polling of WaitFor: short at first, since a projector that is keeping up
+// applies a write within milliseconds, then backing off so that many waiting
+// requests do not hammer the checkpoints table.
+const (
+	waitPollMin = 5 * time.Millisecond
+	waitPollMax = 50 * time.Millisecond
+)
+
+// NotCaughtUpError is returned by WaitFor when ctx ends before every
+// projection has passed the token. It names the first projection, in the
+// order given, that has not.
+type NotCaughtUpError struct {
+	Token      outbox.Cursor
+	Projection string
+	// Registered is false when no projector has ever run the projection:
+	// it has no checkpoints to wait on.
+	Registered bool
+	// Behind are the projection's segments whose cursor is before Token.
+	Behind []SegmentLag
+	// Err is why the wait ended: ctx.Err(), or the database error of the
+	// last poll.
+	Err error
+}
+
+// SegmentLag is a segment that has not passed the token.
+type SegmentLag struct {
+	Segment   int
+	Cursor    outbox.Cursor
+	Status    checkpoint.Status
+	LastError string
+}
+
+// Status is the worst status among the lagging segments (failed, then
+// paused, then running), or "unregistered".
+func (e *NotCaughtUpError) Status() string {
+	if !e.Registered {
+		return "unregistered"
+	}
+	worst := checkpoint.Running
+	for _, s := range e.Behind {
+		switch {
+		case s.Status == checkpoint.Failed:
+			worst = checkpoint.Failed
+		case s.Status == checkpoint.Paused && worst == checkpoint.Running:
+			worst = checkpoint.Paused
+		}
+	}
+	return string(worst)
+}
+
+// Stuck reports whether the projection will not catch up on its own: it is
+// not registered, or a lagging segment is paused or failed and needs an
+// operator.
+func (e *NotCaughtUpError) Stuck() bool { return e.Status() != string(checkpoint.Running) }
+
+func (e *NotCaughtUpError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "projection %s has not caught up with consistency token %s", e.Projection, e.Token)
+	if !e.Registered {
+		b.WriteString(": it is not registered (no projector has run it yet), so it will not catch up until one does")
+		return b.String()
+	}
+	for i, s := range e.Behind {
+		if i == 0 {
+			b.WriteString(": ")
+		} else {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "segment %d is at %s, %s", s.Segment, s.Cursor, s.Status)
+		switch s.Status {
+		case checkpoint.Paused:
+			b.WriteString(" (it will not catch up until resumed)")
+		case checkpoint.Failed:
+			fmt.Fprintf(&b, " (halted by a failing event, it will not catch up until an operator resumes it: %s)", s.LastError)
+		}
+	}
+	return b.String()
+}
+
+func (e *NotCaughtUpError) Unwrap() error { return e.Err }
+
+// lagSQL lists, for each projection in $1, the segments whose cursor is
+// before the token ($2, $3), plus one row with a NULL segment for a
+// projection that is not registered. No rows: every projection has passed
+// the token.
+const lagSQL = `
+SELECT n.name, p.name IS NOT NULL, c.segment, c.cursor_txid, c.cursor_position, c.status, coalesce(c.last_error, '')
+  FROM unnest($1::text[]) WITH ORDINALITY AS n (name, ord)
+  LEFT JOIN readside.projections p ON p.name = n.name
+  LEFT JOIN readside.checkpoints c ON c.projection = n.name
+        AND (c.cursor_txid, c.cursor_position) < ($2::xid8, $3::bigint)
+ WHERE p.name IS NULL OR c.segment IS NOT NULL
+ ORDER BY n.ord, c.segment`
+
+// WaitFor returns nil once every segment of each named projection has a
+// checkpoint at or after token, which means the write the token was issued
+// for has been applied to their read models (or parked as a dead letter).
+// It polls until ctx ends, then returns a *NotCaughtUpError; ctx bounds the
+// wait. A projection being reset and replayed has moved its cursor back, so
+// tokens wait for the replay to pass them again rather than read a half-built
+// model.
+func WaitFor(ctx context.Context, db outbox.Querier, token outbox.Cursor, projections ...string) error {
+	if len(projections) == 0 {
+		return nil
+	}
+	var last *NotCaughtUpError
+	interval := waitPollMin
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return notCaughtUp(last, token, projections[0], ctx.Err())
+		case <-timer.C:
+		}
+		lag, err := lagging(ctx, db, token, projections)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return notCaughtUp(last, token, projections[0], ctx.Err())
+		case err != nil:
+			return fmt.Errorf("wait for %s: %w", strings.Join(projections, ", "), err)
+		case lag == nil:
+			return nil
+		}
+		last = lag
+		timer.Reset(interval)
+		interval = min(2*interval, waitPollMax)
+	}
+}
+
+// notCaughtUp is the error at the end of the wait: what the last poll saw,
+// or, if none finished, the first projection with nothing known about it.
+func notCaughtUp(last *NotCaughtUpError, token outbox.Cursor, first string, cause error) error {
+	if last == nil {
+		last = &NotCaughtUpError{Token: token, Projection: first, Registered: true}
+	}
+	last.Err = cause
+	return last
+}
+
+// lagging returns the first projection that has not passed token, or nil.
+func lagging(ctx context.Context, db outbox.Querier, token outbox.Cursor, projections []string) (*NotCaughtUpError, error) {
+	rows, err := db.Query(ctx, lagSQL, projections, token.TxID, token.Position)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var lag *NotCaughtUpError
+	for rows.Next() {
+		var (
+			name       string
+			registered bool
+			segment    *int32
+			txid       *uint64
+			position   *int64
+			status     *string
+			lastError  string
+		)
+		if err := rows.Scan(&name, &registered, &segment, &txid, &position, &status, &lastError); err != nil {
+			return nil, err
+		}
+		if lag == nil {
+			lag = &NotCaughtUpError{Token: token, Projection: name, Registered: registered}
+		}
+		if name != lag.Projection || segment == nil {
+			continue // only the first lagging projection is reported
+		}
+		lag.Behind = append(lag.Behind, SegmentLag{
+			Segment:   int(*segment),
+			Cursor:    outbox.Cursor{TxID: *txid, Position: *position},
+			Status:    checkpoint.Status(*status),
+			LastError: lastError,
+		})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return lag, nil
+}
