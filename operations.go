@@ -66,7 +66,9 @@ func ResetToCursor(c outbox.Cursor) ResetTarget { return ResetTarget{"cursor:" +
 // ResetToTime moves the checkpoints to just before the first event that
 // occurred at or after t, without emptying the read model. A time after
 // the last event is refused.
-func ResetToTime(t time.Time) ResetTarget { return ResetTarget{"time:" + t.UTC().Format(time.RFC3339Nano)} }
+func ResetToTime(t time.Time) ResetTarget {
+	return ResetTarget{"time:" + t.UTC().Format(time.RFC3339Nano)}
+}
 
 func (t ResetTarget) String() string {
 	if t.to == "" {
