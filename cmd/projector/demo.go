@@ -14,13 +14,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
+	"github.com/readside/readside"
 	"github.com/readside/readside/aggregate"
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/internal/loadgen"
-	"github.com/readside/readside/internal/observe"
 	"github.com/readside/readside/internal/pgtemp"
-	"github.com/readside/readside/migrations"
-	"github.com/readside/readside/projectors"
 	"github.com/readside/readside/projectors/orderstatistics"
 	"github.com/readside/readside/projectors/shipped"
 )
@@ -69,25 +67,23 @@ func runDemo(ctx context.Context, url string, events, workers int, stdout, stder
 		return err
 	}
 	defer pool.Close()
-	var ddl []migrations.DDL
-	for _, p := range shipped.All() {
-		if sc, ok := p.(projectors.Schema); ok {
-			ddl = append(ddl, migrations.DDL{Projection: p.Spec().Name, SQL: sc.Schema()})
-		}
-	}
-	res, err := migrations.Migrate(ctx, pool, migrations.Config{Projections: ddl})
+	fleet, err := newFleet(pool, workers, stderr)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "demo: schema at version %d\n", res.Version)
+	res, err := fleet[0].Migrate(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "demo: schema %s at version %d\n", fleet[0].Schema(), res.Version)
 
-	stopFleet, err := startFleet(ctx, pool, workers, stderr)
+	stopFleet, err := startFleet(ctx, fleet)
 	defer stopFleet()
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "demo: %d projector workers running %s\n", workers, strings.Join(shippedNames(), ", "))
-	if err := loadUntilCaughtUp(ctx, pool, events, stdout); err != nil {
+	if err := loadUntilCaughtUp(ctx, pool, fleet[0], events, stdout); err != nil {
 		return err
 	}
 	return printReadModels(ctx, pool, stdout)
@@ -105,36 +101,45 @@ func startCluster(ctx context.Context, stdout io.Writer) (*pgtemp.Cluster, error
 	return c, nil
 }
 
-// startFleet starts several workers in this process, as separate processes
-// would be, sharing the segments by lease. stop stops those started, also
-// when err is not nil.
-func startFleet(ctx context.Context, pool *pgxpool.Pool, workers int, stderr io.Writer) (stop func(), err error) {
+// newFleet builds several fleet members in this process, as separate
+// processes would be, sharing the segments by lease.
+func newFleet(pool *pgxpool.Pool, workers int, stderr io.Writer) ([]*readside.Client, error) {
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	var fleet []*projectors.Worker
+	var fleet []*readside.Client
+	for i := range workers {
+		c, err := readside.NewClient(readside.Config{Pool: pool, Projections: shipped.All(), WorkerID: fmt.Sprintf("demo-%d", i+1),
+			PollInterval: 200 * time.Millisecond, LeaseTTL: 3 * time.Second, Logger: logger})
+		if err != nil {
+			return nil, err
+		}
+		fleet = append(fleet, c)
+	}
+	return fleet, nil
+}
+
+// startFleet starts the members; stop stops those started, also when err
+// is not nil.
+func startFleet(ctx context.Context, fleet []*readside.Client) (stop func(), err error) {
+	var started []*readside.Client
 	stop = func() {
 		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
-		for _, w := range fleet {
-			_ = w.Stop(stopCtx)
+		for _, c := range started {
+			_ = c.Stop(stopCtx)
 		}
 	}
-	for i := range workers {
-		w, err := projectors.NewWorker(projectors.Config{Pool: pool, Projections: shipped.All(), WorkerID: fmt.Sprintf("demo-%d", i+1),
-			PollInterval: 200 * time.Millisecond, LeaseTTL: 3 * time.Second, Logger: logger})
-		if err != nil {
+	for _, c := range fleet {
+		if err := c.Start(ctx); err != nil {
 			return stop, err
 		}
-		if err := w.Start(ctx); err != nil {
-			return stop, err
-		}
-		fleet = append(fleet, w)
+		started = append(started, c)
 	}
 	return stop, nil
 }
 
 // loadUntilCaughtUp runs the writer load and reports the fleet's lag every
 // second until the load is done and every projection has caught up.
-func loadUntilCaughtUp(ctx context.Context, pool *pgxpool.Pool, events int, stdout io.Writer) error {
+func loadUntilCaughtUp(ctx context.Context, pool *pgxpool.Pool, client *readside.Client, events int, stdout io.Writer) error {
 	repo, err := aggregate.New(pool, aggregate.Config{})
 	if err != nil {
 		return err
@@ -162,7 +167,7 @@ func loadUntilCaughtUp(ctx context.Context, pool *pgxpool.Pool, events int, stdo
 			loading = false
 		case <-tick.C:
 		}
-		lag, line, err := progress(ctx, pool)
+		lag, line, err := progress(ctx, pool, client)
 		if err != nil {
 			return err
 		}
@@ -176,11 +181,12 @@ func loadUntilCaughtUp(ctx context.Context, pool *pgxpool.Pool, events int, stdo
 }
 
 // progress sums the lag of each projection (max over its segments).
-func progress(ctx context.Context, pool *pgxpool.Pool) (int64, string, error) {
-	segs, err := observe.Status(ctx, pool)
+func progress(ctx context.Context, pool *pgxpool.Pool, client *readside.Client) (int64, string, error) {
+	r, err := client.Status(ctx)
 	if err != nil {
 		return 0, "", err
 	}
+	segs := r.Segments
 	var events int64
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM readside.events`).Scan(&events); err != nil {
 		return 0, "", err
