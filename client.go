@@ -361,3 +361,15 @@ func (e *UnknownProjectionError) Unwrap() error { return checkpoint.ErrUnknownPr
 // River is the control plane's River client: the jobs of control
 // operations and side effects are its jobs (riverui serves it).
 func (c *Client) River() *river.Client[pgx.Tx] { return c.ctl.Client() }
+
+// InSchema returns tx, whose statements that name readside's objects
+// (outbox.Append, aggregate.Load, the SQL contract written as
+// `readside.events`) then run in schema instead of SchemaDefault. For the
+// default schema it is tx itself.
+func InSchema(tx pgx.Tx, schema string) (pgx.Tx, error) {
+	n, err := dbschema.Parse(schema)
+	if err != nil {
+		return nil, err
+	}
+	return n.Tx(tx), nil
+}

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/readside/readside/domain"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/outbox"
 )
 
@@ -45,6 +46,8 @@ type Config struct {
 	// readside_writer_conflicts_total, readside_writer_append_duration_seconds).
 	// nil means no metrics.
 	Registerer prometheus.Registerer
+	// Schema is readside's schema. "" means "readside".
+	Schema string
 }
 
 func (c *Config) setDefaults() {
@@ -69,6 +72,17 @@ type DB interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
+// inSchema begins transactions whose statements run in n.
+type inSchema struct {
+	db DB
+	n  dbschema.Name
+}
+
+func (s inSchema) Begin(ctx context.Context) (pgx.Tx, error) {
+	tx, err := s.db.Begin(ctx)
+	return s.n.Tx(tx), err
+}
+
 // Querier is what Load needs: a transaction, a connection or a pool.
 type Querier = outbox.Querier
 
@@ -87,6 +101,13 @@ func New(db DB, cfg Config) (*Repository, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
+	}
+	n, err := dbschema.Parse(cfg.Schema)
+	if err != nil {
+		return nil, fmt.Errorf("aggregate: %w", err)
+	}
+	if !n.IsDefault() {
+		db = inSchema{db, n}
 	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
