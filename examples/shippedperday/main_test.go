@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/projectors/projectortest"
@@ -20,16 +19,10 @@ import (
 func TestMain(m *testing.M) { projectortest.Main(m) }
 
 // The projection passes the conformance suite, on a database from the
-// exported helper.
+// exported helper (Run creates its table from its Schema).
 func TestConformance(t *testing.T) {
 	t.Parallel()
-	newDB := func(tb *testing.T) *pgxpool.Pool {
-		pool := projectortest.NewDB(tb)
-		_, err := pool.Exec(context.Background(), ShippedPerDay{}.Schema())
-		require.NoError(tb, err)
-		return pool
-	}
-	projectortest.Run(t, newDB, ShippedPerDay{}, projectortest.Lifecycles{Orders: 40}.Generator(),
+	projectortest.Run(t, projectortest.NewDB, ShippedPerDay{}, projectortest.Lifecycles{Orders: 40}.Generator(),
 		projectortest.Features{NotIdempotent: true})
 }
 

@@ -24,7 +24,8 @@ func (ShippedPerDay) Spec() projectors.Spec {
 	}
 }
 
-// Schema implements projectorcli.Schema: `migrate` creates the table.
+// Schema implements projectors.Schema: `migrate` creates the table, in
+// readside's schema.
 func (ShippedPerDay) Schema() string {
 	return `CREATE TABLE IF NOT EXISTS shipped_per_day (day date PRIMARY KEY, orders bigint NOT NULL)`
 }

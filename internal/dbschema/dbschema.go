@@ -61,9 +61,6 @@ func (n Name) String() string {
 // Ident is the name as an SQL identifier.
 func (n Name) Ident() string { return pgx.Identifier{n.String()}.Sanitize() }
 
-// Table is a qualified name of a table in the schema: "readside.events".
-func (n Name) Table(table string) string { return n.String() + "." + table }
-
 // IsDefault reports whether statements need no rewriting.
 func (n Name) IsDefault() bool { return n == "" || n == Default }
 
@@ -239,44 +236,6 @@ type DB interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-}
-
-// Handle wraps any handle so that its statements run in n: a pgx.Tx keeps
-// being a pgx.Tx. It is db itself for the default schema.
-func (n Name) Handle(db DB) DB {
-	if n.IsDefault() || db == nil {
-		return db
-	}
-	switch h := db.(type) {
-	case pgx.Tx:
-		return n.Tx(h)
-	case *pgxpool.Pool:
-		return n.Pool(h)
-	case *pgx.Conn:
-		return n.Conn(h)
-	case *Pool, *Conn, *schemaTx:
-		return db
-	}
-	return &handle{db: db, n: n}
-}
-
-type handle struct {
-	db DB
-	n  Name
-}
-
-func (h *handle) Schema() Name { return h.n }
-
-func (h *handle) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	return h.db.Exec(ctx, h.n.SQL(sql), args...)
-}
-
-func (h *handle) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	return h.db.Query(ctx, h.n.SQL(sql), args...)
-}
-
-func (h *handle) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	return h.db.QueryRow(ctx, h.n.SQL(sql), args...)
 }
 
 // SearchPath is what readside puts first on the search_path (SET LOCAL) of

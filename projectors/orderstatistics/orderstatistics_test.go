@@ -18,12 +18,10 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-func newDB(t *testing.T) *pgxpool.Pool { return pgtest.NewDB(t) }
-
 func TestConformance(t *testing.T) {
 	t.Parallel()
 	p := orderstatistics.New()
-	projectortest.Run(t, newDB, p, projectortest.Lifecycles{Orders: 80}.Generator(), projectortest.Features{
+	projectortest.Run(t, projectortest.NewDB, p, projectortest.Lifecycles{Orders: 80}.Generator(), projectortest.Features{
 		NotIdempotent: true, // a counter: see the package doc
 		Malformed:     projectortest.MalformedDomainEvents(p.Spec().EventTypes...),
 	})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/internal/pgtest"
@@ -15,12 +14,10 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-func newDB(t *testing.T) *pgxpool.Pool { return pgtest.NewDB(t) }
-
 func TestConformance(t *testing.T) {
 	t.Parallel()
 	p := products.New()
-	projectortest.Run(t, newDB, p, projectortest.Lifecycles{Orders: 80, Products: 60}.Generator(), projectortest.Features{
+	projectortest.Run(t, projectortest.NewDB, p, projectortest.Lifecycles{Orders: 80, Products: 60}.Generator(), projectortest.Features{
 		Malformed: projectortest.MalformedDomainEvents(p.Spec().EventTypes...),
 	})
 }

@@ -4,7 +4,7 @@
 //
 //	func TestConformance(t *testing.T) {
 //		t.Parallel()
-//		projectortest.Run(t, pgtest.NewDB, myprojection.New(),
+//		projectortest.Run(t, projectortest.NewDB, myprojection.New(),
 //			projectortest.Lifecycles{Orders: 80}.Generator(), projectortest.Features{})
 //	}
 //
@@ -86,14 +86,14 @@ func (f Features) withDefaults() Features {
 // The reference is the projection applied one event per transaction, in
 // read order (so in version order per aggregate). Every check compares the
 // dump of Spec().Tables with it.
-func Run(t *testing.T, newDB func(t *testing.T) *pgxpool.Pool, p projectors.Projection, gen func(t *testing.T, pool *pgxpool.Pool), features Features) {
+func Run(t *testing.T, newDB func(testing.TB) *pgxpool.Pool, p projectors.Projection, gen func(t *testing.T, pool *pgxpool.Pool), features Features) {
 	t.Helper()
 	f := features.withDefaults()
 	spec := p.Spec()
 	require.NotEmpty(t, spec.Tables, "projectortest: Spec().Tables lists no table to compare")
 	if sc, ok := p.(projectors.Schema); ok {
 		fresh := newDB
-		newDB = func(t *testing.T) *pgxpool.Pool {
+		newDB = func(t testing.TB) *pgxpool.Pool {
 			pool := fresh(t)
 			require.NoError(t, pgx.BeginFunc(context.Background(), pool, func(tx pgx.Tx) error {
 				if _, err := tx.Exec(context.Background(), `SELECT set_config('search_path', 'readside', true)`); err != nil {
