@@ -47,6 +47,7 @@ var owners = map[string]string{
 	"order_statistics_orders": "projectors/orderstatistics",
 	"order_notifications":     "projectors/notifications",
 	"shipped_per_day":         "examples/shippedperday",
+	"customer_totals":         "examples/embedded",
 	// Schema bookkeeping.
 	"readside_migrations": "migrations",
 	"readside_adoptions":  "adopt",
