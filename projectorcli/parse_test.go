@@ -167,6 +167,31 @@ func TestHelpRedactsSecrets(t *testing.T) {
 	require.Contains(t, out, `(default "REDACTED")`)
 }
 
+// Passwords that Go's net/url rejects but pgx accepts, or that pgx reads
+// differently, are redacted as pgx reads them; what pgx cannot parse is not
+// shown. Not parallel: it sets the environment.
+func TestHelpRedactsPasswordsAsPgxReadsThem(t *testing.T) {
+	for _, tc := range []struct {
+		url, shown string
+		secrets    []string
+	}{
+		{"postgres://postgres:s3cret#G@127.0.0.1:5432/db", "postgres://postgres:REDACTED@127.0.0.1:5432/db", []string{"s3cret", "#G"}},
+		{"postgres://postgres:s3c?r[e^t|\"@127.0.0.1:5432/db", "postgres://postgres:REDACTED@127.0.0.1:5432/db", []string{"s3c", "r[e"}},
+		{"postgres://postgres:s3c%zzr3t@127.0.0.1:5432/db", "REDACTED (unparseable)", []string{"s3c", "r3t"}},
+		{"postgres://postgres:s3c@r3t@127.0.0.1:5432/db", "REDACTED (unparseable)", []string{"s3c", "r3t"}},
+		{`host=127.0.0.1 password='a\' D' dbname=db`, "host=127.0.0.1 password=REDACTED dbname=db", []string{"a\\", "' D"}},
+		{"postgres://u@h1,h2:5433/db?password=s3cret", "postgres://u@h1,h2:5433/db?password=REDACTED", []string{"s3cret"}},
+	} {
+		t.Setenv("DATABASE_URL", tc.url)
+		out, _, err := run3(t, "status", "-h")
+		require.NoError(t, err)
+		require.Contains(t, out, `(default "`+tc.shown+`")`, tc.url)
+		for _, s := range tc.secrets {
+			require.NotContains(t, out, s, tc.url)
+		}
+	}
+}
+
 func TestEnvDefaultsMalformed(t *testing.T) {
 	t.Setenv("PROJECTOR_CONCURRENCY", "lots")
 	_, _, err := run3(t, "run")

@@ -54,7 +54,12 @@ type ConnectConfig struct {
 func (c ConnectConfig) Connect(ctx context.Context) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(c.URL)
 	if err != nil {
-		return nil, fmt.Errorf("database URL: %w", err)
+		// pgx's own message quotes the string, redacted on a best-effort
+		// basis only.
+		return nil, parseError(err)
+	}
+	if err := checkHosts(&cfg.ConnConfig.Config); err != nil {
+		return nil, parseError(err)
 	}
 	if c.MinConns > 0 && cfg.MaxConns < int32(c.MinConns) {
 		cfg.MaxConns = int32(c.MinConns)

@@ -2,9 +2,7 @@ package cli
 
 import (
 	"fmt"
-	"net/url"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -12,9 +10,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
-
-// Redacted replaces a secret in help output.
-const Redacted = "REDACTED"
 
 // Flags defines a command's flags with defaults taken from environment
 // variables. A malformed environment value is reported when the command
@@ -174,25 +169,6 @@ func (e *enum) Set(v string) error {
 	}
 	*e.p = v
 	return nil
-}
-
-var dsnPassword = regexp.MustCompile(`(?i)(password\s*=\s*)('[^']*'|\S+)`)
-
-// RedactURL hides the password of a PostgreSQL URL or keyword/value
-// connection string.
-func RedactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.Scheme == "" {
-		return dsnPassword.ReplaceAllString(s, "${1}"+Redacted)
-	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), Redacted)
-	}
-	if q := u.Query(); q.Has("password") {
-		q.Set("password", Redacted)
-		u.RawQuery = q.Encode()
-	}
-	return u.String()
 }
 
 // ExactArgs requires exactly the named positional arguments (none when no
