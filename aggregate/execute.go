@@ -46,7 +46,10 @@ func (r *Result) Cursor() outbox.Cursor {
 // A concurrency conflict (another writer appended first) rolls back, waits a
 // short jittered backoff and retries with a fresh load, up to
 // Config.MaxConflictRetries times; then the error wraps
-// outbox.ErrConcurrencyConflict.
+// outbox.ErrConcurrencyConflict. A transaction that holds the aggregate's
+// next version without committing is not waited for beyond
+// Config.LockTimeout: the error is then a *pgconn.PgError with SQLSTATE
+// 55P03, not retried.
 func Execute[S any, P StatePtr[S]](ctx context.Context, r *Repository, id string, meta outbox.Metadata, decide func(P) ([]domain.Event, error)) (*Result, error) {
 	start := time.Now()
 	aggType := P(new(S)).AggregateType()
@@ -75,7 +78,7 @@ func Execute[S any, P StatePtr[S]](ctx context.Context, r *Repository, id string
 
 func executeOnce[S any, P StatePtr[S]](ctx context.Context, r *Repository, id string, meta outbox.Metadata, decide func(P) ([]domain.Event, error)) (*Result, error) {
 	var res *Result
-	err := pgx.BeginFunc(ctx, r.db, func(tx pgx.Tx) error {
+	err := pgx.BeginTxFunc(ctx, r.db, r.begin, func(tx pgx.Tx) error {
 		l, err := Load[S, P](ctx, tx, id)
 		if err != nil {
 			return err

@@ -22,6 +22,8 @@ const (
 	MaxConflictRetriesDefault = 5
 	RetryBackoffDefault       = 2 * time.Millisecond
 	MaxRetryBackoffDefault    = 100 * time.Millisecond
+	LockTimeoutDefault        = time.Second
+	StatementTimeoutDefault   = 2 * time.Second
 )
 
 // Config configures a Repository.
@@ -41,6 +43,18 @@ type Config struct {
 	RetryBackoff time.Duration
 	// MaxRetryBackoff caps the backoff. 0 means MaxRetryBackoffDefault.
 	MaxRetryBackoff time.Duration
+	// LockTimeout bounds each wait for a lock inside Execute's
+	// transactions (PostgreSQL's lock_timeout, set with SET LOCAL so that it
+	// holds through PgBouncer): a command behind another transaction that
+	// holds the aggregate's next version fails with SQLSTATE 55P03 instead
+	// of waiting for it to end. 0 means LockTimeoutDefault; a negative value
+	// leaves the session's setting.
+	LockTimeout time.Duration
+	// StatementTimeout bounds each statement of Execute's transactions
+	// (statement_timeout, SET LOCAL; SQLSTATE 57014 when it fires). 0 means
+	// StatementTimeoutDefault; a negative value leaves the session's
+	// setting.
+	StatementTimeout time.Duration
 	// Registerer receives the writer metrics
 	// (readside_writer_appends_total, readside_writer_events_total,
 	// readside_writer_conflicts_total, readside_writer_append_duration_seconds).
@@ -55,6 +69,8 @@ func (c *Config) setDefaults() {
 	c.MaxConflictRetries = cmp.Or(c.MaxConflictRetries, MaxConflictRetriesDefault)
 	c.RetryBackoff = cmp.Or(c.RetryBackoff, RetryBackoffDefault)
 	c.MaxRetryBackoff = cmp.Or(c.MaxRetryBackoff, MaxRetryBackoffDefault)
+	c.LockTimeout = cmp.Or(c.LockTimeout, LockTimeoutDefault)
+	c.StatementTimeout = cmp.Or(c.StatementTimeout, StatementTimeoutDefault)
 }
 
 func (c *Config) validate() error {
@@ -69,7 +85,7 @@ func (c *Config) validate() error {
 
 // DB is what the repository needs from a pool (a *pgxpool.Pool).
 type DB interface {
-	Begin(ctx context.Context) (pgx.Tx, error)
+	BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error)
 }
 
 // inSchema begins transactions whose statements run in n.
@@ -78,8 +94,8 @@ type inSchema struct {
 	n  dbschema.Name
 }
 
-func (s inSchema) Begin(ctx context.Context) (pgx.Tx, error) {
-	tx, err := s.db.Begin(ctx)
+func (s inSchema) BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error) {
+	tx, err := s.db.BeginTx(ctx, opts)
 	return s.n.Tx(tx), err
 }
 
@@ -90,6 +106,7 @@ type Querier = outbox.Querier
 type Repository struct {
 	db      DB
 	cfg     Config
+	begin   pgx.TxOptions
 	metrics *metrics
 }
 
@@ -113,7 +130,21 @@ func New(db DB, cfg Config) (*Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Repository{db: db, cfg: cfg, metrics: m}, nil
+	return &Repository{db: db, cfg: cfg, begin: beginOptions(cfg), metrics: m}, nil
+}
+
+// beginOptions opens Execute's transactions: the isolation level and the
+// timeouts chosen rather than inherited from the session, in the BEGIN's
+// round trip (a simple-protocol query of several statements).
+func beginOptions(cfg Config) pgx.TxOptions {
+	q := "BEGIN ISOLATION LEVEL READ COMMITTED"
+	if cfg.LockTimeout > 0 {
+		q += fmt.Sprintf("; SET LOCAL lock_timeout = %d", max(cfg.LockTimeout.Milliseconds(), 1))
+	}
+	if cfg.StatementTimeout > 0 {
+		q += fmt.Sprintf("; SET LOCAL statement_timeout = %d", max(cfg.StatementTimeout.Milliseconds(), 1))
+	}
+	return pgx.TxOptions{BeginQuery: q}
 }
 
 // StatePtr constrains a type parameter to *S where *S is a domain.State

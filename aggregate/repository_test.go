@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
@@ -303,4 +304,56 @@ func TestNewValidates(t *testing.T) {
 	require.NoError(t, err)
 	_, err = aggregate.New(pool, aggregate.Config{Registerer: reg})
 	require.Error(t, err, "metrics registered twice")
+}
+
+// Execute's transactions set their own lock_timeout and statement_timeout:
+// behind a transaction that holds the aggregate's next version it fails
+// with 55P03 after LockTimeout rather than waiting for it to end, and the
+// settings do not outlive the transaction on the pooled connection.
+func TestExecuteTimeouts(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.NewDatabaseURL(t)
+	pool := pgtest.Pool(t, url)
+	cfg, err := pgxpool.ParseConfig(url)
+	require.NoError(t, err)
+	cfg.MaxConns = 1 // the connection checked at the end is the one Execute used
+	single, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer single.Close()
+	repo := newRepo(t, single, aggregate.Config{LockTimeout: 200 * time.Millisecond, StatementTimeout: 3 * time.Second})
+	place := func(o *domain.Order) ([]domain.Event, error) {
+		return o.Place(domain.PlaceOrder{OrderID: "o-1", CustomerName: "Alice",
+			Items: []domain.OrderItem{{ProductName: "W", Quantity: 1, UnitPrice: 100}}}, now)
+	}
+	confirm := func(o *domain.Order) ([]domain.Event, error) {
+		return o.Confirm(domain.ConfirmOrder{OrderID: "o-1"}, now)
+	}
+	_, err = aggregate.Execute(ctx, repo, "o-1", outbox.Metadata{}, place)
+	require.NoError(t, err)
+
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	l, err := aggregate.Load[domain.Order](ctx, tx, "o-1")
+	require.NoError(t, err)
+	events, err := confirm(l.State)
+	require.NoError(t, err)
+	_, err = repo.Save(ctx, tx, "o-1", l.Version, l.State, outbox.Metadata{}, events)
+	require.NoError(t, err)
+
+	start := time.Now()
+	_, err = aggregate.Execute(ctx, repo, "o-1", outbox.Metadata{}, confirm)
+	var pgErr *pgconn.PgError
+	require.ErrorAs(t, err, &pgErr)
+	require.Equal(t, "55P03", pgErr.Code)
+	require.Less(t, time.Since(start), 5*time.Second)
+
+	conn, err := single.Acquire(ctx)
+	require.NoError(t, err)
+	defer conn.Release()
+	var lockTimeout, statementTimeout string
+	require.NoError(t, conn.QueryRow(ctx, `SELECT current_setting('lock_timeout'), current_setting('statement_timeout')`).
+		Scan(&lockTimeout, &statementTimeout))
+	require.Equal(t, []string{"0", "0"}, []string{lockTimeout, statementTimeout}, "SET LOCAL only")
 }

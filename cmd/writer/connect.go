@@ -12,12 +12,12 @@ import (
 // connect opens a pool and refuses an unreachable or unmigrated database
 // with a one-line reason.
 // The pool's statements run in --schema.
-func connect(ctx context.Context, url, schema string, maxConns int) (*dbschema.Pool, error) {
+func connect(ctx context.Context, c cli.ConnectConfig, schema string) (*dbschema.Pool, error) {
 	n, err := dbschema.Parse(schema)
 	if err != nil {
 		return nil, fmt.Errorf("--schema: %w", err)
 	}
-	pool, err := cli.Connect(ctx, url, maxConns)
+	pool, err := c.Connect(ctx)
 	if err != nil {
 		return nil, err
 	}

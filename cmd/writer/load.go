@@ -54,7 +54,7 @@ func runLoad(ctx context.Context, lc loadConfig, stdout io.Writer) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
-	pool, err := connect(ctx, url, lc.schema, c.Concurrency+2)
+	pool, err := connect(ctx, cli.ConnectConfig{URL: url, MinConns: c.Concurrency + 2}, lc.schema)
 	if err != nil {
 		return err
 	}

@@ -9,12 +9,10 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/internal/pgtest"
-	"github.com/readside/readside/internal/syncbuf"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -34,6 +32,8 @@ func TestRunRejectsBadInvocations(t *testing.T) {
 		"negative rate":     {[]string{"load", "--rate", "-1"}, "--rate must not be negative"},
 		"stray argument":    {[]string{"serve", "extra"}, `unexpected argument "extra"`},
 		"bad timeout":       {[]string{"serve", "--shutdown-timeout", "0s"}, "--shutdown-timeout must be positive"},
+		"lock past command": {[]string{"serve", "--lock-timeout", "10s"}, "--lock-timeout 10s must be below --command-timeout 5s"},
+		"no commands":       {[]string{"serve", "--max-commands", "0"}, "--max-commands and --max-queries must be at least 1"},
 		"unreachable serve": {[]string{"serve", "--database-url", unreachable, "--addr", "127.0.0.1:0"}, "unreachable"},
 		"unreachable load":  {[]string{"load", "--database-url", unreachable}, "unreachable"},
 		"bad url":           {[]string{"load", "--database-url", "::nope"}, "database URL"},
@@ -96,27 +96,10 @@ func TestLoad(t *testing.T) {
 
 func TestServe(t *testing.T) {
 	t.Parallel()
-	url := pgtest.NewDatabaseURL(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var stdout syncbuf.Buffer
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"serve", "--database-url", url, "--addr", "127.0.0.1:0"}, &stdout, io.Discard)
-	}()
-
-	addrRE := regexp.MustCompile(`listening on (\S+)`)
-	var addr string
-	require.Eventually(t, func() bool {
-		m := addrRE.FindStringSubmatch(stdout.String())
-		if m != nil {
-			addr = m[1]
-		}
-		return m != nil
-	}, 10*time.Second, 10*time.Millisecond)
+	base := startServe(t, pgtest.NewDatabaseURL(t))
 
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	res, err := client.Post("http://"+addr+"/orders", "application/json",
+	res, err := client.Post(base+"/orders", "application/json",
 		strings.NewReader(`{"customer_name":"Alice","items":[{"product_name":"W","quantity":1,"unit_price":9.99}]}`))
 	require.NoError(t, err)
 	var body map[string]any
@@ -126,17 +109,9 @@ func TestServe(t *testing.T) {
 	require.NotEmpty(t, res.Header.Get("Readside-Consistency-Token"))
 
 	for _, path := range []string{"/healthz", "/readyz", "/metrics", "/orders", "/statistics", "/products"} {
-		res, err := client.Get("http://" + addr + path)
+		res, err := client.Get(base + path)
 		require.NoError(t, err)
 		res.Body.Close()
 		require.Equal(t, http.StatusOK, res.StatusCode, path)
-	}
-
-	cancel()
-	select {
-	case err := <-done:
-		require.NoError(t, err, "graceful shutdown")
-	case <-time.After(15 * time.Second):
-		t.Fatal("serve did not stop")
 	}
 }

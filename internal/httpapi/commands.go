@@ -199,7 +199,15 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, id string, status 
 		WriteError(w, http.StatusNotFound, "not found: invalid id")
 		return
 	}
-	res, err := run(r.Context(), meta)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.CommandTimeout)
+	defer cancel()
+	leave, err := s.commands.enter(ctx)
+	if err != nil {
+		s.writeCommandError(w, r, err)
+		return
+	}
+	defer leave()
+	res, err := run(ctx, meta)
 	if err != nil {
 		s.writeCommandError(w, r, err)
 		return
@@ -253,6 +261,9 @@ func (s *Server) writeCommandError(w http.ResponseWriter, r *http.Request, err e
 	case r.Context().Err() != nil:
 		// The client went away or the server is shutting down.
 		WriteError(w, http.StatusServiceUnavailable, "request cancelled")
+	case isUnavailable(err):
+		msg, _ := unavailable(err)
+		writeUnavailable(w, msg)
 	default:
 		s.cfg.Logger.ErrorContext(r.Context(), "command failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		WriteError(w, http.StatusInternalServerError, "internal error")

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/readside/readside/domain"
 	"github.com/readside/readside/projectors/orderdetails"
 	"github.com/readside/readside/projectors/orderstatistics"
@@ -26,14 +28,27 @@ const (
 	ConsistencyWaitDefault    = 2 * time.Second
 	MaxConsistencyWaitDefault = 10 * time.Second
 	QueryTimeoutDefault       = 5 * time.Second
+	QueryLockTimeoutDefault   = time.Second
+	MaxQueriesDefault         = 8
 	PageSizeDefault           = 50
 	MaxPageSize               = 500
 )
 
+// QueryDB is what the query routes need from the database (a
+// *pgxpool.Pool): each read runs in a transaction of its own, which sets
+// its timeouts.
+type QueryDB interface {
+	Querier
+	BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error)
+}
+
 // QueryConfig configures the query routes.
 type QueryConfig struct {
-	// DB holds the read models and the checkpoints. Required.
-	DB Querier
+	// DB holds the read models and the checkpoints. Required. Its pool
+	// should be another than the Repository's, so that commands and
+	// queries cannot take each other's connections, and hold more than
+	// MaxQueries connections: the consistency waits poll through it too.
+	DB QueryDB
 	// ConsistencyWait is how long a query carrying a consistency token
 	// waits for its projections when the request has no ?wait=. 0 means
 	// ConsistencyWaitDefault.
@@ -42,22 +57,36 @@ type QueryConfig struct {
 	// MaxConsistencyWaitDefault.
 	MaxConsistencyWait time.Duration
 	// QueryTimeout bounds each read of a read model (the wait for a token
-	// is bounded separately). 0 means QueryTimeoutDefault.
+	// is bounded separately): the statement_timeout of its transaction.
+	// 0 means QueryTimeoutDefault.
 	QueryTimeout time.Duration
+	// LockTimeout bounds a read's wait for a lock (lock_timeout), such as
+	// the one a reset holds while it empties a read model. 0 means
+	// QueryLockTimeoutDefault.
+	LockTimeout time.Duration
+	// MaxQueries is how many reads run at once; others wait up to
+	// Config.AcquireTimeout for a place, then get 503 with Retry-After.
+	// Waiting for a consistency token takes no place. 0 means
+	// MaxQueriesDefault.
+	MaxQueries int
 }
 
 func (c *QueryConfig) setDefaults() {
 	c.ConsistencyWait = cmp.Or(c.ConsistencyWait, ConsistencyWaitDefault)
 	c.MaxConsistencyWait = cmp.Or(c.MaxConsistencyWait, MaxConsistencyWaitDefault)
 	c.QueryTimeout = cmp.Or(c.QueryTimeout, QueryTimeoutDefault)
+	c.LockTimeout = cmp.Or(c.LockTimeout, QueryLockTimeoutDefault)
+	c.MaxQueries = cmp.Or(c.MaxQueries, MaxQueriesDefault)
 }
 
 func (c *QueryConfig) validate() error {
 	switch {
 	case c.DB == nil:
 		return errors.New("httpapi: QueryConfig.DB is required")
-	case c.ConsistencyWait < 0 || c.MaxConsistencyWait < 0 || c.QueryTimeout < 0:
+	case c.ConsistencyWait < 0 || c.MaxConsistencyWait < 0 || c.QueryTimeout < 0 || c.LockTimeout < 0:
 		return errors.New("httpapi: QueryConfig durations must not be negative")
+	case c.MaxQueries < 0:
+		return fmt.Errorf("httpapi: MaxQueries %d is negative", c.MaxQueries)
 	case c.ConsistencyWait > c.MaxConsistencyWait:
 		return fmt.Errorf("httpapi: ConsistencyWait %v is above MaxConsistencyWait %v", c.ConsistencyWait, c.MaxConsistencyWait)
 	}
@@ -65,9 +94,11 @@ func (c *QueryConfig) validate() error {
 }
 
 type queries struct {
-	cfg QueryConfig
-	db  Querier
-	log *slog.Logger
+	cfg   QueryConfig
+	db    QueryDB
+	reads *gate
+	begin pgx.TxOptions
+	log   *slog.Logger
 }
 
 // HandleQueries adds the read side next to the commands (the seed's
@@ -89,7 +120,14 @@ func (s *Server) HandleQueries(cfg QueryConfig) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	q := &queries{cfg: cfg, db: cfg.DB, log: s.cfg.Logger}
+	q := &queries{cfg: cfg, db: cfg.DB, log: s.cfg.Logger,
+		reads: newGate("queries", cfg.MaxQueries, s.cfg.AcquireTimeout),
+		// The timeouts are chosen, not inherited, and set inside the
+		// transaction so that they hold through PgBouncer.
+		begin: pgx.TxOptions{BeginQuery: fmt.Sprintf(
+			"BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY; SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = %d",
+			max(cfg.LockTimeout.Milliseconds(), 1), max(cfg.QueryTimeout.Milliseconds(), 1))},
+	}
 	s.HandleFunc("GET /orders", q.listOrders)
 	s.HandleFunc("GET /orders/{id}", q.orderDetails)
 	s.HandleFunc("GET /statistics", q.statistics)
@@ -139,8 +177,8 @@ func (q *queries) listOrders(w http.ResponseWriter, r *http.Request) {
 		}
 		after = &ordersummary.Key{PlacedAt: time.UnixMicro(*cursor.PlacedAt), OrderID: cursor.ID}
 	}
-	q.answer(w, r, ordersummary.Name, func(ctx context.Context) (any, error) {
-		orders, more, err := ordersummary.List(ctx, q.db, f, after, limit)
+	q.answer(w, r, ordersummary.Name, func(ctx context.Context, db Querier) (any, error) {
+		orders, more, err := ordersummary.List(ctx, db, f, after, limit)
 		res := OrderList{Orders: orders}
 		if more {
 			last := orders[len(orders)-1].Key()
@@ -157,8 +195,8 @@ func (q *queries) orderDetails(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, fmt.Sprintf("order %q not found", id))
 		return
 	}
-	q.answer(w, r, orderdetails.Name, func(ctx context.Context) (any, error) {
-		d, err := orderdetails.Get(ctx, q.db, id)
+	q.answer(w, r, orderdetails.Name, func(ctx context.Context, db Querier) (any, error) {
+		d, err := orderdetails.Get(ctx, db, id)
 		if errors.Is(err, orderdetails.ErrNotFound) {
 			return nil, &requestError{http.StatusNotFound, fmt.Sprintf("order %q not found", id)}
 		}
@@ -167,8 +205,8 @@ func (q *queries) orderDetails(w http.ResponseWriter, r *http.Request) {
 }
 
 func (q *queries) statistics(w http.ResponseWriter, r *http.Request) {
-	q.answer(w, r, orderstatistics.Name, func(ctx context.Context) (any, error) {
-		stats, err := orderstatistics.Get(ctx, q.db)
+	q.answer(w, r, orderstatistics.Name, func(ctx context.Context, db Querier) (any, error) {
+		stats, err := orderstatistics.Get(ctx, db)
 		return Statistics{Statistics: stats}, err
 	})
 }
@@ -195,8 +233,8 @@ func (q *queries) listProducts(w http.ResponseWriter, r *http.Request) {
 		}
 		after = &products.Key{Name: *cursor.Name, ProductID: cursor.ID}
 	}
-	q.answer(w, r, products.Name, func(ctx context.Context) (any, error) {
-		list, more, err := products.List(ctx, q.db, f, after, limit)
+	q.answer(w, r, products.Name, func(ctx context.Context, db Querier) (any, error) {
+		list, more, err := products.List(ctx, db, f, after, limit)
 		res := ProductList{Products: list}
 		if more {
 			last := list[len(list)-1].Key()
@@ -206,18 +244,37 @@ func (q *queries) listProducts(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// queryGrace is how much longer than its statement_timeout a read's
+// context lasts: the server cancels a slow statement first and the
+// connection stays usable; the context only guards against a server that
+// does not answer at all.
+const queryGrace = time.Second
+
 // answer waits until projection has applied the request's consistency
-// token (awaitToken), runs read under QueryTimeout and answers with what it
-// returns and its ETag (writeCacheable). A *requestError from read is
-// answered with its status; any other error is a 500, or a 503 when the
-// request was cancelled.
-func (q *queries) answer(w http.ResponseWriter, r *http.Request, projection string, read func(ctx context.Context) (any, error)) {
+// token (awaitToken), takes a place among MaxQueries, runs read in a
+// read-only transaction bounded by LockTimeout and QueryTimeout, and
+// answers with what it returns and its ETag (writeCacheable). A
+// *requestError from read is answered with its status; a bound that ran
+// out is a 503 with Retry-After; any other error is a 500, or a 503 when
+// the request was cancelled.
+func (q *queries) answer(w http.ResponseWriter, r *http.Request, projection string, read func(ctx context.Context, db Querier) (any, error)) {
 	if !q.awaitToken(w, r, projection) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), q.cfg.QueryTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), q.cfg.QueryTimeout+queryGrace)
 	defer cancel()
-	v, err := read(ctx)
+	leave, err := q.reads.enter(ctx)
+	if err != nil {
+		q.internalError(w, r, err)
+		return
+	}
+	defer leave()
+	var v any
+	err = pgx.BeginTxFunc(ctx, q.db, q.begin, func(tx pgx.Tx) error {
+		var err error
+		v, err = read(ctx, tx)
+		return err
+	})
 	var bad *requestError
 	switch {
 	case errors.As(err, &bad):
@@ -233,6 +290,10 @@ func (q *queries) internalError(w http.ResponseWriter, r *http.Request, err erro
 	if r.Context().Err() != nil {
 		// The client went away or the server is shutting down.
 		WriteError(w, http.StatusServiceUnavailable, "request cancelled")
+		return
+	}
+	if msg, ok := unavailable(err); ok {
+		writeUnavailable(w, msg)
 		return
 	}
 	q.log.ErrorContext(r.Context(), "query failed", "method", r.Method, "path", r.URL.Path, "err", err)

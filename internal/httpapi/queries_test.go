@@ -29,10 +29,10 @@ import (
 
 // newQueryEnv is newEnv with the query routes, reading through wrap(pool)
 // (the pool when wrap is nil).
-func newQueryEnv(t *testing.T, wrap func(*pgxpool.Pool) httpapi.Querier) *env {
+func newQueryEnv(t *testing.T, wrap func(*pgxpool.Pool) httpapi.QueryDB) *env {
 	t.Helper()
 	e := newEnv(t, aggregate.Config{})
-	var db httpapi.Querier = e.pool
+	var db httpapi.QueryDB = e.pool
 	if wrap != nil {
 		db = wrap(e.pool)
 	}
@@ -341,7 +341,7 @@ func receive(t *testing.T, c <-chan struct{}, what string) {
 func TestReadYourWrites(t *testing.T) {
 	t.Parallel()
 	var signal pollSignal
-	e := newQueryEnv(t, func(pool *pgxpool.Pool) httpapi.Querier {
+	e := newQueryEnv(t, func(pool *pgxpool.Pool) httpapi.QueryDB {
 		signal = pollSignal{Pool: pool, polled: make(chan struct{}, 1)}
 		return signal
 	})

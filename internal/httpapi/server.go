@@ -18,8 +18,11 @@ import (
 
 // Defaults for Config.
 const (
-	MaxBodyBytesDefault = 1 << 20 // 1 MiB
-	ReadyTimeoutDefault = 2 * time.Second
+	MaxBodyBytesDefault   = 1 << 20 // 1 MiB
+	ReadyTimeoutDefault   = 2 * time.Second
+	CommandTimeoutDefault = 5 * time.Second
+	MaxCommandsDefault    = 8
+	AcquireTimeoutDefault = time.Second
 )
 
 // ConsistencyTokenHeader carries the consistency token of a command's write.
@@ -32,7 +35,10 @@ type Pinger interface {
 
 // Config configures a Server.
 type Config struct {
-	// Repository executes the commands. Required.
+	// Repository executes the commands. Required. Its pool should hold at
+	// least MaxCommands connections, and serve nothing else, so that
+	// queries cannot take them; its LockTimeout and StatementTimeout bound
+	// each command's statements.
 	Repository *aggregate.Repository
 	// DB is pinged by /readyz. Required.
 	DB Pinger
@@ -49,6 +55,19 @@ type Config struct {
 	// ReadyTimeout bounds the database ping of /readyz. 0 means
 	// ReadyTimeoutDefault.
 	ReadyTimeout time.Duration
+	// CommandTimeout bounds a command from its arrival: the wait for a
+	// place, its transactions and their retries. When it runs out the
+	// command is answered 503 with Retry-After. 0 means
+	// CommandTimeoutDefault.
+	CommandTimeout time.Duration
+	// MaxCommands is how many commands run at once; others wait up to
+	// AcquireTimeout for a place, then get 503 with Retry-After. 0 means
+	// MaxCommandsDefault.
+	MaxCommands int
+	// AcquireTimeout is how long a command, or a query's read
+	// (QueryConfig.MaxQueries), waits for a place. 0 means
+	// AcquireTimeoutDefault.
+	AcquireTimeout time.Duration
 	// Logger logs internal errors. nil means no logging.
 	Logger *slog.Logger
 	// Now is the clock commands are decided with. nil means time.Now.
@@ -58,6 +77,9 @@ type Config struct {
 func (c *Config) setDefaults() {
 	c.MaxBodyBytes = cmp.Or(c.MaxBodyBytes, MaxBodyBytesDefault)
 	c.ReadyTimeout = cmp.Or(c.ReadyTimeout, ReadyTimeoutDefault)
+	c.CommandTimeout = cmp.Or(c.CommandTimeout, CommandTimeoutDefault)
+	c.MaxCommands = cmp.Or(c.MaxCommands, MaxCommandsDefault)
+	c.AcquireTimeout = cmp.Or(c.AcquireTimeout, AcquireTimeoutDefault)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -81,6 +103,10 @@ func (c *Config) validate() error {
 		return fmt.Errorf("httpapi: MaxBodyBytes %d is negative", c.MaxBodyBytes)
 	case c.ReadyTimeout < 0:
 		return fmt.Errorf("httpapi: ReadyTimeout %v is negative", c.ReadyTimeout)
+	case c.CommandTimeout < 0 || c.AcquireTimeout < 0:
+		return errors.New("httpapi: CommandTimeout and AcquireTimeout must not be negative")
+	case c.MaxCommands < 0:
+		return fmt.Errorf("httpapi: MaxCommands %d is negative", c.MaxCommands)
 	}
 	return nil
 }
@@ -90,6 +116,7 @@ func (c *Config) validate() error {
 type Server struct {
 	cfg      Config
 	mux      *http.ServeMux
+	commands *gate
 	requests *prometheus.CounterVec // nil without a Registerer
 }
 
@@ -99,7 +126,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), commands: newGate("commands", cfg.MaxCommands, cfg.AcquireTimeout)}
 	if cfg.Registerer != nil {
 		s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "readside_http_requests_total",
