@@ -16,6 +16,7 @@ import (
 
 	"github.com/readside/readside"
 	"github.com/readside/readside/internal/cli"
+	"github.com/readside/readside/internal/printable"
 )
 
 var deadLetterStatuses = []string{"parked", "retried", "discarded", "all"}
@@ -76,8 +77,9 @@ func (a *app) runList(ctx context.Context, url string, f readside.DeadLetterFilt
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tPROJECTION\tEVENT\tTYPE\tAGGREGATE\tVERSION\tREASON\tATTEMPTS\tSTATUS\tERROR")
 	for _, d := range dls {
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s/%s\t%d\t%s\t%d\t%s\t%s\n", d.ID, d.Projection, d.EventID, d.EventType,
-			d.AggregateType, d.AggregateID, d.Version, d.Reason, d.Attempts, d.Status, firstLine(d.Error, 80))
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s/%s\t%d\t%s\t%d\t%s\t%s\n", d.ID, cell(d.Projection, 80), d.EventID, cell(d.EventType, 80),
+			cell(d.AggregateType, 80), cell(d.AggregateID, 80), d.Version, cell(string(d.Reason), 20), d.Attempts, cell(string(d.Status), 20),
+			firstLine(d.Error, 80))
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "%d dead letters\n", len(dls))
@@ -269,9 +271,14 @@ func showDeadLetter(ctx context.Context, c *readside.Client, w io.Writer, d read
 		j.Cursor, j.Data, j.Metadata = e.Cursor.String(), json.RawMessage(data), json.RawMessage(meta)
 		return writeJSON(w, j)
 	}
+	// Everything from the database is escaped: an aggregate id or a payload
+	// written through the SQL contract may hold terminal escapes. The JSON
+	// of data and metadata escapes C0 controls itself, not DEL or C1 ones.
+	line := printable.Line
 	fmt.Fprintf(w, "dead letter %d (%s, %s)\nprojection: %s segment %d\nevent:      %d %s, %s/%s v%d, cursor %s\nattempts:   %d, first failed %s, last %s\nerror:      %s\nmetadata:   %s\ndata:\n%s\n",
-		d.ID, d.Status, d.Reason, d.Projection, d.Segment, d.EventID, d.EventType, d.AggregateType, d.AggregateID, d.Version, e.Cursor,
-		d.Attempts, d.FirstFailedAt.Format(time.RFC3339), d.LastFailedAt.Format(time.RFC3339), d.Error, meta, data)
+		d.ID, line(string(d.Status)), line(string(d.Reason)), line(d.Projection), d.Segment, d.EventID, line(d.EventType),
+		line(d.AggregateType), line(d.AggregateID), d.Version, e.Cursor, d.Attempts, d.FirstFailedAt.Format(time.RFC3339),
+		d.LastFailedAt.Format(time.RFC3339), line(d.Error), printable.Text(meta), printable.Text(data))
 	return nil
 }
 

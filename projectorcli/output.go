@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"io"
 	"strings"
+
+	"github.com/readside/readside/internal/printable"
 )
 
 // writeJSON prints v as indented JSON, the --json output of every command.
@@ -13,11 +15,13 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// firstLine is the first line of s cut to n bytes, for a table cell.
+// cell is s, text from the database, for a table cell or a one-line
+// field: at most n bytes of it, with control characters escaped so that
+// it can neither act on the terminal nor forge a line.
+func cell(s string, n int) string { return printable.Line(printable.Cap(s, n)) }
+
+// firstLine is the first line of s as a cell of at most n bytes.
 func firstLine(s string, n int) string {
 	s, _, _ = strings.Cut(s, "\n")
-	if len(s) > n {
-		s = s[:n-1] + "…"
-	}
-	return s
+	return cell(s, n)
 }

@@ -85,18 +85,22 @@ func (a *app) runRepair(ctx context.Context, o repairOptions, name string, stdou
 		}
 		return writeJSON(stdout, out)
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	return printRepaired(stdout, name, res)
+}
+
+func printRepaired(w io.Writer, name string, res []readside.RepairedAggregate) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "AGGREGATE\tSEGMENT\tREPLAYED\tUNPARKED")
 	for _, r := range res {
 		seg := fmt.Sprint(r.Segment)
 		if r.Segment < 0 {
 			seg = "-" // no event up to the checkpoint: its rows are gone
 		}
-		fmt.Fprintf(tw, "%s/%s\t%s\t%d\t%d\n", r.Type, r.ID, seg, r.Replayed, r.Unparked)
+		fmt.Fprintf(tw, "%s/%s\t%s\t%d\t%d\n", cell(r.Type, 80), cell(r.ID, 200), seg, r.Replayed, r.Unparked)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "repaired %d aggregate(s) of %s\n", len(res), name)
+	fmt.Fprintf(w, "repaired %d aggregate(s) of %s\n", len(res), name)
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/readside/readside"
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/cli"
+	"github.com/readside/readside/internal/printable"
 	"github.com/readside/readside/outbox"
 )
 
@@ -65,6 +66,9 @@ growing lag.`,
 	return cmd
 }
 
+// windowQueryBytes is how much of the window holder's query status shows.
+const windowQueryBytes = 80
+
 // NeverRun is the status of a projection this binary carries that no
 // worker has registered: its lag is the whole outbox.
 const NeverRun = "never_run"
@@ -90,6 +94,11 @@ func (a *app) runStatus(ctx context.Context, url string, asJSON bool, names []st
 		out.Segments = append(out.Segments, segmentJSON{Projection: name, Status: NeverRun, Cursor: "-",
 			LagEvents: r.NeverRunLag.Events, LagSeconds: r.NeverRunLag.Seconds})
 	}
+	if h := out.WindowHolder; h != nil {
+		// Another session's statement, which may carry a payload: its
+		// start says which statement it is.
+		h.Query = printable.Cap(h.Query, windowQueryBytes)
+	}
 	if asJSON {
 		return writeJSON(stdout, out)
 	}
@@ -101,20 +110,20 @@ func printStatus(w io.Writer, st statusJSON) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PROJECTION\tSEG\tSTATUS\tCURSOR\tLAG EVENTS\tLAG\tOWNER\tAPPLIED\tPARKED\tLAST ERROR")
 	for _, s := range st.Segments {
-		owner := s.Owner
+		owner := cell(s.Owner, 80)
 		switch {
 		case owner == "":
 			owner = "-"
 		case !s.OwnerLive:
 			owner += " (expired)"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\t%s\t%d\t%d\t%s\n", s.Projection, s.Segment, s.Status, s.Cursor, s.LagEvents,
-			(time.Duration(s.LagSeconds * float64(time.Second))).Round(time.Millisecond), owner, s.EventsApplied, s.Parked, s.LastError)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\t%s\t%d\t%d\t%s\n", cell(s.Projection, 80), s.Segment, cell(s.Status, 20), s.Cursor, s.LagEvents,
+			(time.Duration(s.LagSeconds * float64(time.Second))).Round(time.Millisecond), owner, s.EventsApplied, s.Parked, cell(s.LastError, 200))
 	}
 	tw.Flush()
 	if h := st.WindowHolder; h != nil {
 		fmt.Fprintf(w, "\nread window held back by transaction %d (pid %d, database %s, %s old, %s): %s\n",
-			h.TxID, h.PID, h.Database, h.Age.Round(time.Second), h.State, h.Query)
+			h.TxID, h.PID, cell(h.Database, 80), h.Age.Round(time.Second), cell(h.State, 40), cell(h.Query, windowQueryBytes))
 	}
 	if len(st.Unsubscribed) > 0 {
 		var list []string

@@ -13,6 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/readside/readside/internal/printable"
 )
 
 // DatabaseURLDefault is the local server a laptop usually has.
@@ -107,7 +109,13 @@ func Logger(w io.Writer, format, level string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
-// OneLine flattens an error message onto one line for stderr.
+// OneLineBytes caps what OneLine shows of an error.
+const OneLineBytes = 2000
+
+// OneLine flattens an error message onto one line for stderr: whitespace
+// runs become one space, control characters are escaped (an aggregate id
+// or a database error may carry terminal escapes) and at most OneLineBytes
+// of it are shown.
 func OneLine(err error) string {
-	return strings.Join(strings.Fields(err.Error()), " ")
+	return printable.Line(printable.Cap(strings.Join(strings.Fields(err.Error()), " "), OneLineBytes))
 }
