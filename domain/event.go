@@ -41,6 +41,11 @@ var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]*$`)
 // or digit.
 func ValidID(id string) bool { return len(id) <= MaxIDLength && idRE.MatchString(id) }
 
+// CheckID is ValidID as a *ValidationError naming field, for an id a
+// client chose (in a request body) that is checked before anything loads
+// it: PostgreSQL refuses a NUL character in a query parameter outright.
+func CheckID(field, id string) error { return checkID(field, id) }
+
 func checkID(field, id string) error {
 	if !ValidID(id) {
 		return invalid(field, fmt.Sprintf("must be 1 to %d letters, digits, '_', '.', ':' or '-'", MaxIDLength))

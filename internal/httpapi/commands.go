@@ -8,6 +8,7 @@ import (
 
 	"github.com/readside/readside/aggregate"
 	"github.com/readside/readside/domain"
+	"github.com/readside/readside/internal/printable"
 	"github.com/readside/readside/outbox"
 )
 
@@ -159,8 +160,16 @@ func orNew(s string, f func() string) string {
 	return s
 }
 
-// decode reads the request body into v and answers the error itself.
+// decode reads the request body into v and answers the error itself. A
+// POST, or any request with a body, must say it is JSON: a browser sends a
+// cross-site form (text/plain, urlencoded, multipart) without asking, so
+// this is what keeps another site from placing orders through a user's
+// browser.
 func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any, allowEmpty bool) bool {
+	if (r.Method == http.MethodPost || r.ContentLength != 0) && !isJSON(r) {
+		WriteError(w, http.StatusUnsupportedMediaType, "Content-Type must be application/json")
+		return false
+	}
 	err := decodeJSON(w, r, s.cfg.MaxBodyBytes, v, allowEmpty)
 	if err == nil {
 		return true
@@ -175,19 +184,20 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any, allowEmpt
 }
 
 func (s *Server) execOrder(w http.ResponseWriter, r *http.Request, id string, status int, decide func(*domain.Order) ([]domain.Event, error)) {
-	s.exec(w, r, id, status, func(ctx context.Context, meta outbox.Metadata) (*aggregate.Result, error) {
+	s.exec(w, r, id, "order_id", status, func(ctx context.Context, meta outbox.Metadata) (*aggregate.Result, error) {
 		return aggregate.Execute(ctx, s.cfg.Repository, id, meta, decide)
 	}, func(resp *CommandResponse) { resp.OrderID = id })
 }
 
 func (s *Server) execProduct(w http.ResponseWriter, r *http.Request, id string, status int, decide func(*domain.Product) ([]domain.Event, error)) {
-	s.exec(w, r, id, status, func(ctx context.Context, meta outbox.Metadata) (*aggregate.Result, error) {
+	s.exec(w, r, id, "product_id", status, func(ctx context.Context, meta outbox.Metadata) (*aggregate.Result, error) {
 		return aggregate.Execute(ctx, s.cfg.Repository, id, meta, decide)
 	}, func(resp *CommandResponse) { resp.ProductID = id })
 }
 
-// exec runs a command and answers with its result or its error.
-func (s *Server) exec(w http.ResponseWriter, r *http.Request, id string, status int,
+// exec runs a command on aggregate id, from the path or from the body's
+// idField, and answers with its result or its error.
+func (s *Server) exec(w http.ResponseWriter, r *http.Request, id, idField string, status int,
 	run func(context.Context, outbox.Metadata) (*aggregate.Result, error), fill func(*CommandResponse),
 ) {
 	meta, ok := metadata(w, r)
@@ -197,6 +207,12 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, id string, status 
 	if r.PathValue("id") != "" && !domain.ValidID(id) {
 		// No aggregate can have this id.
 		WriteError(w, http.StatusNotFound, "not found: invalid id")
+		return
+	}
+	if err := domain.CheckID(idField, id); err != nil {
+		// A new aggregate's id from the body: refused before the load,
+		// which PostgreSQL would fail on a NUL.
+		s.writeCommandError(w, r, err)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.CommandTimeout)
@@ -264,8 +280,11 @@ func (s *Server) writeCommandError(w http.ResponseWriter, r *http.Request, err e
 	case isUnavailable(err):
 		msg, _ := unavailable(err)
 		writeUnavailable(w, msg)
+	case isUnstorable(err):
+		WriteError(w, http.StatusUnprocessableEntity, "a value "+unstorableReason)
 	default:
-		s.cfg.Logger.ErrorContext(r.Context(), "command failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		s.cfg.Logger.ErrorContext(r.Context(), "command failed", "method", r.Method, "path", printable.Cap(r.URL.Path, maxEchoBytes),
+			"err", printable.Cap(err.Error(), maxErrorBytes))
 		WriteError(w, http.StatusInternalServerError, "internal error")
 	}
 }

@@ -54,7 +54,7 @@ func (q *queries) awaitToken(w http.ResponseWriter, r *http.Request, projections
 	if v := params.Get(WaitParam); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 || d > q.cfg.MaxConsistencyWait {
-			WriteError(w, http.StatusBadRequest, fmt.Sprintf("%s=%q: want a duration such as 500ms, above 0 and at most %v", WaitParam, v, q.cfg.MaxConsistencyWait))
+			WriteError(w, http.StatusBadRequest, fmt.Sprintf("%s=%s: want a duration such as 500ms, above 0 and at most %v", WaitParam, echo(v), q.cfg.MaxConsistencyWait))
 			return false
 		}
 		wait = d
@@ -65,7 +65,7 @@ func (q *queries) awaitToken(w http.ResponseWriter, r *http.Request, projections
 	}
 	token, err := outbox.ParseCursor(raw)
 	if err != nil {
-		WriteError(w, http.StatusBadRequest, "malformed consistency token: "+err.Error())
+		WriteError(w, http.StatusBadRequest, fmt.Sprintf("malformed consistency token %s: want TXID/POSITION, as a command answered it", echo(raw)))
 		return false
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), wait)
@@ -75,6 +75,9 @@ func (q *queries) awaitToken(w http.ResponseWriter, r *http.Request, projections
 	switch {
 	case err == nil:
 		return true
+	case errors.Is(err, observe.ErrTokenBeyondHead):
+		// Waiting cannot help: answer at once, and without Retry-After.
+		WriteError(w, http.StatusBadRequest, err.Error())
 	case r.Context().Err() != nil:
 		// The client has gone; the answer is for the access log only.
 		WriteError(w, http.StatusServiceUnavailable, "request cancelled while waiting for the consistency token")

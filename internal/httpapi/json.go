@@ -5,9 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/readside/readside/domain"
+	"github.com/readside/readside/internal/printable"
 )
 
 // WriteJSON writes v as a JSON response with status.
@@ -24,9 +31,55 @@ type ErrorResponse struct {
 	Field string `json:"field,omitempty"`
 }
 
+// maxErrorBytes caps an error message: whatever it quotes, an answer stays
+// small.
+const maxErrorBytes = 1024
+
 // WriteError writes {"error": msg} with status.
 func WriteError(w http.ResponseWriter, status int, msg string) {
-	WriteJSON(w, status, ErrorResponse{Error: msg})
+	WriteJSON(w, status, ErrorResponse{Error: printable.Cap(msg, maxErrorBytes)})
+}
+
+// maxEchoBytes is how much of a client's value an error quotes.
+const maxEchoBytes = 200
+
+// echo quotes v, a value the client sent, for an error message: at most
+// maxEchoBytes of it, and its length when it was cut.
+func echo(v string) string {
+	if len(v) <= maxEchoBytes {
+		return strconv.Quote(v)
+	}
+	return fmt.Sprintf("%s (%d bytes)", strconv.Quote(printable.Cap(v, maxEchoBytes)), len(v))
+}
+
+// storable reports whether PostgreSQL can hold s as text: UTF-8 without a
+// NUL character.
+func storable(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
+
+// unstorableReason is the 422 for text that is not storable.
+const unstorableReason = "must be UTF-8 without a NUL character"
+
+// isJSON reports whether the request says its body is JSON:
+// application/json, with no parameter but charset=utf-8.
+func isJSON(r *http.Request) bool {
+	mt, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		return false
+	}
+	for k, v := range params {
+		if k != "charset" || !strings.EqualFold(v, "utf-8") {
+			return false
+		}
+	}
+	return true
+}
+
+// isUnstorable reports whether err is PostgreSQL refusing a character it
+// cannot hold (a NUL, bytes not in the encoding): the client's input, a
+// 422, wherever a check before it missed it.
+func isUnstorable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "22021" || pgErr.Code == "22P05")
 }
 
 // requestError is a bad request body, with the status to answer.
@@ -62,7 +115,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any, allo
 	case errors.As(err, &money):
 		// Well-formed JSON with an amount that is not one ("+7", "--5",
 		// three decimals) or that the read models cannot hold.
-		return &requestError{http.StatusUnprocessableEntity, money.Error()}
+		return &requestError{http.StatusUnprocessableEntity, printable.Cap(money.Error(), maxEchoBytes)}
 	case errors.As(err, &tooBig):
 		return &requestError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", tooBig.Limit)}
 	case errors.Is(err, io.EOF):
@@ -70,6 +123,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any, allo
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return &requestError{http.StatusBadRequest, "malformed JSON: unexpected end of input"}
 	default:
-		return &requestError{http.StatusBadRequest, "malformed JSON: " + err.Error()}
+		// encoding/json quotes unknown field names: cap what it echoes.
+		return &requestError{http.StatusBadRequest, "malformed JSON: " + printable.Cap(err.Error(), maxEchoBytes)}
 	}
 }

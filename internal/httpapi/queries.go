@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/readside/readside/domain"
+	"github.com/readside/readside/internal/printable"
 	"github.com/readside/readside/projectors/orderdetails"
 	"github.com/readside/readside/projectors/orderstatistics"
 	"github.com/readside/readside/projectors/ordersummary"
@@ -166,7 +167,11 @@ func (q *queries) listOrders(w http.ResponseWriter, r *http.Request) {
 	}
 	f := ordersummary.Filter{Status: params.Get("status"), Customer: params.Get("customer")}
 	if f.Status != "" && !slices.Contains(orderStatuses, f.Status) {
-		WriteError(w, http.StatusBadRequest, fmt.Sprintf("status=%q: want one of %s", f.Status, strings.Join(orderStatuses, ", ")))
+		WriteError(w, http.StatusBadRequest, fmt.Sprintf("status=%s: want one of %s", echo(f.Status), strings.Join(orderStatuses, ", ")))
+		return
+	}
+	if !storable(f.Customer) {
+		WriteJSON(w, http.StatusUnprocessableEntity, ErrorResponse{Error: "customer " + unstorableReason, Field: "customer"})
 		return
 	}
 	var after *ordersummary.Key
@@ -192,7 +197,7 @@ func (q *queries) orderDetails(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if !domain.ValidID(id) {
 		// No such order can exist: no need to wait for a token.
-		WriteError(w, http.StatusNotFound, fmt.Sprintf("order %q not found", id))
+		WriteError(w, http.StatusNotFound, fmt.Sprintf("order %s not found", echo(id)))
 		return
 	}
 	q.answer(w, r, orderdetails.Name, func(ctx context.Context, db Querier) (any, error) {
@@ -220,7 +225,7 @@ func (q *queries) listProducts(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("include_deleted"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			WriteError(w, http.StatusBadRequest, fmt.Sprintf("include_deleted=%q: want true or false", v))
+			WriteError(w, http.StatusBadRequest, fmt.Sprintf("include_deleted=%s: want true or false", echo(v)))
 			return
 		}
 		f.IncludeDeleted = b
@@ -296,7 +301,12 @@ func (q *queries) internalError(w http.ResponseWriter, r *http.Request, err erro
 		writeUnavailable(w, msg)
 		return
 	}
-	q.log.ErrorContext(r.Context(), "query failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	if isUnstorable(err) {
+		WriteError(w, http.StatusUnprocessableEntity, "a parameter "+unstorableReason)
+		return
+	}
+	q.log.ErrorContext(r.Context(), "query failed", "method", r.Method, "path", printable.Cap(r.URL.Path, maxEchoBytes),
+		"err", printable.Cap(err.Error(), maxErrorBytes))
 	WriteError(w, http.StatusInternalServerError, "internal error")
 }
 
@@ -339,7 +349,7 @@ func pageParams(w http.ResponseWriter, r *http.Request) (limit int, after *pageC
 	if v := params.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > MaxPageSize {
-			WriteError(w, http.StatusBadRequest, fmt.Sprintf("limit=%q: want an integer from 1 to %d", v, MaxPageSize))
+			WriteError(w, http.StatusBadRequest, fmt.Sprintf("limit=%s: want an integer from 1 to %d", echo(v), MaxPageSize))
 			return 0, nil, false
 		}
 		limit = n
@@ -348,6 +358,11 @@ func pageParams(w http.ResponseWriter, r *http.Request) (limit int, after *pageC
 		c, err := parsePageCursor(params.Get("after"))
 		if err != nil {
 			WriteError(w, http.StatusBadRequest, "after: "+err.Error())
+			return 0, nil, false
+		}
+		if !storable(c.ID) || (c.Name != nil && !storable(*c.Name)) {
+			// Only a crafted cursor holds one: none is issued with it.
+			WriteJSON(w, http.StatusUnprocessableEntity, ErrorResponse{Error: "after: a key " + unstorableReason, Field: "after"})
 			return 0, nil, false
 		}
 		after = &c

@@ -424,3 +424,69 @@ func TestConsistencyTimeout(t *testing.T) {
 	require.Equal(t, "paused", res.body["status"])
 	require.Contains(t, res.body["error"], "will not catch up until resumed")
 }
+
+// A NUL character, which PostgreSQL cannot hold in text, is refused with
+// 422 wherever a query takes text: the customer filter and the keys inside
+// a crafted cursor. Not UTF-8 is refused the same way.
+func TestQueryRefusesTextPostgreSQLCannotHold(t *testing.T) {
+	t.Parallel()
+	e := newQueryEnv(t, nil)
+	cursor := func(js string) string { return base64.RawURLEncoding.EncodeToString([]byte(js)) }
+	for _, path := range []string{
+		"/orders?customer=a%00b",
+		"/orders?customer=a%ffb",
+		"/orders?after=" + cursor(`{"t":1,"id":"o\u0000"}`),
+		"/products?after=" + cursor(`{"n":"Bolt\u0000","id":"p-1"}`),
+		"/products?after=" + cursor(`{"n":"Bolt","id":"p\u0000"}`),
+	} {
+		res := e.get(path)
+		require.Equal(t, http.StatusUnprocessableEntity, res.code, "%s: %s", path, res.raw)
+		require.NotEmpty(t, res.body["error"], path)
+	}
+}
+
+// Error answers quote at most a short prefix of what the client sent.
+func TestQueryErrorsDoNotEchoWholeInput(t *testing.T) {
+	t.Parallel()
+	e := newQueryEnv(t, nil)
+	big := strings.Repeat("A", 60<<10)
+	for _, tc := range []struct {
+		path   string
+		header string
+	}{
+		{"/orders?consistency_token=" + big, ""},
+		{"/orders?consistency_token=1/" + big, ""},
+		{"/orders", big},
+		{"/orders?status=" + big, ""},
+		{"/orders?limit=" + big, ""},
+		{"/orders?consistency_token=1/1&wait=" + big, ""},
+		{"/products?include_deleted=" + big, ""},
+		{"/orders/" + big, ""},
+	} {
+		var res response
+		if tc.header != "" {
+			res = e.get(tc.path, httpapi.ConsistencyTokenHeader, tc.header)
+		} else {
+			res = e.get(tc.path)
+		}
+		require.Contains(t, []int{http.StatusBadRequest, http.StatusNotFound}, res.code, res.raw[:min(len(res.raw), 300)])
+		require.Less(t, len(res.raw), 1024, "%.80s...: %.300s", tc.path, res.raw)
+	}
+}
+
+// A token no write of this database can have issued (its transaction id
+// is beyond every one assigned so far) is refused at once with 400, not
+// waited on until a 504 that invites the client to retry forever.
+func TestTokenBeyondTheLogsHead(t *testing.T) {
+	t.Parallel()
+	e := newQueryEnv(t, nil)
+	require.NoError(t, projectors.Register(context.Background(), e.pool, orderstatistics.New()))
+	for _, token := range []string{"18446744073709551615/1", "9223372036854775807/1"} {
+		start := time.Now()
+		res := e.get("/statistics?wait=5s&consistency_token=" + token)
+		require.Equal(t, http.StatusBadRequest, res.code, res.raw)
+		require.Contains(t, res.body["error"], "beyond")
+		require.Empty(t, res.header.Get("Retry-After"))
+		require.Less(t, time.Since(start), 2*time.Second, "at once")
+	}
+}

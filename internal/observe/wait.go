@@ -2,11 +2,13 @@ package observe
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/readside/readside/internal/checkpoint"
+	"github.com/readside/readside/internal/printable"
 	"github.com/readside/readside/outbox"
 )
 
@@ -83,7 +85,7 @@ func (e *NotCaughtUpError) Error() string {
 		case checkpoint.Paused:
 			b.WriteString(" (it will not catch up until resumed)")
 		case checkpoint.Failed:
-			fmt.Fprintf(&b, " (halted by a failing event, it will not catch up until an operator resumes it: %s)", s.LastError)
+			fmt.Fprintf(&b, " (halted by a failing event, it will not catch up until an operator resumes it: %s)", printable.Cap(s.LastError, 200))
 		}
 	}
 	return b.String()
@@ -104,16 +106,36 @@ SELECT n.name, p.name IS NOT NULL, c.segment, c.cursor_txid, c.cursor_position, 
  WHERE p.name IS NULL OR c.segment IS NOT NULL
  ORDER BY n.ord, c.segment`
 
+// ErrTokenBeyondHead is WaitFor refusing a token that no write of the
+// database can have been given: its transaction id has not been assigned
+// yet (a forged token, or one from another cluster).
+var ErrTokenBeyondHead = errors.New("beyond the log's head: no write of this database was given it")
+
+// headSQL tells whether a transaction id is one not assigned yet: at or
+// above the xmax of a current snapshot.
+const headSQL = `SELECT $1::xid8 >= pg_snapshot_xmax(pg_current_snapshot())`
+
 // WaitFor returns nil once every segment of each named projection has a
 // checkpoint at or after token, which means the write the token was issued
 // for has been applied to their read models (or parked as a dead letter).
 // It polls until ctx ends, then returns a *NotCaughtUpError; ctx bounds the
 // wait. A projection being reset and replayed has moved its cursor back, so
 // tokens wait for the replay to pass them again rather than read a half-built
-// model.
+// model. A token beyond the log's head is refused at once with an error
+// wrapping ErrTokenBeyondHead: no wait would ever see it passed.
 func WaitFor(ctx context.Context, db outbox.Querier, token outbox.Cursor, projections ...string) error {
 	if len(projections) == 0 {
 		return nil
+	}
+	var beyond bool
+	if err := db.QueryRow(ctx, headSQL, token.TxID).Scan(&beyond); err != nil {
+		if ctx.Err() != nil {
+			return notCaughtUp(nil, token, projections[0], ctx.Err())
+		}
+		return fmt.Errorf("wait for %s: %w", strings.Join(projections, ", "), err)
+	}
+	if beyond {
+		return fmt.Errorf("consistency token %s is %w", token, ErrTokenBeyondHead)
 	}
 	var last *NotCaughtUpError
 	interval := waitPollMin

@@ -99,7 +99,8 @@ func TestWaitFor(t *testing.T) {
 type failingQuerier struct{ err error }
 
 func (f failingQuerier) Query(context.Context, string, ...any) (pgx.Rows, error) { return nil, f.err }
-func (f failingQuerier) QueryRow(context.Context, string, ...any) pgx.Row        { return nil }
+func (f failingQuerier) QueryRow(context.Context, string, ...any) pgx.Row        { return f }
+func (f failingQuerier) Scan(...any) error                                       { return f.err }
 
 func TestWaitForDatabaseError(t *testing.T) {
 	t.Parallel()
@@ -108,4 +109,12 @@ func TestWaitForDatabaseError(t *testing.T) {
 	require.ErrorIs(t, err, boom)
 	var lag *observe.NotCaughtUpError
 	require.False(t, errors.As(err, &lag), "a broken database is not a lagging projection")
+}
+
+// A token whose transaction id is not assigned yet is refused at once.
+func TestWaitForTokenBeyondHead(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewDB(t)
+	err := observe.WaitFor(context.Background(), pool, outbox.Cursor{TxID: 1 << 62, Position: 1}, "any")
+	require.ErrorIs(t, err, observe.ErrTokenBeyondHead)
 }
