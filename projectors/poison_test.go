@@ -2,14 +2,21 @@ package projectors_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/internal/checkpoint"
+	"github.com/readside/readside/internal/deadletter"
 	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/internal/syncbuf"
+	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
 )
 
@@ -80,4 +87,32 @@ func TestPoisonEventHaltsSegment(t *testing.T) {
 	eventually(t, 10*time.Second, "a halted segment is given up", func() bool {
 		return count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner IS NULL`) == 1
 	})
+}
+
+// What a failing event carries is logged capped: a writer that put 5 MB
+// into metadata.correlation_id and an aggregate id of 2 KB through the SQL
+// contract does not put them whole into every retry's log line.
+func TestFailingEventLogIsCapped(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	huge := strings.Repeat("c", 5<<20)
+	aggID := "agg-" + strings.Repeat("i", 2000) // about the most a btree index entry holds
+	require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		_, err := outbox.Append(ctx, tx, outbox.Aggregate{Type: "Thing", ID: aggID}, 0,
+			[]outbox.NewEvent{{Type: "Touched", Data: json.RawMessage(`{"poison": true}`), Metadata: outbox.Metadata{CorrelationID: huge}}})
+		return err
+	}))
+	var logs syncbuf.Buffer
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec", failPoison: true}},
+		MaxAttempts: 2, RetryBackoff: time.Millisecond, PollInterval: 20 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	eventually(t, 60*time.Second, "the poison event parked", func() bool {
+		dls, err := deadletter.List(ctx, pool, deadletter.Filter{Projection: "rec"})
+		return err == nil && len(dls) == 1
+	})
+	out := logs.String()
+	require.Contains(t, out, "correlation_id=ccc", "the start of it is logged")
+	require.Less(t, len(out), 64<<10, "log lines of a failing event with 5 MB of ids")
 }

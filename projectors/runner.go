@@ -14,6 +14,7 @@ import (
 	"github.com/readside/readside/internal/backoff"
 	"github.com/readside/readside/internal/checkpoint"
 	"github.com/readside/readside/internal/deadletter"
+	"github.com/readside/readside/internal/printable"
 	"github.com/readside/readside/outbox"
 )
 
@@ -114,7 +115,7 @@ func (w *Worker) transient(softCtx context.Context, s *segment, op string, err e
 	w.metrics.batches.WithLabelValues(s.spec.Name, "retried").Inc()
 	d := backoff.Delay(s.retries, w.cfg.RetryBackoff, w.cfg.MaxRetryBackoff)
 	w.log.Warn("batch failed; retrying", "op", op, "projection", s.spec.Name, "segment", s.lease.Segment,
-		"cursor", s.cursor.String(), "reason", reason, "attempt", s.retries, "backoff", d, "err", err)
+		"cursor", s.cursor.String(), "reason", reason, "attempt", s.retries, "backoff", d, "err", printable.Cap(err.Error(), logErrorBytes))
 	return backoff.Sleep(softCtx, d)
 }
 
@@ -495,11 +496,20 @@ func haltReason(bad outbox.Event, attempts int, cause error) string {
 		bad.ID(), bad.Type, bad.AggregateType, bad.AggregateID, bad.Version, attempts, cause)
 }
 
+// Caps of what a log line quotes from an event, which a writer through
+// the SQL contract chose: a field of it, or an error that may quote it.
+const (
+	logFieldBytes = 200
+	logErrorBytes = 2000
+)
+
 // failureLog is the logger for a failing event.
 func (w *Worker) failureLog(s *segment, from outbox.Cursor, bad outbox.Event, attempts int, cause error) *slog.Logger {
 	return w.log.With("projection", s.spec.Name, "segment", s.lease.Segment, "cursor", from.String(),
-		"event_id", bad.ID(), "event_type", bad.Type, "aggregate", bad.AggregateType+"/"+bad.AggregateID,
-		"correlation_id", correlationID(bad), "attempt", attempts, "err", cause)
+		"event_id", bad.ID(), "event_type", printable.Cap(bad.Type, logFieldBytes),
+		"aggregate", printable.Cap(bad.AggregateType, logFieldBytes)+"/"+printable.Cap(bad.AggregateID, logFieldBytes),
+		"correlation_id", printable.Cap(correlationID(bad), logFieldBytes), "attempt", attempts,
+		"err", printable.Cap(cause.Error(), logErrorBytes))
 }
 
 // before is the cursor just before remaining[i]: the previous matching
