@@ -30,8 +30,8 @@ func TestSQL(t *testing.T) {
 	n := dbschema.Name("app_rs")
 	for in, want := range map[string]string{
 		`SELECT * FROM readside.events e JOIN readside.outbox o ON o.position = e.id`: `SELECT * FROM app_rs.events e JOIN app_rs.outbox o ON o.position = e.id`,
-		`SELECT to_regclass('readside.readside_migrations')`:                            `SELECT to_regclass('app_rs.readside_migrations')`,
-		`SELECT readside.readside_segment(x, 4),(readside.f())`:                         `SELECT app_rs.readside_segment(x, 4),(app_rs.f())`,
+		`SELECT to_regclass('readside.readside_migrations')`:                          `SELECT to_regclass('app_rs.readside_migrations')`,
+		`SELECT readside.readside_segment(x, 4),(readside.f())`:                       `SELECT app_rs.readside_segment(x, 4),(app_rs.f())`,
 		"readside.events":                      "app_rs.events",
 		`SELECT my_readside.t, x.readside.y`:   `SELECT my_readside.t, x.readside.y`,
 		`SELECT readside_segment(a, 2)`:        `SELECT readside_segment(a, 2)`,
