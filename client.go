@@ -49,6 +49,11 @@ type Config struct {
 	// SchemaDefault. A database migrated before readside had a schema of
 	// its own keeps working with "public".
 	Schema string
+	// BesideOtherInstalls lets Migrate install readside in Schema when the
+	// database holds readside in another schema already; without it that is
+	// refused (migrations.ErrOtherInstall), since the configuration most
+	// likely forgot that schema.
+	BesideOtherInstalls bool
 	// Projections this client runs (Start) and operates on (Reset,
 	// Rebuild, Repair need one of them; Pause, Resume and dead letters also
 	// take any projection registered in the database). Required.
@@ -140,10 +145,12 @@ type Client struct {
 	projs  map[string]projectors.Projection
 	ctl    *control.Control
 
-	mu      sync.Mutex
-	worker  *projectors.Worker
-	started bool
-	stopped chan struct{}
+	worker *projectors.Worker
+
+	mu         sync.Mutex
+	started    bool
+	registered bool // the metrics read from the database
+	stopped    chan struct{}
 }
 
 // NewClient validates cfg and returns a Client. It does not touch the
@@ -160,6 +167,13 @@ func NewClient(cfg Config) (*Client, error) {
 		stopped: make(chan struct{})}
 	for _, p := range cfg.Projections {
 		c.projs[p.Spec().Name] = p
+	}
+	c.worker, err = projectors.NewWorker(projectors.Config{Pool: cfg.Pool, Schema: n.String(), Projections: cfg.Projections,
+		WorkerID: cfg.WorkerID, Concurrency: cfg.Concurrency, BatchSize: cfg.BatchSize, PollInterval: cfg.PollInterval,
+		PollOnly: cfg.PollOnly, LeaseTTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts, SoftStopTimeout: cfg.SoftStopTimeout,
+		Logger: cfg.Logger, Registerer: cfg.Registerer})
+	if err != nil {
+		return nil, err
 	}
 	c.ctl, err = control.New(control.Config{Pool: cfg.Pool, Schema: n.String(), Projections: cfg.Projections,
 		MaxWorkers: cfg.ControlWorkers, PruneInterval: cfg.PruneInterval, Retention: cfg.OutboxRetention,
@@ -197,7 +211,7 @@ func (c *Client) MigrateStatus(ctx context.Context) (*migrations.SchemaStatus, e
 }
 
 func (c *Client) migrateConfig() migrations.Config {
-	cfg := migrations.Config{Schema: c.schema.String(), Logger: c.log}
+	cfg := migrations.Config{Schema: c.schema.String(), Logger: c.log, BesideOtherInstalls: c.cfg.BesideOtherInstalls}
 	for _, p := range c.cfg.Projections {
 		if sc, ok := p.(projectors.Schema); ok {
 			cfg.Projections = append(cfg.Projections, migrations.DDL{Projection: p.Spec().Name, SQL: sc.Schema()})
@@ -226,26 +240,19 @@ func (c *Client) Start(ctx context.Context) error {
 	if c.started {
 		return errors.New("readside: client already started")
 	}
-	w, err := projectors.NewWorker(projectors.Config{Pool: c.cfg.Pool, Schema: c.schema.String(), Projections: c.cfg.Projections,
-		WorkerID: c.cfg.WorkerID, Concurrency: c.cfg.Concurrency, BatchSize: c.cfg.BatchSize, PollInterval: c.cfg.PollInterval,
-		PollOnly: c.cfg.PollOnly, LeaseTTL: c.cfg.LeaseTTL, MaxAttempts: c.cfg.MaxAttempts, SoftStopTimeout: c.cfg.SoftStopTimeout,
-		Logger: c.log, Registerer: c.cfg.Registerer})
-	if err != nil {
-		return err
-	}
 	if err := c.registerMetrics(); err != nil {
 		return err
 	}
-	if err := w.Start(ctx); err != nil {
+	if err := c.worker.Start(ctx); err != nil {
 		return err
 	}
 	if err := c.ctl.Start(ctx); err != nil {
-		_ = w.Stop(context.WithoutCancel(ctx))
+		_ = c.worker.Stop(context.WithoutCancel(ctx))
 		return fmt.Errorf("readside: control plane: %w", err)
 	}
-	c.worker, c.started = w, true
+	c.started = true
 	go func() {
-		<-w.Stopped()
+		<-c.worker.Stopped()
 		<-c.ctl.Stopped()
 		close(c.stopped)
 	}()
@@ -255,9 +262,10 @@ func (c *Client) Start(ctx context.Context) error {
 // registerMetrics registers, once, the metrics read from the database.
 func (c *Client) registerMetrics() error {
 	reg := c.cfg.Registerer
-	if reg == nil {
+	if reg == nil || c.registered {
 		return nil
 	}
+	c.registered = true
 	if err := observe.RegisterPipelineMetrics(reg, c.db, c.log); err != nil {
 		return err
 	}
@@ -272,13 +280,13 @@ func (c *Client) registerMetrics() error {
 // and leases are released. Safe to call twice and before Start.
 func (c *Client) Stop(ctx context.Context) error {
 	c.mu.Lock()
-	w, started := c.worker, c.started
+	started := c.started
 	c.mu.Unlock()
 	if !started {
 		return nil
 	}
 	cerr := c.ctl.Stop(ctx)
-	err := errors.Join(w.Stop(ctx), cerr)
+	err := errors.Join(c.worker.Stop(ctx), cerr)
 	select {
 	case <-c.stopped:
 	case <-ctx.Done():
@@ -290,15 +298,9 @@ func (c *Client) Stop(ctx context.Context) error {
 // context cancelled, or the worker gave up).
 func (c *Client) Stopped() <-chan struct{} { return c.stopped }
 
-// WorkerID is the member's id in leases, once started; "" before.
-func (c *Client) WorkerID() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.worker == nil {
-		return ""
-	}
-	return c.worker.ID()
-}
+// WorkerID is the member's id in leases (Config.WorkerID, or the one
+// chosen for it).
+func (c *Client) WorkerID() string { return c.worker.ID() }
 
 // projection returns the client's projection called name.
 func (c *Client) projection(name string) (projectors.Projection, error) {

@@ -33,6 +33,9 @@ var (
 	ErrRepairUnsupported = control.ErrRepairUnsupported
 	// ErrNothingToRepair: no aggregate was named and none is parked.
 	ErrNothingToRepair = control.ErrNothingToRepair
+	// ErrDependents refuses a rebuild of a projection whose tables other
+	// objects depend on (views, foreign keys), which the switch would drop.
+	ErrDependents = control.ErrDependents
 	// ErrNoTables: the projection lists no Spec.Tables, so it cannot be
 	// rebuilt in a copy.
 	ErrNoTables = errors.New("the projection lists no tables to rebuild (projectors.Spec.Tables)")
@@ -70,12 +73,7 @@ func ResetToTime(t time.Time) ResetTarget {
 	return ResetTarget{"time:" + t.UTC().Format(time.RFC3339Nano)}
 }
 
-func (t ResetTarget) String() string {
-	if t.to == "" {
-		return "start"
-	}
-	return t.to
-}
+func (t ResetTarget) String() string { return t.to }
 
 // Reset queues a reset of projection name to target. It checks first, so
 // that nothing is queued that the fleet would refuse: the projection is
@@ -83,6 +81,9 @@ func (t ResetTarget) String() string {
 // it is in progress, and the target is not beyond the head of the log.
 // Follow it with Wait.
 func (c *Client) Reset(ctx context.Context, name string, to ResetTarget) (*Job, error) {
+	if to.to == "" {
+		return nil, errors.New("reset: no target (ResetToStart, ResetToCursor or ResetToTime)")
+	}
 	if _, err := c.projection(name); err != nil {
 		return nil, err
 	}
@@ -107,6 +108,9 @@ func (c *Client) Rebuild(ctx context.Context, name string) (*Job, error) {
 		return nil, fmt.Errorf("rebuild %s: %w", name, ErrNoTables)
 	}
 	if err := c.controllable(ctx, name); err != nil {
+		return nil, err
+	}
+	if err := control.CheckRebuild(ctx, c.db, p); err != nil {
 		return nil, err
 	}
 	return c.enqueue(ctx, control.RebuildArgs{Projection: name}, name)
@@ -184,11 +188,25 @@ func (c *Client) RetryDeadLetters(ctx context.Context, name string, ids []int64)
 	return c.enqueue(ctx, control.RetryDeadLettersArgs{Projection: name, IDs: ids}, name)
 }
 
-// DiscardDeadLetters gives parked dead letters up (ids; none means all, of
-// projection name, or of every projection when name is empty): the
-// projection never applies them, also when a reset replays them. It
-// returns how many it discarded; ErrNothingToDiscard when none matched.
+// DiscardDeadLetters gives parked dead letters up (ids, of projection
+// name, or of any projection when name is empty): the projection never
+// applies them, also when a reset replays them. It returns how many it
+// discarded; ErrNothingToDiscard when none matched. ids must not be empty
+// (DiscardAllDeadLetters gives up every one).
 func (c *Client) DiscardDeadLetters(ctx context.Context, name string, ids []int64) (int, error) {
+	if len(ids) == 0 {
+		return 0, errors.New("discard: no dead-letter ids given (DiscardAllDeadLetters discards every one)")
+	}
+	return c.discard(ctx, name, ids)
+}
+
+// DiscardAllDeadLetters gives up every parked dead letter of projection
+// name, or of every projection when name is empty.
+func (c *Client) DiscardAllDeadLetters(ctx context.Context, name string) (int, error) {
+	return c.discard(ctx, name, nil)
+}
+
+func (c *Client) discard(ctx context.Context, name string, ids []int64) (int, error) {
 	if name != "" {
 		if err := c.known(ctx, name); err != nil {
 			return 0, err

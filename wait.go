@@ -2,6 +2,7 @@ package readside
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -37,6 +38,10 @@ type Progress struct {
 	Replaying string
 	// Lag is how many events Replaying still has to pass (all segments).
 	Lag int64
+	// Attempt is the job's attempts so far, and LastError the error of
+	// the last failed one ("" when none failed): River retries it.
+	Attempt   int
+	LastError string
 }
 
 // BlockedError ends a wait when nothing can replay until an operator acts:
@@ -112,13 +117,18 @@ func (c *Client) readProgress(ctx context.Context, job *Job, replaying string, f
 	if err != nil {
 		return Progress{}, fmt.Errorf("job %d: %w", job.ID, err)
 	}
-	p := Progress{Job: job, State: string(j.State), Replaying: replaying}
+	var args struct {
+		Projection string `json:"projection"`
+	}
+	if err := json.Unmarshal(j.EncodedArgs, &args); err != nil || j.Kind != job.Kind || args.Projection != job.Projection {
+		return Progress{}, fmt.Errorf("job %d is a %s of %q, not the %s of %q given", job.ID, j.Kind, args.Projection, job.Kind, job.Projection)
+	}
+	p := Progress{Job: job, State: string(j.State), Replaying: replaying, Attempt: j.Attempt}
+	if n := len(j.Errors); n > 0 {
+		p.LastError = j.Errors[n-1].Error
+	}
 	if j.State == rivertype.JobStateCancelled || j.State == rivertype.JobStateDiscarded {
-		last := ""
-		if n := len(j.Errors); n > 0 {
-			last = j.Errors[n-1].Error
-		}
-		return p, &JobFailedError{Job: job, State: string(j.State), LastError: last}
+		return p, &JobFailedError{Job: job, State: string(j.State), LastError: p.LastError}
 	}
 	if job.Kind == (control.RetryDeadLettersArgs{}).Kind() {
 		p.Phase = PhaseQueued

@@ -88,7 +88,8 @@ type DB interface {
 	BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error)
 }
 
-// inSchema begins transactions whose statements run in n.
+// inSchema begins transactions whose statements run in n, with
+// readside's search_path pinned (dbschema).
 type inSchema struct {
 	db DB
 	n  dbschema.Name
@@ -123,8 +124,8 @@ func New(db DB, cfg Config) (*Repository, error) {
 	if err != nil {
 		return nil, fmt.Errorf("aggregate: %w", err)
 	}
-	if !n.IsDefault() {
-		db = inSchema{db, n}
+	if _, wrapped := db.(*dbschema.Pool); !wrapped {
+		db = inSchema{db, n} // its statements pin readside's search_path
 	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {

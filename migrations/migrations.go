@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -90,7 +91,22 @@ type Config struct {
 	Projections []DDL
 	// Logger receives River's migration log; nil discards it.
 	Logger *slog.Logger
+	// BesideOtherInstalls lets Migrate install readside in Schema when the
+	// database has readside in another schema already. Without it that is
+	// refused (ErrOtherInstall): most likely the configuration forgot that
+	// schema (a database migrated before readside had a schema of its own
+	// is in public).
+	BesideOtherInstalls bool
 }
+
+// ErrOtherInstall refuses to install readside in a schema when the
+// database has it in another one.
+var ErrOtherInstall = errors.New("readside is installed in another schema")
+
+// ErrSchemaOwner refuses a schema owned by a role the migrating role is
+// not: its owner could drop readside's tables or plant functions where
+// readside's code looks.
+var ErrSchemaOwner = errors.New("readside's schema is owned by another role")
 
 // DDL is a projection's own SQL.
 type DDL struct {
@@ -122,23 +138,32 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Result, erro
 	}
 	// A session-level lock on a dedicated connection: River's migrations
 	// cannot all run in one transaction (enum values must commit before use).
-	conn, err := pool.Acquire(ctx)
+	pc, err := pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("migrate: connect: %w", err)
 	}
-	defer conn.Release()
+	defer pc.Release()
+	conn := n.Conn(pc.Conn()) // readside's statements pin their search_path
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, int64(LockKey)); err != nil {
 		return nil, fmt.Errorf("migrate: lock: %w", err)
 	}
 	defer func() {
 		if _, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, int64(LockKey)); err != nil {
-			conn.Conn().Close(context.WithoutCancel(ctx)) // closing the session releases the lock
+			conn.Close(context.WithoutCancel(ctx)) // closing the session releases the lock
 		}
 	}()
 
 	res := &Result{}
-	if res.Created, err = createSchema(ctx, conn.Conn(), n); err != nil {
+	if res.Created, err = createSchema(ctx, conn, n); err != nil {
 		return nil, err
+	}
+	if err := checkOwner(ctx, conn, n); err != nil {
+		return nil, err
+	}
+	if !cfg.BesideOtherInstalls {
+		if err := checkOtherInstalls(ctx, conn, n); err != nil {
+			return nil, err
+		}
 	}
 	if _, err := conn.Exec(ctx, n.SQL(`CREATE TABLE IF NOT EXISTS readside.readside_migrations (
 		version    integer     PRIMARY KEY,
@@ -172,14 +197,14 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Result, erro
 		res.River = append(res.River, v.Version)
 	}
 
-	tx, err := conn.Begin(ctx)
+	tx, err := conn.Conn.Begin(ctx) // the migrations' own SQL, unwrapped
 	if err != nil {
 		return nil, fmt.Errorf("migrate: begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	// Migrations and projections' DDL name their objects unqualified: they
 	// are created in the first schema of this transaction's search_path.
-	if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, n.Ident()); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', $1, true)`, n.Ident()); err != nil {
 		return nil, fmt.Errorf("migrate: search_path: %w", err)
 	}
 	for _, m := range all[current:] {
@@ -204,10 +229,64 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Result, erro
 	return res, nil
 }
 
+// checkOwner refuses a schema that the migrating role neither owns nor is
+// a member of the owner of (pg_database_owner, public's owner, stands for
+// the database's owner).
+func checkOwner(ctx context.Context, conn *dbschema.Conn, n dbschema.Name) error {
+	var owner string
+	var ok bool
+	// Membership by pg_auth_members only: a superuser is a member of every
+	// role for pg_has_role, yet a schema's owner may drop what is in it
+	// whoever created it.
+	err := conn.QueryRow(ctx, `WITH RECURSIVE mine(role) AS (
+		    SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user
+		    UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN mine ON m.member = mine.role)
+		SELECT r.rolname::text, s.nspowner IN (SELECT role FROM mine)
+		       OR (r.rolname = 'pg_database_owner'
+		           AND (SELECT d.datdba FROM pg_catalog.pg_database d WHERE d.datname = current_database()) IN (SELECT role FROM mine))
+		  FROM pg_catalog.pg_namespace s JOIN pg_catalog.pg_roles r ON r.oid = s.nspowner WHERE s.nspname = $1`, n.String()).Scan(&owner, &ok)
+	if err != nil {
+		return fmt.Errorf("migrate: owner of schema %s: %w", n, err)
+	}
+	if !ok {
+		return fmt.Errorf("migrate: %w: schema %s is owned by %s, which this role is not a member of; have the schema owned by the role that migrates and runs readside (ALTER SCHEMA %s OWNER TO ...)",
+			ErrSchemaOwner, n, owner, n.Ident())
+	}
+	return nil
+}
+
+// otherInstalls are the schemas other than n that hold readside.
+func otherInstalls(ctx context.Context, q Querier, n dbschema.Name) ([]string, error) {
+	rows, err := q.Query(ctx, `SELECT s.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace
+		WHERE c.relname = 'readside_migrations' AND c.relkind = 'r' AND s.nspname <> $1 ORDER BY 1`, n.String())
+	if err != nil {
+		return nil, fmt.Errorf("migrate: find other installs: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// checkOtherInstalls refuses a first install in n beside one in another
+// schema.
+func checkOtherInstalls(ctx context.Context, conn *dbschema.Conn, n dbschema.Name) error {
+	var here bool
+	if err := conn.QueryRow(ctx, `SELECT pg_catalog.to_regclass('readside.readside_migrations') IS NOT NULL`).Scan(&here); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if here {
+		return nil
+	}
+	other, err := otherInstalls(ctx, conn, n)
+	if err != nil || len(other) == 0 {
+		return err
+	}
+	return fmt.Errorf("migrate: %w: schema %s (not %s); use it with --schema %s (READSIDE_SCHEMA), or install a second readside in %s with --beside-other-installs",
+		ErrOtherInstall, strings.Join(other, ", "), n, other[0], n)
+}
+
 // createSchema creates n unless it exists (a DBA may have created it and
 // granted it to the migrating role, which then needs no CREATE on the
 // database).
-func createSchema(ctx context.Context, conn *pgx.Conn, n dbschema.Name) (bool, error) {
+func createSchema(ctx context.Context, conn *dbschema.Conn, n dbschema.Name) (bool, error) {
 	var exists bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)`, n.String()).Scan(&exists); err != nil {
 		return false, fmt.Errorf("migrate: %w", err)
@@ -223,6 +302,7 @@ func createSchema(ctx context.Context, conn *pgx.Conn, n dbschema.Name) (bool, e
 
 // Querier is the part of pgx used to read the schema version.
 type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
@@ -248,6 +328,9 @@ func Check(ctx context.Context, q Querier, schema string) error {
 		return fmt.Errorf("check schema: %w", err)
 	}
 	if !exists {
+		if other, err := otherInstalls(ctx, q, n); err == nil && len(other) > 0 {
+			return fmt.Errorf("%w: readside is not in schema %s but in schema %s: use --schema %s (READSIDE_SCHEMA)", ErrNotMigrated, n, strings.Join(other, ", "), other[0])
+		}
 		return fmt.Errorf("%w: no readside_migrations table in schema %s; run `projector migrate` (or name the schema readside was installed in: --schema, READSIDE_SCHEMA)", ErrNotMigrated, n)
 	}
 	v, err := version(ctx, q, n)

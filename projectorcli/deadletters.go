@@ -124,6 +124,7 @@ func (a *app) deadLettersShow() *cobra.Command {
 type deadLetterPick struct {
 	verb, url, projection, idList string
 	all                           bool
+	wait                          waitOptions // retry only
 }
 
 func (a *app) pickFlags(cmd *cobra.Command, p *deadLetterPick, projectionHelp, allHelp string) {
@@ -157,6 +158,7 @@ func (a *app) deadLettersRetry() *cobra.Command {
 		},
 	}
 	a.pickFlags(cmd, &p, "the projection whose dead letters to retry (required)", "every parked dead letter of --projection")
+	p.wait.flags(cli.NewFlags(cmd), "wait until the retry job has run")
 	return cmd
 }
 
@@ -177,7 +179,7 @@ func (a *app) runRetry(ctx context.Context, p deadLetterPick, stdout, stderr io.
 	if err != nil {
 		return fmt.Errorf("dead-letters retry: %w", err)
 	}
-	return a.queuedAndWait(ctx, c, job, stdout, waitOptions{})
+	return a.queuedAndWait(ctx, c, job, stdout, p.wait)
 }
 
 func (a *app) deadLettersDiscard() *cobra.Command {
@@ -204,7 +206,11 @@ func (a *app) runDiscard(ctx context.Context, p deadLetterPick, stdout io.Writer
 		return err
 	}
 	defer done()
-	n, err := c.DiscardDeadLetters(ctx, p.projection, ids)
+	discard := func() (int, error) { return c.DiscardDeadLetters(ctx, p.projection, ids) }
+	if p.all {
+		discard = func() (int, error) { return c.DiscardAllDeadLetters(ctx, p.projection) }
+	}
+	n, err := discard()
 	if err != nil {
 		return err
 	}

@@ -15,7 +15,7 @@ import (
 
 func (a *app) migrateCommand() *cobra.Command {
 	var url string
-	var dryRun bool
+	var dryRun, beside bool
 	cmd := &cobra.Command{
 		Use:     "migrate",
 		GroupID: "fleet",
@@ -25,23 +25,24 @@ any number of fleet members may run it at once. A database migrated by a newer
 binary is refused. --dry-run prints the SQL that would run, and changes nothing.`,
 		Args: cli.ExactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.runMigrate(cmd.Context(), url, dryRun, cmd.OutOrStdout())
+			return a.runMigrate(cmd.Context(), url, dryRun, beside, cmd.OutOrStdout())
 		},
 	}
 	fs := cli.NewFlags(cmd)
 	fs.DatabaseURL(&url, cli.DatabaseURLDefault, "PostgreSQL URL")
 	fs.FlagSet().BoolVar(&dryRun, "dry-run", false, "print the SQL of the pending migrations instead of applying them")
+	fs.FlagSet().BoolVar(&beside, "beside-other-installs", false, "install in --schema although the database has readside in another schema")
 	cmd.AddCommand(a.migrateStatusCommand())
 	return cmd
 }
 
-func (a *app) runMigrate(ctx context.Context, url string, dryRun bool, stdout io.Writer) error {
+func (a *app) runMigrate(ctx context.Context, url string, dryRun, beside bool, stdout io.Writer) error {
 	pool, err := cli.Connect(ctx, url, 2)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	c, err := a.newClient(readside.Config{Pool: pool, Logger: slog.New(slog.DiscardHandler)})
+	c, err := a.newClient(readside.Config{Pool: pool, Logger: slog.New(slog.DiscardHandler), BesideOtherInstalls: beside})
 	if err != nil {
 		return err
 	}

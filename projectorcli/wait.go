@@ -35,7 +35,8 @@ func (w *waitOptions) flags(fs *cli.Flags, help string) {
 // halted projection, a cancelled job, --timeout and Ctrl-C end the wait
 // with a reason; the job itself carries on in the fleet.
 func (a *app) follow(ctx context.Context, c *readside.Client, job *readside.Job, stdout io.Writer, o waitOptions) error {
-	w := &waiter{bin: a.name, job: job, timeout: o.timeout, rebuild: job.Kind == "readside_rebuild", r: newReporter(stdout), start: time.Now()}
+	w := &waiter{bin: a.name, job: job, timeout: o.timeout, rebuild: job.Kind == "readside_rebuild",
+		retry: job.Kind == "readside_dead_letters_retry", r: newReporter(stdout), start: time.Now()}
 	wctx := ctx
 	if o.timeout > 0 {
 		var cancel context.CancelFunc
@@ -74,6 +75,7 @@ type waiter struct {
 	bin     string // the binary's name, in hints
 	job     *readside.Job
 	rebuild bool
+	retry   bool
 	timeout time.Duration
 
 	r      *reporter
@@ -83,8 +85,11 @@ type waiter struct {
 }
 
 func (w *waiter) op() string {
-	if w.rebuild {
+	switch {
+	case w.rebuild:
 		return "rebuild"
+	case w.retry:
+		return "dead-letter retry"
 	}
 	return "reset"
 }
@@ -99,7 +104,7 @@ func (w *waiter) show(p readside.Progress) {
 	case readside.PhaseReplay:
 		w.showReplay(p.Replaying, p.Lag)
 	default:
-		w.showQueued(p.State)
+		w.showQueued(p)
 	}
 }
 
@@ -136,10 +141,13 @@ func (w *waiter) showReplay(replaying string, lag int64) {
 	w.r.set(w.maxLag-lag, w.maxLag, lag)
 }
 
-func (w *waiter) showQueued(state string) {
+func (w *waiter) showQueued(p readside.Progress) {
 	w.phase = readside.PhaseQueued
-	msg := fmt.Sprintf("waiting for a projector to run job %d (%s)", w.job.ID, state)
-	if time.Since(w.start) > queuedHintTime {
+	msg := fmt.Sprintf("waiting for a projector to run job %d (%s)", w.job.ID, p.State)
+	switch {
+	case p.LastError != "":
+		msg = fmt.Sprintf("job %d %s after %d attempts, last: %s", w.job.ID, p.State, p.Attempt, firstLine(p.LastError, 200))
+	case time.Since(w.start) > queuedHintTime:
 		msg += fmt.Sprintf("; is `%s run` running?", w.bin)
 	}
 	w.r.line(msg)

@@ -586,6 +586,9 @@ func (q *queryCounter) add(sql string) {
 	if i := strings.IndexByte(line, '\n'); i > 0 {
 		line = line[:i]
 	}
+	if strings.HasPrefix(line, "SELECT pg_catalog.set_config('search_path'") {
+		return // sent in one pipeline with the statement it sets up: no round trip of its own
+	}
 	q.mu.Lock()
 	q.counts[line]++
 	q.mu.Unlock()

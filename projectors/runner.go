@@ -13,6 +13,7 @@ import (
 
 	"github.com/readside/readside/internal/backoff"
 	"github.com/readside/readside/internal/checkpoint"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/internal/deadletter"
 	"github.com/readside/readside/internal/printable"
 	"github.com/readside/readside/outbox"
@@ -157,6 +158,7 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 	if check {
 		queueSkips(b, s, events, replay)
 	}
+	dbschema.QueueProjection(b, tx, s.schema)
 	sk, err := readBegin(tx.SendBatch(ctx, b), s, from, check)
 	if err != nil {
 		_ = tx.Rollback(context.WithoutCancel(ctx))
@@ -166,13 +168,11 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 }
 
 // queueFence queues the statements that open every apply transaction: the
-// idle timeout and readside's schema (a rebuild's copies' before it) first
-// on the search_path, so that the projection's unqualified names mean its
-// tables there, in one statement; and the fenced checkpoint advance.
+// idle timeout, and the fenced checkpoint advance. (begin queues the
+// projection's search_path last; the wrapper pins readside's first.)
 func (w *Worker) queueFence(b *pgx.Batch, s *segment, from, to outbox.Cursor, applied int) {
-	b.Queue(`SELECT set_config('idle_in_transaction_session_timeout', $1, true),
-		set_config('search_path', concat_ws(', ', $2::text, nullif(current_setting('search_path'), '')), true)`,
-		strconv.FormatInt(w.cfg.LeaseTTL.Milliseconds(), 10), w.db.Schema().SearchPath(s.schema))
+	b.Queue(`SELECT pg_catalog.set_config('idle_in_transaction_session_timeout', $1, true)`,
+		strconv.FormatInt(w.cfg.LeaseTTL.Milliseconds(), 10))
 	checkpoint.QueueAdvance(b, s.lease, from, to, applied, w.cfg.LeaseTTL)
 }
 
@@ -186,6 +186,9 @@ func readBegin(res pgx.BatchResults, s *segment, from outbox.Cursor, check bool)
 	}
 	if err == nil && check {
 		err = readSkips(res, sk)
+	}
+	if err == nil {
+		_, err = res.Exec() // the projection's search_path
 	}
 	if cerr := res.Close(); err == nil {
 		err = cerr
@@ -653,6 +656,10 @@ func parkedSegments(ctx context.Context, db checkpoint.DB, claimed []checkpoint.
 // before a reset moved the cursor back, and go in a Batch flagged Replay so
 // that their side effects do not fire again; the rest go in a second call.
 func (w *Worker) applyEvents(ctx context.Context, tx pgx.Tx, s *segment, events []outbox.Event) error {
+	tx, err := dbschema.Projection(ctx, tx, s.schema)
+	if err != nil {
+		return err
+	}
 	if s.schema != "" && len(events) > 0 {
 		// A rebuild's copy applies only what the live projection has
 		// applied, side effects included (fetchBehindLive): a replay.

@@ -57,6 +57,7 @@ func run(ctx context.Context, url, addr string, log *slog.Logger) error {
 	defer pool.Close()
 	client, err := readside.NewClient(readside.Config{
 		Pool:        pool,
+		Schema:      os.Getenv("READSIDE_SCHEMA"), // "" is readside's default
 		Projections: []projectors.Projection{CustomerTotals{}},
 		Logger:      log,
 	})
@@ -101,11 +102,13 @@ func run(ctx context.Context, url, addr string, log *slog.Logger) error {
 
 func routes(client *readside.Client, pool *pgxpool.Pool, log *slog.Logger) *http.ServeMux {
 	mux := http.NewServeMux()
+	// The projection's table is in readside's schema (Schema creates it
+	// there).
+	query := `SELECT total::text, orders FROM ` + pgx.Identifier{client.Schema(), "customer_totals"}.Sanitize() + ` WHERE customer = $1`
 	mux.HandleFunc("GET /customers/{name}", func(w http.ResponseWriter, r *http.Request) {
 		var total string
 		var orders int64
-		err := pool.QueryRow(r.Context(), `SELECT total::text, orders FROM readside.customer_totals WHERE customer = $1`,
-			r.PathValue("name")).Scan(&total, &orders)
+		err := pool.QueryRow(r.Context(), query, r.PathValue("name")).Scan(&total, &orders)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			http.Error(w, "no such customer", http.StatusNotFound)

@@ -38,6 +38,9 @@ func (CustomerTotals) Schema() string {
 
 // Apply adds the batch's orders in one statement. A sum is not idempotent:
 // it is right because the runtime commits it with the checkpoint, once.
+// Customers are not the aggregate: segments applied at once update the
+// same rows, so each statement locks them in one order (ORDER BY), which
+// keeps two segments from deadlocking.
 func (CustomerTotals) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error {
 	customers := make([]string, 0, len(b.Events))
 	amounts := make([]string, 0, len(b.Events))
@@ -57,7 +60,7 @@ func (CustomerTotals) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch)
 		return nil
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO customer_totals AS t (customer, orders, total)
-		SELECT c, count(*), sum(a::numeric) FROM unnest($1::text[], $2::text[]) AS x(c, a) GROUP BY c
+		SELECT c, count(*), sum(a::numeric) FROM unnest($1::text[], $2::text[]) AS x(c, a) GROUP BY c ORDER BY c
 		ON CONFLICT (customer) DO UPDATE SET orders = t.orders + excluded.orders, total = t.total + excluded.total`,
 		customers, amounts)
 	return err

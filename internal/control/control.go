@@ -148,6 +148,7 @@ func New(cfg Config) (*Control, error) {
 		CompletedJobRetentionPeriod: 7 * 24 * time.Hour,
 		PollOnly:                    cfg.PollOnly,
 		Schema:                      n.String(),
+		ErrorHandler:                jobErrors{log: c.log},
 	}
 	if cfg.PruneInterval > 0 {
 		rcfg.PeriodicJobs = []*river.PeriodicJob{river.NewPeriodicJob(river.PeriodicInterval(cfg.PruneInterval),
@@ -281,4 +282,20 @@ func transient(err error) string {
 		return ""
 	}
 	return pgerr.Transient(err)
+}
+
+// jobErrors logs a control or side-effect job that failed an attempt, at
+// WARN: River logs it below the level readside passes on, and an operator
+// waiting on a job would otherwise see only "retryable".
+type jobErrors struct{ log *slog.Logger }
+
+func (h jobErrors) HandleError(_ context.Context, job *rivertype.JobRow, err error) *river.ErrorHandlerResult {
+	h.log.Warn("control: job attempt failed; River retries it", "job", job.ID, "kind", job.Kind, "attempt", job.Attempt,
+		"max_attempts", job.MaxAttempts, "args", string(job.EncodedArgs), "err", err)
+	return nil
+}
+
+func (h jobErrors) HandlePanic(_ context.Context, job *rivertype.JobRow, v any, trace string) *river.ErrorHandlerResult {
+	h.log.Error("control: job panicked; River retries it", "job", job.ID, "kind", job.Kind, "attempt", job.Attempt, "panic", v, "trace", trace)
+	return nil
 }

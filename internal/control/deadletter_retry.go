@@ -104,9 +104,6 @@ func retryAggregate(ctx context.Context, tx pgx.Tx, p projectors.Projection, nam
 	if err := checkpoint.LockSegment(ctx, tx, name, a.Segment); err != nil {
 		return res, err
 	}
-	if err := dbschema.SetSearchPath(ctx, tx, ""); err != nil {
-		return res, err
-	}
 	events, err := deadletter.LockParked(ctx, tx, name, a.Type, a.ID)
 	if err != nil {
 		return res, err
@@ -143,7 +140,11 @@ func applyInSavepoint(ctx context.Context, tx pgx.Tx, p projectors.Projection, b
 	if err != nil {
 		return nil, err
 	}
-	if applyErr = p.Apply(ctx, sp, b); applyErr != nil {
+	psp, err := dbschema.Projection(ctx, sp, "")
+	if err != nil {
+		return nil, err
+	}
+	if applyErr = p.Apply(ctx, psp, b); applyErr != nil {
 		return applyErr, sp.Rollback(ctx)
 	}
 	return nil, sp.Commit(ctx)

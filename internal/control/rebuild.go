@@ -56,8 +56,11 @@ func short(name string, n int) string {
 	if len(name) <= n {
 		return name
 	}
-	sum := sha256.Sum256([]byte(name))
-	return name[:n-9] + "_" + hex.EncodeToString(sum[:4])
+	sum := hex.EncodeToString(func() []byte { s := sha256.Sum256([]byte(name)); return s[:4] }())
+	if n <= len(sum) {
+		return sum[:max(n, 1)]
+	}
+	return name[:n-len(sum)-1] + "_" + sum
 }
 
 type rebuildWorker struct {
@@ -85,7 +88,7 @@ func (w *rebuildWorker) Work(ctx context.Context, job *river.Job[RebuildArgs]) e
 	}
 	if !exists {
 		if err := StartRebuild(ctx, pool, p); err != nil {
-			if errors.Is(err, checkpoint.ErrUnknownProjection) {
+			if errors.Is(err, checkpoint.ErrUnknownProjection) || errors.Is(err, ErrDependents) {
 				return river.JobCancel(err)
 			}
 			return err
@@ -124,16 +127,20 @@ func StartRebuild(ctx context.Context, db interface {
 		if err != nil {
 			return err
 		}
+		if err := checkDependents(ctx, tx, spec, tables); err != nil {
+			return err
+		}
 		for _, t := range spec.Tables {
 			if _, err := tx.Exec(ctx, fmt.Sprintf(`CREATE TABLE %s (LIKE %s INCLUDING ALL)`,
 				pgx.Identifier{schema, t}.Sanitize(), pgx.Identifier{tables[t], t}.Sanitize())); err != nil {
 				return fmt.Errorf("rebuild %s: copy table %s: %w", spec.Name, t, err)
 			}
 		}
-		if err := dbschema.SetSearchPath(ctx, tx, schema); err != nil {
+		ptx, err := dbschema.Projection(ctx, tx, schema)
+		if err != nil {
 			return err
 		}
-		if err := p.Reset(ctx, tx); err != nil {
+		if err := p.Reset(ctx, ptx); err != nil {
 			return fmt.Errorf("rebuild %s: reset the copy: %w", spec.Name, err)
 		}
 		if err := checkpoint.RegisterShadow(ctx, tx, shadow, spec.Name, schema); err != nil {
@@ -144,17 +151,18 @@ func StartRebuild(ctx context.Context, db interface {
 }
 
 // liveTables finds the schema of each of the projection's tables as its
-// transactions do, with readside's schema first on tx's search_path (it
-// leaves it so), then the connection's own (a projection's tables may be
-// the application's).
+// code does (dbschema.Projection): readside's schema first, then the
+// database's search_path (a projection's tables may be the application's).
 func liveTables(ctx context.Context, tx pgx.Tx, spec projectors.Spec) (map[string]string, error) {
-	if err := dbschema.SetSearchPath(ctx, tx, ""); err != nil {
+	ptx, err := dbschema.Projection(ctx, tx, "")
+	if err != nil {
 		return nil, err
 	}
-	rows, err := tx.Query(ctx, `
-SELECT t, (SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.oid = to_regclass(quote_ident(t)))
-  FROM unnest($1::text[]) t`, spec.Tables)
+	// Under the projection's search_path: every name here is qualified.
+	rows, err := ptx.Query(ctx, `
+SELECT t, (SELECT n.nspname::pg_catalog.text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+            WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.quote_ident(t)))
+  FROM pg_catalog.unnest($1::pg_catalog.text[]) t`, spec.Tables)
 	if err != nil {
 		return nil, fmt.Errorf("rebuild %s: find its tables: %w", spec.Name, err)
 	}
@@ -172,4 +180,18 @@ SELECT t, (SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_
 		out[t] = *nsp
 	}
 	return out, rows.Err()
+}
+
+// CheckRebuild refuses, before a rebuild is queued, a projection whose
+// tables are missing or have dependents (ErrDependents).
+func CheckRebuild(ctx context.Context, db interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}, p projectors.Projection) error {
+	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		tables, err := liveTables(ctx, tx, p.Spec())
+		if err != nil {
+			return err
+		}
+		return checkDependents(ctx, tx, p.Spec(), tables)
+	})
 }

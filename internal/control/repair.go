@@ -123,16 +123,17 @@ func repairTx(ctx context.Context, db interface {
 		if err := lockForRepair(ctx, tx, spec.Name); err != nil {
 			return err
 		}
-		if err := dbschema.SetSearchPath(ctx, tx, ""); err != nil {
-			return err
-		}
 		byType, err := aggregatesToRepair(ctx, tx, spec.Name, o)
 		if err != nil {
 			return err
 		}
 		for _, typ := range slices.Sorted(maps.Keys(byType)) {
 			ids := byType[typ]
-			if err := f.Forget(ctx, tx, typ, ids); err != nil {
+			ptx, err := dbschema.Projection(ctx, tx, "")
+			if err != nil {
+				return err
+			}
+			if err := f.Forget(ctx, ptx, typ, ids); err != nil {
 				return fmt.Errorf("forget %s %s: %w", typ, strings.Join(ids, ", "), err)
 			}
 			done, err := reapply(ctx, tx, p, typ, ids)
@@ -255,7 +256,11 @@ func reapply(ctx context.Context, tx pgx.Tx, p projectors.Projection, typ string
 				unparked = append(unparked, e.ev.ID())
 			}
 		}
-		if err := p.Apply(ctx, tx, batch); err != nil {
+		ptx, err := dbschema.Projection(ctx, tx, "")
+		if err != nil {
+			return nil, err
+		}
+		if err := p.Apply(ctx, ptx, batch); err != nil {
 			return nil, err
 		}
 	}

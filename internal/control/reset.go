@@ -136,10 +136,11 @@ func MoveCheckpoints(ctx context.Context, db interface {
 			return err
 		}
 		if to == "start" {
-			if err := dbschema.SetSearchPath(ctx, tx, ""); err != nil {
+			ptx, err := dbschema.Projection(ctx, tx, "")
+			if err != nil {
 				return err
 			}
-			if err := p.Reset(ctx, tx); err != nil {
+			if err := p.Reset(ctx, ptx); err != nil {
 				return fmt.Errorf("reset %s: projection reset: %w", name, err)
 			}
 			if err := deadletter.Clear(ctx, tx, name); err != nil {

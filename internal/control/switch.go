@@ -43,6 +43,17 @@ func (c *Control) trySwitch(ctx context.Context, p projectors.Projection) (bool,
 	live := c.db.Schema().String()
 	s := &rebuildSwitch{spec: spec, shadow: ShadowName(spec.Name), schema: ShadowSchema(live, spec.Name),
 		retired: retiredSchema(live, spec.Name)}
+	// The copy's schema is the one its rebuild registered (a rebuild
+	// started by an earlier binary, or under another --schema, named it).
+	regs, err := checkpoint.Registry(ctx, c.db)
+	if err != nil {
+		return false, err
+	}
+	for _, r := range regs {
+		if r.Name == s.shadow && r.Schema != "" {
+			s.schema = r.Schema
+		}
+	}
 	if near, err := s.copyNearLive(ctx, c.db); err != nil || !near {
 		return false, err
 	}
@@ -137,12 +148,21 @@ func (s *rebuildSwitch) caughtUp(ctx context.Context, read func(context.Context,
 	return len(copies) == len(s.live), nil
 }
 
-// swapTables moves the live tables into the retired schema and the copy's
-// into the live tables' schemas.
+// swapTables moves the live tables into the retired schema and the copy's,
+// with the live ones' grants and owner, into the live tables' schemas. It
+// refuses when other objects depend on the live tables.
 func (s *rebuildSwitch) swapTables(ctx context.Context) error {
 	tables, err := liveTables(ctx, s.tx, s.spec)
 	if err != nil {
 		return err
+	}
+	if err := checkDependents(ctx, s.tx, s.spec, tables); err != nil {
+		return err
+	}
+	for _, t := range s.spec.Tables {
+		if err := carryGrants(ctx, s.tx, pgx.Identifier{tables[t], t}.Sanitize(), pgx.Identifier{s.schema, t}.Sanitize()); err != nil {
+			return err
+		}
 	}
 	if _, err := s.tx.Exec(ctx, `CREATE SCHEMA `+pgx.Identifier{s.retired}.Sanitize()); err != nil {
 		return err

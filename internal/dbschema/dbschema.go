@@ -30,20 +30,20 @@ const Default Name = "readside"
 // Name is a schema name that Parse accepted. The zero value means Default.
 type Name string
 
-var nameRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,47}$`)
+var nameRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,31}$`)
 
 // Parse validates s as a schema for readside's objects. Empty means
 // Default. It refuses what would need quoting (upper case, spaces,
-// quotes), names longer than 48 bytes (River appends its notification
-// topics to the schema name within PostgreSQL's 63), and the system
-// schemas.
+// quotes), names longer than 32 bytes (River appends its notification
+// topics to the schema name, and a rebuild its copy's projection name,
+// within PostgreSQL's 63), and the system schemas.
 func Parse(s string) (Name, error) {
 	if s == "" {
 		return Default, nil
 	}
 	switch {
 	case !nameRE.MatchString(s):
-		return "", fmt.Errorf("schema %q: use lower-case letters, digits and underscores, starting with a letter or underscore, at most 48 characters", Clip(s, 64))
+		return "", fmt.Errorf("schema %q: use lower-case letters, digits and underscores, starting with a letter or underscore, at most 32 characters", Clip(s, 64))
 	case strings.HasPrefix(s, "pg_") || s == "information_schema":
 		return "", fmt.Errorf("schema %q is a system schema", s)
 	}
@@ -69,7 +69,14 @@ func (n Name) IsDefault() bool { return n == "" || n == Default }
 // name's tail (x.readside.y).
 var qualifierRE = regexp.MustCompile(`(^|[^A-Za-z0-9_$."])readside\.`)
 
-var rewritten sync.Map // Name + "\x00" + sql → rewritten sql
+// rewritten caches rewritten statements; dynamic SQL beyond its size is
+// rewritten on every use instead of growing it.
+var rewritten struct {
+	sync.Mutex
+	m map[string]string
+}
+
+const rewrittenMax = 4096
 
 // SQL rewrites sql's `readside.` qualifiers to n.
 func (n Name) SQL(sql string) string {
@@ -77,11 +84,21 @@ func (n Name) SQL(sql string) string {
 		return sql
 	}
 	key := string(n) + "\x00" + sql
-	if s, ok := rewritten.Load(key); ok {
-		return s.(string)
+	rewritten.Lock()
+	s, ok := rewritten.m[key]
+	rewritten.Unlock()
+	if ok {
+		return s
 	}
-	s := qualifierRE.ReplaceAllString(sql, "${1}"+string(n)+".")
-	rewritten.Store(key, s)
+	s = qualifierRE.ReplaceAllString(sql, "${1}"+string(n)+".")
+	rewritten.Lock()
+	if rewritten.m == nil {
+		rewritten.m = map[string]string{}
+	}
+	if len(rewritten.m) < rewrittenMax {
+		rewritten.m[key] = s
+	}
+	rewritten.Unlock()
 	return s
 }
 
@@ -102,8 +119,184 @@ func (n Name) ident(id pgx.Identifier) pgx.Identifier {
 	return pgx.Identifier{string(n), id[1]}
 }
 
-// Pool is a pool whose statements run in n. It is the pool itself for the
-// default schema, so Pool(p) costs nothing there.
+// Pinning. A name that readside's SQL leaves unqualified (a function such
+// as cardinality or unnest, an operator, a type such as text or xid8) is
+// looked up on the session's search_path, which readside does not choose:
+// a database or role setting, another client's SET on a PgBouncer server
+// connection, a function in public whose exact signature beats pg_catalog's
+// polymorphic one, a temporary table. So every statement readside sends
+// runs with a search_path it sets itself, transaction-local: pg_catalog,
+// readside's schema, pg_temp. Outside a transaction the statement is sent
+// in one pipeline (an implicit transaction) behind the setting; inside one,
+// the first statement is, and the setting holds until the transaction ends
+// or a projection's code runs (Projection), after which the next statement
+// pins it again. No round trip is added and no session state is left
+// behind.
+
+// pinSQL sets the transaction's search_path to $1. Qualified: it is
+// resolved before any search_path is trusted.
+const pinSQL = `SELECT pg_catalog.set_config('search_path', $1, true)`
+
+// strictPath is the search_path readside's own statements run with.
+func (n Name) strictPath() string { return "pg_catalog, " + n.Ident() + ", pg_temp" }
+
+// noPin are statements that cannot run inside a transaction block, which
+// an implicit one is; they name only qualified tables.
+func noPin(sql string) bool {
+	s := strings.TrimSpace(sql)
+	return len(s) >= 6 && strings.EqualFold(s[:6], "VACUUM")
+}
+
+// sender is what pinned statements go through: a pool, a connection or a
+// transaction.
+type sender interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
+func (n Name) pinnedExec(ctx context.Context, s sender, sql string, args []any) (pgconn.CommandTag, error) {
+	sql = n.SQL(sql)
+	if noPin(sql) {
+		return s.Exec(ctx, sql, args...)
+	}
+	if len(args) == 0 {
+		// pgx sends an Exec without arguments with the simple protocol,
+		// which takes several statements (DDL scripts do): the setting
+		// goes first in the same string. The path is identifiers Parse
+		// accepted, with no quote of its own.
+		return s.Exec(ctx, "SELECT pg_catalog.set_config('search_path', '"+n.strictPath()+"', true);\n"+sql)
+	}
+	b := &pgx.Batch{}
+	b.Queue(pinSQL, n.strictPath())
+	b.Queue(sql, args...)
+	br := s.SendBatch(ctx, b)
+	if _, err := br.Exec(); err != nil {
+		_ = br.Close()
+		return pgconn.CommandTag{}, err
+	}
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return tag, err
+}
+
+func (n Name) pinnedQuery(ctx context.Context, s sender, sql string, args []any) (pgx.Rows, error) {
+	b := &pgx.Batch{}
+	b.Queue(pinSQL, n.strictPath())
+	b.Queue(n.SQL(sql), args...)
+	br := s.SendBatch(ctx, b)
+	if _, err := br.Exec(); err != nil {
+		_ = br.Close()
+		return nil, err
+	}
+	rows, err := br.Query()
+	if err != nil {
+		_ = br.Close()
+		return nil, err
+	}
+	return &batchRows{Rows: rows, br: br}, nil
+}
+
+func (n Name) pinnedQueryRow(ctx context.Context, s sender, sql string, args []any) pgx.Row {
+	rows, err := n.pinnedQuery(ctx, s, sql, args)
+	return &row{rows: rows, err: err}
+}
+
+func (n Name) pinnedBatch(ctx context.Context, s sender, b *pgx.Batch) pgx.BatchResults {
+	b = n.batch(b)
+	pin := &pgx.QueuedQuery{SQL: pinSQL, Arguments: []any{n.strictPath()}}
+	b.QueuedQueries = append([]*pgx.QueuedQuery{pin}, b.QueuedQueries...)
+	return &pinnedResults{BatchResults: s.SendBatch(ctx, b)}
+}
+
+// batchRows are a query's rows sent behind the setting: closing them ends
+// the pipeline.
+type batchRows struct {
+	pgx.Rows
+	br     pgx.BatchResults
+	closed bool
+}
+
+func (r *batchRows) Close() {
+	r.Rows.Close()
+	if !r.closed {
+		r.closed = true
+		_ = r.br.Close()
+	}
+}
+
+func (r *batchRows) Next() bool {
+	if r.Rows.Next() {
+		return true
+	}
+	r.Close()
+	return false
+}
+
+// row is QueryRow's answer over batchRows, as pgx's own: ErrNoRows when
+// there is none.
+type row struct {
+	rows pgx.Rows
+	err  error
+}
+
+func (r *row) Scan(dest ...any) error {
+	if r.err != nil {
+		return r.err
+	}
+	defer r.rows.Close()
+	if !r.rows.Next() {
+		if err := r.rows.Err(); err != nil {
+			return err
+		}
+		return pgx.ErrNoRows
+	}
+	if err := r.rows.Scan(dest...); err != nil {
+		return err
+	}
+	r.rows.Close()
+	return r.rows.Err()
+}
+
+// pinnedResults skips the setting's result before the caller's first.
+type pinnedResults struct {
+	pgx.BatchResults
+	skipped bool
+	err     error
+}
+
+func (r *pinnedResults) skip() error {
+	if !r.skipped {
+		r.skipped = true
+		_, r.err = r.BatchResults.Exec()
+	}
+	return r.err
+}
+
+func (r *pinnedResults) Exec() (pgconn.CommandTag, error) {
+	if err := r.skip(); err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	return r.BatchResults.Exec()
+}
+
+func (r *pinnedResults) Query() (pgx.Rows, error) {
+	if err := r.skip(); err != nil {
+		return nil, err
+	}
+	return r.BatchResults.Query()
+}
+
+func (r *pinnedResults) QueryRow() pgx.Row {
+	if err := r.skip(); err != nil {
+		return &row{err: err}
+	}
+	return r.BatchResults.QueryRow()
+}
+
+// Pool is a pool whose statements run in n, each with readside's
+// search_path pinned.
 type Pool struct {
 	*pgxpool.Pool
 	n Name
@@ -116,19 +309,19 @@ func (n Name) Pool(p *pgxpool.Pool) *Pool { return &Pool{Pool: p, n: n} }
 func (p *Pool) Schema() Name { return p.n }
 
 func (p *Pool) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	return p.Pool.Exec(ctx, p.n.SQL(sql), args...)
+	return p.n.pinnedExec(ctx, p.Pool, sql, args)
 }
 
 func (p *Pool) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	return p.Pool.Query(ctx, p.n.SQL(sql), args...)
+	return p.n.pinnedQuery(ctx, p.Pool, sql, args)
 }
 
 func (p *Pool) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	return p.Pool.QueryRow(ctx, p.n.SQL(sql), args...)
+	return p.n.pinnedQueryRow(ctx, p.Pool, sql, args)
 }
 
 func (p *Pool) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	return p.Pool.SendBatch(ctx, p.n.batch(b))
+	return p.n.pinnedBatch(ctx, p.Pool, b)
 }
 
 func (p *Pool) CopyFrom(ctx context.Context, table pgx.Identifier, cols []string, src pgx.CopyFromSource) (int64, error) {
@@ -145,43 +338,83 @@ func (p *Pool) BeginTx(ctx context.Context, o pgx.TxOptions) (pgx.Tx, error) {
 	return p.n.Tx(tx), err
 }
 
-// Tx wraps tx so that its statements run in n; for the default schema it is
-// tx itself.
+// Tx wraps tx so that its statements run in n with readside's search_path
+// pinned (see Projection for handing tx to a projection).
 func (n Name) Tx(tx pgx.Tx) pgx.Tx {
-	if tx == nil || n.IsDefault() {
-		return tx
+	if tx == nil {
+		return nil
 	}
 	if t, ok := tx.(*schemaTx); ok {
-		tx = t.Tx
+		if t.n == n {
+			return t
+		}
+		return &schemaTx{Tx: t.Tx, n: n, st: t.st}
 	}
-	return &schemaTx{Tx: tx, n: n}
+	return &schemaTx{Tx: tx, n: n, st: &txState{}}
+}
+
+// txState is shared by a transaction and its savepoints.
+type txState struct {
+	pinned    bool   // readside's search_path is set
+	projected bool   // a projection's search_path is set, with first
+	first     string // (see Projection)
 }
 
 type schemaTx struct {
 	pgx.Tx
-	n Name
+	n  Name
+	st *txState
 }
 
 func (t *schemaTx) Schema() Name { return t.n }
 
 func (t *schemaTx) Begin(ctx context.Context) (pgx.Tx, error) {
 	tx, err := t.Tx.Begin(ctx)
-	return t.n.Tx(tx), err
+	if err != nil {
+		return nil, err
+	}
+	return &schemaTx{Tx: tx, n: t.n, st: t.st}, nil
+}
+
+// Rollback of a savepoint undoes a setting made inside it.
+func (t *schemaTx) Rollback(ctx context.Context) error {
+	t.st.pinned, t.st.projected = false, false
+	return t.Tx.Rollback(ctx)
+}
+
+func (t *schemaTx) pin() bool {
+	if t.st.pinned {
+		return false
+	}
+	t.st.pinned, t.st.projected = true, false
+	return true
 }
 
 func (t *schemaTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if t.pin() {
+		return t.n.pinnedExec(ctx, t.Tx, sql, args)
+	}
 	return t.Tx.Exec(ctx, t.n.SQL(sql), args...)
 }
 
 func (t *schemaTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if t.pin() {
+		return t.n.pinnedQuery(ctx, t.Tx, sql, args)
+	}
 	return t.Tx.Query(ctx, t.n.SQL(sql), args...)
 }
 
 func (t *schemaTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if t.pin() {
+		return t.n.pinnedQueryRow(ctx, t.Tx, sql, args)
+	}
 	return t.Tx.QueryRow(ctx, t.n.SQL(sql), args...)
 }
 
 func (t *schemaTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	if t.pin() {
+		return t.n.pinnedBatch(ctx, t.Tx, b)
+	}
 	return t.Tx.SendBatch(ctx, t.n.batch(b))
 }
 
@@ -193,7 +426,8 @@ func (t *schemaTx) Prepare(ctx context.Context, name, sql string) (*pgconn.State
 	return t.Tx.Prepare(ctx, name, t.n.SQL(sql))
 }
 
-// Conn is a connection whose statements run in n.
+// Conn is a connection whose statements run in n, each with readside's
+// search_path pinned.
 type Conn struct {
 	*pgx.Conn
 	n Name
@@ -206,19 +440,19 @@ func (n Name) Conn(c *pgx.Conn) *Conn { return &Conn{Conn: c, n: n} }
 func (c *Conn) Schema() Name { return c.n }
 
 func (c *Conn) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	return c.Conn.Exec(ctx, c.n.SQL(sql), args...)
+	return c.n.pinnedExec(ctx, c.Conn, sql, args)
 }
 
 func (c *Conn) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	return c.Conn.Query(ctx, c.n.SQL(sql), args...)
+	return c.n.pinnedQuery(ctx, c.Conn, sql, args)
 }
 
 func (c *Conn) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	return c.Conn.QueryRow(ctx, c.n.SQL(sql), args...)
+	return c.n.pinnedQueryRow(ctx, c.Conn, sql, args)
 }
 
 func (c *Conn) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	return c.Conn.SendBatch(ctx, c.n.batch(b))
+	return c.n.pinnedBatch(ctx, c.Conn, b)
 }
 
 func (c *Conn) Begin(ctx context.Context) (pgx.Tx, error) {
@@ -238,12 +472,17 @@ type DB interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
-// SearchPath is what readside puts first on the search_path (SET LOCAL) of
-// the transactions that run projections' SQL, whose unqualified names then
-// mean their tables in n (a rebuild's copies in first, when given), and
-// otherwise what the connection's own search_path finds (a projection's
-// tables in the application's schema). SetSearchPath applies it.
-func (n Name) SearchPath(first string) string {
+// projectionPathSQL sets the search_path of a projection's code: pg_catalog,
+// readside's schema (after a rebuild's copy's, when given), then the
+// session's default search_path (the database's or role's setting, not a
+// SET another client left on a pooled connection), then pg_temp. Every
+// name in it is qualified.
+const projectionPathSQL = `SELECT pg_catalog.set_config('search_path', pg_catalog.concat_ws(', ', 'pg_catalog', $1::pg_catalog.text,
+    (SELECT CASE WHEN s.reset_val OPERATOR(pg_catalog.=) '' THEN NULL ELSE s.reset_val END
+       FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) 'search_path'), 'pg_temp'), true)`
+
+// projectionPath is $1 of projectionPathSQL.
+func (n Name) projectionPath(first string) string {
 	p := n.Ident()
 	if first != "" {
 		p = pgx.Identifier{first}.Sanitize() + ", " + p
@@ -251,9 +490,39 @@ func (n Name) SearchPath(first string) string {
 	return p
 }
 
-// SearchPathSQL sets, for the rest of the transaction, the search_path
-// that SearchPath ($1) begins.
-const SearchPathSQL = `SELECT set_config('search_path', concat_ws(', ', $1::text, nullif(current_setting('search_path'), '')), true)`
+// QueueProjection queues on b the setting under which a projection's code
+// runs in tx (see Projection), for a batch that readside sends on tx
+// before it calls the projection: then Projection costs nothing. Nothing
+// of readside's may follow it in b.
+func QueueProjection(b *pgx.Batch, tx pgx.Tx, first string) {
+	b.Queue(projectionPathSQL, Of(tx).projectionPath(first))
+	if t, ok := tx.(*schemaTx); ok {
+		t.st.pinned, t.st.projected, t.st.first = false, true, first
+	}
+}
+
+// Projection sets tx's search_path for a projection's code, under which
+// its unqualified names mean its tables in readside's schema (first, a
+// rebuild's copy, before it), else what the database's own search_path
+// finds, and returns the transaction to hand the projection: tx
+// unwrapped, so that its SQL is its own. readside's next statement on tx
+// pins readside's search_path again. A setting already in place
+// (QueueProjection, an earlier call) is not sent again.
+func Projection(ctx context.Context, tx pgx.Tx, first string) (pgx.Tx, error) {
+	t, ok := tx.(*schemaTx)
+	if !ok {
+		t = Default.Tx(tx).(*schemaTx)
+	}
+	if t.st.projected && t.st.first == first {
+		return t.Tx, nil
+	}
+	t.st.pinned, t.st.projected = false, false
+	if _, err := t.Tx.Exec(ctx, projectionPathSQL, t.n.projectionPath(first)); err != nil {
+		return nil, err
+	}
+	t.st.projected, t.st.first = true, first
+	return t.Tx, nil
+}
 
 // Of is the schema of a handle that Pool, Tx, Conn or Handle made, and
 // Default for any other handle (whose statements run unchanged).
@@ -262,14 +531,6 @@ func Of(h any) Name {
 		return s.Schema()
 	}
 	return Default
-}
-
-// SetSearchPath puts, for the rest of tx, tx's schema (after first, a
-// rebuild's copy, when given) before the search_path, so that a
-// projection's unqualified names mean its tables.
-func SetSearchPath(ctx context.Context, tx DB, first string) error {
-	_, err := tx.Exec(ctx, SearchPathSQL, Of(tx).SearchPath(first))
-	return err
 }
 
 // Clip shortens s to at most n bytes for an error message, marking the cut.

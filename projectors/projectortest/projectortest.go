@@ -264,10 +264,11 @@ func apply(t *testing.T, pool *pgxpool.Pool, p projectors.Projection, b *project
 // hands a projection: readside's schema first on the search_path.
 func InTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if err := dbschema.SetSearchPath(ctx, tx, ""); err != nil {
+		ptx, err := dbschema.Projection(ctx, tx, "")
+		if err != nil {
 			return err
 		}
-		return fn(tx)
+		return fn(ptx)
 	})
 }
 
