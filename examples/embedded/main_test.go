@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/internal/syncbuf"
@@ -72,6 +73,11 @@ func TestService(t *testing.T) {
 		60*time.Second, 100*time.Millisecond, "the service is up and migrated")
 
 	pool := projectortest.Pool(t, dbURL)
+	rows, err := pool.Query(ctx, `SELECT c.relname::text FROM pg_class c WHERE c.relkind = 'r' AND c.relname ~ '^(order_|products)'`)
+	require.NoError(t, err)
+	demo, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	require.Empty(t, demo, "a binary with only a user's projection creates none of the demo's tables")
 	_, err = projectortest.Lifecycles{Orders: 50}.Generate(ctx, pool)
 	require.NoError(t, err)
 	want := map[string]string{}
