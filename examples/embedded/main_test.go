@@ -81,7 +81,7 @@ func TestService(t *testing.T) {
 	_, err = projectortest.Lifecycles{Orders: 50}.Generate(ctx, pool)
 	require.NoError(t, err)
 	want := map[string]string{}
-	rows, err := pool.Query(ctx, `SELECT event_data->>'customer_name', count(*)::text || '/' || sum((event_data->>'total_amount')::numeric)::text
+	rows, err = pool.Query(ctx, `SELECT event_data->>'customer_name', count(*)::text || '/' || sum((event_data->>'total_amount')::numeric)::text
 		FROM readside.events WHERE event_type = 'OrderPlaced' GROUP BY 1`)
 	require.NoError(t, err)
 	for rows.Next() {
