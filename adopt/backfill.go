@@ -1,0 +1,322 @@
+package adopt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/readside/readside/internal/dbschema"
+)
+
+// The backfill copies the history (the rows in the table when the trigger
+// was installed) while the application writes. The trigger and the
+// backfill meet per aggregate, through readside_adoption_claims and a
+// transaction-level advisory lock on the aggregate:
+//
+//   - the first INSERT that touches an aggregate after the trigger was
+//     installed claims it (waiting for the lock if a backfill chunk holds
+//     it) and copies, in its own transaction and before its new rows, the
+//     versions of it that readside's log lacks;
+//   - a backfill chunk claims the aggregates of its rows that nobody
+//     holds (pg_try_advisory_xact_lock: it never waits for the
+//     application) and copies the versions readside's log lacks; an
+//     aggregate it could not lock is tried again at the end;
+//   - a claimed aggregate is skipped by the other side.
+//
+// So each aggregate's history is copied once, whole, in version order, by
+// one transaction, and before any of its new rows (they come in the same
+// transaction or a later one: readside's per-aggregate rules order them).
+// Rows the application inserts after the trigger is installed never reach
+// the backfill's rows unclaimed: their statement claimed the aggregate. The
+// backfill reads in one REPEATABLE READ snapshot taken after the trigger
+// was installed, so every row of the history is in it. Across aggregates,
+// the history of one the backfill reaches late is read after new events of
+// others: projections order per aggregate.
+
+// backfillRow is one row of history, mapped.
+type backfillRow struct {
+	id     int64
+	t, a   string
+	et     string
+	d, md  string
+	v      int64
+	o      time.Time
+	agg    aggKey
+	absent string // a value readside needs that the row lacks ("" when whole)
+}
+
+type aggKey struct{ t, a string }
+
+// backfill copies the history in chunks and then turns the trigger's
+// claims off. It returns the rows it copied.
+func (p *plan) backfill(ctx context.Context, pool *pgxpool.Pool, cfg Config) (int64, error) {
+	rc, err := pool.Acquire(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("adopt: connect: %w", err)
+	}
+	defer rc.Release()
+	wc, err := pool.Acquire(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("adopt: connect: %w", err)
+	}
+	defer wc.Release()
+	var install string
+	if err := wc.Conn().QueryRow(ctx, `SELECT coalesce(install_txid::text, '') FROM `+pgx.Identifier{p.t.readside, "readside_adoptions"}.Sanitize()+
+		` WHERE table_name = $1`, p.t.name).Scan(&install); err != nil {
+		return 0, fmt.Errorf("adopt %s: %w", p.t.name, err)
+	}
+
+	tx, err := p.reading(ctx, rc.Conn(), cfg.LockTimeout)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	prog := Progress{}
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+p.t.from()).Scan(&prog.Total); err != nil {
+		return 0, fmt.Errorf("adopt %s: %w", p.t.name, err)
+	}
+	if _, err := wc.Exec(ctx, `UPDATE `+pgx.Identifier{p.t.readside, "readside_adoptions"}.Sanitize()+` SET history_total = $2 WHERE table_name = $1`,
+		p.t.name, prog.Total); err != nil {
+		return 0, fmt.Errorf("adopt %s: %w", p.t.name, err)
+	}
+	report := func() {
+		if cfg.Progress != nil {
+			cfg.Progress(prog)
+		}
+	}
+	report()
+	claims := pgx.Identifier{p.t.readside, "readside_adoption_claims"}.Sanitize()
+	if _, err := tx.Exec(ctx, fmt.Sprintf(`DECLARE readside_backfill NO SCROLL CURSOR FOR
+		SELECT row_id, t, a, et, d::text, md::text, v, o FROM (%s) m
+		 WHERE NOT EXISTS (SELECT 1 FROM %s c WHERE c.table_name = %s AND c.aggregate_type = m.t AND c.aggregate_id = m.a)
+		 ORDER BY min(row_id) OVER (PARTITION BY t, a), t, a, v, row_id`, p.mappedSQL(), claims, literal(p.t.name))); err != nil {
+		return 0, fmt.Errorf("adopt %s: read history: %w", p.t.name, err)
+	}
+
+	w := &chunkWriter{p: p, conn: wc.Conn(), lockTimeout: cfg.LockTimeout, pending: map[aggKey][]backfillRow{}}
+	var chunk []backfillRow
+	for {
+		rows, err := tx.Query(ctx, fmt.Sprintf(`FETCH %d FROM readside_backfill`, cfg.ChunkRows))
+		if err != nil {
+			return w.copied, fmt.Errorf("adopt %s: read history: %w", p.t.name, err)
+		}
+		got := 0
+		for rows.Next() {
+			r, err := p.scanRow(rows)
+			if err != nil {
+				rows.Close()
+				return w.copied, err
+			}
+			got++
+			// A chunk ends where an aggregate does.
+			if len(chunk) >= cfg.ChunkRows && chunk[len(chunk)-1].agg != r.agg {
+				if err := w.write(ctx, chunk, false); err != nil {
+					rows.Close()
+					return w.copied, err
+				}
+				prog.Read += int64(len(chunk))
+				prog.Copied = w.copied
+				report()
+				chunk = chunk[:0]
+			}
+			chunk = append(chunk, r)
+		}
+		if err := rows.Err(); err != nil {
+			return w.copied, fmt.Errorf("adopt %s: read history: %w", p.t.name, err)
+		}
+		if got == 0 {
+			break
+		}
+	}
+	if err := w.write(ctx, chunk, false); err != nil {
+		return w.copied, err
+	}
+	prog.Read += int64(len(chunk))
+	if err := tx.Commit(ctx); err != nil {
+		return w.copied, fmt.Errorf("adopt %s: %w", p.t.name, err)
+	}
+	// Aggregates an application transaction held: wait for it, one at a
+	// time (holding nothing else, the wait cannot deadlock).
+	for len(w.pending) > 0 {
+		for k, rows := range w.pending {
+			delete(w.pending, k)
+			if err := w.write(ctx, rows, true); err != nil {
+				return w.copied, err
+			}
+		}
+	}
+	prog.Copied = w.copied
+	report()
+	return w.copied, p.finish(ctx, wc.Conn(), install)
+}
+
+// scanRow reads one mapped row and says what it lacks.
+func (p *plan) scanRow(rows pgx.Rows) (backfillRow, error) {
+	var id, v *int64
+	var t, a, et, d *string
+	var r backfillRow
+	if err := rows.Scan(&id, &t, &a, &et, &d, &r.md, &v, &r.o); err != nil {
+		return r, fmt.Errorf("adopt %s: read history: %w", p.t.name, err)
+	}
+	switch {
+	case id == nil:
+		return r, fmt.Errorf("%w: %s: a row's %s (for id) is NULL", ErrInvalid, p.t.name, p.m["id"].describe())
+	case t == nil, a == nil, et == nil, d == nil, v == nil:
+		return r, fmt.Errorf("%w: %s: row id %d lacks a value readside needs (aggregate type, id, event type, payload or version)", ErrInvalid, p.t.name, *id)
+	case *v < 1 || *v > 2147483647:
+		return r, fmt.Errorf("%w: %s: row id %d: %s (for version) is %d; readside's versions run from 1 to 2147483647", ErrInvalid, p.t.name, *id, p.m["version"].describe(), *v)
+	}
+	r.id, r.t, r.a, r.et, r.d, r.v = *id, *t, *a, *et, *d, *v
+	r.agg = aggKey{r.t, r.a}
+	return r, nil
+}
+
+// chunkWriter copies chunks of history, each in its own transaction.
+type chunkWriter struct {
+	p           *plan
+	conn        *pgx.Conn
+	lockTimeout time.Duration
+	copied      int64
+	pending     map[aggKey][]backfillRow // aggregates a live transaction held
+}
+
+// chunkSQL claims the chunk's aggregates that no transaction holds and
+// copies the versions of them readside's log lacks, in the chunk's order;
+// it returns the rows copied and the aggregates it could not lock.
+const chunkSQL = `
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::integer[], $8::timestamptz[])
+        WITH ORDINALITY AS x(row_id, t, a, et, d, md, v, o, ord)),
+aggs AS (SELECT DISTINCT t, a FROM input),
+locked AS MATERIALIZED (
+    SELECT t, a FROM aggs WHERE pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext($9), pg_catalog.hashtext(t || pg_catalog.chr(31) || a))),
+claimed AS (
+    INSERT INTO readside.readside_adoption_claims (table_name, aggregate_type, aggregate_id)
+    SELECT $9, t, a FROM locked ON CONFLICT DO NOTHING
+    RETURNING aggregate_type AS t, aggregate_id AS a),
+todo AS (
+    SELECT c.t, c.a, coalesce((SELECT max(e.version) FROM readside.events e WHERE e.aggregate_type = c.t AND e.aggregate_id = c.a), 0) AS last
+      FROM claimed c),
+copied AS (
+    INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, metadata, version, occurred_at)
+    SELECT i.t, i.a, i.et, i.d::jsonb, i.md::jsonb, i.v, i.o
+      FROM input i JOIN todo USING (t, a)
+     WHERE i.v > todo.last
+     ORDER BY i.ord
+    RETURNING 1)
+SELECT (SELECT count(*) FROM copied),
+       coalesce((SELECT array_agg(g.t ORDER BY g.t, g.a) FROM aggs g WHERE NOT EXISTS (SELECT 1 FROM locked l WHERE l.t = g.t AND l.a = g.a)), '{}'),
+       coalesce((SELECT array_agg(g.a ORDER BY g.t, g.a) FROM aggs g WHERE NOT EXISTS (SELECT 1 FROM locked l WHERE l.t = g.t AND l.a = g.a)), '{}')`
+
+// chunkAttempts bounds the retries of a chunk refused as a serialization
+// failure or deadlock (another transaction took an aggregate's next
+// version meanwhile, or the read fence passed it).
+const chunkAttempts = 10
+
+// write copies rows in one transaction. wait: wait for the aggregate's
+// lock (rows of one aggregate) instead of skipping it.
+func (w *chunkWriter) write(ctx context.Context, rows []backfillRow, wait bool) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	n := dbschema.Name(w.p.t.readside)
+	args := make([]any, 9)
+	ids, ts, as, ets, ds, mds, vs, os := make([]int64, len(rows)), make([]string, len(rows)), make([]string, len(rows)),
+		make([]string, len(rows)), make([]string, len(rows)), make([]string, len(rows)), make([]int32, len(rows)), make([]time.Time, len(rows))
+	for i, r := range rows {
+		ids[i], ts[i], as[i], ets[i], ds[i], mds[i], vs[i], os[i] = r.id, r.t, r.a, r.et, r.d, r.md, int32(r.v), r.o
+	}
+	args[0], args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8] = ids, ts, as, ets, ds, mds, vs, os, w.p.t.name
+	for attempt := 1; ; attempt++ {
+		var copied int64
+		var skipT, skipA []string
+		err := pgx.BeginTxFunc(ctx, w.conn, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+			if err := setLocal(ctx, tx, w.lockTimeout, 0); err != nil {
+				return err
+			}
+			if wait {
+				if _, err := tx.Exec(ctx, `SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1), pg_catalog.hashtext($2 || pg_catalog.chr(31) || $3))`,
+					w.p.t.name, rows[0].t, rows[0].a); err != nil {
+					return err
+				}
+			}
+			if err := tx.QueryRow(ctx, n.SQL(chunkSQL), args...).Scan(&copied, &skipT, &skipA); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, n.SQL(`UPDATE readside.readside_adoptions SET history_events = history_events + $2 WHERE table_name = $1`), w.p.t.name, copied)
+			return err
+		})
+		if err == nil {
+			w.copied += copied
+			for i := range skipT {
+				k := aggKey{skipT[i], skipA[i]}
+				for _, r := range rows {
+					if r.agg == k {
+						w.pending[k] = append(w.pending[k], r)
+					}
+				}
+			}
+			return nil
+		}
+		if !retryable(err) || attempt == chunkAttempts {
+			return fmt.Errorf("adopt %s: copy history (rows id %d to %d): %w", w.p.t.name, rows[0].id, rows[len(rows)-1].id, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt) * 50 * time.Millisecond):
+		}
+	}
+}
+
+// retryable: a serialization failure, a deadlock or a lock timeout.
+func retryable(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	switch pgErr.Code {
+	case "40001", "40P01", "55P03":
+		return true
+	}
+	return false
+}
+
+// finish turns the trigger's claims off once the history is in readside's
+// log (every aggregate of it claimed, by the backfill or a transaction of
+// the application's), unless another adoption of the table replaced this
+// one meanwhile.
+func (p *plan) finish(ctx context.Context, conn *pgx.Conn, install string) error {
+	return migrationLocked(ctx, conn, func() error {
+		return pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+			var current string
+			err := tx.QueryRow(ctx, `SELECT coalesce(install_txid::text, '') FROM `+pgx.Identifier{p.t.readside, "readside_adoptions"}.Sanitize()+
+				` WHERE table_name = $1 FOR UPDATE`, p.t.name).Scan(&current)
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+				return fmt.Errorf("adopt %s: the adoption was removed while its history was copied", p.t.name)
+			case err != nil:
+				return fmt.Errorf("adopt %s: %w", p.t.name, err)
+			case current != install:
+				return nil // adopted again meanwhile: that adoption finishes
+			}
+			if _, err := tx.Exec(ctx, p.copierSQL(false)); err != nil {
+				return fmt.Errorf("adopt %s: %w", p.t.name, err)
+			}
+			if _, err := tx.Exec(ctx, `UPDATE `+pgx.Identifier{p.t.readside, "readside_adoptions"}.Sanitize()+
+				` SET state = 'adopted', backfilled_at = now(), updated_at = now() WHERE table_name = $1`, p.t.name); err != nil {
+				return fmt.Errorf("adopt %s: %w", p.t.name, err)
+			}
+			_, err = tx.Exec(ctx, `DELETE FROM `+pgx.Identifier{p.t.readside, "readside_adoption_claims"}.Sanitize()+` WHERE table_name = $1`, p.t.name)
+			if err != nil {
+				return fmt.Errorf("adopt %s: %w", p.t.name, err)
+			}
+			return nil
+		})
+	})
+}
