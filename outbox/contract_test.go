@@ -199,31 +199,42 @@ func TestContractOutboxIsWrittenByTheTriggerOnly(t *testing.T) {
 	require.Equal(t, 1, o)
 }
 
-// asWriter runs f in a transaction as the shipped least-privilege role.
-func asWriter(ctx context.Context, pool *pgxpool.Pool, f func(tx pgx.Tx) error) error {
+// writerRole is a role of this test's holding the documented writer
+// grant (readside_grant_writer) in pool's database.
+func writerRole(t *testing.T, pool *pgxpool.Pool) string {
+	t.Helper()
+	role := pgtest.NewRole(t, "NOLOGIN", pool)
+	_, err := pool.Exec(context.Background(), `SELECT readside.readside_grant_writer($1::regrole)`, role)
+	require.NoError(t, err)
+	return role
+}
+
+// asWriter runs f in a transaction as role.
+func asWriter(ctx context.Context, pool *pgxpool.Pool, role string, f func(tx pgx.Tx) error) error {
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SET LOCAL ROLE readside_writer`); err != nil {
+		if _, err := tx.Exec(ctx, `SET LOCAL ROLE `+role); err != nil {
 			return err
 		}
 		return f(tx)
 	})
 }
 
-// Hole 10 of issue 10: the documented writer role has INSERT on events
-// (and what reading its own aggregates needs) and nothing on the read
-// side's tables; the trigger runs with the rights it needs.
+// Hole 10 of issue 10: a role with the documented writer grant has INSERT
+// on events (and what reading its own aggregates needs) and nothing on the
+// read side's tables; the trigger runs with the rights it needs.
 func TestContractWriterRole(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := pgtest.NewDB(t)
+	role := writerRole(t, pool)
 	agg := outbox.Aggregate{Type: "Order", ID: "o-role"}
 
 	// Append (one statement, RETURNING) and a plain INSERT both work.
-	require.NoError(t, asWriter(ctx, pool, func(tx pgx.Tx) error {
+	require.NoError(t, asWriter(ctx, pool, role, func(tx pgx.Tx) error {
 		_, err := outbox.Append(ctx, tx, agg, 0, []outbox.NewEvent{ev("OrderPlaced", 1)})
 		return err
 	}))
-	require.NoError(t, asWriter(ctx, pool, func(tx pgx.Tx) error {
+	require.NoError(t, asWriter(ctx, pool, role, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
 			VALUES ('Order', 'o-role', 'OrderConfirmed', '{}', 2), ('Order', 'o-role', 'OrderShipped', '{}', 3)`)
 		return err
@@ -231,12 +242,12 @@ func TestContractWriterRole(t *testing.T) {
 	e, o := countEvents(t, pool, "o-role")
 	require.Equal(t, [2]int{3, 3}, [2]int{e, o})
 	// The trigger's rules still hold under the role.
-	err := asWriter(ctx, pool, func(tx pgx.Tx) error {
+	err := asWriter(ctx, pool, role, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, valuesSQL([]row{{"o-x", 2}, {"o-x", 1}}))
 		return err
 	})
 	requirePgError(t, err, "23514", "readside_aggregate_version_order")
-	err = asWriter(ctx, pool, func(tx pgx.Tx) error {
+	err = asWriter(ctx, pool, role, func(tx pgx.Tx) error {
 		_, err := outbox.Append(ctx, tx, agg, 1, []outbox.NewEvent{ev("OrderShipped", 2)})
 		return err
 	})
@@ -255,7 +266,7 @@ func TestContractWriterRole(t *testing.T) {
 		`INSERT INTO readside.outbox_horizon (txid, position) VALUES ('1', 1)`,
 		`SELECT readside.readside_erase_event_data(1, '{}', NULL, 'test')`,
 	} {
-		err := asWriter(ctx, pool, func(tx pgx.Tx) error {
+		err := asWriter(ctx, pool, role, func(tx pgx.Tx) error {
 			_, err := tx.Exec(ctx, stmt)
 			return err
 		})
@@ -263,6 +274,41 @@ func TestContractWriterRole(t *testing.T) {
 	}
 	e, o = countEvents(t, pool, "o-role")
 	require.Equal(t, [2]int{3, 3}, [2]int{e, o})
+}
+
+// Writer rights are per database (issue 21): the grant given in database A
+// lets the role write A's readside and not B's, though CONNECT is PUBLIC's;
+// the cluster-wide role readside_writer that release 10 created holds no
+// rights in a migrated database.
+func TestContractWriterRightsPerDatabase(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	aURL, bURL := pgtest.NewDatabaseURL(t), pgtest.NewDatabaseURL(t)
+	a, b := pgtest.Pool(t, aURL), pgtest.Pool(t, bURL)
+	role := pgtest.NewRole(t, "LOGIN", a, b)
+	_, err := a.Exec(ctx, `SELECT readside.readside_grant_writer($1::regrole)`, role)
+	require.NoError(t, err)
+
+	insert := `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version) VALUES ('Order', 'o-1', 'OrderPlaced', '{}', 1)`
+	asA, asB := pgtest.Pool(t, pgtest.AsRole(aURL, role)), pgtest.Pool(t, pgtest.AsRole(bURL, role))
+	_, err = asA.Exec(ctx, insert)
+	require.NoError(t, err)
+	_, err = asB.Exec(ctx, insert)
+	requirePgError(t, err, "42501", "")
+
+	for _, db := range []*pgxpool.Pool{a, b} {
+		var rights bool
+		require.NoError(t, db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'readside_writer')
+			AND (has_table_privilege('readside_writer', 'readside.events', 'INSERT') OR has_schema_privilege('readside_writer', 'readside', 'USAGE'))`).Scan(&rights))
+		require.False(t, rights, "the cluster-wide readside_writer holds no rights")
+	}
+
+	// Revoked, the role writes nothing more.
+	_, err = a.Exec(ctx, `SELECT readside.readside_revoke_writer($1::regrole)`, role)
+	require.NoError(t, err)
+	asA.Reset()
+	_, err = asA.Exec(ctx, insert)
+	requirePgError(t, err, "42501", "")
 }
 
 // The escape hatch for erasure (GDPR): readside_erase_event_data redacts one

@@ -92,12 +92,18 @@ func (r *reporter) changeMax(total int64) {
 
 // set reports done of total events replayed, lag left.
 func (r *reporter) set(done, total, lag int64) {
+	r.setDetail(done, total, fmt.Sprintf("%d of %d events replayed, %d behind", done, total, lag))
+}
+
+// setDetail reports done of total; off a terminal the line ends with
+// detail.
+func (r *reporter) setDetail(done, total int64, detail string) {
 	if r.bar != nil {
 		_ = r.bar.Set64(done)
 		return
 	}
 	pct := 100 * float64(done) / float64(max(total, 1))
-	s := fmt.Sprintf("%s: %3.0f%% (%d of %d events replayed, %d behind)", r.desc, pct, done, total, lag)
+	s := fmt.Sprintf("%s: %3.0f%% (%s)", r.desc, pct, detail)
 	if time.Since(r.lastPrint) >= plainEvery || r.lastLine == "" {
 		fmt.Fprintln(r.w, s)
 		r.lastLine, r.lastPrint = s, time.Now()

@@ -280,3 +280,42 @@ func Pool(tb testing.TB, url string) *pgxpool.Pool {
 	tb.Cleanup(pool.Close)
 	return pool
 }
+
+// NewRole creates a role for this test (roles are cluster-wide: the name
+// is unique) with the given attributes ("LOGIN", "NOLOGIN", ...), and drops
+// it in t.Cleanup, after DROP OWNED BY in each of dbs (the databases where
+// it may own objects or hold privileges; call it after creating them, so
+// that its cleanup runs first).
+func NewRole(tb testing.TB, attrs string, dbs ...*pgxpool.Pool) string {
+	tb.Helper()
+	name := randomName("readside_role_")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := adminExec(ctx, ServerURL(tb), fmt.Sprintf(`CREATE ROLE %s %s`, name, attrs)); err != nil {
+		tb.Fatalf("pgtest: create role: %v", err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		for _, db := range dbs {
+			if _, err := db.Exec(ctx, `DROP OWNED BY `+name); err != nil {
+				tb.Logf("pgtest: drop owned by %s: %v", name, err)
+			}
+		}
+		if err := adminExec(ctx, ServerURL(tb), `DROP ROLE IF EXISTS `+name); err != nil {
+			tb.Logf("pgtest: drop role %s: %v", name, err)
+		}
+	})
+	return name
+}
+
+// AsRole returns url with its user replaced by role (trust authentication,
+// as on the test server).
+func AsRole(rawURL, role string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		panic(fmt.Sprintf("pgtest: database URL must be a postgres:// URL: %v", err))
+	}
+	u.User = url.User(role)
+	return u.String()
+}
