@@ -251,8 +251,10 @@ func (p *probeTable) check(ctx context.Context, k, expr string) (s *source, err 
 			return nil, err
 		}
 		switch {
-		case class == "pg_class" && sub > 0:
-			used = append(used, sub)
+		case class == "pg_class": // the probe table (an index expression reads no other)
+			if sub > 0 {
+				used = append(used, sub)
+			}
 		case oid >= firstNormalOid:
 			foreign = append(foreign, what)
 		}

@@ -298,7 +298,7 @@ func NewRole(tb testing.TB, attrs string, dbs ...*pgxpool.Pool) string {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		for _, db := range dbs {
-			if _, err := db.Exec(ctx, `DROP OWNED BY `+name); err != nil {
+			if _, err := db.Exec(ctx, `DROP OWNED BY `+name+` CASCADE`); err != nil {
 				tb.Logf("pgtest: drop owned by %s: %v", name, err)
 			}
 		}
