@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
 
+	"github.com/readside/readside/adopt"
 	"github.com/readside/readside/internal/checkpoint"
 	"github.com/readside/readside/internal/control"
 	"github.com/readside/readside/internal/deadletter"
@@ -267,6 +268,10 @@ type Report struct {
 	// Unsubscribed are the aggregate types in the log that none of the
 	// client's projections takes.
 	Unsubscribed []UnsubscribedType
+	// Adoptions are the application tables readside copies (projector
+	// adopt): the backfill's state and the UPDATEs, DELETEs and TRUNCATEs
+	// of them that readside's append-only log does not mirror.
+	Adoptions []adopt.Status
 }
 
 // Lag is how far behind the log something is.
@@ -295,6 +300,9 @@ func (c *Client) Status(ctx context.Context, names ...string) (*Report, error) {
 	}
 	if r.Unsubscribed, err = observe.UnsubscribedEvents(ctx, c.db, c.cfg.Projections...); err != nil {
 		return nil, err
+	}
+	if r.Adoptions, err = adopt.List(ctx, c.db); err != nil {
+		return nil, fmt.Errorf("status: %w", err)
 	}
 	seen := map[string]bool{}
 	for _, s := range segs {

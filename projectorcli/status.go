@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/readside/readside"
+	"github.com/readside/readside/adopt"
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/internal/printable"
@@ -39,6 +40,8 @@ type statusJSON struct {
 	// Unsubscribed lists aggregate types no projection of this binary
 	// takes: their events are never applied.
 	Unsubscribed []readside.UnsubscribedType `json:"unsubscribed,omitempty"`
+	// Adoptions are the application tables readside copies (adopt).
+	Adoptions []adopt.Status `json:"adoptions,omitempty"`
 }
 
 func (a *app) statusCommand() *cobra.Command {
@@ -83,7 +86,7 @@ func (a *app) runStatus(ctx context.Context, url string, asJSON bool, names []st
 	if err != nil {
 		return err
 	}
-	out := statusJSON{Segments: []segmentJSON{}, Unsubscribed: r.Unsubscribed, WindowHolder: r.WindowHolder}
+	out := statusJSON{Segments: []segmentJSON{}, Unsubscribed: r.Unsubscribed, WindowHolder: r.WindowHolder, Adoptions: r.Adoptions}
 	for _, s := range r.Segments {
 		out.Segments = append(out.Segments, segmentJSON{Projection: s.Projection, Segment: s.Segment, Status: string(s.Status),
 			Cursor: s.Cursor.String(), LagEvents: s.LagEvents, LagSeconds: s.LagSeconds, StalledSeconds: s.StalledSeconds,
@@ -137,6 +140,26 @@ func printStatus(w io.Writer, st statusJSON) {
 		fmt.Fprintf(w, "\nevents no projection takes (aggregate types no projection subscribes to; never applied, never parked): %s\n",
 			strings.Join(list, ", "))
 	}
+	for _, a := range st.Adoptions {
+		fmt.Fprintln(w, "\n"+adoptionLine(a))
+	}
+}
+
+// adoptionLine says how an adopted table stands: its backfill, and what of
+// it readside's log does not mirror.
+func adoptionLine(a adopt.Status) string {
+	s := fmt.Sprintf("adopted table %s: %d rows of history copied", cell(a.Table, 120), a.HistoryCopied)
+	if a.State != "adopted" {
+		s = fmt.Sprintf("adopted table %s: backfilling (%d of %d rows of history copied; run projector adopt again if it is not running)",
+			cell(a.Table, 120), a.HistoryCopied, a.HistoryTotal)
+	}
+	if a.UpdatedRows+a.DeletedRows+a.Truncates > 0 {
+		s += fmt.Sprintf("; not mirrored in readside's log: %d rows updated, %d deleted, %d truncates", a.UpdatedRows, a.DeletedRows, a.Truncates)
+		if a.LastChange != nil {
+			s += ", last at " + a.LastChange.UTC().Format(time.RFC3339)
+		}
+	}
+	return s
 }
 
 func (a *app) pauseResumeCommand(verb string) *cobra.Command {

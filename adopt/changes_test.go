@@ -1,0 +1,74 @@
+package adopt_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/readside/readside/adopt"
+)
+
+// Issue 21, item 8: an INSERT straight into a partition of an adopted
+// partitioned table (present or created later) is refused, naming readside
+// and the table to insert into; inserts through the table, and an UPDATE
+// that moves a row to another partition, go through. UPDATE, DELETE and
+// TRUNCATE are not mirrored (readside's log is append-only): they are
+// recorded and projector status shows them.
+func TestAdoptPartitionsAndChanges(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	app, rs, _ := setup(t, "elixir_schema.sql")
+	const a = "00000000-0000-0000-0000-00000000000a"
+	require.NoError(t, ectoInsert(ctx, app, "2024-01-15", ectoRow{a, "OrderPlaced", placed(a, 500), 1}))
+	renames, err := adopt.ParseRenames(elixirRenames)
+	require.NoError(t, err)
+	_, err = adopt.Adopt(ctx, rs, adopt.Config{Table: "events", Columns: elixirCols, Renames: renames}, false)
+	require.NoError(t, err)
+	_, err = app.Exec(ctx, `CREATE TABLE events_2026_12 PARTITION OF events FOR VALUES FROM ('2026-12-01') TO ('2027-01-01')`)
+	require.NoError(t, err)
+
+	for partition, day := range map[string]string{"events_2024_02": "2024-02-10", "events_2026_12": "2026-12-10"} {
+		_, err = app.Exec(ctx, `INSERT INTO `+partition+` (aggregate_id, aggregate_type, event_type, event_data, event_version, created_at)
+			VALUES ($1, 'Order', 'Elixir.CommandService.Domain.Events.OrderConfirmed', '{}', 2, $2)`, a, day)
+		requirePgError(t, err, "0A000", "readside_adopt_partition_insert")
+		require.ErrorContains(t, err, "readside refused an INSERT straight into public."+partition+", a partition of the adopted table public.events")
+	}
+	// Through the table, in the same transaction as a refused one (after
+	// a savepoint) and alone.
+	tx, err := app.Begin(ctx)
+	require.NoError(t, err)
+	require.NoError(t, ectoInsert(ctx, tx, "2024-02-15", ectoRow{a, "OrderConfirmed", at("", "confirmed_at", a), 2}))
+	_, err = tx.Exec(ctx, `SAVEPOINT s`)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `INSERT INTO events_2024_02 (aggregate_id, aggregate_type, event_type, event_data, event_version, created_at)
+		VALUES ($1, 'Order', 'x', '{}', 3, '2024-02-16')`, a)
+	requirePgError(t, err, "0A000", "readside_adopt_partition_insert")
+	_, err = tx.Exec(ctx, `ROLLBACK TO SAVEPOINT s`)
+	require.NoError(t, err)
+	require.NoError(t, ectoInsert(ctx, tx, "2026-12-02", ectoRow{a, "OrderShipped", at("", "shipped_at", a), 3}))
+	require.NoError(t, tx.Commit(ctx))
+	require.Len(t, readsideLog(t, rs), 3)
+
+	// Changes: recorded, not mirrored; a move across partitions too.
+	_, err = app.Exec(ctx, `UPDATE events SET created_at = '2024-02-20' WHERE event_version = 3`)
+	require.NoError(t, err)
+	_, err = app.Exec(ctx, `UPDATE events SET event_metadata = '{}' WHERE event_version < 3`)
+	require.NoError(t, err)
+	_, err = app.Exec(ctx, `UPDATE events SET event_metadata = '{}' WHERE false`) // no row: nothing to record
+	require.NoError(t, err)
+	_, err = app.Exec(ctx, `DELETE FROM events WHERE event_version = 1`)
+	require.NoError(t, err)
+	_, err = app.Exec(ctx, `TRUNCATE events`)
+	require.NoError(t, err)
+	require.Len(t, readsideLog(t, rs), 3, "readside's log keeps every event")
+	list, err := adopt.List(ctx, rs)
+	require.NoError(t, err)
+	require.Len(t, list, 1)
+	st := list[0]
+	require.Equal(t, "public.events", st.Table)
+	require.Equal(t, "adopted", st.State)
+	require.EqualValues(t, 1, st.HistoryCopied)
+	require.Equal(t, [3]int64{3, 1, 1}, [3]int64{st.UpdatedRows, st.DeletedRows, st.Truncates})
+	require.NotNil(t, st.LastChange)
+}
