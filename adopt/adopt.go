@@ -20,7 +20,7 @@ import (
 
 // Defaults of Config.
 const (
-	ChunkRowsDefault   = 5000
+	ChunkRowsDefault   = 1000
 	LockTimeoutDefault = 2 * time.Second
 )
 

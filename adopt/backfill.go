@@ -71,74 +71,29 @@ func (p *plan) backfill(ctx context.Context, pool *pgxpool.Pool, cfg Config) (in
 		return 0, fmt.Errorf("adopt %s: %w", p.t.name, err)
 	}
 
-	tx, err := p.reading(ctx, rc.Conn(), cfg.LockTimeout)
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	prog := Progress{}
-	if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+p.t.from()).Scan(&prog.Total); err != nil {
-		return 0, fmt.Errorf("adopt %s: %w", p.t.name, err)
-	}
-	if _, err := wc.Exec(ctx, `UPDATE `+pgx.Identifier{p.t.readside, "readside_adoptions"}.Sanitize()+` SET history_total = $2 WHERE table_name = $1`,
-		p.t.name, prog.Total); err != nil {
-		return 0, fmt.Errorf("adopt %s: %w", p.t.name, err)
-	}
-	report := func() {
-		if cfg.Progress != nil {
-			cfg.Progress(prog)
-		}
-	}
-	report()
-	claims := pgx.Identifier{p.t.readside, "readside_adoption_claims"}.Sanitize()
-	if _, err := tx.Exec(ctx, fmt.Sprintf(`DECLARE readside_backfill NO SCROLL CURSOR FOR
-		SELECT row_id, t, a, et, d::text, md::text, v, o FROM (%s) m
-		 WHERE NOT EXISTS (SELECT 1 FROM %s c WHERE c.table_name = %s AND c.aggregate_type = m.t AND c.aggregate_id = m.a)
-		 ORDER BY min(row_id) OVER (PARTITION BY t, a), t, a, v, row_id`, p.mappedSQL(), claims, literal(p.t.name))); err != nil {
-		return 0, fmt.Errorf("adopt %s: read history: %w", p.t.name, err)
-	}
-
 	w := &chunkWriter{p: p, conn: wc.Conn(), lockTimeout: cfg.LockTimeout, pending: map[aggKey][]backfillRow{}}
-	var chunk []backfillRow
-	for {
-		rows, err := tx.Query(ctx, fmt.Sprintf(`FETCH %d FROM readside_backfill`, cfg.ChunkRows))
+	prog := &Progress{}
+	report := func() {
+		prog.Copied = w.copied
+		if cfg.Progress != nil {
+			cfg.Progress(*prog)
+		}
+	}
+	for first := true; ; first = false {
+		yielded, err := p.readHistory(ctx, rc.Conn(), w, cfg.ChunkRows, cfg.LockTimeout, prog, first, report)
 		if err != nil {
-			return w.copied, fmt.Errorf("adopt %s: read history: %w", p.t.name, err)
+			return w.copied, err
 		}
-		got := 0
-		for rows.Next() {
-			r, err := p.scanRow(rows)
-			if err != nil {
-				rows.Close()
-				return w.copied, err
-			}
-			got++
-			// A chunk ends where an aggregate does.
-			if len(chunk) >= cfg.ChunkRows && chunk[len(chunk)-1].agg != r.agg {
-				if err := w.write(ctx, chunk, false); err != nil {
-					rows.Close()
-					return w.copied, err
-				}
-				prog.Read += int64(len(chunk))
-				prog.Copied = w.copied
-				report()
-				chunk = chunk[:0]
-			}
-			chunk = append(chunk, r)
-		}
-		if err := rows.Err(); err != nil {
-			return w.copied, fmt.Errorf("adopt %s: read history: %w", p.t.name, err)
-		}
-		if got == 0 {
+		if !yielded {
 			break
 		}
-	}
-	if err := w.write(ctx, chunk, false); err != nil {
-		return w.copied, err
-	}
-	prog.Read += int64(len(chunk))
-	if err := tx.Commit(ctx); err != nil {
-		return w.copied, fmt.Errorf("adopt %s: %w", p.t.name, err)
+		// Another session waits for a lock on the table (ALTER TABLE
+		// queues behind the read's ACCESS SHARE, and the application's
+		// inserts behind it): the read let go; it starts again, past the
+		// aggregates claimed so far, once nobody waits.
+		if err := p.waitForNoWaiters(ctx, rc.Conn()); err != nil {
+			return w.copied, err
+		}
 	}
 	// Aggregates an application transaction held: wait for it, one at a
 	// time (holding nothing else, the wait cannot deadlock).
@@ -150,9 +105,114 @@ func (p *plan) backfill(ctx context.Context, pool *pgxpool.Pool, cfg Config) (in
 			}
 		}
 	}
-	prog.Copied = w.copied
 	report()
 	return w.copied, p.finish(ctx, wc.Conn(), install)
+}
+
+// readHistory reads the history in one snapshot and writes it in chunks.
+// It stops early (yielded) when another session waits for a lock on the
+// table: whatever it had read but not written is read again next time.
+func (p *plan) readHistory(ctx context.Context, conn *pgx.Conn, w *chunkWriter, chunkRows int, lockTimeout time.Duration,
+	prog *Progress, first bool, report func()) (yielded bool, err error) {
+	tx, err := p.reading(ctx, conn, lockTimeout)
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if first {
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+p.t.from()).Scan(&prog.Total); err != nil {
+			return false, fmt.Errorf("adopt %s: %w", p.t.name, err)
+		}
+		if _, err := w.conn.Exec(ctx, `UPDATE `+pgx.Identifier{p.t.readside, "readside_adoptions"}.Sanitize()+` SET history_total = $2 WHERE table_name = $1`,
+			p.t.name, prog.Total); err != nil {
+			return false, fmt.Errorf("adopt %s: %w", p.t.name, err)
+		}
+		report()
+	}
+	w.pending = map[aggKey][]backfillRow{} // read again, unless claimed meanwhile
+	claims := pgx.Identifier{p.t.readside, "readside_adoption_claims"}.Sanitize()
+	if _, err := tx.Exec(ctx, fmt.Sprintf(`DECLARE readside_backfill NO SCROLL CURSOR FOR
+		SELECT row_id, t, a, et, d::text, md::text, v, o FROM (%s) m
+		 WHERE NOT EXISTS (SELECT 1 FROM %s c WHERE c.table_name = %s AND c.aggregate_type = m.t AND c.aggregate_id = m.a)
+		 ORDER BY min(row_id) OVER (PARTITION BY t, a), t, a, v, row_id`, p.mappedSQL(), claims, literal(p.t.name))); err != nil {
+		return false, fmt.Errorf("adopt %s: read history: %w", p.t.name, err)
+	}
+	var chunk []backfillRow
+	flush := func() error {
+		if err := w.write(ctx, chunk, false); err != nil {
+			return err
+		}
+		prog.Read += int64(len(chunk))
+		report()
+		chunk = chunk[:0]
+		return nil
+	}
+	for {
+		rows, err := tx.Query(ctx, fmt.Sprintf(`FETCH %d FROM readside_backfill`, chunkRows))
+		if err != nil {
+			return false, fmt.Errorf("adopt %s: read history: %w", p.t.name, err)
+		}
+		got := 0
+		for rows.Next() {
+			r, err := p.scanRow(rows)
+			if err != nil {
+				rows.Close()
+				return false, err
+			}
+			got++
+			// A chunk ends where an aggregate does.
+			if len(chunk) >= chunkRows && chunk[len(chunk)-1].agg != r.agg {
+				if err := flush(); err != nil {
+					rows.Close()
+					return false, err
+				}
+				if waiting, err := p.waiters(ctx, w.conn); err != nil || waiting {
+					rows.Close()
+					return waiting, err
+				}
+			}
+			chunk = append(chunk, r)
+		}
+		if err := rows.Err(); err != nil {
+			return false, fmt.Errorf("adopt %s: read history: %w", p.t.name, err)
+		}
+		if got == 0 {
+			break
+		}
+	}
+	if err := flush(); err != nil {
+		return false, err
+	}
+	return false, tx.Commit(ctx)
+}
+
+// waiters says whether a session waits for a lock on the table or one of
+// its partitions.
+func (p *plan) waiters(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	var waiting bool
+	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+		WHERE l.locktype = 'relation' AND NOT l.granted
+		  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+		  AND (l.relation = $1 OR l.relation IN (SELECT relid FROM pg_catalog.pg_partition_tree($1))))`, p.t.oid).Scan(&waiting)
+	if err != nil {
+		return false, fmt.Errorf("adopt %s: %w", p.t.name, err)
+	}
+	return waiting, nil
+}
+
+// waitForNoWaiters returns once no session waits for a lock on the table.
+func (p *plan) waitForNoWaiters(ctx context.Context, conn *pgx.Conn) error {
+	for {
+		waiting, err := p.waiters(ctx, conn)
+		if err != nil || !waiting {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // scanRow reads one mapped row and says what it lacks.

@@ -179,3 +179,42 @@ func TestAdoptTriggerCopiesHistoryOnFirstTouch(t *testing.T) {
 	require.NoError(t, railsEvent(t, app, "o-3", "OrderShipped", 3, at("", "shipped_at", "o-3")))
 	require.Len(t, readsideLog(t, rs), 9)
 }
+
+// The backfill reads the history in one snapshot, holding ACCESS SHARE on
+// the table; an ALTER TABLE of the application's would queue behind it and
+// the application's inserts behind the ALTER. The backfill lets go when
+// someone waits for the table, and goes on once nobody does.
+func TestAdoptBackfillYieldsToDDL(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	app, rs, _ := setup(t, "stream_schema.sql")
+	_, err := app.Exec(ctx, `INSERT INTO app_events (stream, stream_version, type, body)
+		SELECT 'Order-' || (g / 5), g % 5 + 1, 'OrderNoted', '{}' FROM generate_series(0, 499) g`)
+	require.NoError(t, err)
+
+	altered := make(chan error, 1)
+	calls, sawAltered := 0, false
+	progress := func(p adopt.Progress) {
+		calls++
+		switch {
+		case calls == 3:
+			go func() {
+				_, err := app.Exec(ctx, `ALTER TABLE app_events ADD COLUMN note text`)
+				altered <- err
+			}()
+			waitUntil(t, "the ALTER TABLE waits for the backfill's read", func() bool {
+				var waiting bool
+				require.NoError(t, app.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'app_events'::regclass AND NOT granted)`).Scan(&waiting))
+				return waiting
+			})
+		case calls > 3 && p.Read < p.Total && !sawAltered:
+			require.NoError(t, app.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'app_events'::regclass AND attname = 'note')`).Scan(&sawAltered))
+		}
+	}
+	res, err := adopt.Adopt(ctx, rs, adopt.Config{Table: "app_events", Columns: streamCols, ChunkRows: 50, Progress: progress}, false)
+	require.NoError(t, err)
+	require.NoError(t, <-altered)
+	require.True(t, sawAltered, "the ALTER TABLE committed while the backfill was still reading")
+	require.EqualValues(t, 500, res.History)
+	require.Len(t, readsideLog(t, rs), 500)
+}
