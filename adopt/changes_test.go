@@ -72,3 +72,46 @@ func TestAdoptPartitionsAndChanges(t *testing.T) {
 	require.Equal(t, [3]int64{3, 1, 1}, [3]int64{st.UpdatedRows, st.DeletedRows, st.Truncates})
 	require.NotNil(t, st.LastChange)
 }
+
+// A table adopted by a release whose trigger ran with readside's rights
+// shows as outdated until it is adopted again, which replaces the trigger
+// and copies nothing twice.
+func TestAdoptReplacesAnEarlierReleasesTrigger(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	app, rs, _ := setup(t, "rails_schema.sql")
+	require.NoError(t, railsEvent(t, app, "o-1", "OrderPlaced", 1, placed("o-1", 100)))
+	// What release 10's adopt left: a SECURITY DEFINER trigger function
+	// over the table's columns, the history copied, the mapping stored.
+	fn := `"readside"."readside_adopt_a7cd25fe5ce5"`
+	_, err := rs.Exec(ctx, `CREATE FUNCTION `+fn+`() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+		SET search_path = pg_catalog, readside, pg_temp AS $$
+		BEGIN
+		    INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, metadata, version, occurred_at)
+		    SELECT 'Order', n.aggregate_id::text, replace(n.event_type::text, 'Domain::Orders::Events::', ''), n.event_data::jsonb, '{}', n.version::int, now()
+		      FROM readside_new_rows n ORDER BY n.id;
+		    RETURN NULL;
+		END $$;
+		CREATE TRIGGER readside_adopted AFTER INSERT ON public.events REFERENCING NEW TABLE AS readside_new_rows
+		    FOR EACH STATEMENT EXECUTE FUNCTION `+fn+`();
+		INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version) VALUES ('Order', 'o-1', 'OrderPlaced', '{}', 1);
+		INSERT INTO readside.readside_adoptions (table_name, columns, renames, function_name, history_events)
+		VALUES ('public.events', '{"id":"id","aggregate_type":"aggregate_type","aggregate_id":"aggregate_id","event_type":"event_type","event_data":"event_data","version":"version","occurred_at":"occurred_at"}',
+		        '[{"from":"Domain::Orders::Order","to":"Order"},{"from":"Domain::Orders::Events::","to":"","prefix":true}]', '`+fn+`', 1)`)
+	require.NoError(t, err)
+	list, err := adopt.List(ctx, rs)
+	require.NoError(t, err)
+	require.True(t, list[0].Outdated)
+
+	renames, err := adopt.ParseRenames(railsRenames)
+	require.NoError(t, err)
+	res, err := adopt.Adopt(ctx, rs, adopt.Config{Table: "events", Renames: renames}, false)
+	require.NoError(t, err)
+	require.True(t, res.Changed)
+	require.Zero(t, res.History)
+	list, err = adopt.List(ctx, rs)
+	require.NoError(t, err)
+	require.False(t, list[0].Outdated)
+	require.NoError(t, railsEvent(t, app, "o-1", "OrderConfirmed", 2, at("", "confirmed_at", "o-1")))
+	require.Equal(t, []string{"Order o-1 v1 OrderPlaced", "Order o-1 v2 OrderConfirmed"}, readsideLog(t, rs))
+}

@@ -27,6 +27,10 @@ type Status struct {
 	DeletedRows int64      `json:"deleted_rows"`
 	Truncates   int64      `json:"truncates"`
 	LastChange  *time.Time `json:"last_change,omitempty"`
+	// Outdated: the table was adopted by a release whose trigger ran with
+	// readside's rights (SECURITY DEFINER over the table's columns).
+	// Adopting it again replaces it.
+	Outdated bool `json:"outdated,omitempty"`
 }
 
 // List reads the adopted tables of db's readside schema.
@@ -36,7 +40,8 @@ SELECT a.table_name, a.state, a.history_events, a.history_total, a.adopted_at, a
        coalesce(sum(c.rows) FILTER (WHERE c.operation = 'UPDATE'), 0)::int8,
        coalesce(sum(c.rows) FILTER (WHERE c.operation = 'DELETE'), 0)::int8,
        count(c.id) FILTER (WHERE c.operation = 'TRUNCATE'),
-       max(c.changed_at)
+       max(c.changed_at),
+       coalesce((SELECT p.prosecdef FROM pg_catalog.pg_proc p WHERE p.oid = pg_catalog.to_regprocedure(a.function_name || '()')), false)
   FROM readside.readside_adoptions a
   LEFT JOIN readside.readside_adoption_changes c ON c.table_name = a.table_name
  GROUP BY a.table_name
@@ -47,7 +52,7 @@ SELECT a.table_name, a.state, a.history_events, a.history_total, a.adopted_at, a
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Status, error) {
 		var s Status
 		err := r.Scan(&s.Table, &s.State, &s.HistoryCopied, &s.HistoryTotal, &s.AdoptedAt, &s.BackfilledAt,
-			&s.UpdatedRows, &s.DeletedRows, &s.Truncates, &s.LastChange)
+			&s.UpdatedRows, &s.DeletedRows, &s.Truncates, &s.LastChange, &s.Outdated)
 		return s, err
 	})
 }

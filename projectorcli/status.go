@@ -153,6 +153,9 @@ func adoptionLine(a adopt.Status) string {
 		s = fmt.Sprintf("adopted table %s: backfilling (%d of %d rows of history copied; run projector adopt again if it is not running)",
 			cell(a.Table, 120), a.HistoryCopied, a.HistoryTotal)
 	}
+	if a.Outdated {
+		s += fmt.Sprintf("; ADOPTED BY AN EARLIER RELEASE: its trigger runs with readside's rights over columns the table's owner controls; run projector adopt --table %s again", cell(a.Table, 120))
+	}
 	if a.UpdatedRows+a.DeletedRows+a.Truncates > 0 {
 		s += fmt.Sprintf("; not mirrored in readside's log: %d rows updated, %d deleted, %d truncates", a.UpdatedRows, a.DeletedRows, a.Truncates)
 		if a.LastChange != nil {
