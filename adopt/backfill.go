@@ -142,6 +142,9 @@ func (p *plan) readHistory(ctx context.Context, conn *pgx.Conn, w *chunkWriter, 
 		if err := w.write(ctx, chunk, false); err != nil {
 			return err
 		}
+		if err := w.analyze(ctx); err != nil {
+			return err
+		}
 		prog.Read += int64(len(chunk))
 		report()
 		chunk = chunk[:0]
@@ -243,35 +246,48 @@ type chunkWriter struct {
 	lockTimeout time.Duration
 	copied      int64
 	pending     map[aggKey][]backfillRow // aggregates a live transaction held
+	analyzed    int64                    // copied at the last ANALYZE
 }
 
-// chunkSQL claims the chunk's aggregates that no transaction holds and
-// copies the versions of them readside's log lacks, in the chunk's order;
-// it returns the rows copied and the aggregates it could not lock.
-const chunkSQL = `
-WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::integer[], $8::timestamptz[])
-        WITH ORDINALITY AS x(row_id, t, a, et, d, md, v, o, ord)),
-aggs AS (SELECT DISTINCT t, a FROM input),
+// analyzeEvery is the growth of readside's log, in rows copied, after
+// which the backfill first analyzes it; then whenever the rows copied
+// double.
+const analyzeEvery = 5000
+
+// analyze refreshes the planner's statistics of the tables the backfill
+// grows, once they have doubled: a plan made while they were small (a
+// sequential scan of readside's events, cached by every session of the
+// application's that ran the trigger) turns a lookup of one aggregate
+// into a scan of the whole log. ANALYZE invalidates those plans.
+func (w *chunkWriter) analyze(ctx context.Context) error {
+	if w.copied-w.analyzed < max(analyzeEvery, w.analyzed) {
+		return nil
+	}
+	t := w.p.t
+	if _, err := w.conn.Exec(ctx, fmt.Sprintf(`ANALYZE %s, %s, %s`, pgx.Identifier{t.readside, "events"}.Sanitize(),
+		pgx.Identifier{t.readside, "outbox"}.Sanitize(), pgx.Identifier{t.readside, "readside_adoption_claims"}.Sanitize())); err != nil {
+		return fmt.Errorf("adopt %s: analyze: %w", t.name, err)
+	}
+	w.analyzed = w.copied
+	return nil
+}
+
+// claimSQL claims the chunk's aggregates that no transaction holds
+// (pg_try_advisory_xact_lock: the backfill never waits for the
+// application) and nobody claimed, and returns them with the last version
+// readside's log has of each, then the aggregates it could not lock.
+const claimSQL = `
+WITH aggs AS (SELECT DISTINCT t, a FROM unnest($2::text[], $3::text[]) AS x(t, a)),
 locked AS MATERIALIZED (
-    SELECT t, a FROM aggs WHERE pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext($9), pg_catalog.hashtext(t || pg_catalog.chr(31) || a))),
+    SELECT t, a FROM aggs WHERE pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext($1), pg_catalog.hashtext(t || pg_catalog.chr(31) || a))),
 claimed AS (
     INSERT INTO readside.readside_adoption_claims (table_name, aggregate_type, aggregate_id)
-    SELECT $9, t, a FROM locked ON CONFLICT DO NOTHING
-    RETURNING aggregate_type AS t, aggregate_id AS a),
-todo AS (
-    SELECT c.t, c.a, coalesce((SELECT max(e.version) FROM readside.events e WHERE e.aggregate_type = c.t AND e.aggregate_id = c.a), 0) AS last
-      FROM claimed c),
-copied AS (
-    INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, metadata, version, occurred_at)
-    SELECT i.t, i.a, i.et, i.d::jsonb, i.md::jsonb, i.v, i.o
-      FROM input i JOIN todo USING (t, a)
-     WHERE i.v > todo.last
-     ORDER BY i.ord
-    RETURNING 1)
-SELECT (SELECT count(*) FROM copied),
-       coalesce((SELECT array_agg(g.t ORDER BY g.t, g.a) FROM aggs g WHERE NOT EXISTS (SELECT 1 FROM locked l WHERE l.t = g.t AND l.a = g.a)), '{}'),
-       coalesce((SELECT array_agg(g.a ORDER BY g.t, g.a) FROM aggs g WHERE NOT EXISTS (SELECT 1 FROM locked l WHERE l.t = g.t AND l.a = g.a)), '{}')`
+    SELECT $1, t, a FROM locked ON CONFLICT DO NOTHING
+    RETURNING aggregate_type AS t, aggregate_id AS a)
+SELECT c.t, c.a, coalesce((SELECT max(e.version) FROM readside.events e WHERE e.aggregate_type = c.t AND e.aggregate_id = c.a), 0), true
+  FROM claimed c
+ UNION ALL
+SELECT g.t, g.a, 0, false FROM aggs g WHERE NOT EXISTS (SELECT 1 FROM locked l WHERE l.t = g.t AND l.a = g.a)`
 
 // chunkAttempts bounds the retries of a chunk refused as a serialization
 // failure or deadlock (another transaction took an aggregate's next
@@ -285,17 +301,15 @@ func (w *chunkWriter) write(ctx context.Context, rows []backfillRow, wait bool) 
 		return nil
 	}
 	n := dbschema.Name(w.p.t.readside)
-	args := make([]any, 9)
-	ids, ts, as, ets, ds, mds, vs, os := make([]int64, len(rows)), make([]string, len(rows)), make([]string, len(rows)),
-		make([]string, len(rows)), make([]string, len(rows)), make([]string, len(rows)), make([]int32, len(rows)), make([]time.Time, len(rows))
+	ts, as := make([]string, len(rows)), make([]string, len(rows))
 	for i, r := range rows {
-		ids[i], ts[i], as[i], ets[i], ds[i], mds[i], vs[i], os[i] = r.id, r.t, r.a, r.et, r.d, r.md, int32(r.v), r.o
+		ts[i], as[i] = r.t, r.a
 	}
-	args[0], args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8] = ids, ts, as, ets, ds, mds, vs, os, w.p.t.name
 	for attempt := 1; ; attempt++ {
 		var copied int64
-		var skipT, skipA []string
+		var skipped []aggKey
 		err := pgx.BeginTxFunc(ctx, w.conn, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+			copied, skipped = 0, nil
 			if err := setLocal(ctx, tx, w.lockTimeout, 0); err != nil {
 				return err
 			}
@@ -305,16 +319,46 @@ func (w *chunkWriter) write(ctx context.Context, rows []backfillRow, wait bool) 
 					return err
 				}
 			}
-			if err := tx.QueryRow(ctx, n.SQL(chunkSQL), args...).Scan(&copied, &skipT, &skipA); err != nil {
+			claimed, err := tx.Query(ctx, n.SQL(claimSQL), w.p.t.name, ts, as)
+			if err != nil {
 				return err
 			}
-			_, err := tx.Exec(ctx, n.SQL(`UPDATE readside.readside_adoptions SET history_events = history_events + $2 WHERE table_name = $1`), w.p.t.name, copied)
+			last := map[aggKey]int64{}
+			for claimed.Next() {
+				var k aggKey
+				var v int64
+				var ok bool
+				if err := claimed.Scan(&k.t, &k.a, &v, &ok); err != nil {
+					return err
+				}
+				if ok {
+					last[k] = v
+				} else {
+					skipped = append(skipped, k)
+				}
+			}
+			if err := claimed.Err(); err != nil {
+				return err
+			}
+			// The versions readside's log lacks of the aggregates claimed.
+			var c columns
+			for _, r := range rows {
+				if v, ok := last[r.agg]; ok && r.v > v {
+					c.add(r)
+				}
+			}
+			if len(c.ids) > 0 {
+				if err := tx.QueryRow(ctx, n.SQL(`SELECT readside.readside_adopt_insert($1, $2, $3, $4, $5, $6::text[]::jsonb[], $7::text[]::jsonb[], $8, $9)`),
+					w.p.t.name, c.ids, c.ts, c.as, c.ets, c.ds, c.mds, c.vs, c.os).Scan(&copied); err != nil {
+					return err
+				}
+			}
+			_, err = tx.Exec(ctx, n.SQL(`UPDATE readside.readside_adoptions SET history_events = history_events + $2 WHERE table_name = $1`), w.p.t.name, copied)
 			return err
 		})
 		if err == nil {
 			w.copied += copied
-			for i := range skipT {
-				k := aggKey{skipT[i], skipA[i]}
+			for _, k := range skipped {
 				for _, r := range rows {
 					if r.agg == k {
 						w.pending[k] = append(w.pending[k], r)
@@ -332,6 +376,19 @@ func (w *chunkWriter) write(ctx context.Context, rows []backfillRow, wait bool) 
 		case <-time.After(time.Duration(attempt) * 50 * time.Millisecond):
 		}
 	}
+}
+
+// columns are rows as the arrays readside_adopt_insert takes.
+type columns struct {
+	ids                  []int64
+	ts, as, ets, ds, mds []string
+	vs                   []int32
+	os                   []time.Time
+}
+
+func (c *columns) add(r backfillRow) {
+	c.ids, c.ts, c.as, c.ets = append(c.ids, r.id), append(c.ts, r.t), append(c.as, r.a), append(c.ets, r.et)
+	c.ds, c.mds, c.vs, c.os = append(c.ds, r.d), append(c.mds, r.md), append(c.vs, int32(r.v)), append(c.os, r.o)
 }
 
 // retryable: a serialization failure, a deadlock or a lock timeout.

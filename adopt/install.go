@@ -343,33 +343,12 @@ REVOKE ALL ON FUNCTION %s FROM PUBLIC;
     p_data jsonb[], p_meta jsonb[], p_versions integer[], p_at timestamptz[])
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, %s, pg_temp AS $readside$
-DECLARE
-    v_bad record;
 BEGIN
-%s    SELECT x.row_id, x.t, x.a, x.v, e.id AS event_id INTO v_bad
-      FROM unnest(p_rows, p_types, p_ids, p_versions) AS x(row_id, t, a, v)
-      JOIN events e ON e.aggregate_type = x.t AND e.aggregate_id = x.a AND e.version = x.v
-     LIMIT 1;
-    IF NOT FOUND THEN
-        SELECT min(x.row_id) AS row_id, x.t, x.a, x.v, NULL::bigint AS event_id INTO v_bad
-          FROM unnest(p_rows, p_types, p_ids, p_versions) AS x(row_id, t, a, v)
-         GROUP BY x.t, x.a, x.v HAVING count(*) > 1
-         LIMIT 1;
-    END IF;
-    IF FOUND THEN
-        RAISE EXCEPTION 'readside refused the row of %% with id %%: %% %% version %% is already in readside''s log%%', %s,
-            v_bad.row_id, v_bad.t, v_bad.a, v_bad.v, coalesce(' (event ' || v_bad.event_id || ')', ' (twice in this statement)')
-            USING ERRCODE = '23505', CONSTRAINT = 'events_aggregate_version_key', SCHEMA = %s, TABLE = 'events',
-                  HINT = 'readside keeps one event per aggregate version: a second row for it (or two stored names renamed to one) cannot be copied.';
-    END IF;
-    INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, metadata, version, occurred_at)
-    SELECT x.t, x.a, x.et, x.d, x.md, x.v, x.o
-      FROM unnest(p_types, p_ids, p_events, p_data, p_meta, p_versions, p_at) WITH ORDINALITY AS x(t, a, et, d, md, v, o, ord)
-     ORDER BY x.ord;
+%s    PERFORM %s.readside_adopt_insert(%s, p_rows, p_types, p_ids, p_events, p_data, p_meta, p_versions, p_at);
 END
 $readside$;
 REVOKE ALL ON FUNCTION %s FROM PUBLIC;
-`, f.append, rs, onlyTrigger(f.append), tbl, literal(t.readside), f.appendSig)
+`, f.append, rs, onlyTrigger(f.append), rs, tbl, f.appendSig)
 	return b.String()
 }
 

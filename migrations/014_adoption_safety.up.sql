@@ -106,6 +106,46 @@ CREATE TABLE readside_adoption_changes (
 );
 CREATE INDEX readside_adoption_changes_table_idx ON readside_adoption_changes (table_name);
 
+-- readside_adopt_insert(table, rows...) appends rows of an adopted table
+-- (p_table names it in refusals; p_rows are its ids) to the log, in the
+-- order given, through the events trigger like any writer. A version the
+-- log has already is refused naming the application's row. Called by the
+-- adopted tables' _append functions and by adopt's backfill, which run as
+-- readside's owner: no EXECUTE for anyone else.
+CREATE FUNCTION readside_adopt_insert(p_table text, p_rows bigint[], p_types text[], p_ids text[], p_events text[],
+    p_data jsonb[], p_meta jsonb[], p_versions integer[], p_at timestamptz[])
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    bad record;
+    n bigint;
+BEGIN
+    SELECT x.row_id, x.t, x.a, x.v, e.id AS event_id INTO bad
+      FROM unnest(p_rows, p_types, p_ids, p_versions) AS x(row_id, t, a, v)
+      JOIN events e ON e.aggregate_type = x.t AND e.aggregate_id = x.a AND e.version = x.v
+     LIMIT 1;
+    IF NOT FOUND THEN
+        SELECT min(x.row_id) AS row_id, x.t, x.a, x.v, NULL::bigint AS event_id INTO bad
+          FROM unnest(p_rows, p_types, p_ids, p_versions) AS x(row_id, t, a, v)
+         GROUP BY x.t, x.a, x.v HAVING count(*) > 1
+         LIMIT 1;
+    END IF;
+    IF FOUND THEN
+        RAISE EXCEPTION 'readside refused the row of % with id %: % % version % is already in readside''s log%', p_table,
+            bad.row_id, bad.t, bad.a, bad.v, coalesce(' (event ' || bad.event_id || ')', ' (twice in this statement)')
+            USING ERRCODE = '23505', CONSTRAINT = 'events_aggregate_version_key', TABLE = 'events',
+                  HINT = 'readside keeps one event per aggregate version: a second row for it (or two stored names renamed to one) cannot be copied.';
+    END IF;
+    INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, metadata, version, occurred_at)
+    SELECT x.t, x.a, x.et, x.d, x.md, x.v, x.o
+      FROM unnest(p_types, p_ids, p_events, p_data, p_meta, p_versions, p_at) WITH ORDINALITY AS x(t, a, et, d, md, v, o, ord)
+     ORDER BY x.ord;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+REVOKE ALL ON FUNCTION readside_adopt_insert(text, bigint[], text[], text[], text[], jsonb[], jsonb[], integer[], timestamptz[]) FROM PUBLIC;
+
 -- The trigger behind UPDATE, DELETE and TRUNCATE of an adopted table
 -- (TG_ARGV[0]: its name). It reads nothing of the rows but their number,
 -- so it may run with its owner's rights.
@@ -164,5 +204,6 @@ REVOKE ALL ON FUNCTION readside_adopt_partition_guard() FROM PUBLIC;
 DO $$
 BEGIN
     EXECUTE format('ALTER FUNCTION readside_adopt_changed() SET search_path = pg_catalog, %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION readside_adopt_insert(text, bigint[], text[], text[], text[], jsonb[], jsonb[], integer[], timestamptz[]) SET search_path = pg_catalog, %I, pg_temp', current_schema());
 END
 $$;

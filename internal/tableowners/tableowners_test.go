@@ -51,6 +51,12 @@ var owners = map[string]string{
 	// Schema bookkeeping.
 	"readside_migrations": "migrations",
 	"readside_adoptions":  "adopt",
+	// Adoption's bookkeeping: the claims of the backfill and the trigger
+	// (also the _claim functions adopt generates), the changes of adopted
+	// tables (readside_adopt_changed, migration 014; adopt --remove
+	// forgets them).
+	"readside_adoption_claims":  "adopt",
+	"readside_adoption_changes": "adopt",
 }
 
 // A write is one statement of a package that changes (or locks rows of) a
