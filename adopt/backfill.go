@@ -40,14 +40,13 @@ import (
 
 // backfillRow is one row of history, mapped.
 type backfillRow struct {
-	id     int64
-	t, a   string
-	et     string
-	d, md  string
-	v      int64
-	o      time.Time
-	agg    aggKey
-	absent string // a value readside needs that the row lacks ("" when whole)
+	id    int64
+	t, a  string
+	et    string
+	d, md string
+	v     int64
+	o     time.Time
+	agg   aggKey
 }
 
 type aggKey struct{ t, a string }
