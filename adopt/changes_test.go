@@ -2,11 +2,15 @@ package adopt_test
 
 import (
 	"context"
+	"os"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/adopt"
+	"github.com/readside/readside/internal/dbschema"
+	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/migrations"
 )
 
 // Issue 21, item 8: an INSERT straight into a partition of an adopted
@@ -114,4 +118,34 @@ func TestAdoptReplacesAnEarlierReleasesTrigger(t *testing.T) {
 	require.False(t, list[0].Outdated)
 	require.NoError(t, railsEvent(t, app, "o-1", "OrderConfirmed", 2, at("", "confirmed_at", "o-1")))
 	require.Equal(t, []string{"Order o-1 v1 OrderPlaced", "Order o-1 v2 OrderConfirmed"}, readsideLog(t, rs))
+}
+
+// readside in a schema of its own name: the trigger, the backfill and
+// status find its tables there, and nothing lands in schema readside.
+func TestAdoptInAnotherSchema(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := pgtest.NewEmptyDatabaseURL(t)
+	app := pgtest.Pool(t, dbURL)
+	ddl, err := os.ReadFile("testdata/stream_schema.sql")
+	require.NoError(t, err)
+	_, err = app.Exec(ctx, string(ddl)+`; INSERT INTO app_events (stream, stream_version, type, body) VALUES ('Order-1', 1, 'OrderPlaced', '{}')`)
+	require.NoError(t, err)
+	_, err = migrations.Migrate(ctx, app, migrations.Config{Schema: "rs_other"})
+	require.NoError(t, err)
+	res, err := adopt.Adopt(ctx, app, adopt.Config{Table: "app_events", Columns: streamCols, Schema: "rs_other"}, false)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, res.History)
+	_, err = app.Exec(ctx, `INSERT INTO app_events (stream, stream_version, type, body) VALUES ('Order-1', 2, 'OrderShipped', '{}')`)
+	require.NoError(t, err)
+	var n int
+	var other bool
+	require.NoError(t, app.QueryRow(ctx, `SELECT (SELECT count(*) FROM rs_other.events), to_regnamespace('readside') IS NOT NULL`).Scan(&n, &other))
+	require.Equal(t, 2, n)
+	require.False(t, other)
+	list, err := adopt.List(ctx, dbschema.Name("rs_other").Pool(app))
+	require.NoError(t, err)
+	require.Equal(t, "adopted", list[0].State)
+	_, err = adopt.Remove(ctx, app, "rs_other", "app_events", false)
+	require.NoError(t, err)
 }
