@@ -106,3 +106,36 @@ func TestAdoptExpressionsOnlyBuiltIn(t *testing.T) {
 	require.NoError(t, app.QueryRow(ctx, `SELECT count(*) FROM events`).Scan(&n))
 	require.Equal(t, 1, n)
 }
+
+// The roles that may insert into the table get the table's functions at
+// adoption; one given INSERT later is refused, naming readside and the
+// fix, until adopt runs again.
+func TestAdoptGrantsTheRolesThatMayInsert(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	app, rs, appURL, _ := setupURLs(t, "rails_schema.sql")
+	_, asOwner := ownedTable(t, app, appURL)
+	renames, err := adopt.ParseRenames(railsRenames)
+	require.NoError(t, err)
+	cfg := adopt.Config{Table: "events", Renames: renames}
+	_, err = adopt.Adopt(ctx, rs, cfg, false)
+	require.NoError(t, err)
+
+	late := pgtest.NewRole(t, "LOGIN", app)
+	_, err = asOwner.Exec(ctx, fmt.Sprintf(`GRANT SELECT, INSERT ON events TO %[1]s; GRANT USAGE ON SEQUENCE events_id_seq TO %[1]s`, late))
+	require.NoError(t, err)
+	asLate := pgtest.Pool(t, pgtest.AsRole(appURL, late))
+	err = railsEvent(t, asLate, "o-1", "OrderConfirmed", 2, at("", "confirmed_at", "o-1"))
+	requirePgError(t, err, "42501", "")
+	require.ErrorContains(t, err, "readside refused the INSERT into public.events: role "+late+" may insert into the table but may not append to readside's log")
+
+	res, err := adopt.Adopt(ctx, rs, cfg, false)
+	require.NoError(t, err)
+	require.Equal(t, []string{late}, res.Granted)
+	require.Zero(t, res.History)
+	require.NoError(t, railsEvent(t, asLate, "o-1", "OrderConfirmed", 2, at("", "confirmed_at", "o-1")))
+	again, err := adopt.Adopt(ctx, rs, cfg, false)
+	require.NoError(t, err)
+	require.False(t, again.Changed)
+	require.Equal(t, []string{"Order o-1 v1 OrderPlaced", "Order o-1 v2 OrderConfirmed"}, readsideLog(t, rs))
+}
