@@ -143,38 +143,45 @@ func Adopt(ctx context.Context, pool *pgxpool.Pool, cfg Config, dryRun bool) (*R
 	}
 	res := &Result{Table: p.t.name}
 	same := st != nil && jsonEqual(st.columns, p.mapJSON) && jsonEqual(st.renames, p.renJSON)
-	if same {
-		if same, err = hasTriggers(ctx, conn, p.t); err != nil {
-			return nil, err
+	var roles, missing []string
+	err = inTx(ctx, conn, cfg.LockTimeout, func(tx pgx.Tx) error {
+		var err error
+		if same {
+			if same, err = hasTriggers(ctx, tx, p.t); err != nil {
+				return err
+			}
 		}
-	}
-	if !same {
-		if res.Rows, res.Warnings, err = p.validate(ctx, conn, cfg.LockTimeout); err != nil {
-			return nil, err
+		if roles, err = p.inserters(ctx, tx); err != nil {
+			return err
 		}
-	}
-	roles, err := p.inserters(ctx, conn)
+		if same {
+			missing, err = p.ungranted(ctx, tx, roles)
+		}
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
 	switch {
 	case !same:
+		if res.Rows, res.Warnings, err = p.validate(ctx, conn, cfg.LockTimeout); err != nil {
+			return nil, err
+		}
 		res.SQL, res.Changed, res.Granted = p.installScript(roles), true, roles
 		if dryRun {
 			return res, nil
 		}
-		if err := p.install(ctx, conn, n, cfg.LockTimeout, roles); err != nil {
+		if err := p.install(ctx, conn, cfg.LockTimeout, roles); err != nil {
 			return nil, err
 		}
 	default:
-		missing, err := p.ungranted(ctx, conn, roles)
-		if err != nil {
-			return nil, err
-		}
 		if len(missing) > 0 {
 			res.SQL, res.Changed, res.Granted = p.grantSQL(missing), true, missing
 			if !dryRun {
-				if _, err := conn.Exec(ctx, res.SQL); err != nil {
+				if err := inTx(ctx, conn, cfg.LockTimeout, func(tx pgx.Tx) error {
+					_, err := tx.Exec(ctx, res.SQL)
+					return err
+				}); err != nil {
 					return nil, fmt.Errorf("adopt %s: grant: %w", p.t.name, err)
 				}
 			}
@@ -201,7 +208,7 @@ func Adopt(ctx context.Context, pool *pgxpool.Pool, cfg Config, dryRun bool) (*R
 func makePlan(ctx context.Context, conn *pgx.Conn, n dbschema.Name, cfg Config) (*plan, *stored, error) {
 	var p *plan
 	var st *stored
-	err := pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+	err := inTx(ctx, conn, cfg.LockTimeout, func(tx pgx.Tx) error {
 		t, err := resolve(ctx, tx, cfg.Table, n.String())
 		if err != nil {
 			return err
@@ -245,9 +252,9 @@ func makePlan(ctx context.Context, conn *pgx.Conn, n dbschema.Name, cfg Config) 
 	return p, st, nil
 }
 
-func hasTriggers(ctx context.Context, conn *pgx.Conn, t *table) (bool, error) {
+func hasTriggers(ctx context.Context, tx pgx.Tx, t *table) (bool, error) {
 	var ok bool
-	err := conn.QueryRow(ctx, `SELECT count(*) = $3 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = ANY($2)`,
+	err := tx.QueryRow(ctx, `SELECT count(*) = $3 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = ANY($2)`,
 		t.oid, t.triggers(), len(t.triggers())).Scan(&ok)
 	if err != nil {
 		return false, fmt.Errorf("adopt: %w", err)
@@ -265,8 +272,8 @@ func (t *table) triggers() []string {
 
 // inserters are the roles that may insert into the table (the owner unless
 // it revoked itself, grantees, PUBLIC), quoted.
-func (p *plan) inserters(ctx context.Context, conn *pgx.Conn) ([]string, error) {
-	rows, err := conn.Query(ctx, `SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END
+func (p *plan) inserters(ctx context.Context, tx pgx.Tx) ([]string, error) {
+	rows, err := tx.Query(ctx, `SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END
 		  FROM pg_catalog.pg_class c
 		 CROSS JOIN LATERAL pg_catalog.aclexplode(coalesce(c.relacl, pg_catalog.acldefault('r', c.relowner))) a
 		  LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
@@ -280,7 +287,7 @@ func (p *plan) inserters(ctx context.Context, conn *pgx.Conn) ([]string, error) 
 
 // ungranted are the roles of roles that lack EXECUTE on the table's
 // functions (a role granted INSERT after adoption).
-func (p *plan) ungranted(ctx context.Context, conn *pgx.Conn, roles []string) ([]string, error) {
+func (p *plan) ungranted(ctx context.Context, tx pgx.Tx, roles []string) ([]string, error) {
 	f := functionsOf(p.t)
 	var out []string
 	for _, r := range roles {
@@ -291,7 +298,7 @@ func (p *plan) ungranted(ctx context.Context, conn *pgx.Conn, roles []string) ([
 			q = `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a WHERE p.oid = $1::regprocedure AND a.grantee = 0)`
 			args = args[1:2]
 		}
-		if err := conn.QueryRow(ctx, q, args...).Scan(&ok); err != nil {
+		if err := tx.QueryRow(ctx, q, args...).Scan(&ok); err != nil {
 			return nil, fmt.Errorf("adopt: privileges of %s: %w", r, err)
 		}
 		if !ok {
@@ -325,13 +332,10 @@ DELETE FROM %s WHERE table_name = %s;
 
 // install runs the install script in one transaction under the migration
 // lock, with the table's lock taken first.
-func (p *plan) install(ctx context.Context, conn *pgx.Conn, n dbschema.Name, lockTimeout time.Duration, roles []string) error {
+func (p *plan) install(ctx context.Context, conn *pgx.Conn, lockTimeout time.Duration, roles []string) error {
 	return migrationLocked(ctx, conn, func() error {
 		return retryLock(ctx, p.t, lockTimeout, func() error {
-			return pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
-				if err := setLocal(ctx, tx, lockTimeout, 0); err != nil {
-					return err
-				}
+			return inTx(ctx, conn, lockTimeout, func(tx pgx.Tx) error {
 				if _, err := tx.Exec(ctx, `LOCK TABLE `+p.t.ident+` IN SHARE ROW EXCLUSIVE MODE`); err != nil {
 					return err
 				}
@@ -347,16 +351,35 @@ func (p *plan) install(ctx context.Context, conn *pgx.Conn, n dbschema.Name, loc
 	})
 }
 
-// setLocal fixes the transaction's lock and statement timeouts (0: none)
-// rather than inheriting the server's.
+// setLocal fixes, for the rest of the transaction, its lock and statement
+// timeouts (0: none) and its search_path (pg_catalog, pg_temp: adopt's SQL
+// names readside's tables qualified, and a name it leaves unqualified, a
+// function or an operator, must not resolve to one a database or role
+// setting puts first) rather than inheriting the session's. Call it first.
 func setLocal(ctx context.Context, tx pgx.Tx, lockTimeout, statementTimeout time.Duration) error {
-	_, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('lock_timeout', $1, true), pg_catalog.set_config('statement_timeout', $2, true),
+	_, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true),
+		pg_catalog.set_config('lock_timeout', $1, true), pg_catalog.set_config('statement_timeout', $2, true),
 		pg_catalog.set_config('idle_in_transaction_session_timeout', '0', true)`,
 		fmt.Sprintf("%dms", lockTimeout.Milliseconds()), fmt.Sprintf("%dms", statementTimeout.Milliseconds()))
 	if err != nil {
 		return fmt.Errorf("adopt: %w", err)
 	}
 	return nil
+}
+
+// statementTimeout bounds each statement of adopt's short transactions
+// (install, a chunk, bookkeeping); the backfill's read of the whole history
+// has none.
+const statementTimeout = time.Minute
+
+// inTx runs f in a READ COMMITTED transaction of conn that setLocal set up.
+func inTx(ctx context.Context, conn *pgx.Conn, lockTimeout time.Duration, f func(pgx.Tx) error) error {
+	return pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+		if err := setLocal(ctx, tx, lockTimeout, statementTimeout); err != nil {
+			return err
+		}
+		return f(tx)
+	})
 }
 
 // checkTypes refuses when a column the mapping reads changed type since
@@ -438,7 +461,7 @@ func Remove(ctx context.Context, pool *pgxpool.Pool, schema, name string, dryRun
 	var res *Result
 	err = migrationLocked(ctx, conn, func() error {
 		return retryLock(ctx, &table{name: name}, LockTimeoutDefault, func() error {
-			return pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+			return inTx(ctx, conn, LockTimeoutDefault, func(tx pgx.Tx) error {
 				t, err := resolve(ctx, tx, name, n.String())
 				if err != nil {
 					return err
@@ -461,9 +484,6 @@ func Remove(ctx context.Context, pool *pgxpool.Pool, schema, name string, dryRun
 				res.SQL, res.Changed = b.String(), true
 				if dryRun {
 					return nil
-				}
-				if err := setLocal(ctx, tx, LockTimeoutDefault, 0); err != nil {
-					return err
 				}
 				if _, err := tx.Exec(ctx, res.SQL); err != nil {
 					if isLockTimeout(err) {

@@ -65,8 +65,10 @@ func (p *plan) backfill(ctx context.Context, pool *pgxpool.Pool, cfg Config) (in
 	}
 	defer wc.Release()
 	var install string
-	if err := wc.Conn().QueryRow(ctx, `SELECT coalesce(install_txid::text, '') FROM `+pgx.Identifier{p.t.readside, "readside_adoptions"}.Sanitize()+
-		` WHERE table_name = $1`, p.t.name).Scan(&install); err != nil {
+	if err := inTx(ctx, wc.Conn(), cfg.LockTimeout, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `SELECT coalesce(install_txid::text, '') FROM `+pgx.Identifier{p.t.readside, "readside_adoptions"}.Sanitize()+
+			` WHERE table_name = $1`, p.t.name).Scan(&install)
+	}); err != nil {
 		return 0, fmt.Errorf("adopt %s: %w", p.t.name, err)
 	}
 
@@ -90,7 +92,7 @@ func (p *plan) backfill(ctx context.Context, pool *pgxpool.Pool, cfg Config) (in
 		// queues behind the read's ACCESS SHARE, and the application's
 		// inserts behind it): the read let go; it starts again, past the
 		// aggregates claimed so far, once nobody waits.
-		if err := p.waitForNoWaiters(ctx, rc.Conn()); err != nil {
+		if err := p.waitForNoWaiters(ctx, rc.Conn(), cfg.LockTimeout); err != nil {
 			return w.copied, err
 		}
 	}
@@ -122,8 +124,11 @@ func (p *plan) readHistory(ctx context.Context, conn *pgx.Conn, w *chunkWriter, 
 		if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+p.t.from()).Scan(&prog.Total); err != nil {
 			return false, fmt.Errorf("adopt %s: %w", p.t.name, err)
 		}
-		if _, err := w.conn.Exec(ctx, `UPDATE `+pgx.Identifier{p.t.readside, "readside_adoptions"}.Sanitize()+` SET history_total = $2 WHERE table_name = $1`,
-			p.t.name, prog.Total); err != nil {
+		if err := inTx(ctx, w.conn, lockTimeout, func(tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, `UPDATE `+pgx.Identifier{p.t.readside, "readside_adoptions"}.Sanitize()+` SET history_total = $2 WHERE table_name = $1`,
+				p.t.name, prog.Total)
+			return err
+		}); err != nil {
 			return false, fmt.Errorf("adopt %s: %w", p.t.name, err)
 		}
 		report()
@@ -168,7 +173,7 @@ func (p *plan) readHistory(ctx context.Context, conn *pgx.Conn, w *chunkWriter, 
 					rows.Close()
 					return false, err
 				}
-				if waiting, err := p.waiters(ctx, w.conn); err != nil || waiting {
+				if waiting, err := p.waiters(ctx, w.conn, lockTimeout); err != nil || waiting {
 					rows.Close()
 					return waiting, err
 				}
@@ -190,12 +195,14 @@ func (p *plan) readHistory(ctx context.Context, conn *pgx.Conn, w *chunkWriter, 
 
 // waiters says whether a session waits for a lock on the table or one of
 // its partitions.
-func (p *plan) waiters(ctx context.Context, conn *pgx.Conn) (bool, error) {
+func (p *plan) waiters(ctx context.Context, conn *pgx.Conn, lockTimeout time.Duration) (bool, error) {
 	var waiting bool
-	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+	err := inTx(ctx, conn, lockTimeout, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
 		WHERE l.locktype = 'relation' AND NOT l.granted
 		  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
 		  AND (l.relation = $1 OR l.relation IN (SELECT relid FROM pg_catalog.pg_partition_tree($1))))`, p.t.oid).Scan(&waiting)
+	})
 	if err != nil {
 		return false, fmt.Errorf("adopt %s: %w", p.t.name, err)
 	}
@@ -203,9 +210,9 @@ func (p *plan) waiters(ctx context.Context, conn *pgx.Conn) (bool, error) {
 }
 
 // waitForNoWaiters returns once no session waits for a lock on the table.
-func (p *plan) waitForNoWaiters(ctx context.Context, conn *pgx.Conn) error {
+func (p *plan) waitForNoWaiters(ctx context.Context, conn *pgx.Conn, lockTimeout time.Duration) error {
 	for {
-		waiting, err := p.waiters(ctx, conn)
+		waiting, err := p.waiters(ctx, conn, lockTimeout)
 		if err != nil || !waiting {
 			return err
 		}
@@ -263,8 +270,11 @@ func (w *chunkWriter) analyze(ctx context.Context) error {
 		return nil
 	}
 	t := w.p.t
-	if _, err := w.conn.Exec(ctx, fmt.Sprintf(`ANALYZE %s, %s, %s`, pgx.Identifier{t.readside, "events"}.Sanitize(),
-		pgx.Identifier{t.readside, "outbox"}.Sanitize(), pgx.Identifier{t.readside, "readside_adoption_claims"}.Sanitize())); err != nil {
+	if err := inTx(ctx, w.conn, w.lockTimeout, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, fmt.Sprintf(`ANALYZE %s, %s, %s`, pgx.Identifier{t.readside, "events"}.Sanitize(),
+			pgx.Identifier{t.readside, "outbox"}.Sanitize(), pgx.Identifier{t.readside, "readside_adoption_claims"}.Sanitize()))
+		return err
+	}); err != nil {
 		return fmt.Errorf("adopt %s: analyze: %w", t.name, err)
 	}
 	w.analyzed = w.copied
@@ -307,11 +317,8 @@ func (w *chunkWriter) write(ctx context.Context, rows []backfillRow, wait bool) 
 	for attempt := 1; ; attempt++ {
 		var copied int64
 		var skipped []aggKey
-		err := pgx.BeginTxFunc(ctx, w.conn, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+		err := inTx(ctx, w.conn, w.lockTimeout, func(tx pgx.Tx) error {
 			copied, skipped = 0, nil
-			if err := setLocal(ctx, tx, w.lockTimeout, 0); err != nil {
-				return err
-			}
 			if wait {
 				if _, err := tx.Exec(ctx, `SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1), pg_catalog.hashtext($2 || pg_catalog.chr(31) || $3))`,
 					w.p.t.name, rows[0].t, rows[0].a); err != nil {
@@ -409,7 +416,7 @@ func retryable(err error) bool {
 // one meanwhile.
 func (p *plan) finish(ctx context.Context, conn *pgx.Conn, install string) error {
 	return migrationLocked(ctx, conn, func() error {
-		return pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+		return inTx(ctx, conn, LockTimeoutDefault, func(tx pgx.Tx) error {
 			var current string
 			err := tx.QueryRow(ctx, `SELECT coalesce(install_txid::text, '') FROM `+pgx.Identifier{p.t.readside, "readside_adoptions"}.Sanitize()+
 				` WHERE table_name = $1 FOR UPDATE`, p.t.name).Scan(&current)

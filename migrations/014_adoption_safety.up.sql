@@ -9,8 +9,10 @@
 -- takes it back. Run them as the owner of readside's objects. The role
 -- readside_writer that 007 creates is cluster-wide (granting it for one
 -- database let its members write every database's readside): its members
--- keep their rights in this schema as direct grants, it loses its own, and
--- it is dropped once no database grants it anything.
+-- keep their rights in this schema as direct grants and it loses its own.
+-- It is not dropped here: DROP ROLE locks the role against the GRANTs of
+-- other databases' migrations running at the same time (a deadlock); drop
+-- it by hand once no database of the cluster runs an older release.
 DO $do$
 BEGIN
     EXECUTE format($f$
@@ -52,11 +54,6 @@ BEGIN
     END IF;
     REVOKE ALL ON events, snapshots FROM readside_writer;
     EXECUTE format('REVOKE USAGE ON SCHEMA %I FROM readside_writer', current_schema());
-    BEGIN
-        DROP ROLE readside_writer;
-    EXCEPTION WHEN dependent_objects_still_exist OR insufficient_privilege OR object_in_use THEN
-        RAISE NOTICE 'readside: role readside_writer kept (%): another database still grants it rights, or this role may not drop it', SQLERRM;
-    END;
 END
 $$;
 
