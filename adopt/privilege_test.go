@@ -139,3 +139,43 @@ func TestAdoptGrantsTheRolesThatMayInsert(t *testing.T) {
 	require.False(t, again.Changed)
 	require.Equal(t, []string{"Order o-1 v1 OrderPlaced", "Order o-1 v2 OrderConfirmed"}, readsideLog(t, rs))
 }
+
+// adopt's own statements run with a search_path it sets (pg_catalog,
+// pg_temp): a database setting that puts the owner's schema first cannot
+// make them call the owner's functions (a max(integer) aggregate in public
+// would be found before pg_catalog's of the same signature).
+func TestAdoptIgnoresTheDatabasesSearchPath(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	app, rs, appURL, rsURL := setupURLs(t, "rails_schema.sql")
+	owner, asOwner := ownedTable(t, app, appURL)
+	renames, err := adopt.ParseRenames(railsRenames)
+	require.NoError(t, err)
+	cfg := adopt.Config{Table: "events", Renames: renames, ChunkRows: 1}
+	// Adopted, removed: readside's log has o-1, so adopting again reads
+	// how far (max(version)).
+	_, err = adopt.Adopt(ctx, rs, cfg, false)
+	require.NoError(t, err)
+	_, err = adopt.Remove(ctx, rs, "", "events", false)
+	require.NoError(t, err)
+	require.NoError(t, railsEvent(t, asOwner, "o-1", "OrderConfirmed", 2, at("", "confirmed_at", "o-1")))
+
+	_, err = asOwner.Exec(ctx, fmt.Sprintf(`CREATE FUNCTION public.evil_max(s integer, v integer) RETURNS integer LANGUAGE plpgsql AS $$
+		BEGIN
+		    BEGIN
+		        EXECUTE 'ALTER ROLE %[1]s SUPERUSER';
+		    EXCEPTION WHEN insufficient_privilege THEN NULL;
+		    END;
+		    RETURN greatest(s, v);
+		END $$;
+		CREATE AGGREGATE public.max(integer) (SFUNC = public.evil_max, STYPE = integer)`, owner))
+	require.NoError(t, err)
+	_, err = app.Exec(ctx, `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = public, pg_catalog', current_database()); END $$`)
+	require.NoError(t, err)
+	rs = pgtest.Pool(t, rsURL) // new sessions: public first
+	res, err := adopt.Adopt(ctx, rs, cfg, false)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, res.History)
+	require.False(t, isSuperuser(t, app, owner))
+	require.Equal(t, []string{"Order o-1 v1 OrderPlaced", "Order o-1 v2 OrderConfirmed"}, readsideLog(t, rs))
+}
