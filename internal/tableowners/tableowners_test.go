@@ -53,7 +53,7 @@ var owners = map[string]string{
 	"readside_adoptions":  "adopt",
 	// Adoption's bookkeeping: the claims of the backfill and the trigger
 	// (also the _claim functions adopt generates), the changes of adopted
-	// tables (readside_adopt_changed, migration 014; adopt --remove
+	// tables (readside_adopt_changed, migration 011; adopt --remove
 	// forgets them).
 	"readside_adoption_claims":  "adopt",
 	"readside_adoption_changes": "adopt",
