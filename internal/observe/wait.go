@@ -138,19 +138,33 @@ func WaitFor(ctx context.Context, db outbox.Querier, token outbox.Cursor, projec
 		return fmt.Errorf("consistency token %s is %w", token, ErrTokenBeyondHead)
 	}
 	var last *NotCaughtUpError
+	// When the wait ends before any poll finished (a busy server), one
+	// more, briefly, says why rather than a guess.
+	final := func(cause error) error {
+		if last == nil {
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			defer cancel()
+			lag, err := lagging(fctx, db, token, projections)
+			if err == nil && lag == nil {
+				return nil // caught up after all
+			}
+			last = lag
+		}
+		return notCaughtUp(last, token, projections[0], cause)
+	}
 	interval := waitPollMin
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return notCaughtUp(last, token, projections[0], ctx.Err())
+			return final(ctx.Err())
 		case <-timer.C:
 		}
 		lag, err := lagging(ctx, db, token, projections)
 		switch {
 		case err != nil && ctx.Err() != nil:
-			return notCaughtUp(last, token, projections[0], ctx.Err())
+			return final(ctx.Err())
 		case err != nil:
 			return fmt.Errorf("wait for %s: %w", strings.Join(projections, ", "), err)
 		case lag == nil:
