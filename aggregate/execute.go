@@ -66,7 +66,7 @@ func Execute[S any, P StatePtr[S]](ctx context.Context, r *Repository, id string
 		if !errors.Is(err, outbox.ErrConcurrencyConflict) {
 			return nil, err
 		}
-		r.metrics.conflict(aggType)
+		r.metrics.conflict(aggType, err)
 		if attempt > retries {
 			return nil, fmt.Errorf("%s %s: gave up after %d attempts: %w", aggType, id, attempt, err)
 		}

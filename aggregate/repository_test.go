@@ -357,3 +357,66 @@ func TestExecuteTimeouts(t *testing.T) {
 		Scan(&lockTimeout, &statementTimeout))
 	require.Equal(t, []string{"0", "0"}, []string{lockTimeout, statementTimeout}, "SET LOCAL only")
 }
+
+// A command whose INSERT waited (here behind another writer's uncommitted
+// version, which then rolls back) long enough for readers to pass its xid
+// is refused by the read fence: a conflict like any other, retried, and
+// counted on its own in readside_writer_read_fence_refusals_total.
+func TestExecuteRetriesReadFenceRefusal(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	reg := prometheus.NewRegistry()
+	repo := newRepo(t, pool, aggregate.Config{Registerer: reg, RetryBackoff: time.Millisecond,
+		LockTimeout: 30 * time.Second, StatementTimeout: 30 * time.Second})
+	_, err := aggregate.Execute(ctx, repo, "p-1", outbox.Metadata{}, func(p *domain.Product) ([]domain.Event, error) {
+		return p.Create(domain.CreateProduct{ProductID: "p-1", Name: "W", Price: 100}, now)
+	})
+	require.NoError(t, err)
+
+	other, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = other.Rollback(ctx) }()
+	_, err = other.Exec(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
+		VALUES ('Product', 'p-1', 'ProductPriceChanged', '{}', 2)`)
+	require.NoError(t, err)
+
+	done := make(chan error, 1)
+	var res *aggregate.Result
+	go func() {
+		var err error
+		res, err = aggregate.Execute(ctx, repo, "p-1", outbox.Metadata{}, func(p *domain.Product) ([]domain.Event, error) {
+			return p.UpdatePrice(domain.UpdatePrice{ProductID: "p-1", NewPrice: 200}, now)
+		})
+		done <- err
+	}()
+	// The command's INSERT has its xid and waits for the other writer.
+	var xid uint64
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := pool.QueryRow(ctx, `SELECT backend_xid::text::bigint FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND backend_xid IS NOT NULL`).Scan(&xid)
+		if err == nil {
+			break
+		}
+		require.ErrorIs(t, err, pgx.ErrNoRows)
+		require.True(t, time.Now().Before(deadline), "the command did not wait")
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Readers pass it (the fence moves to an xmax they saw: a younger
+	// transaction ends first).
+	_, err = pool.Exec(ctx, `SELECT pg_current_xact_id()`)
+	require.NoError(t, err)
+	for fence := uint64(0); fence <= xid; {
+		require.True(t, time.Now().Before(deadline), "the fence did not pass xid %d", xid)
+		_, err := outbox.ReadHead(ctx, pool)
+		require.NoError(t, err)
+		require.NoError(t, pool.QueryRow(ctx, `SELECT coalesce(pg_sequence_last_value('readside.read_fence'), 0)`).Scan(&fence))
+		time.Sleep(10 * time.Millisecond)
+	}
+	require.NoError(t, other.Rollback(ctx))
+	require.NoError(t, <-done)
+	require.Equal(t, 2, res.Attempts, "refused once, then applied")
+	require.Equal(t, 1.0, counter(t, reg, "readside_writer_read_fence_refusals_total", "Product"))
+	require.Equal(t, 1.0, counter(t, reg, "readside_writer_conflicts_total", "Product"))
+}

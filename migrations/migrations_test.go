@@ -102,3 +102,45 @@ func withSearchPath(t *testing.T, rawURL, path string) string {
 	u.RawQuery = q.Encode()
 	return u.String()
 }
+
+// Writers may call readside_register() (migration 012): a role granted the
+// writer rights before 012 gets it at the upgrade, the writer grant
+// includes it from then on, and revoking the writer rights takes it back.
+func TestMigrateGivesWritersReadsideRegister(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := pgtest.NewEmptyDatabaseURL(t)
+	pool := pgtest.Pool(t, dbURL)
+	_, err := pool.Exec(ctx, `CREATE SCHEMA readside`)
+	require.NoError(t, err)
+	old := pgtest.Pool(t, withSearchPath(t, dbURL, "readside"))
+	_, err = old.Exec(ctx, `CREATE TABLE readside_migrations (version integer PRIMARY KEY, name text NOT NULL,
+		applied_at timestamptz NOT NULL DEFAULT now())`)
+	require.NoError(t, err)
+	for _, m := range migrations.All()[:11] {
+		_, err := old.Exec(ctx, m.SQL)
+		require.NoError(t, err, m.Name)
+		_, err = old.Exec(ctx, `INSERT INTO readside_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name)
+		require.NoError(t, err)
+	}
+	before, after := pgtest.NewRole(t, "NOLOGIN", pool), pgtest.NewRole(t, "NOLOGIN", pool)
+	_, err = pool.Exec(ctx, `SELECT readside.readside_grant_writer($1::regrole)`, before)
+	require.NoError(t, err)
+
+	_, err = migrations.Migrate(ctx, pool, migrations.Config{})
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `SELECT readside.readside_grant_writer($1::regrole)`, after)
+	require.NoError(t, err)
+	may := func(role string) bool {
+		var ok bool
+		require.NoError(t, pool.QueryRow(ctx, `SELECT has_function_privilege($1, 'readside.readside_register()', 'EXECUTE')`, role).Scan(&ok))
+		return ok
+	}
+	require.True(t, may(before), "granted before 012")
+	require.True(t, may(after), "granted after 012")
+	other := pgtest.NewRole(t, "NOLOGIN", pool)
+	require.False(t, may(other), "not PUBLIC's")
+	_, err = pool.Exec(ctx, `SELECT readside.readside_revoke_writer($1::regrole)`, before)
+	require.NoError(t, err)
+	require.False(t, may(before), "revoked with the writer rights")
+}

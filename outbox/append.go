@@ -19,11 +19,19 @@ const Channel = "readside_outbox"
 // caller rolls back, reloads and retries. Returned wrapped in *ConflictError.
 var ErrConcurrencyConflict = errors.New("concurrency conflict")
 
+// ErrReadFence means the transaction wrote its first event after readers
+// had passed its xid (SQLSTATE 40001, constraint readside_read_fence): it
+// took its xid, wrote something else, and reached its first event more than
+// the fence's grace period later. It is also an ErrConcurrencyConflict:
+// retry the transaction; if it keeps happening, write the first event
+// earlier or call readside_register() first in the transaction.
+var ErrReadFence = errors.New("transaction behind the read fence")
+
 // ConflictError says which aggregate conflicted and why.
 type ConflictError struct {
 	Aggregate       Aggregate
 	ExpectedVersion int
-	Reason          string // "version taken", "stale transaction", "version gap"
+	Reason          string // "version taken", "stale transaction", "version gap", "read fence"
 	Err             error  // the PostgreSQL error
 }
 
@@ -31,7 +39,14 @@ func (e *ConflictError) Error() string {
 	return fmt.Sprintf("%s %s at expected version %d: %s: %v", e.Aggregate.Type, e.Aggregate.ID, e.ExpectedVersion, e.Reason, ErrConcurrencyConflict)
 }
 
-func (e *ConflictError) Unwrap() []error { return []error{ErrConcurrencyConflict, e.Err} }
+func (e *ConflictError) Unwrap() []error {
+	if e.Reason == reasonReadFence {
+		return []error{ErrConcurrencyConflict, ErrReadFence, e.Err}
+	}
+	return []error{ErrConcurrencyConflict, e.Err}
+}
+
+const reasonReadFence = "read fence"
 
 // Aggregate names an event stream.
 type Aggregate struct {
@@ -220,6 +235,8 @@ func classify(agg Aggregate, expected int, err error) error {
 			reason = "stale transaction"
 		case pgErr.Code == "23514" && pgErr.ConstraintName == "readside_aggregate_version_gap":
 			reason = "version gap"
+		case pgErr.Code == "40001" && pgErr.ConstraintName == "readside_read_fence":
+			reason = reasonReadFence
 		}
 		if reason != "" {
 			return &ConflictError{Aggregate: agg, ExpectedVersion: expected, Reason: reason, Err: err}

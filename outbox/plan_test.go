@@ -163,7 +163,10 @@ func TestFetchPlan(t *testing.T) {
 		}
 	}
 
-	// The reader returns full batches from both ends of the backlog.
+	// The reader returns full batches from both ends of the backlog, once
+	// the window has opened (in a new database the read fence takes a
+	// grace period to pass transactions of other databases).
+	waitWindow(t, pool)
 	for where, c := range cursors {
 		b, err := outbox.Fetch(ctx, pool, c, limit, outbox.Filter{})
 		require.NoError(t, err, where)

@@ -25,9 +25,9 @@ WITH chunk AS (
     SELECT txid, position, created_at FROM readside.outbox
      WHERE (txid, position) <= ($1::xid8, $2::bigint)
        -- Only inside the read window, whatever the checkpoints say: a
-       -- horizon above a running transaction would have its rows read from
-       -- both the events table and the outbox once it commits.
-       AND txid < pg_snapshot_xmin(pg_current_snapshot())
+       -- horizon above an event writer still running would have its rows
+       -- read from both the events table and the outbox once it commits.
+       AND txid < (SELECT readside.readside_read_bound(pg_current_snapshot()))
      ORDER BY txid, position LIMIT $3
 ), young AS (
     SELECT txid, position FROM chunk

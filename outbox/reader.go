@@ -57,10 +57,11 @@ type Batch struct {
 
 // fetchSQL reads up to $3 rows after the cursor ($1, $2) in (txid, position)
 // order. History up to the pruning horizon comes from the events table; the
-// rest from the outbox, limited to transactions below the snapshot's xmin
-// (all finished, so nothing can appear behind the cursor later). Both
-// branches are index range scans with LIMIT on (txid, position/id), so the
-// cost does not depend on how much is waiting:
+// rest from the outbox, limited to transactions below the read bound (see
+// windowBound: every event writer below it has finished, so nothing can
+// appear behind the cursor later). Both branches are index range scans with
+// LIMIT on (txid, position/id), so the cost does not depend on how much is
+// waiting:
 //
 //	Limit
 //	  -> Sort (at most 2 x limit rows)
@@ -68,7 +69,7 @@ type Batch struct {
 //	            -> Limit -> Index Scan using events_txid_id_idx on events
 //	                          Index Cond: (ROW(txid, id) > ROW($1, $2)) AND (txid <= (InitPlan: horizon txid))
 //	            -> Limit -> Index Scan using outbox_pkey on outbox
-//	                          Index Cond: ((ROW(txid, position) > ROW($1, $2)) AND (txid < pg_snapshot_xmin(pg_current_snapshot())))
+//	                          Index Cond: ((ROW(txid, position) > ROW($1, $2)) AND (txid < (InitPlan: the bound)))
 //
 // (TestFetchPlan checks this plan on a 1M-row outbox.) Matching rows are
 // joined to events for their payload by primary key. A segmented read
@@ -80,14 +81,23 @@ const fetchSQL = fetchHistory + `
     (SELECT o.txid, o.position, o.aggregate_type, o.aggregate_id, o.event_type, o.created_at
        FROM readside.outbox o
       WHERE (o.txid, o.position) > ($1::xid8, $2::bigint)
-        AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
+        AND o.txid < (SELECT b.txid FROM bound b)
       ORDER BY o.txid, o.position
       LIMIT $3)` + fetchTail
+
+// windowBound is the read bound of the statement's own snapshot, computed
+// once per statement (migration 012, readside_read_bound): rows of
+// transactions below it are final. Only event-writing transactions (those
+// the events trigger registered) hold it back; a transaction that writes
+// no event, in this database or any other, does not. It replaces the
+// snapshot's xmin, which every transaction with an xid in the cluster held
+// back.
+const windowBound = `bound AS MATERIALIZED (SELECT readside.readside_read_bound(pg_current_snapshot()) AS txid)`
 
 // fetchHistory is the start of the scan: history up to the pruning horizon,
 // from the events table.
 const fetchHistory = `
-WITH scan AS (
+WITH ` + windowBound + `, scan AS (
     (SELECT e.txid, e.id AS position, e.aggregate_type, e.aggregate_id, e.event_type, NULL::timestamptz AS created_at
        FROM readside.events e
       WHERE (e.txid, e.id) > ($1::xid8, $2::bigint)
@@ -121,7 +131,7 @@ SELECT w.txid, w.position, w.matched, e.aggregate_type, e.aggregate_id, e.event_
 UNION ALL
 (SELECT o.txid, o.position, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true
    FROM readside.outbox o
-  WHERE $7::int > 1 AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
+  WHERE $7::int > 1 AND o.txid < (SELECT b.txid FROM bound b)
   ORDER BY o.txid DESC, o.position DESC LIMIT 1)`
 
 // bucketCount is the number of buckets outbox rows are indexed by
@@ -146,7 +156,7 @@ func segmentFetchSQL(n, seg int) string {
     (SELECT o.txid, o.position, o.aggregate_type, o.aggregate_id, o.event_type, o.created_at
        FROM readside.outbox o
       WHERE o.bucket = %d AND (o.txid, o.position) > ($1::xid8, $2::bigint)
-        AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
+        AND o.txid < (SELECT b.txid FROM bound b)
       ORDER BY o.txid, o.position
       LIMIT $3)`, bucket)
 	}
@@ -264,9 +274,11 @@ type Head struct {
 	// has caught up stands.
 	Window Cursor
 	// Latest is the last committed row, inside the window or not. When it
-	// is past Window, a transaction somewhere in the cluster (see
-	// WindowHolder) is holding the window back and a reader should look
-	// again soon: the holder's commit sends no notification.
+	// is past Window, an event writer (see WindowHolder) is holding the
+	// window back, or the fence has not yet passed a transaction that
+	// writes no events (for up to two grace periods, see the README), and a
+	// reader should look again soon: the fence's advance sends no
+	// notification.
 	Latest Cursor
 }
 
@@ -280,10 +292,11 @@ func ReadHead(ctx context.Context, q Querier) (Head, error) {
 		pos  *int64
 	}
 	err := q.QueryRow(ctx, `
+WITH `+windowBound+`
 SELECT w.txid, w.position, l.txid, l.position
   FROM (SELECT 1) one
   LEFT JOIN LATERAL (SELECT o.txid, o.position FROM readside.outbox o
-                      WHERE o.txid < pg_snapshot_xmin(pg_current_snapshot())
+                      WHERE o.txid < (SELECT b.txid FROM bound b)
                       ORDER BY o.txid DESC, o.position DESC LIMIT 1) w ON true
   LEFT JOIN LATERAL (SELECT o.txid, o.position FROM readside.outbox o
                       ORDER BY o.txid DESC, o.position DESC LIMIT 1) l ON true`).Scan(&w.txid, &w.pos, &l.txid, &l.pos)

@@ -17,15 +17,19 @@ var ErrXIDRegression = errors.New("transaction id regression")
 
 // CheckXIDs returns an error wrapping ErrXIDRegression when the cluster's
 // next transaction id is not above every txid stored in the outbox and the
-// checkpoints.
+// checkpoints, and above the read fence (which refuses every writer below
+// it).
 func CheckXIDs(ctx context.Context, q Querier) error {
 	var next, stored uint64
+	// The fence is an xmax readers saw: it may equal the next xid, so the
+	// last xid it fences off is fence - 1.
 	err := q.QueryRow(ctx, `
 SELECT pg_snapshot_xmax(pg_current_snapshot()),
        greatest(
          (SELECT coalesce(max(txid), '0') FROM readside.outbox),
          (SELECT coalesce(max(cursor_txid), '0') FROM readside.checkpoints),
-         (SELECT coalesce(max(txid), '0') FROM readside.outbox_horizon))`).Scan(&next, &stored)
+         (SELECT coalesce(max(txid), '0') FROM readside.outbox_horizon),
+         (SELECT greatest(coalesce(pg_sequence_last_value('readside.read_fence'), 0) - 1, 0)::text::xid8))`).Scan(&next, &stored)
 	if err != nil {
 		return fmt.Errorf("check xids: %w", err)
 	}
@@ -63,43 +67,55 @@ func ClampToWindow(ctx context.Context, q Querier, c Cursor) (Cursor, error) {
 	return c, nil
 }
 
-// Holder is the oldest transaction holding the read window back: until it
-// ends, no row from a newer transaction is read.
+// Holder is the oldest event-writing transaction of the database: until it
+// ends, no row from a newer transaction is read. Only transactions the
+// events trigger registered (they inserted an event, or called
+// readside_register()) hold the window; others are never named.
 type Holder struct {
-	PID      int
+	PID      int // 0 for a prepared transaction
 	Database string
 	TxID     uint64
-	Age      time.Duration // since the transaction started
-	State    string
-	Query    string // truncated
-	Prepared bool   // a prepared (two-phase) transaction
+	// Age is how long the transaction has been open (prepared: since its
+	// PREPARE); 0 when AgeUnknown.
+	Age time.Duration
+	// AgeUnknown means pg_stat_activity hides the transaction's start,
+	// state and query from this role: it belongs to another role, and this
+	// one lacks pg_read_all_stats (or pg_monitor, which includes it).
+	AgeUnknown bool
+	State      string
+	Query      string // truncated
+	Prepared   bool   // a prepared (two-phase) transaction
 }
 
-// WindowHolder returns the oldest in-progress transaction with an xid, in
-// any database of the cluster, or nil when there is none. Callers show it
-// when lag grows while the outbox has rows waiting.
+// WindowHolder returns the oldest registered event-writing transaction of
+// this database, or nil when there is none. Callers show it when lag grows
+// while the outbox has rows waiting. Registrations are read from pg_locks,
+// which any role may read; the age, state and query come from
+// pg_stat_activity, which shows other roles' sessions only to members of
+// pg_read_all_stats (AgeUnknown otherwise).
 func WindowHolder(ctx context.Context, q Querier) (*Holder, error) {
 	var h Holder
-	var ageSeconds float64
-	// backend_xid is the 32-bit xid; age() orders them correctly across
-	// wraparound. Only transactions that have an xid hold the window.
+	var ageSeconds *float64
 	err := q.QueryRow(ctx, `
-SELECT pid, database, txid, extract(epoch FROM now() - started)::float8, state, query, prepared FROM (
-    SELECT a.pid, coalesce(a.datname, '') AS database, a.backend_xid::text::bigint AS txid,
-           coalesce(a.xact_start, now()) AS started, coalesce(a.state, '') AS state,
-           left(coalesce(a.query, ''), 200) AS query, false AS prepared, age(a.backend_xid) AS xid_age
-      FROM pg_stat_activity a
-     WHERE a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid()
-    UNION ALL
-    SELECT 0, p.database, p.transaction::text::bigint, p.prepared, 'prepared', p.gid, true, age(p.transaction)
-      FROM pg_prepared_xacts p
-) t ORDER BY xid_age DESC LIMIT 1`).Scan(&h.PID, &h.Database, &h.TxID, &ageSeconds, &h.State, &h.Query, &h.Prepared)
+SELECT coalesce(w.pid, 0), current_database(), w.txid::text::bigint,
+       extract(epoch FROM clock_timestamp() - CASE WHEN w.prepared THEN p.prepared ELSE a.xact_start END)::float8,
+       CASE WHEN w.prepared THEN 'prepared' ELSE coalesce(a.state, '') END,
+       left(coalesce(CASE WHEN w.prepared THEN p.gid ELSE a.query END, ''), 200), w.prepared
+  FROM readside.readside_event_writers() w
+  LEFT JOIN pg_stat_activity a ON NOT w.prepared AND a.pid = w.pid
+  LEFT JOIN pg_prepared_xacts p ON w.prepared AND p.transaction::text::bigint = w.txid::text::bigint % 4294967296
+ ORDER BY w.txid LIMIT 1`).Scan(&h.PID, &h.Database, &h.TxID, &ageSeconds, &h.State, &h.Query, &h.Prepared)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("window holder: %w", err)
 	}
-	h.Age = time.Duration(ageSeconds * float64(time.Second))
+	if ageSeconds == nil {
+		h.AgeUnknown, h.State, h.Query = true, "", ""
+	} else {
+		// (A transaction that began after this statement: not negative.)
+		h.Age = time.Duration(max(*ageSeconds, 0) * float64(time.Second))
+	}
 	return &h, nil
 }

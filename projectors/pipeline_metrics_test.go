@@ -3,6 +3,7 @@ package projectors_test
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/readside/readside/internal/observe"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/internal/promtest"
+	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
 )
 
@@ -224,4 +226,76 @@ func TestPipelineMetricsOperation(t *testing.T) {
 	m = promtest.Scrape(t, reg)
 	require.Zero(t, m[`readside_projection_operation{kind="reset",projection="p"}`])
 	require.Equal(t, 1.0, m[`readside_projection_operation{kind="replay",projection="p"}`])
+}
+
+// The read window's holder as a fleet running as an ordinary role sees it:
+// an event writer of another role is listed, but its start is hidden, so
+// readside_read_window_holder_age_unknown is 1 and the age is how long the
+// collector has seen it (growing, never a silent 0); with pg_read_all_stats
+// the age is the transaction's. Writers the fence refused are counted.
+func TestPipelineMetricsWindowHolderForAnOrdinaryRole(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := pgtest.NewDatabaseURL(t)
+	pool := pgtest.Pool(t, dbURL)
+	var role string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT 'fleet_' || substr(md5(random()::text), 1, 12)`).Scan(&role))
+	_, err := pool.Exec(ctx, `CREATE ROLE `+role+` LOGIN; GRANT USAGE ON SCHEMA readside TO `+role+`;
+		GRANT SELECT ON ALL TABLES IN SCHEMA readside TO `+role+`; GRANT SELECT ON readside.read_fence_refusals TO `+role)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_, _ = pool.Exec(context.Background(), `DROP OWNED BY `+role+`; DROP ROLE IF EXISTS `+role)
+	})
+	u, err := url.Parse(dbURL)
+	require.NoError(t, err)
+	u.User = url.User(role)
+
+	w, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = w.Rollback(ctx) }()
+	_, err = outbox.Append(ctx, w, outbox.Aggregate{Type: "Thing", ID: "held"}, 0, []outbox.NewEvent{{Type: "Touched", Data: []byte(`{}`)}})
+	require.NoError(t, err)
+
+	reg := prometheus.NewPedanticRegistry()
+	registerUncached(t, reg, pgtest.Pool(t, u.String()))
+	m := promtest.Scrape(t, reg)
+	require.Equal(t, 0.0, m["readside_pipeline_scrape_error"])
+	require.Equal(t, 1.0, m["readside_read_window_holder_age_unknown"])
+	first := m["readside_read_window_holder_age_seconds"]
+	eventually(t, 10*time.Second, "the age seen grows", func() bool {
+		return promtest.Scrape(t, reg)["readside_read_window_holder_age_seconds"] > first+0.2
+	})
+
+	_, err = pool.Exec(ctx, `GRANT pg_read_all_stats TO `+role)
+	require.NoError(t, err)
+	granted := prometheus.NewPedanticRegistry()
+	registerUncached(t, granted, pgtest.Pool(t, u.String()))
+	var xactAge float64
+	require.NoError(t, w.QueryRow(ctx, `SELECT extract(epoch FROM now() - xact_start)::float8 FROM pg_stat_activity WHERE pid = pg_backend_pid()`).Scan(&xactAge))
+	m = promtest.Scrape(t, granted)
+	require.Equal(t, 0.0, m["readside_read_window_holder_age_unknown"])
+	require.GreaterOrEqual(t, m["readside_read_window_holder_age_seconds"], xactAge)
+
+	// A refusal: a transaction that took its xid before the fence passed it.
+	require.Equal(t, 0.0, m["readside_read_fence_refusals_total"])
+	_, err = pool.Exec(ctx, `CREATE TABLE app_rows (n int)`)
+	require.NoError(t, err)
+	early, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = early.Rollback(ctx) }()
+	_, err = early.Exec(ctx, `INSERT INTO app_rows VALUES (1)`)
+	require.NoError(t, err)
+	var ex uint64
+	require.NoError(t, early.QueryRow(ctx, `SELECT pg_current_xact_id()`).Scan(&ex))
+	appendEvents(t, pool, "later", 0, `{}`)
+	eventually(t, 10*time.Second, "the fence passes the early transaction", func() bool {
+		_, err := outbox.ReadHead(ctx, pool)
+		require.NoError(t, err)
+		var f uint64
+		require.NoError(t, pool.QueryRow(ctx, `SELECT coalesce(pg_sequence_last_value('readside.read_fence'), 0)`).Scan(&f))
+		return f > ex
+	})
+	_, err = outbox.Append(ctx, early, outbox.Aggregate{Type: "Thing", ID: "early"}, 0, []outbox.NewEvent{{Type: "Touched", Data: []byte(`{}`)}})
+	require.ErrorIs(t, err, outbox.ErrReadFence)
+	require.Equal(t, 1.0, promtest.Scrape(t, granted)["readside_read_fence_refusals_total"])
 }

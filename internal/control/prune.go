@@ -52,7 +52,7 @@ func (w *pruneWorker) Work(ctx context.Context, _ *river.Job[PruneOutboxArgs]) e
 // PruneOutbox deletes, in chunks of pruneChunk rows (one transaction each,
 // which also records the new horizon), the outbox rows at or below every
 // checkpoint and older than retention (negative: no age limit), and inside
-// the read window (below every transaction still running). A paused or
+// the read window (below every event writer still running). A paused or
 // stuck projection holds pruning back. It returns the rows deleted and the
 // horizon.
 func PruneOutbox(ctx context.Context, db interface {

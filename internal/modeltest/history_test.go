@@ -28,8 +28,13 @@ type stmt struct {
 }
 
 type step struct {
-	Op    string // write, more, end, run, cure, retry, discard, reset, prune, rebuild, switch
-	Slot  int    // write, more, end
+	// Op: write, more, end, run, cure, retry, discard, reset, prune,
+	// rebuild, switch; idle (open a slot with an xid and no event: an
+	// unrelated write transaction held open), fence (readers advance the
+	// read fence past every open slot: a later first event of an idle
+	// slot is refused).
+	Op    string
+	Slot  int    // write, more, end, idle
 	Early bool   // write: take the xid (pg_current_xact_id()) before writing
 	Stmts []stmt // write, more
 	End   string // write: commit, rollback, hold; end: commit, rollback
@@ -208,7 +213,15 @@ func (g generator) next(t *rapid.T) step {
 	m := g.h.m
 	ops := []string{"write", "write", "write", "write", "run", "run", "cure", "retry", "discard", "reset", "reset", "prune"}
 	if len(g.held()) > 0 {
-		ops = append(ops, "more", "end", "end")
+		ops = append(ops, "more", "end", "end", "fence")
+	}
+	if i := slices.IndexFunc(m.slots, func(s *slot) bool { return !s.open }); i >= 0 && i < maxHeld {
+		ops = append(ops, "idle", "idle")
+	}
+	// An open transaction with an xid and no event: readers passing it,
+	// then its first event (refused), are the fence's case.
+	if slices.ContainsFunc(m.slots[:maxHeld], func(s *slot) bool { return s.open && s.xid != 0 && !s.registered }) {
+		ops = append(ops, "fence", "fence", "more", "more")
 	}
 	if enabled.Rebuild {
 		ops = append(ops, "rebuild", "switch")
@@ -224,6 +237,8 @@ func (g generator) next(t *rapid.T) step {
 			End: rapid.SampledFrom(ends).Draw(t, "end")}
 	case "more":
 		return step{Op: op, Slot: rapid.SampledFrom(g.held()).Draw(t, "slot")}
+	case "idle":
+		return step{Op: op, Slot: slices.IndexFunc(m.slots, func(s *slot) bool { return !s.open })}
 	case "end":
 		return step{Op: op, Slot: rapid.SampledFrom(g.held()).Draw(t, "slot"),
 			End: rapid.SampledFrom([]string{"commit", "commit", "rollback"}).Draw(t, "end")}

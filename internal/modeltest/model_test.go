@@ -27,10 +27,20 @@ func (e *event) cursor() outbox.Cursor { return outbox.Cursor{TxID: e.txid, Posi
 
 // slot is a write transaction held open across steps.
 type slot struct {
-	open    bool
-	xid     uint64 // 0 while the transaction has no xid (it then holds nothing back)
-	pending []*event
+	open bool
+	xid  uint64 // 0 while the transaction has no xid
+	// registered: an event statement of it succeeded and was not rolled
+	// back, so the events trigger registered it: it holds the read window
+	// until it ends. A transaction with an xid that is not registered
+	// holds nothing back once the read fence has passed it, and is refused
+	// (40001) if it then writes an event.
+	registered bool
+	pending    []*event
 }
+
+// fenced reports whether slot s may no longer write events: it has an
+// xid below the read fence and was not registered before.
+func (s *slot) fenced(fence uint64) bool { return s.xid != 0 && !s.registered && s.xid < fence }
 
 func (s *slot) pendingVersion(agg string) int {
 	v := 0
@@ -122,12 +132,14 @@ func (m *model) commit(events []*event) {
 	}
 }
 
-// horizon is the smallest xid of an open slot: events of transactions at
-// or beyond it are outside the read window. 0 means none.
+// horizon is the smallest xid of an open registered slot: events of
+// transactions at or beyond it are outside the read window. 0 means none.
+// Unregistered slots hold the window only until the fence passes them,
+// which a run waits for.
 func (m *model) horizon() uint64 {
 	var h uint64
 	for _, s := range m.slots {
-		if s.open && s.xid != 0 && (h == 0 || s.xid < h) {
+		if s.open && s.registered && (h == 0 || s.xid < h) {
 			h = s.xid
 		}
 	}
@@ -152,8 +164,9 @@ func (m *model) target() outbox.Cursor {
 }
 
 // predict says which SQLSTATEs a statement writing rows in slot s may fail
-// with (nil: it succeeds). xid is the slot's xid before the statement.
-func (m *model) predict(s *slot, st stmt) []string {
+// with (nil: it succeeds), the read fence being fence. xid is the slot's
+// xid before the statement.
+func (m *model) predict(s *slot, st stmt, fence uint64) []string {
 	rows := st.Rows
 	if st.Via == "update" || st.Via == "delete" {
 		return []string{"55000"}
@@ -174,6 +187,9 @@ func (m *model) predict(s *slot, st stmt) []string {
 	}
 	if taken {
 		return []string{"23505"}
+	}
+	if s.fenced(fence) {
+		return []string{"40001"} // readside_read_fence, before every other rule of the trigger
 	}
 	var codes []string
 	if st.Via == "forge" {

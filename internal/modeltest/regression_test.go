@@ -79,6 +79,45 @@ var regressions = []struct {
 		},
 		gate: &enabled.AppendOnly,
 	},
+	{
+		// Issue 20: an unrelated write transaction held open holds
+		// nothing back once the fence has passed it; if it then writes its
+		// first event (savepoint: it stays open), it is refused with 40001
+		// readside_read_fence, and its later events as well: never lost.
+		// Fails if the trigger's fence check is removed.
+		name: "EarlyWriterCrossesTheFence",
+		cfg:  config{BatchSize: 2},
+		steps: []step{
+			{Op: "idle", Slot: 0},
+			{Op: "write", Slot: 2, Stmts: []stmt{{Via: "append", Rows: []row{{Agg: "a0", Version: 1}}}}, End: "commit"},
+			{Op: "fence"},
+			{Op: "run"},
+			{Op: "more", Slot: 0, Stmts: []stmt{{Via: "sql", Savepoint: "release", Rows: []row{{Agg: "a1", Version: 1}}}}},
+			{Op: "more", Slot: 0, Stmts: []stmt{{Via: "append", Rows: []row{{Agg: "a2", Version: 1}}}}},
+			{Op: "write", Slot: 0, Stmts: []stmt{{Via: "append", Rows: []row{{Agg: "a1", Version: 1}}}}, End: "commit"},
+			{Op: "run"},
+		},
+	},
+	{
+		// Issue 20: a transaction that wrote an event holds the window past
+		// the fence; a younger event waits behind it (the run reads up to
+		// the older one only), and a second event of the held transaction
+		// is not refused. Fails if the trigger's registration is removed:
+		// the run reads the younger event too, passing the held
+		// transaction, whose events then commit behind the cursor.
+		name: "RegisteredWriterHoldsPastTheFence",
+		cfg:  config{BatchSize: 1000},
+		steps: []step{
+			{Op: "write", Slot: 2, Stmts: []stmt{{Via: "append", Rows: []row{{Agg: "a2", Version: 1}}}}, End: "commit"},
+			{Op: "write", Slot: 0, Stmts: []stmt{{Via: "append", Rows: []row{{Agg: "a0", Version: 1}}}}, End: "hold"},
+			{Op: "write", Slot: 2, Stmts: []stmt{{Via: "append", Rows: []row{{Agg: "a1", Version: 1}}}}, End: "commit"},
+			{Op: "fence"},
+			{Op: "run"},
+			{Op: "more", Slot: 0, Stmts: []stmt{{Via: "sql", Rows: []row{{Agg: "a0", Version: 2}}}}},
+			{Op: "end", Slot: 0, End: "commit"},
+			{Op: "run"},
+		},
+	},
 }
 
 func TestModelRegressions(t *testing.T) {

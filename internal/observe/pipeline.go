@@ -54,9 +54,13 @@ type pipelineCollector struct {
 	mu      sync.Mutex // held while reading: concurrent scrapes wait for one reading
 	readAt  time.Time
 	reading []prometheus.Metric
+	// The window holder this collector has seen, and since when: its age
+	// when this role cannot see the holder's start (a lower bound).
+	holderXID  uint64
+	holderSeen time.Time
 
 	lagEvents, lagSeconds, stalled, cursorPos, highPos, applied, parked, owned, running, paused, failed *prometheus.Desc
-	headPos, liveWorkers, holderAge, outboxRows, outboxBytes, scrapeErr                                 *prometheus.Desc
+	headPos, liveWorkers, holderAge, holderUnknown, fenceRefusals, outboxRows, outboxBytes, scrapeErr   *prometheus.Desc
 	riverJobs, riverOldest                                                                              *prometheus.Desc
 	operation                                                                                           *prometheus.Desc
 }
@@ -92,7 +96,15 @@ func newPipelineCollector(db checkpoint.DB, log *slog.Logger, ttl time.Duration)
 		failed:      prometheus.NewDesc("readside_projection_segment_failed", "1 when the segment halted on a failing event (policy halt).", seg, nil),
 		headPos:     prometheus.NewDesc("readside_outbox_head_position", "Position of the last committed outbox row.", nil, nil),
 		liveWorkers: prometheus.NewDesc("readside_fleet_live_workers", "Workers whose heartbeat is younger than their lease TTL.", nil, nil),
-		holderAge:   prometheus.NewDesc("readside_read_window_holder_age_seconds", "Age of the oldest transaction with an xid in the cluster, which holds the read window back; 0 when none.", nil, nil),
+		holderAge: prometheus.NewDesc("readside_read_window_holder_age_seconds",
+			"Age of the oldest event-writing transaction of the database, which holds the read window back; 0 when none. "+
+				"When the role cannot see its start (readside_read_window_holder_age_unknown 1), how long this process has seen it: a lower bound.", nil, nil),
+		holderUnknown: prometheus.NewDesc("readside_read_window_holder_age_unknown",
+			"1 when a transaction holds the read window whose start, state and query pg_stat_activity hides from this role "+
+				"(another role's session; grant pg_read_all_stats or pg_monitor); the age shown is then a lower bound.", nil, nil),
+		fenceRefusals: prometheus.NewDesc("readside_read_fence_refusals_total",
+			"Transactions the events trigger refused (SQLSTATE 40001, readside_read_fence) because they wrote their first event "+
+				"after readers had passed their xid; they retry. Counted in the database; reset by a database crash.", nil, nil),
 		outboxRows:  prometheus.NewDesc("readside_outbox_rows", "Rows in the outbox table (exact up to 1000, above that an estimate from the table's size and statistics).", nil, nil),
 		outboxBytes: prometheus.NewDesc("readside_outbox_size_bytes", "Total size of the outbox table with indexes and TOAST.", nil, nil),
 		scrapeErr:   prometheus.NewDesc("readside_pipeline_scrape_error", "1 when the last scrape of pipeline state failed.", nil, nil),
@@ -108,7 +120,7 @@ func newPipelineCollector(db checkpoint.DB, log *slog.Logger, ttl time.Duration)
 
 func (c *pipelineCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.lagEvents, c.lagSeconds, c.stalled, c.cursorPos, c.highPos, c.applied, c.parked,
-		c.owned, c.running, c.paused, c.failed, c.headPos, c.liveWorkers, c.holderAge, c.outboxRows, c.outboxBytes, c.scrapeErr,
+		c.owned, c.running, c.paused, c.failed, c.headPos, c.liveWorkers, c.holderAge, c.holderUnknown, c.fenceRefusals, c.outboxRows, c.outboxBytes, c.scrapeErr,
 		c.riverJobs, c.riverOldest, c.operation} {
 		ch <- d
 	}
@@ -204,16 +216,44 @@ func (c *pipelineCollector) collect(ctx context.Context, ch chan<- prometheus.Me
 	ch <- prometheus.MustNewConstMetric(c.liveWorkers, g, float64(live))
 	ch <- prometheus.MustNewConstMetric(c.outboxRows, g, rows)
 	ch <- prometheus.MustNewConstMetric(c.outboxBytes, g, bytes)
+	if err := c.collectHolder(ctx, ch); err != nil {
+		return err
+	}
+	return c.collectRiver(ctx, ch)
+}
+
+// collectHolder reports the read window's holder: the oldest
+// event-writing transaction (any role may list them), its age (what
+// pg_stat_activity shows this role, or, hidden, how long this collector
+// has seen it), and the writers the fence refused.
+func (c *pipelineCollector) collectHolder(ctx context.Context, ch chan<- prometheus.Metric) error {
 	holder, err := outbox.WindowHolder(ctx, c.db)
 	if err != nil {
 		return err
 	}
-	age := 0.0
-	if holder != nil {
+	now := time.Now()
+	age, unknown := 0.0, 0.0
+	switch {
+	case holder == nil:
+		c.holderXID = 0
+	case c.holderXID != holder.TxID:
+		c.holderXID, c.holderSeen = holder.TxID, now
+		fallthrough
+	default:
 		age = holder.Age.Seconds()
+		if holder.AgeUnknown {
+			age, unknown = now.Sub(c.holderSeen).Seconds(), 1
+		}
 	}
+	var refused float64
+	if err := c.db.QueryRow(ctx, `SELECT coalesce(pg_sequence_last_value('readside.read_fence_refusals'), 0)::float8`).Scan(&refused); err != nil {
+		return fmt.Errorf("read fence refusals: %w", err)
+	}
+	g := prometheus.GaugeValue
 	ch <- prometheus.MustNewConstMetric(c.holderAge, g, age)
-	return c.collectRiver(ctx, ch)
+	ch <- prometheus.MustNewConstMetric(c.holderUnknown, g, unknown)
+	ch <- prometheus.MustNewConstMetric(c.fenceRefusals, prometheus.CounterValue, refused)
+	return nil
 }
 
 // outboxCountCap is up to where readside_outbox_rows is an exact count.
