@@ -3,6 +3,7 @@ package readside_test
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivermigrate"
 	"github.com/stretchr/testify/require"
@@ -19,6 +21,7 @@ import (
 	"github.com/readside/readside"
 	"github.com/readside/readside/checkpoint"
 	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/internal/promtest"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
 	"github.com/readside/readside/projectors/ordersummary"
@@ -168,7 +171,8 @@ func TestClientInAnotherSchema(t *testing.T) {
 	pool := pgtest.Pool(t, pgtest.NewEmptyDatabaseURL(t))
 	const schema = "rs_custom"
 	projs := []projectors.Projection{counter{}, ordersummary.New()}
-	c := newClient(t, readside.Config{Pool: pool, Schema: schema, Projections: projs})
+	reg := prometheus.NewPedanticRegistry()
+	c := newClient(t, readside.Config{Pool: pool, Schema: schema, Projections: projs, Registerer: reg})
 	_, err := c.Migrate(ctx)
 	require.NoError(t, err)
 	require.NotContains(t, objects(t, pool), "readside")
@@ -199,6 +203,26 @@ func TestClientInAnotherSchema(t *testing.T) {
 		require.Equal(t, checkpoint.Running, s.Status)
 		require.Zero(t, s.LagEvents)
 	}
+
+	// The read fence in this schema: an event writer held open is the
+	// window's holder in the status and the metrics.
+	held, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = held.Rollback(ctx) }()
+	heldTx, err := readside.InSchema(held, schema)
+	require.NoError(t, err)
+	heldRes, err := outbox.Append(ctx, heldTx, outbox.Aggregate{Type: "Thing", ID: "held"}, 0, []outbox.NewEvent{{Type: "Touched", Data: []byte(`{}`)}})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		rep, err := c.Status(ctx)
+		require.NoError(t, err)
+		return rep.WindowHolder != nil && rep.WindowHolder.TxID == heldRes.TxID
+	}, 20*time.Second, 50*time.Millisecond, "the held writer is named")
+	m := promtest.Scrape(t, reg)
+	require.Zero(t, m["readside_pipeline_scrape_error"])
+	require.Positive(t, m["readside_read_window_holder_age_seconds"])
+	require.Contains(t, m, "readside_read_fence_refusals_total")
+	require.NoError(t, held.Commit(ctx))
 
 	job, err = c.Rebuild(ctx, "order_summary")
 	require.NoError(t, err)
@@ -345,4 +369,43 @@ func TestClientLifecycle(t *testing.T) {
 	require.ErrorContains(t, err, "lower-case")
 	_, err = readside.NewClient(readside.Config{Pool: pool, Projections: append(shipped.All(), ordersummary.New())})
 	require.ErrorContains(t, err, "given twice")
+}
+
+// Status for a role that cannot see other roles' sessions (no
+// pg_read_all_stats): an event writer of another role holding the window
+// is reported, its age unknown rather than 0 (and not left out for being
+// "younger than a second"), while the log lags.
+func TestClientStatusWindowHolderOfAnotherRole(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := pgtest.NewDatabaseURL(t)
+	pool := pgtest.Pool(t, dbURL)
+	var role string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT 'ops_' || substr(md5(random()::text), 1, 12)`).Scan(&role))
+	_, err := pool.Exec(ctx, `CREATE ROLE `+role+` LOGIN; GRANT USAGE ON SCHEMA readside TO `+role+`;
+		GRANT SELECT ON ALL TABLES IN SCHEMA readside TO `+role)
+	require.NoError(t, err)
+	t.Cleanup(func() { _, _ = pool.Exec(context.Background(), `DROP OWNED BY `+role+`; DROP ROLE IF EXISTS `+role) })
+	u, err := url.Parse(dbURL)
+	require.NoError(t, err)
+	u.User = url.User(role)
+	c := newClient(t, readside.Config{Pool: pgtest.Pool(t, u.String()), Projections: []projectors.Projection{counter{}}})
+
+	appendOrders(t, pool, "readside", 1)
+	held, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = held.Rollback(ctx) }()
+	res, err := outbox.Append(ctx, held, outbox.Aggregate{Type: "Thing", ID: "held"}, 0, []outbox.NewEvent{{Type: "Touched", Data: []byte(`{}`)}})
+	require.NoError(t, err)
+
+	var rep *readside.Report
+	require.Eventually(t, func() bool {
+		rep, err = c.Status(ctx)
+		require.NoError(t, err)
+		return rep.NeverRunLag.Seconds > 1
+	}, 20*time.Second, 50*time.Millisecond, "the never-run projection lags")
+	require.NotNil(t, rep.WindowHolder)
+	require.Equal(t, res.TxID, rep.WindowHolder.TxID)
+	require.True(t, rep.WindowHolder.AgeUnknown)
+	require.Zero(t, rep.WindowHolder.Age)
 }

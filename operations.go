@@ -262,8 +262,11 @@ type Report struct {
 	// worker has registered: their lag is the whole outbox, NeverRunLag.
 	NeverRun    []string
 	NeverRunLag Lag
-	// WindowHolder is the oldest transaction holding the read window
-	// back, nil when none is older than a second.
+	// WindowHolder is the oldest event-writing transaction holding the
+	// read window back, nil when none is older than a second. When this
+	// role cannot see its age (Holder.AgeUnknown: another role's session,
+	// and this role lacks pg_read_all_stats), it is reported while a
+	// segment lags by more than a second.
 	WindowHolder *outbox.Holder
 	// Unsubscribed are the aggregate types in the log that none of the
 	// client's projections takes.
@@ -292,12 +295,6 @@ func (c *Client) Status(ctx context.Context, names ...string) (*Report, error) {
 		return nil, err
 	}
 	r := &Report{Segments: segs}
-	if r.WindowHolder, err = outbox.WindowHolder(ctx, c.db); err != nil {
-		return nil, err
-	}
-	if r.WindowHolder != nil && r.WindowHolder.Age <= time.Second {
-		r.WindowHolder = nil
-	}
 	if r.Unsubscribed, err = observe.UnsubscribedEvents(ctx, c.db, c.cfg.Projections...); err != nil {
 		return nil, err
 	}
@@ -321,7 +318,25 @@ func (c *Client) Status(ctx context.Context, names ...string) (*Report, error) {
 			return nil, fmt.Errorf("status: %w", err)
 		}
 	}
+	if r.WindowHolder, err = outbox.WindowHolder(ctx, c.db); err != nil {
+		return nil, err
+	}
+	if h := r.WindowHolder; h != nil && !(h.Age > time.Second || h.AgeUnknown && r.lagging()) {
+		r.WindowHolder = nil
+	}
 	return r, nil
+}
+
+// lagging reports whether a segment, or a projection never run, is more
+// than a second behind: a holder whose age this role cannot see is
+// reported only then.
+func (r *Report) lagging() bool {
+	for _, s := range r.Segments {
+		if s.LagSeconds > 1 {
+			return true
+		}
+	}
+	return len(r.NeverRun) > 0 && r.NeverRunLag.Seconds > 1
 }
 
 func contains(list []string, s string) bool {

@@ -95,6 +95,19 @@ func TestStatusEscapesAndCapsItsText(t *testing.T) {
 	require.Less(t, strings.Count(holder, "secret-payload"), 6, "80 bytes of the query at most:\n%s", holder)
 }
 
+// A holder whose age this role cannot see (another role's session, no
+// pg_read_all_stats) is named with the grant that would show it, not
+// shown as 0 s old.
+func TestStatusNamesTheMissingGrant(t *testing.T) {
+	t.Parallel()
+	var b bytes.Buffer
+	printStatus(&b, statusJSON{WindowHolder: &outbox.Holder{PID: 42, Database: "app", TxID: 7, AgeUnknown: true}})
+	out := b.String()
+	require.Contains(t, out, "read window held back by transaction 7 (pid 42, database app; age, state and query unknown")
+	require.Contains(t, out, "grant this role pg_read_all_stats or pg_monitor")
+	require.NotContains(t, out, "0s old")
+}
+
 // repair prints the aggregates it repaired escaped.
 func TestRepairOutputEscapes(t *testing.T) {
 	t.Parallel()

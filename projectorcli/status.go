@@ -54,9 +54,10 @@ func (a *app) statusCommand() *cobra.Command {
 		Long: `Show every segment of every projection registered in the database (or of the
 NAMEs given): status, cursor, lag in events and seconds, lease owner, events
 applied, parked dead letters, last error; projections this binary carries that
-no worker has run (never_run); and the oldest transaction holding the read
-window back. Everything is read from the database, so a dead fleet shows
-growing lag.`,
+no worker has run (never_run); and the oldest event-writing transaction holding
+the read window back (its age, state and query need pg_read_all_stats when it
+belongs to another role). Everything is read from the database, so a dead fleet
+shows growing lag.`,
 		Args:              cobra.ArbitraryArgs,
 		ValidArgsFunction: a.completeNames,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -124,7 +125,12 @@ func printStatus(w io.Writer, st statusJSON) {
 			(time.Duration(s.LagSeconds * float64(time.Second))).Round(time.Millisecond), owner, s.EventsApplied, s.Parked, cell(s.LastError, 200))
 	}
 	tw.Flush()
-	if h := st.WindowHolder; h != nil {
+	switch h := st.WindowHolder; {
+	case h == nil:
+	case h.AgeUnknown:
+		fmt.Fprintf(w, "\nread window held back by transaction %d (pid %d, database %s; age, state and query unknown: "+
+			"another role's session, hidden from this role: grant this role pg_read_all_stats or pg_monitor)\n", h.TxID, h.PID, cell(h.Database, 80))
+	default:
 		fmt.Fprintf(w, "\nread window held back by transaction %d (pid %d, database %s, %s old, %s): %s\n",
 			h.TxID, h.PID, cell(h.Database, 80), h.Age.Round(time.Second), cell(h.State, 40), cell(h.Query, windowQueryBytes))
 	}
