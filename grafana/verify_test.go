@@ -36,6 +36,7 @@ import (
 	"github.com/readside/readside/internal/observe"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/internal/syncbuf"
+	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
 )
 
@@ -76,8 +77,10 @@ func TestObservabilityAgainstPrometheus(t *testing.T) {
 	projAddr, writerAddr, obsAddr, promAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	// The observer serves the same pipeline collector as `projector run`
 	// but applies nothing: the stand-in for a metrics-only mode, so that
-	// lag stays visible once every worker is dead.
-	serveObserver(t, pool, obsAddr)
+	// lag stays visible once every worker is dead. It runs as an ordinary
+	// role without pg_read_all_stats, which cannot see other roles'
+	// sessions (the projector runs as a superuser, which can).
+	serveObserver(t, observerPool(t, pool, dbURL), obsAddr)
 	projector := start(t, "projector", filepath.Join(bin, "projector"), "run", "--database-url", dbURL,
 		"--metrics-addr", projAddr, "--worker-id", "worker-a", "--lease-ttl", "3s", "--poll-interval", "500ms")
 	start(t, "writer-serve", filepath.Join(bin, "writer"), "serve", "--database-url", dbURL, "--addr", writerAddr)
@@ -193,6 +196,33 @@ scrape_configs:
 		t.Logf("alert ok: %-28s %s", name, r.query)
 	}
 	waitFiring(t, prom, "ReadsideDeadLettersPresent", 20*time.Second)
+
+	// An event writer held open holds the read window: the projector sees
+	// its age, the observer does not (another role's session) and exports
+	// how long it has seen it, readside_read_window_holder_age_unknown 1.
+	// The held-back alert fires on both, labelled accordingly.
+	held, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = outbox.Append(ctx, held, outbox.Aggregate{Type: "Thing", ID: "held"}, 0,
+		[]outbox.NewEvent{{Type: "Touched", Data: []byte(`{}`)}})
+	require.NoError(t, err)
+	waitFiringWith(t, prom, "ReadsideReadWindowHeldBack", map[string]string{"age": "at_least"}, 30*time.Second)
+	waitFiringWith(t, prom, "ReadsideReadWindowHeldBack", map[string]string{"age": "known"}, 30*time.Second)
+	require.Equal(t, 1.0, prom.scalar(t, `max(readside_read_window_holder_age_unknown{job="observer"})`))
+	require.NoError(t, held.Commit(ctx))
+	// The fleet catches up: nothing the kill below should cause holds.
+	eventually(t, 30*time.Second, "the fleet caught up after the held writer", func() error {
+		for _, name := range []string{"ReadsideReadWindowHeldBack", "ReadsideSegmentStalled", "ReadsideSegmentWithoutOwner", "ReadsideProjectionLagHigh"} {
+			res, err := prom.query(ctx, rules[name].tuned)
+			if err != nil {
+				return err
+			}
+			if len(res) > 0 {
+				return fmt.Errorf("%s (tuned) still holds: %v", name, res)
+			}
+		}
+		return nil
+	})
 	for _, e := range []string{`sum(readside_projector_events_applied_total)`, `sum(readside_writer_appends_total)`,
 		`sum(readside_writer_conflicts_total)`, `sum(readside_projector_retries_total)`, `sum(readside_projector_dead_letters_parked_total)`,
 		`sum(readside_projector_fenced_commits_total)`, `sum(readside_projector_lease_losses_total)`} {
@@ -303,6 +333,24 @@ func freeAddr(t *testing.T) string {
 	addr := ln.Addr().String()
 	require.NoError(t, ln.Close())
 	return addr
+}
+
+// observerPool returns a pool on dbURL as a new role that may read
+// readside's tables and the read fence's refusals, nothing more: no
+// pg_read_all_stats.
+func observerPool(t *testing.T, admin *pgxpool.Pool, dbURL string) *pgxpool.Pool {
+	t.Helper()
+	ctx := context.Background()
+	var role string
+	require.NoError(t, admin.QueryRow(ctx, `SELECT 'observer_' || substr(md5(random()::text), 1, 12)`).Scan(&role))
+	_, err := admin.Exec(ctx, `CREATE ROLE `+role+` LOGIN; GRANT USAGE ON SCHEMA readside TO `+role+`;
+		GRANT SELECT ON ALL TABLES IN SCHEMA readside TO `+role+`; GRANT SELECT ON readside.read_fence_refusals TO `+role)
+	require.NoError(t, err)
+	t.Cleanup(func() { _, _ = admin.Exec(context.Background(), `DROP OWNED BY `+role+`; DROP ROLE IF EXISTS `+role) })
+	u, err := url.Parse(dbURL)
+	require.NoError(t, err)
+	u.User = url.User(role)
+	return pgtest.Pool(t, u.String())
 }
 
 func serveObserver(t *testing.T, pool *pgxpool.Pool, addr string) {
@@ -590,6 +638,13 @@ func writeTunedRules(t *testing.T, dir string, rules map[string]rule) {
 
 func waitFiring(t *testing.T, p *promAPI, name string, timeout time.Duration) {
 	t.Helper()
+	waitFiringWith(t, p, name, nil, timeout)
+}
+
+// waitFiringWith waits until the tuned copy of alert name fires with
+// labels among its own.
+func waitFiringWith(t *testing.T, p *promAPI, name string, labels map[string]string, timeout time.Duration) {
+	t.Helper()
 	start := time.Now()
 	eventually(t, timeout, name+" (tuned) firing", func() error {
 		var data struct {
@@ -603,7 +658,11 @@ func waitFiring(t *testing.T, p *promAPI, name string, timeout time.Duration) {
 			return err
 		}
 		for _, a := range data.Alerts {
-			if a.Labels["alertname"] == name && a.Labels["verify"] == "tuned" && a.State == "firing" {
+			match := a.Labels["alertname"] == name && a.Labels["verify"] == "tuned" && a.State == "firing"
+			for k, v := range labels {
+				match = match && a.Labels[k] == v
+			}
+			if match {
 				t.Logf("firing after %s: %s %v value %s", time.Since(start).Round(100*time.Millisecond), name, a.Labels, a.Value)
 				return nil
 			}
