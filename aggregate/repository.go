@@ -169,12 +169,16 @@ type Loaded[S any, P StatePtr[S]] struct {
 
 // loadSQL reads the latest snapshot and the events after it in one
 // statement, so both come from the same database snapshot even outside a
-// repeatable-read transaction.
+// repeatable-read transaction. A snapshot at a version the log does not
+// hold is passed over (migration 013 refuses writing one; one written
+// before, or by the owner, must not stop the aggregate).
 const loadSQL = `
 WITH s AS (
-    SELECT version, state FROM readside.snapshots
-     WHERE aggregate_type = $1 AND aggregate_id = $2 AND $3
-     ORDER BY version DESC LIMIT 1)
+    SELECT s.version, s.state FROM readside.snapshots s
+     WHERE s.aggregate_type = $1 AND s.aggregate_id = $2 AND $3
+       AND EXISTS (SELECT 1 FROM readside.events e
+                    WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.version = s.version)
+     ORDER BY s.version DESC LIMIT 1)
 SELECT true, version, '', 0, state FROM s
 UNION ALL
 SELECT false, e.version, e.event_type, e.schema_version, e.event_data
