@@ -15,6 +15,7 @@ import (
 
 	"github.com/readside/readside/domain"
 	"github.com/readside/readside/internal/control"
+	"github.com/readside/readside/internal/deadletter"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
@@ -285,6 +286,76 @@ func TestSideEffectsExactlyOnceAcrossReset(t *testing.T) {
 	})
 	require.Equal(t, 25, jobs())
 	require.Zero(t, dupes())
+}
+
+// Side effects fire once also across a repair and a dead-letter retry of
+// events re-parked by a replay (issue 23 item 1): an order's shipped event
+// notified, a later null event parked, the checkpoint moved back before
+// the shipped one (which is parked again, blocked behind the null one),
+// the null one discarded; repairing the order, or retrying its dead
+// letters, applies the shipped event again: no second notification.
+func TestSideEffectsExactlyOnceAcrossRepairAndRetry(t *testing.T) {
+	t.Parallel()
+	for _, how := range []string{"repair", "retry"} {
+		t.Run(how, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			pool := pgtest.NewDB(t)
+			p := notifications.New()
+			agg := outbox.Aggregate{Type: domain.OrderAggregate, ID: "o-1"}
+			write := func(version int, typ, data string) *outbox.AppendResult {
+				var res *outbox.AppendResult
+				require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+					r, err := outbox.Append(ctx, tx, agg, version-1, []outbox.NewEvent{{Type: typ, Data: json.RawMessage(data)}})
+					res = r
+					return err
+				}))
+				return res
+			}
+			shipped, _ := json.Marshal(domain.OrderShipped{OrderID: "o-1", ShippedAt: time.Now(), TrackingNumber: "T1"})
+			write(1, domain.OrderPlacedType, `{"order_id": "o-1"}`)
+			write(2, domain.OrderConfirmedType, `{"order_id": "o-1"}`)
+			v3 := write(3, domain.OrderShippedType, string(shipped))
+			jobs := func() int {
+				return count(t, pool, `SELECT count(*) FROM readside.river_job WHERE kind = 'order_shipped_notification' AND (args->>'event_id')::bigint = $1`, v3.Positions[0])
+			}
+			startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{p}, PollInterval: 20 * time.Millisecond})
+			eventually(t, 20*time.Second, "v3 notified", func() bool { return jobs() == 1 })
+			// Through the SQL contract: Append refuses a payload that is not
+			// an object.
+			v4 := &outbox.AppendResult{Positions: []int64{0}}
+			require.NoError(t, pool.QueryRow(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
+				VALUES ($1, $2, $3, 'null', 4) RETURNING id`, agg.Type, agg.ID, domain.OrderShippedType).Scan(&v4.Positions[0]))
+			parked := func(id int64, reason string) func() bool {
+				return func() bool {
+					return count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE projection = $1 AND event_id = $2
+						AND status = 'parked' AND reason = $3`, notifications.Name, id, reason) == 1
+				}
+			}
+			eventually(t, 20*time.Second, "v4 parked", parked(v4.Positions[0], "failed"))
+
+			to := outbox.Cursor{TxID: v3.TxID, Position: v3.Positions[0] - 1}
+			require.NoError(t, control.MoveCheckpoints(ctx, pool, p, "cursor:"+to.String()))
+			eventually(t, 20*time.Second, "v3 parked again, blocked", parked(v3.Positions[0], "blocked"))
+			var dl int64
+			require.NoError(t, pool.QueryRow(ctx, `SELECT id FROM readside.dead_letters WHERE projection = $1 AND event_id = $2`,
+				notifications.Name, v4.Positions[0]).Scan(&dl))
+			_, err := deadletter.Discard(ctx, pool, notifications.Name, []int64{dl})
+			require.NoError(t, err)
+
+			if how == "repair" {
+				res, err := control.Repair(ctx, pool, p, control.RepairOptions{AggregateIDs: []string{"o-1"}})
+				require.NoError(t, err)
+				require.Equal(t, 1, res[0].Unparked)
+			} else {
+				res, err := control.RetryDeadLetters(ctx, pool, p, nil)
+				require.NoError(t, err)
+				require.Equal(t, 1, res.Applied)
+			}
+			require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE status = 'parked'`))
+			require.Equal(t, 1, jobs(), "one notification for the shipped order")
+		})
+	}
 }
 
 // Dead-letter retry preserves per-aggregate order: the parked poison event

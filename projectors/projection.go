@@ -96,11 +96,17 @@ const (
 type Batch struct {
 	Events  []outbox.Event
 	Segment int
-	// Replay is true when every event in the batch was already applied by
-	// this projection before a reset moved its checkpoint back, or, in a
-	// rebuild's copy, by the live projection. Side effects outside the read
-	// model (emails, webhooks, River jobs) must not fire again for them.
+	// Replay is true when every event in the batch was, as far as the
+	// runner can tell from its cursors, already applied by this projection
+	// before a reset moved its checkpoint back, or, in a rebuild's copy,
+	// by the live projection. It is a hint for work that may be skipped;
+	// it does not say whether an event's side effects fired (an event
+	// parked the first time round is applied for the first time in a
+	// replay): ask SideEffectsDue before firing side effects outside the
+	// read model (emails, webhooks, River jobs).
 	Replay bool
+
+	ledger ledger // where SideEffectsDue records; zero in a Batch built by hand
 }
 
 var nameRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)

@@ -652,18 +652,22 @@ func parkedSegments(ctx context.Context, db checkpoint.DB, claimed []checkpoint.
 }
 
 // applyEvents calls the projection with events in order, split at the
-// segment's high-water mark: events at or below it were applied once
-// before a reset moved the cursor back, and go in a Batch flagged Replay so
-// that their side effects do not fire again; the rest go in a second call.
+// segment's high-water mark: events at or below it were passed once before
+// a reset moved the cursor back, and go in a Batch flagged Replay; the rest
+// go in a second call. Whether side effects fire is the ledger's answer
+// (Batch.SideEffectsDue), not the flag's.
 func (w *Worker) applyEvents(ctx context.Context, tx pgx.Tx, s *segment, events []outbox.Event) error {
+	// The live projection's ledger, also for a rebuild's copy.
+	l := ledgerOf(tx, s.proj)
 	tx, err := dbschema.Projection(ctx, tx, s.schema)
 	if err != nil {
 		return err
 	}
 	if s.schema != "" && len(events) > 0 {
 		// A rebuild's copy applies only what the live projection has
-		// applied, side effects included (fetchBehindLive): a replay.
-		return s.proj.Apply(ctx, tx, &Batch{Events: events, Segment: s.lease.Segment, Replay: true})
+		// passed (fetchBehindLive): a replay, whose side effects the
+		// ledger says fired unless the live projection parked the event.
+		return s.proj.Apply(ctx, tx, &Batch{Events: events, Segment: s.lease.Segment, Replay: true, ledger: l})
 	}
 	split := len(events)
 	for i, e := range events {
@@ -673,12 +677,12 @@ func (w *Worker) applyEvents(ctx context.Context, tx pgx.Tx, s *segment, events 
 		}
 	}
 	if split > 0 {
-		if err := s.proj.Apply(ctx, tx, &Batch{Events: events[:split], Segment: s.lease.Segment, Replay: true}); err != nil {
+		if err := s.proj.Apply(ctx, tx, &Batch{Events: events[:split], Segment: s.lease.Segment, Replay: true, ledger: l}); err != nil {
 			return err
 		}
 	}
 	if split < len(events) {
-		return s.proj.Apply(ctx, tx, &Batch{Events: events[split:], Segment: s.lease.Segment})
+		return s.proj.Apply(ctx, tx, &Batch{Events: events[split:], Segment: s.lease.Segment, ledger: l})
 	}
 	return nil
 }

@@ -9,12 +9,11 @@ import (
 
 // fetchBehindLive reads the next batch of a rebuild's copy (segment of the
 // live projection live), no further than the live projection's checkpoint:
-// everything the copy applies, the live projection has applied already and
-// fired its side effects for, so the copy applies it all as a replay. A copy
-// allowed past the live projection would fire an event's side effects
-// first, and the live projection (which cannot know) again; one allowed to
-// fire above the mark it inherited would fire again what the live projection
-// applied after the rebuild started. Reading the live checkpoint before the
+// everything the copy applies, the live projection has passed already
+// (applied, side effects included, or parked), so the copy applies it all
+// as a replay; the side-effect ledger, which the copy shares under the live
+// name, says which side effects are still due (those of events the live
+// projection parked). Reading the live checkpoint before the
 // fetch makes the bound a cursor the fetch's window has passed, so the rows
 // up to it are all in the batch. The switch stops the live projection and
 // waits for the copy to reach it.

@@ -9,7 +9,6 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/readside/readside/internal/checkpoint"
-	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/internal/deadletter"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
@@ -140,11 +139,7 @@ func applyInSavepoint(ctx context.Context, tx pgx.Tx, p projectors.Projection, b
 	if err != nil {
 		return nil, err
 	}
-	psp, err := dbschema.Projection(ctx, sp, "")
-	if err != nil {
-		return nil, err
-	}
-	if applyErr = p.Apply(ctx, psp, b); applyErr != nil {
+	if applyErr = projectors.ApplyTx(ctx, sp, p, b); applyErr != nil {
 		return applyErr, sp.Rollback(ctx)
 	}
 	return nil, sp.Commit(ctx)

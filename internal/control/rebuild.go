@@ -22,8 +22,10 @@ import (
 // are swapped in one transaction and the old ones dropped. Readers never see
 // an empty or half-built model. The copy never reads past the live
 // projection's checkpoints and applies everything as a replay
-// (projectors.Batch.Replay): side effects fire once, from the live projection, for
-// history and for the events it applies while the rebuild runs alike.
+// (projectors.Batch.Replay), consulting the live projection's side-effect
+// ledger: side effects fire once, for history and for the events the live
+// projection applies while the rebuild runs alike; the copy fires only
+// those of events the live projection parked and never applied.
 type RebuildArgs struct {
 	Projection string `json:"projection" river:"unique"`
 }

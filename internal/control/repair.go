@@ -57,9 +57,10 @@ type RepairedAggregate struct {
 // reset), refuses while a rebuild runs, calls p.Forget, and re-applies each
 // aggregate's events up to its segment's checkpoint, in version order, read
 // from the events table (the outbox may be pruned). Events applied before go
-// in batches flagged Replay, so side effects do not fire again; parked
-// events of the aggregate (dead letters) are applied as new and their dead
-// letters marked retried; discarded ones stay unapplied. An apply error
+// in batches flagged Replay; parked events of the aggregate (dead letters)
+// in batches not flagged, and their dead letters are marked retried. Side
+// effects fire for an event whose first application this is, whatever the
+// flag (the side-effect ledger, projectors.Batch.SideEffectsDue); discarded ones stay unapplied. An apply error
 // rolls the whole repair back. Events after the checkpoint are the fleet's:
 // it applies them as usual once the repair commits. It works while the
 // fleet runs.
@@ -256,11 +257,7 @@ func reapply(ctx context.Context, tx pgx.Tx, p projectors.Projection, typ string
 				unparked = append(unparked, e.ev.ID())
 			}
 		}
-		ptx, err := dbschema.Projection(ctx, tx, "")
-		if err != nil {
-			return nil, err
-		}
-		if err := p.Apply(ctx, ptx, batch); err != nil {
+		if err := projectors.ApplyTx(ctx, tx, p, batch); err != nil {
 			return nil, err
 		}
 	}

@@ -77,7 +77,7 @@ func newHarness(t tb, pool *pgxpool.Pool, cfg config) *harness {
 	// events. The test's own cleanup bypasses user triggers (replica role).
 	// DELETE: TRUNCATE costs far more on tables this small.
 	tables := []string{"readside.events", "readside.outbox", "readside.outbox_horizon", "readside.dead_letters", "readside.checkpoints",
-		"readside.projections", "readside.workers", "mt_effects", "mt_cured", "readside.river_job"}
+		"readside.projections", "readside.workers", "readside.side_effects", "mt_effects", "mt_cured", "readside.river_job"}
 	for _, p := range h.probes {
 		tables = append(tables, p.state(), p.count())
 	}

@@ -70,14 +70,6 @@ type holes struct {
 	// was tried again and parked its aggregate's later events behind it:
 	// regression DiscardedThenResetToCursor); on since 682e131.
 	ReplayOverDeadLetters bool
-	// FirstApplyInReplayFires (found by this test, not in issue 10): an
-	// event that was parked, never applied, and is applied for the first
-	// time while the projection replays (a reset to the start after the
-	// aggregate was cured) comes in a Batch flagged Replay, so its side
-	// effect never fires. Off, the model expects what the runtime does
-	// (no effect for an event the checkpoint had passed before); on, it
-	// expects every applied event's effect exactly once.
-	FirstApplyInReplayFires bool
 	// ResetPastWindow: resets to a cursor or a time while a transaction
 	// holds the read window back, to targets beyond it, and beyond the head
 	// of the log (issue 10 item 4). The model expects the target clamped to

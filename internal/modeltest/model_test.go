@@ -67,7 +67,6 @@ type projModel struct {
 	name      string
 	shadow    *projModel     // a rebuild in progress
 	processed map[int64]bool // events its checkpoint has passed
-	passed    map[int64]bool // events its checkpoint has ever passed (a reset does not forget)
 	state     map[string]*aggState
 	count     int64
 	effects   map[int64]int // side effects fired per event id: once each, ever
@@ -75,7 +74,7 @@ type projModel struct {
 }
 
 func newProjModel(name string) *projModel {
-	return &projModel{name: name, processed: map[int64]bool{}, passed: map[int64]bool{}, state: map[string]*aggState{},
+	return &projModel{name: name, processed: map[int64]bool{}, state: map[string]*aggState{},
 		effects: map[int64]int{}, dl: map[int64]*deadLetter{}}
 }
 
@@ -220,11 +219,7 @@ func (m *model) predict(s *slot, st stmt, fence uint64) []string {
 
 // process is a runner passing event e (in version order per aggregate).
 func (m *model) process(p *projModel, e *event) {
-	replay := p.passed == nil || p.passed[e.id] // a rebuild's copy (passed nil) only replays
 	p.processed[e.id] = true
-	if p.passed != nil {
-		p.passed[e.id] = true
-	}
 	if d := p.dl[e.id]; d != nil && (d.status == "parked" || d.status == "discarded") {
 		return // already parked, or given up by an operator
 	}
@@ -236,7 +231,7 @@ func (m *model) process(p *projModel, e *event) {
 		p.dl[e.id] = &deadLetter{status: "parked", reason: "failed"}
 		return
 	}
-	p.apply(e, replay && !enabled.FirstApplyInReplayFires)
+	p.apply(e)
 }
 
 func (p *projModel) aggParked(m *model, agg string) bool {
@@ -248,8 +243,11 @@ func (p *projModel) aggParked(m *model, agg string) bool {
 	return false
 }
 
-// apply applies e; replay suppresses its side effect.
-func (p *projModel) apply(e *event, replay bool) {
+// apply applies e. Its side effect fires the first time the event is
+// applied, whichever path applies it (a replay after a reset, a rebuild's
+// copy, a retry): p.effects is shared with a rebuild's copy and survives
+// resets.
+func (p *projModel) apply(e *event) {
 	s := p.state[e.agg]
 	if s == nil {
 		s = &aggState{}
@@ -265,9 +263,7 @@ func (p *projModel) apply(e *event, replay bool) {
 		s.last = e.version
 	}
 	p.count++
-	if !replay {
-		p.effects[e.id] = 1
-	}
+	p.effects[e.id] = 1
 }
 
 // run is a projector run until caught up with the read window.
@@ -289,11 +285,11 @@ func (m *model) run() {
 }
 
 // rebuild starts building a copy of p from the start. Its side effects are
-// p's: the copy only replays what p fired.
+// p's (one ledger, under the live name): the copy fires only those of
+// events p never applied (parked there, cured since).
 func (p *projModel) rebuild(name string) {
 	p.shadow = newProjModel(name)
 	p.shadow.effects = p.effects
-	p.shadow.passed = nil
 }
 
 // switchIn replaces p's state with its copy's.
@@ -321,7 +317,7 @@ func (m *model) retry(p *projModel) int {
 				p.dl[e.id].reason = "failed"
 				break
 			}
-			p.apply(e, false)
+			p.apply(e)
 			p.dl[e.id].status = "retried"
 			n++
 		}

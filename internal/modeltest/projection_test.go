@@ -25,8 +25,9 @@ type payload struct {
 // the sequence of versions it was applied in (a version guard makes replays
 // no-ops; a version that skips its predecessor is recorded as "!v"), a
 // counter of every event applied (replays included: it counts twice if the
-// runtime applies twice), and a side-effect row per event applied outside a
-// replay. Each projection has tables of its own, so that a rebuild swaps
+// runtime applies twice), and a side-effect row per event the side-effect
+// ledger says is due (the first application of the event, whichever path
+// applies it). Each projection has tables of its own, so that a rebuild swaps
 // only them.
 type probe struct {
 	name     string
@@ -113,10 +114,17 @@ ON CONFLICT (aggregate_id) DO UPDATE SET
 		if _, err := tx.Exec(ctx, fmt.Sprintf(`INSERT INTO %s AS c (n) VALUES (1) ON CONFLICT (one) DO UPDATE SET n = c.n + 1`, p.count())); err != nil {
 			return err
 		}
-		if !b.Replay {
-			if _, err := tx.Exec(ctx, `INSERT INTO mt_effects (projection, event_id) VALUES ($1, $2)`, p.name, e.ID()); err != nil {
-				return err
-			}
+	}
+	// The side effects, after the read model's rows (an event that fails
+	// has rolled back nothing of the ledger): once per event, the first
+	// time it is applied, whichever path applies it.
+	due, err := b.SideEffectsDue(ctx, tx, nil)
+	if err != nil {
+		return err
+	}
+	for _, e := range due {
+		if _, err := tx.Exec(ctx, `INSERT INTO mt_effects (projection, event_id) VALUES ($1, $2)`, p.name, e.ID()); err != nil {
+			return err
 		}
 	}
 	return nil

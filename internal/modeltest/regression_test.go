@@ -18,10 +18,10 @@ var regressions = []struct {
 	gate *bool
 }{
 	{
-		// FirstApplyInReplayFires: a poison event is parked, its aggregate
-		// cured, the projection reset to the start: the event is applied
-		// for the first time, flagged Replay, and its side effect never
-		// fires.
+		// Issue 23 item 2 (found by this test): a poison event is parked,
+		// its aggregate cured, the projection reset to the start: the event
+		// is applied for the first time, flagged Replay; its side effect
+		// fires (the ledger says it never did).
 		name: "ParkedThenResetToStart",
 		cfg:  config{BatchSize: 2},
 		steps: []step{
@@ -30,6 +30,35 @@ var regressions = []struct {
 			{Op: "cure", Agg: "a1"},
 			{Op: "reset", Proj: "mt_one", To: "start", Pick: -1},
 			{Op: "run"},
+		},
+	},
+	{
+		// Issue 23 item 2: the same, cured and then rebuilt: the copy
+		// applies the event for the first time and fires its side effect.
+		name: "ParkedThenRebuilt",
+		cfg:  config{BatchSize: 2},
+		steps: []step{
+			{Op: "write", Slot: 0, Stmts: []stmt{{Via: "sql", Rows: []row{{Agg: "a1", Version: 1, Mark: "poison"}, {Agg: "a1", Version: 2}}}}, End: "commit"},
+			{Op: "run"},
+			{Op: "cure", Agg: "a1"},
+			{Op: "switch", Proj: "mt_one"},
+		},
+	},
+	{
+		// Issue 23 item 2: parked, reset to the start (its dead letters
+		// go), parked again while replaying (a replay dead letter), cured,
+		// retried: the retry is the event's first application and fires
+		// its side effect.
+		name: "ParkedResetParkedAgainThenRetried",
+		cfg:  config{BatchSize: 1},
+		steps: []step{
+			{Op: "write", Slot: 0, Stmts: []stmt{{Via: "append", Rows: []row{{Agg: "a2", Version: 1}, {Agg: "a2", Version: 2, Mark: "poison"}, {Agg: "a2", Version: 3}}}}, End: "commit"},
+			{Op: "run"},
+			{Op: "reset", Proj: "mt_one", To: "start", Pick: -1},
+			{Op: "run"},
+			{Op: "cure", Agg: "a2"},
+			{Op: "retry", Proj: "mt_one"},
+			{Op: "retry", Proj: "mt_four"},
 		},
 	},
 	{

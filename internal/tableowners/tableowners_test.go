@@ -37,6 +37,9 @@ var owners = map[string]string{
 	"checkpoints":  "internal/checkpoint",
 	"workers":      "internal/checkpoint",
 	"dead_letters": "internal/deadletter",
+	// The side-effect ledger: Batch.SideEffectsDue, in the apply
+	// transaction.
+	"side_effects": "projectors",
 	// Read models: the projection's package, which repair and reset call
 	// through Projection.Reset and Forgetter.Forget.
 	"order_summary":           "projectors/ordersummary",

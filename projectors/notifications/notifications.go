@@ -2,8 +2,10 @@
 // effects: for every OrderShipped it enqueues a River job (which "sends" the
 // customer a notification) with InsertManyTx inside the runtime's apply
 // transaction, so the job exists exactly when the checkpoint has passed the
-// event: once. While the projection replays history it had already
-// processed before a reset, it enqueues nothing.
+// event: once. Before it enqueues, it asks readside's side-effect ledger
+// (Batch.SideEffectsDue) which events have had their job already: a replay
+// after a reset, a rebuild's copy, a repair or a dead-letter retry enqueue
+// only for an event applied for the first time.
 package notifications
 
 import (
@@ -60,11 +62,12 @@ func (*Projection) Spec() projectors.Spec {
 
 // Apply implements projectors.Projection.
 func (p *Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error {
-	if b.Replay {
-		return nil // already notified the first time round
+	due, err := b.SideEffectsDue(ctx, tx, nil)
+	if err != nil {
+		return err
 	}
-	params := make([]river.InsertManyParams, 0, len(b.Events))
-	for _, e := range b.Events {
+	params := make([]river.InsertManyParams, 0, len(due))
+	for _, e := range due {
 		v, err := domain.Decode(e.Type, e.SchemaVersion, e.Data)
 		if err != nil {
 			return fmt.Errorf("%s: event %d: %w", Name, e.ID(), err)
@@ -78,7 +81,7 @@ func (p *Projection) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) 
 	if len(params) == 0 {
 		return nil
 	}
-	_, err := p.client.InsertManyTx(ctx, tx, params)
+	_, err = p.client.InsertManyTx(ctx, tx, params)
 	return err
 }
 
