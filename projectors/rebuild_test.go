@@ -81,3 +81,40 @@ func TestRebuildFiresSideEffectsOnce(t *testing.T) {
 	require.Equal(t, 50, count(t, pool, `SELECT count(DISTINCT event_id) FROM effects`), "every side effect fired")
 	require.Equal(t, count(t, pool, `SELECT count(*) FROM readside.events`), count(t, pool, `SELECT count(*) FROM effects e JOIN readside.events v ON v.id = e.event_id`))
 }
+
+// A crash between a switch's commit and the drop of the retired tables
+// leaves their schema behind (issue 23 item 3): the next switch of the
+// projection drops it first instead of failing on it until an operator
+// does.
+func TestSwitchAfterLeftoverRetiredSchema(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	p := &recorder{name: "rec"}
+	appendEvents(t, pool, "a", 0, `{}`, `{}`)
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{p}, PollInterval: 20 * time.Millisecond})
+	caughtUp(t, pool)
+	// What a switch that crashed after its commit leaves: the retired
+	// tables in their schema.
+	_, err := pool.Exec(ctx, `CREATE SCHEMA readside_retired_rec; CREATE TABLE readside_retired_rec.applied (LIKE applied)`)
+	require.NoError(t, err)
+
+	require.NoError(t, control.StartRebuild(ctx, pool, p))
+	startControl(t, control.Config{Pool: pool, Projections: []projectors.Projection{p}, RebuildCheck: 20 * time.Millisecond})
+	res, err := jobs(t, pool).Enqueue(ctx, control.RebuildArgs{Projection: "rec"})
+	require.NoError(t, err)
+	var lastErr string
+	eventually(t, 30*time.Second, "switched in", func() bool {
+		state, e, err := jobs(t, pool).State(ctx, res.Job.ID)
+		require.NoError(t, err)
+		lastErr = e
+		require.Empty(t, lastErr, "the switch failed")
+		return state == "completed"
+	})
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM pg_namespace WHERE nspname IN ('readside_retired_rec', $1)`,
+		control.ShadowSchema("readside", "rec")))
+	appendEvents(t, pool, "a", 2, `{}`)
+	caughtUp(t, pool)
+	require.Equal(t, 3, count(t, pool, `SELECT count(*) FROM applied`))
+}

@@ -78,7 +78,7 @@ func (c *Control) trySwitch(ctx context.Context, p projectors.Projection) (bool,
 		return false, err
 	}
 	if _, err := c.db.Exec(ctx, `DROP SCHEMA `+pgx.Identifier{s.retired}.Sanitize()+` CASCADE`); err != nil {
-		c.log.Warn("control: dropping the retired tables failed; drop the schema by hand", "schema", s.retired, "err", err)
+		c.log.Warn("control: dropping the retired tables failed; the next switch of the projection drops them, or drop the schema by hand", "schema", s.retired, "err", err)
 	}
 	return true, nil
 }
@@ -148,9 +148,10 @@ func (s *rebuildSwitch) caughtUp(ctx context.Context, read func(context.Context,
 	return len(copies) == len(s.live), nil
 }
 
-// swapTables moves the live tables into the retired schema and the copy's,
-// with the live ones' grants and owner, into the live tables' schemas. It
-// refuses when other objects depend on the live tables.
+// swapTables moves the live tables into the retired schema (dropping one an
+// earlier switch left behind) and the copy's, with the live ones' grants and
+// owner, into the live tables' schemas. It refuses when other objects depend
+// on the live tables.
 func (s *rebuildSwitch) swapTables(ctx context.Context) error {
 	tables, err := liveTables(ctx, s.tx, s.spec)
 	if err != nil {
@@ -163,6 +164,12 @@ func (s *rebuildSwitch) swapTables(ctx context.Context) error {
 		if err := carryGrants(ctx, s.tx, pgx.Identifier{tables[t], t}.Sanitize(), pgx.Identifier{s.schema, t}.Sanitize()); err != nil {
 			return err
 		}
+	}
+	// A switch that crashed between its commit and the drop of the
+	// retired tables left them behind: drop them now, in this transaction,
+	// instead of failing on the name until an operator does.
+	if _, err := s.tx.Exec(ctx, `DROP SCHEMA IF EXISTS `+pgx.Identifier{s.retired}.Sanitize()+` CASCADE`); err != nil {
+		return fmt.Errorf("drop the tables an earlier switch retired: %w", err)
 	}
 	if _, err := s.tx.Exec(ctx, `CREATE SCHEMA `+pgx.Identifier{s.retired}.Sanitize()); err != nil {
 		return err
