@@ -84,7 +84,11 @@ type holes struct {
 	// issue 10): a rebuild switched in while the live projection has not
 	// yet applied the latest events. After the switch those events came
 	// without their side effects (seed 4152940388990332009). Off, a switch
-	// step first lets the live projection catch up.
+	// step first lets the live projection catch up. Refuted on 14612cd
+	// (25 checks of the long form passed with it on: the copy never passes
+	// the live checkpoint, and the switch waits for it to reach it); on
+	// since the side-effect ledger, which makes the high-water marks
+	// irrelevant to side effects.
 	SwitchWithBacklog bool
 	// Attempts: the runner tries a failing event more than once before it
 	// parks it, so that isolation commits before a failing event and parks
@@ -92,7 +96,7 @@ type holes struct {
 	Attempts bool
 }
 
-var enabled = holes{ResetPastWindow: true, Attempts: true, OutOfOrderRows: true, AppendOnly: true, Rebuild: true, ReplayOverDeadLetters: true}
+var enabled = holes{SwitchWithBacklog: true, ResetPastWindow: true, Attempts: true, OutOfOrderRows: true, AppendOnly: true, Rebuild: true, ReplayOverDeadLetters: true}
 
 var aggregates = []string{"a0", "a1", "a2", "a3"}
 
