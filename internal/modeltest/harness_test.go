@@ -476,6 +476,24 @@ func (h *harness) retry(name string) {
 	h.compare("retry " + name)
 }
 
+func (h *harness) repair(name, agg string) {
+	t, p := h.t, h.m.proj(name)
+	err := h.transient(func() error {
+		_, err := control.Repair(h.ctx, h.pool, h.probe(name), control.RepairOptions{AggregateType: "Thing", AggregateIDs: []string{agg}})
+		return err
+	})
+	if p.shadow != nil {
+		require.ErrorIs(t, err, control.ErrRebuildRunning, "repair %s %s", name, agg)
+		return
+	}
+	if h.m.repair(p, agg) {
+		require.NoError(t, err, "repair %s %s", name, agg)
+	} else {
+		require.Error(t, err, "repair %s %s: an event of it still fails", name, agg)
+	}
+	h.compare("repair " + name + " " + agg)
+}
+
 func (h *harness) discard(name string, pick int) {
 	t, p := h.t, h.m.proj(name)
 	parked := p.parkedIDs()
@@ -654,6 +672,8 @@ func (h *harness) do(s step) {
 		h.retry(s.Proj)
 	case "discard":
 		h.discard(s.Proj, s.Pick)
+	case "repair":
+		h.repair(s.Proj, s.Agg)
 	case "reset":
 		h.reset(s.Proj, s.To, s.Pick)
 	case "prune":

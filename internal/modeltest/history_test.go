@@ -28,8 +28,8 @@ type stmt struct {
 }
 
 type step struct {
-	// Op: write, more, end, run, cure, retry, discard, reset, prune,
-	// rebuild, switch; idle (open a slot with an xid and no event: an
+	// Op: write, more, end, run, cure, retry, discard, repair, reset,
+	// prune, rebuild, switch; idle (open a slot with an xid and no event: an
 	// unrelated write transaction held open), fence (readers advance the
 	// read fence past every open slot: a later first event of an idle
 	// slot is refused).
@@ -38,8 +38,8 @@ type step struct {
 	Early bool   // write: take the xid (pg_current_xact_id()) before writing
 	Stmts []stmt // write, more
 	End   string // write: commit, rollback, hold; end: commit, rollback
-	Proj  string // retry, discard, reset, rebuild, switch
-	Agg   string // cure
+	Proj  string // retry, discard, repair, reset, rebuild, switch
+	Agg   string // cure, repair
 	To    string // reset: start, cursor, time
 	Kill  bool   // run: kill a first worker (hard stop, batches in flight roll back) once it has applied something
 	Pick  int    // reset cursor/time: index among the candidates in read order (-1: the start, -2: beyond the head); discard: index among parked, -1 all
@@ -207,7 +207,7 @@ func (g generator) held() []int {
 // next draws the next step, given the state of the model.
 func (g generator) next(t *rapid.T) step {
 	m := g.h.m
-	ops := []string{"write", "write", "write", "write", "run", "run", "cure", "retry", "discard", "reset", "reset", "prune"}
+	ops := []string{"write", "write", "write", "write", "run", "run", "cure", "retry", "discard", "reset", "reset", "prune", "repair"}
 	if len(g.held()) > 0 {
 		ops = append(ops, "more", "end", "end", "fence")
 	}
@@ -248,15 +248,22 @@ func (g generator) next(t *rapid.T) step {
 		}
 		return step{Op: op, Proj: p, Pick: pick}
 	case "rebuild", "switch":
-		// A switch without a rebuild in progress starts one first. Not over
-		// dead letters: the model builds the copy afresh, forgetting
-		// discards, while the switch keeps them (make model, seed
-		// 13631274268462641810): which is right is open.
+		// A switch without a rebuild in progress starts one first. Over
+		// dead letters too: the copy skips the live projection's discards,
+		// which stand after the switch; its other dead letters replace the
+		// live projection's.
+		return step{Op: op, Proj: rapid.SampledFrom(g.h.names).Draw(t, "proj")}
+	case "repair":
+		// Mostly an aggregate with dead letters, when there is one.
 		p := rapid.SampledFrom(g.h.names).Draw(t, "proj")
-		if len(m.proj(p).dl) > 0 {
-			return step{Op: "run"}
+		aggs := aggregates
+		if ids := m.proj(p).parkedIDs(); len(ids) > 0 && rapid.IntRange(0, 3).Draw(t, "parked") > 0 {
+			aggs = nil
+			for _, id := range ids {
+				aggs = append(aggs, m.byID[id].agg)
+			}
 		}
-		return step{Op: op, Proj: p}
+		return step{Op: op, Proj: p, Agg: rapid.SampledFrom(aggs).Draw(t, "agg")}
 	case "reset":
 		p := rapid.SampledFrom(g.h.names).Draw(t, "proj")
 		to := "start"

@@ -66,6 +66,7 @@ type aggState struct {
 type projModel struct {
 	name      string
 	shadow    *projModel     // a rebuild in progress
+	live      *projModel     // of a rebuild's copy: the live projection
 	processed map[int64]bool // events its checkpoint has passed
 	state     map[string]*aggState
 	count     int64
@@ -223,6 +224,11 @@ func (m *model) process(p *projModel, e *event) {
 	if d := p.dl[e.id]; d != nil && (d.status == "parked" || d.status == "discarded") {
 		return // already parked, or given up by an operator
 	}
+	if p.live != nil {
+		if d := p.live.dl[e.id]; d != nil && d.status == "discarded" {
+			return // a rebuild's copy skips what an operator discarded from the live projection
+		}
+	}
 	if p.aggParked(m, e.agg) {
 		p.dl[e.id] = &deadLetter{status: "parked", reason: "blocked"}
 		return
@@ -290,13 +296,52 @@ func (m *model) run() {
 func (p *projModel) rebuild(name string) {
 	p.shadow = newProjModel(name)
 	p.shadow.effects = p.effects
+	p.shadow.live = p
 }
 
-// switchIn replaces p's state with its copy's.
+// switchIn replaces p's state with its copy's. Of p's dead letters only
+// the discards stand (the copy skipped those events); the copy's others
+// come over.
 func (p *projModel) switchIn() {
 	c := p.shadow
 	p.shadow = nil
-	p.processed, p.state, p.count, p.dl = c.processed, c.state, c.count, c.dl
+	dl := map[int64]*deadLetter{}
+	for id, d := range p.dl {
+		if d.status == "discarded" {
+			dl[id] = d
+		}
+	}
+	for id, d := range c.dl {
+		if dl[id] == nil {
+			dl[id] = d
+		}
+	}
+	p.processed, p.state, p.count, p.dl = c.processed, c.state, c.count, dl
+}
+
+// repair forgets aggregate agg's state in p and re-applies, in version
+// order, the events p's checkpoint has passed but those discarded; parked
+// ones are marked retried. It changes nothing, and reports false, when one
+// of them still fails (the whole repair rolls back).
+func (m *model) repair(p *projModel, agg string) bool {
+	var evs []*event
+	for _, e := range m.committed[agg] {
+		if d := p.dl[e.id]; !p.processed[e.id] || (d != nil && d.status == "discarded") {
+			continue
+		}
+		if e.pl.Poison && !m.cured[agg] {
+			return false
+		}
+		evs = append(evs, e)
+	}
+	delete(p.state, agg)
+	for _, e := range evs {
+		p.apply(e)
+		if d := p.dl[e.id]; d != nil && d.status == "parked" {
+			d.status = "retried"
+		}
+	}
+	return true
 }
 
 // retry re-applies every parked dead letter of p, aggregate by aggregate in

@@ -130,6 +130,13 @@ ON CONFLICT (aggregate_id) DO UPDATE SET
 	return nil
 }
 
+// Forget implements projectors.Forgetter: a repair forgets the aggregates'
+// state (the counter counts the repair's applies on top).
+func (p *probe) Forget(ctx context.Context, tx pgx.Tx, _ string, ids []string) error {
+	_, err := tx.Exec(ctx, fmt.Sprintf(`DELETE FROM %s WHERE aggregate_id = ANY ($1)`, p.state()), ids)
+	return err
+}
+
 func (p *probe) Reset(ctx context.Context, tx pgx.Tx) error {
 	_, err := tx.Exec(ctx, fmt.Sprintf(`TRUNCATE %s, %s`, p.state(), p.count()))
 	return err

@@ -62,6 +62,26 @@ var regressions = []struct {
 		},
 	},
 	{
+		// Issue 23 item 1: an applied event parked again (blocked) by a
+		// replay behind its aggregate's poison event, the poison discarded,
+		// the aggregate repaired: the event is applied again, its side
+		// effect not fired again.
+		name: "ReparkedByReplayThenRepaired",
+		cfg:  config{BatchSize: 5},
+		steps: []step{
+			{Op: "write", Slot: 0, Stmts: []stmt{{Via: "append", Rows: []row{{Agg: "a0", Version: 1}, {Agg: "a0", Version: 2, Mark: "poison"}}}}, End: "commit"},
+			{Op: "run"},
+			{Op: "reset", Proj: "mt_one", To: "cursor", Pick: -1},
+			{Op: "run"},
+			{Op: "discard", Proj: "mt_one", Pick: 1},
+			{Op: "repair", Proj: "mt_one", Agg: "a0"},
+			{Op: "reset", Proj: "mt_four", To: "cursor", Pick: -1},
+			{Op: "run"},
+			{Op: "discard", Proj: "mt_four", Pick: 1},
+			{Op: "retry", Proj: "mt_four"},
+		},
+	},
+	{
 		// ReplayOverDeadLetters: dead letters discarded, then a reset to
 		// a cursor before them: the runner reads them again.
 		name: "DiscardedThenResetToCursor",
