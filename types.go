@@ -31,6 +31,13 @@ type (
 	RepairOptions = control.RepairOptions
 	// RepairedAggregate is what Repair did to one aggregate.
 	RepairedAggregate = control.RepairedAggregate
+	// Verification is what Verify found (and repaired).
+	Verification = control.Verification
+	// VerifiedTable is what Verify found in one table.
+	VerifiedTable = control.VerifiedTable
+	// DifferingAggregate is an aggregate whose rows differ from the
+	// log's.
+	DifferingAggregate = control.DifferingAggregate
 )
 
 // Dead-letter statuses and reasons.

@@ -78,6 +78,17 @@ type Spec struct {
 	// schema. A rebuild builds copies of them and swaps them in when
 	// caught up.
 	Tables []string
+	// Keys maps a table of Tables to its column holding the id of the
+	// aggregate a row belongs to (order_summary: order_id). `projector
+	// verify` names by it the aggregates whose rows differ from a rebuild
+	// of the log, and repairs them with --repair. A table without one (a
+	// counter over every aggregate) is still compared, but a difference
+	// there names no aggregate.
+	Keys map[string]string
+	// Volatile lists columns, as "table.column", whose values depend on
+	// when a row was written rather than on the events (updated_at set to
+	// now()): `projector verify` leaves them out of the comparison.
+	Volatile []string
 }
 
 // ErrorPolicy says what to do with an event whose apply keeps failing.

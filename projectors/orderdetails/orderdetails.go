@@ -36,7 +36,10 @@ func New() *Projection { return &Projection{} }
 
 // Spec implements projectors.Projection (see readmodel.Spec).
 func (*Projection) Spec() projectors.Spec {
-	return readmodel.Spec(Name, domain.OrderAggregate, "order_details", "order_items")
+	s := readmodel.Spec(Name, domain.OrderAggregate, "order_details", "order_items")
+	s.Keys = map[string]string{"order_details": "order_id", "order_items": "order_id"}
+	s.Volatile = []string{"order_details.updated_at"}
+	return s
 }
 
 // details is an order's state after the batch; nil fields were not set by

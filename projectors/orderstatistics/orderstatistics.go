@@ -42,7 +42,9 @@ func New() *Projection { return &Projection{} }
 
 // Spec implements projectors.Projection (see readmodel.Spec).
 func (*Projection) Spec() projectors.Spec {
-	return readmodel.Spec(Name, domain.OrderAggregate, "order_statistics", "order_statistics_orders")
+	s := readmodel.Spec(Name, domain.OrderAggregate, "order_statistics", "order_statistics_orders")
+	s.Keys = map[string]string{"order_statistics_orders": "order_id"} // order_statistics counts every order
+	return s
 }
 
 // move is what a batch did to one order: where it ended, and whether it

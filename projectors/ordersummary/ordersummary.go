@@ -35,7 +35,10 @@ func New() *Projection { return &Projection{} }
 
 // Spec implements projectors.Projection (see readmodel.Spec).
 func (*Projection) Spec() projectors.Spec {
-	return readmodel.Spec(Name, domain.OrderAggregate, "order_summary")
+	s := readmodel.Spec(Name, domain.OrderAggregate, "order_summary")
+	s.Keys = map[string]string{"order_summary": "order_id"}
+	s.Volatile = []string{"order_summary.updated_at"}
+	return s
 }
 
 // row is an order's state after the batch. Pointer fields are nil when no

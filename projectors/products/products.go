@@ -33,7 +33,10 @@ func New() *Projection { return &Projection{} }
 
 // Spec implements projectors.Projection (see readmodel.Spec).
 func (*Projection) Spec() projectors.Spec {
-	return readmodel.Spec(Name, domain.ProductAggregate, "products")
+	s := readmodel.Spec(Name, domain.ProductAggregate, "products")
+	s.Keys = map[string]string{"products": "product_id"}
+	s.Volatile = []string{"products.updated_at"}
+	return s
 }
 
 // product is a product's state after the batch; nil fields were not set by
