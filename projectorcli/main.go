@@ -40,7 +40,8 @@ type Config struct {
 
 // Main runs the command line args (os.Args: the program name first) for
 // the given projections and exits: 0 on success, 1 with a one-line reason
-// on stderr otherwise. SIGINT and SIGTERM cancel the command's context.
+// on stderr otherwise (verify: 1 when the read model differs, 2 when it
+// could not verify). SIGINT and SIGTERM cancel the command's context.
 func Main(ctx context.Context, args []string, projections ...projectors.Projection) {
 	name := NameDefault
 	if len(args) > 0 {
@@ -58,7 +59,12 @@ func (c Config) Main(ctx context.Context, args []string) {
 	stop()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %s\n", c.name(), cli.OneLine(err))
-		os.Exit(1)
+		code := 1
+		var ec interface{ ExitCode() int }
+		if errors.As(err, &ec) {
+			code = ec.ExitCode()
+		}
+		os.Exit(code)
 	}
 }
 
@@ -95,7 +101,7 @@ func (c Config) Command() (*cobra.Command, error) {
 		Use:   a.name,
 		Short: "run and operate readside projections",
 		Long: a.name + " runs a fleet member that applies readside projections to their read models, and operates them:\n" +
-			"status, reset, rebuild, repair, pause, resume, dead letters, migrations.\n\n" +
+			"status, reset, rebuild, repair, verify, pause, resume, dead letters, migrations.\n\n" +
 			"Projections in this binary: " + strings.Join(a.names(), ", ") + ".\n" +
 			"Every command takes --database-url (env DATABASE_URL) and -h.",
 		Version:       cli.Version(a.name),
@@ -125,7 +131,7 @@ func (c Config) Command() (*cobra.Command, error) {
 	for _, sub := range []*cobra.Command{
 		a.migrateCommand(), a.adoptCommand(), a.runCommand(), a.statusCommand(),
 		a.pauseResumeCommand("pause"), a.pauseResumeCommand("resume"),
-		a.resetCommand(), a.rebuildCommand(), a.repairCommand(), a.deadLettersCommand(),
+		a.resetCommand(), a.rebuildCommand(), a.repairCommand(), a.verifyCommand(), a.deadLettersCommand(),
 	} {
 		root.AddCommand(sub)
 	}
