@@ -37,6 +37,9 @@ var (
 	// ErrDependents refuses a rebuild of a projection whose tables other
 	// objects depend on (views, foreign keys), which the switch would drop.
 	ErrDependents = control.ErrDependents
+	// ErrScaleSplit refuses a scale from or to a segment count that does
+	// not divide 64 (outbox rows carry one of 64 hash buckets).
+	ErrScaleSplit = control.ErrScaleSplit
 	// ErrNoTables: the projection lists no Spec.Tables, so it cannot be
 	// rebuilt in a copy.
 	ErrNoTables = errors.New("the projection lists no tables to rebuild (projectors.Spec.Tables)")
@@ -46,7 +49,7 @@ var (
 // readside_control), which any running member executes.
 type Job struct {
 	ID         int64
-	Kind       string // readside_reset, readside_rebuild, readside_dead_letters_retry
+	Kind       string // readside_reset, readside_rebuild, readside_scale, readside_dead_letters_retry
 	Projection string
 	// Duplicate: the same operation was already queued; this is that job.
 	Duplicate bool
@@ -115,6 +118,26 @@ func (c *Client) Rebuild(ctx context.Context, name string) (*Job, error) {
 		return nil, err
 	}
 	return c.enqueue(ctx, control.RebuildArgs{Projection: name}, name)
+}
+
+// Scale queues a change of projection name's segment count to segments,
+// without a reset and without replaying anything: the fleet keeps running,
+// and the job regroups the 64 buckets the outbox rows carry into the new
+// segments, each bucket keeping where it stands (README, Operations). It
+// checks first: the projection is one of the client's, registered and not
+// being rebuilt, and both its segment count and segments divide 64
+// (ErrScaleSplit). Follow it with Wait: it is done when the job completed.
+func (c *Client) Scale(ctx context.Context, name string, segments int) (*Job, error) {
+	if _, err := c.projection(name); err != nil {
+		return nil, err
+	}
+	if err := c.controllable(ctx, name); err != nil {
+		return nil, err
+	}
+	if err := control.CheckScale(ctx, c.db, name, segments); err != nil {
+		return nil, err
+	}
+	return c.enqueue(ctx, control.ScaleArgs{Projection: name, Segments: segments}, name)
 }
 
 // controllable checks that name is registered and not being rebuilt.

@@ -76,7 +76,8 @@ func (e *JobFailedError) Error() string {
 
 // Wait follows a queued operation until it is done: a reset until its job
 // completed and the projection replayed up to the head, a rebuild until
-// its tables are switched in, a dead-letter retry until its job completed.
+// its tables are switched in, a dead-letter retry or a scale until its job
+// completed.
 // progress, when not nil, is called with each reading (every
 // WaitPollDefault). It returns *BlockedError when the replaying projection
 // is paused or halted, *JobFailedError when the fleet gave the job up, and
@@ -130,7 +131,7 @@ func (c *Client) readProgress(ctx context.Context, job *Job, replaying string, f
 	if j.State == rivertype.JobStateCancelled || j.State == rivertype.JobStateDiscarded {
 		return p, &JobFailedError{Job: job, State: string(j.State), LastError: p.LastError}
 	}
-	if job.Kind == (control.RetryDeadLettersArgs{}).Kind() {
+	if job.Kind == (control.RetryDeadLettersArgs{}).Kind() || job.Kind == (control.ScaleArgs{}).Kind() {
 		p.Phase = PhaseQueued
 		if j.State == rivertype.JobStateCompleted {
 			p.Phase = PhaseDone

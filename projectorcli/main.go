@@ -101,7 +101,7 @@ func (c Config) Command() (*cobra.Command, error) {
 		Use:   a.name,
 		Short: "run and operate readside projections",
 		Long: a.name + " runs a fleet member that applies readside projections to their read models, and operates them:\n" +
-			"status, reset, rebuild, repair, verify, pause, resume, dead letters, migrations.\n\n" +
+			"status, reset, rebuild, scale, repair, verify, pause, resume, dead letters, migrations.\n\n" +
 			"Projections in this binary: " + strings.Join(a.names(), ", ") + ".\n" +
 			"Every command takes --database-url (env DATABASE_URL) and -h.",
 		Version:       cli.Version(a.name),
@@ -131,7 +131,7 @@ func (c Config) Command() (*cobra.Command, error) {
 	for _, sub := range []*cobra.Command{
 		a.migrateCommand(), a.adoptCommand(), a.runCommand(), a.statusCommand(),
 		a.pauseResumeCommand("pause"), a.pauseResumeCommand("resume"),
-		a.resetCommand(), a.rebuildCommand(), a.repairCommand(), a.verifyCommand(), a.deadLettersCommand(),
+		a.resetCommand(), a.rebuildCommand(), a.scaleCommand(), a.repairCommand(), a.verifyCommand(), a.deadLettersCommand(),
 	} {
 		root.AddCommand(sub)
 	}

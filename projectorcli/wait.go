@@ -36,7 +36,7 @@ func (w *waitOptions) flags(fs *cli.Flags, help string) {
 // with a reason; the job itself carries on in the fleet.
 func (a *app) follow(ctx context.Context, c *readside.Client, job *readside.Job, stdout io.Writer, o waitOptions) error {
 	w := &waiter{bin: a.name, job: job, timeout: o.timeout, rebuild: job.Kind == "readside_rebuild",
-		retry: job.Kind == "readside_dead_letters_retry", r: newReporter(stdout), start: time.Now()}
+		retry: job.Kind == "readside_dead_letters_retry", scale: job.Kind == "readside_scale", r: newReporter(stdout), start: time.Now()}
 	wctx := ctx
 	if o.timeout > 0 {
 		var cancel context.CancelFunc
@@ -76,6 +76,7 @@ type waiter struct {
 	job     *readside.Job
 	rebuild bool
 	retry   bool
+	scale   bool
 	timeout time.Duration
 
 	r      *reporter
@@ -90,6 +91,8 @@ func (w *waiter) op() string {
 		return "rebuild"
 	case w.retry:
 		return "dead-letter retry"
+	case w.scale:
+		return "scale"
 	}
 	return "reset"
 }

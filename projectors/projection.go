@@ -69,7 +69,9 @@ type Spec struct {
 	AggregateTypes []string
 	// Segments splits the projection by hash of aggregate id into
 	// independently checkpointed parts that different workers can apply in
-	// parallel. 0 means 1. Fixed once registered: changing it needs a reset.
+	// parallel. 0 means 1. It is the count the projection is registered
+	// with the first time; afterwards the registry holds it and `projector
+	// scale` (Client.Scale) changes it while the fleet runs.
 	Segments int
 	// OnError is what happens to an event that keeps failing: Park (the
 	// default) or Halt.

@@ -147,8 +147,9 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 	// event.
 	// A rebuild's copy replays everything, and skips what an operator
 	// discarded from the live projection as well as from the copy.
-	replay := len(events) > 0 && (s.schema != "" || !s.high.Less(events[0].Cursor))
+	replay := len(events) > 0 && (s.schema != "" || !s.high.Less(events[0].Cursor) || !s.floorsUntil.Less(events[0].Cursor))
 	check := s.parked || replay
+	s.replays = nil
 	tx, err := w.db.Begin(ctx)
 	if err != nil {
 		return nil, skips{}, err
@@ -158,8 +159,9 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 	if check {
 		queueSkips(b, s, events, replay)
 	}
+	floors := queueFloors(b, s, events)
 	dbschema.QueueProjection(b, tx, s.schema)
-	sk, err := readBegin(tx.SendBatch(ctx, b), s, from, check)
+	sk, err := readBegin(tx.SendBatch(ctx, b), s, from, check, floors)
 	if err != nil {
 		_ = tx.Rollback(context.WithoutCancel(ctx))
 		return nil, sk, err
@@ -176,9 +178,9 @@ func (w *Worker) queueFence(b *pgx.Batch, s *segment, from, to outbox.Cursor, ap
 	checkpoint.QueueAdvance(b, s.lease, from, to, applied, w.cfg.LeaseTTL)
 }
 
-// readBegin reads the results of what queueFence and, when check,
-// queueSkips queued, and closes res.
-func readBegin(res pgx.BatchResults, s *segment, from outbox.Cursor, check bool) (skips, error) {
+// readBegin reads the results of what queueFence, when check queueSkips,
+// and when floors queueFloors queued, and closes res.
+func readBegin(res pgx.BatchResults, s *segment, from outbox.Cursor, check, floors bool) (skips, error) {
 	sk := skips{parked: map[aggKey]bool{}, discarded: map[int64]bool{}}
 	_, err := res.Exec()
 	if err == nil {
@@ -186,6 +188,9 @@ func readBegin(res pgx.BatchResults, s *segment, from outbox.Cursor, check bool)
 	}
 	if err == nil && check {
 		err = readSkips(res, sk)
+	}
+	if err == nil && floors {
+		sk.done, s.replays, err = checkpoint.ReadFloors(res)
 	}
 	if err == nil {
 		_, err = res.Exec() // the projection's search_path
@@ -239,11 +244,13 @@ func readSkips(res pgx.BatchResults, sk skips) error {
 }
 
 // skips are the events of a batch not to apply: those of parked aggregates
-// (they are parked behind the failed one) and those discarded by an
-// operator (neither applied nor parked).
+// (they are parked behind the failed one), those discarded by an operator
+// (neither applied nor parked), and those at or below their bucket's floor
+// (applied before a scale).
 type skips struct {
 	parked    map[aggKey]bool
 	discarded map[int64]bool
+	done      map[int64]bool
 }
 
 type aggKey struct{ typ, id string }
@@ -319,7 +326,7 @@ func (w *Worker) committed(s *segment, events []outbox.Event, start time.Time) {
 	for _, e := range events {
 		// Events at or below the high-water mark are a replay after a
 		// reset: their age is the age of history, not latency.
-		if !e.AppendedAt.IsZero() && s.high.Less(e.Cursor) {
+		if !e.AppendedAt.IsZero() && !s.replayed(e) {
 			lat.Observe(now.Sub(e.AppendedAt).Seconds())
 		}
 	}
@@ -333,14 +340,15 @@ func (w *Worker) fencedOr(s *segment, err error) error {
 	return err
 }
 
-// split drops discarded events (returning how many) and separates those of
-// parked aggregates from the rest.
+// split drops discarded events and those a scale's floors pass over
+// (returning how many) and separates those of parked aggregates from the
+// rest.
 func split(events []outbox.Event, sk skips) (keep, blocked []outbox.Event, discarded int) {
-	if len(sk.parked) == 0 && len(sk.discarded) == 0 {
+	if len(sk.parked) == 0 && len(sk.discarded) == 0 && len(sk.done) == 0 {
 		return events, nil, 0
 	}
 	for _, e := range events {
-		if sk.discarded[e.ID()] {
+		if sk.discarded[e.ID()] || sk.done[e.ID()] {
 			discarded++
 		} else if sk.parked[aggKey{e.AggregateType, e.AggregateID}] {
 			blocked = append(blocked, e)
@@ -603,7 +611,7 @@ func (w *Worker) park(ctx context.Context, tx pgx.Tx, s *segment, events []outbo
 	if len(events) == 0 {
 		return nil
 	}
-	replay := func(e outbox.Event) bool { return s.schema != "" || !s.high.Less(e.Cursor) }
+	replay := func(e outbox.Event) bool { return s.schema != "" || s.replayed(e) }
 	if err := deadletter.Park(ctx, tx, deadletter.Parking{Projection: s.spec.Name, Segment: s.lease.Segment,
 		Reason: deadletter.Reason(reason), Error: msg, Attempts: attempts, Replay: replay}, events); err != nil {
 		return err
@@ -669,13 +677,7 @@ func (w *Worker) applyEvents(ctx context.Context, tx pgx.Tx, s *segment, events 
 		// ledger says fired unless the live projection parked the event.
 		return s.proj.Apply(ctx, tx, &Batch{Events: events, Segment: s.lease.Segment, Replay: true, ledger: l})
 	}
-	split := len(events)
-	for i, e := range events {
-		if s.high.Less(e.Cursor) {
-			split = i
-			break
-		}
-	}
+	events, split := s.replayFirst(events)
 	if split > 0 {
 		if err := s.proj.Apply(ctx, tx, &Batch{Events: events[:split], Segment: s.lease.Segment, Replay: true, ledger: l}); err != nil {
 			return err

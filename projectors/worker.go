@@ -319,6 +319,13 @@ type segment struct {
 	// wait is the backoff before a failing event's next attempt, set by the
 	// isolation that committed up to it and waited out by runSegment.
 	wait time.Duration
+	// floorsUntil is the greatest high of the segment's buckets left by a
+	// scale (checkpoint.Split): batches at or below it ask which events a
+	// scale's floors pass over and which are replays (see scale.go).
+	floorsUntil outbox.Cursor
+	// replays are the events of the batch in flight at or below their
+	// bucket's high (beyond the segment's own high-water mark).
+	replays map[int64]bool
 }
 
 type taskResult struct {
@@ -372,7 +379,8 @@ func key(projection string, segment int) string { return fmt.Sprintf("%s/%d", pr
 func newCoordinator(w *Worker, softCtx, hardCtx context.Context) *coordinator {
 	total := 0
 	for _, s := range w.specs {
-		total += s.Segments
+		// A scale may raise a projection's segments up to 64.
+		total += max(s.Segments, checkpoint.Buckets)
 	}
 	c := &coordinator{w: w, softCtx: softCtx, hardCtx: hardCtx, segs: map[string]*segment{},
 		// Queue and results hold every segment at most once; rebuilds can
@@ -412,6 +420,9 @@ func (c *coordinator) refreshProjections(ctx context.Context) error {
 	old := c.running
 	c.running = map[string]running{}
 	for name, spec := range c.w.specs {
+		if n, ok := segments[name]; ok {
+			spec.Segments = n // a scale changed it since registration
+		}
 		c.running[name] = running{spec: spec, proj: c.w.projs[name]}
 	}
 	for name, r := range shadows {
@@ -716,8 +727,22 @@ func (c *coordinator) claim(ctx context.Context, mine map[checkpoint.Segment]boo
 	if err != nil {
 		w.log.Warn("reading parked segments failed; checking every batch", "err", err)
 	}
+	splits, err := claimedSplits(ctx, w.db, claimed)
+	if err != nil {
+		w.log.Warn("reading the split of claimed segments failed; letting them go", "err", err)
+	}
 	for _, cp := range claimed {
-		s := c.newSegment(cp, parked == nil || parked[checkpoint.Segment{Projection: cp.Projection, Segment: cp.Segment}])
+		k := checkpoint.Segment{Projection: cp.Projection, Segment: cp.Segment}
+		sp, ok := splits[k]
+		if !ok {
+			// Without its split the segment cannot be read: give it back.
+			l := checkpoint.Lease{Projection: cp.Projection, Segment: cp.Segment, Owner: w.cfg.WorkerID, Epoch: cp.LeaseEpoch}
+			if err := checkpoint.Release(ctx, w.db, l); err != nil {
+				w.log.Warn("release failed; the lease will expire", "lease", l.String(), "err", err)
+			}
+			continue
+		}
+		s := c.newSegment(cp, parked == nil || parked[k], sp)
 		c.segs[key(cp.Projection, cp.Segment)] = s
 		w.metrics.claims.WithLabelValues(cp.Projection).Inc()
 		w.log.Info("lease claimed", "projection", cp.Projection, "segment", cp.Segment, "epoch", cp.LeaseEpoch, "cursor", cp.Cursor.String())
@@ -726,12 +751,13 @@ func (c *coordinator) claim(ctx context.Context, mine map[checkpoint.Segment]boo
 }
 
 // newSegment is a segment just claimed at checkpoint cp; parked says
-// whether it may have parked dead letters.
-func (c *coordinator) newSegment(cp checkpoint.Checkpoint, parked bool) *segment {
+// whether it may have parked dead letters, sp how it is split.
+func (c *coordinator) newSegment(cp checkpoint.Checkpoint, parked bool, sp checkpoint.Split) *segment {
 	r := c.running[cp.Projection]
+	r.spec.Segments = sp.Segments
 	return &segment{spec: r.spec, proj: r.proj, schema: r.schema, cursor: cp.Cursor, high: cp.HighWater,
 		lease:    checkpoint.Lease{Projection: cp.Projection, Segment: cp.Segment, Owner: c.w.cfg.WorkerID, Epoch: cp.LeaseEpoch},
-		attempts: map[int64]int{}, parked: parked}
+		attempts: map[int64]int{}, parked: parked, floorsUntil: sp.Until}
 }
 
 // lost forgets a segment whose lease is no longer this worker's.

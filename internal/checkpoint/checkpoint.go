@@ -186,7 +186,8 @@ func SetStatus(ctx context.Context, db DB, projection string, status Status) (in
 // Move sets the cursor of every segment of a projection to `to`, bumping
 // the lease epoch and dropping the lease so that no current owner can
 // commit across the move. The caller runs it in the transaction that also
-// resets the read model.
+// resets the read model. It clears the floors a scale left (see Scale) and
+// keeps the buckets' highs, as it keeps the segments' high-water marks.
 func Move(ctx context.Context, tx DB, projection string, to outbox.Cursor) error {
 	tag, err := tx.Exec(ctx, `UPDATE readside.checkpoints SET cursor_txid = $2, cursor_position = $3,
 		`+newLease("checkpoints", "NULL", "NULL")+`,
@@ -198,5 +199,7 @@ func Move(ctx context.Context, tx DB, projection string, to outbox.Cursor) error
 	if tag.RowsAffected() == 0 {
 		return fmt.Errorf("move %s: %w", projection, ErrUnknownProjection)
 	}
-	return nil
+	// After the move the cursors say what is applied: events a scale had
+	// left below a bucket's floor are applied again from the new cursor.
+	return clearFloors(ctx, tx, projection)
 }

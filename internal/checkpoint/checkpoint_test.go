@@ -25,7 +25,10 @@ func TestLeaseFencing(t *testing.T) {
 	pool := pgtest.NewDB(t)
 	require.NoError(t, checkpoint.Register(ctx, pool, "p", 2, "park"))
 	require.NoError(t, checkpoint.Register(ctx, pool, "p", 2, "park"), "registering again is fine")
-	require.ErrorContains(t, checkpoint.Register(ctx, pool, "p", 3, "park"), "2 segments")
+	require.NoError(t, checkpoint.Register(ctx, pool, "p", 4, "park"), "the registered count stands: Scale changes it")
+	regs, err := checkpoint.Registry(ctx, pool)
+	require.NoError(t, err)
+	require.Equal(t, 2, regs[0].Segments)
 
 	both := []checkpoint.Segment{{Projection: "p", Segment: 0}, {Projection: "p", Segment: 1}}
 	claimed, err := checkpoint.ClaimSegments(ctx, pool, "w1", []checkpoint.Segment{{Projection: "p", Segment: 0}}, 300*time.Millisecond)

@@ -39,6 +39,19 @@ func LockSegment(ctx context.Context, tx DB, projection string, segment int) err
 	return nil
 }
 
+// LockAggregateSegment takes, in the caller's transaction, the checkpoint
+// row lock of the segment aggregateID belongs to now, and returns the
+// segment: it holds the projection's registry row (FOR SHARE) first, so
+// that no scale changes the split until the transaction ends.
+func LockAggregateSegment(ctx context.Context, tx DB, projection, aggregateID string) (int, error) {
+	var seg int
+	if err := tx.QueryRow(ctx, `SELECT readside.readside_segment($2, segments) FROM readside.projections WHERE name = $1 FOR SHARE`,
+		projection, aggregateID).Scan(&seg); err != nil {
+		return 0, fmt.Errorf("lock the segment of %s in %s: %w", aggregateID, projection, err)
+	}
+	return seg, LockSegment(ctx, tx, projection, seg)
+}
+
 // Cursors returns the cursors of projection's checkpoints by segment,
 // without locking them.
 func Cursors(ctx context.Context, db DB, projection string) (map[int]outbox.Cursor, error) {
@@ -83,5 +96,7 @@ UPDATE readside.checkpoints l
  WHERE l.projection = $1 AND s.projection = $2 AND s.segment = l.segment`, live, shadow); err != nil {
 		return fmt.Errorf("adopt the checkpoints of %s into %s: %w", shadow, live, err)
 	}
-	return nil
+	// The copy applied every event up to its cursors: what a scale left
+	// below a bucket's floor of the live projection is not in its tables.
+	return clearFloors(ctx, tx, live)
 }

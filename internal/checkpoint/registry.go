@@ -20,9 +20,9 @@ type Registration struct {
 	Schema string
 }
 
-// Register creates the projection and one checkpoint per segment at the
-// start of the log, or checks that an existing registration has the same
-// number of segments.
+// Register creates the projection with segments checkpoints at the start
+// of the log, unless it is registered: then its segment count stays what
+// it is: segments is only the first count, Scale changes it.
 func Register(ctx context.Context, db DB, name string, segments int, onError string) error {
 	var got int
 	err := db.QueryRow(ctx, `
@@ -39,9 +39,6 @@ SELECT segments FROM p`, name, segments, onError).Scan(&got)
 	if err != nil {
 		return fmt.Errorf("register %s: %w", name, err)
 	}
-	if got != segments {
-		return fmt.Errorf("register %s: registered with %d segments, code says %d: changing the split needs `projector reset %s`", name, got, segments, name)
-	}
 	return nil
 }
 
@@ -49,10 +46,12 @@ SELECT segments FROM p`, name, segments, onError).Scan(&got)
 // schema: same segments and error policy as live, every segment at the
 // start of the log but inheriting live's high-water mark, so that the copy
 // knows everything it applies is a replay. The caller runs it in the
-// transaction that creates the copy's tables.
+// transaction that creates the copy's tables. It holds live's registry row
+// (FOR SHARE) until then, so that a scale (LockProjection) either comes
+// first or sees the rebuild and refuses.
 func RegisterShadow(ctx context.Context, tx DB, shadow, live, schema string) error {
 	if _, err := tx.Exec(ctx, `INSERT INTO readside.projections (name, segments, on_error, rebuild_of, schema_name)
-		SELECT $1, segments, on_error, name, $3 FROM readside.projections WHERE name = $2`, shadow, live, schema); err != nil {
+		SELECT $1, segments, on_error, name, $3 FROM readside.projections WHERE name = $2 FOR SHARE`, shadow, live, schema); err != nil {
 		return fmt.Errorf("register %s: %w", shadow, err)
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO readside.checkpoints (projection, segment, high_txid, high_position)

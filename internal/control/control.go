@@ -127,6 +127,7 @@ func New(cfg Config) (*Control, error) {
 	}
 	workers := river.NewWorkers()
 	river.AddWorker(workers, &resetWorker{c: c})
+	river.AddWorker(workers, &scaleWorker{c: c})
 	river.AddWorker(workers, &rebuildWorker{c: c})
 	river.AddWorker(workers, &deadLetterRetryWorker{c: c})
 	river.AddWorker(workers, &pruneWorker{c: c})

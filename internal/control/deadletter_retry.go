@@ -100,9 +100,12 @@ func RetryDeadLetters(ctx context.Context, db interface {
 // earlier one would break order. A transient error aborts the transaction.
 func retryAggregate(ctx context.Context, tx pgx.Tx, p projectors.Projection, name string, a deadletter.Aggregate) (RetryResult, error) {
 	var res RetryResult
-	if err := checkpoint.LockSegment(ctx, tx, name, a.Segment); err != nil {
+	// The aggregate's segment now: a scale may have moved it since a was read.
+	seg, err := checkpoint.LockAggregateSegment(ctx, tx, name, a.ID)
+	if err != nil {
 		return res, err
 	}
+	a.Segment = seg
 	events, err := deadletter.LockParked(ctx, tx, name, a.Type, a.ID)
 	if err != nil {
 		return res, err

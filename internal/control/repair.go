@@ -197,8 +197,9 @@ func aggregatesToRepair(ctx context.Context, tx pgx.Tx, name string, o RepairOpt
 }
 
 // repairEventsSQL reads the events of some aggregates of one type that the
-// projection has passed: at or before their segment's checkpoint, of the
-// projection's event types, not discarded; with whether each is parked.
+// projection has passed: at or before their segment's checkpoint or their
+// bucket's floor (left by a scale), of the projection's event types, not
+// discarded; with whether each is parked.
 const repairEventsSQL = `
 SELECT e.txid, e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.version, e.schema_version,
        e.event_data, e.metadata, e.occurred_at, c.segment, d.status IS NOT NULL AS parked
@@ -206,8 +207,9 @@ SELECT e.txid, e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.version, 
   JOIN readside.projections p ON p.name = $1
   JOIN readside.checkpoints c ON c.projection = p.name AND c.segment = readside.readside_segment(e.aggregate_id, p.segments)
   LEFT JOIN readside.dead_letters d ON d.projection = p.name AND d.event_id = e.id AND d.status = 'parked'
+  LEFT JOIN readside.checkpoint_buckets b ON b.projection = p.name AND b.bucket = readside.readside_segment(e.aggregate_id, 64)
  WHERE e.aggregate_type = $2 AND e.aggregate_id = ANY ($3::text[])
-   AND (e.txid, e.id) <= (c.cursor_txid, c.cursor_position)
+   AND ((e.txid, e.id) <= (c.cursor_txid, c.cursor_position) OR (e.txid, e.id) <= (b.floor_txid, b.floor_position))
    AND (cardinality($4::text[]) = 0 OR e.event_type = ANY ($4::text[]))
    AND NOT EXISTS (SELECT 1 FROM readside.dead_letters x WHERE x.projection = p.name AND x.event_id = e.id AND x.status = 'discarded')
  ORDER BY c.segment, e.aggregate_id, e.version`

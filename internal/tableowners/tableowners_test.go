@@ -33,10 +33,12 @@ var owners = map[string]string{
 	"event_erasures": "", // readside_erase_event_data (migration 007)
 	"snapshots":      "aggregate",
 	// The projection registry, cursors, leases and the fleet.
-	"projections":  "internal/checkpoint",
-	"checkpoints":  "internal/checkpoint",
-	"workers":      "internal/checkpoint",
-	"dead_letters": "internal/deadletter",
+	"projections": "internal/checkpoint",
+	"checkpoints": "internal/checkpoint",
+	// Where each hash bucket stands after a scale (migration 016).
+	"checkpoint_buckets": "internal/checkpoint",
+	"workers":            "internal/checkpoint",
+	"dead_letters":       "internal/deadletter",
 	// The side-effect ledger: Batch.SideEffectsDue, in the apply
 	// transaction.
 	"side_effects": "projectors",

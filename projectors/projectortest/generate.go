@@ -33,6 +33,14 @@ type Lifecycles struct {
 	// version 1 (no SKU), which readers must upcast. 0 means 0.3; negative
 	// means none.
 	V1Share float64
+	// Interval is the pause between two transactions of a writer, for a
+	// steady load while something else happens; Generate then runs until
+	// its orders are done or ctx ends. 0 means none.
+	Interval time.Duration
+	// FirstWriter numbers the writers from it (aggregate ids carry the
+	// number), so that a second Generate on the same database writes
+	// aggregates of its own. 0 means 0.
+	FirstWriter int
 }
 
 // EventsPerOrder is roughly how many events Generate appends per order
@@ -83,7 +91,7 @@ func (l Lifecycles) Generate(ctx context.Context, pool *pgxpool.Pool) (int, erro
 	for w := range l.Writers {
 		share := func(n int) int { return n/l.Writers + btoi(w < n%l.Writers) }
 		g := &writer{
-			id: w, rng: rand.New(rand.NewPCG(l.Seed, uint64(w))), pool: pool, v1Share: l.V1Share,
+			id: l.FirstWriter + w, rng: rand.New(rand.NewPCG(l.Seed, uint64(w))), pool: pool, v1Share: l.V1Share, interval: l.Interval,
 			ordersLeft: share(l.Orders), productsLeft: max(1, share(l.Products)),
 			clock: time.Date(2025, 1, 1, 9, 0, 0, 0, time.UTC),
 		}
@@ -142,6 +150,7 @@ type writer struct {
 	nProducts    int
 	clock        time.Time
 	appended     int
+	interval     time.Duration
 }
 
 func (g *writer) now() time.Time {
@@ -181,6 +190,13 @@ func (g *writer) run(ctx context.Context) (int, error) {
 		for _, p := range tx {
 			p.commit()
 			g.appended += len(p.events)
+		}
+		if g.interval > 0 {
+			select {
+			case <-ctx.Done():
+				return g.appended, ctx.Err()
+			case <-time.After(g.interval):
+			}
 		}
 	}
 	return g.appended, nil
