@@ -4,7 +4,7 @@ PKGS      ?= ./...
 BENCHTIME ?= 1x
 COUNT     ?= 1
 
-.PHONY: help test lint bench bench-compare faults model demo build
+.PHONY: help test lint bench bench-compare faults model mutants demo build
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ faults: ## the long fault-injection run (kills, PostgreSQL restarts, SIGSTOP, ba
 
 demo: ## the whole pipeline on a disposable PostgreSQL (or $$DATABASE_URL)
 	$(GO) run ./cmd/projector demo
+
+mutants: ## mutation check: each guard in scripts/mutants reverted in a temporary copy must fail the short model test or its regression tests (~10 min)
+	$(GO) run ./scripts/mutants
 
 model: ## the long model-based test: random histories against PostgreSQL and an in-memory model (READSIDE_MODEL=long)
 	READSIDE_MODEL=long $(GO) test -count=1 -run 'TestModel' -v -timeout 60m ./internal/modeltest/

@@ -98,6 +98,22 @@ func TestLeaseFencing(t *testing.T) {
 	}
 	_, err = checkpoint.SetStatus(ctx, pool, "nope", checkpoint.Paused)
 	require.ErrorIs(t, err, checkpoint.ErrUnknownProjection)
+
+	// Only the epoch tells an owner's old lease from its new one: the same
+	// worker id claims the segment again after a reset to where its cursor
+	// was (a worker stopped with a batch fetched, and a process with the
+	// same --worker-id in its place). The old lease's batch must not commit
+	// on top of the replay.
+	claimed, err = checkpoint.ClaimSegments(ctx, pool, "w2", both, time.Minute)
+	require.NoError(t, err)
+	old := lease(claimed[0])
+	require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return checkpoint.Move(ctx, tx, "p", outbox.Start) }))
+	claimed, err = checkpoint.ClaimSegments(ctx, pool, "w2", both, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, old.Owner, claimed[0].LeaseOwner)
+	require.Equal(t, old.Epoch+2, claimed[0].LeaseEpoch)
+	require.ErrorIs(t, advance(old, outbox.Start, to), checkpoint.ErrFenced, "the owner's old epoch")
+	require.NoError(t, advance(lease(claimed[0]), outbox.Start, to))
 }
 
 // A transaction that outlives its lease after its first fenced UPDATE still

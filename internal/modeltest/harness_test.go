@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"sort"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/readside/readside/internal/checkpoint"
 	"github.com/readside/readside/internal/control"
 	"github.com/readside/readside/internal/deadletter"
 	"github.com/readside/readside/internal/pgerr"
@@ -34,7 +36,8 @@ type tb interface {
 // config is what a history runs with, besides its steps.
 type config struct {
 	BatchSize   int
-	MaxAttempts int // 0 means 1
+	MaxAttempts int  // 0 means 1
+	Halt        bool // mt_one's policy is Halt instead of Park
 }
 
 type harness struct {
@@ -65,7 +68,8 @@ func newHarness(t tb, pool *pgxpool.Pool, cfg config) *harness {
 	crashed, stolen := map[int64]bool{}, map[int64]bool{}
 	for i, n := range projectionNames {
 		h.probes = append(h.probes, &probe{name: n, segments: []int{1, 4}[i], mu: &h.mu, crashed: crashed, stolen: stolen,
-			pool: pool, thieves: &h.thieves})
+			pool: pool, thieves: &h.thieves, halt: cfg.Halt && i == 0})
+		h.m.proj(n).halt = cfg.Halt && i == 0
 	}
 	var ddl strings.Builder
 	for _, p := range h.probes {
@@ -324,11 +328,21 @@ func (h *harness) end(i int, how string) {
 
 // run starts a worker, waits until every segment has passed the last
 // visible event, and stops it. With a projection to switch, it also runs
-// the control plane, which switches the projection's rebuild in.
-func (h *harness) run(kill bool, switching ...string) {
+// the control plane, which switches the projection's rebuild in. With s
+// (a run step): Kill hard-stops a first worker once it has applied
+// something; Fleet 2 runs two workers, the first of which is hard-stopped
+// once it has applied something, so that the second takes its segments
+// over when their leases expire; Race is an operator command (retry, or
+// discard) run while the worker runs.
+func (h *harness) run(s step, switching ...string) {
 	t := h.t
 	target := h.m.target()
-	if target != outbox.Start || len(switching) > 0 {
+	kill := s.Kill
+	before := map[int64]bool{}
+	if s.Race != "" {
+		maps.Copy(before, h.m.proj(s.Proj).processed)
+	}
+	if target != outbox.Start || len(switching) > 0 || s.Race != "" {
 		projs := make([]projectors.Projection, len(h.probes))
 		for i, p := range h.probes {
 			projs[i] = p
@@ -359,14 +373,42 @@ func (h *harness) run(kill bool, switching ...string) {
 		w, err := projectors.NewWorker(cfg)
 		require.NoError(t, err)
 		require.NoError(t, w.Start(h.ctx))
+		if s.Fleet > 1 {
+			// A second worker that dies with its leases held: the first
+			// takes its segments over once they expire.
+			other, err := projectors.NewWorker(cfg)
+			require.NoError(t, err)
+			require.NoError(t, other.Start(h.ctx))
+			var held int
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && held == 0; time.Sleep(2 * time.Millisecond) {
+				require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner = $1`, other.ID()).Scan(&held))
+			}
+			ctx, cancel := context.WithCancel(h.ctx)
+			cancel()
+			require.NoError(t, other.Stop(ctx))
+		}
+		switch s.Race {
+		case "retry":
+			h.retryDB(s.Proj, true)
+		case "discard":
+			h.discardDB(s.Proj, s.Pick)
+		}
 		for _, name := range switching {
 			h.switchIn(name)
 		}
 		deadline := time.Now().Add(60 * time.Second)
 		for {
+			// Paused and halted (failed) segments stand still; a rebuild's
+			// copy of a stopped segment goes as far as it.
 			var behind int
-			require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT count(*) FROM readside.checkpoints
-				WHERE (cursor_txid, cursor_position) < ($1::xid8, $2::bigint)`, target.TxID, target.Position).Scan(&behind))
+			require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT count(*) FROM readside.checkpoints c
+				  LEFT JOIN unnest($3::text[], $4::text[]) AS x(live, copy) ON x.copy = c.projection
+				  LEFT JOIN readside.checkpoints l ON l.projection = x.live AND l.segment = c.segment
+				 WHERE c.status = 'running'
+				   AND CASE WHEN l.status IS NOT NULL AND l.status <> 'running'
+				            THEN (c.cursor_txid, c.cursor_position) < (l.cursor_txid, l.cursor_position)
+				            ELSE (c.cursor_txid, c.cursor_position) < ($1::xid8, $2::bigint) END`,
+				target.TxID, target.Position, h.names, h.shadows()).Scan(&behind))
 			if behind == 0 {
 				break
 			}
@@ -386,7 +428,33 @@ func (h *harness) run(kill bool, switching ...string) {
 	for _, name := range switching {
 		h.m.proj(name).switchIn()
 	}
-	h.compare("run")
+	var loose map[int64]bool
+	switch s.Race {
+	case "retry":
+		// The retry ran before, during or after the run: events of a
+		// retried aggregate that the run read may have been parked and
+		// retried, or applied as they came.
+		p := h.m.proj(s.Proj)
+		h.m.retry(p)
+		loose = map[int64]bool{}
+		for id, d := range p.dl {
+			if d.status == "retried" && !before[id] {
+				loose[id] = true
+			}
+		}
+	case "discard":
+		h.m.proj(s.Proj).discard(h.discardIDs(s.Proj, s.Pick))
+	}
+	h.compareLoose("run", s.Proj, loose)
+}
+
+// shadows names the projections' rebuilds' copies, in the order of names.
+func (h *harness) shadows() []string {
+	out := make([]string, len(h.names))
+	for i, n := range h.names {
+		out[i] = control.ShadowName(n)
+	}
+	return out
 }
 
 // rebuild starts a rebuild of projection name.
@@ -461,19 +529,45 @@ func (h *harness) transient(f func() error) error {
 }
 
 func (h *harness) retry(name string) {
+	h.retryDB(name, false)
+	h.m.retry(h.m.proj(name))
+	h.compare("retry " + name)
+}
+
+// retryDB retries the dead letters of projection name in the database.
+// While a worker runs (racing), the run may park more, and there may be
+// nothing to retry until it has.
+func (h *harness) retryDB(name string, racing bool) {
 	t, p := h.t, h.m.proj(name)
 	parked := len(p.parkedIDs())
 	err := h.transient(func() error {
 		_, err := control.RetryDeadLetters(h.ctx, h.pool, h.probe(name), nil)
 		return err
 	})
-	if parked == 0 {
+	switch {
+	case racing && errors.Is(err, control.ErrNothingToRetry):
+	case parked == 0 && !racing:
 		require.ErrorIs(t, err, control.ErrNothingToRetry)
-	} else {
+	default:
 		require.NoError(t, err)
 	}
-	h.m.retry(p)
-	h.compare("retry " + name)
+}
+
+// compareLoose is compare, except that projection name's dead letters of
+// the events in loose may be missing from the database.
+func (h *harness) compareLoose(after, name string, loose map[int64]bool) {
+	for _, n := range h.names {
+		want := h.m.proj(n).snapshot()
+		got := h.observe(n)
+		if n == name {
+			for id := range loose {
+				if _, ok := got.Dead[id]; !ok {
+					delete(want.Dead, id)
+				}
+			}
+		}
+		require.Equal(h.t, want, got, "%s after %s: model (expected) vs database (actual)", n, after)
+	}
 }
 
 func (h *harness) repair(name, agg string) {
@@ -495,16 +589,31 @@ func (h *harness) repair(name, agg string) {
 }
 
 func (h *harness) discard(name string, pick int) {
-	t, p := h.t, h.m.proj(name)
-	parked := p.parkedIDs()
-	var ids []int64 // dead-letter ids
-	var events []int64
+	events := h.discardIDs(name, pick)
+	h.discardDB(name, pick)
+	h.m.proj(name).discard(events)
+	h.compare("discard " + name)
+}
+
+// discardIDs are the events a discard of projection name's dead letters
+// picks (see step.Pick): all parked ones, or one.
+func (h *harness) discardIDs(name string, pick int) []int64 {
+	parked := h.m.proj(name).parkedIDs()
 	if pick >= 0 && pick < len(parked) {
+		return []int64{parked[pick]}
+	}
+	return parked
+}
+
+// discardDB discards the dead letters discardIDs picks in the database.
+func (h *harness) discardDB(name string, pick int) {
+	t := h.t
+	events := h.discardIDs(name, pick)
+	var ids []int64 // dead-letter ids, none for all
+	if pick >= 0 && len(events) == 1 {
 		var id int64
-		require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT id FROM readside.dead_letters WHERE projection = $1 AND event_id = $2`, name, parked[pick]).Scan(&id))
-		ids, events = []int64{id}, []int64{parked[pick]}
-	} else {
-		events = parked
+		require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT id FROM readside.dead_letters WHERE projection = $1 AND event_id = $2`, name, events[0]).Scan(&id))
+		ids = []int64{id}
 	}
 	_, err := deadletter.Discard(h.ctx, h.pool, name, ids)
 	if len(events) == 0 {
@@ -512,8 +621,19 @@ func (h *harness) discard(name string, pick int) {
 	} else {
 		require.NoError(t, err)
 	}
-	p.discard(events)
-	h.compare("discard " + name)
+}
+
+// pause pauses or resumes projection name.
+func (h *harness) pause(name string, paused bool) {
+	status := checkpoint.Running
+	if paused {
+		status = checkpoint.Paused
+	}
+	_, err := checkpoint.SetStatus(h.ctx, h.pool, name, status)
+	require.NoError(h.t, err)
+	p := h.m.proj(name)
+	p.paused, p.halted = paused, false // a failed segment is paused, or resumed, too
+	h.compare(fmt.Sprintf("pause %s (%t)", name, paused))
 }
 
 func (h *harness) reset(name, to string, pick int) {
@@ -623,6 +743,8 @@ func (h *harness) observe(name string) snapshot {
 		s.Effects[id] = n
 	}
 	require.NoError(t, rows.Err())
+	require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT EXISTS (SELECT 1 FROM readside.checkpoints WHERE projection = $1 AND status = 'failed')`,
+		name).Scan(&s.Halted))
 	rows, err = h.pool.Query(h.ctx, `SELECT event_id, status || '/' || reason FROM readside.dead_letters WHERE projection = $1`, name)
 	require.NoError(t, err)
 	for rows.Next() {
@@ -665,7 +787,9 @@ func (h *harness) do(s step) {
 	case "end":
 		h.end(s.Slot, s.End)
 	case "run":
-		h.run(s.Kill)
+		h.run(s)
+	case "pause", "resume":
+		h.pause(s.Proj, s.Op == "pause")
 	case "cure":
 		h.cure(s.Agg)
 	case "retry":
@@ -682,26 +806,31 @@ func (h *harness) do(s step) {
 		h.rebuild(s.Proj)
 	case "switch":
 		if !enabled.SwitchWithBacklog {
-			h.run(false)
+			h.run(step{})
 		}
 		if h.m.proj(s.Proj).shadow == nil {
 			h.rebuild(s.Proj)
 		}
-		h.run(false, s.Proj)
+		h.run(step{}, s.Proj)
 	default:
 		panic("modeltest: unknown step " + s.Op)
 	}
 }
 
-// finish commits every held slot and runs to the end: nothing may be left
-// behind.
+// finish commits every held slot, resumes every paused projection and runs
+// to the end: nothing may be left behind.
 func (h *harness) finish() {
 	for i, s := range h.m.slots {
 		if s.open {
 			h.end(i, "commit")
 		}
 	}
-	h.run(false)
+	for _, p := range h.m.projs {
+		if p.paused {
+			h.pause(p.name, false)
+		}
+	}
+	h.run(step{})
 }
 
 // replay runs a literal history (a regression case).

@@ -29,7 +29,7 @@ type stmt struct {
 
 type step struct {
 	// Op: write, more, end, run, cure, retry, discard, repair, reset,
-	// prune, rebuild, switch; idle (open a slot with an xid and no event: an
+	// prune, rebuild, switch, pause, resume; idle (open a slot with an xid and no event: an
 	// unrelated write transaction held open), fence (readers advance the
 	// read fence past every open slot: a later first event of an idle
 	// slot is refused).
@@ -38,10 +38,12 @@ type step struct {
 	Early bool   // write: take the xid (pg_current_xact_id()) before writing
 	Stmts []stmt // write, more
 	End   string // write: commit, rollback, hold; end: commit, rollback
-	Proj  string // retry, discard, repair, reset, rebuild, switch
+	Proj  string // retry, discard, repair, reset, rebuild, switch, pause, resume; run with Race
 	Agg   string // cure, repair
 	To    string // reset: start, cursor, time
 	Kill  bool   // run: kill a first worker (hard stop, batches in flight roll back) once it has applied something
+	Fleet int    // run: 2 runs a second worker that dies holding leases, which the first takes over
+	Race  string // run: "retry" or "discard" (of Proj's dead letters, Pick) while the worker runs
 	Pick  int    // reset cursor/time: index among the candidates in read order (-1: the start, -2: beyond the head); discard: index among parked, -1 all
 }
 
@@ -207,7 +209,8 @@ func (g generator) held() []int {
 // next draws the next step, given the state of the model.
 func (g generator) next(t *rapid.T) step {
 	m := g.h.m
-	ops := []string{"write", "write", "write", "write", "run", "run", "cure", "retry", "discard", "reset", "reset", "prune", "repair"}
+	ops := []string{"write", "write", "write", "write", "run", "run", "cure", "retry", "discard", "reset", "reset", "prune", "repair",
+		"pause", "resume"}
 	if len(g.held()) > 0 {
 		ops = append(ops, "more", "end", "end", "fence")
 	}
@@ -282,7 +285,32 @@ func (g generator) next(t *rapid.T) step {
 		}
 		return step{Op: op, Proj: p, To: to, Pick: pick}
 	case "run":
-		return step{Op: op, Kill: rapid.IntRange(0, 3).Draw(t, "kill") == 0}
+		s := step{Op: op, Kill: rapid.IntRange(0, 3).Draw(t, "kill") == 0, Fleet: rapid.SampledFrom([]int{1, 1, 2}).Draw(t, "fleet")}
+		p := rapid.SampledFrom(g.h.names).Draw(t, "race proj")
+		switch rapid.IntRange(0, 3).Draw(t, "race") {
+		case 0:
+			// A retry while the worker runs: it may find nothing parked
+			// until the run parks something.
+			s.Race, s.Proj = "retry", p
+		case 1:
+			// A discard while the worker runs, of one dead letter whose
+			// aggregate stays parked, so that the run parks the same
+			// events whenever it lands.
+			parked := m.proj(p).parkedIDs()
+			var keep []int
+			for i, id := range parked {
+				agg := m.byID[id].agg
+				if slices.ContainsFunc(parked, func(o int64) bool { return o != id && m.byID[o].agg == agg }) {
+					keep = append(keep, i)
+				}
+			}
+			if len(keep) > 0 {
+				s.Race, s.Proj, s.Pick = "discard", p, rapid.SampledFrom(keep).Draw(t, "dl")
+			}
+		}
+		return s
+	case "pause", "resume":
+		return step{Op: op, Proj: rapid.SampledFrom(g.h.names).Draw(t, "proj")}
 	default:
 		return step{Op: op}
 	}

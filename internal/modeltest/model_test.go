@@ -67,6 +67,9 @@ type projModel struct {
 	name      string
 	shadow    *projModel     // a rebuild in progress
 	live      *projModel     // of a rebuild's copy: the live projection
+	paused    bool           // runs pass it over
+	halt      bool           // its policy is Halt (one segment): a failing event stops it
+	halted    bool           // a failing event stopped it (status failed) until a resume or reset
 	processed map[int64]bool // events its checkpoint has passed
 	state     map[string]*aggState
 	count     int64
@@ -219,25 +222,34 @@ func (m *model) predict(s *slot, st stmt, fence uint64) []string {
 }
 
 // process is a runner passing event e (in version order per aggregate).
-func (m *model) process(p *projModel, e *event) {
+// A projection with policy Halt does not pass a failing event: it stops
+// there (and reports false).
+func (m *model) process(p *projModel, e *event) bool {
+	if p.halt && e.pl.Poison && !m.cured[e.agg] {
+		if d := p.dl[e.id]; d == nil || d.status != "discarded" {
+			p.halted = true
+			return false
+		}
+	}
 	p.processed[e.id] = true
 	if d := p.dl[e.id]; d != nil && (d.status == "parked" || d.status == "discarded") {
-		return // already parked, or given up by an operator
+		return true // already parked, or given up by an operator
 	}
 	if p.live != nil {
 		if d := p.live.dl[e.id]; d != nil && d.status == "discarded" {
-			return // a rebuild's copy skips what an operator discarded from the live projection
+			return true // a rebuild's copy skips what an operator discarded from the live projection
 		}
 	}
 	if p.aggParked(m, e.agg) {
 		p.dl[e.id] = &deadLetter{status: "parked", reason: "blocked"}
-		return
+		return true
 	}
 	if e.pl.Poison && !m.cured[e.agg] {
 		p.dl[e.id] = &deadLetter{status: "parked", reason: "failed"}
-		return
+		return true
 	}
 	p.apply(e)
+	return true
 }
 
 func (p *projModel) aggParked(m *model, agg string) bool {
@@ -276,16 +288,40 @@ func (p *projModel) apply(e *event) {
 func (m *model) run() {
 	for _, p := range m.projs {
 		for _, q := range []*projModel{p, p.shadow} {
-			if q == nil {
+			if q == nil || q == p && (p.paused || p.halted) {
+				continue
+			}
+			if q.halt {
+				// One segment, in read order, up to the first failing event.
+				m.runHalting(q)
 				continue
 			}
 			for _, agg := range slices.Sorted(maps.Keys(m.committed)) {
 				for _, e := range m.committed[agg] {
-					if m.visible(e) && !q.processed[e.id] {
+					// A rebuild's copy never passes the live projection.
+					if m.visible(e) && !q.processed[e.id] && (q.live == nil || q.live.processed[e.id]) {
 						m.process(q, e)
 					}
 				}
 			}
+		}
+	}
+}
+
+// runHalting runs projection p, whose policy is Halt, in read order
+// until an event fails.
+func (m *model) runHalting(p *projModel) {
+	evs := slices.Clone(m.all)
+	slices.SortFunc(evs, func(a, b *event) int { return a.cursor().Compare(b.cursor()) })
+	for _, e := range evs {
+		if !m.visible(e) || p.processed[e.id] {
+			continue
+		}
+		if p.live != nil && !p.live.processed[e.id] {
+			return // a rebuild's copy never passes the live projection
+		}
+		if !m.process(p, e) {
+			return
 		}
 	}
 }
@@ -297,6 +333,7 @@ func (p *projModel) rebuild(name string) {
 	p.shadow = newProjModel(name)
 	p.shadow.effects = p.effects
 	p.shadow.live = p
+	p.shadow.halt = p.halt
 }
 
 // switchIn replaces p's state with its copy's. Of p's dead letters only
@@ -317,6 +354,9 @@ func (p *projModel) switchIn() {
 		}
 	}
 	p.processed, p.state, p.count, p.dl = c.processed, c.state, c.count, dl
+	if p.halted {
+		p.halted = c.halted // a failed live projection takes the copy's status
+	}
 }
 
 // repair forgets aggregate agg's state in p and re-applies, in version
@@ -390,6 +430,7 @@ func (p *projModel) discard(ids []int64) {
 }
 
 func (p *projModel) resetToStart() {
+	p.halted = false
 	p.processed = map[int64]bool{}
 	p.state = map[string]*aggState{}
 	p.count = 0
@@ -398,6 +439,7 @@ func (p *projModel) resetToStart() {
 
 // resetTo moves p's checkpoint to c: events after it are processed again.
 func (m *model) resetTo(p *projModel, c outbox.Cursor) {
+	p.halted = false
 	for id := range p.processed {
 		if c.Less(m.byID[id].cursor()) {
 			delete(p.processed, id)
@@ -412,10 +454,11 @@ type snapshot struct {
 	Count   int64
 	Effects map[int64]int
 	Dead    map[int64]string // event id -> "status/reason"
+	Halted  bool             // a segment's status is failed
 }
 
 func (p *projModel) snapshot() snapshot {
-	s := snapshot{State: map[string]string{}, Count: p.count, Effects: map[int64]int{}, Dead: map[int64]string{}}
+	s := snapshot{State: map[string]string{}, Count: p.count, Effects: map[int64]int{}, Dead: map[int64]string{}, Halted: p.halted}
 	for agg, st := range p.state {
 		s.State[agg] = fmt.Sprintf("%d|%s", st.last, strings.Join(st.seq, ","))
 	}

@@ -40,7 +40,8 @@ func TestModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	rapid.Check(t, func(rt *rapid.T) {
-		cfg := config{BatchSize: rapid.SampledFrom([]int{1, 2, 5, 1000}).Draw(rt, "batch"), MaxAttempts: 1}
+		cfg := config{BatchSize: rapid.SampledFrom([]int{1, 2, 5, 1000}).Draw(rt, "batch"), MaxAttempts: 1,
+			Halt: rapid.IntRange(0, 2).Draw(rt, "halt") == 0}
 		if enabled.Attempts {
 			cfg.MaxAttempts = rapid.IntRange(1, 3).Draw(rt, "attempts")
 		}

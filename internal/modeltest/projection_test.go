@@ -32,6 +32,7 @@ type payload struct {
 type probe struct {
 	name     string
 	segments int
+	halt     bool // policy Halt
 
 	mu      *sync.Mutex
 	crashed map[int64]bool // shared across projections: each mark fires once per history
@@ -52,7 +53,11 @@ CREATE TABLE IF NOT EXISTS mt_cured (aggregate_id text PRIMARY KEY);`, p.state()
 }
 
 func (p *probe) Spec() projectors.Spec {
-	return projectors.Spec{Name: p.name, Segments: p.segments, Tables: []string{p.state(), p.count()}}
+	policy := projectors.Park
+	if p.halt {
+		policy = projectors.Halt
+	}
+	return projectors.Spec{Name: p.name, Segments: p.segments, OnError: policy, Tables: []string{p.state(), p.count()}}
 }
 
 func (p *probe) once(m map[int64]bool, id int64) bool {

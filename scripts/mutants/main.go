@@ -1,0 +1,292 @@
+// Command mutants checks that the test suite bites (`make mutants`): for
+// each mutation of a list (a guard of readside's reverted by a textual
+// search and replace in one or more files) it copies the repository to a
+// temporary directory, applies the mutation there, runs the short model
+// test (`go test -run TestModel ./internal/modeltest/`) and the regression
+// tests that should catch it, and reports whether any of them failed
+// (caught, and which tests) and how long it took. It exits 1 if a mutation survives, or does
+// not apply (its search text is not in the file exactly once), or makes a
+// test fail to build.
+//
+//	go run ./scripts/mutants [-only SUBSTRING] [-model=false] [-keep]
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// edit replaces the one occurrence of old in file with new.
+type edit struct {
+	file, old, new string
+}
+
+// check is one `go test` run: a package and a -run pattern.
+type check struct {
+	pkg, run string
+}
+
+type mutation struct {
+	name  string
+	edits []edit
+	// checks are the targeted regression tests that should catch it,
+	// besides the short model test.
+	checks []check
+}
+
+// unledgered applies a batch the way readside did before the side-effect
+// ledger: the projection sees no ledger, so Batch.SideEffectsDue answers
+// from the Replay flag the caller set.
+const unledgered = `
+func applyUnledgered(ctx context.Context, tx pgx.Tx, p projectors.Projection, b *projectors.Batch) error {
+	ptx, err := dbschema.Projection(ctx, tx, "")
+	if err != nil {
+		return err
+	}
+	return p.Apply(ctx, ptx, b)
+}
+`
+
+var mutations = []mutation{
+	{
+		name: "park beyond the committed cursor (runner parkUpTo)",
+		edits: []edit{{"projectors/runner.go",
+			"\t\t\tif !to.Less(e.Cursor) {\n\t\t\t\tevents = append(events, e)",
+			"\t\t\tif true {\n\t\t\t\tevents = append(events, e)"}},
+		checks: []check{{"./projectors/", "TestDeadLetterResolvedBeforeReread"}},
+	},
+	{
+		name: "version-order rule (events trigger: rows of an aggregate out of version order)",
+		edits: []edit{{"migrations/012_read_fence.up.sql",
+			"WHERE n.version > 1 AND (p.txid IS NULL OR (p.txid, p.id) > (n.txid, n.id))",
+			"WHERE n.version > 1 AND (p.txid IS NULL OR p.txid > n.txid)"}},
+		// TestModelRegressions/OutOfOrderRowsAndForgedTxid, in the model run.
+	},
+	{
+		name: "replay flag in repair (repair asks the Replay flag, not the side-effect ledger)",
+		edits: []edit{
+			{"internal/control/repair.go", "if err := projectors.ApplyTx(ctx, tx, p, batch); err != nil {",
+				"if err := applyUnledgered(ctx, tx, p, batch); err != nil {"},
+			{"internal/control/repair.go", "\n// runs yields the longest runs", unledgered + "\n// runs yields the longest runs"},
+		},
+		// and TestModelRegressions/ReparkedByReplayThenRepaired.
+		checks: []check{{"./projectors/", "TestSideEffectsExactlyOnceAcrossRepairAndRetry"}},
+	},
+	{
+		name: "replay flag in retry (dead-letter retry asks the Replay flag, not the side-effect ledger)",
+		edits: []edit{
+			{"internal/control/deadletter_retry.go", "applyErr = projectors.ApplyTx(ctx, sp, p, b)",
+				"applyErr = applyUnledgered(ctx, sp, p, b)"},
+			{"internal/control/deadletter_retry.go", "\t\"github.com/readside/readside/internal/deadletter\"\n",
+				"\t\"github.com/readside/readside/internal/dbschema\"\n\t\"github.com/readside/readside/internal/deadletter\"\n"},
+			{"internal/control/deadletter_retry.go", "\n// applyInSavepoint applies", unledgered + "\n// applyInSavepoint applies"},
+		},
+		// TestModelRegressions/ParkedResetParkedAgainThenRetried, in the
+		// model run.
+	},
+	{
+		name: "reset clamp (a reset target past a running writer is not clamped to the read window)",
+		edits: []edit{{"internal/control/reset.go",
+			"\treturn outbox.ClampToWindow(ctx, tx, c)\n}",
+			"\treturn c, nil\n}"}},
+		checks: []check{{"./projectors/", "TestResetTargetClampedToReadWindow"}},
+	},
+	{
+		name: "epoch check of the fenced checkpoint UPDATE",
+		edits: []edit{{"internal/checkpoint/checkpoint.go",
+			"   AND lease_owner = $3 AND lease_epoch = $4%s",
+			"   AND lease_owner = $3 AND $4::bigint IS NOT NULL%s"}},
+		checks: []check{{"./internal/checkpoint/", "TestLeaseFencing"}},
+	},
+	{
+		name: "side-effect ledger check (every claim returns the event, fired before or not)",
+		edits: []edit{{"projectors/sideeffect.go",
+			"ON CONFLICT (projection, event_id) DO NOTHING RETURNING event_id",
+			"ON CONFLICT (projection, event_id) DO UPDATE SET fired_at = now() RETURNING event_id"}},
+		checks: []check{{"./projectors/", "TestSideEffectsExactlyOnceAcross"}},
+	},
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "mutants:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("mutants", flag.ContinueOnError)
+	only := fs.String("only", "", "run only the mutations whose name contains this")
+	model := fs.Bool("model", true, "run the short model test for each mutation (besides its regression tests)")
+	keep := fs.Bool("keep", false, "keep the temporary copy")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	root, err := output(ctx, ".", "git", "rev-parse", "--show-toplevel")
+	if err != nil {
+		return fmt.Errorf("find the repository: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "readside-mutants-")
+	if err != nil {
+		return err
+	}
+	if !*keep {
+		defer os.RemoveAll(dir)
+	}
+	if err := copyTree(ctx, strings.TrimSpace(root), dir); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "mutants: %d mutations, in a copy at %s\n", len(mutations), dir)
+	survived := 0
+	for _, m := range mutations {
+		if !strings.Contains(m.name, *only) {
+			continue
+		}
+		res, err := try(ctx, dir, m, *model)
+		if err != nil {
+			return fmt.Errorf("%s: %w", m.name, err)
+		}
+		if !res.caught {
+			survived++
+		}
+		fmt.Fprintf(out, "%-12s %6.0fs  %s  [%s]\n", res.verdict(), res.elapsed.Seconds(), m.name, strings.Join(res.by, "; "))
+	}
+	if survived > 0 {
+		return fmt.Errorf("%d mutations survived or broke the build", survived)
+	}
+	return nil
+}
+
+type result struct {
+	caught, broken bool
+	elapsed        time.Duration
+	by             []string // per check: caught or passed
+}
+
+func (r result) verdict() string {
+	switch {
+	case r.broken:
+		return "BROKEN"
+	case r.caught:
+		return "caught"
+	}
+	return "NOT CAUGHT"
+}
+
+// try applies m in dir, runs its checks and restores the files.
+func try(ctx context.Context, dir string, m mutation, model bool) (result, error) {
+	var res result
+	originals := map[string][]byte{}
+	defer func() {
+		for f, b := range originals {
+			_ = os.WriteFile(filepath.Join(dir, f), b, 0o644)
+		}
+	}()
+	for _, e := range m.edits {
+		path := filepath.Join(dir, e.file)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return res, err
+		}
+		if _, ok := originals[e.file]; !ok {
+			originals[e.file] = b
+		}
+		if n := bytes.Count(b, []byte(e.old)); n != 1 {
+			return res, fmt.Errorf("%s: the text to replace occurs %d times, want 1: %q", e.file, n, e.old)
+		}
+		if err := os.WriteFile(path, bytes.Replace(b, []byte(e.old), []byte(e.new), 1), 0o644); err != nil {
+			return res, err
+		}
+	}
+	checks := m.checks
+	if model {
+		// The random histories (TestModel) and the regressions
+		// (TestModelRegressions).
+		checks = append([]check{{"./internal/modeltest/", "TestModel"}}, checks...)
+	}
+	start := time.Now()
+	for _, c := range checks {
+		cmd := exec.CommandContext(ctx, "go", "test", "-trimpath", "-count=1", "-timeout", "10m", "-run", c.run, c.pkg)
+		cmd.Dir = dir
+		b, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		switch {
+		case err == nil && bytes.Contains(b, []byte("[no tests to run]")):
+			return res, fmt.Errorf("%s -run %s: no test matches", c.pkg, c.run)
+		case err == nil:
+			res.by = append(res.by, c.run+": passed")
+		case errors.As(err, &exit) && (bytes.Contains(b, []byte("[build failed]")) || bytes.Contains(b, []byte("[setup failed]"))):
+			res.broken = true
+			res.by = append(res.by, c.run+": build failed")
+			fmt.Fprintf(os.Stderr, "%s\n", b)
+		case errors.As(err, &exit):
+			res.caught = true
+			res.by = append(res.by, c.run+": CAUGHT by "+strings.Join(failed(b), ", "))
+		default:
+			return res, err
+		}
+		if ctx.Err() != nil {
+			return res, ctx.Err()
+		}
+	}
+	res.elapsed = time.Since(start)
+	res.caught = res.caught && !res.broken
+	return res, nil
+}
+
+// failed lists the tests that go test's output says failed, innermost
+// first.
+func failed(out []byte) []string {
+	var names []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if _, name, ok := strings.Cut(strings.TrimSpace(line), "--- FAIL: "); ok {
+			name, _, _ = strings.Cut(name, " ")
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// copyTree copies the repository's files (tracked, and untracked ones git
+// does not ignore) from root to dir.
+func copyTree(ctx context.Context, root, dir string) error {
+	list, err := output(ctx, root, "git", "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+	if err != nil {
+		return err
+	}
+	for _, f := range strings.Split(strings.TrimRight(list, "\x00"), "\x00") {
+		b, err := os.ReadFile(filepath.Join(root, f))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // deleted in the work tree
+		}
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(filepath.Join(dir, filepath.Dir(f)), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func output(ctx context.Context, dir, name string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = dir
+	b, err := cmd.Output()
+	return string(b), err
+}
