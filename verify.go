@@ -2,6 +2,7 @@ package readside
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -49,6 +50,11 @@ type VerifyOptions struct {
 // on error and cancellation too. The projection must list its Tables;
 // Spec.Keys names the aggregates whose rows differ and Spec.Volatile the
 // columns left out (updated_at = now()). See Verification.Differs.
+//
+// Every verification that ran is recorded in readside.verifications (the
+// verify metrics read it), failed ones too. An error with a non-nil
+// Verification is a repair or the recording that failed after the
+// comparison.
 func (c *Client) Verify(ctx context.Context, name string, o VerifyOptions) (*Verification, error) {
 	p, err := c.projection(name)
 	if err != nil {
@@ -60,11 +66,9 @@ func (c *Client) Verify(ctx context.Context, name string, o VerifyOptions) (*Ver
 	if err := c.known(ctx, name); err != nil {
 		return nil, err
 	}
+	started := time.Now()
 	v, err := control.Verify(ctx, c.db, p, control.VerifyOptions{AggregateIDs: o.AggregateIDs})
-	if err != nil {
-		return nil, err
-	}
-	if o.Repair && len(v.Aggregates) > 0 {
+	if err == nil && o.Repair && len(v.Aggregates) > 0 {
 		ids := make([]string, 0, len(v.Aggregates))
 		for _, a := range v.Aggregates {
 			ids = append(ids, a.ID)
@@ -72,8 +76,23 @@ func (c *Client) Verify(ctx context.Context, name string, o VerifyOptions) (*Ver
 		v.Repaired, err = c.Repair(ctx, name, RepairOptions{AggregateIDs: ids})
 		v.Finished = time.Now()
 		if err != nil {
-			return v, fmt.Errorf("verify %s: %d aggregate(s) differ; repairing them failed: %w", name, len(ids), err)
+			v.Repaired = nil
+			err = fmt.Errorf("verify %s: %d aggregate(s) differ; repairing them failed: %w", name, len(ids), err)
 		}
 	}
-	return v, nil
+	if errors.Is(err, ErrVerifyRunning) {
+		return nil, err // the one running records its own result
+	}
+	if v == nil && err == nil {
+		panic("readside: control.Verify returned neither a verification nor an error")
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if rerr := control.Record(rctx, c.db, name, started, v, err); rerr != nil && err == nil {
+		err = rerr
+	}
+	if v == nil {
+		return nil, err
+	}
+	return v, err
 }

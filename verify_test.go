@@ -9,10 +9,13 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside"
 	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/internal/promtest"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
 	"github.com/readside/readside/projectors/orderstatistics"
@@ -32,9 +35,9 @@ func scratchSchemas(t *testing.T, pool *pgxpool.Pool) []string {
 
 // caughtUp runs a fleet member over projs until it has applied every event
 // written so far, and leaves it running.
-func caughtUp(t *testing.T, pool *pgxpool.Pool, projs ...projectors.Projection) *readside.Client {
+func caughtUp(t *testing.T, pool *pgxpool.Pool, reg prometheus.Registerer, projs ...projectors.Projection) *readside.Client {
 	t.Helper()
-	c := newClient(t, readside.Config{Pool: pool, Projections: projs})
+	c := newClient(t, readside.Config{Pool: pool, Projections: projs, Registerer: reg})
 	start(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -57,7 +60,7 @@ func TestVerify(t *testing.T) {
 		_, err := outbox.Append(ctx, tx, bad.Aggregate, 0, []outbox.NewEvent{bad.Event})
 		return err
 	}))
-	c := caughtUp(t, pool, ordersummary.New(), orderstatistics.New())
+	c := caughtUp(t, pool, nil, ordersummary.New(), orderstatistics.New())
 	var parked int
 	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM readside.dead_letters WHERE projection = 'order_summary' AND status = 'parked'`).Scan(&parked))
 	require.Equal(t, 1, parked, "the malformed event is parked")
@@ -118,7 +121,7 @@ func TestVerifyWhileTheFleetRuns(t *testing.T) {
 	pool := pgtest.NewDB(t)
 	_, err := projectortest.Lifecycles{Orders: 30, Writers: 2}.Generate(ctx, pool)
 	require.NoError(t, err)
-	c := caughtUp(t, pool, ordersummary.New(), orderstatistics.New())
+	c := caughtUp(t, pool, nil, ordersummary.New(), orderstatistics.New())
 
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -196,12 +199,16 @@ func TestVerifyCleansUp(t *testing.T) {
 	vctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	p := &cancelling{Projection: ordersummary.New(), cancel: cancel}
-	c := caughtUp(t, pool, p)
+	c := caughtUp(t, pool, nil, p)
 
 	p.armed.Store(true)
 	_, err = c.Verify(vctx, ordersummary.Name, readside.VerifyOptions{})
 	require.ErrorIs(t, err, context.Canceled)
 	require.Empty(t, scratchSchemas(t, pool), "a cancelled verification left its scratch schema")
+	var result, msg string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT result, error FROM readside.verifications ORDER BY id DESC LIMIT 1`).Scan(&result, &msg))
+	require.Equal(t, "error", result)
+	require.Contains(t, msg, "context canceled")
 
 	_, err = pool.Exec(ctx, `CREATE SCHEMA readside_verify_order_summary; CREATE TABLE readside_verify_order_summary.order_summary (x int)`)
 	require.NoError(t, err)
@@ -210,4 +217,59 @@ func TestVerifyCleansUp(t *testing.T) {
 	require.NoError(t, err, "a schema left by a killed verification is in the way")
 	require.False(t, v.Differs())
 	require.Empty(t, scratchSchemas(t, pool))
+}
+
+// Each verification is recorded, and the latest one's result, differences
+// and time are exported per projection.
+func TestVerifyRecordsAndExports(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	_, err := projectortest.Lifecycles{Orders: 10, Writers: 1}.Generate(ctx, pool)
+	require.NoError(t, err)
+	reg := prometheus.NewRegistry()
+	c := caughtUp(t, pool, reg, ordersummary.New())
+	const (
+		ok      = `readside_verify_last_result{projection="order_summary",result="ok"}`
+		differs = `readside_verify_last_result{projection="order_summary",result="differs"}`
+		diffs   = `readside_verify_differences{projection="order_summary"}`
+		last    = `readside_verify_last_timestamp_seconds{projection="order_summary"}`
+		good    = `readside_verify_last_success_timestamp_seconds{projection="order_summary"}`
+	)
+	require.NotContains(t, promtest.Scrape(t, reg), last, "never verified: no series")
+
+	v, err := c.Verify(ctx, ordersummary.Name, readside.VerifyOptions{})
+	require.NoError(t, err)
+	require.False(t, v.Differs())
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
+		m := promtest.Scrape(t, reg)
+		assert.Equal(ct, 1.0, m[ok])
+		assert.Equal(ct, 0.0, m[diffs])
+		assert.InDelta(ct, float64(v.Finished.Unix()), m[last], 2)
+		assert.Equal(ct, m[last], m[good])
+	}, 10*time.Second, 100*time.Millisecond)
+
+	_, err = pool.Exec(ctx, `UPDATE readside.order_summary SET customer_name = 'Mallory' WHERE order_id IN ('ord-0-000001', 'ord-0-000002')`)
+	require.NoError(t, err)
+	v, err = c.Verify(ctx, ordersummary.Name, readside.VerifyOptions{})
+	require.NoError(t, err)
+	require.True(t, v.Differs())
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
+		m := promtest.Scrape(t, reg)
+		assert.Equal(ct, 1.0, m[differs])
+		assert.NotContains(ct, m, ok, "only the latest result has a series")
+		assert.Equal(ct, 2.0, m[diffs])
+		assert.Less(ct, m[good], m[last])
+	}, 10*time.Second, 100*time.Millisecond)
+
+	rows, err := pool.Query(ctx, `SELECT result, differing, differing_rows FROM readside.verifications WHERE projection = 'order_summary' ORDER BY id`)
+	require.NoError(t, err)
+	type row struct {
+		Result         string
+		Differing      int
+		Differing_rows int64
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[row])
+	require.NoError(t, err)
+	require.Equal(t, []row{{"ok", 0, 0}, {"differs", 2, 4}}, got)
 }

@@ -129,8 +129,10 @@ func (a *app) runVerify(ctx context.Context, o verifyOptions, name string, stdou
 		perr = printVerification(stdout, v)
 	}
 	switch {
-	case err != nil: // the repair failed
+	case err != nil && v.Result() == readside.VerifyDiffers: // the repair failed
 		return exitWith(exitDiffers, err)
+	case err != nil: // the recording failed
+		return exitWith(exitNotVerified, err)
 	case perr != nil:
 		return exitWith(exitNotVerified, perr)
 	case v.Result() == readside.VerifyDiffers:

@@ -530,3 +530,33 @@ SELECT ` + key + `, count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT liv
 	})
 	return vt, err
 }
+
+// Record stores a verification's outcome in readside.verifications (what
+// the verify metrics read): v's, or, when v is nil, that the verification
+// started at started failed with cause.
+func Record(ctx context.Context, db checkpoint.DB, projection string, started time.Time, v *Verification, cause error) error {
+	result, finished := VerifyError, time.Now()
+	var differing int
+	var rows, events int64
+	var msg *string
+	if v != nil {
+		result, finished, events = v.Result(), v.Finished, int64(v.Events)
+		differing = len(v.Aggregates) + len(v.Unkeyed())
+		for _, t := range v.Tables {
+			rows += t.OnlyLive + t.OnlyCopy
+		}
+	}
+	if cause != nil {
+		s := dbschema.Clip(cause.Error(), 2000)
+		msg = &s
+		if v == nil || result == VerifyOK {
+			result = VerifyError
+		}
+	}
+	if _, err := db.Exec(ctx, `INSERT INTO readside.verifications
+		(projection, started_at, finished_at, result, differing, differing_rows, events, error)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, projection, started, finished, result, differing, rows, events, msg); err != nil {
+		return fmt.Errorf("record the verification of %s: %w", projection, err)
+	}
+	return nil
+}

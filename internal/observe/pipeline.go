@@ -63,6 +63,7 @@ type pipelineCollector struct {
 	headPos, liveWorkers, holderAge, holderUnknown, fenceRefusals, outboxRows, outboxBytes, scrapeErr   *prometheus.Desc
 	riverJobs, riverOldest                                                                              *prometheus.Desc
 	operation                                                                                           *prometheus.Desc
+	verifyResult, verifyDiffs, verifyLast, verifyLastGood                                               *prometheus.Desc
 }
 
 // RegisterPipelineMetrics registers, on reg, the database-derived lag and
@@ -113,6 +114,14 @@ func newPipelineCollector(db checkpoint.DB, log *slog.Logger, ttl time.Duration)
 		operation: prometheus.NewDesc("readside_projection_operation",
 			"1 while a planned operation runs on the projection: kind reset or rebuild (its control job is queued or running), "+
 				"replay (a segment is below its high-water mark after a reset). Lag alerts are inhibited by it.", []string{"projection", "kind"}, nil),
+		verifyResult: prometheus.NewDesc("readside_verify_last_result",
+			"1 for the result of the projection's latest verification (projector verify): ok, differs, repaired or error.", []string{"projection", "result"}, nil),
+		verifyDiffs: prometheus.NewDesc("readside_verify_differences",
+			"Aggregates (and tables without an aggregate column) that differed from the log at the projection's latest verification.", []string{"projection"}, nil),
+		verifyLast: prometheus.NewDesc("readside_verify_last_timestamp_seconds",
+			"When the projection's latest verification finished (Unix time).", []string{"projection"}, nil),
+		verifyLastGood: prometheus.NewDesc("readside_verify_last_success_timestamp_seconds",
+			"When the projection's latest verification that found it the same as its log (or repaired it) finished (Unix time); 0 when none did.", []string{"projection"}, nil),
 		riverOldest: prometheus.NewDesc("readside_river_oldest_available_seconds",
 			"Age of the oldest job of the River queue that is due and waits for a worker; 0 when none.", []string{"queue"}, nil),
 	}
@@ -121,7 +130,7 @@ func newPipelineCollector(db checkpoint.DB, log *slog.Logger, ttl time.Duration)
 func (c *pipelineCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.lagEvents, c.lagSeconds, c.stalled, c.cursorPos, c.highPos, c.applied, c.parked,
 		c.owned, c.running, c.paused, c.failed, c.headPos, c.liveWorkers, c.holderAge, c.holderUnknown, c.fenceRefusals, c.outboxRows, c.outboxBytes, c.scrapeErr,
-		c.riverJobs, c.riverOldest, c.operation} {
+		c.riverJobs, c.riverOldest, c.operation, c.verifyResult, c.verifyDiffs, c.verifyLast, c.verifyLastGood} {
 		ch <- d
 	}
 }
@@ -219,7 +228,43 @@ func (c *pipelineCollector) collect(ctx context.Context, ch chan<- prometheus.Me
 	if err := c.collectHolder(ctx, ch); err != nil {
 		return err
 	}
+	if err := c.collectVerifications(ctx, ch); err != nil {
+		return err
+	}
 	return c.collectRiver(ctx, ch)
+}
+
+// collectVerifications reports each projection's latest verification
+// (readside.verifications): two index probes per registered projection.
+// A projection never verified has no series.
+func (c *pipelineCollector) collectVerifications(ctx context.Context, ch chan<- prometheus.Metric) error {
+	rows, err := c.db.Query(ctx, `
+SELECT p.name, l.result, l.differing, extract(epoch FROM l.finished_at)::float8, coalesce(extract(epoch FROM s.finished_at), 0)::float8
+  FROM readside.projections p
+ CROSS JOIN LATERAL (SELECT v.result, v.differing, v.finished_at FROM readside.verifications v
+                      WHERE v.projection = p.name ORDER BY v.finished_at DESC LIMIT 1) l
+  LEFT JOIN LATERAL (SELECT v.finished_at FROM readside.verifications v
+                      WHERE v.projection = p.name AND v.result IN ('ok', 'repaired') ORDER BY v.finished_at DESC LIMIT 1) s ON true
+ WHERE p.rebuild_of IS NULL
+ ORDER BY 1`)
+	if err != nil {
+		return fmt.Errorf("verifications: %w", err)
+	}
+	defer rows.Close()
+	g := prometheus.GaugeValue
+	for rows.Next() {
+		var projection, result string
+		var differing int
+		var last, good float64
+		if err := rows.Scan(&projection, &result, &differing, &last, &good); err != nil {
+			return fmt.Errorf("verifications: %w", err)
+		}
+		ch <- prometheus.MustNewConstMetric(c.verifyResult, g, 1, projection, result)
+		ch <- prometheus.MustNewConstMetric(c.verifyDiffs, g, float64(differing), projection)
+		ch <- prometheus.MustNewConstMetric(c.verifyLast, g, last, projection)
+		ch <- prometheus.MustNewConstMetric(c.verifyLastGood, g, good, projection)
+	}
+	return rows.Err()
 }
 
 // collectHolder reports the read window's holder: the oldest

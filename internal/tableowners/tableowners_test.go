@@ -42,6 +42,8 @@ var owners = map[string]string{
 	// The side-effect ledger: Batch.SideEffectsDue, in the apply
 	// transaction.
 	"side_effects": "projectors",
+	// What each `projector verify` found.
+	"verifications": "internal/control",
 	// Read models: the projection's package, which repair and reset call
 	// through Projection.Reset and Forgetter.Forget.
 	"order_summary":           "projectors/ordersummary",
