@@ -25,6 +25,7 @@ import (
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
 	"github.com/readside/readside/projectors/ordersummary"
+	"github.com/readside/readside/projectors/readmodel"
 	"github.com/readside/readside/projectors/shipped"
 )
 
@@ -198,7 +199,7 @@ func TestClientInAnotherSchema(t *testing.T) {
 
 	rep, err := c.Status(ctx)
 	require.NoError(t, err)
-	require.Len(t, rep.Segments, 2)
+	require.Len(t, rep.Segments, readmodel.DefaultSegments+1, "order_summary's segments and per_type's one")
 	for _, s := range rep.Segments {
 		require.Equal(t, checkpoint.Running, s.Status)
 		require.Zero(t, s.LagEvents)
@@ -271,7 +272,7 @@ func TestClientOperationsRefuse(t *testing.T) {
 	require.ErrorIs(t, err, readside.ErrRepairUnsupported, "counter has no Forget")
 	n, err := c.Pause(ctx, "order_summary")
 	require.NoError(t, err)
-	require.Equal(t, 1, n)
+	require.Equal(t, readmodel.DefaultSegments, n, "every segment paused")
 
 	// A reset of a paused projection: Wait says it is blocked.
 	job, err := c.Reset(ctx, "order_summary", readside.ResetToStart())

@@ -16,10 +16,21 @@ import (
 // It subscribes to every event of the aggregate type, not to a list of known
 // types: an event type the read model does not know (a newer writer's, or a
 // bad one) fails and is parked with its reason instead of being skipped
-// silently.
+// silently. It is split in DefaultSegments segments.
 func Spec(name, aggregateType string, tables ...string) projectors.Spec {
-	return projectors.Spec{Name: name, AggregateTypes: []string{aggregateType}, Tables: tables}
+	return projectors.Spec{Name: name, AggregateTypes: []string{aggregateType}, Tables: tables, Segments: DefaultSegments}
 }
+
+// DefaultSegments is the segment count a shipped read model registers
+// with. Chosen by measurement (README, "Throughput at the defaults"): on
+// the 200,000-event backlog of `writer load` on 2 cores, order_summary at
+// the default concurrency (4) drained fastest at 8 of 1, 2, 4 and 8
+// segments. More segments let more of the work run at once, and a
+// segment reads only its own buckets, BatchSize rows per segment (up to
+// 16,000): 8 segments fold 8,000 events per transaction, so an order's
+// events meet in one upsert more often. A registered projection keeps its
+// count; `projector scale` changes it.
+const DefaultSegments = 8
 
 // Truncate empties tables in one statement: the Reset of a read model whose
 // tables hold nothing but what its events wrote.

@@ -124,7 +124,7 @@ func drainWorker(b *testing.B, pool *pgxpool.Pool, p projectors.Projection, segs
 		return err
 	}))
 	for _, t := range spec.Tables {
-		_, err := pool.Exec(ctx, `VACUUM ANALYZE `+pgx.Identifier{t}.Sanitize())
+		_, err := pool.Exec(ctx, `VACUUM ANALYZE `+pgx.Identifier{"readside", t}.Sanitize())
 		require.NoError(b, err)
 	}
 	var want float64

@@ -7,9 +7,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +26,7 @@ import (
 	"github.com/readside/readside/domain"
 	"github.com/readside/readside/internal/loadgen"
 	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/internal/syncbuf"
 	"github.com/readside/readside/projectors"
 	"github.com/readside/readside/projectors/ordersummary"
 	"github.com/readside/readside/projectors/projectortest"
@@ -47,7 +52,15 @@ import (
 //     --projections order_summary` runs it.
 //
 // It reports events/s of each and readside's ratios to the two loops
-// (ratio = loop time / readside time).
+// (ratio = loop time / readside time), and logs each drain's CPU time per
+// 1000 events, this process's and the server's (when the server runs on
+// this machine; see cpuClock), and how many cores it kept busy.
+//
+// READSIDE_BENCH_BACKLOG_URL drains an existing backlog instead of writing
+// one (the issue's: `writer load --events 200000 --aggregates 10000
+// --concurrency 8` into a database of a cluster of its own, so that the
+// server's CPU is this benchmark's alone); READSIDE_BENCH_SEGMENTS="2,4,8"
+// also drains order_summary split in those segment counts.
 func BenchmarkDrainSameWork(b *testing.B) {
 	n := 50_000
 	if s := os.Getenv("READSIDE_BENCH_EVENTS"); s != "" {
@@ -56,12 +69,9 @@ func BenchmarkDrainSameWork(b *testing.B) {
 		n = v
 	}
 	ctx := context.Background()
-	pool := pgtest.NewDB(b)
-	repo, err := aggregate.New(pool, aggregate.Config{})
-	require.NoError(b, err)
-	require.NoError(b, loadgen.Run(ctx, repo, loadgen.Config{Events: n, Aggregates: max(1, min(10_000, n/20)),
-		Concurrency: 8, Progress: time.Hour}, io.Discard))
-	_, err = pool.Exec(ctx, `
+	pool := backlog(b, n)
+	_, err := pool.Exec(ctx, `
+DROP TABLE IF EXISTS same_order_summary, same_checkpoint, plain_order_status, plain_checkpoint;
 CREATE TABLE same_order_summary (LIKE readside.order_summary INCLUDING ALL);
 CREATE TABLE same_checkpoint (id int PRIMARY KEY, txid xid8 NOT NULL, position bigint NOT NULL);
 CREATE TABLE plain_order_status (order_id text PRIMARY KEY, status text NOT NULL, version int NOT NULL);
@@ -72,30 +82,96 @@ CREATE TABLE plain_checkpoint (segment int PRIMARY KEY, txid xid8 NOT NULL, posi
 	var rows int
 	require.NoError(b, pool.QueryRow(ctx, `SELECT count(*) FROM readside.outbox`).Scan(&rows))
 
-	var same, floor, rt time.Duration
-	for b.Loop() {
-		same += drainSameWork(b, pool)
-		floor += drainPlain(b, pool, 1, true)
-		rt += drainDefaults(b, pool)
+	// READSIDE_BENCH_SEGMENTS (e.g. "1,2,4") also drains order_summary
+	// at those segment counts (Concurrency at its default), besides the
+	// defaults.
+	var segs []int
+	for _, f := range strings.FieldsFunc(os.Getenv("READSIDE_BENCH_SEGMENTS"), func(r rune) bool { return r == ',' }) {
+		v, err := strconv.Atoi(f)
+		require.NoError(b, err, "READSIDE_BENCH_SEGMENTS")
+		segs = append(segs, v)
 	}
-	requireSameRows(b, pool)
+	// READSIDE_BENCH_BINARY=1 also drains it with the projector binary
+	// (READSIDE_BENCH_BINARY_ARGS: more arguments for `projector run`).
+	var bin string
+	if os.Getenv("READSIDE_BENCH_BINARY") != "" {
+		bin = buildProjector(b)
+	}
+	clock := newCPUClock(b, pool)
+	var same, floor, rt, binary cpuSpent
+	bySegs := make([]cpuSpent, len(segs))
+	for b.Loop() {
+		same.add(clock.measure(func() time.Duration { return drainSameWork(b, pool) }))
+		floor.add(clock.measure(func() time.Duration { return drainPlain(b, pool, 1, true) }))
+		rt.add(clock.measure(func() time.Duration { return drainDefaults(b, pool, 0) }))
+		requireSameRows(b, pool)
+		if bin != "" {
+			binary.add(clock.measure(func() time.Duration { return drainBinary(b, pool, bin) }))
+			requireSameRows(b, pool)
+		}
+		for i, n := range segs {
+			bySegs[i].add(clock.measure(func() time.Duration { return drainDefaults(b, pool, n) }))
+			requireSameRows(b, pool)
+		}
+	}
 	loops := float64(b.N)
-	b.ReportMetric(loops*float64(rows)/rt.Seconds(), "events/s")
-	b.ReportMetric(loops*float64(rows)/same.Seconds(), "same-work-events/s")
-	b.ReportMetric(loops*float64(rows)/floor.Seconds(), "floor-events/s")
-	b.ReportMetric(same.Seconds()/rt.Seconds(), "ratio-same-work")
-	b.ReportMetric(floor.Seconds()/rt.Seconds(), "ratio-floor")
+	b.ReportMetric(loops*float64(rows)/rt.wall.Seconds(), "events/s")
+	b.ReportMetric(loops*float64(rows)/same.wall.Seconds(), "same-work-events/s")
+	b.ReportMetric(loops*float64(rows)/floor.wall.Seconds(), "floor-events/s")
+	b.ReportMetric(same.wall.Seconds()/rt.wall.Seconds(), "ratio-same-work")
+	b.ReportMetric(floor.wall.Seconds()/rt.wall.Seconds(), "ratio-floor")
 	b.ReportMetric(0, "ns/op")
 	b.Logf("%d events, GOMAXPROCS %d: readside %.0f/s, same-work loop %.0f/s, floor %.0f/s", rows, runtime.GOMAXPROCS(0),
-		float64(rows)/rt.Seconds()*loops, float64(rows)/same.Seconds()*loops, float64(rows)/floor.Seconds()*loops)
+		float64(rows)/rt.wall.Seconds()*loops, float64(rows)/same.wall.Seconds()*loops, float64(rows)/floor.wall.Seconds()*loops)
+	perK := func(d time.Duration) float64 { return d.Seconds() * 1000 / (loops * float64(rows) / 1000) }
+	line := func(name string, s cpuSpent) {
+		b.Logf("%-22s %8.0f events/s  ratio-same-work %.2f  CPU ms per 1000 events: client %6.1f  server %6.1f  (busy cores %.2f)",
+			name, loops*float64(rows)/s.wall.Seconds(), same.wall.Seconds()/s.wall.Seconds(), perK(s.client), perK(s.server),
+			(s.client+s.server).Seconds()/s.wall.Seconds())
+	}
+	line("same-work loop", same)
+	line("floor", floor)
+	line("readside defaults", rt)
+	if bin != "" {
+		line("projector run binary", binary)
+	}
+	for i, n := range segs {
+		line(fmt.Sprintf("readside %d segments", n), bySegs[i])
+	}
+}
+
+// backlog returns a database holding a backlog written as `writer load`
+// writes it, n events. READSIDE_BENCH_BACKLOG_URL names an existing one
+// (written by `writer load`, e.g. in a cluster of its own for CPU
+// figures): it is used as it is, and its order_summary is replaced.
+func backlog(b *testing.B, n int) *pgxpool.Pool {
+	b.Helper()
+	ctx := context.Background()
+	if url := os.Getenv("READSIDE_BENCH_BACKLOG_URL"); url != "" {
+		pool, err := pgxpool.New(ctx, url)
+		require.NoError(b, err)
+		b.Cleanup(pool.Close)
+		return pool
+	}
+	pool := pgtest.NewDB(b)
+	repo, err := aggregate.New(pool, aggregate.Config{})
+	require.NoError(b, err)
+	require.NoError(b, loadgen.Run(ctx, repo, loadgen.Config{Events: n, Aggregates: max(1, min(10_000, n/20)),
+		Concurrency: 8, Progress: time.Hour}, io.Discard))
+	return pool
 }
 
 // drainDefaults runs order_summary from the start through a Worker at its
-// defaults and returns the time until it has applied every Order event.
-func drainDefaults(b *testing.B, pool *pgxpool.Pool) time.Duration {
+// defaults (segments > 0: split in that many segments instead;
+// READSIDE_BENCH_BATCH: that BatchSize) and returns the time until it has
+// applied every Order event.
+func drainDefaults(b *testing.B, pool *pgxpool.Pool, segments int) time.Duration {
 	b.Helper()
 	ctx := context.Background()
-	p := ordersummary.New()
+	var p projectors.Projection = ordersummary.New()
+	if segments > 0 {
+		p = segmented{p, segments}
+	}
 	spec := p.Spec()
 	require.NoError(b, projectortest.InTx(ctx, pool, func(tx pgx.Tx) error {
 		if err := p.Reset(ctx, tx); err != nil {
@@ -109,8 +185,9 @@ func drainDefaults(b *testing.B, pool *pgxpool.Pool) time.Duration {
 	var want float64
 	require.NoError(b, pool.QueryRow(ctx, `SELECT count(*)::float8 FROM readside.events WHERE aggregate_type = 'Order'`).Scan(&want))
 	reg := prometheus.NewRegistry()
+	batch, _ := strconv.Atoi(os.Getenv("READSIDE_BENCH_BATCH")) // 0: the default
 	w, err := projectors.NewWorker(projectors.Config{Pool: pool, Projections: []projectors.Projection{p},
-		Registerer: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		BatchSize: batch, Registerer: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	require.NoError(b, err)
 	t0 := time.Now()
 	require.NoError(b, w.Start(ctx))
@@ -118,7 +195,7 @@ func drainDefaults(b *testing.B, pool *pgxpool.Pool) time.Duration {
 		if time.Since(t0) > 10*time.Minute {
 			b.Fatalf("applied %.0f of %.0f events in 10m", applied(b, reg, spec.Name), want)
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
 	elapsed := time.Since(t0)
 	stopCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -280,4 +357,61 @@ SELECT count(*) FROM (
   (SELECT order_id, customer_name, total_amount, status, placed_at, confirmed_at, shipped_at, cancelled_at, version FROM same_order_summary
    EXCEPT SELECT order_id, customer_name, total_amount, status, placed_at, confirmed_at, shipped_at, cancelled_at, version FROM readside.order_summary)) d`).Scan(&differ))
 	require.Zero(b, differ, "the same-work loop's rows equal order_summary's")
+}
+
+// drainBinary runs order_summary from the start as a user runs it: the
+// projector binary (built from this tree into a temporary directory),
+// `projector run --projections order_summary` with the database in
+// DATABASE_URL and no other flag, and returns the time from starting the
+// process until every segment's checkpoint stands at the log's head.
+// (PROJECTOR_METRICS_ADDR=127.0.0.1:0 keeps it off the default port.)
+func drainBinary(b *testing.B, pool *pgxpool.Pool, bin string) time.Duration {
+	b.Helper()
+	ctx := context.Background()
+	p := ordersummary.New()
+	require.NoError(b, projectortest.InTx(ctx, pool, func(tx pgx.Tx) error {
+		if err := p.Reset(ctx, tx); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `DELETE FROM readside.projections WHERE name = $1`, ordersummary.Name)
+		return err
+	}))
+	_, err := pool.Exec(ctx, `VACUUM ANALYZE readside.order_summary`)
+	require.NoError(b, err)
+	args := append([]string{"run", "--projections", ordersummary.Name}, strings.Fields(os.Getenv("READSIDE_BENCH_BINARY_ARGS"))...)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+pool.Config().ConnString(), "PROJECTOR_METRICS_ADDR=127.0.0.1:0")
+	var out syncbuf.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	t0 := time.Now()
+	require.NoError(b, cmd.Start())
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	}()
+	for {
+		var registered, behind int
+		require.NoError(b, pool.QueryRow(ctx, `
+SELECT count(*), count(*) FILTER (WHERE (c.cursor_txid, c.cursor_position) < (h.txid, h.position))
+  FROM readside.checkpoints c,
+       (SELECT txid, position FROM readside.outbox ORDER BY txid DESC, position DESC LIMIT 1) h
+ WHERE c.projection = $1`, ordersummary.Name).Scan(&registered, &behind))
+		if registered > 0 && behind == 0 {
+			return time.Since(t0)
+		}
+		if cmd.ProcessState != nil || time.Since(t0) > 10*time.Minute {
+			b.Fatalf("projector run did not catch up: %s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// buildProjector builds cmd/projector into a temporary directory.
+func buildProjector(b *testing.B) string {
+	b.Helper()
+	bin := filepath.Join(b.TempDir(), "projector")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/readside/readside/cmd/projector")
+	out, err := cmd.CombinedOutput()
+	require.NoError(b, err, "%s", out)
+	return bin
 }
