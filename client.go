@@ -68,6 +68,9 @@ type Config struct {
 	// BatchSize is how many outbox rows one fetch passes over. 0 means
 	// projectors.BatchSizeDefault.
 	BatchSize int
+	// BatchBytes is the payload budget of one fetch, in bytes (a batch
+	// holds at least one event). 0 means outbox.FetchMaxBytesDefault.
+	BatchBytes int64
 	// PollInterval is the fallback when no notification arrives. 0 means
 	// projectors.PollIntervalDefault.
 	PollInterval time.Duration
@@ -169,7 +172,7 @@ func NewClient(cfg Config) (*Client, error) {
 		c.projs[p.Spec().Name] = p
 	}
 	c.worker, err = projectors.NewWorker(projectors.Config{Pool: cfg.Pool, Schema: n.String(), Projections: cfg.Projections,
-		WorkerID: cfg.WorkerID, Concurrency: cfg.Concurrency, BatchSize: cfg.BatchSize, PollInterval: cfg.PollInterval,
+		WorkerID: cfg.WorkerID, Concurrency: cfg.Concurrency, BatchSize: cfg.BatchSize, BatchBytes: cfg.BatchBytes, PollInterval: cfg.PollInterval,
 		PollOnly: cfg.PollOnly, LeaseTTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts, SoftStopTimeout: cfg.SoftStopTimeout,
 		Logger: cfg.Logger, Registerer: cfg.Registerer})
 	if err != nil {

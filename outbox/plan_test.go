@@ -133,7 +133,7 @@ func TestFetchPlan(t *testing.T) {
 	conn, err := pool.Acquire(ctx)
 	require.NoError(t, err)
 	defer conn.Release()
-	_, err = conn.Exec(ctx, `PREPARE fetch_plan(xid8, bigint, int, text[], text[], int, int) AS `+outbox.FetchSQL)
+	_, err = conn.Exec(ctx, `PREPARE fetch_plan(xid8, bigint, int, text[], text[], int, int, bigint) AS `+outbox.FetchSQL)
 	require.NoError(t, err)
 	defer conn.Exec(context.Background(), `DEALLOCATE fetch_plan; RESET plan_cache_mode`) //nolint:errcheck
 
@@ -151,8 +151,8 @@ func TestFetchPlan(t *testing.T) {
 				// Literals, not parameters: EXECUTE of the prepared statement is
 				// what makes plan_cache_mode apply.
 				require.NoError(t, conn.QueryRow(ctx, fmt.Sprintf(
-					`EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE fetch_plan('%d', %d, %d, '{}', '{}', 0, %d)`,
-					c.TxID, c.Position, limit, segments)).Scan(&raw), name)
+					`EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE fetch_plan('%d', %d, %d, '{}', '{}', 0, %d, %d)`,
+					c.TxID, c.Position, limit, segments, outbox.FetchMaxBytesDefault)).Scan(&raw), name)
 				var plans []struct {
 					Plan planNode `json:"Plan"`
 				}

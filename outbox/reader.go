@@ -41,7 +41,19 @@ type Filter struct {
 	// whose aggregate hashes to Segment are returned.
 	Segment  int
 	Segments int
+	// MaxBytes is the byte budget of a batch: it stops at the first event
+	// that takes the payloads (event_data and metadata, uncompressed) of
+	// its matching events to MaxBytes or beyond, so a batch holds at most
+	// MaxBytes plus one event, and at least one event. 0 means
+	// FetchMaxBytesDefault. Not a filter: the events after the cut come in
+	// the next batch.
+	MaxBytes int64
 }
+
+// FetchMaxBytesDefault is the byte budget of a batch when Filter.MaxBytes
+// is 0: 8 MiB, eight of the largest events the contract accepts by
+// default (readside_max_event_bytes).
+const FetchMaxBytesDefault = 8 << 20
 
 // Batch is one read.
 type Batch struct {
@@ -78,7 +90,8 @@ type Batch struct {
 // segmentFetchSQL.
 const fetchSQL = fetchHistory + `
     UNION ALL
-    (SELECT o.txid, o.position, o.aggregate_type, o.aggregate_id, o.event_type, o.created_at
+    (SELECT o.txid, o.position, o.aggregate_type, o.aggregate_id, o.event_type, o.created_at,
+            coalesce(o.payload_bytes, 0)::bigint AS bytes
        FROM readside.outbox o
       WHERE (o.txid, o.position) > ($1::xid8, $2::bigint)
         AND o.txid < (SELECT b.txid FROM bound b)
@@ -98,7 +111,8 @@ const windowBound = `bound AS MATERIALIZED (SELECT readside.readside_read_bound(
 // from the events table.
 const fetchHistory = `
 WITH ` + windowBound + `, scan AS (
-    (SELECT e.txid, e.id AS position, e.aggregate_type, e.aggregate_id, e.event_type, NULL::timestamptz AS created_at
+    (SELECT e.txid, e.id AS position, e.aggregate_type, e.aggregate_id, e.event_type, NULL::timestamptz AS created_at,
+            readside.readside_event_bytes(e.event_data, e.metadata) AS bytes
        FROM readside.events e
       WHERE (e.txid, e.id) > ($1::xid8, $2::bigint)
         -- Scalar subqueries (InitPlans) make the horizon an index bound:
@@ -108,9 +122,13 @@ WITH ` + windowBound + `, scan AS (
       ORDER BY e.txid, e.id
       LIMIT $3)`
 
-// fetchTail filters the scanned rows, joins the payloads of those that
-// match, and (is_head) returns the last row of the read window, which a
-// segmented read moves to once it has read all of its own rows. There is
+// fetchTail filters the scanned rows, keeps them up to the byte budget
+// ($8: the payloads of the matching rows before a row, as readside_event_bytes
+// counts them, must be below it, so the first matching row is always kept
+// and the row that passes the budget is the batch's last), joins the
+// payloads of those that match, and (is_head) returns the last row of the
+// read window, which a segmented read moves to once it has read all of its
+// own rows, unless the budget cut the batch short. There is
 // no final ORDER BY: sorting a thousand rows with their payloads cost more
 // than the rest of the statement (a 1M-row outbox: about 84 ms against 46
 // ms per batch, loaded machine), so Fetch puts them in read order itself.
@@ -123,15 +141,22 @@ const fetchTail = `
       FROM scan s
      ORDER BY s.txid, s.position
      LIMIT $3
+), budget AS (
+    SELECT w.*,
+           coalesce(sum(w.bytes) FILTER (WHERE w.matched)
+                        OVER (ORDER BY w.txid, w.position ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) < $8::bigint AS kept
+      FROM window_rows w
 )
 SELECT w.txid, w.position, w.matched, e.aggregate_type, e.aggregate_id, e.event_type, e.version,
        e.schema_version, e.event_data, e.metadata, e.occurred_at, w.created_at, false AS is_head
-  FROM window_rows w
+  FROM budget w
   LEFT JOIN readside.events e ON w.matched AND e.id = w.position
+ WHERE w.kept
 UNION ALL
 (SELECT o.txid, o.position, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true
    FROM readside.outbox o
   WHERE $7::int > 1 AND o.txid < (SELECT b.txid FROM bound b)
+    AND NOT EXISTS (SELECT 1 FROM budget w WHERE NOT w.kept)
   ORDER BY o.txid DESC, o.position DESC LIMIT 1)`
 
 // bucketCount is the number of buckets outbox rows are indexed by
@@ -153,7 +178,8 @@ func segmentFetchSQL(n, seg int) string {
 	for bucket := seg; bucket < bucketCount; bucket += n {
 		fmt.Fprintf(&b, `
     UNION ALL
-    (SELECT o.txid, o.position, o.aggregate_type, o.aggregate_id, o.event_type, o.created_at
+    (SELECT o.txid, o.position, o.aggregate_type, o.aggregate_id, o.event_type, o.created_at,
+            coalesce(o.payload_bytes, 0)::bigint AS bytes
        FROM readside.outbox o
       WHERE o.bucket = %d AND (o.txid, o.position) > ($1::xid8, $2::bigint)
         AND o.txid < (SELECT b.txid FROM bound b)
@@ -166,8 +192,8 @@ func segmentFetchSQL(n, seg int) string {
 }
 
 // Fetch reads the next batch after cursor: at most limit rows are passed
-// over, and those that match f are returned in order. Events of one
-// aggregate come in version order.
+// over, fewer when their payloads pass f.MaxBytes, and those that match f
+// are returned in order. Events of one aggregate come in version order.
 func Fetch(ctx context.Context, q Querier, after Cursor, limit int, f Filter) (*Batch, error) {
 	if limit <= 0 {
 		return nil, errors.New("fetch: limit must be positive")
@@ -179,8 +205,12 @@ func Fetch(ctx context.Context, q Querier, after Cursor, limit int, f Filter) (*
 	if f.Segments > 1 && bucketCount%f.Segments == 0 {
 		sql = segmentFetchSQL(f.Segments, f.Segment)
 	}
+	maxBytes := f.MaxBytes
+	if maxBytes <= 0 {
+		maxBytes = FetchMaxBytesDefault
+	}
 	rows, err := q.Query(ctx, sql, after.TxID, after.Position, limit,
-		nonNil(f.EventTypes), nonNil(f.AggregateTypes), f.Segment, f.Segments)
+		nonNil(f.EventTypes), nonNil(f.AggregateTypes), f.Segment, f.Segments, maxBytes)
 	if err != nil {
 		return nil, fmt.Errorf("fetch after %s: %w", after, err)
 	}

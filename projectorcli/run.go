@@ -21,6 +21,7 @@ import (
 	"github.com/readside/readside"
 	"github.com/readside/readside/internal/cli"
 	"github.com/readside/readside/internal/pgerr"
+	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
 )
 
@@ -31,6 +32,7 @@ type runConfig struct {
 	metricsAddr    string
 	concurrency    int
 	batchSize      int
+	batchBytes     int
 	poll           time.Duration
 	pollOnly       bool
 	pgbouncer      bool
@@ -69,6 +71,7 @@ SIGINT or SIGTERM stops it softly: batches in flight finish.`,
 	fs.String(&c.metricsAddr, "metrics-addr", "PROJECTOR_METRICS_ADDR", ":9464", "listen address for /metrics, /healthz, /readyz; empty disables")
 	fs.Int(&c.concurrency, "concurrency", "PROJECTOR_CONCURRENCY", projectors.ConcurrencyDefault, "segments applied at once")
 	fs.Int(&c.batchSize, "batch-size", "PROJECTOR_BATCH_SIZE", projectors.BatchSizeDefault, "outbox rows per fetch")
+	fs.Int(&c.batchBytes, "batch-bytes", "PROJECTOR_BATCH_BYTES", outbox.FetchMaxBytesDefault, "payload bytes per fetch: a batch stops at the event that reaches it (at least one event)")
 	fs.Duration(&c.poll, "poll-interval", "PROJECTOR_POLL_INTERVAL", projectors.PollIntervalDefault, "fallback poll when no notification arrives")
 	fs.Bool(&c.pollOnly, "poll-only", "PROJECTOR_POLL_ONLY", false, "no LISTEN (worker and control plane): poll every --poll-interval")
 	fs.Bool(&c.pgbouncer, "pgbouncer", "PROJECTOR_PGBOUNCER", false, "the database URL is PgBouncer in transaction pooling mode: --poll-only, and no named prepared statements (pgx cache_describe unless the URL sets default_query_exec_mode)")
@@ -144,8 +147,8 @@ func (c runConfig) validate() error {
 	if c.riverUI && (c.metricsAddr == "" || len(c.riverUIToken) < 16) {
 		return errors.New("--riverui needs --metrics-addr and a --riverui-token (env PROJECTOR_RIVERUI_TOKEN) of at least 16 characters")
 	}
-	if c.concurrency < 1 || c.batchSize < 1 {
-		return errors.New("--concurrency and --batch-size must be at least 1")
+	if c.concurrency < 1 || c.batchSize < 1 || c.batchBytes < 1 {
+		return errors.New("--concurrency, --batch-size and --batch-bytes must be at least 1")
 	}
 	return nil
 }
@@ -182,7 +185,7 @@ func (a *app) newMember(pool *pgxpool.Pool, projs []projectors.Projection, c run
 	var riverLevel slog.Level
 	_ = riverLevel.UnmarshalText([]byte(c.riverLogLevel)) // an enum flag: always valid
 	return a.newClient(readside.Config{Pool: pool, Projections: projs, WorkerID: c.workerID, Concurrency: c.concurrency,
-		BatchSize: c.batchSize, PollInterval: c.poll, PollOnly: c.listenless(), LeaseTTL: c.leaseTTL, SoftStopTimeout: c.softStop,
+		BatchSize: c.batchSize, BatchBytes: int64(c.batchBytes), PollInterval: c.poll, PollOnly: c.listenless(), LeaseTTL: c.leaseTTL, SoftStopTimeout: c.softStop,
 		OutboxRetention: c.retention, PruneInterval: c.pruneEvery, RiverLogLevel: riverLevel, Logger: logger, Registerer: reg})
 }
 

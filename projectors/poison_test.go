@@ -98,6 +98,9 @@ func TestFailingEventLogIsCapped(t *testing.T) {
 	pool := pgtest.NewDB(t)
 	setupRecorder(t, pool)
 	huge := strings.Repeat("c", 5<<20)
+	// Over the contract's 1 MiB limit: raised, as an owner may.
+	_, err := pool.Exec(ctx, `SELECT readside.readside_set_max_event_bytes(8 << 20)`)
+	require.NoError(t, err)
 	aggID := "agg-" + strings.Repeat("i", 2000) // about the most a btree index entry holds
 	require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		_, err := outbox.Append(ctx, tx, outbox.Aggregate{Type: "Thing", ID: aggID}, 0,

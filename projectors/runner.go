@@ -127,10 +127,12 @@ func (w *Worker) fetch(ctx context.Context, s *segment, after outbox.Cursor) (*o
 	// that many more, so that its batches hold about BatchSize events
 	// instead of a fraction of it (fewer, fuller transactions).
 	limit := min(w.cfg.BatchSize*s.spec.Segments, max(w.cfg.BatchSize, maxScan))
+	f := s.spec.filter(s.lease.Segment)
+	f.MaxBytes = w.cfg.BatchBytes
 	if s.schema != "" {
-		return fetchBehindLive(ctx, w.db, s.proj.Spec().Name, s.lease.Segment, after, limit, s.spec.filter(s.lease.Segment))
+		return fetchBehindLive(ctx, w.db, s.proj.Spec().Name, s.lease.Segment, after, limit, f)
 	}
-	return outbox.Fetch(ctx, w.db, after, limit, s.spec.filter(s.lease.Segment))
+	return outbox.Fetch(ctx, w.db, after, limit, f)
 }
 
 // maxScan bounds the outbox rows one fetch passes over.

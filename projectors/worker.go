@@ -60,6 +60,13 @@ type Config struct {
 	// (up to 16000), so that each segment's batches still hold about
 	// BatchSize events. 0 means BatchSizeDefault.
 	BatchSize int
+	// BatchBytes is the payload budget of one fetch (outbox.Filter.MaxBytes):
+	// a batch stops at the event that takes its payloads to BatchBytes or
+	// beyond, and holds at least one event, so a worker holds about
+	// 2 x Concurrency x (BatchBytes + the largest event) of payloads (a
+	// batch applied and one prefetched per segment). 0 means
+	// outbox.FetchMaxBytesDefault (8 MiB).
+	BatchBytes int64
 	// PollInterval is the fallback when no notification arrives: the worker
 	// checks the outbox head this often (one query for all its segments). 0
 	// means PollIntervalDefault.
@@ -124,8 +131,8 @@ func (c *Config) validate() error {
 		return errors.New("projectors: Config.Pool is required")
 	case len(c.Projections) == 0:
 		return errors.New("projectors: Config.Projections is empty")
-	case c.Concurrency < 0 || c.BatchSize < 0 || c.MaxAttempts < 0:
-		return errors.New("projectors: Concurrency, BatchSize and MaxAttempts must not be negative")
+	case c.Concurrency < 0 || c.BatchSize < 0 || c.BatchBytes < 0 || c.MaxAttempts < 0:
+		return errors.New("projectors: Concurrency, BatchSize, BatchBytes and MaxAttempts must not be negative")
 	case c.LeaseTTL < 100*time.Millisecond:
 		return fmt.Errorf("projectors: LeaseTTL %s is too short (minimum 100ms)", c.LeaseTTL)
 	case c.PollInterval < time.Millisecond:
