@@ -123,7 +123,7 @@ scrape_configs:
 
 	// Every rule is evaluated by Prometheus without error, then tuned
 	// copies (thresholds capped, for: 1s) are loaded next to the real ones.
-	rules := waitRulesHealthy(t, prom, "readside", 9)
+	rules := waitRulesHealthy(t, prom, "readside", 10)
 	writeTunedRules(t, tunedDir, rules)
 	resp, err := http.Post(prom.base+"/-/reload", "", nil)
 	require.NoError(t, err)
@@ -147,6 +147,12 @@ scrape_configs:
 	provokeConflicts(t, "http://"+writerAddr)
 	appendPoisonEvent(t, pool)
 	provokeFencedCommit(t, pool, "http://"+writerAddr)
+	// projector verify as an operator runs it, while the writer and the
+	// fleet run: clean (exit 0), then an order altered by hand (exit 1,
+	// the alert fires), then repaired.
+	verifyOrderSummary(t, filepath.Join(bin, "projector"), dbURL, pool)
+	waitFiring(t, prom, "ReadsideVerificationFailed", 20*time.Second)
+	run(t, "", filepath.Join(bin, "projector"), "verify", "order_summary", "--repair", "--database-url", dbURL)
 
 	// Every dashboard expression is valid and returns data.
 	exprs := dashboardExprs(t)
@@ -817,6 +823,24 @@ func provokeConflicts(t *testing.T, base string) {
 // appendPoisonEvent writes, as a writer outside Go could, an OrderPlaced
 // event whose payload does not decode: the order projections retry it,
 // isolate it and park it.
+// verifyOrderSummary runs `projector verify order_summary`: exit 0, then,
+// with an order's total altered by hand (no later event of an order sets
+// it), exit 1 naming that order.
+func verifyOrderSummary(t *testing.T, projector, dbURL string, pool *pgxpool.Pool) {
+	t.Helper()
+	run(t, "", projector, "verify", "order_summary", "--database-url", dbURL)
+	var id string
+	require.NoError(t, pool.QueryRow(t.Context(), `UPDATE readside.order_summary SET total_amount = total_amount + 1
+		WHERE order_id = (SELECT min(order_id) FROM readside.order_summary) RETURNING order_id`).Scan(&id))
+	cmd := exec.Command(projector, "verify", "order_summary", "--database-url", dbURL)
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, "%s", out)
+	require.Equal(t, 1, exit.ExitCode(), "%s", out)
+	require.Contains(t, string(out), "order_summary differs from its log: 1 aggregate(s) differ: Order/"+id)
+	t.Logf("projector verify order_summary (altered %s): exit 1: %s", id, lastLines(string(out), 2))
+}
+
 func appendPoisonEvent(t *testing.T, pool *pgxpool.Pool) {
 	t.Helper()
 	_, err := pool.Exec(t.Context(), `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
