@@ -48,7 +48,9 @@ type Schema interface {
 // jobs (projectors/notifications): a fleet member registers its workers and
 // queues in the control plane's River client, so the jobs are worked. db is
 // readside's pool: its statements run in readside's schema
-// (`readside.order_notifications` names the table there).
+// (`readside.order_notifications` names the table there). Apply enqueues
+// only for the events Batch.SideEffectsDue returns, so that each event's
+// jobs are enqueued once, whichever path applies it first.
 type SideEffects interface {
 	RiverWorkers(db DB, w *river.Workers)
 	RiverQueues() map[string]river.QueueConfig
