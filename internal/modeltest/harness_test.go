@@ -396,7 +396,8 @@ func (h *harness) run(s step, switching ...string) {
 		for _, name := range switching {
 			h.switchIn(name)
 		}
-		deadline := time.Now().Add(60 * time.Second)
+		// Generous: the machines this runs on are often shared and loaded.
+		deadline := time.Now().Add(2 * time.Minute)
 		for {
 			// Paused and halted (failed) segments stand still; a rebuild's
 			// copy of a stopped segment goes as far as it.
