@@ -227,6 +227,10 @@ func try(ctx context.Context, dir string, m mutation, model bool) (result, error
 			return res, fmt.Errorf("%s -run %s: no test matches", c.pkg, c.run)
 		case err == nil:
 			res.by = append(res.by, c.run+": passed")
+		case errors.As(err, &exit) && bytes.Contains(b, []byte("panic: test timed out")):
+			// Not a verdict: a loaded machine (or a stopped process) ran
+			// out of time.
+			return res, fmt.Errorf("%s -run %s timed out; run the mutation again", c.pkg, c.run)
 		case errors.As(err, &exit) && (bytes.Contains(b, []byte("[build failed]")) || bytes.Contains(b, []byte("[setup failed]"))):
 			res.broken = true
 			res.by = append(res.by, c.run+": build failed")
