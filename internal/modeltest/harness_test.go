@@ -52,6 +52,9 @@ type harness struct {
 
 	mu      sync.Mutex
 	thieves sync.WaitGroup
+	// midRun, when set, is called once by the next run while its worker
+	// runs, after it has applied something (a scale in mid-run).
+	midRun func()
 }
 
 var projectionNames = []string{"mt_one", "mt_four"}
@@ -81,7 +84,7 @@ func newHarness(t tb, pool *pgxpool.Pool, cfg config) *harness {
 	// events. The test's own cleanup bypasses user triggers (replica role).
 	// DELETE: TRUNCATE costs far more on tables this small.
 	tables := []string{"readside.events", "readside.outbox", "readside.outbox_horizon", "readside.dead_letters", "readside.checkpoints",
-		"readside.projections", "readside.workers", "readside.side_effects", "mt_effects", "mt_cured", "readside.river_job"}
+		"readside.projections", "readside.checkpoint_buckets", "readside.workers", "readside.side_effects", "mt_effects", "mt_cured", "readside.river_job"}
 	for _, p := range h.probes {
 		tables = append(tables, p.state(), p.count())
 	}
@@ -372,7 +375,15 @@ func (h *harness) run(s step, switching ...string) {
 		}
 		w, err := projectors.NewWorker(cfg)
 		require.NoError(t, err)
+		appliedBefore := h.applied()
 		require.NoError(t, w.Start(h.ctx))
+		if h.midRun != nil {
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && h.applied() == appliedBefore; {
+				time.Sleep(time.Millisecond)
+			}
+			h.midRun()
+			h.midRun = nil
+		}
 		if s.Fleet > 1 {
 			// A second worker that dies with its leases held: the first
 			// takes its segments over once they expire.
@@ -447,6 +458,34 @@ func (h *harness) run(s step, switching ...string) {
 		h.m.proj(s.Proj).discard(h.discardIDs(s.Proj, s.Pick))
 	}
 	h.compareLoose("run", s.Proj, loose)
+}
+
+// scale changes projection name's segment count to n, as the control job
+// does, in the middle of a run: while a worker applies, once it has
+// applied something, so that the segments merged or split stand at
+// different cursors (refused while a rebuild of it runs). The model does
+// not change: the run must still apply every event once.
+func (h *harness) scale(name string, n int) {
+	h.midRun = func() {
+		_, err := control.ScaleCheckpoints(h.ctx, h.pool, name, n)
+		if h.m.proj(name).shadow != nil {
+			require.ErrorIs(h.t, err, control.ErrRebuildRunning, "scale %s to %d", name, n)
+			return
+		}
+		require.NoError(h.t, err, "scale %s to %d", name, n)
+	}
+	h.run(step{})
+	if h.midRun != nil { // nothing to run
+		h.midRun()
+		h.midRun = nil
+		h.compare(fmt.Sprintf("scale %s to %d", name, n))
+	}
+}
+
+// applied is how many events every projection has applied so far.
+func (h *harness) applied() (n int64) {
+	require.NoError(h.t, h.pool.QueryRow(h.ctx, `SELECT coalesce(sum(events_applied), 0) FROM readside.checkpoints`).Scan(&n))
+	return n
 }
 
 // shadows names the projections' rebuilds' copies, in the order of names.
@@ -801,6 +840,8 @@ func (h *harness) do(s step) {
 		h.repair(s.Proj, s.Agg)
 	case "reset":
 		h.reset(s.Proj, s.To, s.Pick)
+	case "scale":
+		h.scale(s.Proj, s.N)
 	case "prune":
 		h.prune()
 	case "rebuild":

@@ -29,7 +29,9 @@ type stmt struct {
 
 type step struct {
 	// Op: write, more, end, run, cure, retry, discard, repair, reset,
-	// prune, rebuild, switch, pause, resume; idle (open a slot with an xid and no event: an
+	// prune, rebuild, switch, pause, resume, scale (change a projection's
+	// segment count in mid-run: the run must still apply every event
+	// once); idle (open a slot with an xid and no event: an
 	// unrelated write transaction held open), fence (readers advance the
 	// read fence past every open slot: a later first event of an idle
 	// slot is refused).
@@ -45,6 +47,7 @@ type step struct {
 	Fleet int    // run: 2 runs a second worker that dies holding leases, which the first takes over
 	Race  string // run: "retry" or "discard" (of Proj's dead letters, Pick) while the worker runs
 	Pick  int    // reset cursor/time: index among the candidates in read order (-1: the start, -2: beyond the head); discard: index among parked, -1 all
+	N     int    // scale: the new segment count
 }
 
 func (s step) String() string {
@@ -210,7 +213,7 @@ func (g generator) held() []int {
 func (g generator) next(t *rapid.T) step {
 	m := g.h.m
 	ops := []string{"write", "write", "write", "write", "run", "run", "cure", "retry", "discard", "reset", "reset", "prune", "repair",
-		"pause", "resume"}
+		"pause", "resume", "scale"}
 	if len(g.held()) > 0 {
 		ops = append(ops, "more", "end", "end", "fence")
 	}
@@ -284,6 +287,13 @@ func (g generator) next(t *rapid.T) step {
 			to = "start"
 		}
 		return step{Op: op, Proj: p, To: to, Pick: pick}
+	case "scale":
+		p := rapid.SampledFrom(g.h.names).Draw(t, "proj")
+		if m.proj(p).halt {
+			// The model halts a Halt projection as a whole: it stays one segment.
+			return step{Op: op, Proj: p, N: 1}
+		}
+		return step{Op: op, Proj: p, N: rapid.SampledFrom([]int{1, 2, 4, 8}).Draw(t, "segments")}
 	case "run":
 		s := step{Op: op, Kill: rapid.IntRange(0, 3).Draw(t, "kill") == 0, Fleet: rapid.SampledFrom([]int{1, 1, 2}).Draw(t, "fleet")}
 		p := rapid.SampledFrom(g.h.names).Draw(t, "race proj")

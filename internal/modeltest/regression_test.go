@@ -167,6 +167,40 @@ var regressions = []struct {
 			{Op: "run"},
 		},
 	},
+	{
+		// Issue 24: a scale in mid-run merges and splits segments that
+		// stand at different cursors (batches of one event): events
+		// below a bucket's floor are passed over, not applied again (the
+		// counter would count them twice), and those above are applied.
+		name:  "ScaleMidRun",
+		cfg:   config{BatchSize: 1},
+		steps: scaleMidRun(),
+	},
+}
+
+// scaleMidRun writes versions of a0..a3 in transactions of four, and
+// scales both projections up and down in the middle of runs.
+func scaleMidRun() []step {
+	var steps []step
+	v := 0
+	write := func(n int) {
+		for range n {
+			v++
+			var rows []row
+			for _, a := range aggregates {
+				rows = append(rows, row{Agg: a, Version: v})
+			}
+			steps = append(steps, step{Op: "write", Slot: 0, Stmts: []stmt{{Via: "sql", Rows: rows}}, End: "commit"})
+		}
+	}
+	write(10)
+	steps = append(steps, step{Op: "scale", Proj: "mt_four", N: 1})
+	write(6)
+	steps = append(steps, step{Op: "scale", Proj: "mt_one", N: 8})
+	write(6)
+	steps = append(steps, step{Op: "scale", Proj: "mt_four", N: 4}, step{Op: "scale", Proj: "mt_one", N: 1})
+	write(2)
+	return append(steps, step{Op: "run"})
 }
 
 func TestModelRegressions(t *testing.T) {
