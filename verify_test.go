@@ -273,3 +273,39 @@ func TestVerifyRecordsAndExports(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []row{{"ok", 0, 0}, {"differs", 2, 4}}, got)
 }
+
+// truncating wraps a projection so that, once armed, its Apply (in the
+// verification's copy) has another session TRUNCATE the live table: what a
+// reset to the start committing during a verification does.
+type truncating struct {
+	projectors.Projection
+	pool  *pgxpool.Pool
+	armed atomic.Bool
+}
+
+func (p *truncating) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error {
+	if p.armed.CompareAndSwap(true, false) {
+		if _, err := p.pool.Exec(ctx, `TRUNCATE readside.order_summary`); err != nil {
+			return err
+		}
+	}
+	return p.Projection.Apply(ctx, tx, b)
+}
+
+// TRUNCATE is not MVCC-safe: a live table truncated during a verification
+// would look empty to its snapshot. The verification says so instead of
+// reporting every row as differing.
+func TestVerifyRefusesATruncatedLiveTable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	_, err := projectortest.Lifecycles{Orders: 10, Writers: 1}.Generate(ctx, pool)
+	require.NoError(t, err)
+	p := &truncating{Projection: ordersummary.New(), pool: pool}
+	c := caughtUp(t, pool, nil, p)
+
+	p.armed.Store(true)
+	v, err := c.Verify(ctx, ordersummary.Name, readside.VerifyOptions{})
+	require.ErrorIs(t, err, readside.ErrLiveTablesReplaced, "%+v", v)
+	require.Empty(t, scratchSchemas(t, pool))
+}
