@@ -1,11 +1,13 @@
 package projectors
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -41,9 +43,18 @@ func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error 
 			s.retries = 0
 			return nil // caught up
 		}
-		next := w.prefetch(hardCtx, s, batch.Next)
+		// A batch that reached the byte budget is not applied while the
+		// next one is fetched: two batches of large events in memory at
+		// once is what the budget is there to prevent.
+		var next <-chan fetched
+		if !w.heavy(batch) {
+			next = w.prefetch(hardCtx, s, batch.Next)
+		}
 		to, applyErr := w.apply(hardCtx, s, batch)
-		pre := <-next
+		var pre fetched
+		if next != nil {
+			pre = <-next
+		}
 		if applyErr != nil {
 			if errors.Is(applyErr, checkpoint.ErrFenced) || errors.Is(applyErr, errHalted) {
 				return applyErr
@@ -64,8 +75,30 @@ func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error 
 			batch, err = w.fetch(hardCtx, s, to)
 			continue
 		}
+		if next == nil {
+			// The heavy batch's payloads are garbage now: collect them
+			// before the next fetch allocates as much again, rather than
+			// let the heap grow to twice what is live (GOGC) first.
+			after := batch.Next
+			batch = nil
+			runtime.GC()
+			pre.batch, pre.err = w.fetch(hardCtx, s, after)
+		}
 		batch, err = pre.batch, pre.err
 	}
+}
+
+// heavy reports whether a batch's payloads reached the fetch's byte budget.
+func (w *Worker) heavy(b *outbox.Batch) bool {
+	budget := cmp.Or(w.cfg.BatchBytes, outbox.FetchMaxBytesDefault)
+	var n int64
+	for i := range b.Events {
+		n += int64(len(b.Events[i].Data) + len(b.Events[i].Metadata))
+		if n >= budget {
+			return true
+		}
+	}
+	return false
 }
 
 // prefetch fetches the batch after `after` on another connection while the
