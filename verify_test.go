@@ -309,3 +309,30 @@ func TestVerifyRefusesATruncatedLiveTable(t *testing.T) {
 	require.ErrorIs(t, err, readside.ErrLiveTablesReplaced, "%+v", v)
 	require.Empty(t, scratchSchemas(t, pool))
 }
+
+// After a scale, a segment's cursor may lie below its buckets' floors: the
+// events in between were applied before the scale and are passed over.
+// The copy applies them (as repair reads them), so a projection verifies
+// clean right after a scale.
+func TestVerifyBelowBucketFloors(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	_, err := projectortest.Lifecycles{Orders: 10, Writers: 1}.Generate(ctx, pool)
+	require.NoError(t, err)
+	p := ordersummary.New()
+	projectortest.ApplyStream(t, pool, p, outbox.Filter{AggregateTypes: p.Spec().AggregateTypes}, 100)
+	// As a scale leaves it: the segment's cursor at its buckets' least
+	// floor (here the start), every bucket's floor at the last event.
+	_, err = pool.Exec(ctx, `INSERT INTO readside.projections (name, segments) VALUES ('order_summary', 1);
+		INSERT INTO readside.checkpoints (projection, segment) VALUES ('order_summary', 0);
+		INSERT INTO readside.checkpoint_buckets (projection, bucket, floor_txid, floor_position, high_txid, high_position)
+		SELECT 'order_summary', b, e.txid, e.id, e.txid, e.id
+		  FROM generate_series(0, 63) b, (SELECT txid, id FROM readside.events ORDER BY txid DESC, id DESC LIMIT 1) e`)
+	require.NoError(t, err)
+	c := newClient(t, readside.Config{Pool: pool, Projections: []projectors.Projection{p}})
+	v, err := c.Verify(ctx, ordersummary.Name, readside.VerifyOptions{})
+	require.NoError(t, err)
+	require.False(t, v.Differs(), "%+v %+v", v.Tables, v.Aggregates)
+	require.Positive(t, v.Events)
+}

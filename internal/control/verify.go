@@ -150,8 +150,9 @@ func VerifySchema(schema, projection string) string {
 // up to C left them (a batch commits its rows and its checkpoint
 // together), and the dead letters (which events the live projection
 // skipped); every event up to C is final in it (the read window passed C).
-// The copy applies, per segment, the events up to C that are neither
-// parked nor discarded, as replays, and the two sides are compared with
+// The copy applies the events up to their segment's checkpoint in C (or,
+// after a scale, their bucket's floor) that are neither parked nor
+// discarded, as replays, and the two sides are compared with
 // EXCEPT ALL both ways. Nothing is locked on the live side: batches commit
 // meanwhile, invisible to the snapshot. The transaction is always rolled
 // back, so nothing the projection's code does in it (a side-effect job it
@@ -298,13 +299,14 @@ func createScratch(ctx context.Context, conn *dbschema.Conn, p projectors.Projec
 const verifyBatch = projectors.BatchSizeDefault
 
 // verifyEventsSQL reads the log in cursor order after ($1, $2) up to the
-// furthest live checkpoint ($3, $4), of the projection's aggregate and
-// event types, with each event's segment. Events up to a checkpoint are
+// furthest live checkpoint or bucket floor ($3, $4), of the projection's
+// aggregate and event types, with each event's segment and bucket. Events up to a checkpoint are
 // final (the read window passed them), and the events table holds pruned
 // history too.
 const verifyEventsSQL = `
 SELECT e.txid, e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.version, e.schema_version,
-       e.event_data, e.metadata, e.occurred_at, readside.readside_segment(e.aggregate_id, $5::int)
+       e.event_data, e.metadata, e.occurred_at, readside.readside_segment(e.aggregate_id, $5::int),
+       readside.readside_segment(e.aggregate_id, 64)
   FROM readside.events e
  WHERE (e.txid, e.id) > ($1::xid8, $2::bigint) AND (e.txid, e.id) <= ($3::xid8, $4::bigint)
    AND (cardinality($6::text[]) = 0 OR e.aggregate_type = ANY ($6::text[]))
@@ -315,6 +317,11 @@ SELECT e.txid, e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.version, 
 // skippedSQL lists the events the live projection has not applied: parked
 // (a failed event and its aggregate's later ones) and discarded.
 const skippedSQL = `SELECT event_id FROM readside.dead_letters WHERE projection = $1 AND status IN ('parked', 'discarded')`
+
+// floorsSQL reads the bucket floors a scale left: every event of a bucket
+// at or below its floor has been applied (or parked, or discarded), even
+// above its segment's cursor (migration 016).
+const floorsSQL = `SELECT bucket, floor_txid, floor_position FROM readside.checkpoint_buckets WHERE projection = $1`
 
 // compareAtSnapshot builds the copy and compares it, in one REPEATABLE
 // READ transaction that it rolls back (see Verify).
@@ -372,9 +379,10 @@ func compareAtSnapshot(ctx context.Context, conn *dbschema.Conn, p projectors.Pr
 	return v, nil
 }
 
-// buildCopy applies to the copy, as replays, every event of each segment
-// up to its checkpoint that the live projection applied (not parked, not
-// discarded), in cursor order, and returns how many.
+// buildCopy applies to the copy, as replays, every event that the live
+// projection applied: up to its segment's checkpoint or its bucket's floor
+// (as repair reads them), not parked, not discarded; in cursor order. It
+// returns how many.
 func buildCopy(ctx context.Context, tx pgx.Tx, p projectors.Projection, scratch string, cps map[int]outbox.Cursor) (int, error) {
 	spec := p.Spec()
 	skipped := map[int64]bool{}
@@ -386,10 +394,25 @@ func buildCopy(ctx context.Context, tx pgx.Tx, p projectors.Projection, scratch 
 	if _, err := pgx.ForEachRow(rows, []any{&id}, func() error { skipped[id] = true; return nil }); err != nil {
 		return 0, fmt.Errorf("dead letters: %w", err)
 	}
+	floors := map[int]outbox.Cursor{}
+	rows, err = tx.Query(ctx, floorsSQL, spec.Name)
+	if err != nil {
+		return 0, err
+	}
+	var bucket int
+	var floor outbox.Cursor
+	if _, err := pgx.ForEachRow(rows, []any{&bucket, &floor.TxID, &floor.Position}, func() error { floors[bucket] = floor; return nil }); err != nil {
+		return 0, fmt.Errorf("bucket floors: %w", err)
+	}
 	var upTo outbox.Cursor
 	for _, c := range cps {
 		if upTo.Less(c) {
 			upTo = c
+		}
+	}
+	for _, f := range floors {
+		if upTo.Less(f) {
+			upTo = f
 		}
 	}
 	aggTypes, eventTypes := append([]string{}, spec.AggregateTypes...), append([]string{}, spec.EventTypes...)
@@ -404,12 +427,15 @@ func buildCopy(ctx context.Context, tx pgx.Tx, p projectors.Projection, scratch 
 		bySegment := map[int][]outbox.Event{}
 		n := 0
 		var e outbox.Event
-		var seg int
+		var seg, bucket int
 		if _, err := pgx.ForEachRow(rows, []any{&e.Cursor.TxID, &e.Cursor.Position, &e.AggregateType, &e.AggregateID, &e.Type,
-			&e.Version, &e.SchemaVersion, &e.Data, &e.Metadata, &e.OccurredAt, &seg}, func() error {
+			&e.Version, &e.SchemaVersion, &e.Data, &e.Metadata, &e.OccurredAt, &seg, &bucket}, func() error {
 			n++
 			after = e.Cursor
-			if c, ok := cps[seg]; ok && !c.Less(e.Cursor) && !skipped[e.ID()] {
+			c, ok := cps[seg]
+			f, floored := floors[bucket]
+			applied := (ok && !c.Less(e.Cursor)) || (floored && !f.Less(e.Cursor))
+			if applied && !skipped[e.ID()] {
 				ev := e
 				ev.Data, ev.Metadata = slices.Clone(e.Data), slices.Clone(e.Metadata)
 				bySegment[seg] = append(bySegment[seg], ev)
