@@ -205,3 +205,42 @@ func checkPlan(t *testing.T, name string, root *planNode, limit int) {
 	})
 	require.True(t, pkey, "%s: no Index Scan using outbox_pkey\n%s", name, root)
 }
+
+// TestFetchPlansGeneric: a fetch on a pooled connection is planned once,
+// generically, not for its parameters on each of its first five
+// executions on that connection (each segment's fetch is a statement of
+// its own, so with many segments and connections a drain was planned
+// nearly every batch). In a caller's transaction it keeps the caller's
+// settings.
+func TestFetchPlansGeneric(t *testing.T) {
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	fill(t, pool, 200, 50)
+	conn, err := pool.Acquire(ctx)
+	require.NoError(t, err)
+	defer conn.Release()
+	plans := func() (generic, custom int) {
+		t.Helper()
+		require.NoError(t, conn.QueryRow(ctx, `SELECT coalesce(sum(generic_plans), 0), coalesce(sum(custom_plans), 0)
+			FROM pg_prepared_statements WHERE statement LIKE '%readside_read_bound%' AND statement NOT LIKE '%pg_prepared_statements%'`).Scan(&generic, &custom))
+		return generic, custom
+	}
+	for _, f := range []outbox.Filter{{}, {Segment: 1, Segments: 4}} {
+		for range 3 {
+			_, err := outbox.Fetch(ctx, conn.Conn(), outbox.Cursor{}, 100, f)
+			require.NoError(t, err)
+		}
+	}
+	generic, custom := plans()
+	require.Zero(t, custom, "no fetch planned for its parameters")
+	require.Equal(t, 6, generic)
+
+	tx, err := conn.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	_, err = outbox.Fetch(ctx, tx, outbox.Cursor{}, 100, outbox.Filter{})
+	require.NoError(t, err)
+	var mode string
+	require.NoError(t, tx.QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&mode))
+	require.Equal(t, "auto", mode, "a fetch in the caller's transaction leaves its settings alone")
+}
