@@ -136,10 +136,21 @@ scrape_configs:
 		_, err := prom.nonEmpty(ctx, `max by (projection) (readside_projection_lag_events)`)
 		return err
 	})
+	// (With 8 segments per read model and 4 applied at a time on a busy
+	// machine, a segment may wait its turn past the tuned 2 s for a
+	// moment: the baseline is that such a blip passes, not that it
+	// never happens.)
 	for _, name := range []string{"ReadsideSegmentStalled", "ReadsideSegmentWithoutOwner"} {
-		res, err := prom.query(ctx, rules[name].tuned)
-		require.NoError(t, err)
-		require.Empty(t, res, "%s (tuned) holds before the kill: %s", name, rules[name].tuned)
+		eventually(t, 30*time.Second, name+" (tuned) not holding before the kill", func() error {
+			res, err := prom.query(ctx, rules[name].tuned)
+			if err != nil {
+				return err
+			}
+			if len(res) > 0 {
+				return fmt.Errorf("%s (tuned) holds before the kill: %s: %v", name, rules[name].tuned, res)
+			}
+			return nil
+		})
 	}
 
 	// Provoke the series that only exist after their event: conflicts,
