@@ -173,15 +173,7 @@ func drainDefaults(b *testing.B, pool *pgxpool.Pool, segments int) time.Duration
 		p = segmented{p, segments}
 	}
 	spec := p.Spec()
-	require.NoError(b, projectortest.InTx(ctx, pool, func(tx pgx.Tx) error {
-		if err := p.Reset(ctx, tx); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, `DELETE FROM readside.projections WHERE name = $1`, spec.Name)
-		return err
-	}))
-	_, err := pool.Exec(ctx, `VACUUM ANALYZE readside.order_summary`)
-	require.NoError(b, err)
+	resetSummary(b, pool, p)
 	var want float64
 	require.NoError(b, pool.QueryRow(ctx, `SELECT count(*)::float8 FROM readside.events WHERE aggregate_type = 'Order'`).Scan(&want))
 	reg := prometheus.NewRegistry()
@@ -369,15 +361,7 @@ func drainBinary(b *testing.B, pool *pgxpool.Pool, bin string) time.Duration {
 	b.Helper()
 	ctx := context.Background()
 	p := ordersummary.New()
-	require.NoError(b, projectortest.InTx(ctx, pool, func(tx pgx.Tx) error {
-		if err := p.Reset(ctx, tx); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, `DELETE FROM readside.projections WHERE name = $1`, ordersummary.Name)
-		return err
-	}))
-	_, err := pool.Exec(ctx, `VACUUM ANALYZE readside.order_summary`)
-	require.NoError(b, err)
+	resetSummary(b, pool, p)
 	args := append([]string{"run", "--projections", ordersummary.Name}, strings.Fields(os.Getenv("READSIDE_BENCH_BINARY_ARGS"))...)
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+pool.Config().ConnString(), "PROJECTOR_METRICS_ADDR=127.0.0.1:0")
@@ -414,4 +398,20 @@ func buildProjector(b *testing.B) string {
 	out, err := cmd.CombinedOutput()
 	require.NoError(b, err, "%s", out)
 	return bin
+}
+
+// resetSummary empties order_summary and forgets its registration (and so
+// its checkpoints), so that the next drain starts from the log's start.
+func resetSummary(b *testing.B, pool *pgxpool.Pool, p projectors.Projection) {
+	b.Helper()
+	ctx := context.Background()
+	require.NoError(b, projectortest.InTx(ctx, pool, func(tx pgx.Tx) error {
+		if err := p.Reset(ctx, tx); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `DELETE FROM readside.projections WHERE name = $1`, ordersummary.Name)
+		return err
+	}))
+	_, err := pool.Exec(ctx, `VACUUM ANALYZE readside.order_summary`)
+	require.NoError(b, err)
 }
