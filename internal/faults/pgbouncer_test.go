@@ -89,13 +89,23 @@ func TestFleetThroughPgBouncer(t *testing.T) {
 	inj := &injector{pool: pool, c: c}
 	every(faultCtx, &wg, p.injectEvery, func() { inj.inject(faultCtx) })
 	// The server's connections to the database, sampled: the harness's own
-	// (direct, at most 4) aside, all come from PgBouncer's pool.
-	var serverMax int
+	// (direct, at most 4) aside, all come from PgBouncer's pool. A server
+	// connection PgBouncer closed (its client was SIGKILLed in a
+	// transaction) stays in pg_stat_activity for the moment its backend
+	// takes to exit, while PgBouncer already opened its replacement: one
+	// sample can see pool+1 without anything bypassing PgBouncer (seen once
+	// in CI). A connection that bypasses it is held (pools keep theirs), so
+	// a count counts when two samples in a row (50-150 ms apart) reach it.
+	var serverMax, serverPeak, prevSample int
 	every(faultCtx, &wg, 100*time.Millisecond, func() {
 		var n int
 		if pool.QueryRow(faultCtx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
 			AND backend_type = 'client backend' AND application_name <> $1`, harnessApp).Scan(&n) == nil {
-			c.add(func(*counters) { serverMax = max(serverMax, n) })
+			c.add(func(*counters) {
+				serverMax = max(serverMax, min(prevSample, n))
+				serverPeak = max(serverPeak, n)
+				prevSample = n
+			})
 		}
 	})
 	// One SIGKILL once half the events are written (the writer goes on).
@@ -191,8 +201,8 @@ func TestFleetThroughPgBouncer(t *testing.T) {
 	r.print(t, c)
 	r.check(t, c, p)
 	c.add(func(c *counters) {
-		t.Logf("server connections to the database at most %d (PgBouncer pool %d) for %d projectors (--concurrency 2 --max-conns 4) and a writer of 4",
-			serverMax, bouncerPoolSize, bouncerFleet)
+		t.Logf("server connections to the database at most %d in two samples in a row, %d in one (PgBouncer pool %d) for %d projectors (--concurrency 2 --max-conns 4) and a writer of 4",
+			serverMax, serverPeak, bouncerPoolSize, bouncerFleet)
 		if serverMax > bouncerPoolSize {
 			t.Errorf("the server saw %d connections from the fleet, more than PgBouncer's pool of %d: something bypassed it", serverMax, bouncerPoolSize)
 		}
