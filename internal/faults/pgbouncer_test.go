@@ -106,6 +106,13 @@ func TestFleetThroughPgBouncer(t *testing.T) {
 				serverPeak = max(serverPeak, n)
 				prevSample = n
 			})
+			if n > bouncerPoolSize {
+				var who string
+				_ = pool.QueryRow(faultCtx, `SELECT string_agg(format('pid %s since %s %s %s: %s', pid, backend_start, state,
+					coalesce(client_addr::text, 'socket'), left(query, 60)), e'\n') FROM pg_stat_activity
+					WHERE datname = current_database() AND backend_type = 'client backend' AND application_name <> $1`, harnessApp).Scan(&who)
+				t.Logf("%d server connections in one sample (pool %d):\n%s", n, bouncerPoolSize, who)
+			}
 		}
 	})
 	// One SIGKILL once half the events are written (the writer goes on).
