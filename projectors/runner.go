@@ -196,7 +196,7 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 	}
 	floors := queueFloors(b, s, events)
 	dbschema.QueueProjection(b, tx, s.schema)
-	sk, err := readBegin(tx.SendBatch(ctx, b), s, from, check, floors)
+	sk, err := readBegin(tx.SendBatch(ctx, b), tx, s, from, check, floors)
 	if err != nil {
 		_ = tx.Rollback(context.WithoutCancel(ctx))
 		return nil, sk, err
@@ -215,7 +215,7 @@ func (w *Worker) queueFence(b *pgx.Batch, s *segment, from, to outbox.Cursor, ap
 
 // readBegin reads the results of what queueFence, when check queueSkips,
 // and when floors queueFloors queued, and closes res.
-func readBegin(res pgx.BatchResults, s *segment, from outbox.Cursor, check, floors bool) (skips, error) {
+func readBegin(res pgx.BatchResults, tx pgx.Tx, s *segment, from outbox.Cursor, check, floors bool) (skips, error) {
 	sk := skips{parked: map[aggKey]bool{}, discarded: map[int64]bool{}}
 	_, err := res.Exec()
 	if err == nil {
@@ -228,7 +228,7 @@ func readBegin(res pgx.BatchResults, s *segment, from outbox.Cursor, check, floo
 		sk.done, s.replays, err = checkpoint.ReadFloors(res)
 	}
 	if err == nil {
-		_, err = res.Exec() // the projection's search_path
+		err = dbschema.ReadProjection(res, tx)
 	}
 	if cerr := res.Close(); err == nil {
 		err = cerr
