@@ -6,13 +6,16 @@
 // runs `writer load` against three `projector run` processes while it
 // SIGKILLs projectors, restarts PostgreSQL with a fast shutdown, SIGSTOPs a
 // lease holder past its lease, injects malformed and unknown-type events
-// through the SQL contract and terminates random backends. Afterwards it
-// checks that nothing was lost or applied twice and prints the figures.
+// through the SQL contract and terminates random backends; meanwhile an
+// operator scales three read models down and up with `projector scale
+// --wait`, run again whenever a fault cuts it off. Afterwards it checks that
+// nothing was lost or applied twice, that each scaled projection has the
+// segment count of its last scale, and prints the figures.
 //
 // TestFleetThroughPgBouncer runs the same checks on a fleet of four
 // `projector run --pgbouncer` processes and `writer load` that reach the
 // server only through a real PgBouncer in transaction pooling mode, with a
-// SIGKILL and injected bad events (issue 12 item 5). It skips when
+// SIGKILL, injected bad events and a scale (issue 12 item 5). It skips when
 // pgbouncer is not installed, and fails instead when CI is set.
 //
 //	go test -race -count=1 -run TestFaults -v ./internal/faults/          # short form (CI)

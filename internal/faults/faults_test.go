@@ -37,6 +37,7 @@ type plan struct {
 	terminateEvery time.Duration // mean time between pg_terminate_backend calls
 	injectEvery    time.Duration // one malformed or unknown event this often (~1% of the load)
 	catchUp        time.Duration // how long the fleet may take to catch up afterwards
+	scales         []scaling     // `projector scale` runs while the writer runs
 }
 
 func (p plan) duration() time.Duration {
@@ -45,9 +46,9 @@ func (p plan) duration() time.Duration {
 
 var (
 	shortPlan = plan{name: "short", events: 3000, rate: 100, killEvery: 2500 * time.Millisecond, minKills: 5,
-		pgRestarts: 1, sigstops: 1, terminateEvery: 1500 * time.Millisecond, injectEvery: time.Second, catchUp: time.Minute}
+		pgRestarts: 1, sigstops: 1, terminateEvery: 1500 * time.Millisecond, injectEvery: time.Second, catchUp: time.Minute, scales: scalesUpAndDown(1)}
 	longPlan = plan{name: "long", events: 30000, rate: 100, killEvery: 4 * time.Second, minKills: 50,
-		pgRestarts: 3, sigstops: 3, terminateEvery: 1500 * time.Millisecond, injectEvery: time.Second, catchUp: 3 * time.Minute}
+		pgRestarts: 3, sigstops: 3, terminateEvery: 1500 * time.Millisecond, injectEvery: time.Second, catchUp: 3 * time.Minute, scales: scalesUpAndDown(3)}
 )
 
 const (
@@ -300,7 +301,7 @@ func TestFaults(t *testing.T) {
 	}
 	pool := harnessPool(t, url)
 
-	c := &counters{writerReasons: map[string]int{}, projectorReason: map[string]int{}}
+	c := newCounters()
 	f := newFleet(t, projectors3, url, projBin, logs, c)
 	f.start()
 	defer func() {
@@ -318,6 +319,11 @@ func TestFaults(t *testing.T) {
 	every(faultCtx, &wg, p.terminateEvery, func() { terminateRandom(faultCtx, pool, c) })
 	inj := &injector{pool: pool, c: c}
 	every(faultCtx, &wg, p.injectEvery, func() { inj.inject(faultCtx) })
+	sc := &scaler{t: t, pool: pool, bin: projBin, url: url, logs: logs, c: c}
+	if p.pgRestarts > 0 {
+		sc.restarting = make(chan struct{})
+	}
+	sc.start(&wg, p, start)
 	// The timeline: PostgreSQL restarts and SIGSTOPs at fixed points of the
 	// writer's expected run.
 	wg.Go(func() {
@@ -329,6 +335,9 @@ func TestFaults(t *testing.T) {
 		var evs []event
 		for i := range p.pgRestarts {
 			evs = append(evs, event{d * time.Duration(i+1) / time.Duration(p.pgRestarts+1), func() {
+				if i == 0 {
+					close(sc.restarting)
+				}
 				rctx, cancel := context.WithTimeout(ctx, time.Minute)
 				defer cancel()
 				if err := restartPostgres(rctx, cl); err != nil {
@@ -482,11 +491,16 @@ func runWriter(ctx context.Context, t *testing.T, pool *pgxpool.Pool, bin, url, 
 	return errors.New("writer load: deadline passed")
 }
 
+// connectionErrors are the telling parts of the errors of a connection to
+// PostgreSQL that ended or was refused (a terminated backend, a restart:
+// "no such file or directory" is its socket, gone meanwhile).
+var connectionErrors = []string{"terminating connection due to administrator command", "unreachable", "connection refused",
+	"unexpected EOF", "conn closed", "the database system is shutting down", "the database system is starting up",
+	"broken pipe", "connection reset", "no such file or directory"}
+
 // classify names a failure by the error text's telling part.
 func classify(s string) string {
-	for _, k := range []string{"terminating connection due to administrator command", "unreachable", "connection refused",
-		"unexpected EOF", "conn closed", "the database system is shutting down", "the database system is starting up",
-		"broken pipe", "connection reset", "no such file or directory"} {
+	for _, k := range connectionErrors {
 		if strings.Contains(s, k) {
 			return k
 		}

@@ -30,13 +30,15 @@ const (
 	bouncerClients = bouncerFleet*bouncerMaxConns + bouncerWriters
 )
 
-var bouncerPlan = plan{name: "pgbouncer", events: 1000, rate: 200, minKills: 1, injectEvery: time.Second, catchUp: time.Minute}
+var bouncerPlan = plan{name: "pgbouncer", events: 1000, rate: 200, minKills: 1, injectEvery: time.Second, catchUp: time.Minute,
+	scales: []scaling{{"order_summary", []scaleStep{{at: 0.3, segments: 2}}}}}
 
 // A fleet through PgBouncer in transaction pooling mode (issue 12 item 5):
 // `writer load` and four `projector run --pgbouncer` processes (with the
 // smallest --max-conns they accept) connect only through a real PgBouncer,
 // one projector is SIGKILLed halfway and restarted, malformed events are
-// injected, an operator rebuilds two read models through PgBouncer, and the
+// injected, an operator scales a read model while the writer runs and
+// rebuilds two afterwards, all through PgBouncer, and the
 // read models are then checked like the fault suite checks them. The server
 // must never see more connections than PgBouncer's pool, whatever the fleet
 // opens.
@@ -68,7 +70,7 @@ func TestFleetThroughPgBouncer(t *testing.T) {
 	pool := harnessPool(t, direct)
 	phase("cluster, pgbouncer, binaries, migrate")
 
-	c := &counters{writerReasons: map[string]int{}, projectorReason: map[string]int{}}
+	c := newCounters()
 	// The smallest pool a run accepts (concurrency + 2): prefetches, control
 	// jobs and lease renewals take turns on the connections.
 	f := newFleet(t, bouncerFleet, viaBouncer, projBin, logs, c, "--pgbouncer", "--concurrency", "2", "--max-conns", fmt.Sprint(bouncerMaxConns))
@@ -88,6 +90,9 @@ func TestFleetThroughPgBouncer(t *testing.T) {
 	every(faultCtx, &wg, 200*time.Millisecond, f.ensure)
 	inj := &injector{pool: pool, c: c}
 	every(faultCtx, &wg, p.injectEvery, func() { inj.inject(faultCtx) })
+	operator := viaBouncer + "&default_query_exec_mode=cache_describe"
+	sc := &scaler{t: t, pool: pool, bin: projBin, url: operator, logs: logs, c: c}
+	sc.start(&wg, p, start)
 	// The server's connections to the database, sampled: the harness's own
 	// (direct, at most 4) aside, all come from PgBouncer's pool. A server
 	// connection PgBouncer closed (its client was SIGKILLed in a
@@ -129,7 +134,7 @@ func TestFleetThroughPgBouncer(t *testing.T) {
 			}
 		}
 	})
-	writerErr := runWriter(ctx, t, pool, writerBin, viaBouncer+"&default_query_exec_mode=cache_describe", logs, p, c)
+	writerErr := runWriter(ctx, t, pool, writerBin, operator, logs, p, c)
 	stopFaults()
 	wg.Wait()
 	faultTime := time.Since(start)
@@ -150,7 +155,6 @@ func TestFleetThroughPgBouncer(t *testing.T) {
 	// issued and followed through PgBouncer too. verify then checks the
 	// rebuilt read models like every other. (Not a reset: the checks count
 	// each event applied once, and a reset applies them again.)
-	operator := viaBouncer + "&default_query_exec_mode=cache_describe"
 	for _, args := range [][]string{{"rebuild", "order_details"}, {"rebuild", "order_statistics"}} {
 		cmd := exec.Command(projBin, append(args, "--wait", "--timeout", "60s", "--database-url", operator)...)
 		if out, err := cmd.CombinedOutput(); err != nil {

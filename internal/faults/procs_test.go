@@ -144,6 +144,14 @@ type counters struct {
 	injectErrors    int
 	projectorExits  int // projector processes that exited on their own (not killed by us)
 	projectorReason map[string]int
+	scales          int            // scale steps done (each checked)
+	scaleAttempts   int            // `projector scale` runs
+	scaleFailures   map[string]int // runs that lost their connection, by reason
+	scaleRescued    int            // scale jobs a SIGKILLed projector left running, made available again
+}
+
+func newCounters() *counters {
+	return &counters{writerReasons: map[string]int{}, projectorReason: map[string]int{}, scaleFailures: map[string]int{}}
 }
 
 func (c *counters) add(f func(c *counters)) {

@@ -29,6 +29,8 @@ type projResult struct {
 	wantFailed     int64 // injected malformed events it receives
 	wantBlocked    int64 // valid events injected behind them
 	applied        int64 // sum of events_applied over its segments
+	segments       int   // readside.projections.segments
+	checkpoints    int   // its rows in readside.checkpoints
 	wrongVersions  int64 // rows whose version is not the aggregate's last applied version (-1: no version column)
 	rebuildDiffers []string
 }
@@ -87,7 +89,9 @@ SELECT count(*),
 			types, aggs).Scan(&pr.relevant, &pr.wantFailed, &pr.wantBlocked))
 		must(t, live.QueryRow(ctx, `SELECT count(*) FILTER (WHERE reason = 'failed'), count(*) FILTER (WHERE reason = 'blocked')
 			FROM readside.dead_letters WHERE projection = $1 AND status = 'parked'`, s.Name).Scan(&pr.parkedFailed, &pr.parkedBlocked))
-		must(t, live.QueryRow(ctx, `SELECT coalesce(sum(events_applied), 0) FROM readside.checkpoints WHERE projection = $1`, s.Name).Scan(&pr.applied))
+		must(t, live.QueryRow(ctx, `SELECT coalesce(sum(events_applied), 0), count(*) FROM readside.checkpoints WHERE projection = $1`,
+			s.Name).Scan(&pr.applied, &pr.checkpoints))
+		must(t, live.QueryRow(ctx, `SELECT segments FROM readside.projections WHERE name = $1`, s.Name).Scan(&pr.segments))
 		// Per-aggregate order: each row's version is the last version of
 		// its aggregate among the events the projection applied.
 		var table, key string
@@ -224,6 +228,8 @@ func (r *report) print(t *testing.T, c *counters) {
 		c.sigstops, c.stopLeases, c.stopTakenOver, c.stopLeaseLost))
 	row("backends terminated", c.terminated)
 	row("writer load runs / failures", fmt.Sprintf("%d / %d %s", c.writerRuns, c.writerFailures, reasons(c.writerReasons)))
+	row("scales (done / attempts)", fmt.Sprintf("%d / %d %s", c.scales, c.scaleAttempts, reasons(c.scaleFailures)))
+	row("scale jobs orphaned by a SIGKILL (rescued)", c.scaleRescued)
 	row("events", fmt.Sprintf("%d (%d injected: %d malformed or valid behind one, %d unknown type; %d insert attempts failed)",
 		r.events, r.injected, r.injected-r.unknown, r.unknown, c.injectErrors))
 	row("dead letters of non-injected events", r.parkedOther)
@@ -236,8 +242,8 @@ func (r *report) print(t *testing.T, c *counters) {
 		if slices.ContainsFunc(shipped.ReadModels(), func(m projectors.Projection) bool { return m.Spec().Name == p.name }) {
 			rb = fmt.Sprintf("%d tables differ", len(p.rebuildDiffers))
 		}
-		row(p.name, fmt.Sprintf("events %d, parked failed %d/%d blocked %d/%d (got/want), events_applied %d (applied %d, difference %d), wrong versions %s, rebuild: %s",
-			p.relevant, p.parkedFailed, p.wantFailed, p.parkedBlocked, p.wantBlocked, p.applied, p.relevant-p.parkedFailed-p.parkedBlocked,
+		row(p.name, fmt.Sprintf("segments %d, events %d, parked failed %d/%d blocked %d/%d (got/want), events_applied %d (applied %d, difference %d), wrong versions %s, rebuild: %s",
+			p.segments, p.relevant, p.parkedFailed, p.wantFailed, p.parkedBlocked, p.wantBlocked, p.applied, p.relevant-p.parkedFailed-p.parkedBlocked,
 			p.applied-(p.relevant-p.parkedFailed-p.parkedBlocked), v, rb))
 	}
 	live := fmt.Sprint(len(r.statsLive))
@@ -281,6 +287,18 @@ func (r *report) check(t *testing.T, c *counters, p plan) {
 	}
 	if p.terminateEvery > 0 && c.terminated == 0 {
 		t.Error("no backend was terminated")
+	}
+	steps := 0
+	for _, sc := range p.scales {
+		steps += len(sc.steps)
+		for _, pr := range r.projs {
+			if pr.name == sc.projection && (pr.segments != sc.final() || pr.checkpoints != sc.final()) {
+				t.Errorf("%s ends with %d segments and %d checkpoints, want the %d of its last scale", pr.name, pr.segments, pr.checkpoints, sc.final())
+			}
+		}
+	}
+	if c.scales != steps {
+		t.Errorf("%d of %d scales done", c.scales, steps)
 	}
 	if p.injectEvery > 0 && r.injected == 0 {
 		t.Error("nothing was injected")
