@@ -11,9 +11,9 @@ import (
 // component; the pool is sized to its total unless --max-conns says
 // otherwise. The README's "Behind PgBouncer" section explains it.
 type connBudget struct {
-	// Worker: an apply transaction and a prefetch per segment in flight
-	// (2 x --concurrency) and the coordinator (outbox head, lease renewal
-	// and heartbeat, one query at a time).
+	// Worker: its fetches and applies, at most --concurrency on the server
+	// at once (a prefetch takes a free slot only), and the coordinator
+	// (outbox head, lease renewal and heartbeat, one query at a time).
 	Worker int
 	// Control: River's control jobs (readside.ControlWorkersDefault), the
 	// side-effect queues' workers, and River's own producers, completer and
@@ -29,7 +29,7 @@ type connBudget struct {
 
 func newConnBudget(concurrency int, sideEffectWorkers int, pollOnly bool) connBudget {
 	b := connBudget{
-		Worker:  2*concurrency + 1,
+		Worker:  concurrency + 1,
 		Control: readside.ControlWorkersDefault + sideEffectWorkers + 2,
 		Metrics: 2,
 	}

@@ -80,7 +80,7 @@ func TestParseErrors(t *testing.T) {
 		{[]string{"run", "--log-level", "loud"}, `invalid argument "loud" for "--log-level"`},
 		{[]string{"run", "--log-format", "xml"}, `invalid argument "xml" for "--log-format"`},
 		{[]string{"run", "extra"}, `unexpected argument "extra"`},
-		{[]string{"run", "--max-conns", "5", "--database-url", unreachable}, "--max-conns 5 is too small for --concurrency 4: it needs at least 6"},
+		{[]string{"run", "--max-conns", "3", "--database-url", unreachable}, "--max-conns 3 is too small for --concurrency 2: it needs at least 4"},
 		{[]string{"run", "--pgbouncer=maybe"}, `invalid argument "maybe" for "--pgbouncer"`},
 		{[]string{"migrate", "extra"}, `unexpected argument "extra"`},
 		{[]string{"version", "extra"}, `unexpected argument "extra"`},
@@ -320,11 +320,11 @@ func TestStatusListsNeverRun(t *testing.T) {
 func TestConnBudget(t *testing.T) {
 	t.Parallel()
 	all := newConnBudget(projectors.ConcurrencyDefault, sideEffectWorkers(shipped.All()), false)
-	require.Equal(t, connBudget{Worker: 9, Control: 8, Metrics: 2, Listen: 2}, all)
-	require.Equal(t, 19, all.Pool())
-	require.Equal(t, 13, newConnBudget(1, 4, false).Pool())
+	require.Equal(t, connBudget{Worker: 3, Control: 8, Metrics: 2, Listen: 2}, all)
+	require.Equal(t, 13, all.Pool())
+	require.Equal(t, 12, newConnBudget(1, 4, false).Pool())
 	require.Zero(t, newConnBudget(4, 4, true).Listen)
-	for _, tc := range []struct{ maxConns, want int }{{0, 19}, {6, 6}, {40, 40}} {
+	for _, tc := range []struct{ maxConns, want int }{{0, 13}, {6, 6}, {40, 40}} {
 		got, err := poolSize(tc.maxConns, 4, all)
 		require.NoError(t, err)
 		require.Equal(t, tc.want, got)

@@ -34,7 +34,7 @@ type fetched struct {
 // fetched while the current one is applied. Batches in flight finish on a
 // soft stop (softCtx) and roll back on a hard one (hardCtx).
 func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error {
-	batch, err := w.fetch(hardCtx, s, s.cursor)
+	batch, err := w.fetchInSlot(hardCtx, s, s.cursor)
 	for {
 		if err != nil {
 			return w.transient(softCtx, s, "fetch", err)
@@ -45,12 +45,19 @@ func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error 
 		}
 		// A batch that reached the byte budget is not applied while the
 		// next one is fetched: two batches of large events in memory at
-		// once is what the budget is there to prevent.
+		// once is what the budget is there to prevent. Nor is one when
+		// every slot is taken: the server is busy with as many of this
+		// worker's statements as it should run.
+		heavy := w.heavy(batch)
+		if err := w.acquire(hardCtx); err != nil {
+			return err
+		}
 		var next <-chan fetched
-		if !w.heavy(batch) {
+		if !heavy {
 			next = w.prefetch(hardCtx, s, batch.Next)
 		}
 		to, applyErr := w.apply(hardCtx, s, batch)
+		<-w.slots
 		var pre fetched
 		if next != nil {
 			pre = <-next
@@ -62,7 +69,7 @@ func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error 
 			if err := w.transient(softCtx, s, "apply", applyErr); err != nil {
 				return err
 			}
-			batch, err = w.fetch(hardCtx, s, s.cursor)
+			batch, err = w.fetchInSlot(hardCtx, s, s.cursor)
 			continue
 		}
 		s.advanced(to)
@@ -72,17 +79,20 @@ func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error 
 		if to != batch.Next {
 			// Part of the batch is waiting for a retry of a failing event:
 			// the prefetched batch does not follow on; read again from here.
-			batch, err = w.fetch(hardCtx, s, to)
+			batch, err = w.fetchInSlot(hardCtx, s, to)
 			continue
 		}
 		if next == nil {
-			// The heavy batch's payloads are garbage now: collect them
-			// before the next fetch allocates as much again, rather than
-			// let the heap grow to twice what is live (GOGC) first.
 			after := batch.Next
-			batch = nil
-			runtime.GC()
-			pre.batch, pre.err = w.fetch(hardCtx, s, after)
+			if heavy {
+				// The heavy batch's payloads are garbage now: collect
+				// them before the next fetch allocates as much again,
+				// rather than let the heap grow to twice what is live
+				// (GOGC) first.
+				batch = nil
+				runtime.GC()
+			}
+			pre.batch, pre.err = w.fetchInSlot(hardCtx, s, after)
 		}
 		batch, err = pre.batch, pre.err
 	}
@@ -102,15 +112,41 @@ func (w *Worker) heavy(b *outbox.Batch) bool {
 }
 
 // prefetch fetches the batch after `after` on another connection while the
-// current one is applied. The goroutine always delivers, and runSegment
-// always receives, so it never outlives the segment's task.
+// current one is applied, when a slot is free (nil otherwise). The
+// goroutine always delivers, and runSegment always receives, so it never
+// outlives the segment's task.
 func (w *Worker) prefetch(ctx context.Context, s *segment, after outbox.Cursor) <-chan fetched {
+	select {
+	case w.slots <- struct{}{}:
+	default:
+		return nil
+	}
 	next := make(chan fetched, 1)
 	go func() {
+		defer func() { <-w.slots }()
 		b, err := w.fetch(ctx, s, after)
 		next <- fetched{b, err}
 	}()
 	return next
+}
+
+// fetchInSlot is fetch in one of the worker's slots.
+func (w *Worker) fetchInSlot(ctx context.Context, s *segment, after outbox.Cursor) (*outbox.Batch, error) {
+	if err := w.acquire(ctx); err != nil {
+		return nil, err
+	}
+	defer func() { <-w.slots }()
+	return w.fetch(ctx, s, after)
+}
+
+// acquire waits for a free slot.
+func (w *Worker) acquire(ctx context.Context) error {
+	select {
+	case w.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // advanced records a committed batch: the cursor moved to to.

@@ -25,7 +25,7 @@ import (
 
 // Defaults for Config.
 const (
-	ConcurrencyDefault     = 4
+	ConcurrencyDefault     = 2
 	BatchSizeDefault       = 1000
 	PollIntervalDefault    = time.Second
 	LeaseTTLDefault        = 10 * time.Second
@@ -37,9 +37,9 @@ const (
 
 // Config configures a Worker.
 type Config struct {
-	// Pool is the database. It needs about 2 x Concurrency + 2 connections
-	// (an apply and a prefetch per running segment, the coordinator, and a
-	// spare); the LISTEN connection is separate.
+	// Pool is the database. It needs Concurrency + 2 connections (the
+	// fetches and applies in flight, the coordinator, and a spare); the
+	// LISTEN connection is separate.
 	Pool *pgxpool.Pool
 	// Schema is readside's schema in the database: where its tables are
 	// (migrations.Config.Schema) and where the projections' unqualified
@@ -52,8 +52,10 @@ type Config struct {
 	// WorkerID names this worker in leases and heartbeats. Empty means
 	// hostname-pid-random. Two live workers must never share one.
 	WorkerID string
-	// Concurrency is how many segments are applied at once. 0 means
-	// ConcurrencyDefault.
+	// Concurrency is how many segments are worked on at once, and how many
+	// of the worker's fetches and applies run on the server at once: a
+	// segment fetches its next batch while it applies one only when a
+	// slot is free. 0 means ConcurrencyDefault.
 	Concurrency int
 	// BatchSize is how many outbox rows one fetch passes over (matching or
 	// not); a projection split in N segments passes over N times as many
@@ -167,6 +169,11 @@ type Worker struct {
 	projs   map[string]Projection
 	names   []string
 
+	// slots bounds the fetches and applies on the server at once
+	// (Concurrency): statements beyond the server's cores cost it CPU per
+	// event (README, "Throughput at the defaults").
+	slots chan struct{}
+
 	mu      sync.Mutex
 	started bool
 	stopped chan struct{}
@@ -187,7 +194,8 @@ func NewWorker(cfg Config) (*Worker, error) {
 	}
 	n, _ := dbschema.Parse(cfg.Schema)
 	w := &Worker{cfg: cfg, db: n.Pool(cfg.Pool), log: cfg.Logger.With("worker", cfg.WorkerID), metrics: m,
-		specs: map[string]Spec{}, projs: map[string]Projection{}, stopped: make(chan struct{})}
+		specs: map[string]Spec{}, projs: map[string]Projection{}, stopped: make(chan struct{}),
+		slots: make(chan struct{}, cfg.Concurrency)}
 	for _, p := range cfg.Projections {
 		s := p.Spec().withDefaults()
 		w.specs[s.Name] = s

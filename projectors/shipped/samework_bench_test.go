@@ -97,9 +97,21 @@ CREATE TABLE plain_checkpoint (segment int PRIMARY KEY, txid xid8 NOT NULL, posi
 	if os.Getenv("READSIDE_BENCH_BINARY") != "" {
 		bin = buildProjector(b)
 	}
+	// READSIDE_BENCH_VARIANTS="4x2,15x4" also drains it through a pool of
+	// 4 connections at Concurrency 2, of 15 at 4, ...: how the statements
+	// in flight on the server change its work per event.
+	type variant struct{ conns, concurrency int }
+	var variants []variant
+	for _, f := range strings.FieldsFunc(os.Getenv("READSIDE_BENCH_VARIANTS"), func(r rune) bool { return r == ',' }) {
+		var v variant
+		_, err := fmt.Sscanf(f, "%dx%d", &v.conns, &v.concurrency)
+		require.NoError(b, err, "READSIDE_BENCH_VARIANTS: want CONNSxCONCURRENCY")
+		variants = append(variants, v)
+	}
 	clock := newCPUClock(b, pool)
 	var same, floor, rt, binary cpuSpent
 	bySegs := make([]cpuSpent, len(segs))
+	byVariant := make([]cpuSpent, len(variants))
 	for b.Loop() {
 		same.add(clock.measure(func() time.Duration { return drainSameWork(b, pool) }))
 		floor.add(clock.measure(func() time.Duration { return drainPlain(b, pool, 1, true) }))
@@ -111,6 +123,12 @@ CREATE TABLE plain_checkpoint (segment int PRIMARY KEY, txid xid8 NOT NULL, posi
 		}
 		for i, n := range segs {
 			bySegs[i].add(clock.measure(func() time.Duration { return drainDefaults(b, pool, n) }))
+			requireSameRows(b, pool)
+		}
+		for i, v := range variants {
+			vp := variantPool(b, pool, v.conns)
+			byVariant[i].add(clock.measure(func() time.Duration { return drainWith(b, vp, 0, v.concurrency) }))
+			vp.Close()
 			requireSameRows(b, pool)
 		}
 	}
@@ -138,6 +156,19 @@ CREATE TABLE plain_checkpoint (segment int PRIMARY KEY, txid xid8 NOT NULL, posi
 	for i, n := range segs {
 		line(fmt.Sprintf("readside %d segments", n), bySegs[i])
 	}
+	for i, v := range variants {
+		line(fmt.Sprintf("readside %d conns, conc %d", v.conns, v.concurrency), byVariant[i])
+	}
+}
+
+// variantPool opens a pool of conns connections to pool's database.
+func variantPool(b *testing.B, pool *pgxpool.Pool, conns int) *pgxpool.Pool {
+	b.Helper()
+	cfg := pool.Config().Copy()
+	cfg.MaxConns = int32(conns)
+	vp, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	require.NoError(b, err)
+	return vp
 }
 
 // backlog returns a database holding a backlog written as `writer load`
@@ -167,6 +198,12 @@ func backlog(b *testing.B, n int) *pgxpool.Pool {
 // applied every Order event.
 func drainDefaults(b *testing.B, pool *pgxpool.Pool, segments int) time.Duration {
 	b.Helper()
+	return drainWith(b, pool, segments, 0)
+}
+
+// drainWith is drainDefaults at that Concurrency (0: the default).
+func drainWith(b *testing.B, pool *pgxpool.Pool, segments, concurrency int) time.Duration {
+	b.Helper()
 	ctx := context.Background()
 	var p projectors.Projection = ordersummary.New()
 	if segments > 0 {
@@ -179,7 +216,7 @@ func drainDefaults(b *testing.B, pool *pgxpool.Pool, segments int) time.Duration
 	reg := prometheus.NewRegistry()
 	batch, _ := strconv.Atoi(os.Getenv("READSIDE_BENCH_BATCH")) // 0: the default
 	w, err := projectors.NewWorker(projectors.Config{Pool: pool, Projections: []projectors.Projection{p},
-		BatchSize: batch, Registerer: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		BatchSize: batch, Concurrency: concurrency, Registerer: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	require.NoError(b, err)
 	t0 := time.Now()
 	require.NoError(b, w.Start(ctx))
