@@ -234,6 +234,16 @@ func TestFetchPlansGeneric(t *testing.T) {
 	generic, custom := plans()
 	require.Zero(t, custom, "no fetch planned for its parameters")
 	require.Equal(t, 6, generic)
+	// Every segment of one count shares one statement, planned once per
+	// connection (a segmented fetch's plan takes about 10 ms).
+	for seg := range 4 {
+		_, err := outbox.Fetch(ctx, conn.Conn(), outbox.Cursor{}, 100, outbox.Filter{Segment: seg, Segments: 4})
+		require.NoError(t, err)
+	}
+	var statements int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM pg_prepared_statements
+		WHERE statement LIKE '%o.bucket =%' AND statement NOT LIKE '%pg_prepared_statements%'`).Scan(&statements))
+	require.Equal(t, 1, statements, "one statement for every segment of 4")
 
 	tx, err := conn.Begin(ctx)
 	require.NoError(t, err)

@@ -163,32 +163,44 @@ UNION ALL
 // (migration 006).
 const bucketCount = 64
 
-var segmentSQL sync.Map // "n/segment" -> SQL
+var segmentSQL sync.Map // n -> SQL
 
-// segmentFetchSQL reads segment seg of n (n dividing bucketCount) from its
-// own buckets: one index range scan with LIMIT per bucket, merged in read
-// order, so a segment passes over its own rows only.
-func segmentFetchSQL(n, seg int) string {
-	k := fmt.Sprintf("%d/%d", n, seg)
-	if v, ok := segmentSQL.Load(k); ok {
+// segmentFetchSQL reads one segment of n (n dividing bucketCount) from its
+// own buckets, given as $9, $10, ... (segmentBuckets): one index range
+// scan with LIMIT per bucket, merged in read order, so a segment passes
+// over its own rows only. Every segment of n shares the statement, so a
+// connection plans it once rather than once per segment (its generic plan
+// takes about 10 ms).
+func segmentFetchSQL(n int) string {
+	if v, ok := segmentSQL.Load(n); ok {
 		return v.(string)
 	}
 	var b strings.Builder
 	b.WriteString(fetchHistory)
-	for bucket := seg; bucket < bucketCount; bucket += n {
+	for i := range bucketCount / n {
 		fmt.Fprintf(&b, `
     UNION ALL
     (SELECT o.txid, o.position, o.aggregate_type, o.aggregate_id, o.event_type, o.created_at,
             coalesce(o.payload_bytes, 0)::bigint AS bytes
        FROM readside.outbox o
-      WHERE o.bucket = %d AND (o.txid, o.position) > ($1::xid8, $2::bigint)
+      WHERE o.bucket = $%d::smallint AND (o.txid, o.position) > ($1::xid8, $2::bigint)
         AND o.txid < (SELECT b.txid FROM bound b)
       ORDER BY o.txid, o.position
-      LIMIT $3)`, bucket)
+      LIMIT $3)`, 9+i)
 	}
 	b.WriteString(fetchTail)
-	v, _ := segmentSQL.LoadOrStore(k, b.String())
+	v, _ := segmentSQL.LoadOrStore(n, b.String())
 	return v.(string)
+}
+
+// segmentBuckets are the buckets of segment seg of n, the arguments
+// segmentFetchSQL(n) takes after the common eight.
+func segmentBuckets(n, seg int) []any {
+	var out []any
+	for bucket := seg; bucket < bucketCount; bucket += n {
+		out = append(out, int16(bucket))
+	}
+	return out
 }
 
 // Fetch reads the next batch after cursor: at most limit rows are passed
@@ -201,16 +213,17 @@ func Fetch(ctx context.Context, q Querier, after Cursor, limit int, f Filter) (*
 	if f.Segments > 1 && (f.Segment < 0 || f.Segment >= f.Segments) {
 		return nil, fmt.Errorf("fetch: segment %d out of range [0, %d)", f.Segment, f.Segments)
 	}
-	sql := fetchSQL
-	if f.Segments > 1 && bucketCount%f.Segments == 0 {
-		sql = segmentFetchSQL(f.Segments, f.Segment)
-	}
 	maxBytes := f.MaxBytes
 	if maxBytes <= 0 {
 		maxBytes = FetchMaxBytesDefault
 	}
-	rows, err := queryGeneric(ctx, q, sql, after.TxID, after.Position, limit,
-		nonNil(f.EventTypes), nonNil(f.AggregateTypes), f.Segment, f.Segments, maxBytes)
+	sql := fetchSQL
+	args := []any{after.TxID, after.Position, limit, nonNil(f.EventTypes), nonNil(f.AggregateTypes), f.Segment, f.Segments, maxBytes}
+	if f.Segments > 1 && bucketCount%f.Segments == 0 {
+		sql = segmentFetchSQL(f.Segments)
+		args = append(args, segmentBuckets(f.Segments, f.Segment)...)
+	}
+	rows, err := queryGeneric(ctx, q, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("fetch after %s: %w", after, err)
 	}
