@@ -18,6 +18,20 @@ var regressions = []struct {
 	gate *bool
 }{
 	{
+		// Found by CI on 2026-12-07 (seed 9025906705344161382, shrunk): a
+		// Halt projection is rebuilt and switched in with a failing event
+		// its live projection halted at. The copy stops there without
+		// failing (it never passes the live projection); the switched-in
+		// projection runs on and halts at the event again. The model used
+		// to stop at the switch and expect it running.
+		name: "HaltedLiveSwitchedIn",
+		cfg:  config{BatchSize: 1, MaxAttempts: 1, Halt: true},
+		steps: []step{
+			{Op: "write", Slot: 0, Stmts: []stmt{{Via: "sql", Rows: []row{{Agg: "a0", Version: 1}, {Agg: "a1", Version: 1}, {Agg: "a1", Version: 2, Mark: "poison"}}}}, End: "commit"},
+			{Op: "switch", Proj: "mt_one"},
+		},
+	},
+	{
 		// Issue 23 item 2 (found by this test): a poison event is parked,
 		// its aggregate cured, the projection reset to the start: the event
 		// is applied for the first time, flagged Replay; its side effect
