@@ -58,8 +58,12 @@ BEGIN
     -- the least of them (4) is the xmin, and a registered writer (3) is
     -- one of them, or began after snap (at or above its xmax), or had
     -- ended before it; nothing ended below the fence. The bound is then
-    -- the classic one, without reading pg_locks.
-    IF pg_snapshot_xmin(snap) >= fence THEN
+    -- the classic one, without reading pg_locks. Only for a reader
+    -- without an xid of its own: a snapshot's xmin counts its own
+    -- transaction, which its xip leaves out (a reader that wrote first,
+    -- as a reset's clamp does after locking its checkpoints, would get
+    -- its own xid as the bound).
+    IF pg_snapshot_xmin(snap) >= fence AND pg_current_xact_id_if_assigned() IS NULL THEN
         RETURN pg_snapshot_xmin(snap);
     END IF;
     -- 3. readside_event_writers(), inline: PostgreSQL plans a SQL

@@ -491,8 +491,12 @@ const projectionSetSQL = `SELECT pg_catalog.set_config('search_path', $1, true),
 // resetPathKey holds, in a connection's CustomData, the session's default
 // search_path that projectionPathSQL read on it. A session's default
 // changes only when the server's configuration file is reloaded with a
-// new search_path: connections opened before keep the old one until they
-// are replaced (pgxpool's MaxConnLifetime, an hour by default).
+// new search_path; a new ALTER ROLE or ALTER DATABASE ... SET search_path
+// reaches new sessions only, and through PgBouncer a client connection's
+// later server sessions are new ones. Either way a connection keeps the
+// default it read until it is replaced (pgxpool's MaxConnLifetime, an
+// hour by default): projection code that relies on the default part of
+// its path sees such a change within the hour, not at once.
 const resetPathKey = "readside/dbschema.resetPath"
 
 // projectionSetting is the statement that sets a projection's search_path
