@@ -220,6 +220,12 @@ func TestFleetThroughPgBouncer(t *testing.T) {
 		if c.projectorExits > 0 {
 			t.Errorf("projectors exited on their own %d times: %s", c.projectorExits, reasons(c.projectorReason))
 		}
+		// Nothing here restarts PostgreSQL or terminates backends: a scale
+		// that lost its connection through PgBouncer is a failure, not a
+		// fault to retry.
+		if len(c.scaleFailures) > 0 {
+			t.Errorf("projector scale lost its connection through PgBouncer: %s", reasons(c.scaleFailures))
+		}
 	})
 	// Named prepared statements break under transaction pooling before
 	// any read model shows it: the next transaction of the client runs on

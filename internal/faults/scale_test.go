@@ -79,9 +79,17 @@ type scaler struct {
 	url  string        // the command's --database-url
 	logs string
 	c    *counters
-	// restarting is closed as the first PostgreSQL restart begins; nil
-	// when the plan restarts none.
+	// restarting is closed as the first PostgreSQL restart begins
+	// (restartBegins); nil when the plan restarts none.
 	restarting chan struct{}
+	once       sync.Once
+}
+
+// restartBegins closes restarting, once.
+func (s *scaler) restartBegins() {
+	if s.restarting != nil {
+		s.once.Do(func() { close(s.restarting) })
+	}
 }
 
 // start runs each projection's steps in a goroutine of wg, at their
