@@ -280,26 +280,34 @@ func TestFetchFiltersAndSegments(t *testing.T) {
 		require.NoError(t, err)
 	}
 	waitWindow(t, pool)
-	// Segments partition the stream; together they cover it exactly.
-	seen := map[int64]int{}
-	for seg := range 3 {
-		cur := outbox.Start
-		for {
-			b, err := outbox.Fetch(ctx, pool, cur, 7, outbox.Filter{Segment: seg, Segments: 3, EventTypes: []string{"Renamed"}})
-			require.NoError(t, err)
-			if b.Scanned == 0 {
-				break
+	// Segments partition the stream; together they cover it exactly, each
+	// reading the aggregates readside_segment gives it: with 3 segments by
+	// a filter over every row, with 4 and 8 (dividing the 64 buckets) from
+	// their own buckets, one statement for all of them.
+	for _, n := range []int{3, 4, 8} {
+		seen := map[int64]int{}
+		for seg := range n {
+			cur := outbox.Start
+			for {
+				b, err := outbox.Fetch(ctx, pool, cur, 7, outbox.Filter{Segment: seg, Segments: n, EventTypes: []string{"Renamed"}})
+				require.NoError(t, err)
+				if b.Scanned == 0 {
+					break
+				}
+				for _, e := range b.Events {
+					require.Equal(t, "Renamed", e.Type)
+					var want int
+					require.NoError(t, pool.QueryRow(ctx, `SELECT readside.readside_segment($1, $2)`, e.AggregateID, n).Scan(&want))
+					require.Equal(t, want, seg, "%s read by segment %d of %d", e.AggregateID, seg, n)
+					seen[e.ID()]++
+				}
+				cur = b.Next
 			}
-			for _, e := range b.Events {
-				require.Equal(t, "Renamed", e.Type)
-				seen[e.ID()]++
-			}
-			cur = b.Next
 		}
-	}
-	require.Len(t, seen, 40)
-	for id, n := range seen {
-		require.Equal(t, 1, n, "event %d", id)
+		require.Len(t, seen, 40, "%d segments", n)
+		for id, k := range seen {
+			require.Equal(t, 1, k, "event %d, %d segments", id, n)
+		}
 	}
 	_, err := outbox.Fetch(ctx, pool, outbox.Start, 10, outbox.Filter{Segment: 3, Segments: 3})
 	require.Error(t, err)
