@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/readside/readside/internal/dbschema"
 )
 
 // Event is an event as a projection sees it.
@@ -223,7 +225,11 @@ func Fetch(ctx context.Context, q Querier, after Cursor, limit int, f Filter) (*
 		sql = segmentFetchSQL(f.Segments)
 		args = append(args, segmentBuckets(f.Segments, f.Segment)...)
 	}
-	rows, err := queryGeneric(ctx, q, sql, args...)
+	// Generic from the first execution (dbschema.QueryGeneric): the plan
+	// PostgreSQL settles on anyway, index range scans with LIMIT merged in
+	// read order (TestFetchPlan), without planning the many-branch
+	// statement for its parameters on each connection first.
+	rows, err := dbschema.QueryGeneric(ctx, q, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("fetch after %s: %w", after, err)
 	}
@@ -371,52 +377,4 @@ func horizon(ctx context.Context, q Querier) (Cursor, error) {
 		return c, fmt.Errorf("horizon: %w", err)
 	}
 	return c, nil
-}
-
-// queryGeneric runs a fetch with a generic plan from its first execution
-// when it can set that for the statement alone (q is a pool or a
-// connection: the setting goes first in the same implicit transaction).
-//
-// Each segment's fetch is a statement of its own (its buckets are in the
-// text), prepared on each pooled connection, and PostgreSQL plans the
-// first five executions of a prepared statement for their parameters
-// before it settles on the generic plan. With 8 segments and a pool of 15
-// connections that is up to 600 plannings of a many-branch UNION, and a
-// backlog drained in a few hundred batches was planned nearly every time:
-// measured on the 200k backlog, about a third more server CPU per event
-// than with a pool of 4 (BenchmarkDrainSameWork, README "Throughput at
-// the defaults"). The generic plan is the one the planner settles on
-// anyway: index range scans with LIMIT merged in read order (TestFetchPlan).
-func queryGeneric(ctx context.Context, q Querier, sql string, args ...any) (pgx.Rows, error) {
-	s, ok := q.(interface {
-		SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
-	})
-	if _, inTx := q.(pgx.Tx); inTx || !ok {
-		return q.Query(ctx, sql, args...) // a caller's transaction keeps its own settings
-	}
-	b := &pgx.Batch{}
-	b.Queue(`SELECT pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true)`)
-	b.Queue(sql, args...)
-	br := s.SendBatch(ctx, b)
-	if _, err := br.Exec(); err != nil {
-		_ = br.Close()
-		return nil, err
-	}
-	rows, err := br.Query()
-	if err != nil {
-		_ = br.Close()
-		return nil, err
-	}
-	return &batchRows{Rows: rows, br: br}, nil
-}
-
-// batchRows closes the batch its rows came from when they are closed.
-type batchRows struct {
-	pgx.Rows
-	br pgx.BatchResults
-}
-
-func (r *batchRows) Close() {
-	r.Rows.Close()
-	_ = r.br.Close()
 }
