@@ -395,6 +395,20 @@ type txState struct {
 	pinned    bool   // readside's search_path is set
 	projected bool   // a projection's search_path is set, with first
 	first     string // (see Projection)
+	// queued: a projection's setting (with queuedFirst) is queued last in
+	// the batch about to be sent (QueueProjection); once it is sent, that
+	// setting is the one in place, whatever the pin before it.
+	queued      bool
+	queuedFirst string
+}
+
+// sent records that a batch went out: a projection setting queued last in
+// it is now in place.
+func (st *txState) sent() {
+	if st.queued {
+		st.pinned, st.projected, st.first = false, true, st.queuedFirst
+		st.queued, st.queuedFirst = false, ""
+	}
 }
 
 type schemaTx struct {
@@ -449,6 +463,7 @@ func (t *schemaTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Ro
 }
 
 func (t *schemaTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	defer t.st.sent()
 	if t.pin() {
 		return t.n.pinnedBatch(ctx, t.Tx, b)
 	}
@@ -578,7 +593,9 @@ func QueueProjection(b *pgx.Batch, tx pgx.Tx, first string) {
 	t := wrapped(tx)
 	sql, args := projectionSetting(t.Tx, t.n, first)
 	b.Queue(sql, args...)
-	t.st.pinned, t.st.projected, t.st.first = false, true, first
+	// In place once the batch is sent (after the pin the wrapper puts
+	// before it): see txState.sent.
+	t.st.queued, t.st.queuedFirst = true, first
 }
 
 // ReadProjection reads, from the results of the batch QueueProjection

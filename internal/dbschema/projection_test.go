@@ -130,3 +130,54 @@ func TestProjectionPathIsTheSessionDefault(t *testing.T) {
 	require.Equal(t, `pg_catalog, "readside", pg_temp`, path(true, ""))
 	require.Zero(t, rec.settingsReads())
 }
+
+// A projection's setting queued in a batch that the wrapper pins (the
+// apply transaction's first batch) holds after the batch: handing the
+// transaction to the projection sends nothing more, and readside's next
+// statement on it pins readside's own search_path again rather than run
+// under the projection's (which ends with the database's default path,
+// where an application's function could beat pg_catalog's).
+func TestQueuedProjectionOutlivesThePin(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDatabaseURL(t)
+	cfg, err := pgxpool.ParseConfig(url)
+	require.NoError(t, err)
+	cfg.MaxConns = 1
+	rec := &statements{}
+	cfg.ConnConfig.Tracer = rec
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+
+	for range 2 {
+		tx, err := dbschema.Default.Pool(pool).Begin(ctx)
+		require.NoError(t, err)
+		// (A failed check must not leave the pool's one connection held.)
+		t.Cleanup(func() { _ = tx.Rollback(ctx) })
+		b := &pgx.Batch{}
+		b.Queue(`SELECT 1`)
+		dbschema.QueueProjection(b, tx, "")
+		res := tx.SendBatch(ctx, b)
+		_, err = res.Exec()
+		require.NoError(t, err)
+		require.NoError(t, dbschema.ReadProjection(res, tx))
+		require.NoError(t, res.Close())
+		rec.mu.Lock()
+		rec.sql = nil
+		rec.mu.Unlock()
+
+		ptx, err := dbschema.Projection(ctx, tx, "")
+		require.NoError(t, err)
+		rec.mu.Lock()
+		sent := rec.sql
+		rec.mu.Unlock()
+		require.Empty(t, sent, "the queued setting holds: nothing is sent to hand the projection its transaction")
+		var got string
+		require.NoError(t, ptx.QueryRow(ctx, `SELECT current_setting('search_path')`).Scan(&got))
+		require.Equal(t, `pg_catalog, "readside", "$user", public, pg_temp`, got)
+
+		require.NoError(t, tx.QueryRow(ctx, `SELECT current_setting('search_path')`).Scan(&got))
+		require.Equal(t, `pg_catalog, "readside", pg_temp`, got, "readside's next statement pins its own path")
+		require.NoError(t, tx.Rollback(ctx))
+	}
+}
