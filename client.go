@@ -77,6 +77,10 @@ type Config struct {
 	// PollOnly turns LISTEN off for the worker and the control plane (use
 	// it behind PgBouncer in transaction pooling mode).
 	PollOnly bool
+	// SynchronousApply makes apply transactions wait for their WAL flush
+	// at COMMIT; by default they commit asynchronously (see
+	// projectors.Config.SynchronousApply).
+	SynchronousApply bool
 	// LeaseTTL is how long a segment's lease lasts without renewal: a dead
 	// member's segments move after at most this long. 0 means
 	// projectors.LeaseTTLDefault.
@@ -173,7 +177,7 @@ func NewClient(cfg Config) (*Client, error) {
 	}
 	c.worker, err = projectors.NewWorker(projectors.Config{Pool: cfg.Pool, Schema: n.String(), Projections: cfg.Projections,
 		WorkerID: cfg.WorkerID, Concurrency: cfg.Concurrency, BatchSize: cfg.BatchSize, BatchBytes: cfg.BatchBytes, PollInterval: cfg.PollInterval,
-		PollOnly: cfg.PollOnly, LeaseTTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts, SoftStopTimeout: cfg.SoftStopTimeout,
+		PollOnly: cfg.PollOnly, SynchronousApply: cfg.SynchronousApply, LeaseTTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts, SoftStopTimeout: cfg.SoftStopTimeout,
 		Logger: cfg.Logger, Registerer: cfg.Registerer})
 	if err != nil {
 		return nil, err

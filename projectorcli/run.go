@@ -35,6 +35,7 @@ type runConfig struct {
 	batchBytes     int
 	poll           time.Duration
 	pollOnly       bool
+	syncApply      bool
 	pgbouncer      bool
 	maxConns       int
 	leaseTTL       time.Duration
@@ -74,6 +75,7 @@ SIGINT or SIGTERM stops it softly: batches in flight finish.`,
 	fs.Int(&c.batchBytes, "batch-bytes", "PROJECTOR_BATCH_BYTES", outbox.FetchMaxBytesDefault, "payload bytes per fetch: a batch stops at the event that reaches it (at least one event)")
 	fs.Duration(&c.poll, "poll-interval", "PROJECTOR_POLL_INTERVAL", projectors.PollIntervalDefault, "fallback poll when no notification arrives")
 	fs.Bool(&c.pollOnly, "poll-only", "PROJECTOR_POLL_ONLY", false, "no LISTEN (worker and control plane): poll every --poll-interval")
+	fs.Bool(&c.syncApply, "synchronous-apply", "PROJECTOR_SYNCHRONOUS_APPLY", false, "apply transactions wait for their WAL flush at COMMIT (the session's synchronous_commit); by default they commit asynchronously: a server crash may undo the last applied batches, which are applied again")
 	fs.Bool(&c.pgbouncer, "pgbouncer", "PROJECTOR_PGBOUNCER", false, "the database URL is PgBouncer in transaction pooling mode: --poll-only, and no named prepared statements (pgx cache_describe unless the URL sets default_query_exec_mode)")
 	fs.Int(&c.maxConns, "max-conns", "PROJECTOR_MAX_CONNS", 0, "connection pool size; 0 means the budget for --concurrency (concurrency + 11 with every shipped projection); at least concurrency + 2")
 	fs.Duration(&c.leaseTTL, "lease-ttl", "PROJECTOR_LEASE_TTL", projectors.LeaseTTLDefault, "segment lease time to live; a dead worker's segments move after this")
@@ -185,7 +187,7 @@ func (a *app) newMember(pool *pgxpool.Pool, projs []projectors.Projection, c run
 	var riverLevel slog.Level
 	_ = riverLevel.UnmarshalText([]byte(c.riverLogLevel)) // an enum flag: always valid
 	return a.newClient(readside.Config{Pool: pool, Projections: projs, WorkerID: c.workerID, Concurrency: c.concurrency,
-		BatchSize: c.batchSize, BatchBytes: int64(c.batchBytes), PollInterval: c.poll, PollOnly: c.listenless(), LeaseTTL: c.leaseTTL, SoftStopTimeout: c.softStop,
+		BatchSize: c.batchSize, BatchBytes: int64(c.batchBytes), PollInterval: c.poll, PollOnly: c.listenless(), SynchronousApply: c.syncApply, LeaseTTL: c.leaseTTL, SoftStopTimeout: c.softStop,
 		OutboxRetention: c.retention, PruneInterval: c.pruneEvery, RiverLogLevel: riverLevel, Logger: logger, Registerer: reg})
 }
 

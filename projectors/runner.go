@@ -241,11 +241,20 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 }
 
 // queueFence queues the statements that open every apply transaction: the
-// idle timeout, and the fenced checkpoint advance. (begin queues the
-// projection's search_path last; the wrapper pins readside's first.)
+// idle timeout and the commit's synchronous_commit (see
+// Config.SynchronousApply), and the fenced checkpoint advance. (begin
+// queues the projection's search_path last; the wrapper pins readside's
+// first.)
 func (w *Worker) queueFence(b *pgx.Batch, s *segment, from, to outbox.Cursor, applied int) {
-	b.Queue(`SELECT pg_catalog.set_config('idle_in_transaction_session_timeout', $1, true)`,
-		strconv.FormatInt(w.cfg.LeaseTTL.Milliseconds(), 10))
+	idle := strconv.FormatInt(w.cfg.LeaseTTL.Milliseconds(), 10)
+	if w.cfg.SynchronousApply {
+		// The session's own synchronous_commit (its role's, its
+		// database's or the server's).
+		b.Queue(`SELECT pg_catalog.set_config('idle_in_transaction_session_timeout', $1, true)`, idle)
+	} else {
+		b.Queue(`SELECT pg_catalog.set_config('idle_in_transaction_session_timeout', $1, true),
+       pg_catalog.set_config('synchronous_commit', 'off', true)`, idle)
+	}
 	checkpoint.QueueAdvance(b, s.lease, from, to, applied, w.cfg.LeaseTTL)
 }
 

@@ -95,6 +95,17 @@ type Config struct {
 	// ListenConnect opens the dedicated LISTEN connection. nil means a new
 	// connection with the pool's connection config.
 	ListenConnect func(ctx context.Context) (*pgx.Conn, error)
+	// SynchronousApply makes every apply transaction wait at its COMMIT for
+	// its WAL to reach disk (and synchronous standbys), as the session's
+	// synchronous_commit says. By default an apply transaction commits with
+	// synchronous_commit = off (set for that transaction only): a read
+	// model is derived state whose checkpoint moves in the same
+	// transaction, so a server crash can lose only the last fraction of a
+	// second of applied batches, read models, checkpoints, dead letters and
+	// side-effect jobs together, and the fleet applies them again (README,
+	// "Guarantees"). Turn it on when readers must never see a read model
+	// step back after a crash, or read it on a synchronous standby.
+	SynchronousApply bool
 	// PollOnly turns LISTEN off: the worker checks the outbox head every
 	// PollInterval and opens no connection outside the pool. Use it behind
 	// PgBouncer in transaction pooling mode, which cannot deliver

@@ -1,0 +1,74 @@
+package projectors_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/projectors"
+)
+
+// commitProbe records the synchronous_commit its apply transactions run
+// with.
+type commitProbe struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (p *commitProbe) Spec() projectors.Spec { return projectors.Spec{Name: "commit_probe"} }
+
+func (p *commitProbe) Apply(ctx context.Context, tx pgx.Tx, _ *projectors.Batch) error {
+	var v string
+	if err := tx.QueryRow(ctx, `SELECT current_setting('synchronous_commit')`).Scan(&v); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.seen = append(p.seen, v)
+	p.mu.Unlock()
+	return nil
+}
+
+func (p *commitProbe) Reset(context.Context, pgx.Tx) error { return nil }
+
+func (p *commitProbe) settings() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.seen...)
+}
+
+// Apply transactions commit asynchronously unless SynchronousApply is set,
+// and then with the session's own setting (here the database's), never a
+// value readside picks; the setting does not outlive the transaction.
+func TestApplyCommitSetting(t *testing.T) {
+	t.Parallel()
+	for _, sync := range []bool{false, true} {
+		ctx := context.Background()
+		url := pgtest.NewDatabaseURL(t)
+		pool := pgtest.Pool(t, url)
+		_, err := pool.Exec(ctx, `DO $$ BEGIN
+			EXECUTE format('ALTER DATABASE %I SET synchronous_commit = local', current_database()); END $$`)
+		require.NoError(t, err)
+		pool.Close()
+		pool = pgtest.Pool(t, url)
+		probe := &commitProbe{}
+		startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{probe}, SynchronousApply: sync,
+			PollInterval: 50 * time.Millisecond})
+		appendEvents(t, pool, "a", 0, `{}`, `{}`)
+		eventually(t, 30*time.Second, "applied", func() bool { return len(probe.settings()) > 0 })
+		want := "off"
+		if sync {
+			want = "local"
+		}
+		for _, got := range probe.settings() {
+			require.Equal(t, want, got, "SynchronousApply %v", sync)
+		}
+		var after string
+		require.NoError(t, pool.QueryRow(ctx, `SELECT current_setting('synchronous_commit')`).Scan(&after))
+		require.Equal(t, "local", after, "the session keeps its own setting")
+	}
+}
