@@ -49,11 +49,18 @@ func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error 
 		// every slot is taken: the server is busy with as many of this
 		// worker's statements as it should run.
 		heavy := w.heavy(batch)
+		// A batch that stopped short of the fetch's limits reached the end
+		// of the read window: what commits next is announced by a
+		// notification, which runs the segment again (segment.again), so
+		// nothing is fetched beside it or after it. Without notifications
+		// (PollOnly), and for a rebuild's copy (which stops behind the live
+		// projection, not at the window), the next fetch finds out.
+		atEnd := !heavy && batch.Scanned < w.scanLimit(s) && !w.cfg.PollOnly && s.schema == ""
 		if err := w.acquire(hardCtx); err != nil {
 			return err
 		}
 		var next <-chan fetched
-		if !heavy {
+		if !heavy && !atEnd {
 			next = w.prefetch(hardCtx, s, batch.Next)
 		}
 		to, applyErr := w.apply(hardCtx, s, batch)
@@ -81,6 +88,9 @@ func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error 
 			// the prefetched batch does not follow on; read again from here.
 			batch, err = w.fetchInSlot(hardCtx, s, to)
 			continue
+		}
+		if atEnd {
+			return nil
 		}
 		if next == nil {
 			after := batch.Next
@@ -195,13 +205,18 @@ func (w *Worker) fetch(ctx context.Context, s *segment, after outbox.Cursor) (*o
 	// A segment keeps about 1/Segments of the rows it passes over: pass over
 	// that many more, so that its batches hold about BatchSize events
 	// instead of a fraction of it (fewer, fuller transactions).
-	limit := min(w.cfg.BatchSize*s.spec.Segments, max(w.cfg.BatchSize, maxScan))
+	limit := w.scanLimit(s)
 	f := s.spec.filter(s.lease.Segment)
 	f.MaxBytes = w.cfg.BatchBytes
 	if s.schema != "" {
 		return fetchBehindLive(ctx, w.db, s.proj.Spec().Name, s.lease.Segment, after, limit, f)
 	}
 	return outbox.Fetch(ctx, w.db, after, limit, f)
+}
+
+// scanLimit is how many outbox rows one fetch of s passes over at most.
+func (w *Worker) scanLimit(s *segment) int {
+	return min(w.cfg.BatchSize*s.spec.Segments, max(w.cfg.BatchSize, maxScan))
 }
 
 // maxScan bounds the outbox rows one fetch passes over.

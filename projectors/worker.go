@@ -328,13 +328,16 @@ func (w *Worker) Stopped() <-chan struct{} { return w.stopped }
 // segment is the coordinator's view of one leased segment. Fields other than
 // lease/running/release are touched only by the task running it.
 type segment struct {
-	spec     Spec
-	proj     Projection
-	schema   string // a rebuild's schema, first on the search_path; "" for live tables
-	lease    checkpoint.Lease
-	cursor   outbox.Cursor
-	high     outbox.Cursor
-	running  bool
+	spec    Spec
+	proj    Projection
+	schema  string // a rebuild's schema, first on the search_path; "" for live tables
+	lease   checkpoint.Lease
+	cursor  outbox.Cursor
+	high    outbox.Cursor
+	running bool
+	// again: a notification came while the task ran; run it once more
+	// when it ends, whatever the head the coordinator last read.
+	again    bool
 	release  bool          // give the lease up when the current task ends
 	attempts map[int64]int // failures per event id (projection errors)
 	// parked is false while the segment has no parked dead letters, so that
@@ -363,6 +366,11 @@ type taskResult struct {
 // back: one cheap query per worker, for as long as the holder runs.
 const maxRecheck = 100 * time.Millisecond
 
+// notifyHeadDelay is how soon after a notification the head is read: a
+// holder of the window that rolls back sends no notification of its own,
+// and the events committed behind it were announced while it held them.
+const notifyHeadDelay = 10 * time.Millisecond
+
 type coordinator struct {
 	w        *Worker
 	softCtx  context.Context
@@ -374,7 +382,8 @@ type coordinator struct {
 	head     outbox.Cursor
 	tasks    conc.WaitGroup
 	inflight int
-	recheck  *time.Timer   // fires checkHead while the window is held back
+	recheck  *time.Timer   // fires checkHead while the window is held back, and after a notification
+	armed    bool          // recheck is set
 	behind   time.Duration // current recheck delay
 	// The projections this worker claims segments of: its own, plus the
 	// shadow projections of rebuilds in progress (refreshed every lease
@@ -516,10 +525,19 @@ func (c *coordinator) loop() {
 		case <-c.softCtx.Done():
 			return
 		case <-c.notify:
-			c.checkHead()
+			// A notification means new events: every segment fetches at
+			// once rather than after a head query (a round trip on the
+			// way of every event). A head query follows within
+			// notifyHeadDelay, for the window's state (rechecks while it
+			// is held back), however many notifications come meanwhile.
+			c.kick()
+			if !c.armed {
+				c.arm(notifyHeadDelay)
+			}
 		case <-poll.C:
 			c.checkHead()
 		case <-c.recheck.C:
+			c.armed = false
 			c.checkHead()
 		case <-lease.C:
 			c.manageLeases()
@@ -552,6 +570,12 @@ func (c *coordinator) leave() {
 	}
 }
 
+// arm sets the recheck timer to fire checkHead after d.
+func (c *coordinator) arm(d time.Duration) {
+	c.armed = true
+	c.recheck.Reset(d)
+}
+
 func (c *coordinator) wake() {
 	select {
 	case c.notify <- struct{}{}:
@@ -576,7 +600,7 @@ func (c *coordinator) checkHead() {
 	// end sends no notification, so look again soon, backing off.
 	if head.Behind() {
 		c.behind = min(max(2*c.behind, time.Millisecond), c.w.cfg.PollInterval, maxRecheck)
-		c.recheck.Reset(c.behind)
+		c.arm(c.behind)
 	} else {
 		c.behind = 0
 	}
@@ -586,10 +610,31 @@ func (c *coordinator) checkHead() {
 }
 
 func (c *coordinator) schedule(s *segment) {
-	if s.running || s.release || c.softCtx.Err() != nil || !s.cursor.Less(c.head) {
+	if !s.again && !s.cursor.Less(c.head) {
 		return
 	}
-	s.running = true
+	c.start(s)
+}
+
+// kick starts every segment, or marks it to run again when it is running
+// (see segment.again): a fetch at the head finds nothing and costs what a
+// head query would.
+func (c *coordinator) kick() {
+	for _, s := range c.segs {
+		if s.running {
+			s.again = true
+		} else {
+			c.start(s)
+		}
+	}
+}
+
+// start queues a segment's task.
+func (c *coordinator) start(s *segment) {
+	if s.running || s.release || c.softCtx.Err() != nil {
+		return
+	}
+	s.running, s.again = true, false
 	c.inflight++
 	c.queue <- s
 }
