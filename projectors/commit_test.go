@@ -2,6 +2,7 @@ package projectors_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -71,4 +72,35 @@ func TestApplyCommitSetting(t *testing.T) {
 		require.NoError(t, pool.QueryRow(ctx, `SELECT current_setting('synchronous_commit')`).Scan(&after))
 		require.Equal(t, "local", after, "the session keeps its own setting")
 	}
+}
+
+// With polling out of the picture (an hour), events that commit while a
+// segment applies the batch before them are applied promptly: the batch
+// that reached the end of the window ends its task without fetching
+// again, so the notifications that came meanwhile must run it again. A
+// writer commits one event every few milliseconds while each batch takes
+// 20 ms to apply, so nearly every event is announced during an apply.
+func TestEventsAnnouncedDuringAnApplyAreApplied(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	slow := func(context.Context, *projectors.Batch) error {
+		time.Sleep(20 * time.Millisecond)
+		return nil
+	}
+	for _, conc := range []int{1, 2} {
+		name := fmt.Sprintf("rec%d", conc)
+		startWorker(t, projectors.Config{Pool: pool, Concurrency: conc, PollInterval: time.Hour,
+			Projections: []projectors.Projection{&recorder{name: name, hook: slow}}})
+	}
+	// The workers' first head check (at start) has passed.
+	time.Sleep(200 * time.Millisecond)
+	const n = 60
+	for i := range n {
+		appendEvents(t, pool, fmt.Sprintf("agg-%d", i%7), i/7, `{}`)
+		time.Sleep(3 * time.Millisecond)
+	}
+	eventually(t, 20*time.Second, "every event applied without a poll", func() bool {
+		return count(t, pool, `SELECT count(*) FROM applied`) == 2*n
+	})
 }
