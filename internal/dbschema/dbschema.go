@@ -395,20 +395,20 @@ type txState struct {
 	pinned    bool   // readside's search_path is set
 	projected bool   // a projection's search_path is set, with first
 	first     string // (see Projection)
-	// queued: a projection's setting (with queuedFirst) is queued last in
-	// the batch about to be sent (QueueProjection); once it is sent, that
-	// setting is the one in place, whatever the pin before it.
-	queued      bool
+	// queued is the batch in which a projection's setting (with
+	// queuedFirst) is queued last (QueueProjection): once that batch is
+	// sent, its setting is the one in place, whatever the pin before it.
+	queued      *pgx.Batch
 	queuedFirst string
 }
 
-// sent records that a batch went out: a projection setting queued last in
-// it is now in place.
-func (st *txState) sent() {
-	if st.queued {
+// sent records that b went out: a projection setting queued last in it is
+// now in place.
+func (st *txState) sent(b *pgx.Batch) {
+	if st.queued != nil && st.queued == b {
 		st.pinned, st.projected, st.first = false, true, st.queuedFirst
-		st.queued, st.queuedFirst = false, ""
 	}
+	st.queued, st.queuedFirst = nil, ""
 }
 
 type schemaTx struct {
@@ -429,7 +429,7 @@ func (t *schemaTx) Begin(ctx context.Context) (pgx.Tx, error) {
 
 // Rollback of a savepoint undoes a setting made inside it.
 func (t *schemaTx) Rollback(ctx context.Context) error {
-	t.st.pinned, t.st.projected = false, false
+	t.st.pinned, t.st.projected, t.st.queued = false, false, nil
 	return t.Tx.Rollback(ctx)
 }
 
@@ -463,7 +463,7 @@ func (t *schemaTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Ro
 }
 
 func (t *schemaTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	defer t.st.sent()
+	defer t.st.sent(b)
 	if t.pin() {
 		return t.n.pinnedBatch(ctx, t.Tx, b)
 	}
@@ -588,14 +588,17 @@ func readProjectionSetting(tx pgx.Tx, row pgx.Row) error {
 // runs in tx (see Projection), for a batch that readside sends on tx
 // before it calls the projection: then Projection costs nothing. Nothing
 // of readside's may follow it in b, and its result is read with
-// ReadProjection.
+// ReadProjection. tx must be a transaction this package wrapped (Pool's,
+// Conn's, Tx): on another the setting is sent but not remembered, and
+// Projection sends it again. Another batch sent on tx first leaves the
+// setting unrecorded (Projection then sends it).
 func QueueProjection(b *pgx.Batch, tx pgx.Tx, first string) {
 	t := wrapped(tx)
 	sql, args := projectionSetting(t.Tx, t.n, first)
 	b.Queue(sql, args...)
 	// In place once the batch is sent (after the pin the wrapper puts
 	// before it): see txState.sent.
-	t.st.queued, t.st.queuedFirst = true, first
+	t.st.queued, t.st.queuedFirst = b, first
 }
 
 // ReadProjection reads, from the results of the batch QueueProjection

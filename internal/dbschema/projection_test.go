@@ -180,4 +180,19 @@ func TestQueuedProjectionOutlivesThePin(t *testing.T) {
 		require.Equal(t, `pg_catalog, "readside", pg_temp`, got, "readside's next statement pins its own path")
 		require.NoError(t, tx.Rollback(ctx))
 	}
+
+	// A setting queued in a batch that is never sent is not taken as in
+	// place when another batch goes out.
+	tx, err := dbschema.Default.Pool(pool).Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tx.Rollback(ctx) })
+	dbschema.QueueProjection(&pgx.Batch{}, tx, "")
+	other := &pgx.Batch{}
+	other.Queue(`SELECT 1`)
+	require.NoError(t, tx.SendBatch(ctx, other).Close())
+	ptx, err := dbschema.Projection(ctx, tx, "")
+	require.NoError(t, err)
+	var got string
+	require.NoError(t, ptx.QueryRow(ctx, `SELECT current_setting('search_path')`).Scan(&got))
+	require.Equal(t, `pg_catalog, "readside", "$user", public, pg_temp`, got, "the projection's path, sent by Projection")
 }
