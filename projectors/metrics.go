@@ -18,6 +18,7 @@ type metrics struct {
 	claims        *prometheus.CounterVec
 	losses        *prometheus.CounterVec
 	fenced        *prometheus.CounterVec
+	rewound       *prometheus.CounterVec
 	owned         *prometheus.GaugeVec
 	liveWorkers   prometheus.Gauge
 }
@@ -30,6 +31,7 @@ func (m *metrics) zero(projections []string) {
 		m.claims.WithLabelValues(p)
 		m.losses.WithLabelValues(p)
 		m.fenced.WithLabelValues(p)
+		m.rewound.WithLabelValues(p)
 		m.owned.WithLabelValues(p)
 		for _, o := range []string{"committed", "retried", "fenced", "isolated", "halted"} {
 			m.batches.WithLabelValues(p, o)
@@ -90,6 +92,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "readside_projector_fenced_commits_total",
 			Help: "Apply transactions refused because the lease was no longer this worker's.",
 		}, []string{"projection"}),
+		rewound: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "readside_projector_checkpoint_rewinds_total",
+			Help: "Segments whose stored checkpoint was found behind what this worker had applied (a crash of the server undid asynchronously committed batches), read again from there.",
+		}, []string{"projection"}),
 		owned: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "readside_projector_segments_owned",
 			Help: "Segments this worker holds a lease on.",
@@ -103,7 +109,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.eventsApplied, m.batches, m.batchSize, m.batchDuration, m.latency,
-		m.retries, m.parked, m.claims, m.losses, m.fenced, m.owned, m.liveWorkers} {
+		m.retries, m.parked, m.claims, m.losses, m.fenced, m.rewound, m.owned, m.liveWorkers} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -117,7 +123,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 func (m *metrics) forget(projection string) {
 	for _, v := range []interface {
 		DeletePartialMatch(prometheus.Labels) int
-	}{m.eventsApplied, m.batches, m.batchSize, m.batchDuration, m.latency, m.retries, m.parked, m.claims, m.losses, m.fenced, m.owned} {
+	}{m.eventsApplied, m.batches, m.batchSize, m.batchDuration, m.latency, m.retries, m.parked, m.claims, m.losses, m.fenced, m.rewound, m.owned} {
 		v.DeletePartialMatch(prometheus.Labels{"projection": projection})
 	}
 }

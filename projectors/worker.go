@@ -740,13 +740,29 @@ func (c *coordinator) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	keep := map[string]bool{}
-	for _, l := range kept {
-		keep[key(l.Projection, l.Segment)] = true
+	keep := map[string]checkpoint.Held{}
+	for _, h := range kept {
+		keep[key(h.Projection, h.Segment)] = h
 	}
 	for k, s := range c.segs {
-		if !keep[k] && !s.running {
+		h, ok := keep[k]
+		switch {
+		case !ok && !s.running:
 			c.lost(k, s)
+		case ok && !s.running && h.Cursor != s.cursor:
+			// No task of this worker runs on the segment, so every batch
+			// it applied has committed, and the stored cursor is the one
+			// it committed last, unless a crash of the server undid the
+			// last apply transactions (they commit asynchronously): then
+			// the stored cursor is behind, and the segment reads and
+			// applies those events again from there. (A running task is
+			// left alone: its next checkpoint UPDATE checks the cursor and
+			// is fenced.)
+			c.w.log.Warn("segment's stored checkpoint is behind this worker's: the server lost applied batches (a crash); applying them again",
+				"projection", s.lease.Projection, "segment", s.lease.Segment, "stored", h.Cursor.String(), "applied", s.cursor.String())
+			c.w.metrics.rewound.WithLabelValues(s.lease.Projection).Inc()
+			s.cursor, s.high = h.Cursor, h.HighWater
+			c.start(s)
 		}
 	}
 	return nil

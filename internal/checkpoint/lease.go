@@ -6,7 +6,16 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/readside/readside/outbox"
 )
+
+// Held is a lease Renew kept, with its segment's stored cursor and
+// high-water mark as the renewal read them.
+type Held struct {
+	Lease
+	Cursor, HighWater outbox.Cursor
+}
 
 // Member describes a fleet member for its heartbeat.
 type Member struct {
@@ -107,7 +116,12 @@ func prefixed(alias string) string {
 // A lease is lost when its epoch moved (reset, takeover), it expired, or its
 // segment was paused. Segments locked by the owner's own apply transaction
 // are not waited for: they count as held if owner and epoch still match.
-func Renew(ctx context.Context, db DB, owner string, leases []Lease, ttl time.Duration) ([]Lease, error) {
+//
+// Each lease kept comes with the segment's stored cursor and high-water
+// mark: a worker's own view of an idle segment can be ahead of them only
+// when a crash of the server undid its last apply transactions, which
+// commit asynchronously (projectors.Config.SynchronousApply).
+func Renew(ctx context.Context, db DB, owner string, leases []Lease, ttl time.Duration) ([]Held, error) {
 	if len(leases) == 0 {
 		return nil, nil
 	}
@@ -129,18 +143,18 @@ WITH want AS (
      WHERE c.projection = f.projection AND c.segment = f.segment
     RETURNING c.projection, c.segment
 )
-SELECT w.projection, w.segment, w.epoch FROM want w
+SELECT w.projection, w.segment, w.epoch, c.cursor_txid, c.cursor_position, c.high_txid, c.high_position
+  FROM want w JOIN readside.checkpoints c ON c.projection = w.projection AND c.segment = w.segment
  WHERE EXISTS (SELECT 1 FROM renewed r WHERE r.projection = w.projection AND r.segment = w.segment)
-    OR EXISTS (SELECT 1 FROM readside.checkpoints c WHERE c.projection = w.projection AND c.segment = w.segment
-                  AND c.lease_owner = $1 AND c.lease_epoch = w.epoch AND c.status = 'running'
-                  AND c.lease_expires_at > clock_timestamp())`, owner, projs, segs, epochs, ttl.Seconds())
+    OR (c.lease_owner = $1 AND c.lease_epoch = w.epoch AND c.status = 'running'
+        AND c.lease_expires_at > clock_timestamp())`, owner, projs, segs, epochs, ttl.Seconds())
 	if err != nil {
 		return nil, fmt.Errorf("renew: %w", err)
 	}
-	kept, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Lease, error) {
-		l := Lease{Owner: owner}
-		err := r.Scan(&l.Projection, &l.Segment, &l.Epoch)
-		return l, err
+	kept, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Held, error) {
+		h := Held{Lease: Lease{Owner: owner}}
+		err := r.Scan(&h.Projection, &h.Segment, &h.Epoch, &h.Cursor.TxID, &h.Cursor.Position, &h.HighWater.TxID, &h.HighWater.Position)
+		return h, err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("renew: %w", err)
