@@ -4,7 +4,7 @@
 // The suite starts a disposable PostgreSQL cluster (internal/pgtemp, so the
 // server itself can be restarted), builds cmd/projector and cmd/writer, and
 // runs `writer load` against three `projector run` processes while it
-// SIGKILLs projectors, restarts PostgreSQL with a fast shutdown, SIGSTOPs a
+// SIGKILLs projectors, crashes and restarts PostgreSQL (immediate shutdown), SIGSTOPs a
 // lease holder past its lease, injects malformed and unknown-type events
 // through the SQL contract and terminates random backends; meanwhile an
 // operator scales three read models down and up with `projector scale

@@ -343,11 +343,20 @@ func TestFaults(t *testing.T) {
 				}
 				rctx, cancel := context.WithTimeout(ctx, time.Minute)
 				defer cancel()
+				before := appliedSum(rctx, pool)
 				if err := restartPostgres(rctx, cl); err != nil {
 					t.Errorf("restart PostgreSQL: %v", err)
 					return
 				}
-				c.add(func(c *counters) { c.pgRestarts++ })
+				after := appliedSum(rctx, pool)
+				c.add(func(c *counters) {
+					c.pgRestarts++
+					for k, n := range before {
+						if a, ok := after[k]; ok && a < n {
+							c.undone += n - a
+						}
+					}
+				})
 			}})
 		}
 		for i := range p.sigstops {
@@ -603,6 +612,26 @@ func (in *injector) inject(ctx context.Context) {
 	}
 }
 
+// appliedSum is the events each checkpoint counts as applied (none when
+// the server does not answer): a checkpoint whose count went down across a
+// crash lost batches it had committed.
+func appliedSum(ctx context.Context, pool *pgxpool.Pool) map[string]int {
+	for range 50 {
+		rows, err := pool.Query(ctx, `SELECT projection || '/' || segment, events_applied FROM readside.checkpoints`)
+		if err == nil {
+			m := map[string]int{}
+			var k string
+			var n int
+			_, err = pgx.ForEachRow(rows, []any{&k, &n}, func() error { m[k] = n; return nil })
+			if err == nil {
+				return m
+			}
+		}
+		time.Sleep(100 * time.Millisecond) // the restart's recovery
+	}
+	return nil
+}
+
 // startCluster starts a disposable PostgreSQL cluster for the test, stopped
 // at cleanup, and returns it with the URL of its database dbName.
 func startCluster(ctx context.Context, t *testing.T) (*pgtemp.Cluster, string) {
@@ -614,6 +643,18 @@ func startCluster(ctx context.Context, t *testing.T) (*pgtemp.Cluster, string) {
 	t.Cleanup(func() { _ = cl.Stop() })
 	if err := exec1(ctx, cl.URL, `CREATE DATABASE `+dbName); err != nil {
 		t.Fatal(err)
+	}
+	// As in production: writers, operators and control jobs commit
+	// synchronously (pgtemp's server does not, for speed: a database's
+	// setting overrides the server's command line), apply transactions
+	// asynchronously (their default), and the WAL writer writes their
+	// commits late (1 s rather than 200 ms), so that the crash of
+	// restartPostgres finds applied batches to undo.
+	for _, sql := range []string{`ALTER DATABASE ` + dbName + ` SET synchronous_commit = on`,
+		`ALTER SYSTEM SET wal_writer_delay = '1s'`, `SELECT pg_reload_conf()`} {
+		if err := exec1(ctx, cl.URL, sql); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return cl, pgtest.WithDatabase(cl.URL, dbName)
 }

@@ -148,6 +148,7 @@ type counters struct {
 	scaleAttempts   int            // `projector scale` runs
 	scaleFailures   map[string]int // runs that lost their connection, by reason
 	scaleRescued    int            // scale jobs a SIGKILLed projector left running, made available again
+	undone          int            // applied events a PostgreSQL crash undid (asynchronous commits)
 }
 
 func newCounters() *counters {
@@ -160,7 +161,9 @@ func (c *counters) add(f func(c *counters)) {
 	f(c)
 }
 
-// restartPostgres restarts the cluster with a fast shutdown.
+// restartPostgres crashes the cluster (an immediate shutdown: no
+// checkpoint, and what the WAL writer had not written yet is lost, as in a
+// crash of the server) and starts it again (crash recovery).
 //
 // It does not use pgtemp.Cluster.Restart, which hangs: it runs `pg_ctl
 // restart` without -l under CombinedOutput, so the new postmaster inherits
@@ -180,7 +183,7 @@ func restartPostgres(ctx context.Context, cl *pgtemp.Cluster) error {
 	defer os.Remove(out.Name())
 	defer out.Close()
 	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_ctl"), "-D", filepath.Join(cl.Dir(), "data"),
-		"-l", filepath.Join(cl.Dir(), "log"), "-m", "fast", "-w", "-t", "60", "restart")
+		"-l", filepath.Join(cl.Dir(), "log"), "-m", "immediate", "-w", "-t", "60", "restart")
 	cmd.Dir = cl.Dir()
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
 	cmd.Stdout, cmd.Stderr = out, out

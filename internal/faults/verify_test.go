@@ -223,7 +223,7 @@ func (r *report) print(t *testing.T, c *counters) {
 	row("duration under faults / catch-up", fmt.Sprintf("%s / %s", r.faultTime.Round(time.Second), r.catchUp.Round(100*time.Millisecond)))
 	row("projector SIGKILLs (restarted)", c.kills)
 	row("projector exits on their own (restarted)", fmt.Sprintf("%d %s", c.projectorExits, reasons(c.projectorReason)))
-	row("PostgreSQL restarts (fast shutdown)", c.pgRestarts)
+	row("PostgreSQL crashes (immediate shutdown) / checkpoint counts they took back", fmt.Sprintf("%d / %d", c.pgRestarts, c.undone))
 	row("SIGSTOPs past the lease", fmt.Sprintf("%d (leases held %d, taken over while stopped %d, 'lease lost' logged after SIGCONT %d)",
 		c.sigstops, c.stopLeases, c.stopTakenOver, c.stopLeaseLost))
 	row("backends terminated", c.terminated)
