@@ -78,6 +78,7 @@ func checkFetchBytes(t *testing.T, pool *pgxpool.Pool, f outbox.Filter, n int) {
 		after   outbox.Cursor
 		got     []int
 		batches int
+		cuts    []bool
 	)
 	for {
 		b, err := outbox.Fetch(ctx, pool, after, 1000, f)
@@ -86,6 +87,7 @@ func checkFetchBytes(t *testing.T, pool *pgxpool.Pool, f outbox.Filter, n int) {
 			break
 		}
 		batches++
+		cuts = append(cuts, b.Cut)
 		var bytes int
 		for i, e := range b.Events {
 			if i < len(b.Events)-1 {
@@ -109,6 +111,11 @@ func checkFetchBytes(t *testing.T, pool *pgxpool.Pool, f outbox.Filter, n int) {
 	}
 	require.Equal(t, want, got, "every event once, in order")
 	require.Greater(t, batches, 1)
+	// Every batch ended by the budget says so (the whole log fits the row
+	// limit); the last one reached the end of the window.
+	for i, cut := range cuts {
+		require.Equal(t, i < len(cuts)-1, cut, "batch %d of %d: Cut", i+1, len(cuts))
+	}
 }
 
 func outboxSegment(t *testing.T, pool *pgxpool.Pool, aggID string, segments int) int {

@@ -67,6 +67,11 @@ type Batch struct {
 	Next Cursor
 	// Scanned counts the rows passed over (matching or not).
 	Scanned int
+	// Cut means the byte budget (Filter.MaxBytes) ended the batch before
+	// rows it would otherwise have passed over. A batch with Scanned below
+	// the fetch's limit that was not cut reached the end of the read
+	// window.
+	Cut bool
 }
 
 // fetchSQL reads up to $3 rows after the cursor ($1, $2) in (txid, position)
@@ -150,12 +155,13 @@ const fetchTail = `
       FROM window_rows w
 )
 SELECT w.txid, w.position, w.matched, e.aggregate_type, e.aggregate_id, e.event_type, e.version,
-       e.schema_version, e.event_data, e.metadata, e.occurred_at, w.created_at, false AS is_head
+       e.schema_version, e.event_data, e.metadata, e.occurred_at, w.created_at, false AS is_head,
+       EXISTS (SELECT 1 FROM budget c WHERE NOT c.kept) AS cut
   FROM budget w
   LEFT JOIN readside.events e ON w.matched AND e.id = w.position
  WHERE w.kept
 UNION ALL
-(SELECT o.txid, o.position, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true
+(SELECT o.txid, o.position, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, false
    FROM readside.outbox o
   WHERE $7::int > 1 AND o.txid < (SELECT b.txid FROM bound b)
     AND NOT EXISTS (SELECT 1 FROM budget w WHERE NOT w.kept)
@@ -257,10 +263,11 @@ func scanBatch(rows pgx.Rows, after Cursor) (*Batch, *Cursor, error) {
 	var head *Cursor
 	sorted := true
 	for rows.Next() {
-		e, matched, isHead, err := scanRow(rows)
+		e, matched, isHead, cut, err := scanRow(rows)
 		if err != nil {
 			return nil, nil, err
 		}
+		b.Cut = b.Cut || cut
 		c := e.Cursor
 		if isHead {
 			head = &c
@@ -286,8 +293,9 @@ func scanBatch(rows pgx.Rows, after Cursor) (*Batch, *Cursor, error) {
 }
 
 // scanRow reads one row; matched is false for a row the filter passes over
-// (its event columns are NULL) and isHead marks the head row.
-func scanRow(rows pgx.Rows) (e Event, matched, isHead bool, err error) {
+// (its event columns are NULL), isHead marks the head row, and cut says
+// that the byte budget cut the batch.
+func scanRow(rows pgx.Rows) (e Event, matched, isHead, cut bool, err error) {
 	var (
 		aggType, aggID, typ    *string
 		version, schemaVersion *int32
@@ -295,11 +303,11 @@ func scanRow(rows pgx.Rows) (e Event, matched, isHead bool, err error) {
 		occurredAt, appendedAt *time.Time
 	)
 	if err := rows.Scan(&e.Cursor.TxID, &e.Cursor.Position, &matched, &aggType, &aggID, &typ, &version,
-		&schemaVersion, &data, &meta, &occurredAt, &appendedAt, &isHead); err != nil {
-		return e, false, false, fmt.Errorf("scan: %w", err)
+		&schemaVersion, &data, &meta, &occurredAt, &appendedAt, &isHead, &cut); err != nil {
+		return e, false, false, false, fmt.Errorf("scan: %w", err)
 	}
 	if isHead || !matched || aggType == nil {
-		return e, false, isHead, nil
+		return e, false, isHead, cut, nil
 	}
 	e.AggregateType, e.AggregateID, e.Type = *aggType, *aggID, *typ
 	e.Version, e.SchemaVersion = int(*version), int(*schemaVersion)
@@ -307,7 +315,7 @@ func scanRow(rows pgx.Rows) (e Event, matched, isHead bool, err error) {
 	if appendedAt != nil {
 		e.AppendedAt = *appendedAt
 	}
-	return e, true, false, nil
+	return e, true, false, cut, nil
 }
 
 func nonNil(s []string) []string {

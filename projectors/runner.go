@@ -48,7 +48,7 @@ func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error 
 		// once is what the budget is there to prevent. Nor is one when
 		// every slot is taken: the server is busy with as many of this
 		// worker's statements as it should run.
-		heavy := w.heavy(batch)
+		heavy := batch.Cut || w.heavy(batch)
 		// A batch that stopped short of the fetch's limits reached the end
 		// of the read window: what commits next is announced by a
 		// notification, which runs the segment again (segment.again), so
