@@ -222,8 +222,9 @@ func (w *Worker) scanLimit(s *segment) int {
 // maxScan bounds the outbox rows one fetch passes over.
 const maxScan = 16_000
 
-// begin opens an apply transaction and, in one round trip, bounds how long
-// the transaction may sit idle (a stopped or paused worker must not hold the
+// begin opens an apply transaction and, in one round trip (its BEGIN
+// included: dbschema.BeginBatch), bounds how long the transaction may sit
+// idle (a stopped or paused worker must not hold the
 // checkpoint's row lock past its lease), fences it with the lease by moving
 // the checkpoint, and asks which of the batch's aggregates are parked and,
 // when it replays history, which of its events an operator discarded.
@@ -236,7 +237,7 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 	replay := len(events) > 0 && (s.schema != "" || !s.high.Less(events[0].Cursor) || !s.floorsUntil.Less(events[0].Cursor))
 	check := s.parked || replay
 	s.replays = nil
-	tx, err := w.db.Begin(ctx)
+	c, err := w.cfg.Pool.Acquire(ctx)
 	if err != nil {
 		return nil, skips{}, err
 	}
@@ -246,8 +247,8 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 		queueSkips(b, s, events, replay)
 	}
 	floors := queueFloors(b, s, events)
-	dbschema.QueueProjection(b, tx, s.schema)
-	sk, err := readBegin(tx.SendBatch(ctx, b), tx, s, from, check, floors)
+	tx, res := w.db.Schema().BeginBatch(ctx, c, b, true, s.schema)
+	sk, err := readBegin(res, tx, s, from, check, floors)
 	if err != nil {
 		_ = tx.Rollback(context.WithoutCancel(ctx))
 		return nil, sk, err

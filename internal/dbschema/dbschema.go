@@ -270,17 +270,24 @@ func (r *row) Scan(dest ...any) error {
 	return r.rows.Err()
 }
 
-// pinnedResults skips the setting's result before the caller's first.
+// pinnedResults skips the results of the statements readside put before
+// the caller's (the setting; in BeginBatch, the BEGIN too) before the
+// caller's first.
 type pinnedResults struct {
 	pgx.BatchResults
 	skipped bool
+	extra   int // statements before the setting
 	err     error
 }
 
 func (r *pinnedResults) skip() error {
 	if !r.skipped {
 		r.skipped = true
-		_, r.err = r.BatchResults.Exec()
+		for range r.extra + 1 {
+			if _, r.err = r.BatchResults.Exec(); r.err != nil {
+				break
+			}
+		}
 	}
 	return r.err
 }
@@ -395,20 +402,6 @@ type txState struct {
 	pinned    bool   // readside's search_path is set
 	projected bool   // a projection's search_path is set, with first
 	first     string // (see Projection)
-	// queued is the batch in which a projection's setting (with
-	// queuedFirst) is queued last (QueueProjection): once that batch is
-	// sent, its setting is the one in place, whatever the pin before it.
-	queued      *pgx.Batch
-	queuedFirst string
-}
-
-// sent records that b went out: a projection setting queued last in it is
-// now in place.
-func (st *txState) sent(b *pgx.Batch) {
-	if st.queued != nil && st.queued == b {
-		st.pinned, st.projected, st.first = false, true, st.queuedFirst
-	}
-	st.queued, st.queuedFirst = nil, ""
 }
 
 type schemaTx struct {
@@ -429,7 +422,7 @@ func (t *schemaTx) Begin(ctx context.Context) (pgx.Tx, error) {
 
 // Rollback of a savepoint undoes a setting made inside it.
 func (t *schemaTx) Rollback(ctx context.Context) error {
-	t.st.pinned, t.st.projected, t.st.queued = false, false, nil
+	t.st.pinned, t.st.projected = false, false
 	return t.Tx.Rollback(ctx)
 }
 
@@ -463,7 +456,6 @@ func (t *schemaTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Ro
 }
 
 func (t *schemaTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	defer t.st.sent(b)
 	if t.pin() {
 		return t.n.pinnedBatch(ctx, t.Tx, b)
 	}
@@ -476,6 +468,55 @@ func (t *schemaTx) CopyFrom(ctx context.Context, table pgx.Identifier, cols []st
 
 func (t *schemaTx) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
 	return t.Tx.Prepare(ctx, name, t.n.SQL(sql))
+}
+
+// BeginBatch begins a transaction on c in the round trip of its first
+// batch, b (pgx's Batch.BeginTx): BEGIN, readside's search_path, b's
+// statements and, when project, the search_path under which a
+// projection's code runs (first as in Projection) go in one pipeline.
+// The results returned are b's, then (when project) the setting's, read
+// with ReadProjection; close them before using the transaction. The
+// transaction runs in n, and gives c back to its pool when it commits or
+// rolls back (also when the BEGIN failed: then it is closed, and Rollback
+// returns an error wrapping pgx.ErrTxClosed).
+func (n Name) BeginBatch(ctx context.Context, c *pgxpool.Conn, b *pgx.Batch, project bool, first string) (pgx.Tx, pgx.BatchResults) {
+	nb := &pgx.Batch{}
+	nb.BeginTx(pgx.TxOptions{})
+	nb.Queue(pinSQL, n.strictPath())
+	nb.QueuedQueries = append(nb.QueuedQueries, n.batch(b).QueuedQueries...)
+	st := &txState{pinned: true}
+	if project {
+		sql, args := projectionSetting(c.Conn(), n, first)
+		nb.Queue(sql, args...)
+		st = &txState{projected: true, first: first}
+	}
+	br := c.SendBatch(ctx, nb)
+	tx := &connTx{Tx: br.Tx(), c: c}
+	return &schemaTx{Tx: tx, n: n, st: st}, &pinnedResults{BatchResults: br, extra: 1}
+}
+
+// connTx is a transaction that gives its pool connection back when it
+// ends.
+type connTx struct {
+	pgx.Tx
+	c *pgxpool.Conn
+}
+
+func (t *connTx) Commit(ctx context.Context) error {
+	defer t.release()
+	return t.Tx.Commit(ctx)
+}
+
+func (t *connTx) Rollback(ctx context.Context) error {
+	defer t.release()
+	return t.Tx.Rollback(ctx)
+}
+
+func (t *connTx) release() {
+	if t.c != nil {
+		t.c.Release()
+		t.c = nil
+	}
 }
 
 // Conn is a connection whose statements run in n, each with readside's
@@ -553,12 +594,12 @@ const resetPathKey = "readside/dbschema.resetPath"
 
 // projectionSetting is the statement that sets a projection's search_path
 // on tx's connection, with its arguments.
-func projectionSetting(tx pgx.Tx, n Name, first string) (string, []any) {
+func projectionSetting(c *pgx.Conn, n Name, first string) (string, []any) {
 	p := n.Ident()
 	if first != "" {
 		p = pgx.Identifier{first}.Sanitize() + ", " + p
 	}
-	if c := tx.Conn(); c != nil {
+	if c != nil {
 		if reset, ok := c.PgConn().CustomData()[resetPathKey].(string); ok {
 			parts := []string{"pg_catalog", p}
 			if reset != "" {
@@ -584,25 +625,8 @@ func readProjectionSetting(tx pgx.Tx, row pgx.Row) error {
 	return nil
 }
 
-// QueueProjection queues on b the setting under which a projection's code
-// runs in tx (see Projection), for a batch that readside sends on tx
-// before it calls the projection: then Projection costs nothing. Nothing
-// of readside's may follow it in b, and its result is read with
-// ReadProjection. tx must be a transaction this package wrapped (Pool's,
-// Conn's, Tx): on another the setting is sent but not remembered, and
-// Projection sends it again. Another batch sent on tx first leaves the
-// setting unrecorded (Projection then sends it).
-func QueueProjection(b *pgx.Batch, tx pgx.Tx, first string) {
-	t := wrapped(tx)
-	sql, args := projectionSetting(t.Tx, t.n, first)
-	b.Queue(sql, args...)
-	// In place once the batch is sent (after the pin the wrapper puts
-	// before it): see txState.sent.
-	t.st.queued, t.st.queuedFirst = b, first
-}
-
-// ReadProjection reads, from the results of the batch QueueProjection
-// queued on, the setting's result.
+// ReadProjection reads, from the results of a BeginBatch that set a
+// projection's search_path, the setting's result.
 func ReadProjection(res pgx.BatchResults, tx pgx.Tx) error {
 	return readProjectionSetting(wrapped(tx).Tx, res.QueryRow())
 }
@@ -621,14 +645,14 @@ func wrapped(tx pgx.Tx) *schemaTx {
 // finds, and returns the transaction to hand the projection: tx
 // unwrapped, so that its SQL is its own. readside's next statement on tx
 // pins readside's search_path again. A setting already in place
-// (QueueProjection, an earlier call) is not sent again.
+// (BeginBatch, an earlier call) is not sent again.
 func Projection(ctx context.Context, tx pgx.Tx, first string) (pgx.Tx, error) {
 	t := wrapped(tx)
 	if t.st.projected && t.st.first == first {
 		return t.Tx, nil
 	}
 	t.st.pinned, t.st.projected = false, false
-	sql, args := projectionSetting(t.Tx, t.n, first)
+	sql, args := projectionSetting(t.Tx.Conn(), t.n, first)
 	if err := readProjectionSetting(t.Tx, t.Tx.QueryRow(ctx, sql, args...)); err != nil {
 		return nil, err
 	}

@@ -92,21 +92,25 @@ func TestProjectionPathIsTheSessionDefault(t *testing.T) {
 
 	path := func(batched bool, first string) string {
 		t.Helper()
-		tx, err := dbschema.Default.Pool(pool).Begin(ctx)
-		require.NoError(t, err)
-		defer func() { _ = tx.Rollback(ctx) }()
-		ptx := tx
+		var tx pgx.Tx
 		if batched {
+			c, err := pool.Acquire(ctx)
+			require.NoError(t, err)
 			b := &pgx.Batch{}
 			b.Queue(`SELECT 1`)
-			dbschema.QueueProjection(b, tx, first)
-			res := tx.SendBatch(ctx, b)
-			_, err := res.Exec()
+			var res pgx.BatchResults
+			tx, res = dbschema.Default.BeginBatch(ctx, c, b, true, first)
+			_, err = res.Exec()
 			require.NoError(t, err)
 			require.NoError(t, dbschema.ReadProjection(res, tx))
 			require.NoError(t, res.Close())
+		} else {
+			var err error
+			tx, err = dbschema.Default.Pool(pool).Begin(ctx)
+			require.NoError(t, err)
 		}
-		ptx, err = dbschema.Projection(ctx, ptx, first)
+		defer func() { _ = tx.Rollback(ctx) }()
+		ptx, err := dbschema.Projection(ctx, tx, first)
 		require.NoError(t, err)
 		var got string
 		require.NoError(t, ptx.QueryRow(ctx, `SELECT current_setting('search_path')`).Scan(&got))
@@ -131,13 +135,15 @@ func TestProjectionPathIsTheSessionDefault(t *testing.T) {
 	require.Zero(t, rec.settingsReads())
 }
 
-// A projection's setting queued in a batch that the wrapper pins (the
-// apply transaction's first batch) holds after the batch: handing the
-// transaction to the projection sends nothing more, and readside's next
-// statement on it pins readside's own search_path again rather than run
-// under the projection's (which ends with the database's default path,
-// where an application's function could beat pg_catalog's).
-func TestQueuedProjectionOutlivesThePin(t *testing.T) {
+// BeginBatch sends BEGIN, readside's search_path, the caller's statements
+// and a projection's search_path in one round trip: handing the
+// transaction to the projection then sends nothing more, and readside's
+// next statement on it pins readside's own search_path again rather than
+// run under the projection's (which ends with the database's default
+// path, where an application's function could beat pg_catalog's). The
+// transaction gives its connection back when it ends, whether it commits,
+// rolls back or failed in its first batch.
+func TestBeginBatch(t *testing.T) {
 	ctx := context.Background()
 	url := pgtest.NewDatabaseURL(t)
 	cfg, err := pgxpool.ParseConfig(url)
@@ -148,51 +154,61 @@ func TestQueuedProjectionOutlivesThePin(t *testing.T) {
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-
-	for range 2 {
-		tx, err := dbschema.Default.Pool(pool).Begin(ctx)
+	taken := func() {
+		rec.mu.Lock()
+		rec.sql = nil
+		rec.mu.Unlock()
+	}
+	begin := func(sql string) (pgx.Tx, pgx.BatchResults) {
+		c, err := pool.Acquire(ctx)
 		require.NoError(t, err)
+		b := &pgx.Batch{}
+		b.Queue(sql)
+		return dbschema.Default.BeginBatch(ctx, c, b, true, "")
+	}
+
+	for _, commit := range []bool{true, false} {
+		tx, res := begin(`SELECT pg_catalog.txid_current_if_assigned()`)
 		// (A failed check must not leave the pool's one connection held.)
 		t.Cleanup(func() { _ = tx.Rollback(ctx) })
-		b := &pgx.Batch{}
-		b.Queue(`SELECT 1`)
-		dbschema.QueueProjection(b, tx, "")
-		res := tx.SendBatch(ctx, b)
 		_, err = res.Exec()
 		require.NoError(t, err)
 		require.NoError(t, dbschema.ReadProjection(res, tx))
 		require.NoError(t, res.Close())
-		rec.mu.Lock()
-		rec.sql = nil
-		rec.mu.Unlock()
+		taken()
 
 		ptx, err := dbschema.Projection(ctx, tx, "")
 		require.NoError(t, err)
 		rec.mu.Lock()
 		sent := rec.sql
 		rec.mu.Unlock()
-		require.Empty(t, sent, "the queued setting holds: nothing is sent to hand the projection its transaction")
+		require.Empty(t, sent, "the setting is in place: nothing is sent to hand the projection its transaction")
 		var got string
 		require.NoError(t, ptx.QueryRow(ctx, `SELECT current_setting('search_path')`).Scan(&got))
 		require.Equal(t, `pg_catalog, "readside", "$user", public, pg_temp`, got)
+		var inTx bool
+		require.NoError(t, ptx.QueryRow(ctx, `SELECT pg_catalog.now() = pg_catalog.statement_timestamp()`).Scan(&inTx))
+		require.False(t, inTx, "the batch began a transaction that is still open")
 
 		require.NoError(t, tx.QueryRow(ctx, `SELECT current_setting('search_path')`).Scan(&got))
 		require.Equal(t, `pg_catalog, "readside", pg_temp`, got, "readside's next statement pins its own path")
-		require.NoError(t, tx.Rollback(ctx))
+		if commit {
+			require.NoError(t, tx.Commit(ctx))
+		} else {
+			require.NoError(t, tx.Rollback(ctx))
+		}
+		require.ErrorIs(t, tx.Rollback(ctx), pgx.ErrTxClosed)
+		require.EqualValues(t, 0, pool.Stat().AcquiredConns(), "the connection went back to the pool")
 	}
 
-	// A setting queued in a batch that is never sent is not taken as in
-	// place when another batch goes out.
-	tx, err := dbschema.Default.Pool(pool).Begin(ctx)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = tx.Rollback(ctx) })
-	dbschema.QueueProjection(&pgx.Batch{}, tx, "")
-	other := &pgx.Batch{}
-	other.Queue(`SELECT 1`)
-	require.NoError(t, tx.SendBatch(ctx, other).Close())
-	ptx, err := dbschema.Projection(ctx, tx, "")
-	require.NoError(t, err)
-	var got string
-	require.NoError(t, ptx.QueryRow(ctx, `SELECT current_setting('search_path')`).Scan(&got))
-	require.Equal(t, `pg_catalog, "readside", "$user", public, pg_temp`, got, "the projection's path, sent by Projection")
+	// A statement of the first batch fails: the transaction is aborted,
+	// and rolling it back gives the connection back.
+	tx, res := begin(`SELECT 1/0`)
+	_, err = res.Exec()
+	require.Error(t, err)
+	require.Error(t, res.Close())
+	require.NoError(t, tx.Rollback(ctx))
+	require.EqualValues(t, 0, pool.Stat().AcquiredConns())
+	var one int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT 1`).Scan(&one), "the connection is usable again")
 }
