@@ -161,3 +161,41 @@ func TestAdvanceHeldOutlivesExpiry(t *testing.T) {
 	require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return checkpoint.Advance(ctx, tx, l, c2, c3, 1) }),
 		"the held advance renewed the lease for the next transaction")
 }
+
+// A worker claims again a segment whose lease it still holds (it dropped
+// the segment when its checkpoint UPDATE was fenced, the stored cursor not
+// being where it left it), with a new epoch that fences its earlier view;
+// another worker cannot, and renewal reports the stored cursor.
+func TestClaimOwnLeaseAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	require.NoError(t, checkpoint.Register(ctx, pool, "p", 1, "park"))
+	seg := []checkpoint.Segment{{Projection: "p", Segment: 0}}
+	claimed, err := checkpoint.ClaimSegments(ctx, pool, "w1", seg, time.Minute)
+	require.NoError(t, err)
+	require.Len(t, claimed, 1)
+	old := lease(claimed[0])
+	to := outbox.Cursor{TxID: 10, Position: 5}
+	require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return checkpoint.Advance(ctx, tx, old, outbox.Start, to, 1) }))
+	kept, err := checkpoint.Renew(ctx, pool, "w1", []checkpoint.Lease{old}, time.Minute)
+	require.NoError(t, err)
+	require.Len(t, kept, 1)
+	require.Equal(t, to, kept[0].Cursor, "renewal reports the stored cursor")
+
+	stolen, err := checkpoint.ClaimSegments(ctx, pool, "w2", seg, time.Minute)
+	require.NoError(t, err)
+	require.Empty(t, stolen, "a live lease is not another worker's to claim")
+
+	again, err := checkpoint.ClaimSegments(ctx, pool, "w1", seg, time.Minute)
+	require.NoError(t, err)
+	require.Len(t, again, 1)
+	require.Equal(t, old.Epoch+1, again[0].LeaseEpoch)
+	require.Equal(t, to, again[0].Cursor)
+	require.ErrorIs(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		return checkpoint.Advance(ctx, tx, old, to, outbox.Cursor{TxID: 11}, 1)
+	}), checkpoint.ErrFenced, "the earlier epoch is fenced")
+	require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		return checkpoint.Advance(ctx, tx, lease(again[0]), to, outbox.Cursor{TxID: 11}, 1)
+	}))
+}
