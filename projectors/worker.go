@@ -653,6 +653,18 @@ func (c *coordinator) finished(r taskResult) {
 	k := key(s.lease.Projection, s.lease.Segment)
 	switch {
 	case errors.Is(r.err, checkpoint.ErrFenced):
+		// Let the lease go if it is still this one (owner and epoch):
+		// fenced by the cursor alone (a crash of the server undid the
+		// segment's last asynchronously committed batches), the segment
+		// is then claimed again at the next renewal, by this worker or
+		// the one it is assigned to, from its stored cursor, rather than
+		// after the lease expires. Taken over or reset, it is not ours to
+		// release and this changes nothing.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.hardCtx), 5*time.Second)
+		defer cancel()
+		if err := checkpoint.Release(ctx, c.w.db, s.lease); err != nil {
+			c.w.log.Warn("release after a fenced batch failed; the lease will expire", "lease", s.lease.String(), "err", err)
+		}
 		c.lost(k, s)
 		c.updateOwned()
 		return

@@ -162,11 +162,12 @@ func TestAdvanceHeldOutlivesExpiry(t *testing.T) {
 		"the held advance renewed the lease for the next transaction")
 }
 
-// A worker claims again a segment whose lease it still holds (it dropped
-// the segment when its checkpoint UPDATE was fenced, the stored cursor not
-// being where it left it), with a new epoch that fences its earlier view;
-// another worker cannot, and renewal reports the stored cursor.
-func TestClaimOwnLeaseAgain(t *testing.T) {
+// A worker whose checkpoint UPDATE was fenced by the cursor alone (a
+// crash of the server moved the stored cursor back) releases its lease,
+// still its own, and the segment is claimed again, with a new epoch, from
+// the stored cursor; a live lease is nobody else's to claim, not even a
+// process's that shares the worker's id. Renewal reports the stored cursor.
+func TestReleaseAfterCursorFence(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := pgtest.NewDB(t)
@@ -183,19 +184,32 @@ func TestClaimOwnLeaseAgain(t *testing.T) {
 	require.Len(t, kept, 1)
 	require.Equal(t, to, kept[0].Cursor, "renewal reports the stored cursor")
 
-	stolen, err := checkpoint.ClaimSegments(ctx, pool, "w2", seg, time.Minute)
-	require.NoError(t, err)
-	require.Empty(t, stolen, "a live lease is not another worker's to claim")
-
+	for _, id := range []string{"w2", "w1"} {
+		stolen, err := checkpoint.ClaimSegments(ctx, pool, id, seg, time.Minute)
+		require.NoError(t, err)
+		require.Empty(t, stolen, "a live lease is not %s's to claim", id)
+	}
+	// The worker believed the cursor further on: its UPDATE is fenced.
+	ahead := outbox.Cursor{TxID: 12}
+	require.ErrorIs(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		return checkpoint.Advance(ctx, tx, old, ahead, outbox.Cursor{TxID: 13}, 1)
+	}), checkpoint.ErrFenced)
+	require.NoError(t, checkpoint.Release(ctx, pool, old))
 	again, err := checkpoint.ClaimSegments(ctx, pool, "w1", seg, time.Minute)
 	require.NoError(t, err)
 	require.Len(t, again, 1)
 	require.Equal(t, old.Epoch+1, again[0].LeaseEpoch)
-	require.Equal(t, to, again[0].Cursor)
+	require.Equal(t, to, again[0].Cursor, "claimed from the stored cursor")
 	require.ErrorIs(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		return checkpoint.Advance(ctx, tx, old, to, outbox.Cursor{TxID: 11}, 1)
 	}), checkpoint.ErrFenced, "the earlier epoch is fenced")
 	require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		return checkpoint.Advance(ctx, tx, lease(again[0]), to, outbox.Cursor{TxID: 11}, 1)
 	}))
+	// Released by an earlier epoch, a lease taken over stays its owner's.
+	require.NoError(t, checkpoint.Release(ctx, pool, old))
+	cps, err := checkpoint.List(ctx, pool, "p")
+	require.NoError(t, err)
+	require.Equal(t, "w1", cps[0].LeaseOwner)
+	require.Equal(t, again[0].LeaseEpoch, cps[0].LeaseEpoch)
 }

@@ -74,15 +74,9 @@ type Segment struct {
 }
 
 // ClaimSegments takes, for ttl, the listed running segments that have no
-// owner, whose lease expired, or whose lease is owner's own, bumping each
-// one's epoch so that the previous owner, or owner's own earlier view of
-// the segment, is fenced. Segments locked by an apply transaction in
-// flight are skipped (their owner is alive and working). A worker claims
-// a segment it still holds the lease of when it dropped the segment
-// without releasing it: its checkpoint UPDATE was fenced because the stored
-// cursor was not where the worker had left it (a crash of the server undid
-// asynchronously committed batches), or the worker restarted under the
-// same id.
+// owner or whose lease expired, bumping each one's epoch so that the
+// previous owner is fenced. Segments locked by an apply transaction in
+// flight are skipped (their owner is alive and working).
 func ClaimSegments(ctx context.Context, db DB, owner string, segs []Segment, ttl time.Duration) ([]Checkpoint, error) {
 	if len(segs) == 0 {
 		return nil, nil
@@ -97,7 +91,7 @@ UPDATE readside.checkpoints c
    SET `+newLease("c", "$1", "clock_timestamp() + $4::float8 * interval '1 second'")+`, updated_at = now()
   FROM (SELECT c2.projection, c2.segment FROM readside.checkpoints c2
           JOIN unnest($2::text[], $3::int[]) AS w(projection, segment) ON w.projection = c2.projection AND w.segment = c2.segment
-         WHERE c2.status = 'running' AND (c2.lease_owner IS NULL OR c2.lease_owner = $1 OR c2.lease_expires_at < clock_timestamp())
+         WHERE c2.status = 'running' AND (c2.lease_owner IS NULL OR c2.lease_expires_at < clock_timestamp())
          FOR UPDATE OF c2 SKIP LOCKED) f
  WHERE c.projection = f.projection AND c.segment = f.segment
 RETURNING `+prefixed("c")+``, owner, projs, nums, ttl.Seconds())
