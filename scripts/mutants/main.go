@@ -119,6 +119,20 @@ var mutations = []mutation{
 			"ON CONFLICT (projection, event_id) DO UPDATE SET fired_at = now() RETURNING event_id"}},
 		checks: []check{{"./projectors/", "TestSideEffectsExactlyOnceAcross"}},
 	},
+	{
+		name: "renewal's check of the stored cursor (a crash undid applied batches)",
+		edits: []edit{{"projectors/worker.go",
+			"case ok && !s.running && h.Cursor != s.cursor:",
+			"case false && h.Cursor != s.cursor:"}},
+		checks: []check{{"./internal/faults/", "TestCrashUndoesAsynchronousApplies"}},
+	},
+	{
+		name: "asynchronous apply commit (synchronous_commit left to the session)",
+		edits: []edit{{"projectors/runner.go",
+			"pg_catalog.set_config('synchronous_commit', 'off', true)",
+			"NULL"}},
+		checks: []check{{"./projectors/", "TestApplyCommitSetting"}},
+	},
 }
 
 func main() {
