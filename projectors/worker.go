@@ -610,7 +610,8 @@ func (c *coordinator) checkHead() {
 }
 
 func (c *coordinator) schedule(s *segment) {
-	if !s.again && !s.cursor.Less(c.head) {
+	// (s.running first: a running task writes s.cursor.)
+	if s.running || (!s.again && !s.cursor.Less(c.head)) {
 		return
 	}
 	c.start(s)
