@@ -68,7 +68,8 @@ func (t *tracer) TraceBatchEnd(ctx context.Context, c *pgx.Conn, d pgx.TraceBatc
 
 // TestLatencyTrace is a diagnosis, not a check (README, "Latency"): with
 // READSIDE_LATENCY_TRACE=1 it writes 1000 events/s for 3 s against one
-// Worker (READSIDE_LATENCY_TRACE_CONCURRENCY, default the default), logs
+// Worker (READSIDE_LATENCY_TRACE_CONCURRENCY, default the default) and a
+// projection of READSIDE_LATENCY_TRACE_SEGMENTS segments (default 1), logs
 // the latency percentiles (all events, and after the first 1000), the
 // largest latency per 100 events, and for the six slowest events after the
 // first 300 the timeline of every statement of every connection (Q>/Q<
@@ -92,10 +93,10 @@ func TestLatencyTrace(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(workerPool.Close)
 	writerPool := pgtest.Pool(t, url)
-	p := &upsert{name: "lat", segments: 1, applied: tr.note}
+	p := &upsert{name: "lat", segments: max(traceEnv("READSIDE_LATENCY_TRACE_SEGMENTS"), 1), applied: tr.note}
 	createUpsertTable(t, writerPool, p.table())
 	w, err := projectors.NewWorker(projectors.Config{Pool: workerPool, Projections: []projectors.Projection{p},
-		Concurrency: traceConcurrency(), Logger: quietLogger()})
+		Concurrency: traceEnv("READSIDE_LATENCY_TRACE_CONCURRENCY"), Logger: quietLogger()})
 	require.NoError(t, err)
 	if os.Getenv("READSIDE_LATENCY_TRACE_NO_WORKER") == "" {
 		require.NoError(t, w.Start(ctx))
@@ -195,7 +196,8 @@ func TestLatencyTrace(t *testing.T) {
 	}
 }
 
-func traceConcurrency() int {
-	n, _ := strconv.Atoi(os.Getenv("READSIDE_LATENCY_TRACE_CONCURRENCY"))
+// traceEnv is the integer in the environment variable, 0 when unset.
+func traceEnv(name string) int {
+	n, _ := strconv.Atoi(os.Getenv(name))
 	return n
 }
