@@ -89,11 +89,13 @@ func TestCrashUndoesAsynchronousApplies(t *testing.T) {
 		return seen, counted, checkpoints
 	}
 	start := func(p *pgxpool.Pool) *projectors.Worker {
-		// Lease renewals commit synchronously, flushing the WAL: one
-		// every 5 s is unlikely to fall between the last apply and the
-		// crash.
+		// Lease renewals (with the heartbeat) commit synchronously,
+		// flushing the WAL: the first at start, the next 15 s later, well
+		// after the crash (a few seconds in), so none falls between the
+		// last apply and the crash. That next one finds the undone
+		// batches.
 		w, err := projectors.NewWorker(projectors.Config{Pool: p, Projections: []projectors.Projection{counting{}},
-			LeaseTTL: 20 * time.Second, PollInterval: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			LeaseTTL: time.Minute, PollInterval: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		require.NoError(t, err)
 		require.NoError(t, w.Start(ctx))
 		return w
@@ -141,7 +143,7 @@ func TestCrashUndoesAsynchronousApplies(t *testing.T) {
 	// checkpoints behind what it had applied and applies those events
 	// again, with no new event to wake it.
 	defer stop(w)
-	waitUntil(t, time.Minute, "applied again", func() bool { s, _, _ := applied(admin); return s == first+second })
+	waitUntil(t, 90*time.Second, "applied again", func() bool { s, _, _ := applied(admin); return s == first+second })
 	seen, counted, cps = applied(admin)
 	require.Equal(t, []int{first + second, first + second, first + second}, []int{seen, counted, cps},
 		"every event applied exactly once after the crash")
