@@ -22,7 +22,9 @@ func TestTwinWorkerIDsDoNotTakeEachOthersLeases(t *testing.T) {
 	t.Parallel()
 	pool := pgtest.NewDB(t)
 	setupRecorder(t, pool)
-	ttl := 400 * time.Millisecond
+	// Long enough that a renewal late under load does not let a lease
+	// expire (a twin could then claim it, rightly).
+	ttl := 2 * time.Second
 	regs := []*prometheus.Registry{prometheus.NewRegistry(), prometheus.NewRegistry()}
 	for i := range 2 {
 		startWorker(t, projectors.Config{Pool: pool, WorkerID: "twin", LeaseTTL: ttl, PollInterval: 50 * time.Millisecond,
@@ -43,5 +45,5 @@ func TestTwinWorkerIDsDoNotTakeEachOthersLeases(t *testing.T) {
 	losses := counterValue(t, regs[0], "readside_projector_lease_losses_total") + counterValue(t, regs[1], "readside_projector_lease_losses_total")
 	fenced := counterValue(t, regs[0], "readside_projector_fenced_commits_total") + counterValue(t, regs[1], "readside_projector_fenced_commits_total")
 	t.Logf("events %d, max epoch %d, lease losses %v, fenced commits %v", n, epochs, losses, fenced)
-	require.Less(t, epochs, 5, "leases change hands at every renewal between the twins")
+	require.Less(t, epochs, 4, "leases change hands at every renewal between the twins")
 }
