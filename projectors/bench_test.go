@@ -588,10 +588,7 @@ type queryCounter struct {
 }
 
 func (q *queryCounter) add(sql string) {
-	line := strings.TrimSpace(sql)
-	if i := strings.IndexByte(line, '\n'); i > 0 {
-		line = line[:i]
-	}
+	line := firstLine(sql)
 	if strings.HasPrefix(line, "SELECT pg_catalog.set_config('search_path'") {
 		return // sent in one pipeline with the statement it sets up: no round trip of its own
 	}

@@ -37,11 +37,19 @@ func (t *tracer) add(c *pgx.Conn, what string) {
 	t.evs = append(t.evs, tev{time.Now(), c.PgConn().PID(), what})
 	t.mu.Unlock()
 }
-func first(s string) string {
-	s = strings.TrimSpace(s)
+
+// firstLine is a statement's first line, trimmed.
+func firstLine(sql string) string {
+	s := strings.TrimSpace(sql)
 	if i := strings.IndexByte(s, '\n'); i > 0 {
 		s = s[:i]
 	}
+	return s
+}
+
+// first is a statement's first line, cut to 70 bytes for a timeline.
+func first(s string) string {
+	s = firstLine(s)
 	if len(s) > 70 {
 		s = s[:70]
 	}
@@ -129,52 +137,41 @@ func TestLatencyTrace(t *testing.T) {
 	evs := append([]tev(nil), tr.evs...)
 	tr.mu.Unlock()
 	sort.Slice(evs, func(i, j int) bool { return evs[i].at.Before(evs[j].at) })
-	var lats []time.Duration
+	// Each event's latency, once: every figure below is derived from it.
+	type sample struct {
+		id int64
+		at time.Time
+		d  time.Duration
+	}
+	var all []sample
 	tr.commitClock.mu.Lock()
 	for id, at := range wrote {
 		if c, ok := tr.committed[id]; ok {
-			lats = append(lats, c.Sub(at))
+			all = append(all, sample{id, at, c.Sub(at)})
 		}
 	}
 	tr.commitClock.mu.Unlock()
-	var steady []time.Duration
-	tr.commitClock.mu.Lock()
-	for id, at := range wrote {
-		if c, ok := tr.committed[id]; ok && id > 1000 {
-			steady = append(steady, c.Sub(at))
+	var lats, steady []time.Duration
+	worstPer100 := map[int64]time.Duration{}
+	var ws []sample
+	for _, x := range all {
+		lats = append(lats, x.d)
+		if x.id > 1000 {
+			steady = append(steady, x.d)
 		}
+		if x.id > 300 {
+			ws = append(ws, x)
+		}
+		worstPer100[x.id/100] = max(worstPer100[x.id/100], x.d)
 	}
-	tr.commitClock.mu.Unlock()
 	s50, s99, smx := percentiles(steady)
 	t.Logf("steady p50 %.2f p99 %.2f max %.2f", s50, s99, smx)
 	p50, p99, mx := percentiles(lats)
 	t.Logf("n=%d/%d p50 %.2f p99 %.2f max %.2f", len(lats), total, p50, p99, mx)
-	{
-		mx := map[int64]time.Duration{}
-		tr.commitClock.mu.Lock()
-		for id, at := range wrote {
-			if c, ok := tr.committed[id]; ok && c.Sub(at) > mx[id/100] {
-				mx[id/100] = c.Sub(at)
-			}
-		}
-		tr.commitClock.mu.Unlock()
-		for k := int64(0); k < 31; k++ {
-			fmt.Printf("%d:%.1f ", k, float64(mx[k].Microseconds())/1000)
-		}
-		fmt.Println()
+	for k := int64(0); k < 31; k++ {
+		fmt.Printf("%d:%.1f ", k, float64(worstPer100[k].Microseconds())/1000)
 	}
-	type wl struct {
-		at time.Time
-		d  time.Duration
-	}
-	var ws []wl
-	tr.commitClock.mu.Lock()
-	for id, at := range wrote {
-		if c, ok := tr.committed[id]; ok && id > 300 {
-			ws = append(ws, wl{at, c.Sub(at)})
-		}
-	}
-	tr.commitClock.mu.Unlock()
+	fmt.Println()
 	sort.Slice(ws, func(i, j int) bool { return ws[i].d > ws[j].d })
 	for k := 0; k < 6 && k < len(ws); k++ {
 		t0, worst := ws[k].at, ws[k].d

@@ -343,12 +343,12 @@ func TestFaults(t *testing.T) {
 				}
 				rctx, cancel := context.WithTimeout(ctx, time.Minute)
 				defer cancel()
-				before := appliedSum(rctx, pool)
+				before := appliedCounts(rctx, pool)
 				if err := restartPostgres(rctx, cl); err != nil {
 					t.Errorf("restart PostgreSQL: %v", err)
 					return
 				}
-				after := appliedSum(rctx, pool)
+				after := appliedCounts(rctx, pool)
 				c.add(func(c *counters) {
 					c.pgRestarts++
 					for k, n := range before {
@@ -612,10 +612,10 @@ func (in *injector) inject(ctx context.Context) {
 	}
 }
 
-// appliedSum is the events each checkpoint counts as applied (none when
+// appliedCounts is the events each checkpoint counts as applied (none when
 // the server does not answer): a checkpoint whose count went down across a
 // crash lost batches it had committed.
-func appliedSum(ctx context.Context, pool *pgxpool.Pool) map[string]int {
+func appliedCounts(ctx context.Context, pool *pgxpool.Pool) map[string]int {
 	for range 50 {
 		rows, err := pool.Query(ctx, `SELECT projection || '/' || segment, events_applied FROM readside.checkpoints`)
 		if err == nil {
