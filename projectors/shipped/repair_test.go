@@ -145,6 +145,13 @@ func TestRepairRestoresCorruptedOrder(t *testing.T) {
 		require.Equal(t, []control.RepairedAggregate{{Type: "Order", ID: id, Segment: segmentOf(t, pool, id, p), Replayed: nEvents}}, res, p.Spec().Name)
 	}
 	require.Equal(t, before, orderRows(t, pool, id), "repaired while the writers and the fleet run")
+	// (The repairs can end before the writer's first commit: let it write
+	// one order at least, so that the fleet has live events to apply.)
+	deadline := time.Now().Add(30 * time.Second)
+	for count(t, pool, `SELECT count(*) FROM readside.events WHERE aggregate_id LIKE 'live-%'`) == 0 {
+		require.True(t, time.Now().Before(deadline), "the live writer wrote nothing")
+		time.Sleep(10 * time.Millisecond)
+	}
 	stop()
 	wg.Wait()
 	caughtUp(t, pool)
