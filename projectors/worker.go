@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -357,6 +358,15 @@ type segment struct {
 	replays map[int64]bool
 }
 
+// buckets is the set of outbox buckets the segment reads: a rebuild's
+// copy follows the live projection, and runs on every notification.
+func (s *segment) buckets() outbox.Buckets {
+	if s.schema != "" {
+		return outbox.AllBuckets
+	}
+	return outbox.SegmentBuckets(s.spec.Segments, s.lease.Segment)
+}
+
 type taskResult struct {
 	seg *segment
 	err error
@@ -379,7 +389,13 @@ type coordinator struct {
 	queue    chan *segment
 	done     chan taskResult
 	notify   chan struct{}
-	head     outbox.Cursor
+	// announcing gathers the buckets notifications named (the listener
+	// writes it) until loop takes them; announced holds those taken since
+	// the last head check that found nothing held back, whose segments
+	// the head checks run (see checkHead).
+	announcing atomic.Uint64
+	announced  outbox.Buckets
+	head       outbox.Cursor
 	tasks    conc.WaitGroup
 	inflight int
 	recheck  *time.Timer   // fires checkHead while the window is held back, and after a notification
@@ -519,26 +535,29 @@ func (c *coordinator) loop() {
 	defer poll.Stop()
 	defer lease.Stop()
 	c.manageLeases()
-	c.checkHead()
+	c.checkHead(true)
 	for {
 		select {
 		case <-c.softCtx.Done():
 			return
 		case <-c.notify:
-			// A notification means new events: every segment fetches at
-			// once rather than after a head query (a round trip on the
-			// way of every event). A head query follows within
-			// notifyHeadDelay, for the window's state (rechecks while it
-			// is held back), however many notifications come meanwhile.
-			c.kick()
+			// A notification means new events in the buckets it names:
+			// their segments fetch at once rather than after a head
+			// query (a round trip on the way of every event). A head
+			// query follows within notifyHeadDelay, for the window's
+			// state (rechecks while it is held back), however many
+			// notifications come meanwhile.
+			named := outbox.Buckets(c.announcing.Swap(0))
+			c.announced |= named
+			c.kick(named)
 			if !c.armed {
 				c.arm(notifyHeadDelay)
 			}
 		case <-poll.C:
-			c.checkHead()
+			c.checkHead(true)
 		case <-c.recheck.C:
 			c.armed = false
-			c.checkHead()
+			c.checkHead(false)
 		case <-lease.C:
 			c.manageLeases()
 		case r := <-c.done:
@@ -576,7 +595,10 @@ func (c *coordinator) arm(d time.Duration) {
 	c.recheck.Reset(d)
 }
 
-func (c *coordinator) wake() {
+// wake is the listener's: it records the buckets a notification named
+// and signals loop.
+func (c *coordinator) wake(named outbox.Buckets) {
+	c.announcing.Or(uint64(named))
 	select {
 	case c.notify <- struct{}{}:
 	default:
@@ -585,7 +607,17 @@ func (c *coordinator) wake() {
 
 // checkHead is the only query an idle worker makes: one backwards index
 // probe for the head of the read window, whatever the number of segments.
-func (c *coordinator) checkHead() {
+// It then runs the segments behind the head: all of them when all (the
+// poll), else those whose buckets a notification named since the last
+// check that found nothing held back. Events announced while the window
+// was held back are read once it moves, and the holder's end (a rollback,
+// or one of our own apply transactions) sends no notification of its own:
+// so the named buckets are kept until a check finds the window whole, and
+// their segments then run once more even if running (a fetch that began
+// before the window moved may have missed them). Other segments move
+// their checkpoints at the poll, and WaitFor passes a segment with no row
+// of its own before the token (observe.WaitFor).
+func (c *coordinator) checkHead(all bool) {
 	ctx, cancel := context.WithTimeout(c.hardCtx, c.w.cfg.LeaseTTL)
 	defer cancel()
 	head, err := outbox.ReadHead(ctx, c.w.db)
@@ -598,14 +630,24 @@ func (c *coordinator) checkHead() {
 	c.head = head.Window
 	// Committed rows wait behind a transaction that holds the window; its
 	// end sends no notification, so look again soon, backing off.
-	if head.Behind() {
+	whole := !head.Behind()
+	if whole {
+		c.behind = 0
+	} else {
 		c.behind = min(max(2*c.behind, time.Millisecond), c.w.cfg.PollInterval, maxRecheck)
 		c.arm(c.behind)
-	} else {
-		c.behind = 0
 	}
 	for _, s := range c.segs {
-		c.schedule(s)
+		named := s.buckets()&c.announced != 0
+		switch {
+		case named && whole && s.running:
+			s.again = true
+		case all || named:
+			c.schedule(s)
+		}
+	}
+	if whole {
+		c.announced = 0
 	}
 }
 
@@ -617,11 +659,14 @@ func (c *coordinator) schedule(s *segment) {
 	c.start(s)
 }
 
-// kick starts every segment, or marks it to run again when it is running
-// (see segment.again): a fetch at the head finds nothing and costs what a
-// head query would.
-func (c *coordinator) kick() {
+// kick starts every segment that reads one of the named buckets, or marks
+// it to run again when it is running (see segment.again): a fetch at the
+// head finds nothing and costs what a head query would.
+func (c *coordinator) kick(named outbox.Buckets) {
 	for _, s := range c.segs {
+		if s.buckets()&named == 0 {
+			continue
+		}
 		if s.running {
 			s.again = true
 		} else {
@@ -682,7 +727,7 @@ func (c *coordinator) finished(r taskResult) {
 		c.updateOwned()
 		return
 	}
-	if r.err == nil && s.schema == "" {
+	if r.err == nil && s.schema == "" && (s.again || s.buckets()&c.announced != 0) {
 		// (A rebuild's copy may have stopped behind the live projection
 		// rather than at the head: the next head check wakes it.)
 		c.schedule(s)
@@ -690,7 +735,7 @@ func (c *coordinator) finished(r taskResult) {
 	// Our own apply transactions hold the read window too (they have xids),
 	// and their commits send no notification: look again now.
 	if c.behind > 0 {
-		c.checkHead()
+		c.checkHead(false)
 	}
 }
 

@@ -20,13 +20,15 @@ const LagCountCap = 1_000
 // state only: a dead or stuck fleet shows growing lag, never a frozen value.
 type SegmentStatus struct {
 	checkpoint.Checkpoint
-	// LagEvents counts committed outbox rows after the cursor (all event
-	// types: the segment must pass over them too), exactly up to
+	// LagEvents counts committed outbox rows after the cursor in the
+	// segment's own buckets (all event types: the segment must pass over
+	// them too; every bucket when its count does not divide 64), exactly up to
 	// LagCountCap; above it, it is an estimate from positions (event ids
-	// handed out after the checkpoint's, rolled back ones included).
+	// handed out after the checkpoint's, rolled back ones included, times
+	// the segment's share of the buckets).
 	LagEvents int64
 	// LagSeconds is the age of the oldest committed outbox row after the
-	// cursor; 0 when caught up.
+	// cursor in the segment's buckets; 0 when caught up.
 	LagSeconds float64
 	// Parked counts this segment's events waiting in the dead-letter table.
 	Parked int64
@@ -47,15 +49,18 @@ SELECT c.projection, c.segment, c.cursor_txid, c.cursor_position, c.high_txid, c
        coalesce(c.lease_owner, ''), c.lease_epoch, c.lease_expires_at, coalesce(c.last_error, ''), c.events_applied,
        c.advanced_at, c.updated_at,
        (SELECT count(*) FROM (SELECT 1 FROM readside.outbox o
-          WHERE (o.txid, o.position) > (c.cursor_txid, c.cursor_position) LIMIT $2 + 1) x),
-       coalesce((SELECT max(e.id) FROM readside.events e), 0) - c.cursor_position,
+          WHERE o.bucket = ANY (s.buckets) AND (o.txid, o.position) > (c.cursor_txid, c.cursor_position) LIMIT $2 + 1) x),
+       (coalesce((SELECT max(e.id) FROM readside.events e), 0) - c.cursor_position) * cardinality(s.buckets) / 64,
        coalesce((SELECT extract(epoch FROM now() - o.created_at) FROM readside.outbox o
-          WHERE (o.txid, o.position) > (c.cursor_txid, c.cursor_position)
+          WHERE o.bucket = ANY (s.buckets) AND (o.txid, o.position) > (c.cursor_txid, c.cursor_position)
           ORDER BY o.txid, o.position LIMIT 1), 0)::float8,
        (SELECT count(*) FROM readside.dead_letters d
           WHERE d.projection = c.projection AND d.segment = c.segment AND d.status = 'parked'),
        coalesce(c.lease_owner IS NOT NULL AND c.lease_expires_at > now(), false)
   FROM readside.checkpoints c
+  JOIN readside.projections p ON p.name = c.projection
+ CROSS JOIN LATERAL (SELECT ARRAY(SELECT b::smallint FROM generate_series(0, 63) b
+                                   WHERE 64 % p.segments <> 0 OR b % p.segments = c.segment) AS buckets) s
  WHERE cardinality($1::text[]) = 0 OR c.projection = ANY ($1::text[])
  ORDER BY c.projection, c.segment`, names, LagCountCap)
 	if err != nil {

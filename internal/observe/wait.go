@@ -93,16 +93,34 @@ func (e *NotCaughtUpError) Error() string {
 
 func (e *NotCaughtUpError) Unwrap() error { return e.Err }
 
-// lagSQL lists, for each projection in $1, the segments whose cursor is
-// before the token ($2, $3), plus one row with a NULL segment for a
+// lagSQL lists, for each projection in $1, the segments that have not
+// passed the token ($2, $3), plus one row with a NULL segment for a
 // projection that is not registered. No rows: every projection has passed
-// the token.
+// the token. A segment has passed it when its cursor is at or after the
+// token, or when it would be had it read up to the token: the read window
+// has passed the token (every transaction that may write events below it
+// has ended, readside_read_bound) and none of the segment's own buckets
+// (migration 016: b % segments = segment; every bucket when the count does
+// not divide 64) holds a row between its cursor and the token. Workers run
+// a segment when a notification names one of its buckets, and the others
+// only at the poll, so most segments of a projection stand behind the
+// head with nothing of their own to read. (A cursor behind the pruning
+// horizon is not passed that way: the rows after it are in the events
+// table.)
 const lagSQL = `
 SELECT n.name, p.name IS NOT NULL, c.segment, c.cursor_txid, c.cursor_position, c.status, coalesce(c.last_error, '')
   FROM unnest($1::text[]) WITH ORDINALITY AS n (name, ord)
   LEFT JOIN readside.projections p ON p.name = n.name
   LEFT JOIN readside.checkpoints c ON c.projection = n.name
         AND (c.cursor_txid, c.cursor_position) < ($2::xid8, $3::bigint)
+        AND NOT ($2::xid8 < (SELECT readside.readside_read_bound(pg_current_snapshot()))
+             AND NOT EXISTS (SELECT 1 FROM readside.outbox_horizon h
+                              WHERE (h.txid, h.position) > (c.cursor_txid, c.cursor_position))
+             AND NOT EXISTS (SELECT 1 FROM readside.outbox o
+                              WHERE o.bucket = ANY (ARRAY(SELECT b::smallint FROM generate_series(0, 63) b
+                                                           WHERE 64 % p.segments <> 0 OR b % p.segments = c.segment))
+                                AND (o.txid, o.position) > (c.cursor_txid, c.cursor_position)
+                                AND (o.txid, o.position) <= ($2::xid8, $3::bigint)))
  WHERE p.name IS NULL OR c.segment IS NOT NULL
  ORDER BY n.ord, c.segment`
 

@@ -3,10 +3,12 @@ package observe_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/internal/checkpoint"
@@ -15,13 +17,45 @@ import (
 	"github.com/readside/readside/outbox"
 )
 
+// waitRows writes events of aggregate Thing/id, one statement per element
+// of versions (a statement's versions in one transaction), and returns the
+// cursor of every event in log order.
+func waitRows(t *testing.T, pool *pgxpool.Pool, id string, versions ...[]int) []outbox.Cursor {
+	t.Helper()
+	ctx := context.Background()
+	var out []outbox.Cursor
+	for _, vs := range versions {
+		rows, err := pool.Query(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
+			SELECT 'Thing', $1, 'Touched', '{}', v FROM unnest($2::int[]) v RETURNING txid, id`, id, vs)
+		require.NoError(t, err)
+		cs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (outbox.Cursor, error) {
+			var c outbox.Cursor
+			return c, r.Scan(&c.TxID, &c.Position)
+		})
+		require.NoError(t, err)
+		out = append(out, cs...)
+	}
+	return out
+}
+
+// bucketOf is the outbox bucket of aggregate id (migration 006).
+func bucketOf(t *testing.T, pool *pgxpool.Pool, id string) int {
+	t.Helper()
+	var b int
+	require.NoError(t, pool.QueryRow(context.Background(), `SELECT readside.readside_segment($1, 64)`, id).Scan(&b))
+	return b
+}
+
 func TestWaitFor(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := pgtest.NewDB(t)
 	require.NoError(t, checkpoint.Register(ctx, pool, "one", 1, "park"))
+	// 3 does not divide 64: every segment passes over every bucket.
 	require.NoError(t, checkpoint.Register(ctx, pool, "three", 3, "halt"))
-	token := outbox.Cursor{TxID: 900, Position: 40}
+	// v1, v2, then v3 and v4 in one transaction, then v5.
+	c := waitRows(t, pool, "a", []int{1}, []int{2}, []int{3, 4}, []int{5})
+	token := c[3]
 	move := func(projection string, segment int, c outbox.Cursor, status checkpoint.Status, lastError string) {
 		t.Helper()
 		_, err := pool.Exec(ctx, `UPDATE readside.checkpoints SET cursor_txid = $3, cursor_position = $4, status = $5, last_error = nullif($6, '')
@@ -59,20 +93,20 @@ func TestWaitFor(t *testing.T) {
 
 	// Equal counts: the cursor of the write itself means it was applied.
 	move("one", 0, token, checkpoint.Running, "")
-	// A later transaction with a smaller position is after the token too.
-	move("three", 0, outbox.Cursor{TxID: 901, Position: 1}, checkpoint.Running, "")
+	// A later transaction is after the token too.
+	move("three", 0, c[4], checkpoint.Running, "")
 	// Same transaction, earlier position: behind.
-	move("three", 1, outbox.Cursor{TxID: 900, Position: 39}, checkpoint.Running, "")
-	move("three", 2, outbox.Cursor{TxID: 899, Position: 99}, checkpoint.Failed, "decode OrderPlaced: boom")
+	move("three", 1, c[2], checkpoint.Running, "")
+	move("three", 2, c[1], checkpoint.Failed, "decode OrderPlaced: boom")
 	lag = notCaughtUp(observe.WaitFor(short(), pool, token, "one", "three"))
 	require.Equal(t, "three", lag.Projection)
 	require.Equal(t, []observe.SegmentLag{
-		{Segment: 1, Cursor: outbox.Cursor{TxID: 900, Position: 39}, Status: checkpoint.Running},
-		{Segment: 2, Cursor: outbox.Cursor{TxID: 899, Position: 99}, Status: checkpoint.Failed, LastError: "decode OrderPlaced: boom"},
+		{Segment: 1, Cursor: c[2], Status: checkpoint.Running},
+		{Segment: 2, Cursor: c[1], Status: checkpoint.Failed, LastError: "decode OrderPlaced: boom"},
 	}, lag.Behind)
 	require.Equal(t, "failed", lag.Status())
 	require.True(t, lag.Stuck())
-	require.Contains(t, lag.Error(), "segment 2 is at 899/99, failed")
+	require.Contains(t, lag.Error(), "segment 2 is at "+c[1].String()+", failed")
 	require.Contains(t, lag.Error(), "decode OrderPlaced: boom")
 
 	// Unregistered projections are reported as such.
@@ -87,13 +121,86 @@ func TestWaitFor(t *testing.T) {
 	defer cancel()
 	go func() { done <- observe.WaitFor(waitCtx, pool, token, "three") }()
 	move("three", 1, token, checkpoint.Running, "")
-	move("three", 2, outbox.Cursor{TxID: 1000, Position: 1}, checkpoint.Running, "")
+	move("three", 2, c[4], checkpoint.Running, "")
 	select {
 	case err := <-done:
 		require.NoError(t, err)
 	case <-waitCtx.Done():
 		t.Fatal("WaitFor did not see the checkpoints pass the token")
 	}
+}
+
+// TestWaitForSegmentsWithNothingToRead: workers run a segment when a
+// notification names one of its buckets, so the other segments of a
+// projection stand behind the head with nothing of their own to read
+// (until the poll). WaitFor passes them, but only when the read window has
+// passed the token (a transaction still writing below it may add rows of
+// theirs) and their rows are all in the outbox (not behind the pruning
+// horizon).
+func TestWaitForSegmentsWithNothingToRead(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	require.NoError(t, checkpoint.Register(ctx, pool, "four", 4, "park"))
+	ids := map[int]string{} // segment of 4 -> an aggregate of it
+	for i := 0; len(ids) < 4; i++ {
+		id := fmt.Sprintf("agg-%d", i)
+		if _, ok := ids[bucketOf(t, pool, id)%4]; !ok {
+			ids[bucketOf(t, pool, id)%4] = id
+		}
+	}
+	short := func() context.Context {
+		ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		t.Cleanup(cancel)
+		return ctx
+	}
+	behind := func(err error) []int {
+		t.Helper()
+		var lag *observe.NotCaughtUpError
+		require.ErrorAs(t, err, &lag)
+		var segs []int
+		for _, s := range lag.Behind {
+			segs = append(segs, s.Segment)
+		}
+		return segs
+	}
+
+	token := waitRows(t, pool, ids[2], []int{1})[0]
+	require.Equal(t, []int{2}, behind(observe.WaitFor(short(), pool, token, "four")),
+		"only the segment whose bucket holds the row is behind")
+
+	// A writer below the token still running: its rows may land in any
+	// segment, so no segment passes the token on emptiness.
+	holder, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = holder.Rollback(ctx) }()
+	_, err = holder.Exec(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
+		VALUES ('Thing', $1, 'Touched', '{}', 1)`, ids[1])
+	require.NoError(t, err)
+	token = waitRows(t, pool, ids[2], []int{2})[0]
+	require.Equal(t, []int{0, 1, 2, 3}, behind(observe.WaitFor(short(), pool, token, "four")),
+		"an older writer still running holds every segment")
+	require.NoError(t, holder.Commit(ctx))
+	require.Equal(t, []int{1, 2}, behind(observe.WaitFor(short(), pool, token, "four")),
+		"once it commits, its row holds its own segment")
+
+	// Every segment applied it all; the outbox is pruned.
+	head := waitRows(t, pool, ids[3], []int{1})[0]
+	_, err = pool.Exec(ctx, `UPDATE readside.checkpoints SET cursor_txid = $1, cursor_position = $2 WHERE projection = 'four'`, head.TxID, head.Position)
+	require.NoError(t, err)
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	pruned, _, err := outbox.PruneChunk(ctx, tx, head, 1000, 0)
+	require.NoError(t, err)
+	require.NoError(t, tx.Commit(ctx))
+	require.Positive(t, pruned)
+	require.NoError(t, observe.WaitFor(short(), pool, token, "four"))
+	// Reset to the start, behind the horizon: every segment replays from
+	// the events table, where WaitFor does not look for its rows.
+	_, err = pool.Exec(ctx, `UPDATE readside.checkpoints SET cursor_txid = '0', cursor_position = 0 WHERE projection = 'four'`)
+	require.NoError(t, err)
+	require.Equal(t, []int{0, 1, 2, 3}, behind(observe.WaitFor(short(), pool, token, "four")),
+		"a cursor behind the pruning horizon is not passed on emptiness")
 }
 
 type failingQuerier struct{ err error }

@@ -1,0 +1,125 @@
+package projectors_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/readside/readside/internal/observe"
+	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/outbox"
+	"github.com/readside/readside/projectors"
+)
+
+// segmentOf is the segment of n that reads aggregate id (its bucket among
+// 64, modulo n).
+func segmentOf(t *testing.T, pool *pgxpool.Pool, id string, n int) int {
+	t.Helper()
+	var b int
+	require.NoError(t, pool.QueryRow(context.Background(), `SELECT readside.readside_segment($1, 64)`, id).Scan(&b))
+	return b % n
+}
+
+// aggregatesBySegment returns an aggregate id read by each segment of n.
+func aggregatesBySegment(t *testing.T, pool *pgxpool.Pool, n int) []string {
+	t.Helper()
+	ids := make([]string, n)
+	for i, found := 0, 0; found < n; i++ {
+		id := fmt.Sprintf("agg-%d", i)
+		if s := segmentOf(t, pool, id, n); ids[s] == "" {
+			ids[s], found = id, found+1
+		}
+	}
+	return ids
+}
+
+func cursors(t *testing.T, pool *pgxpool.Pool, projection string) []outbox.Cursor {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), `SELECT cursor_txid, cursor_position FROM readside.checkpoints WHERE projection = $1 ORDER BY segment`, projection)
+	require.NoError(t, err)
+	defer rows.Close()
+	var out []outbox.Cursor
+	for rows.Next() {
+		var c outbox.Cursor
+		require.NoError(t, rows.Scan(&c.TxID, &c.Position))
+		out = append(out, c)
+	}
+	require.NoError(t, rows.Err())
+	return out
+}
+
+// TestNotificationRunsOnlyItsSegments: an event wakes the segment that
+// reads its bucket, not the projection's other segments (each would fetch
+// and move its checkpoint); WaitFor still passes them, as they have
+// nothing of their own before the token.
+func TestNotificationRunsOnlyItsSegments(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	const n = 8
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec", segments: n}},
+		PollInterval: time.Hour, LeaseTTL: 4 * time.Second})
+	eventually(t, 60*time.Second, "leases claimed", func() bool {
+		return count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner IS NOT NULL`) == n
+	})
+	before := cursors(t, pool, "rec")
+	id := aggregatesBySegment(t, pool, n)[5]
+	for i := range 5 {
+		appendEvents(t, pool, id, i, `{}`)
+		// With a one-hour poll, only the notification can wake the worker.
+		eventually(t, 60*time.Second, "applied via LISTEN/NOTIFY", func() bool {
+			return count(t, pool, `SELECT count(*) FROM applied`) == i+1
+		})
+	}
+	var token outbox.Cursor
+	require.NoError(t, pool.QueryRow(ctx, `SELECT txid, id FROM readside.events ORDER BY txid DESC, id DESC LIMIT 1`).Scan(&token.TxID, &token.Position))
+	after := cursors(t, pool, "rec")
+	for s := range n {
+		if s == 5 {
+			require.False(t, after[s].Less(token), "segment 5 applied the events")
+		} else {
+			require.Equal(t, before[s], after[s], "segment %d has no event: its checkpoint did not move", s)
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	require.NoError(t, observe.WaitFor(wctx, pool, token, "rec"), "segments with nothing before the token pass it")
+}
+
+// TestEventsHeldBackAreAppliedWhenTheHolderRollsBack: an event committed
+// while an older event writer holds the read window is announced, read by
+// nothing (its segment's fetch stops at the window), and the holder's
+// rollback sends no notification: the head checks that follow the
+// announcement keep its bucket until the window is whole again, and then
+// run its segment.
+func TestEventsHeldBackAreAppliedWhenTheHolderRollsBack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	setupRecorder(t, pool)
+	const n = 8
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec", segments: n}},
+		PollInterval: time.Hour, LeaseTTL: 4 * time.Second})
+	eventually(t, 60*time.Second, "leases claimed", func() bool {
+		return count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner IS NOT NULL`) == n
+	})
+	ids := aggregatesBySegment(t, pool, n)
+	holder, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = holder.Rollback(ctx) }()
+	_, err = holder.Exec(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
+		VALUES ('Thing', $1, 'Touched', '{}', 1)`, ids[2])
+	require.NoError(t, err)
+	appendEvents(t, pool, ids[6], 0, `{}`)
+	time.Sleep(300 * time.Millisecond) // segment 6 ran and found the window held
+	require.Equal(t, 0, count(t, pool, `SELECT count(*) FROM applied`), "held back behind the open writer")
+	require.NoError(t, holder.Rollback(ctx))
+	eventually(t, 60*time.Second, "the held-back event applied after the holder's rollback, with a one-hour poll", func() bool {
+		return count(t, pool, `SELECT count(*) FROM applied`) == 1
+	})
+}
