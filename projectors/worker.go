@@ -382,13 +382,13 @@ const maxRecheck = 100 * time.Millisecond
 const notifyHeadDelay = 10 * time.Millisecond
 
 type coordinator struct {
-	w        *Worker
-	softCtx  context.Context
-	hardCtx  context.Context
-	segs     map[string]*segment
-	queue    chan *segment
-	done     chan taskResult
-	notify   chan struct{}
+	w       *Worker
+	softCtx context.Context
+	hardCtx context.Context
+	segs    map[string]*segment
+	queue   chan *segment
+	done    chan taskResult
+	notify  chan struct{}
 	// announcing gathers the buckets notifications named (the listener
 	// writes it) until loop takes them; announced holds those taken since
 	// the last head check that found nothing held back, whose segments
@@ -396,11 +396,11 @@ type coordinator struct {
 	announcing atomic.Uint64
 	announced  outbox.Buckets
 	head       outbox.Cursor
-	tasks    conc.WaitGroup
-	inflight int
-	recheck  *time.Timer   // fires checkHead while the window is held back, and after a notification
-	armed    bool          // recheck is set
-	behind   time.Duration // current recheck delay
+	tasks      conc.WaitGroup
+	inflight   int
+	recheck    *time.Timer   // fires checkHead while the window is held back, and after a notification
+	armed      bool          // recheck is set
+	behind     time.Duration // current recheck delay
 	// The projections this worker claims segments of: its own, plus the
 	// shadow projections of rebuilds in progress (refreshed every lease
 	// renewal).
