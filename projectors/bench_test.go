@@ -354,8 +354,13 @@ func percentiles(lat []time.Duration) (p50, p99, worst float64) {
 // second first (READSIDE_BENCH_WARMUP_SECONDS) whose events are not
 // counted: a new connection's first statements are parsed, planned and
 // cached then, and a new projection's first batches wait behind them.
+// The projection has READSIDE_BENCH_SEGMENTS segments (default 1; the
+// shipped projections have 8) and the worker READSIDE_BENCH_CONCURRENCY
+// (default 1; the worker's default is 2).
 func BenchmarkEndToEndLatency(b *testing.B) {
 	const rate = 1000
+	segments := envInt(b, "READSIDE_BENCH_SEGMENTS", 1)
+	concurrency := envInt(b, "READSIDE_BENCH_CONCURRENCY", 1)
 	warm := envInt(b, "READSIDE_BENCH_WARMUP_SECONDS", 1) * rate
 	d := time.Duration(envInt(b, "READSIDE_BENCH_SECONDS", 10))*time.Second + time.Duration(warm)*time.Second/rate
 	ctx := context.Background()
@@ -375,7 +380,7 @@ func BenchmarkEndToEndLatency(b *testing.B) {
 	var base, lat []time.Duration
 	for b.Loop() {
 		base = append(base, notifyLoop(b, writerPool, url, rate, d)[warm:]...)
-		lat = append(lat, runtimeLatency(b, writerPool, workerPool, clock, rate, d)[warm:]...)
+		lat = append(lat, runtimeLatency(b, writerPool, workerPool, clock, rate, d, segments, concurrency)[warm:]...)
 	}
 	p50, p99, worst := percentiles(lat)
 	b50, b99, bworst := percentiles(base)
@@ -390,13 +395,13 @@ func BenchmarkEndToEndLatency(b *testing.B) {
 	b.ReportMetric(0, "ns/op")
 }
 
-func runtimeLatency(b *testing.B, writerPool, workerPool *pgxpool.Pool, clock *commitClock, rate int, d time.Duration) []time.Duration {
+func runtimeLatency(b *testing.B, writerPool, workerPool *pgxpool.Pool, clock *commitClock, rate int, d time.Duration, segments, concurrency int) []time.Duration {
 	b.Helper()
 	ctx := context.Background()
-	p := &upsert{name: fmt.Sprintf("latency_%d", time.Now().UnixNano()%1e9), segments: 1, applied: clock.note}
+	p := &upsert{name: fmt.Sprintf("latency_%d", time.Now().UnixNano()%1e9), segments: segments, applied: clock.note}
 	createUpsertTable(b, writerPool, p.table())
 	w, err := projectors.NewWorker(projectors.Config{Pool: workerPool, Projections: []projectors.Projection{p},
-		Concurrency: 1, Logger: quietLogger()})
+		Concurrency: concurrency, Logger: quietLogger()})
 	require.NoError(b, err)
 	require.NoError(b, w.Start(ctx))
 	defer func() {
@@ -407,7 +412,7 @@ func runtimeLatency(b *testing.B, writerPool, workerPool *pgxpool.Pool, clock *c
 	waitFor(b, 10*time.Second, "lease claimed", func() bool {
 		var n int
 		require.NoError(b, writerPool.QueryRow(ctx, `SELECT count(*) FROM readside.checkpoints WHERE projection = $1 AND lease_owner IS NOT NULL`, p.name).Scan(&n))
-		return n == 1
+		return n == segments
 	})
 	var mu sync.Mutex
 	wrote := map[int64]time.Time{}

@@ -67,6 +67,12 @@ func TestNotificationRunsOnlyItsSegments(t *testing.T) {
 	eventually(t, 60*time.Second, "leases claimed", func() bool {
 		return count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner IS NOT NULL`) == n
 	})
+	// The listener connects on its own, and runs every segment once it
+	// has (notifications sent before are lost): write after that.
+	eventually(t, 60*time.Second, "listening", func() bool {
+		return count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'listen%'`) == 1
+	})
+	time.Sleep(100 * time.Millisecond)
 	before := cursors(t, pool, "rec")
 	id := aggregatesBySegment(t, pool, n)[5]
 	for i := range 5 {
