@@ -2,6 +2,7 @@ package adopt_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -215,6 +216,71 @@ func TestAdoptBackfillYieldsToDDL(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, <-altered)
 	require.True(t, sawAltered, "the ALTER TABLE committed while the backfill was still reading")
+	require.EqualValues(t, 500, res.History)
+	require.Len(t, readsideLog(t, rs), 500)
+}
+
+// An ALTER TABLE that rewrites the table (a column with a volatile
+// default: the ALTER's transaction writes every row anew) takes the table
+// while the backfill has let go of it, and commits while the backfill
+// waits to read again. The backfill's next snapshot must be taken once it
+// holds the table: one taken before the ALTER commits sees the rewritten
+// table empty, and the history it had not copied yet would never be.
+func TestAdoptBackfillReadsAfterTableRewrite(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	app, rs, _ := setup(t, "stream_schema.sql")
+	_, err := app.Exec(ctx, `INSERT INTO app_events (stream, stream_version, type, body)
+		SELECT 'Order-' || (g / 5), g % 5 + 1, 'OrderNoted', '{}' FROM generate_series(0, 499) g`)
+	require.NoError(t, err)
+	waiting := func(mode string) (bool, error) {
+		var w bool
+		err := app.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'app_events'::regclass AND mode = $1 AND NOT granted
+			AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))`, mode).Scan(&w)
+		return w, err
+	}
+
+	ddl, err := app.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = ddl.Rollback(ctx) }()
+	altered := make(chan error, 1)
+	alter := func() error {
+		// Granted once the backfill lets go, after its first chunk.
+		if _, err := ddl.Exec(ctx, `LOCK TABLE app_events IN ACCESS EXCLUSIVE MODE`); err != nil {
+			return err
+		}
+		if _, err := ddl.Exec(ctx, `ALTER TABLE app_events ADD COLUMN imported_at timestamptz DEFAULT clock_timestamp()`); err != nil {
+			return err
+		}
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			w, err := waiting("AccessShareLock")
+			if err != nil {
+				return err
+			}
+			if w {
+				break
+			}
+			if time.Now().After(deadline) {
+				return errors.New("the backfill did not come back for the table")
+			}
+		}
+		return ddl.Commit(ctx)
+	}
+	calls := 0
+	progress := func(adopt.Progress) {
+		if calls++; calls != 2 { // the first chunk is copied
+			return
+		}
+		go func() { altered <- alter() }()
+		waitUntil(t, "the ALTER TABLE waits for the backfill's read", func() bool {
+			w, err := waiting("AccessExclusiveLock")
+			require.NoError(t, err)
+			return w
+		})
+	}
+	res, err := adopt.Adopt(ctx, rs, adopt.Config{Table: "app_events", Columns: streamCols, ChunkRows: 50, Progress: progress}, false)
+	require.NoError(t, err)
+	require.NoError(t, <-altered)
 	require.EqualValues(t, 500, res.History)
 	require.Len(t, readsideLog(t, rs), 500)
 }

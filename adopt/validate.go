@@ -24,14 +24,19 @@ func (p *plan) reading(ctx context.Context, conn *pgx.Conn, lockTimeout time.Dur
 		if err != nil {
 			return fmt.Errorf("adopt: begin: %w", err)
 		}
-		err = setLocal(ctx, tx, lockTimeout, 0)
+		// The snapshot is taken by the transaction's first statement that
+		// needs one, a SELECT of set_config included; SET and LOCK (simple
+		// protocol, no parameters) take none, nor resolve a name through
+		// search_path. So the table is locked first: a snapshot taken
+		// while the lock waits for a table-rewriting ALTER TABLE would
+		// see the rewritten table empty once the ALTER commits.
+		_, err = tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = 0; LOCK TABLE %s IN ACCESS SHARE MODE`,
+			lockTimeout.Milliseconds(), p.t.ident))
 		if err == nil {
-			_, err = tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true), pg_catalog.set_config('row_security', 'off', true)`)
+			err = setLocal(ctx, tx, lockTimeout, 0)
 		}
 		if err == nil {
-			// LOCK takes no snapshot: the transaction's snapshot is the
-			// next statement's, taken once the lock is held.
-			_, err = tx.Exec(ctx, `LOCK TABLE `+p.t.ident+` IN ACCESS SHARE MODE`)
+			_, err = tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true), pg_catalog.set_config('row_security', 'off', true)`)
 		}
 		if err == nil {
 			err = p.checkTypes(ctx, tx)
