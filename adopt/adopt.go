@@ -59,8 +59,13 @@ type Config struct {
 
 // Progress is how far a backfill has come.
 type Progress struct {
-	Read   int64 // rows of history read
-	Total  int64 // rows the table held when the backfill started reading
+	// Read is the rows of Total read, or left to an INSERT that copied
+	// their aggregate first; it ends equal to Total.
+	Read int64
+	// Total is the rows of history the backfill has to read: the table's
+	// rows when it starts reading, but those of the aggregates whose
+	// history an INSERT of the application's has already copied.
+	Total  int64
 	Copied int64 // rows copied into readside's log (the others were there)
 }
 

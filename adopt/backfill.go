@@ -120,10 +120,19 @@ func (p *plan) readHistory(ctx context.Context, conn *pgx.Conn, w *chunkWriter, 
 		return false, err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	// The rows to read are those of the aggregates nobody has claimed:
+	// all of them history (an INSERT claims its aggregate or finds it
+	// claimed), and fewer at each pass.
+	claims := pgx.Identifier{p.t.readside, "readside_adoption_claims"}.Sanitize()
+	unclaimed := fmt.Sprintf(`(%s) m
+		 WHERE NOT EXISTS (SELECT 1 FROM %s c WHERE c.table_name = %s AND c.aggregate_type = m.t AND c.aggregate_id = m.a)`,
+		p.mappedSQL(), claims, literal(p.t.name))
+	var remaining int64
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+unclaimed).Scan(&remaining); err != nil {
+		return false, fmt.Errorf("adopt %s: %w", p.t.name, err)
+	}
 	if first {
-		if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+p.t.from()).Scan(&prog.Total); err != nil {
-			return false, fmt.Errorf("adopt %s: %w", p.t.name, err)
-		}
+		prog.Total = remaining
 		if err := inTx(ctx, w.conn, lockTimeout, func(tx pgx.Tx) error {
 			_, err := tx.Exec(ctx, `UPDATE `+pgx.Identifier{p.t.readside, "readside_adoptions"}.Sanitize()+` SET history_total = $2 WHERE table_name = $1`,
 				p.t.name, prog.Total)
@@ -131,14 +140,14 @@ func (p *plan) readHistory(ctx context.Context, conn *pgx.Conn, w *chunkWriter, 
 		}); err != nil {
 			return false, fmt.Errorf("adopt %s: %w", p.t.name, err)
 		}
-		report()
+	} else {
+		prog.Read = prog.Total - remaining
 	}
+	report()
 	w.pending = map[aggKey][]backfillRow{} // read again, unless claimed meanwhile
-	claims := pgx.Identifier{p.t.readside, "readside_adoption_claims"}.Sanitize()
-	if _, err := tx.Exec(ctx, fmt.Sprintf(`DECLARE readside_backfill NO SCROLL CURSOR FOR
-		SELECT row_id, t, a, et, d::text, md::text, v, o FROM (%s) m
-		 WHERE NOT EXISTS (SELECT 1 FROM %s c WHERE c.table_name = %s AND c.aggregate_type = m.t AND c.aggregate_id = m.a)
-		 ORDER BY min(row_id) OVER (PARTITION BY t, a), t, a, v, row_id`, p.mappedSQL(), claims, literal(p.t.name))); err != nil {
+	if _, err := tx.Exec(ctx, `DECLARE readside_backfill NO SCROLL CURSOR FOR
+		SELECT row_id, t, a, et, d::text, md::text, v, o FROM `+unclaimed+`
+		 ORDER BY min(row_id) OVER (PARTITION BY t, a), t, a, v, row_id`); err != nil {
 		return false, fmt.Errorf("adopt %s: read history: %w", p.t.name, err)
 	}
 	var chunk []backfillRow

@@ -198,3 +198,34 @@ func TestAdoptBackfillUnderLoad(t *testing.T) {
 		rows, ended.Sub(began).Round(time.Millisecond), backfilling.Sub(began).Round(time.Millisecond), ended.Sub(backfilling).Round(time.Millisecond),
 		res.History, writers, stat(before), stat(installing), stat(during), refused["40001"], refused["23505"])
 }
+
+// The backfill skips the aggregates whose history the application's
+// first INSERT copied before the backfill's snapshot (an INSERT that
+// commits between the install and the backfill's first read, or while
+// an interrupted adoption waits to be resumed): its progress counts the
+// rows it has to read, and ends with Read equal to Total.
+func TestAdoptProgressLeavesOutAggregatesCopied(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	app, rs, _ := setup(t, "stream_schema.sql")
+	_, err := app.Exec(ctx, `INSERT INTO app_events (stream, stream_version, type, body)
+		SELECT 'Order-' || (g / 3), g % 3 + 1, 'OrderNoted', '{}' FROM generate_series(0, 8) g`)
+	require.NoError(t, err)
+
+	// Interrupted once the trigger is in place, before a row is read.
+	interrupted, cancel := context.WithCancel(ctx)
+	defer cancel()
+	_, err = adopt.Adopt(interrupted, rs, adopt.Config{Table: "app_events", Columns: streamCols, Progress: func(adopt.Progress) { cancel() }}, false)
+	require.ErrorIs(t, err, context.Canceled)
+	// The first INSERT into Order-0 copies its history.
+	_, err = app.Exec(ctx, `INSERT INTO app_events (stream, stream_version, type, body) VALUES ('Order-0', 4, 'OrderNoted', '{}')`)
+	require.NoError(t, err)
+	require.Len(t, readsideLog(t, rs), 4)
+
+	var last adopt.Progress
+	res, err := adopt.Adopt(ctx, rs, adopt.Config{Table: "app_events", Columns: streamCols, Progress: func(p adopt.Progress) { last = p }}, false)
+	require.NoError(t, err)
+	require.EqualValues(t, 6, res.History, "Order-1's and Order-2's rows")
+	require.Equal(t, adopt.Progress{Read: 6, Total: 6, Copied: 6}, last)
+	require.Len(t, readsideLog(t, rs), 10)
+}
