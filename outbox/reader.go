@@ -72,6 +72,12 @@ type Batch struct {
 	// the fetch's limit that was not cut reached the end of the read
 	// window.
 	Cut bool
+	// Held means the batch reached the end of the read window while
+	// committed rows lay beyond it (read in the same snapshot): a
+	// transaction still running below them holds them back (see Head), so
+	// a reader that has caught up must look again once the window moves,
+	// which may send no notification.
+	Held bool
 }
 
 // fetchSQL reads up to $3 rows after the cursor ($1, $2) in (txid, position)
@@ -135,7 +141,8 @@ WITH ` + windowBound + `, scan AS (
 // and the row that passes the budget is the batch's last), joins the
 // payloads of those that match, and (is_head) returns the last row of the
 // read window, which a segmented read moves to once it has read all of its
-// own rows, unless the budget cut the batch short. There is
+// own rows, unless the budget cut the batch short, and the last committed
+// row, inside the window or not (is_head and matched: Batch.Held). There is
 // no final ORDER BY: sorting a thousand rows with their payloads cost more
 // than the rest of the statement (a 1M-row outbox: about 84 ms against 46
 // ms per batch, loaded machine), so Fetch puts them in read order itself.
@@ -165,6 +172,10 @@ UNION ALL
    FROM readside.outbox o
   WHERE $7::int > 1 AND o.txid < (SELECT b.txid FROM bound b)
     AND NOT EXISTS (SELECT 1 FROM budget w WHERE NOT w.kept)
+  ORDER BY o.txid DESC, o.position DESC LIMIT 1)
+UNION ALL
+(SELECT o.txid, o.position, true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, false
+   FROM readside.outbox o
   ORDER BY o.txid DESC, o.position DESC LIMIT 1)`
 
 // bucketCount is the number of buckets outbox rows are indexed by
@@ -240,7 +251,7 @@ func Fetch(ctx context.Context, q Querier, after Cursor, limit int, f Filter) (*
 		return nil, fmt.Errorf("fetch after %s: %w", after, err)
 	}
 	defer rows.Close()
-	b, head, err := scanBatch(rows, after)
+	b, head, latest, err := scanBatch(rows, after)
 	if err != nil {
 		return nil, fmt.Errorf("fetch after %s: %w", after, err)
 	}
@@ -251,26 +262,31 @@ func Fetch(ctx context.Context, q Querier, after Cursor, limit int, f Filter) (*
 	if head != nil && b.Scanned < limit && b.Next.Less(*head) {
 		b.Next = *head
 	}
+	b.Held = b.Scanned < limit && !b.Cut && latest != nil && b.Next.Less(*latest)
 	return b, nil
 }
 
 // scanBatch reads the rows of a fetch statement: the window's rows (matched
-// or only passed over) and, for a segmented read, the head row. Rows come
-// from the merged buckets in no global order; they are put in read order
-// here rather than by a sort over their payloads in the server.
-func scanBatch(rows pgx.Rows, after Cursor) (*Batch, *Cursor, error) {
-	b := &Batch{Next: after}
-	var head *Cursor
+// or only passed over), for a segmented read the head row, and the last
+// committed row (latest). Rows come from the merged buckets in no global
+// order; they are put in read order here rather than by a sort over their
+// payloads in the server.
+func scanBatch(rows pgx.Rows, after Cursor) (b *Batch, head, latest *Cursor, err error) {
+	b = &Batch{Next: after}
 	sorted := true
 	for rows.Next() {
 		e, matched, isHead, cut, err := scanRow(rows)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		b.Cut = b.Cut || cut
 		c := e.Cursor
 		if isHead {
-			head = &c
+			if matched {
+				latest = &c
+			} else {
+				head = &c
+			}
 			continue
 		}
 		if c.Less(b.Next) {
@@ -284,17 +300,17 @@ func scanBatch(rows pgx.Rows, after Cursor) (*Batch, *Cursor, error) {
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if !sorted {
 		slices.SortFunc(b.Events, func(x, y Event) int { return x.Cursor.Compare(y.Cursor) })
 	}
-	return b, head, nil
+	return b, head, latest, nil
 }
 
 // scanRow reads one row; matched is false for a row the filter passes over
-// (its event columns are NULL), isHead marks the head row, and cut says
-// that the byte budget cut the batch.
+// (its event columns are NULL), isHead marks the head rows (matched: the
+// last committed one), and cut says that the byte budget cut the batch.
 func scanRow(rows pgx.Rows) (e Event, matched, isHead, cut bool, err error) {
 	var (
 		aggType, aggID, typ    *string
@@ -306,8 +322,11 @@ func scanRow(rows pgx.Rows) (e Event, matched, isHead, cut bool, err error) {
 		&schemaVersion, &data, &meta, &occurredAt, &appendedAt, &isHead, &cut); err != nil {
 		return e, false, false, false, fmt.Errorf("scan: %w", err)
 	}
-	if isHead || !matched || aggType == nil {
-		return e, false, isHead, cut, nil
+	if isHead {
+		return e, matched, true, cut, nil
+	}
+	if !matched || aggType == nil {
+		return e, false, false, cut, nil
 	}
 	e.AggregateType, e.AggregateID, e.Type = *aggType, *aggID, *typ
 	e.Version, e.SchemaVersion = int(*version), int(*schemaVersion)

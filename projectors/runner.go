@@ -34,13 +34,14 @@ type fetched struct {
 // fetched while the current one is applied. Batches in flight finish on a
 // soft stop (softCtx) and roll back on a hard one (hardCtx).
 func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error {
+	s.held = false
 	batch, err := w.fetchInSlot(hardCtx, s, s.cursor)
 	for {
 		if err != nil {
 			return w.transient(softCtx, s, "fetch", err)
 		}
 		if batch.Scanned == 0 && batch.Next == s.cursor {
-			s.retries = 0
+			s.retries, s.held = 0, batch.Held
 			return nil // caught up
 		}
 		// A batch that reached the byte budget is not applied while the
@@ -90,6 +91,7 @@ func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error 
 			continue
 		}
 		if atEnd {
+			s.held = batch.Held
 			return nil
 		}
 		if next == nil {

@@ -338,7 +338,11 @@ type segment struct {
 	running bool
 	// again: a notification came while the task ran; run it once more
 	// when it ends, whatever the head the coordinator last read.
-	again    bool
+	again bool
+	// held: the task's last fetch reached the end of the read window while
+	// committed rows lay beyond it (outbox.Batch.Held): the segment runs
+	// again at the head checks until the window has moved past its cursor.
+	held     bool
 	release  bool          // give the lease up when the current task ends
 	attempts map[int64]int // failures per event id (projection errors)
 	// parked is false while the segment has no parked dead letters, so that
@@ -390,11 +394,8 @@ type coordinator struct {
 	done    chan taskResult
 	notify  chan struct{}
 	// announcing gathers the buckets notifications named (the listener
-	// writes it) until loop takes them; announced holds those taken since
-	// the last head check that found nothing held back, whose segments
-	// the head checks run (see checkHead).
+	// writes it) until loop takes them.
 	announcing atomic.Uint64
-	announced  outbox.Buckets
 	head       outbox.Cursor
 	tasks      conc.WaitGroup
 	inflight   int
@@ -547,9 +548,7 @@ func (c *coordinator) loop() {
 			// query follows within notifyHeadDelay, for the window's
 			// state (rechecks while it is held back), however many
 			// notifications come meanwhile.
-			named := outbox.Buckets(c.announcing.Swap(0))
-			c.announced |= named
-			c.kick(named)
+			c.kick(outbox.Buckets(c.announcing.Swap(0)))
 			if !c.armed {
 				c.arm(notifyHeadDelay)
 			}
@@ -608,15 +607,12 @@ func (c *coordinator) wake(named outbox.Buckets) {
 // checkHead is the only query an idle worker makes: one backwards index
 // probe for the head of the read window, whatever the number of segments.
 // It then runs the segments behind the head: all of them when all (the
-// poll), else those whose buckets a notification named since the last
-// check that found nothing held back. Events announced while the window
-// was held back are read once it moves, and the holder's end (a rollback,
-// or one of our own apply transactions) sends no notification of its own:
-// so the named buckets are kept until a check finds the window whole, and
-// their segments then run once more even if running (a fetch that began
-// before the window moved may have missed them). Other segments move
-// their checkpoints at the poll, and WaitFor passes a segment with no row
-// of its own before the token (observe.WaitFor).
+// poll), else those whose last fetch found the window held back
+// (segment.held): the holder's end (a rollback, or one of our own apply
+// transactions) sends no notification of its own. Other segments run when
+// a notification names one of their buckets (kick), and move their
+// checkpoints at the poll; WaitFor passes a segment with no row of its own
+// before the token (observe.WaitFor).
 func (c *coordinator) checkHead(all bool) {
 	ctx, cancel := context.WithTimeout(c.hardCtx, c.w.cfg.LeaseTTL)
 	defer cancel()
@@ -630,24 +626,17 @@ func (c *coordinator) checkHead(all bool) {
 	c.head = head.Window
 	// Committed rows wait behind a transaction that holds the window; its
 	// end sends no notification, so look again soon, backing off.
-	whole := !head.Behind()
-	if whole {
-		c.behind = 0
-	} else {
+	if head.Behind() {
 		c.behind = min(max(2*c.behind, time.Millisecond), c.w.cfg.PollInterval, maxRecheck)
 		c.arm(c.behind)
+	} else {
+		c.behind = 0
 	}
 	for _, s := range c.segs {
-		named := s.buckets()&c.announced != 0
-		switch {
-		case named && whole && s.running:
-			s.again = true
-		case all || named:
+		// (s.running first: a running task writes s.held.)
+		if !s.running && (all || s.held) {
 			c.schedule(s)
 		}
-	}
-	if whole {
-		c.announced = 0
 	}
 }
 
@@ -660,16 +649,19 @@ func (c *coordinator) schedule(s *segment) {
 }
 
 // kick starts every segment that reads one of the named buckets, or marks
-// it to run again when it is running (see segment.again): a fetch at the
-// head finds nothing and costs what a head query would.
+// it to run again when it is running (see segment.again), and the segments
+// waiting for a held window to move (the notification may be its holder's
+// commit): a fetch at the head finds nothing and costs what a head query
+// would.
 func (c *coordinator) kick(named outbox.Buckets) {
 	for _, s := range c.segs {
-		if s.buckets()&named == 0 {
-			continue
-		}
-		if s.running {
-			s.again = true
-		} else {
+		switch {
+		case s.running:
+			// (A running task writes s.held: its end looks at it.)
+			if s.buckets()&named != 0 {
+				s.again = true
+			}
+		case s.buckets()&named != 0 || s.held:
 			c.start(s)
 		}
 	}
@@ -727,14 +719,13 @@ func (c *coordinator) finished(r taskResult) {
 		c.updateOwned()
 		return
 	}
-	if r.err == nil && s.schema == "" && (s.again || s.buckets()&c.announced != 0) {
-		// (A rebuild's copy may have stopped behind the live projection
-		// rather than at the head: the next head check wakes it.)
-		c.schedule(s)
+	if r.err == nil && s.again {
+		c.start(s)
 	}
 	// Our own apply transactions hold the read window too (they have xids),
-	// and their commits send no notification: look again now.
-	if c.behind > 0 {
+	// and their commits send no notification: look again now, and when
+	// this task found the window held.
+	if c.behind > 0 || s.held {
 		c.checkHead(false)
 	}
 }
