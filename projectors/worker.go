@@ -719,13 +719,14 @@ func (c *coordinator) finished(r taskResult) {
 		c.updateOwned()
 		return
 	}
+	held := s.held // (before a new task writes it)
 	if r.err == nil && s.again {
 		c.start(s)
 	}
 	// Our own apply transactions hold the read window too (they have xids),
 	// and their commits send no notification: look again now, and when
 	// this task found the window held.
-	if c.behind > 0 || s.held {
+	if c.behind > 0 || held {
 		c.checkHead(false)
 	}
 }
