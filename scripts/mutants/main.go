@@ -133,6 +133,34 @@ var mutations = []mutation{
 			"NULL"}},
 		checks: []check{{"./projectors/", "TestApplyCommitSetting"}},
 	},
+	{
+		name: "bucket-targeted wake-up (a notification runs every segment)",
+		edits: []edit{{"projectors/worker.go",
+			"\t\tcase s.buckets()&named != 0 || s.held:",
+			"\t\tcase true:"}},
+		checks: []check{{"./projectors/", "TestNotificationRunsOnlyItsSegments"}},
+	},
+	{
+		name: "held segments run again (a fetch that found the window held is not repeated)",
+		edits: []edit{{"outbox/reader.go",
+			"\tb.Held = b.Scanned < limit && !b.Cut && latest != nil && b.Next.Less(*latest)",
+			"\tb.Held = false && latest != nil"}},
+		checks: []check{{"./projectors/", "TestEventsHeldBackAreAppliedWhenTheHolderRollsBack"}},
+	},
+	{
+		name: "WaitFor's read-window guard (a segment passes a token on emptiness while a writer below it runs)",
+		edits: []edit{{"internal/observe/wait.go",
+			"AND NOT ($2::xid8 < (SELECT readside.readside_read_bound(pg_current_snapshot()))",
+			"AND NOT (true"}},
+		checks: []check{{"./internal/observe/", "TestWaitForSegmentsWithNothingToRead"}},
+	},
+	{
+		name: "adopt's snapshot after the table lock (the backfill's snapshot taken before LOCK TABLE)",
+		edits: []edit{{"adopt/validate.go",
+			"fmt.Sprintf(`SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = 0; LOCK TABLE",
+			"fmt.Sprintf(`SELECT 1; SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = 0; LOCK TABLE"}},
+		checks: []check{{"./adopt/", "TestAdoptBackfillReadsAfterTableRewrite"}},
+	},
 }
 
 func main() {
