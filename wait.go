@@ -186,11 +186,15 @@ func (f *follower) next(completed bool, segs int, lag int64) Phase {
 	return f.phase
 }
 
-// WaitFor returns nil once every segment of each named projection has a
-// checkpoint at or after token (a consistency token: the cursor of a write,
-// outbox.AppendResult.Cursor), which means the write has been applied to
-// their read models (or parked as a dead letter). It polls until ctx ends,
-// then returns a *NotCaughtUpError naming the first projection behind.
+// WaitFor returns nil once every segment of each named projection has
+// passed token (a consistency token: the cursor of a write,
+// outbox.AppendResult.Cursor): its checkpoint is at or after the token, or
+// the read window has passed the token and none of the segment's buckets
+// holds a row between its checkpoint and the token (workers run a segment
+// when an event of its buckets is announced). That means the write has
+// been applied to their read models (or parked as a dead letter). It polls
+// until ctx ends, then returns a *NotCaughtUpError naming the first
+// projection behind.
 func (c *Client) WaitFor(ctx context.Context, token outbox.Cursor, projections ...string) error {
 	return observe.WaitFor(ctx, c.db, token, projections...)
 }

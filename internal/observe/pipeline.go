@@ -84,7 +84,7 @@ func RegisterPipelineMetricsConfig(reg prometheus.Registerer, cfg PipelineMetric
 func newPipelineCollector(db checkpoint.DB, log *slog.Logger, ttl time.Duration) *pipelineCollector {
 	seg := []string{"projection", "segment"}
 	return &pipelineCollector{db: db, log: log, ttl: cmp.Or(ttl, PipelineCacheTTLDefault),
-		lagEvents:   prometheus.NewDesc("readside_projection_lag_events", "Committed outbox rows after the segment's checkpoint (capped at 1e6).", seg, nil),
+		lagEvents:   prometheus.NewDesc("readside_projection_lag_events", "Committed outbox rows of the segment's buckets after its checkpoint (exact up to 1000, estimated from event ids above).", seg, nil),
 		lagSeconds:  prometheus.NewDesc("readside_projection_lag_seconds", "Age of the oldest committed outbox row after the segment's checkpoint; 0 when caught up.", seg, nil),
 		stalled:     prometheus.NewDesc("readside_projection_stalled_seconds", "Time since the segment's checkpoint last moved while events wait; 0 when caught up.", seg, nil),
 		cursorPos:   prometheus.NewDesc("readside_projection_checkpoint_position", "Position (event id) of the segment's checkpoint.", seg, nil),

@@ -133,9 +133,11 @@ var ErrTokenBeyondHead = errors.New("beyond the log's head: no write of this dat
 // above the xmax of a current snapshot.
 const headSQL = `SELECT $1::xid8 >= pg_snapshot_xmax(pg_current_snapshot())`
 
-// WaitFor returns nil once every segment of each named projection has a
-// checkpoint at or after token, which means the write the token was issued
-// for has been applied to their read models (or parked as a dead letter).
+// WaitFor returns nil once every segment of each named projection has
+// passed token (see lagSQL: its checkpoint is at or after the token, or it
+// has no row of its own before the token), which means the write the token
+// was issued for has been applied to their read models (or parked as a
+// dead letter).
 // It polls until ctx ends, then returns a *NotCaughtUpError; ctx bounds the
 // wait. A projection being reset and replayed has moved its cursor back, so
 // tokens wait for the replay to pass them again rather than read a half-built
