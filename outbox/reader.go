@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/bits"
 	"slices"
 	"strings"
 	"sync"
@@ -216,8 +217,8 @@ func segmentFetchSQL(n int) string {
 // segmentFetchSQL(n) takes after the common eight.
 func segmentBuckets(n, seg int) []any {
 	var out []any
-	for bucket := seg; bucket < bucketCount; bucket += n {
-		out = append(out, int16(bucket))
+	for m := uint64(SegmentBuckets(n, seg)); m != 0; m &= m - 1 {
+		out = append(out, int16(bits.TrailingZeros64(m)))
 	}
 	return out
 }
