@@ -74,7 +74,8 @@ type Batch struct {
 	// window.
 	Cut bool
 	// Held means the batch reached the end of the read window while
-	// committed rows lay beyond it (read in the same snapshot): a
+	// committed rows of the buckets it reads (all of them for a read by
+	// hash) lay beyond it, read in the same snapshot: a
 	// transaction still running below them holds them back (see Head), so
 	// a reader that has caught up must look again once the window moves,
 	// which may send no notification.
@@ -110,7 +111,24 @@ const fetchSQL = fetchHistory + `
       WHERE (o.txid, o.position) > ($1::xid8, $2::bigint)
         AND o.txid < (SELECT b.txid FROM bound b)
       ORDER BY o.txid, o.position
-      LIMIT $3)` + fetchTail
+      LIMIT $3)` + fetchTail + latestRow
+
+// latestRow is the last committed row, inside the window or not (is_head
+// and matched: Batch.Held), for a read of every bucket.
+const latestRow = `
+UNION ALL
+(SELECT o.txid, o.position, true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, false
+   FROM readside.outbox o
+  ORDER BY o.txid DESC, o.position DESC LIMIT 1)`
+
+// latestOfBucket is latestRow for one bucket, $%d: a segment's read is
+// held back only by rows of its own buckets.
+const latestOfBucket = `
+UNION ALL
+(SELECT o.txid, o.position, true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, false
+   FROM readside.outbox o
+  WHERE o.bucket = $%d::smallint
+  ORDER BY o.txid DESC, o.position DESC LIMIT 1)`
 
 // windowBound is the read bound of the statement's own snapshot, computed
 // once per statement (migration 012, readside_read_bound): rows of
@@ -142,8 +160,8 @@ WITH ` + windowBound + `, scan AS (
 // and the row that passes the budget is the batch's last), joins the
 // payloads of those that match, and (is_head) returns the last row of the
 // read window, which a segmented read moves to once it has read all of its
-// own rows, unless the budget cut the batch short, and the last committed
-// row, inside the window or not (is_head and matched: Batch.Held). There is
+// own rows, unless the budget cut the batch short (latestRow and
+// latestOfBucket follow it). There is
 // no final ORDER BY: sorting a thousand rows with their payloads cost more
 // than the rest of the statement (a 1M-row outbox: about 84 ms against 46
 // ms per batch, loaded machine), so Fetch puts them in read order itself.
@@ -173,10 +191,6 @@ UNION ALL
    FROM readside.outbox o
   WHERE $7::int > 1 AND o.txid < (SELECT b.txid FROM bound b)
     AND NOT EXISTS (SELECT 1 FROM budget w WHERE NOT w.kept)
-  ORDER BY o.txid DESC, o.position DESC LIMIT 1)
-UNION ALL
-(SELECT o.txid, o.position, true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, false
-   FROM readside.outbox o
   ORDER BY o.txid DESC, o.position DESC LIMIT 1)`
 
 // bucketCount is the number of buckets outbox rows are indexed by
@@ -209,6 +223,9 @@ func segmentFetchSQL(n int) string {
       LIMIT $3)`, 9+i)
 	}
 	b.WriteString(fetchTail)
+	for i := range bucketCount / n {
+		fmt.Fprintf(&b, latestOfBucket, 9+i)
+	}
 	v, _ := segmentSQL.LoadOrStore(n, b.String())
 	return v.(string)
 }
@@ -269,7 +286,7 @@ func Fetch(ctx context.Context, q Querier, after Cursor, limit int, f Filter) (*
 
 // scanBatch reads the rows of a fetch statement: the window's rows (matched
 // or only passed over), for a segmented read the head row, and the last
-// committed row (latest). Rows come from the merged buckets in no global
+// committed row of the buckets read (latest). Rows come from the merged buckets in no global
 // order; they are put in read order here rather than by a sort over their
 // payloads in the server.
 func scanBatch(rows pgx.Rows, after Cursor) (b *Batch, head, latest *Cursor, err error) {
@@ -284,7 +301,9 @@ func scanBatch(rows pgx.Rows, after Cursor) (b *Batch, head, latest *Cursor, err
 		c := e.Cursor
 		if isHead {
 			if matched {
-				latest = &c
+				if latest == nil || latest.Less(c) {
+					latest = &c
+				}
 			} else {
 				head = &c
 			}

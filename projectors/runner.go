@@ -38,7 +38,13 @@ func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error 
 	batch, err := w.fetchInSlot(hardCtx, s, s.cursor)
 	for {
 		if err != nil {
-			return w.transient(softCtx, s, "fetch", err)
+			// Retry here: what was announced is read by no one else (the
+			// coordinator reruns a segment only when told to).
+			if err := w.transient(softCtx, s, "fetch", err); err != nil {
+				return err
+			}
+			batch, err = w.fetchInSlot(hardCtx, s, s.cursor)
+			continue
 		}
 		if batch.Scanned == 0 && batch.Next == s.cursor {
 			s.retries, s.held = 0, batch.Held

@@ -723,11 +723,31 @@ func (c *coordinator) finished(r taskResult) {
 	if r.err == nil && s.again {
 		c.start(s)
 	}
+	if r.err == nil && s.schema == "" {
+		c.follow(s.lease.Projection)
+	}
 	// Our own apply transactions hold the read window too (they have xids),
 	// and their commits send no notification: look again now, and when
 	// this task found the window held.
 	if c.behind > 0 || held {
 		c.checkHead(false)
+	}
+}
+
+// follow runs the segments of the rebuild copies of projection (their
+// fetch stops at the live checkpoint, fetchBehindLive) once one of its
+// tasks has ended: a copy run by the same notification read the live
+// checkpoint before that task committed.
+func (c *coordinator) follow(projection string) {
+	for _, s := range c.segs {
+		if s.schema == "" || c.baseOf(s.lease.Projection) != projection {
+			continue
+		}
+		if s.running {
+			s.again = true
+		} else {
+			c.start(s)
+		}
 	}
 }
 
@@ -883,7 +903,10 @@ func (c *coordinator) claim(ctx context.Context, mine map[checkpoint.Segment]boo
 		c.segs[key(cp.Projection, cp.Segment)] = s
 		w.metrics.claims.WithLabelValues(cp.Projection).Inc()
 		w.log.Info("lease claimed", "projection", cp.Projection, "segment", cp.Segment, "epoch", cp.LeaseEpoch, "cursor", cp.Cursor.String())
-		c.schedule(s)
+		// Run it once whatever c.head says: events of its buckets may have
+		// been announced while nobody held it, behind a held window or
+		// after c.head was read (its fetch marks it held if need be).
+		c.start(s)
 	}
 }
 
