@@ -225,3 +225,33 @@ func TestWaitForTokenBeyondHead(t *testing.T) {
 	err := observe.WaitFor(context.Background(), pool, outbox.Cursor{TxID: 1 << 62, Position: 1}, "any")
 	require.ErrorIs(t, err, observe.ErrTokenBeyondHead)
 }
+
+// TestWaitForWithTheDocumentedGrants: a role with exactly what the README
+// lists for a consistency wait (USAGE on readside's schema, SELECT on
+// projections, checkpoints, outbox and outbox_horizon) can wait, passed or
+// not.
+func TestWaitForWithTheDocumentedGrants(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.NewDatabaseURL(t)
+	pool := pgtest.Pool(t, url)
+	require.NoError(t, checkpoint.Register(ctx, pool, "four", 4, "park"))
+	role := pgtest.NewRole(t, "LOGIN", pool)
+	_, err := pool.Exec(ctx, `GRANT USAGE ON SCHEMA readside TO `+role+`;
+		GRANT SELECT ON readside.projections, readside.checkpoints, readside.outbox, readside.outbox_horizon TO `+role)
+	require.NoError(t, err)
+	token := waitRows(t, pool, "a", []int{1})[0]
+	reader := pgtest.Pool(t, pgtest.AsRole(url, role))
+
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	var lag *observe.NotCaughtUpError
+	require.ErrorAs(t, observe.WaitFor(short, reader, token, "four"), &lag, "behind, and told so")
+	require.Len(t, lag.Behind, 1, "the segment of the row; the others have nothing before the token")
+
+	_, err = pool.Exec(ctx, `UPDATE readside.checkpoints SET cursor_txid = $1, cursor_position = $2 WHERE projection = 'four'`, token.TxID, token.Position)
+	require.NoError(t, err)
+	long, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	require.NoError(t, observe.WaitFor(long, reader, token, "four"))
+}
