@@ -111,24 +111,26 @@ const fetchSQL = fetchHistory + `
       WHERE (o.txid, o.position) > ($1::xid8, $2::bigint)
         AND o.txid < (SELECT b.txid FROM bound b)
       ORDER BY o.txid, o.position
-      LIMIT $3)` + fetchTail + latestRow
+      LIMIT $3)` + fetchTail + heldAll
 
-// latestRow is the last committed row, inside the window or not (is_head
-// and matched: Batch.Held), for a read of every bucket.
-const latestRow = `
+// heldRow returns the read bound as a cursor (is_head and matched) when
+// committed rows lie at or beyond it, in the snapshot of the statement:
+// rows of the buckets the read takes (%s: "o.bucket IN (...) AND " for a
+// segment, "" for a read of every bucket), which a transaction below them
+// holds back (Batch.Held). One index probe per bucket, stopping at the
+// first row.
+const heldRow = `
 UNION ALL
-(SELECT o.txid, o.position, true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, false
-   FROM readside.outbox o
-  ORDER BY o.txid DESC, o.position DESC LIMIT 1)`
+(SELECT b.txid, 0::bigint, true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, false
+   FROM bound b
+  WHERE EXISTS (SELECT 1 FROM readside.outbox o WHERE %so.txid >= b.txid))`
 
-// latestOfBucket is latestRow for one bucket, $%d: a segment's read is
-// held back only by rows of its own buckets.
-const latestOfBucket = `
+// heldAll is heldRow for a read of every bucket.
+const heldAll = `
 UNION ALL
-(SELECT o.txid, o.position, true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, false
-   FROM readside.outbox o
-  WHERE o.bucket = $%d::smallint
-  ORDER BY o.txid DESC, o.position DESC LIMIT 1)`
+(SELECT b.txid, 0::bigint, true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, false
+   FROM bound b
+  WHERE EXISTS (SELECT 1 FROM readside.outbox o WHERE o.txid >= b.txid))`
 
 // windowBound is the read bound of the statement's own snapshot, computed
 // once per statement (migration 012, readside_read_bound): rows of
@@ -160,8 +162,8 @@ WITH ` + windowBound + `, scan AS (
 // and the row that passes the budget is the batch's last), joins the
 // payloads of those that match, and (is_head) returns the last row of the
 // read window, which a segmented read moves to once it has read all of its
-// own rows, unless the budget cut the batch short (latestRow and
-// latestOfBucket follow it). There is
+// own rows, unless the budget cut the batch short (heldRow follows it).
+// There is
 // no final ORDER BY: sorting a thousand rows with their payloads cost more
 // than the rest of the statement (a 1M-row outbox: about 84 ms against 46
 // ms per batch, loaded machine), so Fetch puts them in read order itself.
@@ -223,9 +225,11 @@ func segmentFetchSQL(n int) string {
       LIMIT $3)`, 9+i)
 	}
 	b.WriteString(fetchTail)
-	for i := range bucketCount / n {
-		fmt.Fprintf(&b, latestOfBucket, 9+i)
+	params := make([]string, bucketCount/n)
+	for i := range params {
+		params[i] = fmt.Sprintf("$%d::smallint", 9+i)
 	}
+	fmt.Fprintf(&b, heldRow, "o.bucket IN ("+strings.Join(params, ", ")+") AND ")
 	v, _ := segmentSQL.LoadOrStore(n, b.String())
 	return v.(string)
 }
@@ -285,8 +289,8 @@ func Fetch(ctx context.Context, q Querier, after Cursor, limit int, f Filter) (*
 }
 
 // scanBatch reads the rows of a fetch statement: the window's rows (matched
-// or only passed over), for a segmented read the head row, and the last
-// committed row of the buckets read (latest). Rows come from the merged buckets in no global
+// or only passed over), for a segmented read the head row, and when rows
+// of the buckets read lie beyond the window, the read bound (latest). Rows come from the merged buckets in no global
 // order; they are put in read order here rather than by a sort over their
 // payloads in the server.
 func scanBatch(rows pgx.Rows, after Cursor) (b *Batch, head, latest *Cursor, err error) {
