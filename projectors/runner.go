@@ -34,17 +34,20 @@ type fetched struct {
 // fetched while the current one is applied. Batches in flight finish on a
 // soft stop (softCtx) and roll back on a hard one (hardCtx).
 func (w *Worker) runSegment(softCtx, hardCtx context.Context, s *segment) error {
-	s.held = false
+	s.held, s.retry = false, false
 	batch, err := w.fetchInSlot(hardCtx, s, s.cursor)
 	for {
 		if err != nil {
-			// Retry here: what was announced is read by no one else (the
-			// coordinator reruns a segment only when told to).
+			// What was announced is read by no one else: the coordinator
+			// runs the segment again (segment.retry), after the others
+			// queued meanwhile, so that a fetch failing at this cursor
+			// every time does not keep an executor from them, and a lease
+			// given back or lost in the meantime takes effect.
 			if err := w.transient(softCtx, s, "fetch", err); err != nil {
 				return err
 			}
-			batch, err = w.fetchInSlot(hardCtx, s, s.cursor)
-			continue
+			s.retry = true
+			return nil
 		}
 		if batch.Scanned == 0 && batch.Next == s.cursor {
 			s.retries, s.held = 0, batch.Held

@@ -340,9 +340,16 @@ type segment struct {
 	// when it ends, whatever the head the coordinator last read.
 	again bool
 	// held: the task's last fetch reached the end of the read window while
-	// committed rows lay beyond it (outbox.Batch.Held): the segment runs
-	// again at the head checks until the window has moved past its cursor.
-	held     bool
+	// committed rows of its buckets lay beyond it (outbox.Batch.Held): the
+	// segment runs again at the head checks until the window has moved
+	// past its cursor, and at the first notification of other buckets
+	// (heldKicked: the holder's commit moves the window; further ones,
+	// while the holder runs, would each cost a fetch for nothing).
+	held       bool
+	heldKicked bool
+	// retry: the task's fetch failed; run it again (after the backoff,
+	// taken in the task).
+	retry    bool
 	release  bool          // give the lease up when the current task ends
 	attempts map[int64]int // failures per event id (projection errors)
 	// parked is false while the segment has no parked dead letters, so that
@@ -634,8 +641,9 @@ func (c *coordinator) checkHead(all bool) {
 	}
 	for _, s := range c.segs {
 		// (s.running first: a running task writes s.held.)
-		if !s.running && (all || s.held) {
-			c.schedule(s)
+		if !s.running && (all || s.held) && (s.again || s.cursor.Less(c.head)) {
+			s.heldKicked = false // the window moved past it
+			c.start(s)
 		}
 	}
 }
@@ -661,7 +669,10 @@ func (c *coordinator) kick(named outbox.Buckets) {
 			if s.buckets()&named != 0 {
 				s.again = true
 			}
-		case s.buckets()&named != 0 || s.held:
+		case s.buckets()&named != 0:
+			c.start(s)
+		case s.held && !s.heldKicked:
+			s.heldKicked = true
 			c.start(s)
 		}
 	}
@@ -720,7 +731,7 @@ func (c *coordinator) finished(r taskResult) {
 		return
 	}
 	held := s.held // (before a new task writes it)
-	if r.err == nil && s.again {
+	if r.err == nil && (s.again || s.retry) {
 		c.start(s)
 	}
 	if r.err == nil && s.schema == "" {

@@ -136,7 +136,7 @@ var mutations = []mutation{
 	{
 		name: "bucket-targeted wake-up (a notification runs every segment)",
 		edits: []edit{{"projectors/worker.go",
-			"\t\tcase s.buckets()&named != 0 || s.held:",
+			"\t\tcase s.buckets()&named != 0:",
 			"\t\tcase true:"}},
 		checks: []check{{"./projectors/", "TestNotificationRunsOnlyItsSegments"}},
 	},
