@@ -640,20 +640,12 @@ func (c *coordinator) checkHead(all bool) {
 		c.behind = 0
 	}
 	for _, s := range c.segs {
-		// (s.running first: a running task writes s.held.)
+		// (s.running first: a running task writes s.held and s.cursor.)
 		if !s.running && (all || s.held) && (s.again || s.cursor.Less(c.head)) {
-			s.heldKicked = false // the window moved past it
+			s.heldKicked = false // it runs: a notification may rerun it once more
 			c.start(s)
 		}
 	}
-}
-
-func (c *coordinator) schedule(s *segment) {
-	// (s.running first: a running task writes s.cursor.)
-	if s.running || (!s.again && !s.cursor.Less(c.head)) {
-		return
-	}
-	c.start(s)
 }
 
 // kick starts every segment that reads one of the named buckets, or marks
