@@ -2,7 +2,6 @@ package outbox
 
 import (
 	"context"
-	"math/bits"
 	"strconv"
 	"time"
 
@@ -31,9 +30,6 @@ func SegmentBuckets(n, seg int) Buckets {
 	}
 	return m
 }
-
-// Count is how many buckets the set holds.
-func (m Buckets) Count() int { return bits.OnesCount64(uint64(m)) }
 
 // ParseBuckets reads a notification's payload: the buckets of the rows its
 // statement wrote, a 64-bit mask in hexadecimal (migration 018). An empty

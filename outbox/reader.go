@@ -114,23 +114,20 @@ const fetchSQL = fetchHistory + `
       LIMIT $3)` + fetchTail + heldAll
 
 // heldRow returns the read bound as a cursor (is_head and matched) when
-// committed rows lie at or beyond it, in the snapshot of the statement:
-// rows of the buckets the read takes (%s: "o.bucket IN (...) AND " for a
-// segment, "" for a read of every bucket), which a transaction below them
-// holds back (Batch.Held). One index probe per bucket, stopping at the
-// first row.
-const heldRow = `
+// committed rows lie at or beyond it in the statement's snapshot: rows of
+// the buckets the read takes, which a transaction below them holds back
+// (Batch.Held). A segment's read puts "o.bucket IN (...) AND " between
+// heldRow and heldTail (segmentFetchSQL); heldAll is the read of every
+// bucket. One index probe per bucket, stopping at the first row.
+const (
+	heldRow = `
 UNION ALL
 (SELECT b.txid, 0::bigint, true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, false
    FROM bound b
-  WHERE EXISTS (SELECT 1 FROM readside.outbox o WHERE %so.txid >= b.txid))`
-
-// heldAll is heldRow for a read of every bucket.
-const heldAll = `
-UNION ALL
-(SELECT b.txid, 0::bigint, true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, false
-   FROM bound b
-  WHERE EXISTS (SELECT 1 FROM readside.outbox o WHERE o.txid >= b.txid))`
+  WHERE EXISTS (SELECT 1 FROM readside.outbox o WHERE `
+	heldTail = `o.txid >= b.txid))`
+	heldAll  = heldRow + heldTail
+)
 
 // windowBound is the read bound of the statement's own snapshot, computed
 // once per statement (migration 012, readside_read_bound): rows of
@@ -229,7 +226,7 @@ func segmentFetchSQL(n int) string {
 	for i := range params {
 		params[i] = fmt.Sprintf("$%d::smallint", 9+i)
 	}
-	fmt.Fprintf(&b, heldRow, "o.bucket IN ("+strings.Join(params, ", ")+") AND ")
+	b.WriteString(heldRow + "o.bucket IN (" + strings.Join(params, ", ") + ") AND " + heldTail)
 	v, _ := segmentSQL.LoadOrStore(n, b.String())
 	return v.(string)
 }
@@ -273,7 +270,7 @@ func Fetch(ctx context.Context, q Querier, after Cursor, limit int, f Filter) (*
 		return nil, fmt.Errorf("fetch after %s: %w", after, err)
 	}
 	defer rows.Close()
-	b, head, latest, err := scanBatch(rows, after)
+	b, head, bound, err := scanBatch(rows, after)
 	if err != nil {
 		return nil, fmt.Errorf("fetch after %s: %w", after, err)
 	}
@@ -284,16 +281,16 @@ func Fetch(ctx context.Context, q Querier, after Cursor, limit int, f Filter) (*
 	if head != nil && b.Scanned < limit && b.Next.Less(*head) {
 		b.Next = *head
 	}
-	b.Held = b.Scanned < limit && !b.Cut && latest != nil && b.Next.Less(*latest)
+	b.Held = b.Scanned < limit && !b.Cut && bound != nil && b.Next.Less(*bound)
 	return b, nil
 }
 
 // scanBatch reads the rows of a fetch statement: the window's rows (matched
-// or only passed over), for a segmented read the head row, and when rows
-// of the buckets read lie beyond the window, the read bound (latest). Rows come from the merged buckets in no global
-// order; they are put in read order here rather than by a sort over their
-// payloads in the server.
-func scanBatch(rows pgx.Rows, after Cursor) (b *Batch, head, latest *Cursor, err error) {
+// or only passed over), for a segmented read the head row, and, when rows
+// of the buckets read lie beyond the window, the read bound (heldRow).
+// Rows come from the merged buckets in no global order; they are put in
+// read order here rather than by a sort over their payloads in the server.
+func scanBatch(rows pgx.Rows, after Cursor) (b *Batch, head, bound *Cursor, err error) {
 	b = &Batch{Next: after}
 	sorted := true
 	for rows.Next() {
@@ -305,9 +302,7 @@ func scanBatch(rows pgx.Rows, after Cursor) (b *Batch, head, latest *Cursor, err
 		c := e.Cursor
 		if isHead {
 			if matched {
-				if latest == nil || latest.Less(c) {
-					latest = &c
-				}
+				bound = &c
 			} else {
 				head = &c
 			}
@@ -329,12 +324,12 @@ func scanBatch(rows pgx.Rows, after Cursor) (b *Batch, head, latest *Cursor, err
 	if !sorted {
 		slices.SortFunc(b.Events, func(x, y Event) int { return x.Cursor.Compare(y.Cursor) })
 	}
-	return b, head, latest, nil
+	return b, head, bound, nil
 }
 
 // scanRow reads one row; matched is false for a row the filter passes over
 // (its event columns are NULL), isHead marks the head rows (matched: the
-// last committed one), and cut says that the byte budget cut the batch.
+// read bound of heldRow), and cut says that the byte budget cut the batch.
 func scanRow(rows pgx.Rows) (e Event, matched, isHead, cut bool, err error) {
 	var (
 		aggType, aggID, typ    *string

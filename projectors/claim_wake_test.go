@@ -26,15 +26,7 @@ func TestSegmentClaimedWhileTheWindowIsHeldRunsWhenItMoves(t *testing.T) {
 	setupRecorder(t, pool)
 	const n = 8
 	const ttl = 2 * time.Second
-	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec", segments: n}},
-		PollInterval: time.Hour, LeaseTTL: ttl})
-	eventually(t, 60*time.Second, "leases claimed", func() bool {
-		return count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner IS NOT NULL`) == n
-	})
-	eventually(t, 60*time.Second, "listening", func() bool {
-		return count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'listen%'`) == 1
-	})
-	time.Sleep(100 * time.Millisecond)
+	startSegmented(t, pool, pool, n, projectors.Config{LeaseTTL: ttl})
 	ids := aggregatesBySegment(t, pool, n)
 
 	// Segment 6 is paused: the worker forgets it and its lease runs out.

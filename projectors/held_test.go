@@ -31,34 +31,16 @@ func TestPersistentFetchErrorDoesNotStarveOtherSegments(t *testing.T) {
 	ctx := context.Background()
 	pool := pgtest.NewDB(t)
 	setupRecorder(t, pool)
-	_, err := pool.Exec(ctx, `CREATE SEQUENCE public.failures;
-CREATE OR REPLACE FUNCTION readside.readside_segment(aggregate_id text, n integer) RETURNS integer
-LANGUAGE plpgsql IMMUTABLE AS $$
-BEGIN
-    IF n <> 64 AND aggregate_id = 'poison' AND nextval('public.failures') > 0 THEN
-        RAISE EXCEPTION 'injected persistent fetch failure' USING ERRCODE = '57014';
-    END IF;
-    RETURN CASE WHEN n <= 1 THEN 0 ELSE (hashtext(aggregate_id) & 2147483647) % n END;
-END
-$$`)
-	require.NoError(t, err)
+	failFetches(t, pool, "poison", "> 0")
 	const n = 8
 	var healthy string
 	require.NoError(t, pool.QueryRow(ctx, `SELECT 'healthy-' || g FROM generate_series(1, 100) g
 		WHERE (hashtext('healthy-' || g) & 2147483647) % 8 <> (hashtext('poison') & 2147483647) % 8 LIMIT 1`).Scan(&healthy))
-	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec", segments: n}},
-		Concurrency: 1, PollInterval: time.Hour, LeaseTTL: 4 * time.Second,
+	startSegmented(t, pool, pool, n, projectors.Config{Concurrency: 1, LeaseTTL: 4 * time.Second,
 		RetryBackoff: 10 * time.Millisecond, MaxRetryBackoff: 200 * time.Millisecond})
-	eventually(t, 60*time.Second, "leases claimed", func() bool {
-		return count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner IS NOT NULL`) == n
-	})
-	eventually(t, 60*time.Second, "listening", func() bool {
-		return count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'listen%'`) == 1
-	})
-	time.Sleep(100 * time.Millisecond)
 	appendEvents(t, pool, "poison", 0, `{}`)
 	eventually(t, 10*time.Second, "the poison segment's fetch failed", func() bool {
-		return count(t, pool, `SELECT last_value FROM public.failures`) >= 1
+		return count(t, pool, `SELECT last_value FROM public.fetch_failures`) >= 1
 	})
 	appendEvents(t, pool, healthy, 0, `{}`)
 	eventually(t, 10*time.Second, "another segment's event applied while one segment's fetch keeps failing", func() bool {
@@ -115,14 +97,7 @@ func TestHeldSegmentsRerunPerNotification(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
 	const n = 8
-	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec", segments: n}},
-		PollInterval: time.Hour, LeaseTTL: 4 * time.Second})
-	eventually(t, 60*time.Second, "leases claimed", func() bool {
-		return count(t, base, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner IS NOT NULL`) == n
-	})
-	eventually(t, 60*time.Second, "listening", func() bool {
-		return count(t, base, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'listen%'`) == 1
-	})
+	startSegmented(t, base, pool, n, projectors.Config{LeaseTTL: 4 * time.Second})
 	// The long writer.
 	tx, err := base.Begin(ctx)
 	require.NoError(t, err)

@@ -3,6 +3,7 @@ package projectors_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -62,17 +63,7 @@ func TestNotificationRunsOnlyItsSegments(t *testing.T) {
 	pool := pgtest.NewDB(t)
 	setupRecorder(t, pool)
 	const n = 8
-	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec", segments: n}},
-		PollInterval: time.Hour, LeaseTTL: 4 * time.Second})
-	eventually(t, 60*time.Second, "leases claimed", func() bool {
-		return count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner IS NOT NULL`) == n
-	})
-	// The listener connects on its own, and runs every segment once it
-	// has (notifications sent before are lost): write after that.
-	eventually(t, 60*time.Second, "listening", func() bool {
-		return count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'listen%'`) == 1
-	})
-	time.Sleep(100 * time.Millisecond)
+	startSegmented(t, pool, pool, n, projectors.Config{LeaseTTL: 4 * time.Second})
 	before := cursors(t, pool, "rec")
 	id := aggregatesBySegment(t, pool, n)[5]
 	for i := range 5 {
@@ -109,11 +100,7 @@ func TestEventsHeldBackAreAppliedWhenTheHolderRollsBack(t *testing.T) {
 	pool := pgtest.NewDB(t)
 	setupRecorder(t, pool)
 	const n = 8
-	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "rec", segments: n}},
-		PollInterval: time.Hour, LeaseTTL: 4 * time.Second})
-	eventually(t, 60*time.Second, "leases claimed", func() bool {
-		return count(t, pool, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner IS NOT NULL`) == n
-	})
+	startSegmented(t, pool, pool, n, projectors.Config{LeaseTTL: 4 * time.Second})
 	ids := aggregatesBySegment(t, pool, n)
 	holder, err := pool.Begin(ctx)
 	require.NoError(t, err)
@@ -129,3 +116,46 @@ func TestEventsHeldBackAreAppliedWhenTheHolderRollsBack(t *testing.T) {
 		return count(t, pool, `SELECT count(*) FROM applied`) == 1
 	})
 }
+
+// startSegmented starts a worker on pool running the recorder "rec" in n
+// segments, with cfg's other settings (a one-hour poll when none), and
+// returns once it holds every segment and listens (db is for the test's own
+// queries). The listener connects on its own and then runs every segment
+// once (notifications sent before it listened are lost): tests write after
+// that.
+func startSegmented(t *testing.T, db, pool *pgxpool.Pool, n int, cfg projectors.Config) {
+	t.Helper()
+	cfg.Pool, cfg.Projections = pool, []projectors.Projection{&recorder{name: "rec", segments: n}}
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = time.Hour
+	}
+	startWorker(t, cfg)
+	eventually(t, 60*time.Second, "leases claimed", func() bool {
+		return count(t, db, `SELECT count(*) FROM readside.checkpoints WHERE lease_owner IS NOT NULL`) == n
+	})
+	eventually(t, 60*time.Second, "listening", func() bool {
+		return count(t, db, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'listen%'`) == 1
+	})
+	time.Sleep(100 * time.Millisecond)
+}
+
+// failFetches makes a segmented fetch that passes over aggregate id fail
+// with a query cancellation while `nextval('public.fetch_failures') when`
+// holds ("= 1": once; "> 0": every time). Buckets (readside_segment(id,
+// 64), computed at insert) are left as they were.
+func failFetches(t *testing.T, pool *pgxpool.Pool, id, when string) {
+	t.Helper()
+	_, err := pool.Exec(context.Background(), `CREATE SEQUENCE public.fetch_failures;
+CREATE OR REPLACE FUNCTION readside.readside_segment(aggregate_id text, n integer) RETURNS integer
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF n <> 64 AND aggregate_id = `+pgQuote(id)+` AND nextval('public.fetch_failures') `+when+` THEN
+        RAISE EXCEPTION 'injected fetch failure' USING ERRCODE = '57014';
+    END IF;
+    RETURN CASE WHEN n <= 1 THEN 0 ELSE (hashtext(aggregate_id) & 2147483647) % n END;
+END
+$$`)
+	require.NoError(t, err)
+}
+
+func pgQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

@@ -59,8 +59,7 @@ SELECT c.projection, c.segment, c.cursor_txid, c.cursor_position, c.high_txid, c
        coalesce(c.lease_owner IS NOT NULL AND c.lease_expires_at > now(), false)
   FROM readside.checkpoints c
   JOIN readside.projections p ON p.name = c.projection
- CROSS JOIN LATERAL (SELECT ARRAY(SELECT b::smallint FROM generate_series(0, 63) b
-                                   WHERE 64 % p.segments <> 0 OR b % p.segments = c.segment) AS buckets) s
+ CROSS JOIN LATERAL (SELECT `+segmentBucketsSQL+` AS buckets) s
  WHERE cardinality($1::text[]) = 0 OR c.projection = ANY ($1::text[])
  ORDER BY c.projection, c.segment`, names, LagCountCap)
 	if err != nil {

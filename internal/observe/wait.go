@@ -107,6 +107,12 @@ func (e *NotCaughtUpError) Unwrap() error { return e.Err }
 // head with nothing of their own to read. (A cursor behind the pruning
 // horizon is not passed that way: the rows after it are in the events
 // table.)
+// segmentBucketsSQL is the array of the outbox buckets segment c.segment
+// of projection p reads (outbox.SegmentBuckets): b % segments = segment,
+// every bucket when the count does not divide 64.
+const segmentBucketsSQL = `ARRAY(SELECT b::smallint FROM generate_series(0, 63) b
+                                WHERE 64 % p.segments <> 0 OR b % p.segments = c.segment)`
+
 const lagSQL = `
 SELECT n.name, p.name IS NOT NULL, c.segment, c.cursor_txid, c.cursor_position, c.status, coalesce(c.last_error, '')
   FROM unnest($1::text[]) WITH ORDINALITY AS n (name, ord)
@@ -117,8 +123,7 @@ SELECT n.name, p.name IS NOT NULL, c.segment, c.cursor_txid, c.cursor_position, 
              AND NOT EXISTS (SELECT 1 FROM readside.outbox_horizon h
                               WHERE (h.txid, h.position) > (c.cursor_txid, c.cursor_position))
              AND NOT EXISTS (SELECT 1 FROM readside.outbox o
-                              WHERE o.bucket = ANY (ARRAY(SELECT b::smallint FROM generate_series(0, 63) b
-                                                           WHERE 64 % p.segments <> 0 OR b % p.segments = c.segment))
+                              WHERE o.bucket = ANY (` + segmentBucketsSQL + `)
                                 AND (o.txid, o.position) > (c.cursor_txid, c.cursor_position)
                                 AND (o.txid, o.position) <= ($2::xid8, $3::bigint)))
  WHERE p.name IS NULL OR c.segment IS NOT NULL

@@ -143,8 +143,8 @@ var mutations = []mutation{
 	{
 		name: "held segments run again (a fetch that found the window held is not repeated)",
 		edits: []edit{{"outbox/reader.go",
-			"\tb.Held = b.Scanned < limit && !b.Cut && latest != nil && b.Next.Less(*latest)",
-			"\tb.Held = false && latest != nil"}},
+			"\tb.Held = b.Scanned < limit && !b.Cut && bound != nil && b.Next.Less(*bound)",
+			"\tb.Held = false && bound != nil"}},
 		checks: []check{{"./projectors/", "TestEventsHeldBackAreAppliedWhenTheHolderRollsBack"}},
 	},
 	{
