@@ -205,7 +205,8 @@ func TestAdoptBackfillYieldsToDDL(t *testing.T) {
 			}()
 			waitUntil(t, "the ALTER TABLE waits for the backfill's read", func() bool {
 				var waiting bool
-				require.NoError(t, app.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'app_events'::regclass AND NOT granted)`).Scan(&waiting))
+				require.NoError(t, app.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'app_events'::regclass AND NOT granted
+					AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))`).Scan(&waiting))
 				return waiting
 			})
 		case calls > 3 && p.Read < p.Total && !sawAltered:

@@ -74,7 +74,8 @@ func TestSIGTERMLetsTheBatchInFlightCommit(t *testing.T) {
 	_, err = projectortest.Lifecycles{Orders: 4, Writers: 1}.Generate(ctx, pool)
 	require.NoError(t, err)
 	waitFor("a batch waits for the lock", func() bool {
-		return count(`SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'readside.order_summary'::regclass`) > 0
+		return count(`SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'readside.order_summary'::regclass
+			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`) > 0
 	})
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
