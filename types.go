@@ -54,3 +54,14 @@ const (
 
 // UnsubscribedCountCap is up to where UnsubscribedType.Events counts.
 const UnsubscribedCountCap = observe.UnsubscribedCountCap
+
+// Errors WaitFor returns at once, without waiting: no wait could see the
+// token passed.
+var (
+	// ErrTokenBeyondHead: no transaction of the database has had the
+	// token's transaction id (a forged token, or one of another cluster).
+	ErrTokenBeyondHead = observe.ErrTokenBeyondHead
+	// ErrTokenRolledBack: the token's transaction rolled back, so the write
+	// it was given for never happened.
+	ErrTokenRolledBack = observe.ErrTokenRolledBack
+)

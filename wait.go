@@ -194,7 +194,10 @@ func (f *follower) next(completed bool, segs int, lag int64) Phase {
 // when an event of its buckets is announced). That means the write has
 // been applied to their read models (or parked as a dead letter). It polls
 // until ctx ends, then returns a *NotCaughtUpError naming the first
-// projection behind.
+// projection behind (Uncommitted when the token's transaction was still
+// open). A token of a transaction that rolled back, or that no transaction
+// had, is refused at once with an error wrapping ErrTokenRolledBack or
+// ErrTokenBeyondHead.
 func (c *Client) WaitFor(ctx context.Context, token outbox.Cursor, projections ...string) error {
 	return observe.WaitFor(ctx, c.db, token, projections...)
 }

@@ -31,8 +31,11 @@ type NotCaughtUpResponse struct {
 	Projection string `json:"projection"`
 	// Status is running (lagging: retry later), paused or failed (it will
 	// not catch up without an operator), or unregistered.
-	Status           string           `json:"status"`
-	ConsistencyToken string           `json:"consistency_token"`
+	Status           string `json:"status"`
+	ConsistencyToken string `json:"consistency_token"`
+	// TokenUncommitted: the transaction that wrote the token had not
+	// committed when the wait ended (a token is for after the commit).
+	TokenUncommitted bool             `json:"token_uncommitted,omitempty"`
 	Segments         []SegmentLagJSON `json:"segments,omitempty"`
 }
 
@@ -75,7 +78,7 @@ func (q *queries) awaitToken(w http.ResponseWriter, r *http.Request, projections
 	switch {
 	case err == nil:
 		return true
-	case errors.Is(err, observe.ErrTokenBeyondHead):
+	case errors.Is(err, observe.ErrTokenBeyondHead), errors.Is(err, observe.ErrTokenRolledBack):
 		// Waiting cannot help: answer at once, and without Retry-After.
 		WriteError(w, http.StatusBadRequest, err.Error())
 	case r.Context().Err() != nil:
@@ -87,6 +90,7 @@ func (q *queries) awaitToken(w http.ResponseWriter, r *http.Request, projections
 			Projection:       lag.Projection,
 			Status:           lag.Status(),
 			ConsistencyToken: token.String(),
+			TokenUncommitted: lag.Uncommitted,
 		}
 		for _, s := range lag.Behind {
 			res.Segments = append(res.Segments, SegmentLagJSON{Segment: s.Segment, Cursor: s.Cursor.String(), Status: string(s.Status)})

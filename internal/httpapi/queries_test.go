@@ -19,7 +19,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/aggregate"
+	"github.com/readside/readside/domain"
 	"github.com/readside/readside/internal/httpapi"
+	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
 	"github.com/readside/readside/projectors/orderdetails"
 	"github.com/readside/readside/projectors/orderstatistics"
@@ -484,6 +486,52 @@ func TestQueryErrorsDoNotEchoWholeInput(t *testing.T) {
 		require.Contains(t, []int{http.StatusBadRequest, http.StatusNotFound}, res.code, res.raw[:min(len(res.raw), 300)])
 		require.Less(t, len(res.raw), 1024, "%.80s...: %.300s", tc.path, res.raw)
 	}
+}
+
+// A token read before its write's transaction committed (an app that
+// hands it on from inside the transaction) is waited for, and the query
+// answers once the transaction has committed and been applied; its
+// transaction's rollback answers 400 at once (the write never happened),
+// and a wait that ends while it is still open says so in the 504.
+func TestTokenOfAnUncommittedWrite(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newQueryEnv(t, nil)
+	require.NoError(t, projectors.Register(ctx, e.pool, orderstatistics.New()))
+	write := func() (pgx.Tx, string) {
+		tx, err := e.pool.Begin(ctx)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = tx.Rollback(ctx) })
+		data, err := json.Marshal(&domain.OrderPlaced{OrderID: "open-1", CustomerName: "A", TotalAmount: 700, PlacedAt: time.Now(),
+			Items: []domain.OrderItem{{ProductID: "p-1", ProductName: "Pen", Quantity: 1, UnitPrice: 700}}})
+		require.NoError(t, err)
+		res, err := outbox.Append(ctx, tx, outbox.Aggregate{Type: domain.OrderAggregate, ID: "open-1"}, 0,
+			[]outbox.NewEvent{{Type: domain.OrderPlacedType, Data: data}})
+		require.NoError(t, err)
+		return tx, url.QueryEscape(res.Cursor().String())
+	}
+
+	tx, token := write()
+	res := e.get("/statistics?wait=300ms&consistency_token=" + token)
+	require.Equal(t, http.StatusGatewayTimeout, res.code, res.raw)
+	require.Equal(t, true, res.body["token_uncommitted"], res.raw)
+	require.Contains(t, res.body["error"], "has not committed")
+	require.NoError(t, tx.Rollback(ctx))
+	start := time.Now()
+	res = e.get("/statistics?wait=5s&consistency_token=" + token)
+	require.Equal(t, http.StatusBadRequest, res.code, res.raw)
+	require.Contains(t, res.body["error"], "rolled back")
+	require.Empty(t, res.header.Get("Retry-After"))
+	require.Less(t, time.Since(start), 2*time.Second, "at once")
+
+	tx, token = write()
+	done := make(chan response, 1)
+	go func() { done <- e.get("/statistics?wait=10s&consistency_token=" + token) }()
+	time.Sleep(200 * time.Millisecond)
+	require.NoError(t, tx.Commit(ctx))
+	startWorker(t, e.pool, orderstatistics.New())
+	res = <-done
+	require.Equal(t, http.StatusOK, res.code, res.raw)
 }
 
 // A token no write of this database can have issued (its transaction id

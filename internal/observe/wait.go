@@ -31,6 +31,11 @@ type NotCaughtUpError struct {
 	Registered bool
 	// Behind are the projection's segments whose cursor is before Token.
 	Behind []SegmentLag
+	// Uncommitted is true when the token's transaction had not committed
+	// yet when the wait ended: a token is for after its transaction
+	// commits (a writer that waits for its own write before committing
+	// waits for ever).
+	Uncommitted bool
 	// Err is why the wait ended: ctx.Err(), or the database error of the
 	// last poll.
 	Err error
@@ -74,8 +79,11 @@ func (e *NotCaughtUpError) Error() string {
 		b.WriteString(": it is not registered (no projector has run it yet), so it will not catch up until one does")
 		return b.String()
 	}
+	if e.Uncommitted {
+		b.WriteString(": the transaction that wrote it has not committed (a token is for after the commit: a writer that waits for its own write before committing waits for ever)")
+	}
 	for i, s := range e.Behind {
-		if i == 0 {
+		if i == 0 && !e.Uncommitted {
 			b.WriteString(": ")
 		} else {
 			b.WriteString("; ")
@@ -134,9 +142,64 @@ SELECT n.name, p.name IS NOT NULL, c.segment, c.cursor_txid, c.cursor_position, 
 // yet (a forged token, or one from another cluster).
 var ErrTokenBeyondHead = errors.New("beyond the log's head: no write of this database was given it")
 
-// headSQL tells whether a transaction id is one not assigned yet: at or
-// above the xmax of a current snapshot.
-const headSQL = `SELECT $1::xid8 >= pg_snapshot_xmax(pg_current_snapshot())`
+// ErrTokenRolledBack is WaitFor refusing a token whose transaction rolled
+// back: the write it was given for never happened, and no projection will
+// ever apply it.
+var ErrTokenRolledBack = errors.New("from a transaction that rolled back: the write it was given for never happened")
+
+// headSQL tells whether a transaction id is one not assigned yet (at or
+// above the xmax of a current snapshot) and, when it is not, its
+// transaction's status.
+const headSQL = `SELECT $1::xid8 >= pg_snapshot_xmax(pg_current_snapshot()),
+       CASE WHEN $1::xid8 < pg_snapshot_xmax(pg_current_snapshot()) THEN ` + statusSQL + ` END`
+
+// statusSQL is the status of the transaction whose id is $1: in progress,
+// committed or aborted; NULL when it is too old to tell (committed or
+// aborted long ago: the wait then goes by the checkpoints alone) or
+// invalid.
+const statusSQL = `pg_xact_status($1::xid8)`
+
+// inProgress is statusSQL's status of a transaction not ended yet.
+const inProgress = "in progress"
+
+// txStatus is the status of the token's transaction (statusSQL).
+func txStatus(ctx context.Context, db outbox.Querier, token outbox.Cursor) (string, error) {
+	var status *string
+	err := db.QueryRow(ctx, `SELECT `+statusSQL, token.TxID).Scan(&status)
+	if status == nil {
+		return "", err
+	}
+	return *status, err
+}
+
+// lockSQL tells whether the transaction whose id is $1 is open: every
+// transaction that has an id holds the lock on it until it ends.
+const lockSQL = `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks
+                 WHERE locktype = 'transactionid' AND transactionid = pg_catalog.xid($1::xid8))`
+
+// assigned looks again at a token that headSQL found at or above the
+// snapshot's xmax: it returns inProgress when its transaction holds its
+// lock, "" when no transaction has ever had that id, and otherwise
+// (ended between the two looks) the status it ended with.
+func assigned(ctx context.Context, db outbox.Querier, token outbox.Cursor) (string, error) {
+	var open bool
+	if err := db.QueryRow(ctx, lockSQL, token.TxID).Scan(&open); err != nil || open {
+		return inProgress, err
+	}
+	// Not open after the first look: either it has ended since, and a
+	// new snapshot's xmax is past it, or it never was.
+	var beyond bool
+	var status *string
+	if err := db.QueryRow(ctx, headSQL, token.TxID).Scan(&beyond, &status); err != nil || beyond || status == nil {
+		return "", err
+	}
+	return *status, nil
+}
+
+// rolledBack is the error for a token whose transaction rolled back.
+func rolledBack(token outbox.Cursor) error {
+	return fmt.Errorf("consistency token %s is %w", token, ErrTokenRolledBack)
+}
 
 // WaitFor returns nil once every segment of each named projection has
 // passed token (see lagSQL: its checkpoint is at or after the token, or it
@@ -153,27 +216,69 @@ func WaitFor(ctx context.Context, db outbox.Querier, token outbox.Cursor, projec
 		return nil
 	}
 	var beyond bool
-	if err := db.QueryRow(ctx, headSQL, token.TxID).Scan(&beyond); err != nil {
+	var status *string
+	if err := db.QueryRow(ctx, headSQL, token.TxID).Scan(&beyond, &status); err != nil {
 		if ctx.Err() != nil {
 			return notCaughtUp(nil, token, projections[0], ctx.Err())
 		}
 		return fmt.Errorf("wait for %s: %w", strings.Join(projections, ", "), err)
 	}
 	if beyond {
-		return fmt.Errorf("consistency token %s is %w", token, ErrTokenBeyondHead)
+		// Not completed when the snapshot was taken: a transaction still
+		// open (newer than every one that has ended), or no transaction.
+		st, err := assigned(ctx, db, token)
+		if err != nil {
+			if ctx.Err() != nil {
+				return notCaughtUp(nil, token, projections[0], ctx.Err())
+			}
+			return fmt.Errorf("wait for %s: %w", strings.Join(projections, ", "), err)
+		}
+		if st == "" {
+			return fmt.Errorf("consistency token %s is %w", token, ErrTokenBeyondHead)
+		}
+		status = &st
+	}
+	switch {
+	case status != nil && *status == "aborted":
+		return rolledBack(token)
+	}
+	// A token read before its transaction committed: the wait passes only
+	// once it has ended (the read window stops at it), and then it asks
+	// how, since a rollback leaves nothing for any projection to read.
+	open := status != nil && *status == inProgress
+	passed := func() error {
+		if !open {
+			return nil
+		}
+		status, err := txStatus(ctx, db, token)
+		switch {
+		case err != nil:
+			return fmt.Errorf("wait for %s: %w", strings.Join(projections, ", "), err)
+		case status == "aborted":
+			return rolledBack(token)
+		}
+		return nil
 	}
 	var last *NotCaughtUpError
 	// When the wait ends before any poll finished (a busy server), one
 	// more, briefly, says why rather than a guess.
 	final := func(cause error) error {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
 		if last == nil {
-			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			defer cancel()
 			lag, err := lagging(fctx, db, token, projections)
 			if err == nil && lag == nil {
-				return nil // caught up after all
+				return passed() // caught up after all
 			}
 			last = lag
+		}
+		if open {
+			switch status, err := txStatus(fctx, db, token); {
+			case err == nil && status == "aborted":
+				return rolledBack(token)
+			case err == nil && status == inProgress && last != nil:
+				last.Uncommitted = true
+			}
 		}
 		return notCaughtUp(last, token, projections[0], cause)
 	}
@@ -193,7 +298,7 @@ func WaitFor(ctx context.Context, db outbox.Querier, token outbox.Cursor, projec
 		case err != nil:
 			return fmt.Errorf("wait for %s: %w", strings.Join(projections, ", "), err)
 		case lag == nil:
-			return nil
+			return passed()
 		}
 		last = lag
 		timer.Reset(interval)

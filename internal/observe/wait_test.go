@@ -276,4 +276,92 @@ func TestWaitForWithTheDocumentedGrants(t *testing.T) {
 	long, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	require.NoError(t, observe.WaitFor(long, reader, token, "four"))
+
+	// A token of a transaction still open, and one rolled back, are told
+	// apart with the same grants (pg_locks, pg_xact_status).
+	tx, open := openWrite(t, pool, "b")
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	require.ErrorAs(t, observe.WaitFor(short, reader, open, "four"), &lag)
+	require.True(t, lag.Uncommitted)
+	require.NoError(t, tx.Rollback(ctx))
+	require.ErrorIs(t, observe.WaitFor(long, reader, open, "four"), observe.ErrTokenRolledBack)
+}
+
+// openWrite writes an event of aggregate Thing/id in a transaction it
+// leaves open, and returns the transaction and the write's token.
+func openWrite(t *testing.T, pool *pgxpool.Pool, id string) (pgx.Tx, outbox.Cursor) {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tx.Rollback(ctx) })
+	var c outbox.Cursor
+	require.NoError(t, tx.QueryRow(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
+		VALUES ('Thing', $1, 'Touched', '{}', 1) RETURNING txid, id`, id).Scan(&c.TxID, &c.Position))
+	return tx, c
+}
+
+// A token handed out before its transaction committed (read from the
+// INSERT's RETURNING) is waited for, never passed while the transaction is
+// open: not by a segment's cursor, not by the rule for segments with
+// nothing of their own to read. The wait that ends first says that the
+// transaction has not committed. Once it commits and is applied, the wait
+// passes.
+func TestWaitForTokenOfAnOpenTransaction(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	require.NoError(t, checkpoint.Register(ctx, pool, "one", 1, "park"))
+	require.NoError(t, checkpoint.Register(ctx, pool, "eight", 8, "park"))
+	tx, token := openWrite(t, pool, "a")
+
+	wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	err := observe.WaitFor(wctx, pool, token, "one", "eight")
+	var lag *observe.NotCaughtUpError
+	require.ErrorAs(t, err, &lag, "open: not passed")
+	require.True(t, lag.Uncommitted, "%v", err)
+	require.Contains(t, err.Error(), "has not committed")
+	require.False(t, lag.Stuck(), "it may still commit")
+
+	wctx, cancel = context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	err = observe.WaitFor(wctx, pool, token, "eight")
+	require.ErrorAs(t, err, &lag, "the segments without the row wait for the transaction too")
+	require.Len(t, lag.Behind, 8)
+
+	require.NoError(t, tx.Commit(ctx))
+	_, err = pool.Exec(ctx, `UPDATE readside.checkpoints SET cursor_txid = $1, cursor_position = $2`, token.TxID, token.Position)
+	require.NoError(t, err)
+	wctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	require.NoError(t, observe.WaitFor(wctx, pool, token, "one", "eight"), "committed and applied")
+}
+
+// A token whose transaction rolled back names a write that never happened:
+// WaitFor says so at once, also when the transaction was still open when
+// the wait began, rather than pass it (nothing to read) or time out.
+func TestWaitForTokenOfARolledBackTransaction(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewDB(t)
+	require.NoError(t, checkpoint.Register(ctx, pool, "one", 1, "park"))
+	require.NoError(t, checkpoint.Register(ctx, pool, "eight", 8, "park"))
+
+	tx, token := openWrite(t, pool, "a")
+	require.NoError(t, tx.Rollback(ctx))
+	start := time.Now()
+	err := observe.WaitFor(ctx, pool, token, "one", "eight")
+	require.ErrorIs(t, err, observe.ErrTokenRolledBack)
+	require.Less(t, time.Since(start), 5*time.Second, "at once")
+
+	tx, token = openWrite(t, pool, "b")
+	done := make(chan error, 1)
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	go func() { done <- observe.WaitFor(wctx, pool, token, "one", "eight") }()
+	time.Sleep(100 * time.Millisecond)
+	require.NoError(t, tx.Rollback(ctx))
+	require.ErrorIs(t, <-done, observe.ErrTokenRolledBack, "rolled back while waited for")
 }

@@ -155,6 +155,20 @@ var mutations = []mutation{
 		checks: []check{{"./internal/observe/", "TestWaitForSegmentsWithNothingToRead"}},
 	},
 	{
+		name: "WaitFor's look at an open transaction's lock (a token of a write not committed yet refused as beyond the head)",
+		edits: []edit{{"internal/observe/wait.go",
+			"if err := db.QueryRow(ctx, lockSQL, token.TxID).Scan(&open); err != nil || open {",
+			"if err := db.QueryRow(ctx, lockSQL, token.TxID).Scan(&open); err != nil || open && false {"}},
+		checks: []check{{"./internal/observe/", "TestWaitForTokenOfAnOpenTransaction"}},
+	},
+	{
+		name: "WaitFor's second look at a token open when the wait began (its rollback passed as applied)",
+		edits: []edit{{"internal/observe/wait.go",
+			"		case status == \"aborted\":\n			return rolledBack(token)\n		}\n		return nil",
+			"		case status == \"aborted\" && false:\n			return rolledBack(token)\n		}\n		return nil"}},
+		checks: []check{{"./internal/observe/", "TestWaitForTokenOfARolledBackTransaction"}},
+	},
+	{
 		name: "adopt's snapshot after the table lock (the backfill's snapshot taken before LOCK TABLE)",
 		edits: []edit{{"adopt/validate.go",
 			"fmt.Sprintf(`SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = 0; LOCK TABLE",
