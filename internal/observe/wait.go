@@ -75,19 +75,18 @@ func (e *NotCaughtUpError) Stuck() bool { return e.Status() != string(checkpoint
 func (e *NotCaughtUpError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "projection %s has not caught up with consistency token %s", e.Projection, e.Token)
+	sep := ": "
+	if e.Uncommitted {
+		b.WriteString(sep + "the transaction that wrote it has not committed (a token is for after the commit: a writer that waits for its own write before committing waits for ever)")
+		sep = "; "
+	}
 	if !e.Registered {
-		b.WriteString(": it is not registered (no projector has run it yet), so it will not catch up until one does")
+		b.WriteString(sep + "it is not registered (no projector has run it yet), so it will not catch up until one does")
 		return b.String()
 	}
-	if e.Uncommitted {
-		b.WriteString(": the transaction that wrote it has not committed (a token is for after the commit: a writer that waits for its own write before committing waits for ever)")
-	}
-	for i, s := range e.Behind {
-		if i == 0 && !e.Uncommitted {
-			b.WriteString(": ")
-		} else {
-			b.WriteString("; ")
-		}
+	for _, s := range e.Behind {
+		b.WriteString(sep)
+		sep = "; "
 		fmt.Fprintf(&b, "segment %d is at %s, %s", s.Segment, s.Cursor, s.Status)
 		switch s.Status {
 		case checkpoint.Paused:
@@ -173,8 +172,13 @@ func txStatus(ctx context.Context, db outbox.Querier, token outbox.Cursor) (stri
 }
 
 // lockSQL tells whether the transaction whose id is $1 is open: every
-// transaction that has an id holds the lock on it until it ends.
-const lockSQL = `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks
+// transaction that has an id holds the lock on it until it ends. The lock
+// names the 32-bit xid, without the epoch: only ids within 2^31 of the
+// snapshot's xmax can be running, and among those the low 32 bits are
+// unique (a token one epoch ahead of an open transaction is no
+// transaction's).
+const lockSQL = `SELECT $1::xid8::text::numeric < pg_snapshot_xmax(pg_current_snapshot())::text::numeric + 2147483648
+                  AND EXISTS (SELECT 1 FROM pg_catalog.pg_locks
                  WHERE locktype = 'transactionid' AND transactionid = pg_catalog.xid($1::xid8))`
 
 // assigned looks again at a token that headSQL found at or above the
@@ -238,26 +242,37 @@ func WaitFor(ctx context.Context, db outbox.Querier, token outbox.Cursor, projec
 		}
 		status = &st
 	}
-	switch {
-	case status != nil && *status == "aborted":
+	if status != nil && *status == "aborted" {
 		return rolledBack(token)
 	}
 	// A token read before its transaction committed: the wait passes only
-	// once it has ended (the read window stops at it), and then it asks
-	// how, since a rollback leaves nothing for any projection to read.
+	// once it has ended (the read window stops at it; a write rolled back
+	// to a savepoint no longer holds the window, so the status decides),
+	// and then it asks how, since a rollback leaves nothing for any
+	// projection to read.
 	open := status != nil && *status == inProgress
-	passed := func() error {
+	// passed reports whether the wait is over once the projections have
+	// passed the token: the poll saw them passed, so one more bounded
+	// look, even after ctx has ended.
+	passed := func() (bool, error) {
 		if !open {
-			return nil
+			return true, nil
 		}
-		status, err := txStatus(ctx, db, token)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		status, err := txStatus(sctx, db, token)
 		switch {
 		case err != nil:
-			return fmt.Errorf("wait for %s: %w", strings.Join(projections, ", "), err)
+			return true, fmt.Errorf("wait for %s: %w", strings.Join(projections, ", "), err)
 		case status == "aborted":
-			return rolledBack(token)
+			return true, rolledBack(token)
+		case status == inProgress:
+			// Passed by the read window while still open: its write was
+			// rolled back to a savepoint (its registration with it).
+			// Wait for the transaction itself.
+			return false, nil
 		}
-		return nil
+		return true, nil
 	}
 	var last *NotCaughtUpError
 	// When the wait ends before any poll finished (a busy server), one
@@ -268,7 +283,9 @@ func WaitFor(ctx context.Context, db outbox.Querier, token outbox.Cursor, projec
 		if last == nil {
 			lag, err := lagging(fctx, db, token, projections)
 			if err == nil && lag == nil {
-				return passed() // caught up after all
+				if done, err := passed(); done {
+					return err // caught up after all
+				}
 			}
 			last = lag
 		}
@@ -276,7 +293,10 @@ func WaitFor(ctx context.Context, db outbox.Querier, token outbox.Cursor, projec
 			switch status, err := txStatus(fctx, db, token); {
 			case err == nil && status == "aborted":
 				return rolledBack(token)
-			case err == nil && status == inProgress && last != nil:
+			case err == nil && status == inProgress:
+				if last == nil {
+					last = &NotCaughtUpError{Token: token, Projection: projections[0], Registered: true}
+				}
 				last.Uncommitted = true
 			}
 		}
@@ -298,7 +318,10 @@ func WaitFor(ctx context.Context, db outbox.Querier, token outbox.Cursor, projec
 		case err != nil:
 			return fmt.Errorf("wait for %s: %w", strings.Join(projections, ", "), err)
 		case lag == nil:
-			return passed()
+			if done, err := passed(); done {
+				return err
+			}
+			lag = &NotCaughtUpError{Token: token, Projection: projections[0], Registered: true}
 		}
 		last = lag
 		timer.Reset(interval)

@@ -164,9 +164,23 @@ var mutations = []mutation{
 	{
 		name: "WaitFor's second look at a token open when the wait began (its rollback passed as applied)",
 		edits: []edit{{"internal/observe/wait.go",
-			"		case status == \"aborted\":\n			return rolledBack(token)\n		}\n		return nil",
-			"		case status == \"aborted\" && false:\n			return rolledBack(token)\n		}\n		return nil"}},
+			"		case status == \"aborted\":\n			return true, rolledBack(token)",
+			"		case status == \"aborted\" && false:\n			return true, rolledBack(token)"}},
 		checks: []check{{"./internal/observe/", "TestWaitForTokenOfARolledBackTransaction"}},
+	},
+	{
+		name: "WaitFor's epoch guard on the transaction lock (a token one epoch ahead of an open transaction waited for)",
+		edits: []edit{{"internal/observe/wait.go",
+			"const lockSQL = `SELECT $1::xid8::text::numeric < pg_snapshot_xmax(pg_current_snapshot())::text::numeric + 2147483648",
+			"const lockSQL = `SELECT true"}},
+		checks: []check{{"./internal/observe/", "TestWaitForForgedTokenOneEpochAheadOfAnOpenTransaction"}},
+	},
+	{
+		name: "WaitFor waiting for an open transaction the read window passed (a write rolled back to a savepoint passed as applied)",
+		edits: []edit{{"internal/observe/wait.go",
+			"		case status == inProgress:\n			// Passed",
+			"		case status == inProgress && false:\n			// Passed"}},
+		checks: []check{{"./internal/observe/", "TestWaitForTokenOfAWriteRolledBackToASavepoint"}},
 	},
 	{
 		name: "adopt's snapshot after the table lock (the backfill's snapshot taken before LOCK TABLE)",
