@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/internal/checkpoint"
@@ -19,6 +20,33 @@ import (
 	"github.com/readside/readside/migrations"
 	"github.com/readside/readside/outbox"
 )
+
+// isolatedDB starts a disposable cluster, runs the given settings
+// statements (ALTER SYSTEM) and restarts it when there are any, and
+// returns a migrated database on it: for tests that need settings the
+// shared server may not have, or no other session's transactions.
+func isolatedDB(t *testing.T, settings ...string) *pgxpool.Pool {
+	t.Helper()
+	ctx := context.Background()
+	cl, err := pgtemp.Start(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cl.Stop() })
+	admin := pgtest.Pool(t, cl.URL)
+	for _, s := range settings {
+		_, err = admin.Exec(ctx, s)
+		require.NoError(t, err)
+	}
+	if len(settings) > 0 {
+		admin.Reset()
+		require.NoError(t, cl.Restart(ctx))
+	}
+	_, err = admin.Exec(ctx, `CREATE DATABASE isolated`)
+	require.NoError(t, err)
+	pool := pgtest.Pool(t, pgtest.WithDatabase(cl.URL, "isolated"))
+	_, err = migrations.Migrate(ctx, pool, migrations.Config{})
+	require.NoError(t, err)
+	return pool
+}
 
 // hookQuerier runs before(sql) ahead of every query it passes on.
 type hookQuerier struct {
@@ -173,7 +201,9 @@ func TestWaitForTokenOfAWriteRolledBackToASavepoint(t *testing.T) {
 func TestWaitForTokenEndingBetweenTheLooks(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := pgtest.NewDB(t)
+	// A cluster of its own: on a shared one, other tests' transactions end
+	// all the time, and the token's would seldom be the newest.
+	pool := isolatedDB(t)
 	require.NoError(t, checkpoint.Register(ctx, pool, "one", 1, "park"))
 	for _, c := range []struct {
 		at     string
@@ -229,21 +259,9 @@ func TestWaitForTokenEndingBetweenTheLooks(t *testing.T) {
 func TestWaitForTokenOfAPreparedTransaction(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	cl, err := pgtemp.Start(ctx)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = cl.Stop() })
-	admin := pgtest.Pool(t, cl.URL)
-	_, err = admin.Exec(ctx, `ALTER SYSTEM SET max_prepared_transactions = 8`)
-	require.NoError(t, err)
-	admin.Reset()
-	require.NoError(t, cl.Restart(ctx))
-	_, err = admin.Exec(ctx, `CREATE DATABASE prepared`)
-	require.NoError(t, err)
-	pool := pgtest.Pool(t, pgtest.WithDatabase(cl.URL, "prepared"))
-	_, err = migrations.Migrate(ctx, pool, migrations.Config{})
-	require.NoError(t, err)
+	pool := isolatedDB(t, `ALTER SYSTEM SET max_prepared_transactions = 8`)
 	require.NoError(t, checkpoint.Register(ctx, pool, "one", 1, "park"))
-	_, err = pool.Exec(ctx, `CREATE TABLE scratch (x text)`)
+	_, err := pool.Exec(ctx, `CREATE TABLE scratch (x text)`)
 	require.NoError(t, err)
 	prepare := func(id, gid string) outbox.Cursor {
 		conn, err := pool.Acquire(ctx)
