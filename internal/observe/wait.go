@@ -213,8 +213,11 @@ func rolledBack(token outbox.Cursor) error {
 // It polls until ctx ends, then returns a *NotCaughtUpError; ctx bounds the
 // wait. A projection being reset and replayed has moved its cursor back, so
 // tokens wait for the replay to pass them again rather than read a half-built
-// model. A token beyond the log's head is refused at once with an error
-// wrapping ErrTokenBeyondHead: no wait would ever see it passed.
+// model. A token beyond the log's head, or of a transaction that rolled
+// back, is refused at once with an error wrapping ErrTokenBeyondHead or
+// ErrTokenRolledBack: no wait would ever see it passed. A token of a
+// transaction still open is waited for until that transaction ends (the
+// NotCaughtUpError of a wait that ends first says Uncommitted).
 func WaitFor(ctx context.Context, db outbox.Querier, token outbox.Cursor, projections ...string) error {
 	if len(projections) == 0 {
 		return nil
