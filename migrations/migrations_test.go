@@ -144,3 +144,48 @@ func TestMigrateGivesWritersReadsideRegister(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, may(before), "revoked with the writer rights")
 }
+
+// Migration 019 declares readside_event_bytes STABLE. An index or a
+// generated column of the database's own that uses it would need it
+// IMMUTABLE (the running database would not notice; a restore of its dump
+// would fail): the migration refuses, naming it, and runs once it is gone.
+// A column default may use a STABLE function and is left alone.
+func TestMigrate019RefusesAnIndexOnTheEventSize(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := pgtest.NewEmptyDatabaseURL(t)
+	pool := pgtest.Pool(t, dbURL)
+	_, err := pool.Exec(ctx, `CREATE SCHEMA readside`)
+	require.NoError(t, err)
+	old := pgtest.Pool(t, withSearchPath(t, dbURL, "readside"))
+	_, err = old.Exec(ctx, `CREATE TABLE readside_migrations (version integer PRIMARY KEY, name text NOT NULL,
+		applied_at timestamptz NOT NULL DEFAULT now())`)
+	require.NoError(t, err)
+	for _, m := range migrations.All()[:18] {
+		_, err := old.Exec(ctx, m.SQL)
+		require.NoError(t, err, m.Name)
+		_, err = old.Exec(ctx, `INSERT INTO readside_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name)
+		require.NoError(t, err)
+	}
+	_, err = pool.Exec(ctx, `CREATE TABLE public.app_events (d jsonb, m jsonb,
+			sized bigint DEFAULT readside.readside_event_bytes('{}', '{}'));
+		CREATE INDEX app_events_size ON public.app_events (readside.readside_event_bytes(d, m))`)
+	require.NoError(t, err)
+	_, err = migrations.Migrate(ctx, pool, migrations.Config{})
+	require.ErrorContains(t, err, "index public.app_events_size uses readside_event_bytes")
+
+	_, err = pool.Exec(ctx, `DROP INDEX public.app_events_size;
+		ALTER TABLE public.app_events ADD COLUMN size bigint GENERATED ALWAYS AS (readside.readside_event_bytes(d, m)) STORED`)
+	require.NoError(t, err)
+	_, err = migrations.Migrate(ctx, pool, migrations.Config{})
+	require.ErrorContains(t, err, "column size of table public.app_events uses readside_event_bytes")
+
+	_, err = pool.Exec(ctx, `ALTER TABLE public.app_events DROP COLUMN size`)
+	require.NoError(t, err)
+	res, err := migrations.Migrate(ctx, pool, migrations.Config{})
+	require.NoError(t, err, "a default may use a STABLE function")
+	require.Equal(t, migrations.Latest(), res.Version)
+	var volatility string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT provolatile::text FROM pg_proc WHERE oid = 'readside.readside_event_bytes(jsonb, jsonb)'::regprocedure`).Scan(&volatility))
+	require.Equal(t, "s", volatility)
+}
