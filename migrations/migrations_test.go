@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/internal/pgtest"
@@ -59,21 +60,8 @@ func TestMigrateConcurrentlyAndAgain(t *testing.T) {
 func TestMigrateFrom009(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	dbURL := pgtest.NewEmptyDatabaseURL(t)
-	pool := pgtest.Pool(t, dbURL)
-	_, err := pool.Exec(ctx, `CREATE SCHEMA readside`)
-	require.NoError(t, err)
-	old := pgtest.Pool(t, withSearchPath(t, dbURL, "readside")) // how 009's binary ran them: unqualified
-	_, err = old.Exec(ctx, `CREATE TABLE readside_migrations (version integer PRIMARY KEY, name text NOT NULL,
-		applied_at timestamptz NOT NULL DEFAULT now())`)
-	require.NoError(t, err)
-	for _, m := range migrations.All()[:9] {
-		_, err := old.Exec(ctx, m.SQL)
-		require.NoError(t, err, m.Name)
-		_, err = old.Exec(ctx, `INSERT INTO readside_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name)
-		require.NoError(t, err)
-	}
-	_, err = old.Exec(ctx, `INSERT INTO projections (name, segments) VALUES ('p', 1);
+	pool, old := migratedTo(t, 9)
+	_, err := old.Exec(ctx, `INSERT INTO projections (name, segments) VALUES ('p', 1);
 		INSERT INTO dead_letters (projection, segment, event_id, txid, aggregate_type, aggregate_id, event_type, version, reason, error, status)
 		VALUES ('p', 0, 1, '1', 'Order', 'o1', 'OrderPlaced', 1, 'failed', 'boom', 'retrying')`)
 	require.NoError(t, err)
@@ -93,6 +81,29 @@ func TestMigrateFrom009(t *testing.T) {
 	require.Contains(t, def, "WHERE (status = 'parked'::text)")
 }
 
+// migratedTo returns an empty database migrated to version n the way an
+// older binary did it (unqualified, under readside's search_path): a pool
+// on it, and one with that search_path.
+func migratedTo(t *testing.T, n int) (pool, old *pgxpool.Pool) {
+	t.Helper()
+	ctx := context.Background()
+	dbURL := pgtest.NewEmptyDatabaseURL(t)
+	pool = pgtest.Pool(t, dbURL)
+	_, err := pool.Exec(ctx, `CREATE SCHEMA readside`)
+	require.NoError(t, err)
+	old = pgtest.Pool(t, withSearchPath(t, dbURL, "readside"))
+	_, err = old.Exec(ctx, `CREATE TABLE readside_migrations (version integer PRIMARY KEY, name text NOT NULL,
+		applied_at timestamptz NOT NULL DEFAULT now())`)
+	require.NoError(t, err)
+	for _, m := range migrations.All()[:n] {
+		_, err := old.Exec(ctx, m.SQL)
+		require.NoError(t, err, m.Name)
+		_, err = old.Exec(ctx, `INSERT INTO readside_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name)
+		require.NoError(t, err)
+	}
+	return pool, old
+}
+
 func withSearchPath(t *testing.T, rawURL, path string) string {
 	t.Helper()
 	u, err := url.Parse(rawURL)
@@ -109,22 +120,9 @@ func withSearchPath(t *testing.T, rawURL, path string) string {
 func TestMigrateGivesWritersReadsideRegister(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	dbURL := pgtest.NewEmptyDatabaseURL(t)
-	pool := pgtest.Pool(t, dbURL)
-	_, err := pool.Exec(ctx, `CREATE SCHEMA readside`)
-	require.NoError(t, err)
-	old := pgtest.Pool(t, withSearchPath(t, dbURL, "readside"))
-	_, err = old.Exec(ctx, `CREATE TABLE readside_migrations (version integer PRIMARY KEY, name text NOT NULL,
-		applied_at timestamptz NOT NULL DEFAULT now())`)
-	require.NoError(t, err)
-	for _, m := range migrations.All()[:11] {
-		_, err := old.Exec(ctx, m.SQL)
-		require.NoError(t, err, m.Name)
-		_, err = old.Exec(ctx, `INSERT INTO readside_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name)
-		require.NoError(t, err)
-	}
+	pool, _ := migratedTo(t, 11)
 	before, after := pgtest.NewRole(t, "NOLOGIN", pool), pgtest.NewRole(t, "NOLOGIN", pool)
-	_, err = pool.Exec(ctx, `SELECT readside.readside_grant_writer($1::regrole)`, before)
+	_, err := pool.Exec(ctx, `SELECT readside.readside_grant_writer($1::regrole)`, before)
 	require.NoError(t, err)
 
 	_, err = migrations.Migrate(ctx, pool, migrations.Config{})
@@ -153,21 +151,8 @@ func TestMigrateGivesWritersReadsideRegister(t *testing.T) {
 func TestMigrate019RefusesAnIndexOnTheEventSize(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	dbURL := pgtest.NewEmptyDatabaseURL(t)
-	pool := pgtest.Pool(t, dbURL)
-	_, err := pool.Exec(ctx, `CREATE SCHEMA readside`)
-	require.NoError(t, err)
-	old := pgtest.Pool(t, withSearchPath(t, dbURL, "readside"))
-	_, err = old.Exec(ctx, `CREATE TABLE readside_migrations (version integer PRIMARY KEY, name text NOT NULL,
-		applied_at timestamptz NOT NULL DEFAULT now())`)
-	require.NoError(t, err)
-	for _, m := range migrations.All()[:18] {
-		_, err := old.Exec(ctx, m.SQL)
-		require.NoError(t, err, m.Name)
-		_, err = old.Exec(ctx, `INSERT INTO readside_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name)
-		require.NoError(t, err)
-	}
-	_, err = pool.Exec(ctx, `CREATE TABLE public.app_events (d jsonb, m jsonb,
+	pool, _ := migratedTo(t, 18)
+	_, err := pool.Exec(ctx, `CREATE TABLE public.app_events (d jsonb, m jsonb,
 			sized bigint DEFAULT readside.readside_event_bytes('{}', '{}'));
 		CREATE INDEX app_events_size ON public.app_events (readside.readside_event_bytes(d, m))`)
 	require.NoError(t, err)
