@@ -302,6 +302,19 @@ func openWrite(t *testing.T, pool *pgxpool.Pool, id string) (pgx.Tx, outbox.Curs
 	return tx, c
 }
 
+// waitWhile runs WaitFor for token and, once it is under way, end (which
+// ends the token's transaction), and returns what WaitFor returned.
+func waitWhile(t *testing.T, pool *pgxpool.Pool, token outbox.Cursor, end func() error, projections ...string) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- observe.WaitFor(ctx, pool, token, projections...) }()
+	time.Sleep(100 * time.Millisecond)
+	require.NoError(t, end())
+	return <-done
+}
+
 // A token handed out before its transaction committed (read from the
 // INSERT's RETURNING) is waited for, never passed while the transaction is
 // open: not by a segment's cursor, not by the rule for segments with
@@ -357,11 +370,6 @@ func TestWaitForTokenOfARolledBackTransaction(t *testing.T) {
 	require.Less(t, time.Since(start), 5*time.Second, "at once")
 
 	tx, token = openWrite(t, pool, "b")
-	done := make(chan error, 1)
-	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	go func() { done <- observe.WaitFor(wctx, pool, token, "one", "eight") }()
-	time.Sleep(100 * time.Millisecond)
-	require.NoError(t, tx.Rollback(ctx))
-	require.ErrorIs(t, <-done, observe.ErrTokenRolledBack, "rolled back while waited for")
+	err = waitWhile(t, pool, token, func() error { return tx.Rollback(ctx) }, "one", "eight")
+	require.ErrorIs(t, err, observe.ErrTokenRolledBack, "rolled back while waited for")
 }
