@@ -40,12 +40,7 @@ func TestSegmentClaimedWhileTheWindowIsHeldRunsWhenItMoves(t *testing.T) {
 
 	// An older event writer holds the window; an event of segment 6 commits
 	// behind it and is announced while nobody holds segment 6.
-	holder, err := pool.Begin(ctx)
-	require.NoError(t, err)
-	defer func() { _ = holder.Rollback(ctx) }()
-	_, err = holder.Exec(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
-		VALUES ('Thing', $1, 'Touched', '{}', 1)`, ids[2])
-	require.NoError(t, err)
+	holder := holdWindow(t, pool, ids[2])
 	appendEvents(t, pool, ids[6], 0, `{}`)
 	time.Sleep(100 * time.Millisecond)
 

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
@@ -23,6 +24,21 @@ func segmentOf(t *testing.T, pool *pgxpool.Pool, id string, n int) int {
 	var b int
 	require.NoError(t, pool.QueryRow(context.Background(), `SELECT readside.readside_segment($1, 64)`, id).Scan(&b))
 	return b % n
+}
+
+// holdWindow writes an event of aggregate Thing/id in a transaction it
+// leaves open (rolled back when the test ends): an event writer holding
+// the read window.
+func holdWindow(t *testing.T, pool *pgxpool.Pool, id string) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	holder, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = holder.Rollback(ctx) })
+	_, err = holder.Exec(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
+		VALUES ('Thing', $1, 'Touched', '{}', 1)`, id)
+	require.NoError(t, err)
+	return holder
 }
 
 // aggregatesBySegment returns an aggregate id read by each segment of n.
@@ -102,12 +118,7 @@ func TestEventsHeldBackAreAppliedWhenTheHolderRollsBack(t *testing.T) {
 	const n = 8
 	startSegmented(t, pool, pool, n, projectors.Config{LeaseTTL: 4 * time.Second})
 	ids := aggregatesBySegment(t, pool, n)
-	holder, err := pool.Begin(ctx)
-	require.NoError(t, err)
-	defer func() { _ = holder.Rollback(ctx) }()
-	_, err = holder.Exec(ctx, `INSERT INTO readside.events (aggregate_type, aggregate_id, event_type, event_data, version)
-		VALUES ('Thing', $1, 'Touched', '{}', 1)`, ids[2])
-	require.NoError(t, err)
+	holder := holdWindow(t, pool, ids[2])
 	appendEvents(t, pool, ids[6], 0, `{}`)
 	time.Sleep(300 * time.Millisecond) // segment 6 ran and found the window held
 	require.Equal(t, 0, count(t, pool, `SELECT count(*) FROM applied`), "held back behind the open writer")
