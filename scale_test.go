@@ -12,7 +12,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside"
+	"github.com/readside/readside/internal/checkpoint"
 	"github.com/readside/readside/internal/control"
+	"github.com/readside/readside/internal/deadletter"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
@@ -232,4 +234,56 @@ func ship(t *testing.T, pool *pgxpool.Pool, prefix string, n int) outbox.Cursor 
 		}))
 	}
 	return last
+}
+
+// A scale that comes while a batch of the projection is in flight, and the
+// batch parks an event after the scale has locked the projection's registry
+// row: dead_letters references that row, so the park takes its key-share
+// lock, while the scale waits for the batch's checkpoint row. The statements
+// are the worker's, in its order (the fenced checkpoint UPDATE first, then
+// the park). The scale must wait for the batch, which commits, instead of
+// one of them dying as a deadlock victim (found by make model: 40P01 from
+// ScaleCheckpoints while a run parked a poisoned event).
+func TestScaleWhileABatchParks(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool := pgtest.NewDB(t)
+	require.NoError(t, checkpoint.Register(ctx, pool, "p", 1, "park"))
+	head := ship(t, pool, "a", 3)
+	claimed, err := checkpoint.ClaimSegments(ctx, pool, "w1", []checkpoint.Segment{{Projection: "p"}}, time.Minute)
+	require.NoError(t, err)
+	require.Len(t, claimed, 1)
+	l := checkpoint.Lease{Projection: "p", Owner: "w1", Epoch: claimed[0].LeaseEpoch}
+
+	batch, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = batch.Rollback(ctx) }()
+	require.NoError(t, checkpoint.Advance(ctx, batch, l, outbox.Start, head, 2))
+
+	scaled := make(chan error, 1)
+	go func() {
+		_, err := control.ScaleCheckpoints(ctx, pool, "p", 2)
+		scaled <- err
+	}()
+	// The scale holds the registry row and waits for the batch's checkpoint.
+	require.Eventually(t, func() bool {
+		var waiting bool
+		require.NoError(t, pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+			WHERE NOT l.granted AND d.datname = current_database())
+			OR EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock')`).Scan(&waiting))
+		return waiting
+	}, 20*time.Second, 5*time.Millisecond)
+
+	bad := outbox.Event{Cursor: head, AggregateType: "Order", AggregateID: "a-2", Type: "OrderShipped", Version: 1}
+	require.NoError(t, deadletter.Park(ctx, batch, deadletter.Parking{Projection: "p", Segment: 0, Reason: "failed", Error: "boom", Attempts: 1},
+		[]outbox.Event{bad}))
+	require.NoError(t, batch.Commit(ctx))
+	require.NoError(t, <-scaled)
+
+	// The dead letter moved to its aggregate's segment of the new split.
+	var segment, want int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT segment, readside.readside_segment('a-2', 2) FROM readside.dead_letters WHERE event_id = $1`,
+		head.Position).Scan(&segment, &want))
+	require.Equal(t, want, segment)
 }

@@ -98,8 +98,15 @@ func Scale(ctx context.Context, tx DB, projection string, n int) (ScaleResult, e
 // LockProjection takes projection's registry row lock for a change of its
 // split, in the caller's transaction: Register and RegisterShadow (a
 // rebuild starting) wait for it, and it waits for them.
+//
+// FOR NO KEY UPDATE, not FOR UPDATE: a row that references the projection
+// (a dead letter parked by a batch in flight) takes the key-share lock
+// that FOR UPDATE would refuse it, and that batch already holds the
+// checkpoint row the scale waits for next: a deadlock, one of the two
+// aborted (40P01). The name never changes under it, so the weaker lock
+// keeps out all it must (the updates, SELECT ... FOR SHARE).
 func LockProjection(ctx context.Context, tx DB, projection string) error {
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM readside.projections WHERE name = $1 FOR UPDATE`, projection); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM readside.projections WHERE name = $1 FOR NO KEY UPDATE`, projection); err != nil {
 		return fmt.Errorf("lock %s: %w", projection, err)
 	}
 	return nil

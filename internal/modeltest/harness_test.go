@@ -311,10 +311,28 @@ func (h *harness) passFence() {
 	_, err := h.pool.Exec(h.ctx, `SELECT pg_current_xact_id()`)
 	require.NoError(h.t, err)
 	for deadline := time.Now().Add(30 * time.Second); h.fence() <= top; time.Sleep(10 * time.Millisecond) {
-		require.True(h.t, time.Now().Before(deadline), "the read fence did not pass xid %d", top)
+		require.True(h.t, time.Now().Before(deadline), "the read fence did not pass xid %d: %s", top, h.fenceState())
 		_, err := outbox.ReadHead(h.ctx, h.pool)
 		require.NoError(h.t, err)
 	}
+}
+
+// fenceState describes the read fence's sequences, the advancing lock's
+// holder and the sessions of the database, for a fence that stands still.
+func (h *harness) fenceState() string {
+	var out string
+	err := h.pool.QueryRow(h.ctx, `SELECT format('fence %s, pending %s, pending_at %s µs ago, xmax %s; lock holders %s; sessions %s',
+		pg_sequence_last_value('readside.read_fence'), pg_sequence_last_value('readside.read_fence_pending'),
+		(extract(epoch FROM clock_timestamp()) * 1000000)::bigint - pg_sequence_last_value('readside.read_fence_pending_at'),
+		pg_snapshot_xmax(pg_current_snapshot()),
+		(SELECT string_agg(pid::text || ' ' || mode || ' ' || granted, '; ') FROM pg_locks
+		  WHERE locktype = 'advisory' AND classid = 1920168548 AND objid = 0),
+		(SELECT string_agg(format('%s %s xid %s xmin %s: %s', pid, state, backend_xid, backend_xmin, left(query, 80)), ' | ')
+		   FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()))`).Scan(&out)
+	if err != nil {
+		return err.Error()
+	}
+	return out
 }
 
 func (h *harness) end(i int, how string) {

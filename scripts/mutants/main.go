@@ -183,6 +183,13 @@ var mutations = []mutation{
 		checks: []check{{"./internal/observe/", "TestWaitForTokenOfAWriteRolledBackToASavepoint"}},
 	},
 	{
+		name: "scale's registry row lock (FOR UPDATE: a batch parking behind it deadlocks with the scale)",
+		edits: []edit{{"internal/checkpoint/scale.go",
+			"WHERE name = $1 FOR NO KEY UPDATE`",
+			"WHERE name = $1 FOR UPDATE`"}},
+		checks: []check{{".", "TestScaleWhileABatchParks"}},
+	},
+	{
 		name: "adopt's snapshot after the table lock (the backfill's snapshot taken before LOCK TABLE)",
 		edits: []edit{{"adopt/validate.go",
 			"fmt.Sprintf(`SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = 0; LOCK TABLE",
