@@ -146,7 +146,7 @@ func TestDeadLetterResolvedBeforeReread(t *testing.T) {
 			}()
 			eventually(t, 10*time.Second, "the pause waits for the runner's row lock", func() bool {
 				return count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
-					AND query LIKE 'UPDATE readside.checkpoints SET status%'`) == 1
+					AND query LIKE '%UPDATE readside.checkpoints c SET status%'`) == 1
 			})
 			close(proceed)
 			require.NoError(t, <-paused)

@@ -50,7 +50,7 @@ func TestRetryRacingDiscardOfSameDeadLetter(t *testing.T) {
 				}
 				var waiting int
 				if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
-					AND query LIKE 'UPDATE readside.dead_letters SET status = ''discarded''%'`).Scan(&waiting); err == nil && waiting > 0 {
+					AND query LIKE '%UPDATE readside.dead_letters d SET status = ''discarded''%'`).Scan(&waiting); err == nil && waiting > 0 {
 					return // the discard waits for the retry
 				}
 				time.Sleep(10 * time.Millisecond)

@@ -175,8 +175,18 @@ func SetStatus(ctx context.Context, db DB, projection string, status Status) (in
 	default:
 		return 0, fmt.Errorf("set status: %q is not paused or running", status)
 	}
-	tag, err := db.Exec(ctx, `UPDATE readside.checkpoints SET status = $2, last_error = CASE WHEN $2 = 'running' THEN NULL ELSE last_error END,
-		updated_at = now() WHERE projection = $1 AND status = ANY ($3::text[])`, projection, status, from)
+	// The rows are locked in segment order first, as every operation
+	// that locks all of a projection's checkpoints does
+	// (LockForOperation, Scale): an UPDATE alone locks them in the order
+	// its scan meets them (their heap order), and could hold one segment
+	// while it waits for another that a reset or a scale holds, waiting
+	// for the first.
+	tag, err := db.Exec(ctx, `WITH locked AS MATERIALIZED (
+    SELECT segment FROM readside.checkpoints WHERE projection = $1 ORDER BY segment FOR UPDATE
+)
+UPDATE readside.checkpoints c SET status = $2, last_error = CASE WHEN $2 = 'running' THEN NULL ELSE c.last_error END,
+       updated_at = now()
+  FROM locked l WHERE c.projection = $1 AND c.segment = l.segment AND c.status = ANY ($3::text[])`, projection, status, from)
 	if err != nil {
 		return 0, fmt.Errorf("set status %s: %w", projection, err)
 	}

@@ -57,8 +57,13 @@ func Heartbeat(ctx context.Context, db DB, m Member) ([]Member, error) {
 // Leave deletes a worker's heartbeat and releases all of its leases, for a
 // clean stop: the segments can be claimed at once instead of after the TTL.
 func Leave(ctx context.Context, db DB, id string) error {
-	if _, err := db.Exec(ctx, `UPDATE readside.checkpoints SET lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-		WHERE lease_owner = $1`, id); err != nil {
+	// Locked in (projection, segment) order first, as an operation on a
+	// projection locks its checkpoints (see SetStatus).
+	if _, err := db.Exec(ctx, `WITH locked AS MATERIALIZED (
+    SELECT projection, segment FROM readside.checkpoints WHERE lease_owner = $1 ORDER BY projection, segment FOR UPDATE
+)
+UPDATE readside.checkpoints c SET lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+  FROM locked l WHERE c.projection = l.projection AND c.segment = l.segment AND c.lease_owner = $1`, id); err != nil {
 		return fmt.Errorf("leave %s: %w", id, err)
 	}
 	if _, err := db.Exec(ctx, `DELETE FROM readside.workers WHERE id = $1`, id); err != nil {

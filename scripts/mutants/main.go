@@ -190,6 +190,33 @@ var mutations = []mutation{
 		checks: []check{{".", "TestScaleWhileABatchParks"}},
 	},
 	{
+		name: "pause's lock order (SetStatus locks the checkpoints in heap order: a deadlock with a scale or reset waiting for a batch)",
+		edits: []edit{{"internal/checkpoint/checkpoint.go",
+			"WHERE projection = $1 ORDER BY segment FOR UPDATE\n)",
+			"WHERE projection = $1 ORDER BY segment\n)"}},
+		checks: []check{{".", "TestPauseWhileAScaleWaitsForABatch"}},
+	},
+	{
+		name: "leave's lock order (a stopping worker frees its leases in heap order: a deadlock with a reset waiting for a retry)",
+		edits: []edit{{"internal/checkpoint/lease.go",
+			"`WITH locked AS MATERIALIZED (\n    SELECT projection, segment FROM readside.checkpoints WHERE lease_owner = $1 ORDER BY projection, segment FOR UPDATE\n)\n" +
+				"UPDATE readside.checkpoints c SET lease_owner = NULL, lease_expires_at = NULL, updated_at = now()\n" +
+				"  FROM locked l WHERE c.projection = l.projection AND c.segment = l.segment AND c.lease_owner = $1`",
+			"`UPDATE readside.checkpoints SET lease_owner = NULL, lease_expires_at = NULL, updated_at = now() WHERE lease_owner = $1`"}},
+		checks: []check{{".", "TestLeaveWhileAResetWaitsForARetry"}},
+	},
+	{
+		name: "discard's lock order (dead letters discarded in heap order: a deadlock with a repair)",
+		edits: []edit{{"internal/deadletter/deadletter.go",
+			"`WITH locked AS MATERIALIZED (\n    SELECT id FROM readside.dead_letters\n     WHERE status = 'parked'",
+			"`UPDATE readside.dead_letters SET status = 'discarded', resolved_at = now() WHERE status = 'parked'"}, {
+			"internal/deadletter/deadletter.go",
+			"     ORDER BY projection, aggregate_type COLLATE \"C\", aggregate_id COLLATE \"C\", version\n       FOR UPDATE\n)\n" +
+				"UPDATE readside.dead_letters d SET status = 'discarded', resolved_at = now()\n  FROM locked l WHERE d.id = l.id AND d.status = 'parked'`",
+			"`"}},
+		checks: []check{{".", "TestDiscardWhileARepairWorks"}},
+	},
+	{
 		name: "adopt's snapshot after the table lock (the backfill's snapshot taken before LOCK TABLE)",
 		edits: []edit{{"adopt/validate.go",
 			"fmt.Sprintf(`SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = 0; LOCK TABLE",
