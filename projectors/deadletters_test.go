@@ -131,8 +131,13 @@ func TestDeadLetterResolvedBeforeReread(t *testing.T) {
 				}
 			}}
 			appendEvents(t, pool, "B", 0, `{"poison": true}`)
+			// The backoff before attempt 2 gives the pause, which waits for
+			// attempt 1's row lock, time to take the row: a row lock's
+			// waiter is not first in line for the row's next version, and
+			// on a loaded machine attempt 2 (after a millisecond) took it
+			// first, parked C1, and the discard then discarded it too.
 			startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{c}, MaxAttempts: 2,
-				RetryBackoff: time.Millisecond, PollInterval: 20 * time.Millisecond, LeaseTTL: 2 * time.Second})
+				RetryBackoff: time.Second, PollInterval: 20 * time.Millisecond, LeaseTTL: 2 * time.Second})
 			eventually(t, 20*time.Second, "B1 parked", func() bool {
 				return count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE aggregate_id = 'B' AND reason = 'failed'`) == 1
 			})
