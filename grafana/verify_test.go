@@ -547,20 +547,31 @@ func (p *promAPI) query(ctx context.Context, expr string) ([]sample, error) {
 	return nil, fmt.Errorf("unexpected result type %q", data.ResultType)
 }
 
+// errNoData: a query found no series.
+var errNoData = errors.New("no data")
+
 func (p *promAPI) nonEmpty(ctx context.Context, expr string) ([]sample, error) {
 	res, err := p.query(ctx, expr)
 	if err != nil {
 		return nil, err
 	}
 	if len(res) == 0 {
-		return nil, errors.New("no data")
+		return nil, errNoData
 	}
 	return res, nil
 }
 
+// scalar is expr's first value. A scrape that failed (a process slow to
+// answer on a loaded machine, past the 1 s scrape timeout) marks its
+// series stale until the next one: a series missing is asked for again
+// for a while.
 func (p *promAPI) scalar(t *testing.T, expr string) float64 {
 	t.Helper()
 	res, err := p.nonEmpty(t.Context(), expr)
+	for deadline := time.Now().Add(15 * time.Second); errors.Is(err, errNoData) && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+		res, err = p.nonEmpty(t.Context(), expr)
+	}
 	require.NoError(t, err, expr)
 	s, _ := res[0].Value[1].(string)
 	v, err := strconv.ParseFloat(s, 64)
