@@ -129,11 +129,13 @@ func appendEvent(t *testing.T, pool *pgxpool.Pool, aggType, id string) outbox.Ev
 // A repair of every parked aggregate of a projection with two aggregate
 // types marks their dead letters retried one aggregate type at a time
 // (Order, then Product), in one transaction; a discard of the projection's
-// parked dead letters marks them in the order its scan meets them, which
-// is the order they were parked in (here the Product event first). The
-// discard comes while the repair works on Product: it takes the Product
-// dead letter and waits for the Order one, which the repair holds; the
-// repair then marks the Product one. Both must finish, neither a deadlock
+// parked dead letters used to mark them in the order its scan met them,
+// the order they were parked in (here the Product event first). The
+// discard comes while the repair works on Product: it took the Product
+// dead letter and waited for the Order one, which the repair holds; the
+// repair then marked the Product one: a deadlock. The discard now locks
+// the projection's checkpoints first, as the repair did, and waits for it
+// (control.DiscardDeadLetters). Both must finish, neither a deadlock
 // victim, and the repair in one attempt.
 func TestDiscardWhileARepairWorks(t *testing.T) {
 	t.Parallel()
@@ -176,7 +178,7 @@ func TestDiscardWhileARepairWorks(t *testing.T) {
 	}
 	discarded := make(chan error, 1)
 	go func() {
-		_, err := deadletter.Discard(ctx, pool, "multi", nil)
+		_, err := control.DiscardDeadLetters(ctx, pool, "multi", nil)
 		discarded <- err
 	}()
 	waitLockWaiters(ctx, t, pool, 1)
@@ -223,4 +225,65 @@ func TestLeaveWhileAResetWaitsForARetry(t *testing.T) {
 	require.NoError(t, retry.Commit(ctx))
 	require.NoError(t, <-reset, "reset")
 	require.NoError(t, <-left, "leave")
+}
+
+// A batch that reads parked events again after a reset moved the cursor
+// back parks them again (deadletter.Park: ON CONFLICT DO UPDATE, which
+// locks the existing dead letter even though it leaves it as it is), in
+// log order, group by group (runner.parkUpTo). Aggregate b1's event lies
+// before a1's in the log. A discard of the projection's parked dead
+// letters comes between the batch's two Park statements. Both must
+// finish, neither a deadlock victim.
+func TestDiscardWhileABatchReparks(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool := pgtest.NewDB(t)
+	require.NoError(t, checkpoint.Register(ctx, pool, "p", 1, "park"))
+	var err error
+	eb := appendEvent(t, pool, "Thing", "b1")
+	ea := appendEvent(t, pool, "Thing", "a1")
+	parked := []outbox.Event{eb, ea} // first parked in log order
+	// More parked dead letters of other aggregates, as in
+	// TestDiscardWhileARepairWorks: a table the planner reads whole.
+	for i := range 500 {
+		parked = append(parked, outbox.Event{Cursor: outbox.Cursor{TxID: ea.Cursor.TxID, Position: ea.Cursor.Position + 1 + int64(i)},
+			AggregateType: "Thing", AggregateID: fmt.Sprintf("z%d", i), Type: "ThingCreated", Version: 1})
+	}
+	for _, e := range parked {
+		require.NoError(t, deadletter.Park(ctx, pool, deadletter.Parking{Projection: "p", Reason: "failed", Error: "boom", Attempts: 5},
+			[]outbox.Event{e}))
+	}
+	_, err = pool.Exec(ctx, `ANALYZE readside.dead_letters`)
+	require.NoError(t, err)
+
+	claimed, err := checkpoint.ClaimSegments(ctx, pool, "w1", []checkpoint.Segment{{Projection: "p", Segment: 0}}, time.Minute)
+	require.NoError(t, err)
+	require.Len(t, claimed, 1)
+	l := checkpoint.Lease{Projection: "p", Segment: 0, Owner: "w1", Epoch: claimed[0].LeaseEpoch}
+
+	// The batch: Advance first (the segment's row lock), then what it parks.
+	// The discard waits for the batch's checkpoint row (as a reset or a
+	// retry would) before it locks any dead letter.
+	batch, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = batch.Rollback(ctx) }()
+	require.NoError(t, checkpoint.Advance(ctx, batch, l, outbox.Start, ea.Cursor, 0))
+	require.NoError(t, deadletter.Park(ctx, batch, deadletter.Parking{Projection: "p", Reason: "blocked", Error: "parked"},
+		[]outbox.Event{eb}))
+
+	discarded := make(chan error, 1)
+	go func() {
+		_, err := control.DiscardDeadLetters(ctx, pool, "p", nil)
+		discarded <- err
+	}()
+	waitLockWaiters(ctx, t, pool, 1)
+	errPark := deadletter.Park(ctx, batch, deadletter.Parking{Projection: "p", Reason: "blocked", Error: "parked"},
+		[]outbox.Event{ea})
+	if errPark == nil {
+		errPark = batch.Commit(ctx)
+	}
+	errDiscard := <-discarded
+	require.NoError(t, errPark, "the batch")
+	require.NoError(t, errDiscard, "discard")
 }

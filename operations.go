@@ -236,7 +236,7 @@ func (c *Client) discard(ctx context.Context, name string, ids []int64) (int, er
 			return 0, err
 		}
 	}
-	return deadletter.Discard(ctx, c.db, name, ids)
+	return control.DiscardDeadLetters(ctx, c.db, name, ids)
 }
 
 // Event reads one event of the log (a dead letter's, for instance).

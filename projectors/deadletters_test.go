@@ -14,7 +14,6 @@ import (
 
 	"github.com/readside/readside/internal/checkpoint"
 	"github.com/readside/readside/internal/control"
-	"github.com/readside/readside/internal/deadletter"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
@@ -166,7 +165,7 @@ func TestDeadLetterResolvedBeforeReread(t *testing.T) {
 				require.NoError(t, err)
 				require.Zero(t, res.StillParked)
 			case "discard":
-				_, err := deadletter.Discard(ctx, pool, "cnt", nil)
+				_, err := control.DiscardDeadLetters(ctx, pool, "cnt", nil)
 				require.NoError(t, err)
 			}
 			_, err = checkpoint.SetStatus(ctx, pool, "cnt", checkpoint.Running)
@@ -258,7 +257,7 @@ func TestDiscardedEventNotAppliedOnReplay(t *testing.T) {
 	eventually(t, 20*time.Second, "B parked, X applied", func() bool {
 		return atHead() && count(t, pool, `SELECT count(*) FROM readside.dead_letters`) == 2
 	})
-	n, err := deadletter.Discard(ctx, pool, "cnt", nil)
+	n, err := control.DiscardDeadLetters(ctx, pool, "cnt", nil)
 	require.NoError(t, err)
 	require.Equal(t, 2, n)
 	_, err = pool.Exec(ctx, `INSERT INTO cured VALUES ('B')`) // B1 would apply now

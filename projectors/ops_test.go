@@ -15,7 +15,6 @@ import (
 
 	"github.com/readside/readside/domain"
 	"github.com/readside/readside/internal/control"
-	"github.com/readside/readside/internal/deadletter"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/outbox"
 	"github.com/readside/readside/projectors"
@@ -340,7 +339,7 @@ func TestSideEffectsExactlyOnceAcrossRepairAndRetry(t *testing.T) {
 			var dl int64
 			require.NoError(t, pool.QueryRow(ctx, `SELECT id FROM readside.dead_letters WHERE projection = $1 AND event_id = $2`,
 				notifications.Name, v4.Positions[0]).Scan(&dl))
-			_, err := deadletter.Discard(ctx, pool, notifications.Name, []int64{dl})
+			_, err := control.DiscardDeadLetters(ctx, pool, notifications.Name, []int64{dl})
 			require.NoError(t, err)
 
 			if how == "repair" {

@@ -36,7 +36,7 @@ func TestRetryRacingDiscardOfSameDeadLetter(t *testing.T) {
 		// it runs now, from another connection.
 		once.Do(func() {
 			go func() {
-				n, err := deadletter.Discard(context.Background(), pool, "rec", nil)
+				n, err := control.DiscardDeadLetters(context.Background(), pool, "rec", nil)
 				discarded = n
 				discardErr <- err
 			}()
@@ -50,7 +50,7 @@ func TestRetryRacingDiscardOfSameDeadLetter(t *testing.T) {
 				}
 				var waiting int
 				if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
-					AND query LIKE '%UPDATE readside.dead_letters d SET status = ''discarded''%'`).Scan(&waiting); err == nil && waiting > 0 {
+					AND query LIKE '%FROM readside.checkpoints%FOR UPDATE%'`).Scan(&waiting); err == nil && waiting > 0 {
 					return // the discard waits for the retry
 				}
 				time.Sleep(10 * time.Millisecond)
@@ -106,7 +106,7 @@ func TestRebuildKeepsDiscardedEventsDiscarded(t *testing.T) {
 		return count(t, pool, `SELECT count(*) FROM applied`) == 1 &&
 			count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE status = 'parked'`) == 1
 	})
-	n, err := deadletter.Discard(ctx, pool, "rec", nil)
+	n, err := control.DiscardDeadLetters(ctx, pool, "rec", nil)
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
 

@@ -111,21 +111,8 @@ SELECT id, projection, segment, event_id, aggregate_type, aggregate_id, event_ty
 // those too. It returns how many changed, or ErrNothingToDiscard (wrapped)
 // if none.
 func Discard(ctx context.Context, db DB, projection string, ids []int64) (int, error) {
-	// The rows are locked in apply order first (aggregate type, in byte
-	// order, then aggregate and version), the order in which a repair
-	// (aggregate type by aggregate type) and a retry (one aggregate's, by
-	// version) lock them: an UPDATE alone locks them in the order its scan
-	// meets them (the order they were parked in, for a sequential scan),
-	// and could hold one while it waits for another that a repair holds,
-	// waiting for the first.
-	tag, err := db.Exec(ctx, `WITH locked AS MATERIALIZED (
-    SELECT id FROM readside.dead_letters
-     WHERE status = 'parked' AND ($1 = '' OR projection = $1) AND (cardinality($2::bigint[]) = 0 OR id = ANY ($2::bigint[]))
-     ORDER BY projection, aggregate_type COLLATE "C", aggregate_id COLLATE "C", version
-       FOR UPDATE
-)
-UPDATE readside.dead_letters d SET status = 'discarded', resolved_at = now()
-  FROM locked l WHERE d.id = l.id AND d.status = 'parked'`,
+	tag, err := db.Exec(ctx, `UPDATE readside.dead_letters SET status = 'discarded', resolved_at = now()
+		WHERE status = 'parked' AND ($1 = '' OR projection = $1) AND (cardinality($2::bigint[]) = 0 OR id = ANY ($2::bigint[]))`,
 		projection, nonNil(ids))
 	if err != nil {
 		return 0, fmt.Errorf("discard: %w", err)

@@ -77,17 +77,10 @@ func MarkRetried(ctx context.Context, tx DB, id int64) error {
 }
 
 // MarkEventsRetried marks projection's parked dead letters of the given
-// events retried: a repair applied them. They are locked in the order
-// Discard locks dead letters (see there) before they change.
+// events retried: a repair applied them.
 func MarkEventsRetried(ctx context.Context, tx DB, projection string, eventIDs []int64) error {
-	if _, err := tx.Exec(ctx, `WITH locked AS MATERIALIZED (
-    SELECT id FROM readside.dead_letters
-     WHERE projection = $1 AND event_id = ANY ($2::bigint[]) AND status = 'parked'
-     ORDER BY projection, aggregate_type COLLATE "C", aggregate_id COLLATE "C", version
-       FOR UPDATE
-)
-UPDATE readside.dead_letters d SET status = 'retried', resolved_at = now()
-  FROM locked l WHERE d.id = l.id AND d.status = 'parked'`, projection, nonNil(eventIDs)); err != nil {
+	if _, err := tx.Exec(ctx, `UPDATE readside.dead_letters SET status = 'retried', resolved_at = now()
+		WHERE projection = $1 AND event_id = ANY ($2::bigint[]) AND status = 'parked'`, projection, nonNil(eventIDs)); err != nil {
 		return fmt.Errorf("mark dead letters of %s retried: %w", projection, err)
 	}
 	return nil

@@ -680,7 +680,7 @@ func (h *harness) discardDB(name string, pick int) {
 		require.NoError(t, h.pool.QueryRow(h.ctx, `SELECT id FROM readside.dead_letters WHERE projection = $1 AND event_id = $2`, name, events[0]).Scan(&id))
 		ids = []int64{id}
 	}
-	_, err := deadletter.Discard(h.ctx, h.pool, name, ids)
+	_, err := control.DiscardDeadLetters(h.ctx, h.pool, name, ids)
 	if len(events) == 0 {
 		require.ErrorIs(t, err, deadletter.ErrNothingToDiscard)
 	} else {
