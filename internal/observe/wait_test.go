@@ -320,11 +320,15 @@ func waitWhile(t *testing.T, pool *pgxpool.Pool, token outbox.Cursor, end func()
 // open: not by a segment's cursor, not by the rule for segments with
 // nothing of their own to read. The wait that ends first says that the
 // transaction has not committed. Once it commits and is applied, the wait
-// passes.
+// passes. On a cluster of its own: the token's transaction must be the
+// newest (its xid at or above the snapshot's xmax, where WaitFor looks for
+// its lock); on the shared server another test's transaction often began
+// after it, and the look went untested (make mutants let it through
+// while other tests ran).
 func TestWaitForTokenOfAnOpenTransaction(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := pgtest.NewDB(t)
+	pool := isolatedDB(t)
 	require.NoError(t, checkpoint.Register(ctx, pool, "one", 1, "park"))
 	require.NoError(t, checkpoint.Register(ctx, pool, "eight", 8, "park"))
 	tx, token := openWrite(t, pool, "a")
