@@ -18,8 +18,10 @@ import (
 // a scale, a switch). A discard therefore waits for a batch in flight of
 // those projections instead of deadlocking with it: a batch that reads
 // parked events again (a reset moved its cursor back) parks them again in
-// log order, locking their dead letters, while a discard locks them in
-// aggregate order.
+// log order, locking their dead letters, and a repair marks them one
+// aggregate type at a time, while a discard's UPDATE locks them in the
+// order its scan meets them (TestDiscardWhileABatchReparks,
+// TestDiscardWhileARepairWorks).
 func DiscardDeadLetters(ctx context.Context, db interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }, projection string, ids []int64) (int, error) {

@@ -109,7 +109,9 @@ SELECT id, projection, segment, event_id, aggregate_type, aggregate_id, event_ty
 // never apply them. Discarding an aggregate's failed event but not the
 // events blocked behind it keeps the aggregate parked; discard or retry
 // those too. It returns how many changed, or ErrNothingToDiscard (wrapped)
-// if none.
+// if none. Call it in a transaction that holds the checkpoints of the
+// projections concerned (control.DiscardDeadLetters), as every writer of
+// dead letters does.
 func Discard(ctx context.Context, db DB, projection string, ids []int64) (int, error) {
 	tag, err := db.Exec(ctx, `UPDATE readside.dead_letters SET status = 'discarded', resolved_at = now()
 		WHERE status = 'parked' AND ($1 = '' OR projection = $1) AND (cardinality($2::bigint[]) = 0 OR id = ANY ($2::bigint[]))`,
