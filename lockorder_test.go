@@ -34,19 +34,20 @@ func waitLockWaiters(ctx context.Context, t *testing.T, pool *pgxpool.Pool, n in
 
 // A pause (SetStatus: one UPDATE of every checkpoint of the projection, in
 // the order its scan meets them) while an operation that locks every
-// checkpoint in segment order (here a scale; a reset, a repair and a
-// rebuild's switch lock the same way) waits for a batch of segment 0. The
+// checkpoint in segment order (here a reset; a repair and a rebuild's
+// switch lock the same way, a scale too, but a pause now waits for a
+// scale's registry row first) waits for a batch of segment 0. The
 // checkpoint rows lie on the heap in the order of their last update, not
 // by segment: segment 0 was updated last, so the pause takes segment 1 and
-// queues behind the scale for segment 0. When the batch commits, the scale
+// queues behind the reset for segment 0. When the batch commits, the reset
 // takes segment 0 and needs segment 1. Both must finish, neither a
 // deadlock victim.
-func TestPauseWhileAScaleWaitsForABatch(t *testing.T) {
+func TestPauseWhileAResetWaitsForABatch(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	pool := pgtest.NewDB(t)
-	require.NoError(t, checkpoint.Register(ctx, pool, "p", 2, "park"))
+	require.NoError(t, checkpoint.Register(ctx, pool, "recorder", 2, "park"))
 	// Other projections' checkpoints fill the heap page: an update of
 	// segment 0 that finds no room on it goes to another page (not a HOT
 	// update), as in any fleet whose checkpoints span pages.
@@ -54,37 +55,34 @@ func TestPauseWhileAScaleWaitsForABatch(t *testing.T) {
 	for i := 0; ; i++ {
 		require.Less(t, i, 100, "segment 0 moved to another page")
 		var page int
-		require.NoError(t, pool.QueryRow(ctx, `UPDATE readside.checkpoints SET updated_at = now() WHERE projection = 'p' AND segment = 0
+		require.NoError(t, pool.QueryRow(ctx, `UPDATE readside.checkpoints SET updated_at = now() WHERE projection = 'recorder' AND segment = 0
 			RETURNING (ctid::text::point)[0]::int`).Scan(&page))
 		if page > 0 {
 			break
 		}
 	}
 	head := ship(t, pool, "a", 3)
-	claimed, err := checkpoint.ClaimSegments(ctx, pool, "w1", []checkpoint.Segment{{Projection: "p", Segment: 0}}, time.Minute)
+	claimed, err := checkpoint.ClaimSegments(ctx, pool, "w1", []checkpoint.Segment{{Projection: "recorder", Segment: 0}}, time.Minute)
 	require.NoError(t, err)
 	require.Len(t, claimed, 1)
-	l := checkpoint.Lease{Projection: "p", Segment: 0, Owner: "w1", Epoch: claimed[0].LeaseEpoch}
+	l := checkpoint.Lease{Projection: "recorder", Segment: 0, Owner: "w1", Epoch: claimed[0].LeaseEpoch}
 
 	batch, err := pool.Begin(ctx)
 	require.NoError(t, err)
 	defer func() { _ = batch.Rollback(ctx) }()
 	require.NoError(t, checkpoint.Advance(ctx, batch, l, outbox.Start, head, 3))
 
-	scaled := make(chan error, 1)
-	go func() {
-		_, err := control.ScaleCheckpoints(ctx, pool, "p", 1)
-		scaled <- err
-	}()
+	reset := make(chan error, 1)
+	go func() { reset <- control.MoveCheckpoints(ctx, pool, recorder{}, "start") }()
 	waitLockWaiters(ctx, t, pool, 1)
 	paused := make(chan error, 1)
 	go func() {
-		_, err := checkpoint.SetStatus(ctx, pool, "p", checkpoint.Paused)
+		_, err := checkpoint.SetStatus(ctx, pool, "recorder", checkpoint.Paused)
 		paused <- err
 	}()
 	waitLockWaiters(ctx, t, pool, 2)
 	require.NoError(t, batch.Commit(ctx))
-	require.NoError(t, <-scaled, "scale")
+	require.NoError(t, <-reset, "reset")
 	require.NoError(t, <-paused, "pause")
 }
 
@@ -286,4 +284,61 @@ func TestDiscardWhileABatchReparks(t *testing.T) {
 	errDiscard := <-discarded
 	require.NoError(t, errPark, "the batch")
 	require.NoError(t, errDiscard, "discard")
+}
+
+// A pause that comes while a scale from 2 to 4 segments waits for a batch:
+// the scale writes segments 2 and 3, which the pause's statement, whose
+// snapshot was taken before the scale committed, never saw. Every segment
+// of the new split must be paused (the scale carries a paused segment's
+// status to the segments of its buckets; the pause must see them all).
+// The same for a resume.
+func TestPauseWhileAScaleAddsSegments(t *testing.T) {
+	t.Parallel()
+	for _, status := range []checkpoint.Status{checkpoint.Paused, checkpoint.Running} {
+		t.Run(string(status), func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			pool := pgtest.NewDB(t)
+			require.NoError(t, checkpoint.Register(ctx, pool, "p", 2, "park"))
+			if status == checkpoint.Running {
+				_, err := checkpoint.SetStatus(ctx, pool, "p", checkpoint.Paused)
+				require.NoError(t, err)
+				// A segment of the old split claimed again after the pause
+				// would hold nothing: the batch below needs a running one.
+				_, err = pool.Exec(ctx, `UPDATE readside.checkpoints SET status = 'running' WHERE projection = 'p' AND segment = 0`)
+				require.NoError(t, err)
+			}
+			head := ship(t, pool, "a", 3)
+			claimed, err := checkpoint.ClaimSegments(ctx, pool, "w1", []checkpoint.Segment{{Projection: "p", Segment: 0}}, time.Minute)
+			require.NoError(t, err)
+			require.Len(t, claimed, 1)
+			l := checkpoint.Lease{Projection: "p", Segment: 0, Owner: "w1", Epoch: claimed[0].LeaseEpoch}
+			batch, err := pool.Begin(ctx)
+			require.NoError(t, err)
+			defer func() { _ = batch.Rollback(ctx) }()
+			require.NoError(t, checkpoint.Advance(ctx, batch, l, outbox.Start, head, 3))
+
+			scaled := make(chan error, 1)
+			go func() {
+				_, err := control.ScaleCheckpoints(ctx, pool, "p", 4)
+				scaled <- err
+			}()
+			waitLockWaiters(ctx, t, pool, 1)
+			set := make(chan error, 1)
+			go func() {
+				_, err := checkpoint.SetStatus(ctx, pool, "p", status)
+				set <- err
+			}()
+			waitLockWaiters(ctx, t, pool, 2)
+			require.NoError(t, batch.Commit(ctx))
+			require.NoError(t, <-scaled, "scale")
+			require.NoError(t, <-set, "set status")
+			rows, err := pool.Query(ctx, `SELECT status FROM readside.checkpoints WHERE projection = 'p' ORDER BY segment`)
+			require.NoError(t, err)
+			got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			require.NoError(t, err)
+			require.Equal(t, []string{string(status), string(status), string(status), string(status)}, got)
+		})
+	}
 }

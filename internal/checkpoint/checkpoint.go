@@ -162,7 +162,10 @@ func Fail(ctx context.Context, tx DB, l Lease, reason string) error {
 
 // SetStatus pauses or resumes every segment of a projection (resuming also
 // clears a failed segment's error). It returns how many segments changed.
-func SetStatus(ctx context.Context, db DB, projection string, status Status) (int, error) {
+func SetStatus(ctx context.Context, db interface {
+	DB
+	Begin(ctx context.Context) (pgx.Tx, error)
+}, projection string, status Status) (int, error) {
 	if err := Exists(ctx, db, projection); err != nil {
 		return 0, err
 	}
@@ -181,16 +184,30 @@ func SetStatus(ctx context.Context, db DB, projection string, status Status) (in
 	// its scan meets them (their heap order), and could hold one segment
 	// while it waits for another that a reset or a scale holds, waiting
 	// for the first.
-	tag, err := db.Exec(ctx, `WITH locked AS MATERIALIZED (
+	//
+	// The registry row first (FOR SHARE, as a retry takes it), in a
+	// statement of its own: a scale holds it until it has written the
+	// new split, and the UPDATE's snapshot, taken after, sees every
+	// segment of it (one taken before would miss the segments the scale
+	// added, which would stay as they were).
+	var n int
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM readside.projections WHERE name = $1 FOR SHARE`, projection); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `WITH locked AS MATERIALIZED (
     SELECT segment FROM readside.checkpoints WHERE projection = $1 ORDER BY segment FOR UPDATE
 )
 UPDATE readside.checkpoints c SET status = $2, last_error = CASE WHEN $2 = 'running' THEN NULL ELSE c.last_error END,
        updated_at = now()
   FROM locked l WHERE c.projection = $1 AND c.segment = l.segment AND c.status = ANY ($3::text[])`, projection, status, from)
+		n = int(tag.RowsAffected())
+		return err
+	})
 	if err != nil {
 		return 0, fmt.Errorf("set status %s: %w", projection, err)
 	}
-	return int(tag.RowsAffected()), nil
+	return n, nil
 }
 
 // Move sets the cursor of every segment of a projection to `to`, bumping

@@ -194,7 +194,14 @@ var mutations = []mutation{
 		edits: []edit{{"internal/checkpoint/checkpoint.go",
 			"WHERE projection = $1 ORDER BY segment FOR UPDATE\n)",
 			"WHERE projection = $1 ORDER BY segment\n)"}},
-		checks: []check{{".", "TestPauseWhileAScaleWaitsForABatch"}},
+		checks: []check{{".", "TestPauseWhileAResetWaitsForABatch"}},
+	},
+	{
+		name: "pause's registry row lock (a pause during a scale misses the segments the scale adds)",
+		edits: []edit{{"internal/checkpoint/checkpoint.go",
+			"`SELECT 1 FROM readside.projections WHERE name = $1 FOR SHARE`, projection)",
+			"`SELECT $1::text`, projection)"}},
+		checks: []check{{".", "TestPauseWhileAScaleAddsSegments"}},
 	},
 	{
 		name: "leave's lock order (a stopping worker frees its leases in heap order: a deadlock with a reset waiting for a retry)",
