@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -474,11 +475,19 @@ func (h *harness) run(s step, switching ...string) {
 		p := h.m.proj(s.Proj)
 		h.m.retry(p)
 		loose = map[int64]bool{}
+		var earlier []int64
 		for id, d := range p.dl {
 			if d.status == "retried" && !before[id] {
 				loose[id] = true
 			}
+			if before[id] {
+				earlier = append(earlier, id)
+			}
 		}
+		// (For a failing check: which dead letters may be missing, and
+		// which events the model had passed before the run.)
+		h.t.Logf("racing retry of %s: loose %v, dead letters of events passed before the run %v", s.Proj,
+			slices.Sorted(maps.Keys(loose)), slices.Sorted(slices.Values(earlier)))
 	case "discard":
 		h.m.proj(s.Proj).discard(h.discardIDs(s.Proj, s.Pick))
 	}
