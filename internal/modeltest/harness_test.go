@@ -628,7 +628,12 @@ func (h *harness) retryDB(name string, racing bool) {
 }
 
 // compareLoose is compare, except that projection name's dead letters of
-// the events in loose may be missing from the database.
+// the events in loose may be missing from the database. The model then
+// takes the database's account: the event was applied as it came, after
+// the retry had cleared its aggregate, not parked and retried; either way
+// it is applied once, and the later steps cannot tell the two apart (a
+// retried dead letter is neither parked nor discarded). Kept in the
+// model, it failed the next strict comparison (seed 11015701647638143655).
 func (h *harness) compareLoose(after, name string, loose map[int64]bool) {
 	for _, n := range h.names {
 		want := h.m.proj(n).snapshot()
@@ -637,6 +642,7 @@ func (h *harness) compareLoose(after, name string, loose map[int64]bool) {
 			for id := range loose {
 				if _, ok := got.Dead[id]; !ok {
 					delete(want.Dead, id)
+					delete(h.m.proj(n).dl, id)
 				}
 			}
 		}
