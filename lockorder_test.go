@@ -62,15 +62,7 @@ func TestPauseWhileAResetWaitsForABatch(t *testing.T) {
 		}
 	}
 	head := ship(t, pool, "a", 3)
-	claimed, err := checkpoint.ClaimSegments(ctx, pool, "w1", []checkpoint.Segment{{Projection: "recorder", Segment: 0}}, time.Minute)
-	require.NoError(t, err)
-	require.Len(t, claimed, 1)
-	l := checkpoint.Lease{Projection: "recorder", Segment: 0, Owner: "w1", Epoch: claimed[0].LeaseEpoch}
-
-	batch, err := pool.Begin(ctx)
-	require.NoError(t, err)
-	defer func() { _ = batch.Rollback(ctx) }()
-	require.NoError(t, checkpoint.Advance(ctx, batch, l, outbox.Start, head, 3))
+	batch := batchInFlight(ctx, t, pool, "recorder", head)
 
 	reset := make(chan error, 1)
 	go func() { reset <- control.MoveCheckpoints(ctx, pool, recorder{}, "start") }()
@@ -84,6 +76,23 @@ func TestPauseWhileAResetWaitsForABatch(t *testing.T) {
 	require.NoError(t, batch.Commit(ctx))
 	require.NoError(t, <-reset, "reset")
 	require.NoError(t, <-paused, "pause")
+}
+
+// batchInFlight opens what a worker's apply transaction holds first: the
+// lease of projection's segment 0 and its fenced checkpoint UPDATE (from
+// the start to to), left open; it is rolled back at the end of the test
+// unless the test commits it.
+func batchInFlight(ctx context.Context, t *testing.T, pool *pgxpool.Pool, projection string, to outbox.Cursor) pgx.Tx {
+	t.Helper()
+	claimed, err := checkpoint.ClaimSegments(ctx, pool, "w1", []checkpoint.Segment{{Projection: projection, Segment: 0}}, time.Minute)
+	require.NoError(t, err)
+	require.Len(t, claimed, 1)
+	l := checkpoint.Lease{Projection: projection, Segment: 0, Owner: "w1", Epoch: claimed[0].LeaseEpoch}
+	batch, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = batch.Rollback(context.Background()) })
+	require.NoError(t, checkpoint.Advance(ctx, batch, l, outbox.Start, to, 0))
+	return batch
 }
 
 // twoTypes is a projection of two aggregate types that a repair can
@@ -255,18 +264,7 @@ func TestDiscardWhileABatchReparks(t *testing.T) {
 	_, err = pool.Exec(ctx, `ANALYZE readside.dead_letters`)
 	require.NoError(t, err)
 
-	claimed, err := checkpoint.ClaimSegments(ctx, pool, "w1", []checkpoint.Segment{{Projection: "p", Segment: 0}}, time.Minute)
-	require.NoError(t, err)
-	require.Len(t, claimed, 1)
-	l := checkpoint.Lease{Projection: "p", Segment: 0, Owner: "w1", Epoch: claimed[0].LeaseEpoch}
-
-	// The batch: Advance first (the segment's row lock), then what it parks.
-	// The discard waits for the batch's checkpoint row (as a reset or a
-	// retry would) before it locks any dead letter.
-	batch, err := pool.Begin(ctx)
-	require.NoError(t, err)
-	defer func() { _ = batch.Rollback(ctx) }()
-	require.NoError(t, checkpoint.Advance(ctx, batch, l, outbox.Start, ea.Cursor, 0))
+	batch := batchInFlight(ctx, t, pool, "p", ea.Cursor)
 	require.NoError(t, deadletter.Park(ctx, batch, deadletter.Parking{Projection: "p", Reason: "blocked", Error: "parked"},
 		[]outbox.Event{eb}))
 
@@ -310,14 +308,7 @@ func TestPauseWhileAScaleAddsSegments(t *testing.T) {
 				require.NoError(t, err)
 			}
 			head := ship(t, pool, "a", 3)
-			claimed, err := checkpoint.ClaimSegments(ctx, pool, "w1", []checkpoint.Segment{{Projection: "p", Segment: 0}}, time.Minute)
-			require.NoError(t, err)
-			require.Len(t, claimed, 1)
-			l := checkpoint.Lease{Projection: "p", Segment: 0, Owner: "w1", Epoch: claimed[0].LeaseEpoch}
-			batch, err := pool.Begin(ctx)
-			require.NoError(t, err)
-			defer func() { _ = batch.Rollback(ctx) }()
-			require.NoError(t, checkpoint.Advance(ctx, batch, l, outbox.Start, head, 3))
+			batch := batchInFlight(ctx, t, pool, "p", head)
 
 			scaled := make(chan error, 1)
 			go func() {

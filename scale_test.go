@@ -251,15 +251,7 @@ func TestScaleWhileABatchParks(t *testing.T) {
 	pool := pgtest.NewDB(t)
 	require.NoError(t, checkpoint.Register(ctx, pool, "p", 1, "park"))
 	head := ship(t, pool, "a", 3)
-	claimed, err := checkpoint.ClaimSegments(ctx, pool, "w1", []checkpoint.Segment{{Projection: "p"}}, time.Minute)
-	require.NoError(t, err)
-	require.Len(t, claimed, 1)
-	l := checkpoint.Lease{Projection: "p", Owner: "w1", Epoch: claimed[0].LeaseEpoch}
-
-	batch, err := pool.Begin(ctx)
-	require.NoError(t, err)
-	defer func() { _ = batch.Rollback(ctx) }()
-	require.NoError(t, checkpoint.Advance(ctx, batch, l, outbox.Start, head, 2))
+	batch := batchInFlight(ctx, t, pool, "p", head)
 
 	scaled := make(chan error, 1)
 	go func() {
