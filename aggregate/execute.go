@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/readside/readside/domain"
 	"github.com/readside/readside/internal/backoff"
@@ -77,6 +78,9 @@ func Execute[S any, P StatePtr[S]](ctx context.Context, r *Repository, id string
 }
 
 func executeOnce[S any, P StatePtr[S]](ctx context.Context, r *Repository, id string, meta outbox.Metadata, decide func(P) ([]domain.Event, error)) (*Result, error) {
+	if r.acquire != nil {
+		return pipeline(ctx, r, id, meta, decide)
+	}
 	var res *Result
 	err := pgx.BeginTxFunc(ctx, r.db, r.begin, func(tx pgx.Tx) error {
 		l, err := Load[S, P](ctx, tx, id)
@@ -101,5 +105,92 @@ func executeOnce[S any, P StatePtr[S]](ctx context.Context, r *Repository, id st
 	if err != nil {
 		return nil, err
 	}
+	return res, nil
+}
+
+// pipeline is executeOnce on a pool's connection in two round trips
+// rather than four: BEGIN, the settings and the load go in one pipeline,
+// the append, the snapshot and the COMMIT in another. When the append
+// fails, the server skips the COMMIT (a pipeline's statements after an
+// error are not run) and the transaction is rolled back.
+func pipeline[S any, P StatePtr[S]](ctx context.Context, r *Repository, id string, meta outbox.Metadata, decide func(P) ([]domain.Event, error)) (res *Result, err error) {
+	c, err := r.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Release() // a connection left in a transaction is closed, not pooled
+	defer func() {
+		if err != nil && !c.Conn().IsClosed() && c.Conn().PgConn().TxStatus() != 'I' {
+			_, _ = c.Exec(ctx, "rollback")
+		}
+	}()
+
+	aggType := P(new(S)).AggregateType()
+	b := &pgx.Batch{}
+	b.Queue(beginSQL)
+	b.Queue(r.settings.sql, r.settings.args...)
+	b.Queue(r.n.SQL(loadSQL), aggType, id, true)
+	br := c.SendBatch(ctx, b)
+	var l *Loaded[S, P]
+	if _, err = br.Exec(); err == nil {
+		if _, err = br.Exec(); err == nil {
+			rows, qerr := br.Query()
+			l, err = readLoaded[S, P](rows, qerr, id)
+		}
+	}
+	if cerr := br.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("load %s %s: %w", aggType, id, cerr)
+	}
+	var se *snapshotError
+	if errors.As(err, &se) && c.Conn().PgConn().TxStatus() == 'T' {
+		// A snapshot this binary cannot read: replay, as Load does.
+		l, err = load[S, P](ctx, c, id, false)
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	events, err := decide(l.State)
+	if err != nil {
+		return nil, err
+	}
+	res = &Result{Version: l.Version}
+	if len(events) == 0 {
+		if _, err := c.Exec(ctx, "commit"); err != nil {
+			return nil, err
+		}
+		return res, nil
+	}
+	sv, err := r.prepareSave(id, l.Version, l.State, meta, events)
+	if err != nil {
+		return nil, err
+	}
+	b = &pgx.Batch{}
+	b.Queue(r.n.SQL(sv.append.SQL), sv.append.Args...)
+	if sv.snapshot != nil {
+		b.Queue(r.n.SQL(snapshotSQL), sv.snapshot...)
+	}
+	b.Queue("commit")
+	br = c.SendBatch(ctx, b)
+	res.Append, err = sv.append.Read(br.QueryRow())
+	if err == nil && sv.snapshot != nil {
+		if _, err = br.Exec(); err != nil {
+			err = sv.snapshotError(err)
+		}
+		res.Snapshot = err == nil
+	}
+	if err == nil {
+		var tag pgconn.CommandTag
+		if tag, err = br.Exec(); err == nil && tag.String() == "ROLLBACK" {
+			err = pgx.ErrTxCommitRollback
+		}
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	res.Version = res.Append.Version
 	return res, nil
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/readside/readside/domain"
@@ -109,6 +110,19 @@ type Repository struct {
 	cfg     Config
 	begin   pgx.TxOptions
 	metrics *metrics
+	n       dbschema.Name
+
+	// acquire is the pool's Acquire when db is one (*pgxpool.Pool or
+	// *dbschema.Pool): Execute then pipelines its statements (pipeline).
+	acquire  func(context.Context) (*pgxpool.Conn, error)
+	settings settings
+}
+
+// settings is a statement and its arguments (a pgx.QueuedQuery is the
+// batch's own: pgx writes to it).
+type settings struct {
+	sql  string
+	args []any
 }
 
 // New returns a repository on db.
@@ -124,6 +138,13 @@ func New(db DB, cfg Config) (*Repository, error) {
 	if err != nil {
 		return nil, fmt.Errorf("aggregate: %w", err)
 	}
+	var acquire func(context.Context) (*pgxpool.Conn, error)
+	switch p := db.(type) {
+	case *dbschema.Pool:
+		n, acquire = p.Schema(), p.Pool.Acquire
+	case *pgxpool.Pool:
+		acquire = p.Acquire
+	}
 	if _, wrapped := db.(*dbschema.Pool); !wrapped {
 		db = inSchema{db, n} // its statements pin readside's search_path
 	}
@@ -131,14 +152,35 @@ func New(db DB, cfg Config) (*Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Repository{db: db, cfg: cfg, begin: beginOptions(cfg), metrics: m}, nil
+	return &Repository{db: db, cfg: cfg, begin: beginOptions(cfg), metrics: m, n: n,
+		acquire: acquire, settings: settingsQuery(cfg, n)}, nil
 }
+
+// settingsQuery is what beginOptions sets in its BEGIN, as one statement
+// for a pipeline (which takes one statement per query): readside's
+// search_path and the timeouts, transaction-local.
+func settingsQuery(cfg Config, n dbschema.Name) settings {
+	sql := "SELECT pg_catalog.set_config('search_path', $1, true)"
+	args := []any{n.StrictPath()}
+	for _, s := range []struct {
+		name string
+		d    time.Duration
+	}{{"lock_timeout", cfg.LockTimeout}, {"statement_timeout", cfg.StatementTimeout}} {
+		if s.d > 0 {
+			args = append(args, fmt.Sprint(max(s.d.Milliseconds(), 1)))
+			sql += fmt.Sprintf(", pg_catalog.set_config('%s', $%d, true)", s.name, len(args))
+		}
+	}
+	return settings{sql, args}
+}
+
+const beginSQL = "BEGIN ISOLATION LEVEL READ COMMITTED"
 
 // beginOptions opens Execute's transactions: the isolation level and the
 // timeouts chosen rather than inherited from the session, in the BEGIN's
 // round trip (a simple-protocol query of several statements).
 func beginOptions(cfg Config) pgx.TxOptions {
-	q := "BEGIN ISOLATION LEVEL READ COMMITTED"
+	q := beginSQL
 	if cfg.LockTimeout > 0 {
 		q += fmt.Sprintf("; SET LOCAL lock_timeout = %d", max(cfg.LockTimeout.Milliseconds(), 1))
 	}
@@ -206,9 +248,15 @@ type snapshotError struct{ err error }
 func (e *snapshotError) Error() string { return e.err.Error() }
 
 func load[S any, P StatePtr[S]](ctx context.Context, q Querier, id string, useSnapshot bool) (*Loaded[S, P], error) {
+	rows, err := q.Query(ctx, loadSQL, P(new(S)).AggregateType(), id, useSnapshot)
+	return readLoaded[S, P](rows, err, id)
+}
+
+// readLoaded rebuilds aggregate id from loadSQL's rows (err is the
+// query's).
+func readLoaded[S any, P StatePtr[S]](rows pgx.Rows, err error, id string) (*Loaded[S, P], error) {
 	l := &Loaded[S, P]{ID: id, State: P(new(S))}
 	aggType := l.State.AggregateType()
-	rows, err := q.Query(ctx, loadSQL, aggType, id, useSnapshot)
 	if err != nil {
 		return nil, fmt.Errorf("load %s %s: %w", aggType, id, err)
 	}

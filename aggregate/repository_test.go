@@ -127,12 +127,31 @@ func TestUnreadableSnapshotFallsBackToReplay(t *testing.T) {
 	require.Equal(t, domain.Money(1000), l.State.Price)
 }
 
+// beginOnly hides a pool's Acquire: the repository then runs its commands
+// through BeginTx, as on a handle that is not a pool.
+type beginOnly struct{ aggregate.DB }
+
+// TestExecute runs on a pool (Execute pipelines its statements) and on a
+// handle that only begins transactions.
 func TestExecute(t *testing.T) {
 	t.Parallel()
+	for name, wrap := range map[string]func(*pgxpool.Pool) aggregate.DB{
+		"pool":       func(p *pgxpool.Pool) aggregate.DB { return p },
+		"begin only": func(p *pgxpool.Pool) aggregate.DB { return beginOnly{p} },
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			testExecute(t, wrap)
+		})
+	}
+}
+
+func testExecute(t *testing.T, wrap func(*pgxpool.Pool) aggregate.DB) {
 	ctx := context.Background()
 	pool := pgtest.NewDB(t)
 	reg := prometheus.NewRegistry()
-	repo := newRepo(t, pool, aggregate.Config{SnapshotEvery: -1, Registerer: reg})
+	repo, err := aggregate.New(wrap(pool), aggregate.Config{SnapshotEvery: -1, Registerer: reg})
+	require.NoError(t, err)
 	meta := outbox.Metadata{CorrelationID: "corr-1", UserID: "u-1"}
 
 	res, err := aggregate.Execute(ctx, repo, "o-1", meta, func(o *domain.Order) ([]domain.Event, error) {

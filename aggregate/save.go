@@ -38,6 +38,38 @@ type SaveResult struct {
 //
 // state is changed even when Save fails; reload it before retrying.
 func (r *Repository) Save(ctx context.Context, tx Tx, id string, expectedVersion int, state domain.State, meta outbox.Metadata, events []domain.Event) (*SaveResult, error) {
+	sv, err := r.prepareSave(id, expectedVersion, state, meta, events)
+	if err != nil {
+		return nil, err
+	}
+	res, err := sv.append.Read(tx.QueryRow(ctx, sv.append.SQL, sv.append.Args...))
+	if err != nil {
+		return nil, err
+	}
+	out := &SaveResult{AppendResult: res}
+	if sv.snapshot != nil {
+		if _, err := tx.Exec(ctx, snapshotSQL, sv.snapshot...); err != nil {
+			return nil, sv.snapshotError(err)
+		}
+		out.Snapshot = true
+	}
+	return out, nil
+}
+
+// saving is what Save writes, prepared: the append and, when one is due,
+// the snapshot (snapshotSQL's arguments; nil when none is).
+type saving struct {
+	append   *outbox.AppendQuery
+	snapshot []any
+}
+
+func (sv *saving) snapshotError(err error) error {
+	return fmt.Errorf("save %s %s: snapshot at version %d: %w", sv.snapshot[0], sv.snapshot[1], sv.snapshot[2], err)
+}
+
+// prepareSave encodes events, applies them to state and, when the append
+// crosses a multiple of Config.SnapshotEvery, encodes the new state.
+func (r *Repository) prepareSave(id string, expectedVersion int, state domain.State, meta outbox.Metadata, events []domain.Event) (*saving, error) {
 	if len(events) == 0 {
 		return nil, errors.New("aggregate: save: no events")
 	}
@@ -55,7 +87,7 @@ func (r *Repository) Save(ctx context.Context, tx Tx, id string, expectedVersion
 			SchemaVersion: domain.SchemaVersion(e.EventType()),
 		}
 	}
-	res, err := outbox.Append(ctx, tx, outbox.Aggregate{Type: aggType, ID: id}, expectedVersion, news)
+	q, err := outbox.PrepareAppend(outbox.Aggregate{Type: aggType, ID: id}, expectedVersion, news)
 	if err != nil {
 		return nil, err
 	}
@@ -64,16 +96,14 @@ func (r *Repository) Save(ctx context.Context, tx Tx, id string, expectedVersion
 			return nil, fmt.Errorf("save %s %s: %w", aggType, id, err)
 		}
 	}
-	out := &SaveResult{AppendResult: res}
-	if n := r.cfg.SnapshotEvery; n > 0 && res.Version/n > expectedVersion/n {
+	sv := &saving{append: q}
+	version := expectedVersion + len(events)
+	if n := r.cfg.SnapshotEvery; n > 0 && version/n > expectedVersion/n {
 		b, err := json.Marshal(state)
 		if err != nil {
 			return nil, fmt.Errorf("save %s %s: encode snapshot: %w", aggType, id, err)
 		}
-		if _, err := tx.Exec(ctx, snapshotSQL, aggType, id, res.Version, string(b)); err != nil {
-			return nil, fmt.Errorf("save %s %s: snapshot at version %d: %w", aggType, id, res.Version, err)
-		}
-		out.Snapshot = true
+		sv.snapshot = []any{aggType, id, version, string(b)}
 	}
-	return out, nil
+	return sv, nil
 }

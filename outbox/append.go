@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -118,6 +119,29 @@ RETURNING id, txid`
 // visible when tx commits. A clash with another writer returns an error
 // wrapping ErrConcurrencyConflict; tx is then aborted and must be rolled back.
 func Append(ctx context.Context, tx Querier, agg Aggregate, expectedVersion int, events []NewEvent) (*AppendResult, error) {
+	q, err := PrepareAppend(agg, expectedVersion, events)
+	if err != nil {
+		return nil, err
+	}
+	return q.Read(tx.QueryRow(ctx, q.SQL, q.Args...))
+}
+
+// AppendQuery is Append's statement, for a caller that sends it in a
+// pipeline of its own (a pgx.Batch, with the COMMIT behind it): queue SQL
+// with Args, then pass the row it returns to Read. The statement names
+// readside's default schema.
+type AppendQuery struct {
+	SQL  string
+	Args []any
+
+	agg      Aggregate
+	expected int
+	n        int
+}
+
+// PrepareAppend validates events as Append does and returns the statement
+// that appends them.
+func PrepareAppend(agg Aggregate, expectedVersion int, events []NewEvent) (*AppendQuery, error) {
 	if err := validate(agg, expectedVersion, events); err != nil {
 		return nil, err
 	}
@@ -126,12 +150,22 @@ func Append(ctx context.Context, tx Querier, agg Aggregate, expectedVersion int,
 	if err != nil {
 		return nil, fmt.Errorf("append: metadata: %w", err)
 	}
+	q := &AppendQuery{agg: agg, expected: expectedVersion, n: len(events)}
 	if len(events) == 1 {
-		return appendOne(ctx, tx, agg, expectedVersion, first, string(meta))
+		// A command usually appends one event, and a plain VALUES insert
+		// costs the server less than the unnest, CTE and array_agg of the
+		// general statement.
+		var occurred *time.Time
+		if !first.OccurredAt.IsZero() {
+			occurred = &first.OccurredAt
+		}
+		q.SQL = appendOneSQL
+		q.Args = []any{agg.Type, agg.ID, first.Type, string(first.Data), string(meta),
+			int32(max(first.SchemaVersion, 1)), expectedVersion + 1, occurred}
+		return q, nil
 	}
-	n := len(events)
-	types := make([]string, n)
-	data := make([]string, n)
+	types := make([]string, q.n)
+	data := make([]string, q.n)
 	for i, e := range events {
 		types[i] = e.Type
 		data[i] = string(e.Data)
@@ -140,31 +174,28 @@ func Append(ctx context.Context, tx Querier, agg Aggregate, expectedVersion int,
 	if err != nil {
 		return nil, err
 	}
-	res := &AppendResult{Version: expectedVersion + n}
-	err = tx.QueryRow(ctx, appendSQL, agg.Type, agg.ID, expectedVersion, types, data, string(meta), int32(max(first.SchemaVersion, 1)),
-		metaArr, versionArr, occurredArr).Scan(&res.Positions, &res.TxID)
-	if err != nil {
-		return nil, classify(agg, expectedVersion, err)
-	}
-	return res, nil
+	q.SQL = appendSQL
+	q.Args = []any{agg.Type, agg.ID, expectedVersion, types, data, string(meta), int32(max(first.SchemaVersion, 1)),
+		metaArr, versionArr, occurredArr}
+	return q, nil
 }
 
-// appendOne appends a single event: a command usually appends one, and a
-// plain VALUES insert costs the server less than the unnest, CTE and
-// array_agg of the general statement.
-func appendOne(ctx context.Context, tx Querier, agg Aggregate, expectedVersion int, e NewEvent, meta string) (*AppendResult, error) {
-	var occurred *time.Time
-	if !e.OccurredAt.IsZero() {
-		occurred = &e.OccurredAt
+// Read scans the row the statement returned. A clash with another writer
+// is an error wrapping ErrConcurrencyConflict, as from Append.
+func (q *AppendQuery) Read(row pgx.Row) (*AppendResult, error) {
+	res := &AppendResult{Version: q.expected + q.n}
+	var err error
+	if q.n == 1 {
+		var id int64
+		if err = row.Scan(&id, &res.TxID); err == nil {
+			res.Positions = []int64{id}
+		}
+	} else {
+		err = row.Scan(&res.Positions, &res.TxID)
 	}
-	res := &AppendResult{Version: expectedVersion + 1}
-	var id int64
-	err := tx.QueryRow(ctx, appendOneSQL, agg.Type, agg.ID, e.Type, string(e.Data), meta,
-		int32(max(e.SchemaVersion, 1)), expectedVersion+1, occurred).Scan(&id, &res.TxID)
 	if err != nil {
-		return nil, classify(agg, expectedVersion, err)
+		return nil, classify(q.agg, q.expected, err)
 	}
-	res.Positions = []int64{id}
 	return res, nil
 }
 

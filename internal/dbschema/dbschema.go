@@ -140,6 +140,10 @@ const pinSQL = `SELECT pg_catalog.set_config('search_path', $1, true)`
 // strictPath is the search_path readside's own statements run with.
 func (n Name) strictPath() string { return "pg_catalog, " + n.Ident() + ", pg_temp" }
 
+// StrictPath is the search_path readside's own statements run with, for a
+// caller that pins it in a pipeline of its own: pg_catalog, n, pg_temp.
+func (n Name) StrictPath() string { return n.strictPath() }
+
 // noPin are statements that cannot run inside a transaction block, which
 // an implicit one is; they name only qualified tables.
 func noPin(sql string) bool {

@@ -220,6 +220,20 @@ var mutations = []mutation{
 		checks: []check{{".", "TestDiscardWhileABatchReparks|TestDiscardWhileARepairWorks"}},
 	},
 	{
+		name: "command pipeline (Execute on a pool goes back to four round trips)",
+		edits: []edit{{"aggregate/execute.go",
+			"\tif r.acquire != nil {\n\t\treturn pipeline(",
+			"\tif r.acquire == nil {\n\t\treturn pipeline("}},
+		checks: []check{{"./aggregate/", "TestExecutePipelinesOnAPool"}},
+	},
+	{
+		name: "command pipeline's rollback (a failed pipelined command leaves its connection in the aborted transaction for the pool to close)",
+		edits: []edit{{"aggregate/execute.go",
+			"\t\t\t_, _ = c.Exec(ctx, \"rollback\")",
+			"\t\t\t_ = 0"}},
+		checks: []check{{"./aggregate/", "TestExecutePipelinesOnAPool"}},
+	},
+	{
 		name: "adopt's snapshot after the table lock (the backfill's snapshot taken before LOCK TABLE)",
 		edits: []edit{{"adopt/validate.go",
 			"fmt.Sprintf(`SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = 0; LOCK TABLE",
