@@ -44,6 +44,12 @@ func (r *Result) Cursor() outbox.Cursor {
 // that is returned as is; it must not change the state, and it may run more
 // than once. No events means nothing to write.
 //
+// When the repository's db is a pool (*pgxpool.Pool), the transaction
+// takes two round trips: BEGIN, the transaction's settings and the load
+// travel in one pipeline, the append, the snapshot (when one is due) and
+// the COMMIT in another. decide runs between them, with the transaction
+// open. Other handles take a round trip per statement.
+//
 // A concurrency conflict (another writer appended first) rolls back, waits a
 // short jittered backoff and retries with a fresh load, up to
 // Config.MaxConflictRetries times; then the error wraps
