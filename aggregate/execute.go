@@ -44,11 +44,14 @@ func (r *Result) Cursor() outbox.Cursor {
 // that is returned as is; it must not change the state, and it may run more
 // than once. No events means nothing to write.
 //
-// When the repository's db is a pool (*pgxpool.Pool), the transaction
-// takes two round trips: BEGIN, the transaction's settings and the load
-// travel in one pipeline, the append, the snapshot (when one is due) and
-// the COMMIT in another. decide runs between them, with the transaction
-// open. Other handles take a round trip per statement.
+// When the repository's db is a pool (a *pgxpool.Pool, or the schema's
+// pool the writer binary builds), the transaction takes two round trips: BEGIN, the
+// transaction's settings and the load travel in one pipeline, the append,
+// the snapshot (when one is due) and the COMMIT in another. decide runs
+// between them, with the transaction open. (A connection's first command
+// sends its BEGIN alone, and a pool in pgx's describe_exec mode is used
+// as other handles are: see pipeline.) Other handles take a round trip
+// per statement.
 //
 // A concurrency conflict (another writer appended first) rolls back, waits a
 // short jittered backoff and retries with a fresh load, up to
@@ -114,6 +117,12 @@ func executeOnce[S any, P StatePtr[S]](ctx context.Context, r *Repository, id st
 	return res, nil
 }
 
+// warmKey marks, in a connection's CustomData, the load statement it has
+// run (see pipeline). pgx may still evict it from its statement cache
+// (an application running more distinct statements on the pool than the
+// cache holds): its next parse then comes before the BEGIN again.
+const warmKey = "readside/aggregate: load"
+
 // pipeline is executeOnce on a pool's connection in two round trips
 // rather than four: BEGIN, the settings and the load go in one pipeline,
 // the append, the snapshot and the COMMIT in another. When the append
@@ -126,19 +135,34 @@ func pipeline[S any, P StatePtr[S]](ctx context.Context, r *Repository, id strin
 	}
 	defer c.Release() // a connection left in a transaction is closed, not pooled
 	defer func() {
-		if err != nil && !c.Conn().IsClosed() && c.Conn().PgConn().TxStatus() != 'I' {
+		// Also after a panic in decide: the connection stays pooled.
+		if !c.Conn().IsClosed() && c.Conn().PgConn().TxStatus() != 'I' {
 			_, _ = c.Exec(ctx, "rollback")
 		}
 	}()
 
 	aggType := P(new(S)).AggregateType()
+	load := r.n.SQL(loadSQL)
 	b := &pgx.Batch{}
-	b.Queue(beginSQL)
+	// pgx parses a statement new to the connection in a round trip of its
+	// own before the pipeline, and parsing the load takes its tables'
+	// locks: on a connection that has not run it, the transaction begins
+	// first, so that the parse waits under lock_timeout rather than
+	// without limit (behind a migration's ACCESS EXCLUSIVE lock, say).
+	warm := c.Conn().PgConn().CustomData()[warmKey] == load
+	if warm {
+		b.Queue(beginSQL)
+	} else if _, err := c.Exec(ctx, r.begin.BeginQuery); err != nil {
+		return nil, fmt.Errorf("load %s %s: %w", aggType, id, err)
+	}
 	b.Queue(r.settings.sql, r.settings.args...)
-	b.Queue(r.n.SQL(loadSQL), aggType, id, true)
+	b.Queue(load, aggType, id, true)
 	br := c.SendBatch(ctx, b)
 	var l *Loaded[S, P]
-	if _, err = br.Exec(); err == nil {
+	if warm {
+		_, err = br.Exec()
+	}
+	if err == nil {
 		if _, err = br.Exec(); err == nil {
 			rows, qerr := br.Query()
 			l, err = readLoaded[S, P](rows, qerr, id)
@@ -148,9 +172,13 @@ func pipeline[S any, P StatePtr[S]](ctx context.Context, r *Repository, id strin
 		err = fmt.Errorf("load %s %s: %w", aggType, id, cerr)
 	}
 	var se *snapshotError
+	if err == nil || errors.As(err, &se) {
+		c.Conn().PgConn().CustomData()[warmKey] = load
+	}
 	if errors.As(err, &se) && c.Conn().PgConn().TxStatus() == 'T' {
 		// A snapshot this binary cannot read: replay, as Load does.
-		l, err = load[S, P](ctx, c, id, false)
+		rows, qerr := c.Query(ctx, load, aggType, id, false)
+		l, err = readLoaded[S, P](rows, qerr, id)
 	}
 	if err != nil {
 		return nil, err

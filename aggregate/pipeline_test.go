@@ -2,17 +2,22 @@ package aggregate_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/readside/readside/aggregate"
 	"github.com/readside/readside/domain"
+	"github.com/readside/readside/internal/dbschema"
 	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/migrations"
 	"github.com/readside/readside/outbox"
 )
 
@@ -92,9 +97,10 @@ func txStatus(t *testing.T, pool *pgxpool.Pool) byte {
 
 // On a pool, a command takes two round trips: BEGIN, its settings and the
 // load in one pipeline, the append and the COMMIT in the other (with the
-// snapshot between them when one is due). Whatever fails, the connection
-// goes back to its pool outside any transaction, and the next command on
-// it works.
+// snapshot between them when one is due). When the decision refuses or
+// the append fails, the connection goes back to its pool outside any
+// transaction, and the next command on it works (a cancelled context
+// closes it instead, as pgx does).
 func TestExecutePipelinesOnAPool(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -112,8 +118,11 @@ func TestExecutePipelinesOnAPool(t *testing.T) {
 	confirm := func(o *domain.Order) ([]domain.Event, error) {
 		return o.Confirm(domain.ConfirmOrder{OrderID: o.ID}, now)
 	}
+	// On a new connection the BEGIN goes first, on its own (see
+	// TestTimeoutsBoundTheFirstLoad).
 	_, err := aggregate.Execute(ctx, repo, "warm", outbox.Metadata{}, place("warm"))
 	require.NoError(t, err)
+	require.Equal(t, []string{"BEGIN", "batch SELECT WITH", "batch INSERT COMMIT"}, rt.take())
 	_, err = aggregate.Execute(ctx, repo, "warm", outbox.Metadata{}, confirm)
 	require.NoError(t, err)
 	rt.take()
@@ -186,5 +195,128 @@ func TestExecutePipelinesOnAPool(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 2, res.Version)
 	require.Equal(t, []string{"batch BEGIN SELECT WITH", "WITH", "batch INSERT WITH COMMIT"}, rt.take())
+	require.Equal(t, byte('I'), txStatus(t, pool))
+}
+
+// withMode is url with pgx's default_query_exec_mode set to mode.
+func withMode(t *testing.T, url, mode string) string {
+	t.Helper()
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	return url + sep + "default_query_exec_mode=" + mode
+}
+
+// The timeouts bound the load also on a connection that has not run it
+// yet: pgx parses a new statement in a round trip before the pipeline,
+// and the parse takes the tables' locks (here behind an ACCESS EXCLUSIVE
+// lock, as a migration takes). In every exec mode a user may put in the
+// URL (describe_exec parses every statement before its pipeline), on a
+// new connection and on one that ran a command before, and through the
+// old path as well.
+func TestTimeoutsBoundTheFirstLoad(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabaseURL(t)
+	admin := pgtest.Pool(t, url)
+	for _, mode := range []string{"cache_statement", "cache_describe", "describe_exec", "exec", "simple_protocol"} {
+		for name, tc := range map[string]struct {
+			cfg  aggregate.Config
+			code string
+		}{
+			"lock":      {aggregate.Config{LockTimeout: 200 * time.Millisecond, StatementTimeout: -1}, "55P03"},
+			"statement": {aggregate.Config{LockTimeout: -1, StatementTimeout: 300 * time.Millisecond}, "57014"},
+		} {
+			for _, handle := range []string{"pool", "begin only"} {
+				for _, warm := range []bool{false, true} {
+					t.Run(fmt.Sprintf("%s/%s/%s/warm=%v", mode, name, handle, warm), func(t *testing.T) {
+						ctx := context.Background()
+						cfg, err := pgxpool.ParseConfig(withMode(t, url, mode))
+						require.NoError(t, err)
+						cfg.MaxConns = 1
+						pool, err := pgxpool.NewWithConfig(ctx, cfg)
+						require.NoError(t, err)
+						defer pool.Close()
+						var db aggregate.DB = pool
+						if handle == "begin only" {
+							db = beginOnly{pool}
+						}
+						repo, err := aggregate.New(db, tc.cfg)
+						require.NoError(t, err)
+						nothing := func(*domain.Product) ([]domain.Event, error) { return nil, nil }
+						if warm {
+							_, err := aggregate.Execute(ctx, repo, "p-1", outbox.Metadata{}, nothing)
+							require.NoError(t, err)
+						}
+						tx, err := admin.Begin(ctx)
+						require.NoError(t, err)
+						defer func() { _ = tx.Rollback(ctx) }()
+						_, err = tx.Exec(ctx, `LOCK TABLE readside.snapshots IN ACCESS EXCLUSIVE MODE`)
+						require.NoError(t, err)
+						cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+						defer cancel()
+						_, err = aggregate.Execute(cctx, repo, "p-1", outbox.Metadata{}, nothing)
+						var pgErr *pgconn.PgError
+						require.ErrorAs(t, err, &pgErr)
+						require.Equal(t, tc.code, pgErr.Code)
+					})
+				}
+			}
+		}
+	}
+}
+
+// In a schema of the user's choosing, the pipelined command's every
+// statement names that schema, the replay after an unreadable snapshot
+// included.
+func TestExecuteInAnotherSchema(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.Pool(t, pgtest.NewEmptyDatabaseURL(t))
+	_, err := migrations.Migrate(ctx, pool, migrations.Config{Schema: "alt"})
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `INSERT INTO alt.events (aggregate_type, aggregate_id, event_type, event_data, schema_version, version)
+		VALUES ('Product', 'p-1', 'ProductCreated', jsonb_build_object('product_id', 'p-1', 'name', 'Old widget', 'price', 10.00, 'created_at', '2024-01-01T00:00:00Z'), 1, 1)`)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `INSERT INTO alt.snapshots (aggregate_type, aggregate_id, version, state) VALUES ('Product', 'p-1', 1, '{"price": "not money"}')`)
+	require.NoError(t, err)
+	price := 100
+	for name, db := range map[string]aggregate.DB{"pool": pool, "begin only": beginOnly{pool}, "readside's pool": dbschema.Name("alt").Pool(pool)} {
+		t.Run(name, func(t *testing.T) {
+			repo, err := aggregate.New(db, aggregate.Config{Schema: "alt", SnapshotEvery: 1})
+			require.NoError(t, err)
+			for range 2 { // a new connection, then the same one warm
+				price++
+				_, err = aggregate.Execute(ctx, repo, "p-1", outbox.Metadata{}, func(p *domain.Product) ([]domain.Event, error) {
+					return p.UpdatePrice(domain.UpdatePrice{ProductID: "p-1", NewPrice: domain.Money(price)}, now)
+				})
+				require.NoError(t, err)
+			}
+			// Unreadable again, for the next handle.
+			_, err = pool.Exec(ctx, `UPDATE alt.snapshots SET state = '{"price": "not money"}'`)
+			require.NoError(t, err)
+		})
+	}
+	var events, snapshots int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM alt.events), (SELECT count(*) FROM alt.snapshots)`).Scan(&events, &snapshots))
+	require.Equal(t, 7, events)
+	require.Equal(t, 1, snapshots, "a snapshot replaces the older ones")
+}
+
+// A decision that panics leaves the connection in its pool, its
+// transaction rolled back, as pgx.BeginTxFunc does.
+func TestPanicInDecideKeepsTheConnection(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rt := &roundTrips{}
+	pool, _ := tracedPool(t, rt)
+	repo := newRepo(t, pool, aggregate.Config{})
+	var before, after int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&before))
+	require.Panics(t, func() {
+		_, _ = aggregate.Execute(ctx, repo, "p-1", outbox.Metadata{}, func(*domain.Product) ([]domain.Event, error) { panic("boom") })
+	})
+	require.NoError(t, pool.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&after))
+	require.Equal(t, before, after)
 	require.Equal(t, byte('I'), txStatus(t, pool))
 }

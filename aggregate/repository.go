@@ -45,14 +45,14 @@ type Config struct {
 	// MaxRetryBackoff caps the backoff. 0 means MaxRetryBackoffDefault.
 	MaxRetryBackoff time.Duration
 	// LockTimeout bounds each wait for a lock inside Execute's
-	// transactions (PostgreSQL's lock_timeout, set with SET LOCAL so that it
+	// transactions (PostgreSQL's lock_timeout, set transaction-local so that it
 	// holds through PgBouncer): a command behind another transaction that
 	// holds the aggregate's next version fails with SQLSTATE 55P03 instead
 	// of waiting for it to end. 0 means LockTimeoutDefault; a negative value
 	// leaves the session's setting.
 	LockTimeout time.Duration
 	// StatementTimeout bounds each statement of Execute's transactions
-	// (statement_timeout, SET LOCAL; SQLSTATE 57014 when it fires). 0 means
+	// (statement_timeout, transaction-local; SQLSTATE 57014 when it fires). 0 means
 	// StatementTimeoutDefault; a negative value leaves the session's
 	// setting.
 	StatementTimeout time.Duration
@@ -138,12 +138,19 @@ func New(db DB, cfg Config) (*Repository, error) {
 	if err != nil {
 		return nil, fmt.Errorf("aggregate: %w", err)
 	}
-	var acquire func(context.Context) (*pgxpool.Conn, error)
+	var pool *pgxpool.Pool
 	switch p := db.(type) {
 	case *dbschema.Pool:
-		n, acquire = p.Schema(), p.Pool.Acquire
+		n, pool = p.Schema(), p.Pool
 	case *pgxpool.Pool:
-		acquire = p.Acquire
+		pool = p
+	}
+	var acquire func(context.Context) (*pgxpool.Conn, error)
+	if pool != nil && pool.Config().ConnConfig.DefaultQueryExecMode != pgx.QueryExecModeDescribeExec {
+		// describe_exec describes every statement in a round trip of its
+		// own before a pipeline, outside its transaction: the load would
+		// wait for its tables' locks without limit.
+		acquire = pool.Acquire
 	}
 	if _, wrapped := db.(*dbschema.Pool); !wrapped {
 		db = inSchema{db, n} // its statements pin readside's search_path
