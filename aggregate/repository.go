@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -144,6 +145,9 @@ func New(db DB, cfg Config) (*Repository, error) {
 		n, pool = p.Schema(), p.Pool
 	case *pgxpool.Pool:
 		pool = p
+		db = inSchema{db, n} // its statements pin readside's search_path
+	default:
+		db = inSchema{db, n}
 	}
 	var acquire func(context.Context) (*pgxpool.Conn, error)
 	if pool != nil && pool.Config().ConnConfig.DefaultQueryExecMode != pgx.QueryExecModeDescribeExec {
@@ -151,9 +155,6 @@ func New(db DB, cfg Config) (*Repository, error) {
 		// own before a pipeline, outside its transaction: the load would
 		// wait for its tables' locks without limit.
 		acquire = pool.Acquire
-	}
-	if _, wrapped := db.(*dbschema.Pool); !wrapped {
-		db = inSchema{db, n} // its statements pin readside's search_path
 	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
@@ -169,14 +170,9 @@ func New(db DB, cfg Config) (*Repository, error) {
 func settingsQuery(cfg Config, n dbschema.Name) settings {
 	sql := "SELECT pg_catalog.set_config('search_path', $1, true)"
 	args := []any{n.StrictPath()}
-	for _, s := range []struct {
-		name string
-		d    time.Duration
-	}{{"lock_timeout", cfg.LockTimeout}, {"statement_timeout", cfg.StatementTimeout}} {
-		if s.d > 0 {
-			args = append(args, fmt.Sprint(max(s.d.Milliseconds(), 1)))
-			sql += fmt.Sprintf(", pg_catalog.set_config('%s', $%d, true)", s.name, len(args))
-		}
+	for _, t := range timeouts(cfg) {
+		args = append(args, strconv.FormatInt(t.ms, 10))
+		sql += fmt.Sprintf(", pg_catalog.set_config('%s', $%d, true)", t.name, len(args))
 	}
 	return settings{sql, args}
 }
@@ -188,13 +184,30 @@ const beginSQL = "BEGIN ISOLATION LEVEL READ COMMITTED"
 // round trip (a simple-protocol query of several statements).
 func beginOptions(cfg Config) pgx.TxOptions {
 	q := beginSQL
-	if cfg.LockTimeout > 0 {
-		q += fmt.Sprintf("; SET LOCAL lock_timeout = %d", max(cfg.LockTimeout.Milliseconds(), 1))
-	}
-	if cfg.StatementTimeout > 0 {
-		q += fmt.Sprintf("; SET LOCAL statement_timeout = %d", max(cfg.StatementTimeout.Milliseconds(), 1))
+	for _, t := range timeouts(cfg) {
+		q += fmt.Sprintf("; SET LOCAL %s = %d", t.name, t.ms)
 	}
 	return pgx.TxOptions{BeginQuery: q}
+}
+
+// timeout is a setting Execute's transactions choose, in milliseconds.
+type timeout struct {
+	name string
+	ms   int64
+}
+
+// timeouts are those of the configured timeouts that are positive.
+func timeouts(cfg Config) []timeout {
+	var out []timeout
+	for _, t := range []struct {
+		name string
+		d    time.Duration
+	}{{"lock_timeout", cfg.LockTimeout}, {"statement_timeout", cfg.StatementTimeout}} {
+		if t.d > 0 {
+			out = append(out, timeout{t.name, max(t.d.Milliseconds(), 1)})
+		}
+	}
+	return out
 }
 
 // StatePtr constrains a type parameter to *S where *S is a domain.State

@@ -137,12 +137,10 @@ func (n Name) ident(id pgx.Identifier) pgx.Identifier {
 // resolved before any search_path is trusted.
 const pinSQL = `SELECT pg_catalog.set_config('search_path', $1, true)`
 
-// strictPath is the search_path readside's own statements run with.
-func (n Name) strictPath() string { return "pg_catalog, " + n.Ident() + ", pg_temp" }
-
-// StrictPath is the search_path readside's own statements run with, for a
-// caller that pins it in a pipeline of its own: pg_catalog, n, pg_temp.
-func (n Name) StrictPath() string { return n.strictPath() }
+// StrictPath is the search_path readside's own statements run with:
+// pg_catalog, n, pg_temp (also for a caller that pins it in a pipeline of
+// its own).
+func (n Name) StrictPath() string { return "pg_catalog, " + n.Ident() + ", pg_temp" }
 
 // noPin are statements that cannot run inside a transaction block, which
 // an implicit one is; they name only qualified tables.
@@ -168,10 +166,10 @@ func (n Name) pinnedExec(ctx context.Context, s sender, sql string, args []any) 
 		// which takes several statements (DDL scripts do): the setting
 		// goes first in the same string. The path is identifiers Parse
 		// accepted, with no quote of its own.
-		return s.Exec(ctx, "SELECT pg_catalog.set_config('search_path', '"+n.strictPath()+"', true);\n"+sql)
+		return s.Exec(ctx, "SELECT pg_catalog.set_config('search_path', '"+n.StrictPath()+"', true);\n"+sql)
 	}
 	b := &pgx.Batch{}
-	b.Queue(pinSQL, n.strictPath())
+	b.Queue(pinSQL, n.StrictPath())
 	b.Queue(sql, args...)
 	br := s.SendBatch(ctx, b)
 	if _, err := br.Exec(); err != nil {
@@ -198,7 +196,7 @@ const genericPinSQL = `SELECT pg_catalog.set_config('search_path', $1, true),
 // strict path as $1.
 func (n Name) pinnedQueryWith(ctx context.Context, s sender, pin, sql string, args []any) (pgx.Rows, error) {
 	b := &pgx.Batch{}
-	b.Queue(pin, n.strictPath())
+	b.Queue(pin, n.StrictPath())
 	b.Queue(n.SQL(sql), args...)
 	br := s.SendBatch(ctx, b)
 	if _, err := br.Exec(); err != nil {
@@ -220,7 +218,7 @@ func (n Name) pinnedQueryRow(ctx context.Context, s sender, sql string, args []a
 
 func (n Name) pinnedBatch(ctx context.Context, s sender, b *pgx.Batch) pgx.BatchResults {
 	b = n.batch(b)
-	pin := &pgx.QueuedQuery{SQL: pinSQL, Arguments: []any{n.strictPath()}}
+	pin := &pgx.QueuedQuery{SQL: pinSQL, Arguments: []any{n.StrictPath()}}
 	b.QueuedQueries = append([]*pgx.QueuedQuery{pin}, b.QueuedQueries...)
 	return &pinnedResults{BatchResults: s.SendBatch(ctx, b)}
 }
@@ -486,7 +484,7 @@ func (t *schemaTx) Prepare(ctx context.Context, name, sql string) (*pgconn.State
 func (n Name) BeginBatch(ctx context.Context, c *pgxpool.Conn, b *pgx.Batch, project bool, first string) (pgx.Tx, pgx.BatchResults) {
 	nb := &pgx.Batch{}
 	nb.BeginTx(pgx.TxOptions{})
-	nb.Queue(pinSQL, n.strictPath())
+	nb.Queue(pinSQL, n.StrictPath())
 	nb.QueuedQueries = append(nb.QueuedQueries, n.batch(b).QueuedQueries...)
 	st := &txState{pinned: true}
 	if project {
