@@ -14,8 +14,8 @@ import (
 	"github.com/readside/readside/projectors"
 )
 
-// commitProbe records the synchronous_commit its apply transactions run
-// with.
+// commitProbe records the synchronous_commit and the idle timeout its
+// apply transactions run with, as "synchronous_commit/timeout".
 type commitProbe struct {
 	mu   sync.Mutex
 	seen []string
@@ -25,7 +25,8 @@ func (p *commitProbe) Spec() projectors.Spec { return projectors.Spec{Name: "com
 
 func (p *commitProbe) Apply(ctx context.Context, tx pgx.Tx, _ *projectors.Batch) error {
 	var v string
-	if err := tx.QueryRow(ctx, `SELECT current_setting('synchronous_commit')`).Scan(&v); err != nil {
+	if err := tx.QueryRow(ctx, `SELECT current_setting('synchronous_commit') || '/' ||
+		current_setting('idle_in_transaction_session_timeout')`).Scan(&v); err != nil {
 		return err
 	}
 	p.mu.Lock()
@@ -44,7 +45,9 @@ func (p *commitProbe) settings() []string {
 
 // Apply transactions commit asynchronously unless SynchronousApply is set,
 // and then with the session's own setting (here the database's), never a
-// value readside picks; the setting does not outlive the transaction.
+// value readside picks; they time out when idle for the lease's TTL (a
+// stopped worker must not hold its checkpoint's row lock past its lease);
+// the settings do not outlive the transaction.
 func TestApplyCommitSetting(t *testing.T) {
 	t.Parallel()
 	for _, sync := range []bool{false, true} {
@@ -56,14 +59,16 @@ func TestApplyCommitSetting(t *testing.T) {
 		require.NoError(t, err)
 		pool.Close()
 		pool = pgtest.Pool(t, url)
+		var idle string
+		require.NoError(t, pool.QueryRow(ctx, `SELECT current_setting('idle_in_transaction_session_timeout')`).Scan(&idle))
 		probe := &commitProbe{}
 		startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{probe}, SynchronousApply: sync,
-			PollInterval: 50 * time.Millisecond})
+			PollInterval: 50 * time.Millisecond, LeaseTTL: 7 * time.Second})
 		appendEvents(t, pool, "a", 0, `{}`, `{}`)
 		eventually(t, 30*time.Second, "applied", func() bool { return len(probe.settings()) > 0 })
-		want := "off"
+		want := "off/7s"
 		if sync {
-			want = "local"
+			want = "local/7s"
 		}
 		for _, got := range probe.settings() {
 			require.Equal(t, want, got, "SynchronousApply %v", sync)
@@ -71,6 +76,8 @@ func TestApplyCommitSetting(t *testing.T) {
 		var after string
 		require.NoError(t, pool.QueryRow(ctx, `SELECT current_setting('synchronous_commit')`).Scan(&after))
 		require.Equal(t, "local", after, "the session keeps its own setting")
+		require.NoError(t, pool.QueryRow(ctx, `SELECT current_setting('idle_in_transaction_session_timeout')`).Scan(&after))
+		require.Equal(t, idle, after, "the session keeps its own idle timeout")
 	}
 }
 

@@ -258,7 +258,7 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 		queueSkips(b, s, events, replay)
 	}
 	floors := queueFloors(b, s, events)
-	tx, res := w.db.Schema().BeginBatch(ctx, c, b, true, s.schema)
+	tx, res := w.db.Schema().BeginBatch(ctx, c, b, true, s.schema, w.txSettings()...)
 	sk, err := readBegin(res, tx, s, from, check, floors)
 	if err != nil {
 		_ = tx.Rollback(context.WithoutCancel(ctx))
@@ -267,32 +267,31 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 	return tx, sk, nil
 }
 
-// queueFence queues the statements that open every apply transaction: the
-// idle timeout and the commit's synchronous_commit (see
-// Config.SynchronousApply), and the fenced checkpoint advance. (begin
-// queues the projection's search_path last; the wrapper pins readside's
-// first.)
+// queueFence queues the fenced checkpoint advance that opens every apply
+// transaction. (BeginBatch sets readside's search_path and the
+// transaction's settings first, and begin queues the projection's
+// search_path last.)
 func (w *Worker) queueFence(b *pgx.Batch, s *segment, from, to outbox.Cursor, applied int) {
-	idle := strconv.FormatInt(w.cfg.LeaseTTL.Milliseconds(), 10)
+	checkpoint.QueueAdvance(b, s.lease, from, to, applied, w.cfg.LeaseTTL)
+}
+
+// txSettings are the apply transaction's settings: the idle timeout and
+// the commit's synchronous_commit (see Config.SynchronousApply).
+func (w *Worker) txSettings() []dbschema.Setting {
+	idle := dbschema.Setting{Name: "idle_in_transaction_session_timeout", Value: strconv.FormatInt(w.cfg.LeaseTTL.Milliseconds(), 10)}
 	if w.cfg.SynchronousApply {
 		// The session's own synchronous_commit (its role's, its
 		// database's or the server's).
-		b.Queue(`SELECT pg_catalog.set_config('idle_in_transaction_session_timeout', $1, true)`, idle)
-	} else {
-		b.Queue(`SELECT pg_catalog.set_config('idle_in_transaction_session_timeout', $1, true),
-       pg_catalog.set_config('synchronous_commit', 'off', true)`, idle)
+		return []dbschema.Setting{idle}
 	}
-	checkpoint.QueueAdvance(b, s.lease, from, to, applied, w.cfg.LeaseTTL)
+	return []dbschema.Setting{idle, {Name: "synchronous_commit", Value: "off"}}
 }
 
 // readBegin reads the results of what queueFence, when check queueSkips,
 // and when floors queueFloors queued, and closes res.
 func readBegin(res pgx.BatchResults, tx pgx.Tx, s *segment, from outbox.Cursor, check, floors bool) (skips, error) {
 	sk := skips{parked: map[aggKey]bool{}, discarded: map[int64]bool{}}
-	_, err := res.Exec()
-	if err == nil {
-		err = checkpoint.AdvanceResult(res.Exec())(s.lease, from)
-	}
+	err := checkpoint.AdvanceResult(res.Exec())(s.lease, from)
 	if err == nil && check {
 		err = readSkips(res, sk)
 	}

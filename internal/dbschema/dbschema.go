@@ -481,10 +481,15 @@ func (t *schemaTx) Prepare(ctx context.Context, name, sql string) (*pgconn.State
 // transaction runs in n, and gives c back to its pool when it commits or
 // rolls back (also when the BEGIN failed: then it is closed, and Rollback
 // returns an error wrapping pgx.ErrTxClosed).
-func (n Name) BeginBatch(ctx context.Context, c *pgxpool.Conn, b *pgx.Batch, project bool, first string) (pgx.Tx, pgx.BatchResults) {
+//
+// settings are set for the transaction in the statement that sets
+// readside's search_path: one statement fewer than a set_config of their
+// own in b.
+func (n Name) BeginBatch(ctx context.Context, c *pgxpool.Conn, b *pgx.Batch, project bool, first string, settings ...Setting) (pgx.Tx, pgx.BatchResults) {
 	nb := &pgx.Batch{}
 	nb.BeginTx(pgx.TxOptions{})
-	nb.Queue(pinSQL, n.StrictPath())
+	pin, args := pinWith(n.StrictPath(), settings)
+	nb.Queue(pin, args...)
 	nb.QueuedQueries = append(nb.QueuedQueries, n.batch(b).QueuedQueries...)
 	st := &txState{pinned: true}
 	if project {
@@ -495,6 +500,24 @@ func (n Name) BeginBatch(ctx context.Context, c *pgxpool.Conn, b *pgx.Batch, pro
 	br := c.SendBatch(ctx, nb)
 	tx := &connTx{Tx: br.Tx(), c: c}
 	return &schemaTx{Tx: tx, n: n, st: st}, &pinnedResults{BatchResults: br, extra: 1}
+}
+
+// Setting is a setting BeginBatch makes for its transaction alone.
+type Setting struct{ Name, Value string }
+
+// pinWith is pinSQL that also makes settings, and its arguments.
+func pinWith(path string, settings []Setting) (string, []any) {
+	if len(settings) == 0 {
+		return pinSQL, []any{path}
+	}
+	var sql strings.Builder
+	sql.WriteString(pinSQL)
+	args := []any{path}
+	for _, st := range settings {
+		fmt.Fprintf(&sql, ", pg_catalog.set_config($%d, $%d, true)", len(args)+1, len(args)+2)
+		args = append(args, st.Name, st.Value)
+	}
+	return sql.String(), args
 }
 
 // connTx is a transaction that gives its pool connection back when it

@@ -201,9 +201,30 @@ func TestBeginBatch(t *testing.T) {
 		require.EqualValues(t, 0, pool.Stat().AcquiredConns(), "the connection went back to the pool")
 	}
 
+	// Settings go with readside's search_path, for the transaction alone.
+	const both = `SELECT current_setting('lock_timeout') || '/' || current_setting('application_name')`
+	var before string
+	require.NoError(t, pool.QueryRow(ctx, both).Scan(&before))
+	c, err := pool.Acquire(ctx)
+	require.NoError(t, err)
+	b := &pgx.Batch{}
+	b.Queue(both)
+	tx, res := dbschema.Default.BeginBatch(ctx, c, b, false, "",
+		dbschema.Setting{Name: "lock_timeout", Value: "1234ms"}, dbschema.Setting{Name: "application_name", Value: "it's set"})
+	t.Cleanup(func() { _ = tx.Rollback(ctx) }) // (before the pool's Close, which would wait for it)
+	var set string
+	require.NoError(t, res.QueryRow().Scan(&set))
+	require.NoError(t, res.Close())
+	require.Equal(t, "1234ms/it's set", set)
+	require.NoError(t, tx.QueryRow(ctx, `SELECT current_setting('search_path')`).Scan(&set))
+	require.Equal(t, `pg_catalog, "readside", pg_temp`, set)
+	require.NoError(t, tx.Commit(ctx))
+	require.NoError(t, pool.QueryRow(ctx, both).Scan(&set))
+	require.Equal(t, before, set, "the settings were the transaction's")
+
 	// A statement of the first batch fails: the transaction is aborted,
 	// and rolling it back gives the connection back.
-	tx, res := begin(`SELECT 1/0`)
+	tx, res = begin(`SELECT 1/0`)
 	_, err = res.Exec()
 	require.Error(t, err)
 	require.Error(t, res.Close())

@@ -129,9 +129,23 @@ var mutations = []mutation{
 	{
 		name: "asynchronous apply commit (synchronous_commit left to the session)",
 		edits: []edit{{"projectors/runner.go",
-			"pg_catalog.set_config('synchronous_commit', 'off', true)",
-			"NULL"}},
+			`return []dbschema.Setting{idle, {Name: "synchronous_commit", Value: "off"}}`,
+			`return []dbschema.Setting{idle}`}},
 		checks: []check{{"./projectors/", "TestApplyCommitSetting"}},
+	},
+	{
+		name: "apply transaction's idle timeout (a stopped worker holds its checkpoint's row lock)",
+		edits: []edit{{"projectors/runner.go",
+			`return []dbschema.Setting{idle, {Name: "synchronous_commit", Value: "off"}}`,
+			`return []dbschema.Setting{{Name: "synchronous_commit", Value: "off"}}`}},
+		checks: []check{{"./projectors/", "TestApplyCommitSetting"}},
+	},
+	{
+		name: "BeginBatch's settings (made with the search_path pin)",
+		edits: []edit{{"internal/dbschema/dbschema.go",
+			"\tpin, args := pinWith(n.StrictPath(), settings)",
+			"\tpin, args := pinWith(n.StrictPath(), nil)"}},
+		checks: []check{{"./internal/dbschema/", "TestBeginBatch"}},
 	},
 	{
 		name: "bucket-targeted wake-up (a notification runs every segment)",
