@@ -291,7 +291,10 @@ func (w *Worker) txSettings() []dbschema.Setting {
 // and when floors queueFloors queued, and closes res.
 func readBegin(res pgx.BatchResults, tx pgx.Tx, s *segment, from outbox.Cursor, check, floors bool) (skips, error) {
 	sk := skips{parked: map[aggKey]bool{}, discarded: map[int64]bool{}}
-	err := checkpoint.AdvanceResult(res.Exec())(s.lease, from)
+	err := dbschema.ReadBegin(res)
+	if err == nil {
+		err = checkpoint.AdvanceResult(res.Exec())(s.lease, from)
+	}
 	if err == nil && check {
 		err = readSkips(res, sk)
 	}

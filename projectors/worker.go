@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -35,6 +36,11 @@ const (
 	MaxRetryBackoffDefault = 10 * time.Second
 	SoftStopTimeoutDefault = 10 * time.Second
 )
+
+// maxLeaseTTL is the longest LeaseTTL: an apply transaction's
+// idle_in_transaction_session_timeout is the TTL, in milliseconds, and
+// PostgreSQL takes at most 2^31-1.
+const maxLeaseTTL = math.MaxInt32 * time.Millisecond
 
 // Config configures a Worker.
 type Config struct {
@@ -74,7 +80,8 @@ type Config struct {
 	// checks the outbox head this often (one query for all its segments). 0
 	// means PollIntervalDefault.
 	PollInterval time.Duration
-	// LeaseTTL is how long a lease lasts without renewal; a dead worker's
+	// LeaseTTL is how long a lease lasts without renewal (at most about
+	// 24.8 days, PostgreSQL's longest idle timeout); a dead worker's
 	// segments move after at most this long. Leases are renewed every
 	// LeaseTTL/4. 0 means LeaseTTLDefault.
 	LeaseTTL time.Duration
@@ -149,6 +156,9 @@ func (c *Config) validate() error {
 		return errors.New("projectors: Concurrency, BatchSize, BatchBytes and MaxAttempts must not be negative")
 	case c.LeaseTTL < 100*time.Millisecond:
 		return fmt.Errorf("projectors: LeaseTTL %s is too short (minimum 100ms)", c.LeaseTTL)
+	case c.LeaseTTL > maxLeaseTTL:
+		return fmt.Errorf("projectors: LeaseTTL %s is too long (maximum %s, the longest idle_in_transaction_session_timeout PostgreSQL takes: "+
+			"an apply transaction idle for a lease's time is ended)", c.LeaseTTL, maxLeaseTTL)
 	case c.PollInterval < time.Millisecond:
 		return fmt.Errorf("projectors: PollInterval %s is too short", c.PollInterval)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -48,10 +49,16 @@ func TestWorkerConfigErrors(t *testing.T) {
 		"duplicate":      {Pool: pool, Projections: []projectors.Projection{&recorder{name: "a"}, &recorder{name: "a"}}},
 		"bad segments":   {Pool: pool, Projections: []projectors.Projection{&recorder{name: "a", segments: 5000}}},
 		"short ttl":      {Pool: pool, Projections: []projectors.Projection{&recorder{name: "a"}}, LeaseTTL: time.Millisecond},
+		// (An apply transaction's idle timeout is the TTL in milliseconds,
+		// which PostgreSQL refuses past 2^31-1: every batch would fail.)
+		"long ttl": {Pool: pool, Projections: []projectors.Projection{&recorder{name: "a"}}, LeaseTTL: math.MaxInt32*time.Millisecond + time.Millisecond},
 	} {
 		_, err := projectors.NewWorker(cfg)
 		require.Error(t, err, name)
 	}
+	_, err := projectors.NewWorker(projectors.Config{Pool: pool, Projections: []projectors.Projection{&recorder{name: "a"}},
+		LeaseTTL: math.MaxInt32 * time.Millisecond})
+	require.NoError(t, err, "the longest TTL PostgreSQL's idle timeout takes")
 }
 
 func TestWorkerRefusesUnmigratedDatabase(t *testing.T) {

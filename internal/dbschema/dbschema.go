@@ -502,6 +502,17 @@ func (n Name) BeginBatch(ctx context.Context, c *pgxpool.Conn, b *pgx.Batch, pro
 	return &schemaTx{Tx: tx, n: n, st: st}, &pinnedResults{BatchResults: br, extra: 1}
 }
 
+// ReadBegin reads the results of what BeginBatch sends before b's
+// statements (the BEGIN, readside's search_path and the settings) and
+// returns their error as it is, before the caller reads b's first result
+// (which would otherwise carry it, labelled as that statement's).
+func ReadBegin(res pgx.BatchResults) error {
+	if r, ok := res.(*pinnedResults); ok {
+		return r.skip()
+	}
+	return nil
+}
+
 // Setting is a setting BeginBatch makes for its transaction alone.
 type Setting struct{ Name, Value string }
 

@@ -5,8 +5,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
@@ -221,6 +223,20 @@ func TestBeginBatch(t *testing.T) {
 	require.NoError(t, tx.Commit(ctx))
 	require.NoError(t, pool.QueryRow(ctx, both).Scan(&set))
 	require.Equal(t, before, set, "the settings were the transaction's")
+
+	// A setting the server refuses: ReadBegin gives its error as it is,
+	// before the batch's first result, and the connection goes back.
+	c, err = pool.Acquire(ctx)
+	require.NoError(t, err)
+	b = &pgx.Batch{}
+	b.Queue(`SELECT 1`)
+	tx, res = dbschema.Default.BeginBatch(ctx, c, b, false, "", dbschema.Setting{Name: "idle_in_transaction_session_timeout", Value: "99999999999"})
+	var pgErr *pgconn.PgError
+	require.ErrorAs(t, dbschema.ReadBegin(res), &pgErr)
+	require.Equal(t, "22023", pgErr.Code)
+	require.Error(t, res.Close())
+	_ = tx.Rollback(ctx)
+	require.Eventually(t, func() bool { return pool.Stat().AcquiredConns() == 0 }, 5*time.Second, 10*time.Millisecond)
 
 	// A statement of the first batch fails: the transaction is aborted,
 	// and rolling it back gives the connection back.

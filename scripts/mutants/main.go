@@ -141,6 +141,13 @@ var mutations = []mutation{
 		checks: []check{{"./projectors/", "TestApplyCommitSetting"}},
 	},
 	{
+		name: "LeaseTTL's upper bound (PostgreSQL refuses every apply transaction's idle timeout)",
+		edits: []edit{{"projectors/worker.go",
+			"\tcase c.LeaseTTL > maxLeaseTTL:",
+			"\tcase false:"}},
+		checks: []check{{"./projectors/", "TestWorkerConfigErrors"}},
+	},
+	{
 		name: "BeginBatch's settings (made with the search_path pin)",
 		edits: []edit{{"internal/dbschema/dbschema.go",
 			"\tpin, args := pinWith(n.StrictPath(), settings)",
