@@ -249,3 +249,56 @@ func TestBeginBatch(t *testing.T) {
 	var one int
 	require.NoError(t, pool.QueryRow(ctx, `SELECT 1`).Scan(&one), "the connection is usable again")
 }
+
+// BeginBatch's settings hold for the whole transaction and no longer, in
+// every pgx exec mode and in a schema of readside's other than the
+// default: the pin statement that carries them is prepared, described or
+// sent as text by pgx depending on the mode.
+func TestBeginBatchSettingsInEveryExecMode(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDatabaseURL(t)
+	_, err := pgtest.Pool(t, url).Exec(ctx, `CREATE SCHEMA app_rs`)
+	require.NoError(t, err)
+	const probe = `SELECT current_setting('idle_in_transaction_session_timeout') || '/' ||
+		current_setting('synchronous_commit') || '/' || current_setting('search_path')`
+	settings := []dbschema.Setting{{Name: "idle_in_transaction_session_timeout", Value: "7000"}, {Name: "synchronous_commit", Value: "off"}}
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe,
+		pgx.QueryExecModeDescribeExec, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol} {
+		for _, n := range []dbschema.Name{dbschema.Default, "app_rs"} {
+			t.Run(mode.String()+"/"+string(n), func(t *testing.T) {
+				cfg, err := pgxpool.ParseConfig(url)
+				require.NoError(t, err)
+				cfg.ConnConfig.DefaultQueryExecMode = mode
+				cfg.MaxConns = 1
+				pool, err := pgxpool.NewWithConfig(ctx, cfg)
+				require.NoError(t, err)
+				t.Cleanup(pool.Close)
+				var before string
+				require.NoError(t, pool.QueryRow(ctx, probe).Scan(&before))
+				want := "7s/off/pg_catalog, " + n.Ident() + ", pg_temp"
+				for _, commit := range []bool{true, false, true} {
+					c, err := pool.Acquire(ctx)
+					require.NoError(t, err)
+					b := &pgx.Batch{}
+					b.Queue(probe)
+					tx, res := n.BeginBatch(ctx, c, b, false, "", settings...)
+					t.Cleanup(func() { _ = tx.Rollback(ctx) })
+					var got string
+					require.NoError(t, res.QueryRow().Scan(&got))
+					require.NoError(t, res.Close())
+					require.Equal(t, want, got)
+					require.NoError(t, tx.QueryRow(ctx, probe).Scan(&got))
+					require.Equal(t, want, got, "a later statement of the transaction")
+					if commit {
+						require.NoError(t, tx.Commit(ctx))
+					} else {
+						require.NoError(t, tx.Rollback(ctx))
+					}
+					var after string
+					require.NoError(t, pool.QueryRow(ctx, probe).Scan(&after))
+					require.Equal(t, before, after, "the settings were the transaction's")
+				}
+			})
+		}
+	}
+}
