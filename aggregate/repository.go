@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -50,12 +51,12 @@ type Config struct {
 	// holds through PgBouncer): a command behind another transaction that
 	// holds the aggregate's next version fails with SQLSTATE 55P03 instead
 	// of waiting for it to end. 0 means LockTimeoutDefault; a negative value
-	// leaves the session's setting.
+	// leaves the session's setting. At most 2^31-1 ms (about 24.8 days).
 	LockTimeout time.Duration
 	// StatementTimeout bounds each statement of Execute's transactions
 	// (statement_timeout, transaction-local; SQLSTATE 57014 when it fires). 0 means
 	// StatementTimeoutDefault; a negative value leaves the session's
-	// setting.
+	// setting. At most 2^31-1 ms (about 24.8 days).
 	StatementTimeout time.Duration
 	// Registerer receives the writer metrics
 	// (readside_writer_appends_total, readside_writer_events_total,
@@ -81,9 +82,16 @@ func (c *Config) validate() error {
 		return fmt.Errorf("aggregate: RetryBackoff %v is negative", c.RetryBackoff)
 	case c.MaxRetryBackoff < c.RetryBackoff:
 		return fmt.Errorf("aggregate: MaxRetryBackoff %v is below RetryBackoff %v", c.MaxRetryBackoff, c.RetryBackoff)
+	case c.LockTimeout > maxTimeout || c.StatementTimeout > maxTimeout:
+		// PostgreSQL would refuse the setting, and every command with it.
+		return fmt.Errorf("aggregate: LockTimeout %v and StatementTimeout %v must be at most %v, PostgreSQL's longest", c.LockTimeout, c.StatementTimeout, maxTimeout)
 	}
 	return nil
 }
+
+// maxTimeout is the longest lock_timeout and statement_timeout PostgreSQL
+// takes: 2^31-1 ms.
+const maxTimeout = math.MaxInt32 * time.Millisecond
 
 // DB is what the repository needs from a pool (a *pgxpool.Pool).
 type DB interface {

@@ -3,6 +3,7 @@ package aggregate_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -318,6 +319,13 @@ func TestNewValidates(t *testing.T) {
 	pool := pgtest.NewDB(t)
 	_, err = aggregate.New(pool, aggregate.Config{RetryBackoff: time.Second, MaxRetryBackoff: time.Millisecond})
 	require.Error(t, err)
+	// (PostgreSQL refuses a timeout past 2^31-1 ms: every command would fail.)
+	_, err = aggregate.New(pool, aggregate.Config{LockTimeout: math.MaxInt32*time.Millisecond + time.Millisecond})
+	require.ErrorContains(t, err, "LockTimeout")
+	_, err = aggregate.New(pool, aggregate.Config{StatementTimeout: math.MaxInt32*time.Millisecond + time.Millisecond})
+	require.ErrorContains(t, err, "StatementTimeout")
+	_, err = aggregate.New(pool, aggregate.Config{LockTimeout: math.MaxInt32 * time.Millisecond, StatementTimeout: math.MaxInt32 * time.Millisecond})
+	require.NoError(t, err, "the longest timeouts PostgreSQL takes")
 	reg := prometheus.NewRegistry()
 	_, err = aggregate.New(pool, aggregate.Config{Registerer: reg})
 	require.NoError(t, err)

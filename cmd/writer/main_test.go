@@ -33,6 +33,8 @@ func TestRunRejectsBadInvocations(t *testing.T) {
 		"stray argument":    {[]string{"serve", "extra"}, `unexpected argument "extra"`},
 		"bad timeout":       {[]string{"serve", "--shutdown-timeout", "0s"}, "--shutdown-timeout must be positive"},
 		"lock past command": {[]string{"serve", "--lock-timeout", "10s"}, "--lock-timeout 10s must be below --command-timeout 5s"},
+		"query past pg":     {[]string{"serve", "--query-timeout", "1000h"}, "--query-timeout must be at most 596h31m23.647s"},
+		"lock past pg":      {[]string{"serve", "--lock-timeout", "1000h", "--command-timeout", "2000h"}, "--lock-timeout must be at most 596h31m23.647s"},
 		"no commands":       {[]string{"serve", "--max-commands", "0"}, "--max-commands and --max-queries must be at least 1"},
 		"unreachable serve": {[]string{"serve", "--database-url", unreachable, "--addr", "127.0.0.1:0"}, "unreachable"},
 		"unreachable load":  {[]string{"load", "--database-url", unreachable}, "unreachable"},

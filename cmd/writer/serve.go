@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"time"
@@ -141,6 +142,16 @@ func (c serveConfig) validate() error {
 	}{{"--acquire-timeout", c.acquireTimeout}, {"--command-timeout", c.commandTimeout}, {"--query-timeout", c.queryTimeout}, {"--lock-timeout", c.lockTimeout}} {
 		if d.v < time.Millisecond {
 			return fmt.Errorf("serve: %s must be at least 1ms", d.name)
+		}
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"--query-timeout", c.queryTimeout}, {"--lock-timeout", c.lockTimeout}} {
+		// Set as statement_timeout and lock_timeout, which PostgreSQL
+		// refuses past 2^31-1 ms: every read or command would fail.
+		if d.v > math.MaxInt32*time.Millisecond {
+			return fmt.Errorf("serve: %s must be at most %v", d.name, math.MaxInt32*time.Millisecond)
 		}
 	}
 	if c.lockTimeout >= c.commandTimeout {

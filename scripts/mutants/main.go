@@ -148,6 +148,13 @@ var mutations = []mutation{
 		checks: []check{{"./projectors/", "TestWorkerConfigErrors"}},
 	},
 	{
+		name: "the writer's timeouts' upper bound (PostgreSQL refuses every command's settings)",
+		edits: []edit{{"aggregate/repository.go",
+			"\tcase c.LockTimeout > maxTimeout || c.StatementTimeout > maxTimeout:",
+			"\tcase false:"}},
+		checks: []check{{"./aggregate/", "TestNewValidates"}},
+	},
+	{
 		name: "BeginBatch's settings (made with the search_path pin)",
 		edits: []edit{{"internal/dbschema/dbschema.go",
 			"\tpin, args := pinWith(n.StrictPath(), settings)",
