@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"strconv"
 	"time"
 
@@ -82,16 +81,12 @@ func (c *Config) validate() error {
 		return fmt.Errorf("aggregate: RetryBackoff %v is negative", c.RetryBackoff)
 	case c.MaxRetryBackoff < c.RetryBackoff:
 		return fmt.Errorf("aggregate: MaxRetryBackoff %v is below RetryBackoff %v", c.MaxRetryBackoff, c.RetryBackoff)
-	case c.LockTimeout > maxTimeout || c.StatementTimeout > maxTimeout:
+	case c.LockTimeout > dbschema.MaxTimeout || c.StatementTimeout > dbschema.MaxTimeout:
 		// PostgreSQL would refuse the setting, and every command with it.
-		return fmt.Errorf("aggregate: LockTimeout %v and StatementTimeout %v must be at most %v, PostgreSQL's longest", c.LockTimeout, c.StatementTimeout, maxTimeout)
+		return fmt.Errorf("aggregate: LockTimeout %v and StatementTimeout %v must be at most %v, PostgreSQL's longest", c.LockTimeout, c.StatementTimeout, dbschema.MaxTimeout)
 	}
 	return nil
 }
-
-// maxTimeout is the longest lock_timeout and statement_timeout PostgreSQL
-// takes: 2^31-1 ms.
-const maxTimeout = math.MaxInt32 * time.Millisecond
 
 // DB is what the repository needs from a pool (a *pgxpool.Pool).
 type DB interface {

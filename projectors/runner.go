@@ -253,12 +253,12 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 		return nil, skips{}, err
 	}
 	b := &pgx.Batch{}
-	w.queueFence(b, s, from, to, applied)
+	checkpoint.QueueAdvance(b, s.lease, from, to, applied, w.cfg.LeaseTTL)
 	if check {
 		queueSkips(b, s, events, replay)
 	}
 	floors := queueFloors(b, s, events)
-	tx, res := w.db.Schema().BeginBatch(ctx, c, b, true, s.schema, w.txSettings()...)
+	tx, res := w.db.Schema().BeginBatch(ctx, c, b, true, s.schema, w.txSettings...)
 	sk, err := readBegin(res, tx, s, from, check, floors)
 	if err != nil {
 		_ = tx.Rollback(context.WithoutCancel(ctx))
@@ -267,19 +267,12 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 	return tx, sk, nil
 }
 
-// queueFence queues the fenced checkpoint advance that opens every apply
-// transaction. (BeginBatch sets readside's search_path and the
-// transaction's settings first, and begin queues the projection's
-// search_path last.)
-func (w *Worker) queueFence(b *pgx.Batch, s *segment, from, to outbox.Cursor, applied int) {
-	checkpoint.QueueAdvance(b, s.lease, from, to, applied, w.cfg.LeaseTTL)
-}
-
-// txSettings are the apply transaction's settings: the idle timeout and
-// the commit's synchronous_commit (see Config.SynchronousApply).
-func (w *Worker) txSettings() []dbschema.Setting {
-	idle := dbschema.Setting{Name: "idle_in_transaction_session_timeout", Value: strconv.FormatInt(w.cfg.LeaseTTL.Milliseconds(), 10)}
-	if w.cfg.SynchronousApply {
+// applySettings are the apply transaction's settings, made with
+// readside's search_path at its BEGIN: the idle timeout and the commit's
+// synchronous_commit (see Config.SynchronousApply).
+func applySettings(cfg Config) []dbschema.Setting {
+	idle := dbschema.Setting{Name: "idle_in_transaction_session_timeout", Value: strconv.FormatInt(cfg.LeaseTTL.Milliseconds(), 10)}
+	if cfg.SynchronousApply {
 		// The session's own synchronous_commit (its role's, its
 		// database's or the server's).
 		return []dbschema.Setting{idle}
@@ -287,7 +280,7 @@ func (w *Worker) txSettings() []dbschema.Setting {
 	return []dbschema.Setting{idle, {Name: "synchronous_commit", Value: "off"}}
 }
 
-// readBegin reads the results of what queueFence, when check queueSkips,
+// readBegin reads the results of the advance, when check queueSkips,
 // and when floors queueFloors queued, and closes res.
 func readBegin(res pgx.BatchResults, tx pgx.Tx, s *segment, from outbox.Cursor, check, floors bool) (skips, error) {
 	sk := skips{parked: map[aggKey]bool{}, discarded: map[int64]bool{}}

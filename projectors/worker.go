@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -36,11 +35,6 @@ const (
 	MaxRetryBackoffDefault = 10 * time.Second
 	SoftStopTimeoutDefault = 10 * time.Second
 )
-
-// maxLeaseTTL is the longest LeaseTTL: an apply transaction's
-// idle_in_transaction_session_timeout is the TTL, in milliseconds, and
-// PostgreSQL takes at most 2^31-1.
-const maxLeaseTTL = math.MaxInt32 * time.Millisecond
 
 // Config configures a Worker.
 type Config struct {
@@ -156,9 +150,9 @@ func (c *Config) validate() error {
 		return errors.New("projectors: Concurrency, BatchSize, BatchBytes and MaxAttempts must not be negative")
 	case c.LeaseTTL < 100*time.Millisecond:
 		return fmt.Errorf("projectors: LeaseTTL %s is too short (minimum 100ms)", c.LeaseTTL)
-	case c.LeaseTTL > maxLeaseTTL:
+	case c.LeaseTTL > dbschema.MaxTimeout:
 		return fmt.Errorf("projectors: LeaseTTL %s is too long (maximum %s, the longest idle_in_transaction_session_timeout PostgreSQL takes: "+
-			"an apply transaction idle for a lease's time is ended)", c.LeaseTTL, maxLeaseTTL)
+			"an apply transaction idle for a lease's time is ended)", c.LeaseTTL, dbschema.MaxTimeout)
 	case c.PollInterval < time.Millisecond:
 		return fmt.Errorf("projectors: PollInterval %s is too short", c.PollInterval)
 	}
@@ -191,6 +185,9 @@ type Worker struct {
 	projs   map[string]Projection
 	names   []string
 
+	// txSettings are every apply transaction's settings (applySettings).
+	txSettings []dbschema.Setting
+
 	// slots bounds the fetches and applies on the server at once
 	// (Concurrency): statements beyond the server's cores cost it CPU per
 	// event (README, "Throughput at the defaults").
@@ -217,7 +214,7 @@ func NewWorker(cfg Config) (*Worker, error) {
 	n, _ := dbschema.Parse(cfg.Schema)
 	w := &Worker{cfg: cfg, db: n.Pool(cfg.Pool), log: cfg.Logger.With("worker", cfg.WorkerID), metrics: m,
 		specs: map[string]Spec{}, projs: map[string]Projection{}, stopped: make(chan struct{}),
-		slots: make(chan struct{}, cfg.Concurrency)}
+		slots: make(chan struct{}, cfg.Concurrency), txSettings: applySettings(cfg)}
 	for _, p := range cfg.Projections {
 		s := p.Spec().withDefaults()
 		w.specs[s.Name] = s

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net"
 	"net/http"
 	"time"
@@ -150,8 +149,8 @@ func (c serveConfig) validate() error {
 	}{{"--query-timeout", c.queryTimeout}, {"--lock-timeout", c.lockTimeout}} {
 		// Set as statement_timeout and lock_timeout, which PostgreSQL
 		// refuses past 2^31-1 ms: every read or command would fail.
-		if d.v > math.MaxInt32*time.Millisecond {
-			return fmt.Errorf("serve: %s must be at most %v", d.name, math.MaxInt32*time.Millisecond)
+		if d.v > dbschema.MaxTimeout {
+			return fmt.Errorf("serve: %s must be at most %v", d.name, dbschema.MaxTimeout)
 		}
 	}
 	if c.lockTimeout >= c.commandTimeout {

@@ -15,9 +15,11 @@ package dbschema
 import (
 	"context"
 	"fmt"
+	"math"
 	"regexp"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -512,6 +514,12 @@ func ReadBegin(res pgx.BatchResults) error {
 	}
 	return nil
 }
+
+// MaxTimeout is the longest timeout setting PostgreSQL takes
+// (lock_timeout, statement_timeout, idle_in_transaction_session_timeout):
+// 2^31-1 ms, about 24.8 days. A longer one makes every transaction that
+// sets it fail.
+const MaxTimeout = math.MaxInt32 * time.Millisecond
 
 // Setting is a setting BeginBatch makes for its transaction alone.
 type Setting struct{ Name, Value string }

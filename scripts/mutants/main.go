@@ -143,14 +143,14 @@ var mutations = []mutation{
 	{
 		name: "LeaseTTL's upper bound (PostgreSQL refuses every apply transaction's idle timeout)",
 		edits: []edit{{"projectors/worker.go",
-			"\tcase c.LeaseTTL > maxLeaseTTL:",
+			"\tcase c.LeaseTTL > dbschema.MaxTimeout:",
 			"\tcase false:"}},
 		checks: []check{{"./projectors/", "TestWorkerConfigErrors"}},
 	},
 	{
 		name: "the writer's timeouts' upper bound (PostgreSQL refuses every command's settings)",
 		edits: []edit{{"aggregate/repository.go",
-			"\tcase c.LockTimeout > maxTimeout || c.StatementTimeout > maxTimeout:",
+			"\tcase c.LockTimeout > dbschema.MaxTimeout || c.StatementTimeout > dbschema.MaxTimeout:",
 			"\tcase false:"}},
 		checks: []check{{"./aggregate/", "TestNewValidates"}},
 	},
