@@ -33,6 +33,33 @@ type Projection interface {
 	Reset(ctx context.Context, tx pgx.Tx) error
 }
 
+// Queuer is implemented by a projection whose writes need no answer from
+// the database: Queue queues, on q, statements with the same effect as
+// Apply's for b, and reads nothing back. The runtime then sends the
+// whole apply transaction in one round trip (BEGIN, the checkpoint's
+// advance, q's statements, COMMIT) instead of one for its start, one for
+// each of Apply's statements and one for the COMMIT: about 0.3 ms less per
+// batch on a 2-core machine (README, latency).
+//
+// Apply stays the reference. The runtime calls it instead whenever it must
+// read before writing (a batch with parked aggregates, a replay, a
+// rebuild's copy, a segment's first batches after a scale), when Queue
+// returns an error or one of q's statements fails (Apply then fails the
+// same way and the failing event is isolated as for any projection), and
+// on a pool whose DefaultQueryExecMode is QueryExecModeCacheDescribe or
+// QueryExecModeDescribeExec. A projection that implements SideEffects is
+// never queued: its side effects need Batch.SideEffectsDue's answer.
+//
+// q's statements run under the search_path Apply's run under. A statement
+// that must refuse a batch (a version gap) has to fail, not return rows
+// saying so: nothing reads them. Each distinct statement text is prepared
+// once per connection, up to dbschema.MaxPrepared (past it the runtime
+// calls Apply), so their text must not vary with the batch: pass a batch's
+// rows as arrays (unnest), not as a VALUES list of its length.
+type Queuer interface {
+	Queue(q *pgx.Batch, b *Batch) error
+}
+
 // Schema is implemented by a projection that owns tables: `projector
 // migrate` (migrations.Config.Projections) runs its SQL after readside's
 // migrations, in the same transaction, every time, so it must be

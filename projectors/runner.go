@@ -245,7 +245,7 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 	// event.
 	// A rebuild's copy replays everything, and skips what an operator
 	// discarded from the live projection as well as from the copy.
-	replay := len(events) > 0 && (s.schema != "" || !s.high.Less(events[0].Cursor) || !s.floorsUntil.Less(events[0].Cursor))
+	replay := s.replaying(events)
 	check := s.parked || replay
 	s.replays = nil
 	c, err := w.cfg.Pool.Acquire(ctx)
@@ -265,6 +265,13 @@ func (w *Worker) begin(ctx context.Context, s *segment, from, to outbox.Cursor, 
 		return nil, sk, err
 	}
 	return tx, sk, nil
+}
+
+// replaying says whether a batch of events may replay history: a
+// rebuild's copy's, or one that starts at or below the segment's
+// high-water mark or its buckets' floors.
+func (s *segment) replaying(events []outbox.Event) bool {
+	return len(events) > 0 && (s.schema != "" || !s.high.Less(events[0].Cursor) || !s.floorsUntil.Less(events[0].Cursor))
 }
 
 // applySettings are the apply transaction's settings, made with
@@ -380,6 +387,16 @@ func aggregates(events []outbox.Event) (types, ids []string) {
 func (w *Worker) apply(ctx context.Context, s *segment, batch *outbox.Batch) (outbox.Cursor, error) {
 	start := time.Now()
 	from := s.cursor
+	if q := w.queue(s, batch.Events); q != nil {
+		done, err := w.applyQueued(ctx, s, batch, q)
+		if done {
+			if err != nil {
+				return from, err
+			}
+			w.committed(s, batch.Events, start)
+			return batch.Next, nil
+		}
+	}
 	tx, sk, err := w.begin(ctx, s, from, batch.Next, len(batch.Events), batch.Events)
 	if err != nil {
 		return from, w.fencedOr(s, err)
@@ -412,6 +429,71 @@ func (w *Worker) apply(ctx context.Context, s *segment, batch *outbox.Batch) (ou
 	}
 	w.committed(s, events, start)
 	return batch.Next, nil
+}
+
+// queue is the batch of statements that applies events in one round trip
+// (Queuer), or nil when the batch must go through Apply: the projection
+// does not queue, or the runtime must read before it writes (see Queuer).
+func (w *Worker) queue(s *segment, events []outbox.Event) *pgx.Batch {
+	qr, ok := s.proj.(Queuer)
+	if !ok || !w.queueing || len(events) == 0 || s.parked || s.replaying(events) || len(s.belowFloors(events)) > 0 {
+		return nil
+	}
+	if _, fx := s.proj.(SideEffects); fx {
+		return nil
+	}
+	q := &pgx.Batch{}
+	if err := qr.Queue(q, &Batch{Events: events, Segment: s.lease.Segment}); err != nil || q.Len() == 0 {
+		// Apply fails the same way, and the failing event is isolated;
+		// or it has nothing to write, and the ordinary path says so.
+		return nil
+	}
+	return q
+}
+
+// applyQueued applies a batch in one round trip: the checkpoint's advance,
+// which fails when fenced, and then q, and the COMMIT, in one pipeline
+// (dbschema.CommitBatch). done is true when the batch committed, or when
+// the lease was fenced (err ErrFenced). Otherwise nothing was applied and
+// Apply applies the batch: on any other failure (a statement of q, q's
+// arguments that pgx cannot encode, statements that could not be
+// prepared, a transient error), Apply meets the real cause, if there is
+// one, and the runtime handles it as for any projection: retries a
+// transient error, isolates a failing event.
+func (w *Worker) applyQueued(ctx context.Context, s *segment, batch *outbox.Batch, q *pgx.Batch) (done bool, err error) {
+	from := s.cursor
+	s.replays = nil
+	c, err := w.cfg.Pool.Acquire(ctx)
+	if err != nil {
+		return false, err
+	}
+	b := &pgx.Batch{}
+	checkpoint.QueueAdvance(b, s.lease, from, batch.Next, len(batch.Events), w.cfg.LeaseTTL)
+	p, err := w.db.Schema().CommitBatch(ctx, c, b, q, w.prepare, w.txSettings...)
+	if err != nil {
+		c.Release()
+	} else {
+		res := p.Results()
+		err = dbschema.ReadBegin(res)
+		if err == nil {
+			err = checkpoint.AdvanceResult(res.Exec())(s.lease, from)
+		}
+		if err == nil {
+			err = p.Commit()
+		}
+		if cerr := p.End(ctx); err == nil {
+			err = cerr
+		}
+	}
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, checkpoint.ErrFenced):
+		return true, w.fencedOr(s, err)
+	}
+	w.log.Debug("queued batch not applied; applying it with Apply", "projection", s.spec.Name, "segment", s.lease.Segment,
+		"err", printable.Cap(err.Error(), logErrorBytes))
+	return false, err
 }
 
 func (w *Worker) committed(s *segment, events []outbox.Event, start time.Time) {

@@ -187,6 +187,9 @@ type Worker struct {
 
 	// txSettings are every apply transaction's settings (applySettings).
 	txSettings []dbschema.Setting
+	// queueing: a Queuer's batches go in one round trip (applyQueued),
+	// their statements prepared first when prepare (see queueModes).
+	queueing, prepare bool
 
 	// slots bounds the fetches and applies on the server at once
 	// (Concurrency): statements beyond the server's cores cost it CPU per
@@ -215,6 +218,7 @@ func NewWorker(cfg Config) (*Worker, error) {
 	w := &Worker{cfg: cfg, db: n.Pool(cfg.Pool), log: cfg.Logger.With("worker", cfg.WorkerID), metrics: m,
 		specs: map[string]Spec{}, projs: map[string]Projection{}, stopped: make(chan struct{}),
 		slots: make(chan struct{}, cfg.Concurrency), txSettings: applySettings(cfg)}
+	w.queueing, w.prepare = queueModes(cfg.Pool.Config().ConnConfig.DefaultQueryExecMode)
 	for _, p := range cfg.Projections {
 		s := p.Spec().withDefaults()
 		w.specs[s.Name] = s
@@ -223,6 +227,26 @@ func NewWorker(cfg Config) (*Worker, error) {
 	}
 	m.zero(w.names)
 	return w, nil
+}
+
+// queueModes says whether a Queuer's statements can go in one pipeline on
+// connections in mode, and whether they must be prepared first. pgx
+// describes a statement new to a connection in a round trip before the
+// pipeline, under the session's search_path rather than the
+// projection's: in QueryExecModeCacheStatement, the default, the runtime
+// prepares them itself first, named, which pgx then uses (never evicted);
+// in QueryExecModeExec and QueryExecModeSimpleProtocol nothing is
+// described before. QueryExecModeCacheDescribe and
+// QueryExecModeDescribeExec describe with unnamed statements (a pooler
+// that keeps no named ones, say): Apply it is.
+func queueModes(mode pgx.QueryExecMode) (queueing, prepare bool) {
+	switch mode {
+	case pgx.QueryExecModeCacheStatement:
+		return true, true
+	case pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol:
+		return true, false
+	}
+	return false, false
 }
 
 // ID is the worker's id in leases and heartbeats.

@@ -2,7 +2,9 @@ package checkpoint
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -104,7 +106,25 @@ var (
 	// advanceHeld follows a successful first one in the same transaction:
 	// its row lock kept every claim out since, so owner and epoch suffice.
 	advanceHeld = fmt.Sprintf(advanceSQL, ``)
+	// advanceOrFail is advanceFirst as a statement that fails when it moves
+	// nothing (fencedMark), so that nothing pipelined behind it runs: not
+	// a projection's statements, not the COMMIT (dbschema.CommitBatch).
+	// The failing cast is evaluated only then: its text depends on the
+	// row count, so the planner cannot fold it.
+	advanceOrFail = `WITH a AS (` + advanceFirst + `
+ RETURNING 1)
+SELECT CAST(CASE WHEN count(*) = 1 THEN '1' ELSE '` + fencedMark + `' END AS pg_catalog.int4) FROM a`
 )
+
+// fencedMark is the text of advanceOrFail's error: PostgreSQL reports
+// `invalid input syntax for type integer: "readside: checkpoint fenced"`.
+const fencedMark = "readside: checkpoint fenced"
+
+// isFenced reports whether err is advanceOrFail's failure.
+func isFenced(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "22P02" && strings.Contains(pe.Message, fencedMark)
+}
 
 // Advance moves a segment's cursor from `from` to `to` inside the caller's
 // apply transaction, counting applied events. It returns ErrFenced, and
@@ -131,18 +151,20 @@ func AdvanceHeld(ctx context.Context, tx DB, l Lease, from, to outbox.Cursor, ap
 // QueueAdvance queues Advance into a pipelined batch, also extending the
 // lease to at least ttl from now: a segment that is busy all the time holds
 // its row lock too often for the renewal (which skips locked rows) to reach
-// it, so its batches renew it. Check the result with AdvanceResult.
+// it, so its batches renew it. When fenced the statement fails, and what
+// the batch holds behind it is not run. Check the result with
+// AdvanceResult.
 func QueueAdvance(b *pgx.Batch, l Lease, from, to outbox.Cursor, applied int, ttl time.Duration) {
-	b.Queue(advanceFirst, l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied, ttl.Seconds())
+	b.Queue(advanceOrFail, l.Projection, l.Segment, l.Owner, l.Epoch, to.TxID, to.Position, from.TxID, from.Position, applied, ttl.Seconds())
 }
 
 // AdvanceResult turns the result of a queued Advance into its error.
 func AdvanceResult(tag pgconn.CommandTag, err error) func(l Lease, from outbox.Cursor) error {
 	return func(l Lease, from outbox.Cursor) error {
-		if err != nil {
+		if err != nil && !isFenced(err) {
 			return fmt.Errorf("advance %s: %w", l, err)
 		}
-		if tag.RowsAffected() == 0 {
+		if err != nil || tag.RowsAffected() == 0 {
 			return fmt.Errorf("advance %s from %s: %w", l, from, ErrFenced)
 		}
 		return nil

@@ -656,14 +656,14 @@ func projectionSetting(c *pgx.Conn, n Name, first string) (string, []any) {
 }
 
 // readProjectionSetting reads what projectionSetting's statement returned
-// and keeps the default it read, if it read one, on tx's connection.
-func readProjectionSetting(tx pgx.Tx, row pgx.Row) error {
+// and keeps the default it read, if it read one, on c.
+func readProjectionSetting(c *pgx.Conn, row pgx.Row) error {
 	var path string
 	var reset *string
 	if err := row.Scan(&path, &reset); err != nil {
 		return err
 	}
-	if c := tx.Conn(); reset != nil && c != nil {
+	if reset != nil && c != nil {
 		c.PgConn().CustomData()[resetPathKey] = *reset
 	}
 	return nil
@@ -672,7 +672,7 @@ func readProjectionSetting(tx pgx.Tx, row pgx.Row) error {
 // ReadProjection reads, from the results of a BeginBatch that set a
 // projection's search_path, the setting's result.
 func ReadProjection(res pgx.BatchResults, tx pgx.Tx) error {
-	return readProjectionSetting(wrapped(tx).Tx, res.QueryRow())
+	return readProjectionSetting(wrapped(tx).Tx.Conn(), res.QueryRow())
 }
 
 // wrapped is tx as a schemaTx (Default's when readside did not wrap it).
@@ -697,7 +697,7 @@ func Projection(ctx context.Context, tx pgx.Tx, first string) (pgx.Tx, error) {
 	}
 	t.st.pinned, t.st.projected = false, false
 	sql, args := projectionSetting(t.Tx.Conn(), t.n, first)
-	if err := readProjectionSetting(t.Tx, t.Tx.QueryRow(ctx, sql, args...)); err != nil {
+	if err := readProjectionSetting(t.Tx.Conn(), t.Tx.QueryRow(ctx, sql, args...)); err != nil {
 		return nil, err
 	}
 	t.st.projected, t.st.first = true, first

@@ -1,0 +1,194 @@
+package dbschema
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Pipeline is a whole transaction sent in one round trip (CommitBatch).
+// Read readside's statements' results (b's) from Results, then Commit
+// reads the rest; End ends it.
+type Pipeline struct {
+	res  *pinnedResults
+	c    *pgxpool.Conn
+	q    []string // the projection's statements
+	read bool     // Commit read the COMMIT's result
+	err  error    // the first error Commit met
+}
+
+// preparedKey holds, in a connection's CustomData, the statements
+// CommitBatch prepared on it under a projection's search_path.
+const preparedKey = "readside/dbschema.prepared"
+
+// MaxPrepared bounds the statements CommitBatch prepares on one connection:
+// a projection whose queued SQL varies with its batch (a VALUES list as
+// long as the batch) would otherwise prepare without end. CommitBatch
+// refuses a statement past it (ErrNotPrepared).
+const MaxPrepared = 64
+
+// ErrNotPrepared is CommitBatch's error for a statement it would have to
+// prepare past MaxPrepared.
+var ErrNotPrepared = errors.New("dbschema: too many distinct statements to prepare on one connection")
+
+// CommitBatch sends a whole transaction on c in one round trip: BEGIN,
+// readside's search_path with settings, b's statements (in n), the
+// search_path of a projection's code (Projection's, with no schema before
+// readside's), q's statements as they are (the projection's own SQL), and
+// the COMMIT. A statement that fails ends it: the server skips everything
+// after it up to the end of the pipeline, the COMMIT included, and End
+// rolls the transaction back. So a statement of b that must hold for q's
+// to commit fails rather than match no row.
+//
+// prepare says that pgx describes, in a round trip before the pipeline, a
+// statement new to the connection (QueryExecModeCacheStatement): that
+// would resolve q's names under the session's search_path, not the
+// projection's. CommitBatch then first prepares those of q's statements
+// that it has not prepared on c before, in a transaction of their own
+// under the projection's search_path, where a named prepared statement is
+// planned and replanned (PostgreSQL replans one whose search_path
+// changed).
+//
+// Read b's results from Results, then call Commit, then End. c is given
+// back to its pool by End.
+func (n Name) CommitBatch(ctx context.Context, c *pgxpool.Conn, b, q *pgx.Batch, prepare bool, settings ...Setting) (*Pipeline, error) {
+	sqls := make([]string, len(q.QueuedQueries))
+	for i, qq := range q.QueuedQueries {
+		sqls[i] = qq.SQL
+	}
+	if prepare {
+		if err := n.prepareProjection(ctx, c, sqls); err != nil {
+			return nil, err
+		}
+	}
+	nb := &pgx.Batch{}
+	nb.Queue("begin")
+	pin, args := pinWith(n.StrictPath(), settings)
+	nb.Queue(pin, args...)
+	nb.QueuedQueries = append(nb.QueuedQueries, n.batch(b).QueuedQueries...)
+	sql, args := projectionSetting(c.Conn(), n, "")
+	nb.Queue(sql, args...)
+	nb.QueuedQueries = append(nb.QueuedQueries, q.QueuedQueries...)
+	nb.Queue("commit")
+	br := c.SendBatch(ctx, nb)
+	return &Pipeline{res: &pinnedResults{BatchResults: br, extra: 1}, c: c, q: sqls}, nil
+}
+
+// Results are b's results (ReadBegin first).
+func (p *Pipeline) Results() pgx.BatchResults { return p.res }
+
+// Commit reads the results after b's: the projection's search_path, q's
+// statements' and the COMMIT's. It returns the first error, from q's
+// statements wrapped in a QueuedError.
+func (p *Pipeline) Commit() error {
+	err := readProjectionSetting(p.c.Conn(), p.res.QueryRow())
+	for i := 0; err == nil && i < len(p.q); i++ {
+		if _, err = p.res.Exec(); err != nil {
+			err = &QueuedError{Index: i, Err: err}
+		}
+	}
+	if err == nil {
+		var tag string
+		t, cerr := p.res.Exec()
+		tag, err = t.String(), cerr
+		if err == nil && tag != "COMMIT" {
+			err = fmt.Errorf("commit: %s", tag)
+		}
+		p.read = err == nil
+	}
+	p.err = err
+	return err
+}
+
+// QueuedError is the error of the projection's statement Index.
+type QueuedError struct {
+	Index int
+	Err   error
+}
+
+func (e *QueuedError) Error() string { return fmt.Sprintf("queued statement %d: %v", e.Index+1, e.Err) }
+func (e *QueuedError) Unwrap() error { return e.Err }
+
+// End closes the results, rolls back a transaction that did not commit
+// and gives the connection back. After a failed statement of q it also
+// forgets the statements CommitBatch prepared for q on the connection
+// (one dropped behind pgx's back, by a DEALLOCATE in a projection's code,
+// is prepared again next time).
+func (p *Pipeline) End(ctx context.Context) error {
+	err := p.res.Close()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	conn := p.c.Conn()
+	if !conn.IsClosed() && conn.PgConn().TxStatus() != 'I' {
+		// A transaction the pipeline left open or failed: the pool would
+		// close the connection rather than reuse it.
+		_, _ = conn.Exec(ctx, "rollback")
+	}
+	var qe *QueuedError
+	if errors.As(p.err, &qe) && !conn.IsClosed() {
+		forgetPrepared(ctx, conn, p.q)
+	}
+	p.c.Release()
+	if p.read {
+		return nil
+	}
+	return err
+}
+
+// prepareProjection prepares, on c, those of sqls not prepared there
+// before, under the search_path of a projection's code.
+func (n Name) prepareProjection(ctx context.Context, c *pgxpool.Conn, sqls []string) error {
+	conn := c.Conn()
+	done, _ := conn.PgConn().CustomData()[preparedKey].(map[string]bool)
+	var cold []string
+	for _, sql := range sqls {
+		if !done[sql] && !slices.Contains(cold, sql) {
+			cold = append(cold, sql)
+		}
+	}
+	if len(cold) == 0 {
+		return nil
+	}
+	if len(done)+len(cold) > MaxPrepared {
+		return ErrNotPrepared
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	sql, args := projectionSetting(conn, n, "")
+	if err := readProjectionSetting(conn, tx.QueryRow(ctx, sql, args...)); err != nil {
+		return err
+	}
+	if done == nil {
+		done = map[string]bool{}
+		conn.PgConn().CustomData()[preparedKey] = done
+	}
+	for _, sql := range cold {
+		// Named by its text: pgx keeps it apart from its statement cache
+		// (never evicted) and uses it for a queued statement of that text.
+		if _, err := conn.Prepare(ctx, sql, sql); err != nil {
+			return err
+		}
+		done[sql] = true
+	}
+	return tx.Commit(ctx)
+}
+
+// forgetPrepared deallocates sqls on conn, where prepareProjection
+// prepared them.
+func forgetPrepared(ctx context.Context, conn *pgx.Conn, sqls []string) {
+	done, _ := conn.PgConn().CustomData()[preparedKey].(map[string]bool)
+	for _, sql := range sqls {
+		if done[sql] {
+			delete(done, sql)
+			_ = conn.Deallocate(ctx, sql)
+		}
+	}
+}
