@@ -32,8 +32,11 @@ import (
 type upsert struct {
 	name     string
 	segments int
-	// applied, if set, is called inside Apply with the batch's event ids
-	// (the latency benchmark notes which transaction carries which events).
+	// exec: Apply executes its upsert rather than queue it (Batch.Queue).
+	exec bool
+	// applied, if set, is called inside an exec Apply with the batch's
+	// event ids (the latency benchmark notes which transaction carries
+	// which events; a queued upsert it sees in the pipeline).
 	applied func(tx pgx.Tx, ids []int64)
 }
 
@@ -60,23 +63,15 @@ func (u *upsert) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) erro
 	for i, e := range b.Events {
 		ids[i], versions[i], eventIDs[i], data[i] = e.AggregateID, int32(e.Version), e.ID(), string(e.Data)
 	}
+	if !u.exec {
+		return b.Queue(ctx, tx, fmt.Sprintf(upsertSQL, u.table()), ids, versions, eventIDs, data)
+	}
 	if _, err := tx.Exec(ctx, fmt.Sprintf(upsertSQL, u.table()), ids, versions, eventIDs, data); err != nil {
 		return err
 	}
 	if u.applied != nil {
 		u.applied(tx, eventIDs)
 	}
-	return nil
-}
-
-// Queue is Apply's upsert, queued (projectors.Queuer).
-func (u *upsert) Queue(q *pgx.Batch, b *projectors.Batch) error {
-	n := len(b.Events)
-	ids, versions, eventIDs, data := make([]string, n), make([]int32, n), make([]int64, n), make([]string, n)
-	for i, e := range b.Events {
-		ids[i], versions[i], eventIDs[i], data[i] = e.AggregateID, int32(e.Version), e.ID(), string(e.Data)
-	}
-	q.Queue(fmt.Sprintf(upsertSQL, u.table()), ids, versions, eventIDs, data)
 	return nil
 }
 
@@ -306,11 +301,7 @@ func (c *commitClock) note(tx pgx.Tx, ids []int64) {
 	c.pending[tx.Conn()] = append(c.pending[tx.Conn()], ids...)
 }
 
-// applyOnly is a projection without its Queue: every batch through Apply.
-type applyOnly struct{ projectors.Projection }
-
-// TraceBatchStart notes the events a queued upsert carries (the pipeline
-// that ends in their COMMIT, projectors.Queuer).
+// TraceBatchStart notes the events a queued upsert carries (Batch.Queue).
 func (c *commitClock) TraceBatchStart(ctx context.Context, conn *pgx.Conn, data pgx.TraceBatchStartData) context.Context {
 	for _, q := range data.Batch.QueuedQueries {
 		if strings.Contains(q.SQL, "INSERT INTO upsert_") {
@@ -403,9 +394,9 @@ func percentiles(lat []time.Duration) (p50, p99, worst float64) {
 // The projection has READSIDE_BENCH_SEGMENTS segments (default 1; the
 // shipped projections have 8) and the worker READSIDE_BENCH_CONCURRENCY
 // (default 1; the worker's default is 2). It queues its upsert
-// (projectors.Queuer: one round trip per batch); apply-p50/apply-p99 are
-// the same projection through Apply alone, measured after it in the same
-// run.
+// (Batch.Queue: one round trip per batch); apply-p50/apply-p99 are the
+// same projection executing its upsert in Apply instead, measured after it
+// in the same run.
 func BenchmarkEndToEndLatency(b *testing.B) {
 	const rate = 1000
 	segments := envInt(b, "READSIDE_BENCH_SEGMENTS", 1)
@@ -453,11 +444,8 @@ func runtimeLatency(b *testing.B, writerPool, workerPool *pgxpool.Pool, clock *c
 	ctx := context.Background()
 	p := &upsert{name: fmt.Sprintf("latency_%d", time.Now().UnixNano()%1e9), segments: segments, applied: clock.note}
 	createUpsertTable(b, writerPool, p.table())
-	var proj projectors.Projection = p
-	if !queued {
-		proj = applyOnly{p}
-	}
-	w, err := projectors.NewWorker(projectors.Config{Pool: workerPool, Projections: []projectors.Projection{proj},
+	p.exec = !queued
+	w, err := projectors.NewWorker(projectors.Config{Pool: workerPool, Projections: []projectors.Projection{p},
 		Concurrency: concurrency, Logger: quietLogger()})
 	require.NoError(b, err)
 	require.NoError(b, w.Start(ctx))

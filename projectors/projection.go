@@ -33,33 +33,6 @@ type Projection interface {
 	Reset(ctx context.Context, tx pgx.Tx) error
 }
 
-// Queuer is implemented by a projection whose writes need no answer from
-// the database: Queue queues, on q, statements with the same effect as
-// Apply's for b, and reads nothing back. The runtime then sends the
-// whole apply transaction in one round trip (BEGIN, the checkpoint's
-// advance, q's statements, COMMIT) instead of one for its start, one for
-// each of Apply's statements and one for the COMMIT: about 0.3 ms less per
-// batch on a 2-core machine (README, latency).
-//
-// Apply stays the reference. The runtime calls it instead whenever it must
-// read before writing (a batch with parked aggregates, a replay, a
-// rebuild's copy, a segment's first batches after a scale), when Queue
-// returns an error or one of q's statements fails (Apply then fails the
-// same way and the failing event is isolated as for any projection), and
-// on a pool whose DefaultQueryExecMode is QueryExecModeCacheDescribe or
-// QueryExecModeDescribeExec. A projection that implements SideEffects is
-// never queued: its side effects need Batch.SideEffectsDue's answer.
-//
-// q's statements run under the search_path Apply's run under. A statement
-// that must refuse a batch (a version gap) has to fail, not return rows
-// saying so: nothing reads them. Each distinct statement text is prepared
-// once per connection, up to dbschema.MaxPrepared (past it the runtime
-// calls Apply), so their text must not vary with the batch: pass a batch's
-// rows as arrays (unnest), not as a VALUES list of its length.
-type Queuer interface {
-	Queue(q *pgx.Batch, b *Batch) error
-}
-
 // Schema is implemented by a projection that owns tables: `projector
 // migrate` (migrations.Config.Projections) runs its SQL after readside's
 // migrations, in the same transaction, every time, so it must be
@@ -149,6 +122,58 @@ type Batch struct {
 	Replay bool
 
 	ledger ledger // where SideEffectsDue records; zero in a Batch built by hand
+	// queue holds what Queue deferred; nil in a Batch built by hand.
+	queue *pgx.Batch
+}
+
+// Queue runs sql in tx as tx.Exec would, later: the runtime sends what
+// Apply queued after Apply returns, before the batch commits, in one round
+// trip, and when Apply used tx for nothing else, together with the
+// transaction's BEGIN, its checkpoint advance and its COMMIT. A batch whose
+// writes need no answer from the database is then applied in one round
+// trip instead of one for the BEGIN, one per statement and one for the
+// COMMIT (README, "Latency").
+//
+// Nothing reads a queued statement's result: a statement that must
+// refuse the batch (an illegal transition) has to fail, not return rows
+// saying so. Its error is Apply's: the batch rolls back and the failing
+// event is found, retried and parked as for any error of Apply. Queued
+// statements run after everything Apply ran on tx itself, in the order
+// queued, under the same search_path.
+//
+// Each distinct statement text a batch sends with its BEGIN is prepared
+// once per connection, up to dbschema.MaxPrepared; past that the runtime
+// begins the transaction first. So keep the text independent of the
+// batch: pass the batch's rows as arrays (unnest), not as a VALUES list of
+// its length.
+//
+// In a Batch built by hand (a unit test of a projection) Queue is tx.Exec
+// at once.
+func (b *Batch) Queue(ctx context.Context, tx pgx.Tx, sql string, args ...any) error {
+	if b.queue == nil {
+		_, err := tx.Exec(ctx, sql, args...)
+		return err
+	}
+	b.queue.Queue(sql, args...)
+	return nil
+}
+
+// flush sends, in tx, what Apply queued.
+func (b *Batch) flush(ctx context.Context, tx pgx.Tx) error {
+	if b.queue == nil || b.queue.Len() == 0 {
+		return nil
+	}
+	q := b.queue
+	b.queue = &pgx.Batch{}
+	res := tx.SendBatch(ctx, q)
+	var err error
+	for i := 0; err == nil && i < q.Len(); i++ {
+		_, err = res.Exec()
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 var nameRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)

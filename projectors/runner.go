@@ -383,23 +383,39 @@ func aggregates(events []outbox.Event) (types, ids []string) {
 // apply applies one batch and returns the cursor committed: batch.Next, or
 // less when a failing event waits for another attempt. The fast path is one
 // transaction with no savepoints; only when the projection fails does the
-// slow path split the batch to find the failing event.
+// slow path split the batch to find the failing event. When the batch
+// needs no read before Apply (deferrable), the transaction begins only
+// when the projection's code uses it (lazyTx), and not at all when it
+// only queues (Batch.Queue): then the whole batch is one round trip.
 func (w *Worker) apply(ctx context.Context, s *segment, batch *outbox.Batch) (outbox.Cursor, error) {
+	return w.applyBatch(ctx, s, batch, w.deferrable(s, batch.Events))
+}
+
+func (w *Worker) applyBatch(ctx context.Context, s *segment, batch *outbox.Batch, lazy bool) (outbox.Cursor, error) {
 	start := time.Now()
 	from := s.cursor
-	if q := w.queue(s, batch.Events); q != nil {
-		done, err := w.applyQueued(ctx, s, batch, q)
-		if done {
+	var tx pgx.Tx
+	var lt *lazyTx
+	var sk skips
+	if lazy {
+		lt = &lazyTx{ctx: ctx, begin: func(ctx context.Context) (pgx.Tx, error) {
+			tx, _, err := w.begin(ctx, s, from, batch.Next, len(batch.Events), batch.Events)
 			if err != nil {
-				return from, err
+				return nil, w.fencedOr(s, err)
 			}
-			w.committed(s, batch.Events, start)
-			return batch.Next, nil
+			ptx, err := dbschema.Projection(ctx, tx, "")
+			if err != nil {
+				_ = tx.Rollback(context.WithoutCancel(ctx))
+				return nil, err
+			}
+			return ptx, nil
+		}}
+		tx = lt
+	} else {
+		var err error
+		if tx, sk, err = w.begin(ctx, s, from, batch.Next, len(batch.Events), batch.Events); err != nil {
+			return from, w.fencedOr(s, err)
 		}
-	}
-	tx, sk, err := w.begin(ctx, s, from, batch.Next, len(batch.Events), batch.Events)
-	if err != nil {
-		return from, w.fencedOr(s, err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
@@ -417,6 +433,11 @@ func (w *Worker) apply(ctx context.Context, s *segment, batch *outbox.Batch) (ou
 	if len(events) > 0 {
 		if err := w.applyEvents(ctx, tx, s, events); err != nil {
 			_ = tx.Rollback(context.WithoutCancel(ctx))
+			if lt != nil && lt.err != nil {
+				// The BEGIN the projection's code asked for failed (fenced,
+				// or a transient error): the projection did not fail.
+				return from, lt.err
+			}
 			if retryReason(err) != "" {
 				return from, err
 			}
@@ -424,45 +445,47 @@ func (w *Worker) apply(ctx context.Context, s *segment, batch *outbox.Batch) (ou
 			return w.applyIsolating(ctx, s, batch)
 		}
 	}
-	if err := tx.Commit(ctx); err != nil {
+	if lt != nil && !lt.begun() {
+		done, err := w.commitQueued(ctx, s, batch, lt.queue)
+		if !done {
+			// Nothing was applied: the ordinary way meets the cause, if
+			// there is one, and handles it.
+			return w.applyBatch(ctx, s, batch, false)
+		}
+		if err != nil {
+			return from, err
+		}
+	} else if err := tx.Commit(ctx); err != nil {
 		return from, w.fencedOr(s, err)
 	}
 	w.committed(s, events, start)
 	return batch.Next, nil
 }
 
-// queue is the batch of statements that applies events in one round trip
-// (Queuer), or nil when the batch must go through Apply: the projection
-// does not queue, or the runtime must read before it writes (see Queuer).
-func (w *Worker) queue(s *segment, events []outbox.Event) *pgx.Batch {
-	qr, ok := s.proj.(Queuer)
-	if !ok || !w.queueing || len(events) == 0 || s.parked || s.replaying(events) || len(s.belowFloors(events)) > 0 {
-		return nil
-	}
+// deferrable says whether a batch's transaction can wait for the
+// projection's code (lazyTx): the runtime has nothing to read first, no
+// parked aggregates, no replay (a reset's, a rebuild's copy's, below a
+// scale's floors) and no side-effect ledger of a SideEffects projection.
+func (w *Worker) deferrable(s *segment, events []outbox.Event) bool {
 	if _, fx := s.proj.(SideEffects); fx {
-		return nil
+		return false
 	}
-	q := &pgx.Batch{}
-	if err := qr.Queue(q, &Batch{Events: events, Segment: s.lease.Segment}); err != nil || q.Len() == 0 {
-		// Apply fails the same way, and the failing event is isolated;
-		// or it has nothing to write, and the ordinary path says so.
-		return nil
-	}
-	return q
+	return w.queueing && len(events) > 0 && !s.parked && !s.replaying(events) && len(s.belowFloors(events)) == 0
 }
 
-// applyQueued applies a batch in one round trip: the checkpoint's advance,
-// which fails when fenced, and then q, and the COMMIT, in one pipeline
-// (dbschema.CommitBatch). done is true when the batch committed, or when
-// the lease was fenced (err ErrFenced). Otherwise nothing was applied and
-// Apply applies the batch: on any other failure (a statement of q, q's
-// arguments that pgx cannot encode, statements that could not be
-// prepared, a transient error), Apply meets the real cause, if there is
-// one, and the runtime handles it as for any projection: retries a
-// transient error, isolates a failing event.
-func (w *Worker) applyQueued(ctx context.Context, s *segment, batch *outbox.Batch, q *pgx.Batch) (done bool, err error) {
+// commitQueued applies a batch in one round trip: the checkpoint's
+// advance, which fails when fenced, what Apply queued and the COMMIT in
+// one pipeline (dbschema.CommitBatch). done is true when the batch
+// committed, or when the lease was fenced (err ErrFenced). Otherwise
+// nothing was applied: a queued statement failed, or pgx could not encode
+// its arguments, or the statements could not be prepared, or a transient
+// error; err is the reason, for the log.
+func (w *Worker) commitQueued(ctx context.Context, s *segment, batch *outbox.Batch, q *pgx.Batch) (done bool, err error) {
 	from := s.cursor
 	s.replays = nil
+	if q == nil {
+		q = &pgx.Batch{}
+	}
 	c, err := w.cfg.Pool.Acquire(ctx)
 	if err != nil {
 		return false, err
@@ -491,7 +514,7 @@ func (w *Worker) applyQueued(ctx context.Context, s *segment, batch *outbox.Batc
 	case errors.Is(err, checkpoint.ErrFenced):
 		return true, w.fencedOr(s, err)
 	}
-	w.log.Debug("queued batch not applied; applying it with Apply", "projection", s.spec.Name, "segment", s.lease.Segment,
+	w.log.Debug("queued batch not applied; applying it again, beginning first", "projection", s.spec.Name, "segment", s.lease.Segment,
 		"err", printable.Cap(err.Error(), logErrorBytes))
 	return false, err
 }
@@ -849,26 +872,46 @@ func parkedSegments(ctx context.Context, db checkpoint.DB, claimed []checkpoint.
 // go in a second call. Whether side effects fire is the ledger's answer
 // (Batch.SideEffectsDue), not the flag's.
 func (w *Worker) applyEvents(ctx context.Context, tx pgx.Tx, s *segment, events []outbox.Event) error {
+	if lt, ok := tx.(*lazyTx); ok {
+		// deferrable: no replay, the live projection, its search_path set
+		// when the transaction begins.
+		b := &Batch{Events: events, Segment: s.lease.Segment, ledger: ledger{schema: w.db.Schema(), projection: s.proj.Spec().Name}, queue: &pgx.Batch{}}
+		if err := s.proj.Apply(ctx, lt, b); err != nil {
+			return err
+		}
+		if !lt.begun() {
+			lt.queue = b.queue // sent with the BEGIN and the COMMIT
+			return nil
+		}
+		return b.flush(ctx, lt)
+	}
 	// The live projection's ledger, also for a rebuild's copy.
 	l := ledgerOf(tx, s.proj)
 	tx, err := dbschema.Projection(ctx, tx, s.schema)
 	if err != nil {
 		return err
 	}
+	apply := func(b *Batch) error {
+		b.ledger, b.queue = l, &pgx.Batch{}
+		if err := s.proj.Apply(ctx, tx, b); err != nil {
+			return err
+		}
+		return b.flush(ctx, tx)
+	}
 	if s.schema != "" && len(events) > 0 {
 		// A rebuild's copy applies only what the live projection has
 		// passed (fetchBehindLive): a replay, whose side effects the
 		// ledger says fired unless the live projection parked the event.
-		return s.proj.Apply(ctx, tx, &Batch{Events: events, Segment: s.lease.Segment, Replay: true, ledger: l})
+		return apply(&Batch{Events: events, Segment: s.lease.Segment, Replay: true})
 	}
 	events, split := s.replayFirst(events)
 	if split > 0 {
-		if err := s.proj.Apply(ctx, tx, &Batch{Events: events[:split], Segment: s.lease.Segment, Replay: true, ledger: l}); err != nil {
+		if err := apply(&Batch{Events: events[:split], Segment: s.lease.Segment, Replay: true}); err != nil {
 			return err
 		}
 	}
 	if split < len(events) {
-		return s.proj.Apply(ctx, tx, &Batch{Events: events[split:], Segment: s.lease.Segment, ledger: l})
+		return apply(&Batch{Events: events[split:], Segment: s.lease.Segment})
 	}
 	return nil
 }
