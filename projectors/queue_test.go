@@ -1,0 +1,204 @@
+package projectors_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/readside/readside/internal/pgtest"
+	"github.com/readside/readside/projectors"
+)
+
+// tally is a projection that only queues (Batch.Queue): a row per event
+// (a primary key catches a double apply) and a count per projection (a
+// plain counter: right only if every batch commits once). Its tables are
+// in readside's schema, which is not on the session's search_path, and
+// public holds decoys of the same names whose columns fit nothing tally
+// writes: a statement resolved under the session's search_path fails.
+type tally struct {
+	name string
+	// countOnly queues the counter alone: a batch applied twice is seen
+	// only in the count.
+	countOnly bool
+	// stall, if set, runs at the start of Apply, before anything is
+	// queued or the transaction used.
+	stall func(b *projectors.Batch)
+}
+
+const tallyDDL = `
+CREATE TABLE readside.tally (aggregate_id text NOT NULL, version int NOT NULL, PRIMARY KEY (aggregate_id, version));
+CREATE TABLE readside.tally_count (projection text PRIMARY KEY, n bigint NOT NULL);
+CREATE TABLE public.tally (aggregate_id uuid, version uuid);
+CREATE TABLE public.tally_count (projection int PRIMARY KEY, n uuid);`
+
+func (p *tally) Spec() projectors.Spec {
+	return projectors.Spec{Name: p.name, Tables: []string{"tally", "tally_count"}}
+}
+
+func (p *tally) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error {
+	if p.stall != nil {
+		p.stall(b)
+	}
+	ids := make([]string, len(b.Events))
+	versions := make([]int32, len(b.Events))
+	for i, e := range b.Events {
+		ids[i], versions[i] = e.AggregateID, int32(e.Version)
+	}
+	if !p.countOnly {
+		if err := b.Queue(ctx, tx, `INSERT INTO tally (aggregate_id, version) SELECT * FROM unnest($1::text[], $2::int[])`, ids, versions); err != nil {
+			return err
+		}
+	}
+	// Parameters typed by the table: resolved in the wrong schema, pgx
+	// would encode them for the decoy's columns.
+	return b.Queue(ctx, tx, `INSERT INTO tally_count (projection, n) VALUES ($1, $2)
+		ON CONFLICT (projection) DO UPDATE SET n = tally_count.n + excluded.n`, p.name, len(b.Events))
+}
+
+func (p *tally) Reset(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, `TRUNCATE tally, tally_count`)
+	return err
+}
+
+// commits counts, on a pool's connections, the apply transactions
+// committed in one pipeline with their BEGIN (a queued batch), those
+// committed by a COMMIT of their own, and the queued statements of tally
+// sent in a transaction begun before (flushed).
+type commits struct{ pipelined, alone, flushed atomic.Int64 }
+
+func (c *commits) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	return context.WithValue(ctx, sqlKey{}, d.SQL)
+}
+
+func (c *commits) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryEndData) {
+	if sql, _ := ctx.Value(sqlKey{}).(string); sql == "commit" && d.Err == nil {
+		c.alone.Add(1)
+	}
+}
+
+func (c *commits) TraceBatchStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceBatchStartData) context.Context {
+	var tally, commit bool
+	for _, q := range d.Batch.QueuedQueries {
+		tally = tally || strings.Contains(q.SQL, "tally_count")
+		commit = commit || q.SQL == "commit"
+	}
+	if tally && !commit {
+		c.flushed.Add(1)
+	}
+	return ctx
+}
+
+func (c *commits) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
+	if d.SQL == "commit" && d.Err == nil && d.CommandTag.String() == "COMMIT" {
+		c.pipelined.Add(1)
+	}
+}
+
+func (c *commits) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
+
+func tallyPool(t *testing.T, mode pgx.QueryExecMode, tracer *commits) *pgxpool.Pool {
+	t.Helper()
+	url := pgtest.NewDatabaseURL(t)
+	setup := pgtest.Pool(t, url)
+	_, err := setup.Exec(context.Background(), tallyDDL)
+	require.NoError(t, err)
+	cfg, err := pgxpool.ParseConfig(url)
+	require.NoError(t, err)
+	cfg.ConnConfig.DefaultQueryExecMode = mode
+	cfg.ConnConfig.Tracer = tracer
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// A projection that only queues has each batch applied in one round trip
+// where pgx can send it so (its statements resolved under the projection's
+// search_path, not the session's), and through a transaction begun first
+// where it cannot; every event once either way.
+func TestQueuedBatchesInEveryExecMode(t *testing.T) {
+	t.Parallel()
+	for _, m := range []struct {
+		mode      pgx.QueryExecMode
+		pipelined bool
+	}{
+		{pgx.QueryExecModeCacheStatement, true},
+		{pgx.QueryExecModeExec, true},
+		{pgx.QueryExecModeSimpleProtocol, true},
+		{pgx.QueryExecModeCacheDescribe, false},
+		{pgx.QueryExecModeDescribeExec, false},
+	} {
+		t.Run(m.mode.String(), func(t *testing.T) {
+			t.Parallel()
+			tr := &commits{}
+			pool := tallyPool(t, m.mode, tr)
+			const aggregates, versions = 20, 5
+			startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{&tally{name: "tally"}},
+				BatchSize: 7, PollInterval: 20 * time.Millisecond})
+			for v := range versions {
+				for a := range aggregates {
+					appendEvents(t, pool, fmt.Sprintf("agg-%d", a), v, `{}`)
+				}
+			}
+			const n = aggregates * versions
+			eventually(t, 30*time.Second, "every event applied", func() bool {
+				return count(t, pool, `SELECT coalesce(sum(n), 0) FROM readside.tally_count`) == n
+			})
+			require.Equal(t, n, count(t, pool, `SELECT count(*) FROM readside.tally`))
+			require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.dead_letters`))
+			if m.pipelined {
+				require.Positive(t, tr.pipelined.Load(), "no batch was applied in one round trip")
+				require.Zero(t, tr.flushed.Load(), "a batch was applied in a transaction begun first")
+			} else {
+				require.Zero(t, tr.pipelined.Load())
+				require.Positive(t, tr.flushed.Load())
+			}
+		})
+	}
+}
+
+// Fencing of a batch sent in one round trip: while the worker is in Apply,
+// before its transaction began, its lease is taken over (the epoch moves,
+// as a claim after expiry moves it). When the worker sends its pipeline,
+// the advance fails and nothing behind it runs, its COMMIT included; the
+// worker claims the segment again and applies the batch once: the count
+// shows every event once.
+func TestQueuedBatchFencedCommitsNothing(t *testing.T) {
+	t.Parallel()
+	tr := &commits{}
+	pool := tallyPool(t, pgx.QueryExecModeCacheStatement, tr)
+	appendEvents(t, pool, "a", 0, `{}`, `{}`, `{}`)
+	var once sync.Once
+	var stolen atomic.Bool
+	thief := &tally{name: "tally", countOnly: true, stall: func(*projectors.Batch) {
+		once.Do(func() {
+			_, err := pool.Exec(context.Background(), `UPDATE readside.checkpoints
+				SET lease_owner = 'thief', lease_epoch = lease_epoch + 1, lease_expires_at = now() WHERE projection = 'tally'`)
+			stolen.Store(err == nil)
+		})
+	}}
+	reg := prometheus.NewRegistry()
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{thief},
+		LeaseTTL: time.Second, PollInterval: 50 * time.Millisecond, RetryBackoff: 10 * time.Millisecond, Registerer: reg})
+	eventually(t, 20*time.Second, "batch applied", func() bool {
+		return count(t, pool, `SELECT coalesce(sum(n), 0) FROM readside.tally_count`) >= 3
+	})
+	require.True(t, stolen.Load())
+	require.Positive(t, counterValue(t, reg, "readside_projector_fenced_commits_total"))
+	appendEvents(t, pool, "a", 3, `{}`)
+	eventually(t, 10*time.Second, "the next event applied", func() bool {
+		return count(t, pool, `SELECT coalesce(sum(n), 0) FROM readside.tally_count`) >= 4
+	})
+	time.Sleep(200 * time.Millisecond)
+	require.Equal(t, 4, count(t, pool, `SELECT n FROM readside.tally_count`), "a batch applied twice")
+	require.Positive(t, tr.pipelined.Load())
+}
