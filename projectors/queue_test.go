@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
+	"github.com/readside/readside/internal/control"
 	"github.com/readside/readside/internal/pgtest"
 	"github.com/readside/readside/projectors"
 )
@@ -73,7 +74,18 @@ func (p *tally) Reset(ctx context.Context, tx pgx.Tx) error {
 // committed in one pipeline with their BEGIN (a queued batch), those
 // committed by a COMMIT of their own, and the queued statements of tally
 // sent in a transaction begun before (flushed).
-type commits struct{ pipelined, alone, flushed atomic.Int64 }
+type commits struct{ pipelined, alone, flushed, prepared atomic.Int64 }
+
+// TracePrepareStart counts the statements readside prepares for a
+// pipeline (dbschema.CommitBatch).
+func (c *commits) TracePrepareStart(ctx context.Context, _ *pgx.Conn, d pgx.TracePrepareStartData) context.Context {
+	if strings.HasPrefix(d.Name, "readside_q_") {
+		c.prepared.Add(1)
+	}
+	return ctx
+}
+
+func (c *commits) TracePrepareEnd(context.Context, *pgx.Conn, pgx.TracePrepareEndData) {}
 
 func (c *commits) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
 	return context.WithValue(ctx, sqlKey{}, d.SQL)
@@ -201,4 +213,87 @@ func TestQueuedBatchFencedCommitsNothing(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	require.Equal(t, 4, count(t, pool, `SELECT n FROM readside.tally_count`), "a batch applied twice")
 	require.Positive(t, tr.pipelined.Load())
+}
+
+// typed queues one statement per event whose parameters take their types
+// from its table (no casts), and, with named, passes them as pgx.NamedArgs.
+type typed struct{ named bool }
+
+func (typed) Spec() projectors.Spec { return projectors.Spec{Name: "typed", Tables: []string{"typed"}} }
+
+func (p typed) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error {
+	for _, e := range b.Events {
+		var err error
+		if p.named {
+			err = b.Queue(ctx, tx, `INSERT INTO typed (id, v) VALUES (@id, @v) ON CONFLICT (id) DO UPDATE SET v = excluded.v`,
+				pgx.NamedArgs{"id": e.AggregateID, "v": string(e.Data)})
+		} else {
+			err = b.Queue(ctx, tx, `INSERT INTO typed (id, v) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET v = excluded.v`, e.AggregateID, string(e.Data))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (typed) Reset(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, `TRUNCATE typed`)
+	return err
+}
+
+// The statements readside prepares for a batch's one round trip are its
+// own: after the read model's column changes type and a reset replays the
+// log through Apply's ordinary path (a replay is never sent with its
+// BEGIN), the projection's statements of the same text are planned for the
+// new type, not run as the statement prepared for the old one (which
+// would fail every event of the replay and park it). And statements with
+// pgx.NamedArgs, which pgx rewrites as it sends them, are applied in a
+// transaction begun first.
+func TestQueuedStatementsSurviveTheirTable(t *testing.T) {
+	t.Parallel()
+	for _, named := range []bool{false, true} {
+		t.Run(fmt.Sprintf("named=%v", named), func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			tr := &commits{}
+			pool := tallyPool(t, pgx.QueryExecModeCacheStatement, tr)
+			_, err := pool.Exec(ctx, `CREATE TABLE readside.typed (id text PRIMARY KEY, v text NOT NULL)`)
+			require.NoError(t, err)
+			p := typed{named: named}
+			// One connection: the replay runs where the statements were
+			// prepared.
+			cfg := pool.Config()
+			cfg.MaxConns = 1
+			one, err := pgxpool.NewWithConfig(ctx, cfg)
+			require.NoError(t, err)
+			t.Cleanup(one.Close)
+			w := startWorker(t, projectors.Config{Pool: one, Projections: []projectors.Projection{p}, PollInterval: 20 * time.Millisecond, Concurrency: 1})
+			for i := range 10 {
+				appendEvents(t, pool, fmt.Sprintf("agg-%d", i), 0, `{"n": 1}`)
+			}
+			eventually(t, 20*time.Second, "applied", func() bool { return count(t, pool, `SELECT count(*) FROM readside.typed`) == 10 })
+			if named {
+				require.Zero(t, tr.pipelined.Load(), "named arguments sent with the BEGIN")
+				require.Zero(t, tr.prepared.Load(), "named arguments prepared as they are")
+			} else {
+				require.Positive(t, tr.pipelined.Load())
+			}
+			stopCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			require.NoError(t, w.Stop(stopCtx))
+
+			_, err = pool.Exec(ctx, `ALTER TABLE readside.typed ALTER COLUMN v TYPE jsonb USING v::jsonb`)
+			require.NoError(t, err)
+			require.NoError(t, control.MoveCheckpoints(ctx, pool, p, "start"))
+			startWorker(t, projectors.Config{Pool: one, Projections: []projectors.Projection{p}, PollInterval: 20 * time.Millisecond, Concurrency: 1})
+			for i := range 10 {
+				appendEvents(t, pool, fmt.Sprintf("agg-%d", i), 1, `{"n": 2}`)
+			}
+			eventually(t, 20*time.Second, "replayed and applied", func() bool {
+				return count(t, pool, `SELECT count(*) FROM readside.typed WHERE v = '{"n": 2}'`) == 10
+			})
+			require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.dead_letters`))
+		})
+	}
 }

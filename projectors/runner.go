@@ -879,7 +879,7 @@ func (w *Worker) applyEvents(ctx context.Context, tx pgx.Tx, s *segment, events 
 		if err := s.proj.Apply(ctx, lt, b); err != nil {
 			return err
 		}
-		if !lt.begun() {
+		if !lt.begun() && dbschema.Pipelineable(b.queue) {
 			lt.queue = b.queue // sent with the BEGIN and the COMMIT
 			return nil
 		}

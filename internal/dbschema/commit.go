@@ -2,8 +2,10 @@ package dbschema
 
 import (
 	"context"
-	"errors"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -23,24 +25,23 @@ type Pipeline struct {
 }
 
 // preparedKey holds, in a connection's CustomData, the statements
-// CommitBatch prepared on it under a projection's search_path.
+// CommitBatch prepared on it under a projection's search_path: their text
+// and the name they were prepared under.
 const preparedKey = "readside/dbschema.prepared"
 
-// MaxPrepared bounds the statements CommitBatch prepares on one connection:
-// a projection whose queued SQL varies with its batch (a VALUES list as
-// long as the batch) would otherwise prepare without end. CommitBatch
-// refuses a statement past it (ErrNotPrepared).
-const MaxPrepared = 64
-
-// ErrNotPrepared is CommitBatch's error for a statement it would have to
-// prepare past MaxPrepared.
-var ErrNotPrepared = errors.New("dbschema: too many distinct statements to prepare on one connection")
+// MaxPrepared bounds the statements CommitBatch keeps prepared on one
+// connection: a projection whose queued SQL varies with its batch (a
+// VALUES list as long as the batch) would otherwise prepare without end.
+// Past it CommitBatch deallocates them all and starts again.
+const MaxPrepared = 128
 
 // CommitBatch sends a whole transaction on c in one round trip: BEGIN,
 // readside's search_path with settings, b's statements (in n), the
 // search_path of a projection's code (Projection's, with no schema before
 // readside's), q's statements as they are (the projection's own SQL), and
-// the COMMIT. A statement that fails ends it: the server skips everything
+// the COMMIT. q's statements must be plain SQL and arguments (no
+// pgx.QueryRewriter such as pgx.NamedArgs: Pipelineable). A statement that
+// fails ends it: the server skips everything
 // after it up to the end of the pipeline, the COMMIT included, and End
 // rolls the transaction back. So a statement of b that must hold for q's
 // to commit fails rather than match no row.
@@ -52,7 +53,10 @@ var ErrNotPrepared = errors.New("dbschema: too many distinct statements to prepa
 // that it has not prepared on c before, in a transaction of their own
 // under the projection's search_path, where a named prepared statement is
 // planned and replanned (PostgreSQL replans one whose search_path
-// changed).
+// changed). They are named for readside alone (readside_q_ and a digest),
+// and the pipeline names them so: the projection's own statements of the
+// same text stay in pgx's statement cache, which recovers from a changed
+// table by itself.
 //
 // Read b's results from Results, then call Commit, then End. c is given
 // back to its pool by End.
@@ -61,9 +65,16 @@ func (n Name) CommitBatch(ctx context.Context, c *pgxpool.Conn, b, q *pgx.Batch,
 	for i, qq := range q.QueuedQueries {
 		sqls[i] = qq.SQL
 	}
+	queued := q.QueuedQueries
 	if prepare {
-		if err := n.prepareProjection(ctx, c, sqls); err != nil {
+		names, err := n.prepareProjection(ctx, c, sqls)
+		if err != nil {
+			forgetPrepared(ctx, c.Conn(), sqls)
 			return nil, err
+		}
+		queued = make([]*pgx.QueuedQuery, len(q.QueuedQueries))
+		for i, qq := range q.QueuedQueries {
+			queued[i] = &pgx.QueuedQuery{SQL: names[i], Arguments: qq.Arguments}
 		}
 	}
 	nb := &pgx.Batch{}
@@ -73,7 +84,7 @@ func (n Name) CommitBatch(ctx context.Context, c *pgxpool.Conn, b, q *pgx.Batch,
 	nb.QueuedQueries = append(nb.QueuedQueries, n.batch(b).QueuedQueries...)
 	sql, args := projectionSetting(c.Conn(), n, "")
 	nb.Queue(sql, args...)
-	nb.QueuedQueries = append(nb.QueuedQueries, q.QueuedQueries...)
+	nb.QueuedQueries = append(nb.QueuedQueries, queued...)
 	nb.Queue("commit")
 	br := c.SendBatch(ctx, nb)
 	return &Pipeline{res: &pinnedResults{BatchResults: br, extra: 1}, c: c, q: sqls}, nil
@@ -115,10 +126,11 @@ func (e *QueuedError) Error() string { return fmt.Sprintf("queued statement %d: 
 func (e *QueuedError) Unwrap() error { return e.Err }
 
 // End closes the results, rolls back a transaction that did not commit
-// and gives the connection back. After a failed statement of q it also
-// forgets the statements CommitBatch prepared for q on the connection
-// (one dropped behind pgx's back, by a DEALLOCATE in a projection's code,
-// is prepared again next time).
+// and gives the connection back. When the pipeline failed it also forgets
+// the statements CommitBatch prepared for q on the connection, so that the
+// next one prepares them again: one dropped behind pgx's back (a
+// DEALLOCATE in a projection's code), or planned for a table since
+// altered, does not fail every batch.
 func (p *Pipeline) End(ctx context.Context) error {
 	err := p.res.Close()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -129,8 +141,7 @@ func (p *Pipeline) End(ctx context.Context) error {
 		// close the connection rather than reuse it.
 		_, _ = conn.Exec(ctx, "rollback")
 	}
-	var qe *QueuedError
-	if errors.As(p.err, &qe) && !conn.IsClosed() {
+	if !p.read && !conn.IsClosed() {
 		forgetPrepared(ctx, conn, p.q)
 	}
 	p.c.Release()
@@ -140,55 +151,83 @@ func (p *Pipeline) End(ctx context.Context) error {
 	return err
 }
 
+// Pipelineable reports whether q's statements can go in CommitBatch's
+// pipeline: plain SQL with its arguments, no pgx.QueryRewriter (such as
+// pgx.NamedArgs, which pgx rewrites as it sends them).
+func Pipelineable(q *pgx.Batch) bool {
+	for _, qq := range q.QueuedQueries {
+		if len(qq.Arguments) > 0 {
+			if _, ok := qq.Arguments[0].(pgx.QueryRewriter); ok {
+				return false
+			}
+		}
+		if qq.Fn != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// preparedName is the name CommitBatch prepares sql under.
+func preparedName(sql string) string {
+	d := sha256.Sum256([]byte(sql))
+	return "readside_q_" + hex.EncodeToString(d[:16])
+}
+
 // prepareProjection prepares, on c, those of sqls not prepared there
-// before, under the search_path of a projection's code.
-func (n Name) prepareProjection(ctx context.Context, c *pgxpool.Conn, sqls []string) error {
+// before, under the search_path of a projection's code, and returns the
+// names they are prepared under.
+func (n Name) prepareProjection(ctx context.Context, c *pgxpool.Conn, sqls []string) ([]string, error) {
 	conn := c.Conn()
-	done, _ := conn.PgConn().CustomData()[preparedKey].(map[string]bool)
+	done, _ := conn.PgConn().CustomData()[preparedKey].(map[string]string)
+	names := make([]string, len(sqls))
 	var cold []string
-	for _, sql := range sqls {
-		if !done[sql] && !slices.Contains(cold, sql) {
+	for i, sql := range sqls {
+		names[i] = preparedName(sql)
+		if _, ok := done[sql]; !ok && !slices.Contains(cold, sql) {
 			cold = append(cold, sql)
 		}
 	}
 	if len(cold) == 0 {
-		return nil
+		return names, nil
 	}
 	if len(done)+len(cold) > MaxPrepared {
-		return ErrNotPrepared
+		forgetPrepared(ctx, conn, slices.Collect(maps.Keys(done)))
 	}
 	tx, err := conn.Begin(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	sql, args := projectionSetting(conn, n, "")
 	if err := readProjectionSetting(conn, tx.QueryRow(ctx, sql, args...)); err != nil {
-		return err
+		return nil, err
 	}
 	if done == nil {
-		done = map[string]bool{}
+		done = map[string]string{}
 		conn.PgConn().CustomData()[preparedKey] = done
 	}
 	for _, sql := range cold {
-		// Named by its text: pgx keeps it apart from its statement cache
-		// (never evicted) and uses it for a queued statement of that text.
-		if _, err := conn.Prepare(ctx, sql, sql); err != nil {
-			return err
+		// pgx keeps a named statement apart from its statement cache
+		// (never evicted) and uses it for a queued statement that names
+		// it.
+		name := preparedName(sql)
+		if _, err := conn.Prepare(ctx, name, sql); err != nil {
+			return nil, err
 		}
-		done[sql] = true
+		done[sql] = name
 	}
-	return tx.Commit(ctx)
+	return names, tx.Commit(ctx)
 }
 
-// forgetPrepared deallocates sqls on conn, where prepareProjection
-// prepared them.
+// forgetPrepared deallocates, on conn, those of sqls that
+// prepareProjection prepared there.
 func forgetPrepared(ctx context.Context, conn *pgx.Conn, sqls []string) {
-	done, _ := conn.PgConn().CustomData()[preparedKey].(map[string]bool)
+	done, _ := conn.PgConn().CustomData()[preparedKey].(map[string]string)
 	for _, sql := range sqls {
-		if done[sql] {
+		if name, ok := done[sql]; ok {
 			delete(done, sql)
-			_ = conn.Deallocate(ctx, sql)
+			_ = conn.Deallocate(ctx, name)
 		}
 	}
 }
