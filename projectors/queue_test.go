@@ -51,8 +51,15 @@ func (p *tally) Apply(ctx context.Context, tx pgx.Tx, b *projectors.Batch) error
 	}
 	ids := make([]string, len(b.Events))
 	versions := make([]int32, len(b.Events))
+	poisoned := false
 	for i, e := range b.Events {
 		ids[i], versions[i] = e.AggregateID, int32(e.Version)
+		poisoned = poisoned || strings.Contains(string(e.Data), "poison")
+	}
+	// A poisoned event fails a queued statement: the batch fails, and its
+	// failing event is isolated and parked.
+	if err := b.Queue(ctx, tx, `SELECT CAST(CASE WHEN $1 THEN 'poison' ELSE '0' END AS int)`, poisoned); err != nil {
+		return err
 	}
 	if !p.countOnly {
 		if err := b.Queue(ctx, tx, `INSERT INTO tally (aggregate_id, version) SELECT * FROM unnest($1::text[], $2::int[])`, ids, versions); err != nil {
@@ -296,4 +303,29 @@ func TestQueuedStatementsSurviveTheirTable(t *testing.T) {
 			require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.dead_letters`))
 		})
 	}
+}
+
+// A segment with a parked aggregate reads which of a batch's aggregates are
+// parked before it applies: a later event of the parked aggregate is
+// parked behind it, not applied (no order check in tally would catch it),
+// while the others flow.
+func TestQueuedParkedAggregateStaysParked(t *testing.T) {
+	t.Parallel()
+	tr := &commits{}
+	pool := tallyPool(t, pgx.QueryExecModeCacheStatement, tr)
+	startWorker(t, projectors.Config{Pool: pool, Projections: []projectors.Projection{&tally{name: "tally"}},
+		MaxAttempts: 1, RetryBackoff: time.Millisecond, PollInterval: 20 * time.Millisecond})
+	appendTx(t, pool, [3]string{"A", "0", `{}`}, [3]string{"B", "0", `{"poison": true}`})
+	eventually(t, 20*time.Second, "B1 parked", func() bool {
+		return count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE aggregate_id = 'B'`) == 1
+	})
+	appendTx(t, pool, [3]string{"A", "1", `{}`}, [3]string{"B", "1", `{}`})
+	eventually(t, 20*time.Second, "A2 applied", func() bool {
+		return count(t, pool, `SELECT count(*) FROM readside.tally WHERE aggregate_id = 'A'`) == 2
+	})
+	eventually(t, 20*time.Second, "B2 parked behind B1", func() bool {
+		return count(t, pool, `SELECT count(*) FROM readside.dead_letters WHERE aggregate_id = 'B' AND reason = 'blocked'`) == 1
+	})
+	require.Zero(t, count(t, pool, `SELECT count(*) FROM readside.tally WHERE aggregate_id = 'B'`), "an event of a parked aggregate applied")
+	require.Equal(t, 2, count(t, pool, `SELECT n FROM readside.tally_count`))
 }
