@@ -124,3 +124,19 @@ func (r errResults) Query() (pgx.Rows, error)         { return nil, r.err }
 func (r errResults) QueryRow() pgx.Row                { return errRow(r) }
 func (r errResults) Close() error                     { return r.err }
 func (r errResults) Tx() pgx.Tx                       { return nil }
+
+// apply calls p.Apply with t. A projection's code that uses t after its
+// BEGIN failed gets that error from every call but Conn and LargeObjects,
+// which have none to give: a panic from their nil results is the BEGIN's
+// error, as on the ordinary path, where Apply is not called at all.
+func (t *lazyTx) apply(ctx context.Context, p Projection, b *Batch) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if t.err == nil {
+				panic(r)
+			}
+			err = t.err
+		}
+	}()
+	return p.Apply(ctx, t, b)
+}

@@ -122,8 +122,10 @@ type Batch struct {
 	Replay bool
 
 	ledger ledger // where SideEffectsDue records; zero in a Batch built by hand
-	// queue holds what Queue deferred; nil in a Batch built by hand.
+	// queue holds what Queue deferred; nil in a Batch built by hand. tx is
+	// the transaction Apply was handed: Queue defers only statements for it.
 	queue *pgx.Batch
+	tx    pgx.Tx
 }
 
 // Queue runs sql in tx as tx.Exec would, later: the runtime sends what
@@ -139,23 +141,33 @@ type Batch struct {
 // saying so. Its error is Apply's: the batch rolls back and the failing
 // event is found, retried and parked as for any error of Apply. Queued
 // statements run after everything Apply ran on tx itself, in the order
-// queued, under the same search_path.
+// queued, under the same search_path; pgx describes them all before the
+// first runs, so one must not depend on what an earlier queued one
+// creates.
 //
 // Each distinct statement text a batch sends with its BEGIN is prepared
-// once per connection, up to dbschema.MaxPrepared; past that the runtime
-// begins the transaction first. So keep the text independent of the
-// batch: pass the batch's rows as arrays (unnest), not as a VALUES list of
-// its length.
+// once per connection; past dbschema.MaxPrepared on one connection they
+// are all prepared again. So keep the text independent of the batch: pass
+// the batch's rows as arrays (unnest), not as a VALUES list of its length.
 //
-// In a Batch built by hand (a unit test of a projection) Queue is tx.Exec
-// at once.
+// Queue is tx.Exec at once for a statement without arguments (pgx sends
+// one by the simple protocol, which takes several statements: DDL), for
+// a tx other than the one Apply was handed (a savepoint of it), and in a
+// Batch built by hand and passed to Apply directly (ApplyBatch, which
+// projectortest uses, defers as the runtime does).
 func (b *Batch) Queue(ctx context.Context, tx pgx.Tx, sql string, args ...any) error {
-	if b.queue == nil {
+	if b.queue == nil || len(args) == 0 || tx != b.tx {
 		_, err := tx.Exec(ctx, sql, args...)
 		return err
 	}
 	b.queue.Queue(sql, args...)
 	return nil
+}
+
+// Deferring has b defer what Apply queues on tx until flush.
+func (b *Batch) deferring(tx pgx.Tx) *Batch {
+	b.queue, b.tx = &pgx.Batch{}, tx
+	return b
 }
 
 // flush sends, in tx, what Apply queued.

@@ -456,6 +456,9 @@ func (w *Worker) applyBatch(ctx context.Context, s *segment, batch *outbox.Batch
 			return from, err
 		}
 	} else if err := tx.Commit(ctx); err != nil {
+		if lt != nil && lt.err != nil {
+			return from, lt.err // counted when it failed
+		}
 		return from, w.fencedOr(s, err)
 	}
 	w.committed(s, events, start)
@@ -875,8 +878,8 @@ func (w *Worker) applyEvents(ctx context.Context, tx pgx.Tx, s *segment, events 
 	if lt, ok := tx.(*lazyTx); ok {
 		// deferrable: no replay, the live projection, its search_path set
 		// when the transaction begins.
-		b := &Batch{Events: events, Segment: s.lease.Segment, ledger: ledger{schema: w.db.Schema(), projection: s.proj.Spec().Name}, queue: &pgx.Batch{}}
-		if err := s.proj.Apply(ctx, lt, b); err != nil {
+		b := (&Batch{Events: events, Segment: s.lease.Segment, ledger: ledger{schema: w.db.Schema(), projection: s.proj.Spec().Name}}).deferring(lt)
+		if err := lt.apply(ctx, s.proj, b); err != nil {
 			return err
 		}
 		if !lt.begun() && dbschema.Pipelineable(b.queue) {
@@ -892,8 +895,8 @@ func (w *Worker) applyEvents(ctx context.Context, tx pgx.Tx, s *segment, events 
 		return err
 	}
 	apply := func(b *Batch) error {
-		b.ledger, b.queue = l, &pgx.Batch{}
-		if err := s.proj.Apply(ctx, tx, b); err != nil {
+		b.ledger = l
+		if err := s.proj.Apply(ctx, tx, b.deferring(tx)); err != nil {
 			return err
 		}
 		return b.flush(ctx, tx)

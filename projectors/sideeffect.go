@@ -98,5 +98,16 @@ func ApplyTx(ctx context.Context, tx pgx.Tx, p Projection, b *Batch) error {
 	if err != nil {
 		return err
 	}
-	return p.Apply(ctx, ptx, b)
+	return ApplyBatch(ctx, ptx, p, b)
+}
+
+// ApplyBatch calls p.Apply(ctx, tx, b) as the runtime does: what Apply
+// queues (Batch.Queue) is sent in tx after Apply returns. It is for code
+// that applies batches itself, such as a projection's tests
+// (projectortest uses it), so that they see the order the runtime gives.
+func ApplyBatch(ctx context.Context, tx pgx.Tx, p Projection, b *Batch) error {
+	if err := p.Apply(ctx, tx, b.deferring(tx)); err != nil {
+		return err
+	}
+	return b.flush(ctx, tx)
 }

@@ -187,8 +187,9 @@ type Worker struct {
 
 	// txSettings are every apply transaction's settings (applySettings).
 	txSettings []dbschema.Setting
-	// queueing: a Queuer's batches go in one round trip (applyQueued),
-	// their statements prepared first when prepare (see queueModes).
+	// queueing: a batch that only queued goes in one round trip
+	// (commitQueued), its statements prepared first when prepare (see
+	// queueModes).
 	queueing, prepare bool
 
 	// slots bounds the fetches and applies on the server at once
@@ -229,7 +230,7 @@ func NewWorker(cfg Config) (*Worker, error) {
 	return w, nil
 }
 
-// queueModes says whether a Queuer's statements can go in one pipeline on
+// queueModes says whether queued statements (Batch.Queue) can go in one pipeline on
 // connections in mode, and whether they must be prepared first. pgx
 // describes a statement new to a connection in a round trip before the
 // pipeline, under the session's search_path rather than the

@@ -452,7 +452,7 @@ func buildCopy(ctx context.Context, tx pgx.Tx, p projectors.Projection, scratch 
 			}
 			// Replay: the live projection applied these and fired their side
 			// effects; the transaction is rolled back anyway.
-			if err := p.Apply(ctx, ptx, &projectors.Batch{Events: events, Segment: seg, Replay: true}); err != nil {
+			if err := projectors.ApplyBatch(ctx, ptx, p, &projectors.Batch{Events: events, Segment: seg, Replay: true}); err != nil {
 				return applied, fmt.Errorf("the copy cannot apply segment %d's events %d to %d, which the live projection applied: %w",
 					seg, events[0].ID(), events[len(events)-1].ID(), err)
 			}

@@ -193,6 +193,12 @@ func (n Name) prepareProjection(ctx context.Context, c *pgxpool.Conn, sqls []str
 	}
 	if len(done)+len(cold) > MaxPrepared {
 		forgetPrepared(ctx, conn, slices.Collect(maps.Keys(done)))
+		cold = cold[:0]
+		for _, sql := range sqls {
+			if !slices.Contains(cold, sql) {
+				cold = append(cold, sql)
+			}
+		}
 	}
 	tx, err := conn.Begin(ctx)
 	if err != nil {

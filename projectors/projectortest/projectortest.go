@@ -226,7 +226,7 @@ func Run(t *testing.T, newDB func(testing.TB) *pgxpool.Pool, p projectors.Projec
 				}
 				require.Equal(t, id, e.ID())
 				err := InTx(ctx, pool, func(tx pgx.Tx) error {
-					return p.Apply(ctx, tx, &projectors.Batch{Events: []outbox.Event{e}})
+					return projectors.ApplyBatch(ctx, tx, p, &projectors.Batch{Events: []outbox.Event{e}})
 				})
 				require.Error(t, err, "%s %s must be refused", m.Event.Type, m.Event.Data)
 				require.Contains(t, err.Error(), fmt.Sprint(id), "the error must name the event (its id %d)", id)
@@ -257,7 +257,7 @@ func reset(t *testing.T, pool *pgxpool.Pool, p projectors.Projection) {
 func apply(t *testing.T, pool *pgxpool.Pool, p projectors.Projection, b *projectors.Batch) {
 	t.Helper()
 	ctx := context.Background()
-	require.NoError(t, InTx(ctx, pool, func(tx pgx.Tx) error { return p.Apply(ctx, tx, b) }))
+	require.NoError(t, InTx(ctx, pool, func(tx pgx.Tx) error { return projectors.ApplyBatch(ctx, tx, p, b) }))
 }
 
 // InTx runs fn in a transaction set up as the runtime sets up the ones it
@@ -319,7 +319,7 @@ func applyStream(ctx context.Context, pool *pgxpool.Pool, p projectors.Projectio
 			if b, err = outbox.Fetch(ctx, tx, cursor, lim, f); err != nil || len(b.Events) == 0 {
 				return err
 			}
-			return p.Apply(ctx, tx, &projectors.Batch{Events: b.Events, Segment: f.Segment})
+			return projectors.ApplyBatch(ctx, tx, p, &projectors.Batch{Events: b.Events, Segment: f.Segment})
 		})
 		if err != nil {
 			return applied, fmt.Errorf("apply after %s: %w", cursor, err)
