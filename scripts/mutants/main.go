@@ -176,6 +176,27 @@ var mutations = []mutation{
 		checks: []check{{"./projectors/", "TestResetUnderLoad"}},
 	},
 	{
+		name: "Batch.Queue defers only on the transaction Apply was handed (a savepoint's statement would outlive its rollback)",
+		edits: []edit{{"projectors/projection.go",
+			"if b.queue == nil || len(args) == 0 || tx != b.tx {",
+			"if b.queue == nil || len(args) == 0 {"}},
+		checks: []check{{"./projectors/", "TestQueuedOnRolledBackSavepoint"}},
+	},
+	{
+		name: "Batch.Queue runs a statement without arguments at once (several commands, DDL a later one needs)",
+		edits: []edit{{"projectors/projection.go",
+			"if b.queue == nil || len(args) == 0 || tx != b.tx {",
+			"if b.queue == nil || tx != b.tx {"}},
+		checks: []check{{"./projectors/", "TestQueuedMultiStatement|TestQueuedDependsOnQueuedDDL"}},
+	},
+	{
+		name: "a lazy BEGIN's fence counted once",
+		edits: []edit{{"projectors/runner.go",
+			"\t\t\treturn from, lt.err // counted when it failed",
+			"\t\t\treturn from, w.fencedOr(s, lt.err)"}},
+		checks: []check{{"./projectors/", "TestQueuedLazyFenceCountedOnce"}},
+	},
+	{
 		name: "LeaseTTL's upper bound (PostgreSQL refuses every apply transaction's idle timeout)",
 		edits: []edit{{"projectors/worker.go",
 			"\tcase c.LeaseTTL > dbschema.MaxTimeout:",
