@@ -304,10 +304,17 @@ func (c *commitClock) note(tx pgx.Tx, ids []int64) {
 // TraceBatchStart notes the events a queued upsert carries (Batch.Queue).
 func (c *commitClock) TraceBatchStart(ctx context.Context, conn *pgx.Conn, data pgx.TraceBatchStartData) context.Context {
 	for _, q := range data.Batch.QueuedQueries {
-		if strings.Contains(q.SQL, "INSERT INTO upsert_") {
-			c.mu.Lock()
-			c.pending[conn] = append(c.pending[conn], q.Arguments[2].([]int64)...)
-			c.mu.Unlock()
+		// By its text, or, sent with its BEGIN, by the name readside
+		// prepared it under (dbschema.CommitBatch).
+		if !strings.Contains(q.SQL, "INSERT INTO upsert_") && !strings.HasPrefix(q.SQL, "readside_q_") {
+			continue
+		}
+		if len(q.Arguments) == 4 {
+			if ids, ok := q.Arguments[2].([]int64); ok {
+				c.mu.Lock()
+				c.pending[conn] = append(c.pending[conn], ids...)
+				c.mu.Unlock()
+			}
 		}
 	}
 	return ctx
