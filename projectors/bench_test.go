@@ -323,13 +323,18 @@ func (c *commitClock) TraceBatchStart(ctx context.Context, conn *pgx.Conn, data 
 // TraceBatchQuery: a queued pipeline's COMMIT is the read-model commit
 // time of the events noted.
 func (c *commitClock) TraceBatchQuery(ctx context.Context, conn *pgx.Conn, data pgx.TraceBatchQueryData) {
-	if data.SQL != "commit" {
-		return
+	if data.SQL == "commit" {
+		c.commit(conn, data.Err == nil && data.CommandTag.String() == "COMMIT")
 	}
+}
+
+// commit ends conn's transaction: the events noted on it are committed
+// now when ok.
+func (c *commitClock) commit(conn *pgx.Conn, ok bool) {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if data.Err == nil && data.CommandTag.String() == "COMMIT" {
+	if ok {
 		for _, id := range c.pending[conn] {
 			c.committed[id] = now
 		}
@@ -349,18 +354,9 @@ func (c *commitClock) TraceQueryStart(ctx context.Context, conn *pgx.Conn, data 
 }
 
 func (c *commitClock) TraceQueryEnd(ctx context.Context, conn *pgx.Conn, data pgx.TraceQueryEndData) {
-	if sql, _ := ctx.Value(sqlKey{}).(string); sql != "commit" {
-		return
+	if sql, _ := ctx.Value(sqlKey{}).(string); sql == "commit" {
+		c.commit(conn, data.Err == nil && data.CommandTag.String() == "COMMIT")
 	}
-	now := time.Now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if data.Err == nil && data.CommandTag.String() == "COMMIT" {
-		for _, id := range c.pending[conn] {
-			c.committed[id] = now
-		}
-	}
-	delete(c.pending, conn)
 }
 
 // paced calls write(i) at rate per second for d, on a fixed schedule (a
