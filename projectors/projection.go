@@ -134,7 +134,7 @@ type Batch struct {
 // transaction's BEGIN, its checkpoint advance and its COMMIT. A batch whose
 // writes need no answer from the database is then applied in one round
 // trip instead of one for the BEGIN, one per statement and one for the
-// COMMIT (README, "Latency").
+// COMMIT (README, "Throughput at the defaults": latency).
 //
 // Nothing reads a queued statement's result: a statement that must
 // refuse the batch (an illegal transition) has to fail, not return rows
