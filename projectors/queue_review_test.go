@@ -364,14 +364,9 @@ func (*varying) Reset(ctx context.Context, tx pgx.Tx) error {
 // twice, before helper-27's review).
 func TestQueuedPastMaxPreparedNoFallback(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
 	tr := &commits{}
 	pool := tallyPool(t, pgx.QueryExecModeCacheStatement, tr)
-	cfg := pool.Config()
-	cfg.MaxConns = 1
-	one, err := pgxpool.NewWithConfig(ctx, cfg)
-	require.NoError(t, err)
-	t.Cleanup(one.Close)
+	one := oneConn(t, pool)
 	const n = 140
 	payloads := make([]string, n)
 	for i := range payloads {

@@ -140,6 +140,18 @@ func tallyPool(t *testing.T, mode pgx.QueryExecMode, tracer *commits) *pgxpool.P
 	return pool
 }
 
+// oneConn is a pool of one connection to pool's database, pool's
+// settings and tracer.
+func oneConn(t *testing.T, pool *pgxpool.Pool) *pgxpool.Pool {
+	t.Helper()
+	cfg := pool.Config()
+	cfg.MaxConns = 1
+	one, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(one.Close)
+	return one
+}
+
 // A projection that only queues has each batch applied in one round trip
 // where pgx can send it so (its statements resolved under the projection's
 // search_path, not the session's), and through a transaction begun first
@@ -270,11 +282,7 @@ func TestQueuedStatementsSurviveTheirTable(t *testing.T) {
 			p := typed{named: named}
 			// One connection: the replay runs where the statements were
 			// prepared.
-			cfg := pool.Config()
-			cfg.MaxConns = 1
-			one, err := pgxpool.NewWithConfig(ctx, cfg)
-			require.NoError(t, err)
-			t.Cleanup(one.Close)
+			one := oneConn(t, pool)
 			w := startWorker(t, projectors.Config{Pool: one, Projections: []projectors.Projection{p}, PollInterval: 20 * time.Millisecond, Concurrency: 1})
 			for i := range 10 {
 				appendEvents(t, pool, fmt.Sprintf("agg-%d", i), 0, `{"n": 1}`)

@@ -486,9 +486,6 @@ func (w *Worker) deferrable(s *segment, events []outbox.Event) bool {
 func (w *Worker) commitQueued(ctx context.Context, s *segment, batch *outbox.Batch, q *pgx.Batch) (done bool, err error) {
 	from := s.cursor
 	s.replays = nil
-	if q == nil {
-		q = &pgx.Batch{}
-	}
 	c, err := w.cfg.Pool.Acquire(ctx)
 	if err != nil {
 		return false, err

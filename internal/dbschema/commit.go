@@ -21,7 +21,6 @@ type Pipeline struct {
 	c    *pgxpool.Conn
 	q    []string // the projection's statements
 	read bool     // Commit read the COMMIT's result
-	err  error    // the first error Commit met
 }
 
 // preparedKey holds, in a connection's CustomData, the statements
@@ -95,12 +94,12 @@ func (p *Pipeline) Results() pgx.BatchResults { return p.res }
 
 // Commit reads the results after b's: the projection's search_path, q's
 // statements' and the COMMIT's. It returns the first error, from q's
-// statements wrapped in a QueuedError.
+// statements labelled with their place in q.
 func (p *Pipeline) Commit() error {
 	err := readProjectionSetting(p.c.Conn(), p.res.QueryRow())
 	for i := 0; err == nil && i < len(p.q); i++ {
 		if _, err = p.res.Exec(); err != nil {
-			err = &QueuedError{Index: i, Err: err}
+			err = fmt.Errorf("queued statement %d: %w", i+1, err)
 		}
 	}
 	if err == nil {
@@ -112,18 +111,8 @@ func (p *Pipeline) Commit() error {
 		}
 		p.read = err == nil
 	}
-	p.err = err
 	return err
 }
-
-// QueuedError is the error of the projection's statement Index.
-type QueuedError struct {
-	Index int
-	Err   error
-}
-
-func (e *QueuedError) Error() string { return fmt.Sprintf("queued statement %d: %v", e.Index+1, e.Err) }
-func (e *QueuedError) Unwrap() error { return e.Err }
 
 // End closes the results, rolls back a transaction that did not commit
 // and gives the connection back. When the pipeline failed it also forgets
@@ -181,24 +170,24 @@ func (n Name) prepareProjection(ctx context.Context, c *pgxpool.Conn, sqls []str
 	conn := c.Conn()
 	done, _ := conn.PgConn().CustomData()[preparedKey].(map[string]string)
 	names := make([]string, len(sqls))
-	var cold []string
 	for i, sql := range sqls {
 		names[i] = preparedName(sql)
-		if _, ok := done[sql]; !ok && !slices.Contains(cold, sql) {
-			cold = append(cold, sql)
-		}
 	}
+	cold := func() (cold []string) {
+		for _, sql := range sqls {
+			if _, ok := done[sql]; !ok && !slices.Contains(cold, sql) {
+				cold = append(cold, sql)
+			}
+		}
+		return cold
+	}()
 	if len(cold) == 0 {
 		return names, nil
 	}
 	if len(done)+len(cold) > MaxPrepared {
+		// All of them again, the batch's own among them.
 		forgetPrepared(ctx, conn, slices.Collect(maps.Keys(done)))
-		cold = cold[:0]
-		for _, sql := range sqls {
-			if !slices.Contains(cold, sql) {
-				cold = append(cold, sql)
-			}
-		}
+		cold = slices.Compact(slices.Sorted(slices.Values(sqls)))
 	}
 	tx, err := conn.Begin(ctx)
 	if err != nil {
